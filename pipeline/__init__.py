@@ -1,0 +1,1 @@
+"""poppyscan pipeline: ingest, masks, grid, orchestration and errors."""

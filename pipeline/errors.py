@@ -1,0 +1,41 @@
+"""One error hierarchy for poppyscan.
+
+Every user-facing failure is a :class:`PoppyscanError`; ``run.py`` prints it as one line and
+exits 2. Subclasses also inherit the matching built-in so library callers can catch either.
+"""
+from __future__ import annotations
+
+
+class PoppyscanError(Exception):
+    """Root of all poppyscan errors that are the user's to fix (exit code 2)."""
+
+
+class InputError(PoppyscanError, ValueError):
+    """An input file is missing, unreadable, corrupt or not what the contract says."""
+
+
+class ConfigError(PoppyscanError, ValueError):
+    """A configuration file has a wrong key or value."""
+
+
+class BandError(InputError, KeyError):
+    """A band that a stage needs is missing from the scene."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want plain text
+        return str(self.args[0]) if self.args else ""
+
+
+class CRSError(InputError):
+    """A CRS is missing, unknown or incompatible."""
+
+
+class ModelError(PoppyscanError, ValueError):
+    """A model artifact is missing, untrusted or does not fit the inputs."""
+
+
+class CredentialsError(PoppyscanError, PermissionError):
+    """Sentinel Hub / CDSE credentials are missing or rejected."""
+
+
+class NotImplementedYet(PoppyscanError, NotImplementedError):
+    """A command whose issue has not landed yet."""
