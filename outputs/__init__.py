@@ -1,0 +1,1 @@
+"""Writers for target lists, rasters, maps and run reports (results go wherever --out points)."""
