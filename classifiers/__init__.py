@@ -1,0 +1,1 @@
+"""Training from labelled polygons, honest validation, safe model artifacts and prediction."""

@@ -1,0 +1,56 @@
+"""The estimator and its probability calibration.
+
+Binary poppy-versus-rest: one tree per boosting iteration instead of one per class, so
+prediction over a county stays affordable (see ../shared/docs/ARCHITECTURE.md performance notes);
+background classes still matter through the per-class false-alarm table of the report.
+Class balance: sample weights give poppy and background equal total weight.
+Calibration: Platt scaling (a logistic fit on the logit of out-of-fold scores), stored as two
+numbers in model.json and applied at prediction, so the skops artifact holds only scikit-learn
+types.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+
+from pipeline.config import ModelConfig
+
+EPS = 1e-6
+
+
+def make_estimator(cfg: ModelConfig, seed: int | None = None):
+    seed = cfg.seed if seed is None else seed
+    if cfg.kind == "hgb":
+        return HistGradientBoostingClassifier(
+            max_iter=cfg.max_iter, learning_rate=cfg.learning_rate, max_depth=cfg.max_depth,
+            min_samples_leaf=40, l2_regularization=1.0, early_stopping=False,
+            random_state=seed)
+    return RandomForestClassifier(
+        n_estimators=200, max_depth=max(cfg.max_depth * 2, 8), min_samples_leaf=5,
+        max_features="sqrt", n_jobs=2, random_state=seed)
+
+
+def balanced_weights(y: np.ndarray) -> np.ndarray:
+    w = np.ones(len(y), dtype="float64")
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    if n_pos and n_neg:
+        w[y == 1] = 0.5 / n_pos
+        w[y == 0] = 0.5 / n_neg
+    return w * len(y)
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, EPS, 1 - EPS)
+    return np.log(p / (1 - p))
+
+
+def fit_platt(raw: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(a, b) such that calibrated = sigmoid(a * logit(raw) + b), fitted on out-of-fold scores."""
+    lr = LogisticRegression(C=1e4)
+    lr.fit(logit(raw).reshape(-1, 1), y, sample_weight=balanced_weights(y))
+    return float(lr.coef_[0, 0]), float(lr.intercept_[0])
+
+
+def apply_platt(raw: np.ndarray, a: float, b: float) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-(a * logit(raw) + b)))).astype("float32")

@@ -1,0 +1,152 @@
+"""Validation that cannot leak: folds grouped by spatial block, never by pixel.
+
+Every polygon belongs to the square block (``cv_block_m``) that holds its centroid; all pixels
+of a polygon, and all polygons of a block, fall in the same fold. Metrics are computed on the
+out-of-fold probabilities: per-class precision, recall and F1 and the confusion matrix (pixels),
+polygon-level recall and precision (a labelled polygon is flagged when any of its sampled
+pixels reaches the threshold), the false-alarm rate per background class, and the threshold
+that reaches the configured target recall of poppy polygons. No kappa (Pontius & Millones 2011).
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from sklearn.model_selection import StratifiedGroupKFold
+
+from classifiers.labels import Labels
+from classifiers.model import apply_platt, balanced_weights, fit_platt
+from classifiers.sampling import Table
+from pipeline.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def spatial_groups(table: Table, labels: Labels, block_m: float,
+                   scene_of_polygon: np.ndarray | None = None) -> np.ndarray:
+    cent = np.array([[g.centroid.x, g.centroid.y] for g in labels.geometries])
+    blk = np.floor(cent / block_m).astype("int64")
+    keys = blk[:, 0] * 1_000_003 + blk[:, 1]
+    if scene_of_polygon is not None:
+        keys = keys * 101 + scene_of_polygon
+    return keys[table.polygon]
+
+
+def _splits(table: Table, groups: np.ndarray, n_folds: int, seed: int):
+    """Folds over ``groups``, or None when some fold would lack a class in train or test."""
+    k = min(n_folds, len(np.unique(groups[table.y == 1])), len(np.unique(groups[table.y == 0])))
+    if k < 2:
+        return None
+    cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    splits = list(cv.split(table.X, table.y, groups))
+    for train, test in splits:
+        if len(np.unique(table.y[train])) < 2 or len(np.unique(table.y[test])) < 1:
+            return None
+    return splits
+
+
+def out_of_fold(estimator, table: Table, groups: np.ndarray, n_folds: int,
+                seed: int) -> tuple[np.ndarray, str]:
+    splits = _splits(table, groups, n_folds, seed)
+    how = "spatial blocks"
+    if splits is None:
+        log.warning("labelled polygons are too few or too clustered for spatial-block folds: "
+                    "folds fall back to grouping by polygon")
+        splits = _splits(table, table.polygon.astype("int64"), n_folds, seed)
+        how = "polygons"
+    if splits is None:
+        raise InputError("too few labelled polygons for honest validation: give at least 2 "
+                         "poppy and 2 background polygons")
+    oof = np.full(len(table.y), np.nan)
+    for train, test in splits:
+        est = clone(estimator)
+        est.fit(table.X[train], table.y[train], sample_weight=balanced_weights(table.y[train]))
+        oof[test] = est.predict_proba(table.X[test])[:, 1]
+    return oof, how
+
+
+def polygon_scores(prob: np.ndarray, table: Table) -> dict[int, float]:
+    out: dict[int, float] = {}
+    for pid in np.unique(table.polygon):
+        m = (table.polygon == pid) & np.isfinite(prob)
+        if m.any():
+            out[int(pid)] = float(prob[m].max())
+    return out
+
+
+def threshold_for_recall(poly_max: dict[int, float], labels: Labels,
+                         target_recall: float) -> float:
+    """Highest threshold at which at least ``target_recall`` of poppy polygons are flagged."""
+    pos = np.sort([s for pid, s in poly_max.items() if labels.is_target[pid]])[::-1]
+    if pos.size == 0:
+        return 0.5
+    k = int(np.ceil(target_recall * pos.size)) - 1
+    return float(min(max(pos[min(k, pos.size - 1)], 0.01), 0.99))
+
+
+def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: float,
+             target_recall: float, seed: int,
+             scene_of_polygon: np.ndarray | None = None) -> dict:
+    groups = spatial_groups(table, labels, block_m, scene_of_polygon)
+    raw, grouped_by = out_of_fold(estimator, table, groups, n_folds, seed)
+    ok = np.isfinite(raw)
+    a, b = fit_platt(raw[ok], table.y[ok])
+    prob = np.full_like(raw, np.nan)
+    prob[ok] = apply_platt(raw[ok], a, b)
+    poly_max = polygon_scores(prob, table)
+    thr = threshold_for_recall(poly_max, labels, target_recall)
+    pred = (prob[ok] >= thr).astype(int)
+    truth = table.y[ok]
+    p, r, f, s = precision_recall_fscore_support(truth, pred, labels=[0, 1], zero_division=0)
+    cm = confusion_matrix(truth, pred, labels=[0, 1])
+    flagged = {pid for pid, v in poly_max.items() if v >= thr}
+    pos_polys = {pid for pid in poly_max if labels.is_target[pid]}
+    poly_recall = len(flagged & pos_polys) / max(len(pos_polys), 1)
+    poly_precision = len(flagged & pos_polys) / max(len(flagged), 1)
+    per_class: dict[str, dict] = {}
+    for cls in sorted(set(labels.classes)):
+        pids = [pid for pid in poly_max if labels.classes[pid] == cls]
+        if not pids:
+            continue
+        n_flag = sum(1 for pid in pids if pid in flagged)
+        per_class[cls] = {"polygons": len(pids), "flagged": n_flag,
+                          "flagged_share": round(n_flag / len(pids), 4)}
+    return {
+        "folds": f"StratifiedGroupKFold grouped by {grouped_by} (never by pixel)",
+        "block_m": block_m,
+        "threshold": thr,
+        "target_recall": target_recall,
+        "calibration": {"method": "platt", "a": a, "b": b},
+        "pixel": {
+            "classes": ["other", "poppy"],
+            "precision": [round(float(x), 4) for x in p],
+            "recall": [round(float(x), 4) for x in r],
+            "f1": [round(float(x), 4) for x in f],
+            "support": [int(x) for x in s],
+            "confusion_matrix": cm.tolist(),
+        },
+        "polygon": {"recall": round(poly_recall, 4), "precision": round(poly_precision, 4),
+                    "poppy_polygons": len(pos_polys), "flagged": len(flagged)},
+        "per_class_flagged": per_class,
+    }
+
+
+def text_table(report: dict) -> str:
+    px = report["pixel"]
+    lines = [f"{'class':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+    for i, c in enumerate(px["classes"]):
+        lines.append(f"{c:<10}{px['precision'][i]:>10.3f}{px['recall'][i]:>10.3f}"
+                     f"{px['f1'][i]:>10.3f}{px['support'][i]:>10d}")
+    cm = px["confusion_matrix"]
+    lines.append(f"confusion (rows truth other/poppy, cols predicted): {cm}")
+    pg = report["polygon"]
+    lines.append(f"polygons: recall {pg['recall']:.3f}, precision {pg['precision']:.3f} "
+                 f"({pg['poppy_polygons']} poppy polygons)")
+    lines.append(f"threshold for recall >= {report['target_recall']}: {report['threshold']:.3f}")
+    fl = report["per_class_flagged"]
+    if fl:
+        lines.append("flagged share of labelled polygons per class: " + ", ".join(
+            f"{k} {v['flagged_share']:.2f}" for k, v in fl.items()))
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Spectral index catalogue, regional calendars, window features and terrain correction."""

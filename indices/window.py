@@ -1,0 +1,178 @@
+"""Flowering-window features: per-phase composites, phase contrasts and evidence.
+
+For a regional calendar with phases ``pre``, ``flowering`` and ``post``, every reflectance band
+and index listed in the config is composited over the clear observations of each phase
+(median; max and min for indices), and contrasts between phases are added (flowering - pre,
+post - flowering). Every feature is pixel-local, so a tile of features needs only the same
+tile of the Scene (no halo), which keeps tiles independent for resume and distribution. The feature list depends only on the calendar and the sensor's bands, never
+on which dates happen to be clear: a phase with no clear observation gives NaN features
+(missing, never a silent zero) and evidence 0. Evidence is the count of clear observations per
+phase and pixel.
+
+Feature names: ``<phase>.<stat>.<var>`` and ``<phaseA>-<phaseB>.median.<var>``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import warnings
+from dataclasses import dataclass
+
+import dask.array as darr
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from indices.catalogue import compute_indices
+from pipeline.bands import check_scene
+from pipeline.config import PHASES, Calendar, FeatureConfig
+
+log = logging.getLogger(__name__)
+
+CONTRASTS: tuple[tuple[str, str], ...] = (("flowering", "pre"), ("post", "flowering"))
+#: bands whose flowering brightening carries the petal signal (contrasted like indices)
+VISIBLE = ("blue", "green", "red")
+
+
+@dataclass(frozen=True)
+class Features:
+    data: xr.DataArray        # (feature, y, x) float32, NaN = missing
+    evidence: xr.DataArray    # (phase, y, x) float32 counts of clear observations
+    phase_dates: dict[str, list[str]]
+
+    @property
+    def names(self) -> list[str]:
+        return self.data["feature"].values.tolist()
+
+
+def phase_of_dates(times: np.ndarray, calendar: Calendar) -> list[str | None]:
+    out = []
+    for t in pd.to_datetime(times):
+        out.append(calendar.phase_of(dt.date(t.year, t.month, t.day)))
+    return out
+
+
+def feature_plan(bands: list[str], indices: list[str],
+                 phases: list[str]) -> list[tuple[str, str, str, str | None]]:
+    """(name, stat, var, phase or contrast) in a fixed order."""
+    plan: list[tuple[str, str, str, str | None]] = []
+    variables = bands + indices
+    for ph in phases:
+        for v in variables:
+            plan.append((f"{ph}.median.{v}", "median", v, ph))
+        for v in indices:
+            plan.append((f"{ph}.max.{v}", "max", v, ph))
+            plan.append((f"{ph}.min.{v}", "min", v, ph))
+    for a, b in CONTRASTS:
+        if a in phases and b in phases:
+            for v in indices + [x for x in VISIBLE if x in bands]:
+                plan.append((f"{a}-{b}.median.{v}", "contrast", v, f"{a}-{b}"))
+    return plan
+
+
+def _block_features(block: np.ndarray, phase_idx: tuple[tuple[int, ...], ...],
+                    plan_codes: tuple[tuple[int, int, int, int], ...], n_feat: int,
+                    n_phase: int) -> np.ndarray:
+    """numpy kernel: (time, var, y, x) -> (n_feat + n_phase, y, x) float32."""
+    _, _, ny, nx = block.shape
+    out = np.full((n_feat + n_phase, ny, nx), np.nan, dtype="float32")
+    med: dict[int, np.ndarray] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices -> NaN, on purpose
+        for p, idx in enumerate(phase_idx):
+            if idx:
+                sub = block[list(idx)]
+                out[n_feat + p] = np.isfinite(sub).all(axis=1).sum(axis=0)
+                med[p] = np.nanmedian(sub, axis=0)
+            else:
+                out[n_feat + p] = 0
+        for f, (stat, var, pa, pb) in enumerate(plan_codes):
+            if stat == 0 and pa in med:
+                out[f] = med[pa][var]
+            elif stat in (1, 2) and phase_idx[pa]:
+                sub = block[list(phase_idx[pa]), var]
+                out[f] = np.nanmax(sub, axis=0) if stat == 1 else np.nanmin(sub, axis=0)
+            elif stat == 3 and pa in med and pb in med:
+                out[f] = med[pa][var] - med[pb][var]
+    return out
+
+
+@dataclass(frozen=True)
+class FeaturePlan:
+    """What to compute from a Scene with given bands and dates: fixed before any pixel is read."""
+    bands: tuple[str, ...]
+    indices: tuple[str, ...]
+    phases: tuple[str, ...]
+    phase_idx: tuple[tuple[int, ...], ...]
+    phase_dates: dict[str, list[str]]
+    names: tuple[str, ...]
+    codes: tuple[tuple[int, int, int, int], ...]
+
+    @property
+    def n_out(self) -> int:
+        return len(self.names) + len(self.phases)
+
+
+def make_plan(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig) -> FeaturePlan:
+    check_scene(scene, "features")
+    have = scene["band"].values.tolist()
+    bands = [b for b in cfg.bands if b in have]
+    probe = scene.isel(time=slice(0, 1), y=slice(0, 1), x=slice(0, 1))
+    indices = compute_indices(probe, list(cfg.indices))["band"].values.tolist()
+    variables = bands + indices
+    times = scene["time"].values
+    phases_of = phase_of_dates(times, calendar)
+    unused = [str(t)[:10] for t, p in zip(times, phases_of) if p is None]
+    if unused:
+        log.info("dates outside the %s calendar are not used: %s", calendar.name, unused)
+    phases = [p for p in PHASES if p in calendar.phases]
+    phase_idx = tuple(tuple(i for i, q in enumerate(phases_of) if q == p) for p in phases)
+    phase_dates = {p: [str(times[i])[:10] for i in ix] for p, ix in zip(phases, phase_idx)}
+    for p, ix in zip(phases, phase_idx):
+        if not ix:
+            log.warning("no acquisition in the %s phase: its features are missing", p)
+    rows = feature_plan(bands, indices, phases)
+    stat_code = {"median": 0, "max": 1, "min": 2, "contrast": 3}
+    codes = []
+    for _, stat, var, ph in rows:
+        if stat == "contrast":
+            a, b = ph.split("-")  # type: ignore[union-attr]
+            codes.append((3, variables.index(var), phases.index(a), phases.index(b)))
+        else:
+            codes.append((stat_code[stat], variables.index(var), phases.index(ph), -1))
+    return FeaturePlan(tuple(bands), tuple(indices), tuple(phases), phase_idx, phase_dates,
+                       tuple(r[0] for r in rows), tuple(codes))
+
+
+def block_features(block: xr.DataArray, plan: FeaturePlan) -> np.ndarray:
+    """A masked Scene block (time, band, y, x) -> (features + evidence per phase, y, x)."""
+    idx = compute_indices(block, list(plan.indices))
+    stack = xr.concat([block.sel(band=list(plan.bands)), idx], dim="band") if plan.bands \
+        else idx
+    arr = np.asarray(stack.transpose("time", "band", "y", "x").values, dtype="float32")
+    return _block_features(arr, plan.phase_idx, plan.codes, len(plan.names), len(plan.phases))
+
+
+def window_features(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig) -> Features:
+    """Lazy features (feature, y, x) and evidence (phase, y, x) from a masked Scene."""
+    plan = make_plan(scene, calendar, cfg)
+    coords = {"y": scene["y"], "x": scene["x"]}
+    template = scene.isel(time=0, band=0, drop=True)
+
+    def kernel(block: np.ndarray) -> np.ndarray:
+        da = xr.DataArray(block, dims=("time", "band", "y", "x"),
+                          coords={"time": scene["time"].values, "band": scene["band"].values})
+        return block_features(da, plan)
+
+    data = scene.data
+    out = darr.map_blocks(kernel, data, dtype="float32", drop_axis=0,
+                          chunks=((plan.n_out,), data.chunks[2], data.chunks[3]))
+    n = len(plan.names)
+    fda = xr.DataArray(out[:n], dims=("feature", "y", "x"),
+                       coords={"feature": list(plan.names), **coords})
+    eda = xr.DataArray(out[n:], dims=("phase", "y", "x"),
+                       coords={"phase": list(plan.phases), **coords})
+    for da in (fda, eda):
+        da.rio.write_crs(template.rio.crs, inplace=True).rio.write_transform(
+            template.rio.transform(), inplace=True)
+    return Features(fda, eda, plan.phase_dates)

@@ -1,0 +1,107 @@
+"""Patches -> the ranked target list: stable ids, WGS84 centroids, reasons and priority.
+
+``target_id`` is ``ps-`` plus the 10-character geohash of the patch centroid (about 1 m): it
+depends only on where the patch is, so reruns, other chunk sizes and other schedulers give the
+same id; two patches whose centroids share a geohash cell get ``-2``, ``-3`` in west-to-east
+order.
+
+Priority (higher = visit first), each term in [0, 1]:
+``w_score * score + w_area * min(1, area_m2 / area_saturation_m2)
++ w_evidence * min(1, flowering_obs / 3)``; ties are broken by ``score_max`` and then by
+``target_id``, so the order is deterministic.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import shapely
+from pyproj import CRS, Geod, Transformer
+
+from outputs.patches import Patch
+from outputs.targets import Target, TargetList
+from pipeline.config import PatchConfig, RankingConfig
+
+_B32 = "0123456789bcdefghjkmnpqrstuvwxyz"
+_GEOD = Geod(ellps="WGS84")
+
+
+def geohash(lat: float, lon: float, precision: int = 10) -> str:
+    lat_rng, lon_rng = [-90.0, 90.0], [-180.0, 180.0]
+    even, out, ch, n = True, [], 0, 0
+    while len(out) < precision:
+        rng, val = (lon_rng, lon) if even else (lat_rng, lat)
+        mid = (rng[0] + rng[1]) / 2
+        if val >= mid:
+            ch = (ch << 1) | 1
+            rng[0] = mid
+        else:
+            ch <<= 1
+            rng[1] = mid
+        even = not even
+        n += 1
+        if n == 5:
+            out.append(_B32[ch])
+            ch, n = 0, 0
+    return "".join(out)
+
+
+def area_m2(geom, crs: CRS, to_wgs84: Transformer) -> float:
+    if crs.is_projected:
+        return float(geom.area)
+    g = shapely.transform(geom, lambda xy: np.column_stack(to_wgs84.transform(xy[:, 0], xy[:, 1])))
+    return float(abs(_GEOD.geometry_area_perimeter(g)[0]))
+
+
+def reason(feat_mean: np.ndarray | None, names: Sequence[str], bg_mean: Sequence[float],
+           bg_std: Sequence[float], top: int = 3) -> str:
+    """The features furthest from the training background, as 'name +2.1sd; ...'."""
+    if feat_mean is None or not len(bg_mean):
+        return ""
+    mu, sd = np.asarray(bg_mean, float), np.asarray(bg_std, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = (np.asarray(feat_mean, float) - mu) / np.where(sd > 0, sd, np.nan)
+    z = np.where(np.isfinite(z), z, 0.0)
+    order = np.argsort(-np.abs(z), kind="stable")[:top]
+    return "; ".join(f"{names[i]} {z[i]:+.1f}sd" for i in order if z[i] != 0)
+
+
+def build_targets(patches: list[Patch], crs: str, *, patch_cfg: PatchConfig,
+                  rank_cfg: RankingConfig, dates: Sequence[str], sensor: str,
+                  feature_names: Sequence[str] = (), bg_mean: Sequence[float] = (),
+                  bg_std: Sequence[float] = (), blind_areas=()) -> tuple[TargetList, int]:
+    """Rank patches above the minimum mapping unit; returns the list and the count dropped."""
+    scrs = CRS.from_user_input(crs)
+    to_wgs = Transformer.from_crs(scrs, "EPSG:4326", always_xy=True)
+    rows = []
+    dropped = 0
+    for p in patches:
+        a = area_m2(p.geometry, scrs, to_wgs)
+        if a < patch_cfg.min_mapping_unit_m2 - 1e-6:
+            dropped += 1
+            continue
+        c = p.geometry.centroid
+        lon, lat = to_wgs.transform(c.x, c.y)
+        prio = (rank_cfg.w_score * p.score
+                + rank_cfg.w_area * min(1.0, a / rank_cfg.area_saturation_m2)
+                + rank_cfg.w_evidence * min(1.0, p.flowering_obs / 3.0))
+        rows.append((p, a, float(lon), float(lat), prio, geohash(lat, lon)))
+    rows.sort(key=lambda r: (r[3], r[2]))
+    seen: dict[str, int] = {}
+    ids = []
+    for r in rows:
+        k = seen.get(r[5], 0) + 1
+        seen[r[5]] = k
+        ids.append(f"ps-{r[5]}" + (f"-{k}" if k > 1 else ""))
+    ranked = sorted(zip(rows, ids), key=lambda t: (-round(t[0][4], 9),
+                                                   -round(t[0][0].score_max, 9), t[1]))
+    targets = []
+    for rank, ((p, a, lon, lat, _, _), tid) in enumerate(ranked, start=1):
+        targets.append(Target(
+            target_id=tid, rank=rank, geometry=p.geometry, score=round(p.score, 4),
+            score_max=round(p.score_max, 4), area_m2=round(a, 1), lon=round(lon, 7),
+            lat=round(lat, 7), flowering_obs=p.flowering_obs, dates=tuple(dates),
+            sensor=sensor, reason=reason(p.feat_mean, feature_names, bg_mean, bg_std),
+            elevation_m=None if p.elevation_m is None else round(p.elevation_m, 1),
+            slope_deg=None if p.slope_deg is None else round(p.slope_deg, 1)))
+    return TargetList(tuple(targets), scrs.to_wkt(), tuple(blind_areas)), dropped

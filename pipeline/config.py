@@ -1,0 +1,221 @@
+"""Survey configuration: YAML parsed once into validated, frozen objects.
+
+``load_config(path)`` reads a survey YAML (``configs/survey-sentinel2.yaml`` by default) and
+returns a :class:`SurveyConfig`. A wrong key or value raises :class:`ConfigError` with one line
+naming the file, the key and the allowed values. Everything downstream receives these objects,
+never raw dicts.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "survey-sentinel2.yaml"
+PHASES = ("pre", "flowering", "post")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MaskConfig(_Frozen):
+    rescue_flowers: bool = True
+
+
+class FeatureConfig(_Frozen):
+    #: reflectance bands composited per phase (those the sensor lacks are skipped)
+    bands: tuple[str, ...] = ("blue", "green", "red", "rededge1", "rededge2", "rededge3",
+                              "nir", "nir08", "swir16", "swir22")
+    #: catalogue indices composited per phase (those the sensor cannot compute are skipped)
+    indices: tuple[str, ...] = ("NDVI", "GNDVI", "NDRE", "NDYI", "NDWI", "BSI", "PSRI", "NBR")
+
+
+class ModelConfig(_Frozen):
+    kind: Literal["hgb", "rf"] = "hgb"
+    target_recall: float = Field(0.95, gt=0, le=1)
+    seed: int = 0
+    max_iter: int = Field(200, ge=10, le=2000)
+    max_depth: int = Field(6, ge=2, le=32)
+    learning_rate: float = Field(0.08, gt=0, le=1)
+    #: pixels sampled per polygon at most (keeps training bounded on big fields)
+    max_pixels_per_polygon: int = Field(400, ge=1)
+    #: mixed edge pixels: polygons are eroded by this many metres before sampling
+    #: (falls back to the unreduced polygon when erosion would empty it)
+    erode_m: float = Field(5.0, ge=0)
+    cv_folds: int = Field(5, ge=2, le=20)
+    #: side of the square spatial blocks used to group polygons in cross-validation
+    cv_block_m: float = Field(500.0, gt=0)
+
+
+class PatchConfig(_Frozen):
+    #: minimum mapping unit in m^2 (Sentinel-2: 1 px = 100 m^2)
+    min_mapping_unit_m2: float = Field(100.0, ge=0)
+    #: morphological opening before labelling patches (0 = none)
+    opening_px: int = Field(0, ge=0, le=5)
+
+
+class RankingConfig(_Frozen):
+    """priority = w_score*score + w_area*area_term + w_evidence*evidence_term (documented in docs/)."""
+    w_score: float = 0.7
+    w_area: float = 0.2
+    w_evidence: float = 0.1
+    #: area at which the area term saturates (m^2)
+    area_saturation_m2: float = Field(2000.0, gt=0)
+
+
+class OutputConfig(_Frozen):
+    formats: tuple[Literal["geojson", "gpkg", "csv", "gpx", "kml"], ...] = (
+        "geojson", "gpkg", "csv", "gpx", "kml")
+    gcj02: bool = False
+
+
+class RunConfig(_Frozen):
+    chunk_size: int = Field(512, ge=64, le=8192)
+    memory_per_worker: str = "3GB"
+    scheduler: str = "threads"
+
+
+class SurveyConfig(_Frozen):
+    sensor: str = "sentinel2"
+    calendar: str = "east-china"
+    terrain_correction: Literal["none", "c", "scs+c"] = "none"
+    masks: MaskConfig = MaskConfig()
+    features: FeatureConfig = FeatureConfig()
+    model: ModelConfig = ModelConfig()
+    patches: PatchConfig = PatchConfig()
+    ranking: RankingConfig = RankingConfig()
+    outputs: OutputConfig = OutputConfig()
+    run: RunConfig = RunConfig()
+    source: str = ""
+
+    @field_validator("sensor", "calendar")
+    @classmethod
+    def _nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
+class Phase(_Frozen):
+    start: str  # "MM-DD"
+    end: str
+
+    @field_validator("start", "end")
+    @classmethod
+    def _month_day(cls, v: str) -> str:
+        try:
+            dt.date.fromisoformat(f"2000-{v}")
+        except ValueError as exc:
+            raise ValueError(f"'{v}' is not a MM-DD date") from exc
+        return v
+
+    def contains(self, day: dt.date, shift_days: float = 0.0) -> bool:
+        d = day - dt.timedelta(days=shift_days)
+        md = (d.month, d.day)
+        s = tuple(int(p) for p in self.start.split("-"))
+        e = tuple(int(p) for p in self.end.split("-"))
+        if s <= e:
+            return s <= md <= e
+        return md >= s or md <= e  # wraps over the year end
+
+
+class Calendar(_Frozen):
+    name: str
+    description: str = ""
+    reference: str = ""
+    phases: dict[Literal["pre", "flowering", "post"], Phase]
+    elevation_shift_days_per_100m: float = 0.0
+    reference_elevation_m: float = 0.0
+
+    def phase_of(self, day: dt.date, elevation_m: float | None = None) -> str | None:
+        shift = 0.0
+        if elevation_m is not None and self.elevation_shift_days_per_100m:
+            shift = (elevation_m - self.reference_elevation_m) / 100.0 * \
+                self.elevation_shift_days_per_100m
+        for name in PHASES:
+            ph = self.phases.get(name)
+            if ph is not None and ph.contains(day, shift):
+                return name
+        return None
+
+
+def _format_error(path: Path, exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{path}: unknown key '{key}'; remove it or check its spelling"
+    allowed = ""
+    ctx = err.get("ctx") or {}
+    if "expected" in ctx:
+        allowed = f"; allowed: {ctx['expected']}"
+    return f"{path}: key '{key}': {err['msg']} (got {err.get('input')!r}){allowed}"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    return data
+
+
+def load_config(path: Path | None = None) -> SurveyConfig:
+    """Load and validate a survey config (default: configs/survey-sentinel2.yaml)."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    data = _read_yaml(path)
+    try:
+        cfg = SurveyConfig(**data, source=str(path))
+    except ValidationError as exc:
+        raise ConfigError(_format_error(path, exc)) from None
+    load_calendar(cfg.calendar)  # fail early on an unknown calendar
+    return cfg
+
+
+def known_calendars() -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / "calendars").glob("*.yaml"))
+
+
+def load_calendar(name_or_path: str | Path) -> Calendar:
+    """Load a regional calendar by name (configs/calendars/NAME.yaml) or path."""
+    p = Path(name_or_path)
+    if not p.suffix:
+        p = CONFIG_DIR / "calendars" / f"{name_or_path}.yaml"
+        if not p.is_file():
+            raise ConfigError(
+                f"unknown calendar '{name_or_path}'; known: {', '.join(known_calendars())}")
+    data = _read_yaml(p)
+    try:
+        return Calendar(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(p, exc)) from None
+
+
+def with_overrides(cfg: SurveyConfig, **changes: Any) -> SurveyConfig:
+    """A copy of ``cfg`` with dotted-path overrides (CLI options win over the config)."""
+    data = cfg.model_dump()
+    for dotted, value in changes.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    try:
+        return SurveyConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(Path(cfg.source or "options"), exc)) from None

@@ -1,0 +1,73 @@
+"""One grid: every acquisition (and a DEM) aligned onto a common grid, lazily.
+
+The target grid is the first product's (CRS, transform, shape). Arrays already on it pass
+through untouched; others are reprojected with odc-geo's dask-aware ``xr_reproject``
+(bilinear for reflectance and DEMs, nearest for categorical layers such as SCL).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+from affine import Affine
+from odc.geo.geobox import GeoBox
+from odc.geo.xr import xr_reproject
+from rasterio.crs import CRS
+
+from pipeline.bands import CATEGORICAL_BANDS
+
+
+@dataclass(frozen=True)
+class Grid:
+    crs: CRS
+    transform: Affine
+    height: int
+    width: int
+
+    @classmethod
+    def of(cls, da: xr.DataArray) -> "Grid":
+        return cls(da.rio.crs, da.rio.transform(), da.sizes["y"], da.sizes["x"])
+
+    @property
+    def resolution(self) -> float:
+        return float(abs(self.transform.a))
+
+    def geobox(self) -> GeoBox:
+        return GeoBox((self.height, self.width), self.transform, self.crs.to_wkt())
+
+    def same_as(self, other: "Grid") -> bool:
+        return (self.crs == other.crs and self.height == other.height
+                and self.width == other.width
+                and self.transform.almost_equals(other.transform, precision=1e-6))
+
+
+def _reproject(da: xr.DataArray, grid: Grid, resampling: str) -> xr.DataArray:
+    src = da.odc.assign_crs(da.rio.crs.to_wkt()) if hasattr(da, "odc") else da
+    out = xr_reproject(src, grid.geobox(), resampling=resampling, dst_nodata=np.nan)
+    out = out.rename({out.odc.spatial_dims[0]: "y", out.odc.spatial_dims[1]: "x"}) \
+        if tuple(out.odc.spatial_dims) != ("y", "x") else out
+    out = out.drop_vars([c for c in out.coords if c not in ("band", "y", "x")])
+    out = out.rio.write_crs(grid.crs).rio.write_transform(grid.transform)
+    out.attrs = dict(da.attrs)
+    return out.astype("float32")
+
+
+def align(da: xr.DataArray, grid: Grid) -> xr.DataArray:
+    """``da`` (band, y, x) or (y, x) on ``grid``; categorical bands by nearest neighbour."""
+    if Grid.of(da).same_as(grid):
+        return da
+    if "band" not in da.dims:
+        return _reproject(da, grid, "bilinear")
+    names = da["band"].values.tolist()
+    cat = [b for b in names if b in CATEGORICAL_BANDS]
+    refl = [b for b in names if b not in CATEGORICAL_BANDS]
+    parts = []
+    if refl:
+        parts.append(_reproject(da.sel(band=refl), grid, "bilinear"))
+    if cat:
+        parts.append(_reproject(da.sel(band=cat), grid, "nearest"))
+    out = xr.concat(parts, dim="band").sel(band=names) if len(parts) > 1 else parts[0]
+    out = out.rio.write_crs(grid.crs).rio.write_transform(grid.transform)
+    out.attrs = dict(da.attrs)
+    return out

@@ -1,0 +1,157 @@
+"""Ingest: files -> one lazy Scene (time, band, y, x) on one grid.
+
+``open_scene`` expands the paths, asks each reader in ``pipeline.readers`` whether it can read
+a path, aligns every acquisition onto the first one's grid, keeps the bands all dates share,
+sorts by time and clips to an AOI. Nothing is computed here.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import dask.array as darr
+import numpy as np
+import rioxarray  # noqa: F401  (registers .rio)
+import xarray as xr
+from rasterio import features as rfeatures
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+from shapely.geometry.base import BaseGeometry
+
+from pipeline.bands import SCENE_DIMS, check_scene, order_bands
+from pipeline.errors import InputError
+from pipeline.grid import Grid, align
+from pipeline.readers import readers
+
+log = logging.getLogger(__name__)
+
+_SKIP_STEMS = ("dem",)
+_RASTER_SUFFIXES = {".tif", ".tiff", ".jp2", ".zip", ".safe"}
+
+
+def expand_paths(paths: Sequence[Path]) -> list[Path]:
+    """Files and folders -> the products to read (a folder a reader claims stays whole)."""
+    mods = readers()
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise InputError(f"{p}: no such file or folder")
+        if p.is_dir() and not any(m.can_read(p) for m in mods):
+            found = sorted(c for c in p.iterdir()
+                           if c.suffix.lower() in _RASTER_SUFFIXES
+                           and not c.name.startswith(".")
+                           and c.stem.lower() not in _SKIP_STEMS)
+            if not found:
+                raise InputError(f"{p}: folder holds no readable images (.tif, .jp2, .zip, "
+                                 ".SAFE)")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+def read_products(paths: Sequence[Path], sensor: Any | None = None,
+                  chunks: int = 1024) -> list[xr.DataArray]:
+    mods = readers()
+    arrays: list[xr.DataArray] = []
+    for p in expand_paths(paths):
+        mod = next((m for m in mods if m.can_read(p)), None)
+        if mod is None:
+            raise InputError(f"{p}: unsupported input; give multi-band GeoTIFFs, Sentinel-2 "
+                             ".SAFE/.zip products, per-band folders or drone orthomosaics")
+        arrays.extend(mod.read(p, sensor, chunks))
+    if not arrays:
+        raise InputError("no images given")
+    return arrays
+
+
+def aoi_mask(grid: Grid, geom: BaseGeometry, chunks: int) -> darr.Array:
+    """Lazy boolean (y, x) mask of ``geom`` (in the grid CRS), rasterised chunk by chunk."""
+    def block(block_info=None) -> np.ndarray:
+        (y0, y1), (x0, x1) = block_info[None]["array-location"]
+        tf = window_transform(Window(x0, y0, x1 - x0, y1 - y0), grid.transform)
+        return rfeatures.geometry_mask([geom], out_shape=(y1 - y0, x1 - x0), transform=tf,
+                                       invert=True, all_touched=True)
+    return darr.map_blocks(block, dtype=bool,
+                           chunks=darr.core.normalize_chunks(chunks, (grid.height, grid.width)))
+
+
+def open_scene(paths: Sequence[Path], sensor: Any | None = None, *, chunks: int = 1024,
+               aoi: BaseGeometry | None = None, grid: Grid | None = None) -> xr.DataArray:
+    """Read ``paths`` into one lazy Scene (time, band, y, x), float32, NaN where no data.
+
+    ``aoi`` must be in the CRS of the grid (see ``pipeline.aoi.read_aoi``).
+    """
+    products = read_products(paths, sensor, chunks)
+    grid = grid or Grid.of(products[0])
+    shared = set(products[0]["band"].values.tolist())
+    for p in products[1:]:
+        shared &= set(p["band"].values.tolist())
+    dropped = set().union(*(set(p["band"].values.tolist()) for p in products)) - shared
+    if dropped:
+        log.info("bands not present on every date are dropped: %s", sorted(dropped))
+    if not shared:
+        raise InputError("the images share no band; check that they come from one sensor")
+    bands = order_bands(list(shared))
+    sensors = {p.attrs.get("sensor") for p in products}
+    if len(sensors) > 1:
+        raise InputError(f"images come from different sensors {sorted(map(str, sensors))}; "
+                         "survey one sensor at a time")
+    aligned = [align(p.sel(band=bands), grid) for p in products]
+    times = np.array([p.attrs["time"] for p in products], dtype="datetime64[ns]")
+    order = np.argsort(times, kind="stable")
+    scene = xr.concat([aligned[i].drop_vars("spatial_ref", errors="ignore") for i in order],
+                      dim="time", join="override", combine_attrs="drop")
+    scene = scene.chunk({"time": -1, "band": -1, "y": chunks, "x": chunks})
+    scene = scene.assign_coords(
+        time=times[order],
+        sun_zenith=("time", np.array([products[i].attrs.get("sun_zenith", np.nan)
+                                      for i in order], dtype="float64")),
+        sun_azimuth=("time", np.array([products[i].attrs.get("sun_azimuth", np.nan)
+                                       for i in order], dtype="float64")),
+        source=("time", [str(products[i].attrs.get("source", "")) for i in order]),
+    ).transpose(*SCENE_DIMS)
+    scene = scene.rio.write_crs(grid.crs).rio.write_transform(grid.transform)
+    scene.attrs = {"sensor": sensors.pop()}
+    if aoi is not None:
+        scene = clip_to_aoi(scene, aoi, chunks)
+    check_scene(scene, "ingest")
+    return scene
+
+
+def clip_to_aoi(scene: xr.DataArray, aoi: BaseGeometry, chunks: int) -> xr.DataArray:
+    """Crop to the AOI's bounding box and set pixels outside the polygon to NaN."""
+    if aoi.is_empty:
+        raise InputError("the AOI is empty; give a file with at least one polygon")
+    minx, miny, maxx, maxy = aoi.bounds
+    try:
+        clipped = scene.rio.clip_box(minx, miny, maxx, maxy)
+    except Exception as exc:  # rioxarray raises NoDataInBounds / OneDimensionalRaster
+        raise InputError("the AOI does not overlap the images; check its CRS and extent "
+                         f"({exc.__class__.__name__})") from None
+    grid = Grid.of(clipped)
+    inside = xr.DataArray(aoi_mask(grid, aoi, chunks), dims=("y", "x"),
+                          coords={"y": clipped["y"], "x": clipped["x"]})
+    if not bool(inside.any().compute()):
+        raise InputError("the AOI does not overlap the images; check its CRS and extent")
+    out = clipped.where(inside).astype("float32")
+    out = out.chunk({"time": -1, "band": -1, "y": chunks, "x": chunks})
+    out.attrs = dict(scene.attrs)
+    return out.rio.write_crs(grid.crs).rio.write_transform(grid.transform)
+
+
+def read_dem(path: Path, grid: Grid, chunks: int = 1024) -> xr.DataArray:
+    """A single-band DEM (metres, any CRS) on ``grid``, lazy, float32, NaN where no data."""
+    try:
+        dem = rioxarray.open_rasterio(path, chunks={"y": chunks, "x": chunks}, masked=True)
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable DEM raster ({exc})") from None
+    if dem.rio.crs is None:
+        raise InputError(f"{path}: DEM has no CRS; georeference it")
+    if dem.sizes["band"] != 1:
+        raise InputError(f"{path}: DEM must have one band, it has {dem.sizes['band']}")
+    dem = dem.squeeze("band", drop=True).astype("float32")
+    out = align(dem, grid)
+    return out.chunk({"y": chunks, "x": chunks})

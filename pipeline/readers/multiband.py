@@ -1,0 +1,132 @@
+"""Reader for the multi-band GeoTIFF of the input contract (see pipeline/geotiff.py).
+
+Band descriptions name the bands (Sentinel-2 or canonical names); GDAL scale/offset are applied
+after nodata is masked; the date comes from the ACQUISITION_DATE tag, else a YYYYMMDD or
+YYYY-MM-DD in the file name, else TIFFTAG_DATETIME (with a warning: often the processing date).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import rioxarray
+import xarray as xr
+from rasterio.errors import RasterioIOError
+
+from pipeline.bands import CATEGORICAL_BANDS, canonical_name
+from pipeline.errors import InputError
+
+log = logging.getLogger(__name__)
+
+_SUFFIXES = {".tif", ".tiff"}
+_DATE_RE = re.compile(r"(?<!\d)(\d{4})-?(\d{2})-?(\d{2})(?!\d)")
+
+
+def can_read(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in _SUFFIXES
+
+
+def parse_date(value: str) -> np.datetime64 | None:
+    """An ISO date/date-time, or YYYYMMDD, anywhere in ``value``; None if there is none."""
+    value = value.strip()
+    try:
+        stamp = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return np.datetime64(stamp.replace(tzinfo=None), "ns")
+    except ValueError:
+        pass
+    for m in _DATE_RE.finditer(value):
+        try:
+            return np.datetime64(dt.date(int(m[1]), int(m[2]), int(m[3])), "ns")
+        except ValueError:
+            continue
+    return None
+
+
+def acquisition_time(path: Path, tags: dict[str, str]) -> np.datetime64:
+    if "ACQUISITION_DATE" in tags:
+        t = parse_date(tags["ACQUISITION_DATE"])
+        if t is None:
+            raise InputError(f"{path}: ACQUISITION_DATE tag {tags['ACQUISITION_DATE']!r} "
+                             "is not an ISO date; fix the tag (YYYY-MM-DD)")
+        return t
+    t = parse_date(path.stem)
+    if t is not None:
+        return t
+    if "TIFFTAG_DATETIME" in tags:
+        raw = tags["TIFFTAG_DATETIME"]
+        t = parse_date(raw[:10].replace(":", "-"))
+        if t is not None:
+            log.warning("%s: date taken from TIFFTAG_DATETIME (%s), which is often the "
+                        "processing date; set an ACQUISITION_DATE tag to be sure", path, raw)
+            return t
+    raise InputError(f"{path}: no acquisition date; add an ACQUISITION_DATE tag or put "
+                     "YYYYMMDD in the file name")
+
+
+def _float_tag(tags: dict[str, str], key: str) -> float:
+    try:
+        return float(tags[key])
+    except (KeyError, ValueError):
+        return float("nan")
+
+
+def band_names(path: Path, descriptions: tuple[str | None, ...],
+               sensor: Any | None = None) -> list[str]:
+    """Canonical names of the file's bands from descriptions, else from the sensor's order."""
+    names = [canonical_name(d) if d else None for d in descriptions]
+    if all(n is not None for n in names):
+        return names  # type: ignore[return-value]
+    order = getattr(sensor, "band_order", None)
+    if order and len(order) == len(descriptions):
+        return list(order)
+    missing = [i + 1 for i, n in enumerate(names) if n is None]
+    raise InputError(f"{path}: bands {missing} have no recognised description; name them "
+                     "(B01..B12, B8A, SCL or canonical names) or give --sensor")
+
+
+def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.DataArray]:
+    try:
+        with rasterio.open(path) as src:
+            tags = src.tags()
+            descriptions = src.descriptions
+            scales, offsets, nodata = src.scales, src.offsets, src.nodata
+            if src.crs is None:
+                raise InputError(f"{path}: no CRS; georeference the file (e.g. gdal_edit.py "
+                                 "-a_srs EPSG:nnnn)")
+            # touch one block so truncated/corrupt files fail here, not deep in a compute
+            src.read(1, window=((0, min(1, src.height)), (0, min(1, src.width))))
+    except RasterioIOError as exc:
+        raise InputError(f"{path}: not a readable raster ({exc})") from None
+    names = band_names(path, descriptions, sensor)
+    if len(set(names)) != len(names):
+        raise InputError(f"{path}: duplicate band names {names}")
+    with warnings.catch_warnings():  # rioxarray warns when offsets differ across bands
+        warnings.simplefilter("ignore", UserWarning)
+        raw = rioxarray.open_rasterio(path, chunks={"band": -1, "y": chunks, "x": chunks},
+                                      mask_and_scale=False, lock=False)
+    raw = raw.assign_coords(band=names)
+    data = raw.astype("float32")
+    if nodata is not None:
+        invalid = np.isnan(data) if np.isnan(nodata) else (raw == nodata)
+        data = data.where(~invalid)
+    categorical = np.isin(names, CATEGORICAL_BANDS)
+    scale = xr.DataArray(np.where(categorical, 1.0, scales).astype("float32"), dims="band",
+                         coords={"band": names})
+    offset = xr.DataArray(np.where(categorical, 0.0, offsets).astype("float32"), dims="band",
+                          coords={"band": names})
+    data = (data * scale + offset).astype("float32")
+    data = data.rio.write_crs(raw.rio.crs).rio.write_transform(raw.rio.transform())
+    data.attrs = {
+        "time": acquisition_time(path, tags),
+        "sensor": tags.get("SENSOR", getattr(sensor, "name", None) or "sentinel2"),
+        "sun_zenith": _float_tag(tags, "SUN_ZENITH"),
+        "sun_azimuth": _float_tag(tags, "SUN_AZIMUTH"),
+        "source": str(path),
+    }
+    return [data]

@@ -1,0 +1,116 @@
+"""Where the graph runs: ``--scheduler threads | processes | local:N | ADDRESS``.
+
+``threads`` (default) and ``processes`` use dask's local schedulers; ``local:N`` starts a
+``dask.distributed.LocalCluster`` of N workers; anything else is taken as the address of an
+existing ``dask.distributed`` scheduler (``tcp://host:8786``). The run is split into tiles
+and ``run_tiles`` keeps a bounded number of them in flight, handing each finished tile to a
+callback in the main process, so memory stays flat whatever the scene size.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+
+from pipeline.errors import PoppyscanError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runner:
+    spec: str
+    client: Any = None          # dask.distributed.Client or None
+    workers: int = 2
+
+    @property
+    def dashboard(self) -> str | None:
+        return getattr(self.client, "dashboard_link", None) if self.client else None
+
+
+def parse_spec(spec: str) -> tuple[str, int | str | None]:
+    if spec in ("threads", "processes", "sync"):
+        return spec, None
+    m = re.fullmatch(r"local:(\d+)", spec)
+    if m:
+        n = int(m[1])
+        if n < 1:
+            raise PoppyscanError("--scheduler local:N needs N >= 1")
+        return "local", n
+    if re.fullmatch(r"(tcp|tls|inproc|ucx)://\S+|\S+:\d+", spec):
+        return "address", spec
+    raise PoppyscanError(f"--scheduler '{spec}' is not one of threads, processes, local:N or "
+                         "a scheduler address such as tcp://host:8786")
+
+
+@contextlib.contextmanager
+def open_runner(spec: str, *, memory_per_worker: str = "3GB") -> Iterator[Runner]:
+    kind, arg = parse_spec(spec)
+    if kind in ("threads", "processes", "sync"):
+        import os
+        yield Runner(spec, None, workers=max(1, min(os.cpu_count() or 1, 8)))
+        return
+    from dask.distributed import Client, LocalCluster
+    if kind == "local":
+        cluster = LocalCluster(n_workers=int(arg), threads_per_worker=1,  # type: ignore[arg-type]
+                               memory_limit=memory_per_worker, processes=True,
+                               dashboard_address=":0", silence_logs=logging.ERROR)
+        client = Client(cluster)
+        try:
+            yield Runner(spec, client, workers=int(arg))  # type: ignore[arg-type]
+        finally:
+            client.close()
+            cluster.close()
+        return
+    try:
+        client = Client(str(arg), timeout="10s")
+    except OSError as exc:
+        raise PoppyscanError(f"cannot reach the dask scheduler at {arg} ({exc}); start it or "
+                             "use --scheduler threads") from None
+    try:
+        yield Runner(spec, client, workers=max(1, len(client.scheduler_info()["workers"])))
+    finally:
+        client.close()
+
+
+def run_tiles(runner: Runner, tasks: Sequence[tuple[Any, Any]],
+              on_result: Callable[[Any, Any], None], *, in_flight: int | None = None,
+              progress: Callable[[int], None] | None = None) -> None:
+    """Compute ``(key, delayed)`` tasks, at most ``in_flight`` at a time, calling
+    ``on_result(key, value)`` in the main process as each finishes."""
+    in_flight = in_flight or max(2, 2 * runner.workers)
+    if runner.client is not None:
+        from dask.distributed import as_completed
+        pending = list(tasks)
+        futs = {}
+        ac = as_completed()
+        while pending and len(futs) < in_flight:
+            key, task = pending.pop(0)
+            f = runner.client.compute(task)
+            futs[f] = key
+            ac.add(f)
+        for fut in ac:
+            key = futs.pop(fut)
+            on_result(key, fut.result())
+            fut.release()
+            if progress:
+                progress(1)
+            if pending:
+                nkey, task = pending.pop(0)
+                f = runner.client.compute(task)
+                futs[f] = nkey
+                ac.add(f)
+        return
+    scheduler = runner.spec
+    for start in range(0, len(tasks), in_flight):
+        batch = tasks[start:start + in_flight]
+        values = dask.compute(*[t for _, t in batch], scheduler=scheduler)
+        for (key, _), value in zip(batch, values):
+            on_result(key, value)
+            if progress:
+                progress(1)

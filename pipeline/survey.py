@@ -1,0 +1,497 @@
+"""Train and detect: the orchestration of the stages.
+
+detect: ingest -> mask -> (terrain) -> features -> predict -> patches -> targets -> files.
+The scene is cut into tiles (the chunk size of the config); each tile runs every pixel stage
+on its own and its result is saved in ``OUT/.poppyscan/tiles/`` before the next is started, so
+memory is bounded by the tiles in flight and a rerun after a crash redoes only what is missing.
+The deliverables are assembled from the tile results and moved into OUT at the very end.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import shapely
+import xarray as xr
+
+from classifiers import artifact as model_artifact
+from classifiers.labels import Labels, read_labels, read_polygons
+from classifiers.model import balanced_weights, make_estimator
+from classifiers.predict import check_fit, predict_block
+from classifiers.sampling import Table, sample
+from classifiers.validation import text_table, validate
+from indices.window import FeaturePlan, block_features, make_plan, window_features
+from outputs import writers
+from outputs.patches import Piece, chunk_pieces, merge_blind, merge_pieces
+from outputs.ranking import build_targets
+from outputs.rasters import write_tiles_raster
+from outputs.report import environment, file_digest, write_json_atomic
+from pipeline.config import SurveyConfig, load_calendar
+from pipeline.errors import InputError, PoppyscanError
+from pipeline.grid import Grid
+from pipeline.ingest import open_scene, read_dem
+from pipeline.masks import apply_masks
+from pipeline.scheduler import open_runner, run_tiles
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = ".poppyscan"
+STAGES = ("read", "mask", "features", "predict", "patches", "write")
+
+
+# ----------------------------------------------------------------------------- shared
+def prepare_scene(images: Sequence[Path], cfg: SurveyConfig, *, dem: Path | None,
+                  aoi: Path | None = None) -> tuple[xr.DataArray, xr.DataArray | None]:
+    """Ingest the images (and DEM) lazily on one grid; nothing is computed."""
+    chunks = cfg.run.chunk_size
+    aoi_geom = None
+    if aoi is not None:
+        from pipeline.aoi import read_aoi
+        first = open_scene(images, chunks=chunks)
+        aoi_geom = read_aoi(aoi, first.rio.crs)
+    scene = open_scene(images, chunks=chunks, aoi=aoi_geom)
+    dem_da = read_dem(dem, Grid.of(scene.isel(time=0, band=0)), chunks) if dem else None
+    return scene, dem_da
+
+
+def mask_and_correct(scene: xr.DataArray, dem: xr.DataArray | None,
+                     cfg: SurveyConfig) -> xr.DataArray:
+    masked = apply_masks(scene, rescue_flowers=cfg.masks.rescue_flowers)
+    if cfg.terrain_correction != "none":
+        if dem is None:
+            raise InputError(f"terrain_correction is '{cfg.terrain_correction}' but no --dem "
+                             "was given; give a DEM or set terrain_correction: none")
+        from indices.terrain import correct_terrain
+        masked = correct_terrain(masked, dem, method=cfg.terrain_correction)
+    return masked
+
+
+def _digest_inputs(paths: Sequence[Path]) -> dict[str, str]:
+    out = {}
+    for p in paths:
+        p = Path(p)
+        files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+        for f in files:
+            out[str(f)] = file_digest(f)
+    return out
+
+
+# ----------------------------------------------------------------------------- train
+@dataclass(frozen=True)
+class TrainScene:
+    images: tuple[Path, ...]
+    labels: Path
+    dem: Path | None = None
+    calendar: str | None = None
+
+
+def read_manifest(path: Path) -> list[TrainScene]:
+    """A YAML list (or ``scenes:`` list) of {images, labels, dem?, calendar?}; relative paths
+    are taken from the manifest's folder."""
+    import yaml
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: manifest not found")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    entries = doc.get("scenes") if isinstance(doc, dict) else doc
+    if not isinstance(entries, list) or not entries:
+        raise InputError(f"{path}: expected a list of scenes (images, labels, dem, calendar)")
+    base = path.parent
+    out = []
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict) or "images" not in e or "labels" not in e:
+            raise InputError(f"{path}: scene {i + 1} needs 'images' and 'labels'")
+        unknown = set(e) - {"images", "labels", "dem", "calendar"}
+        if unknown:
+            raise InputError(f"{path}: scene {i + 1} has unknown keys {sorted(unknown)}; "
+                             "allowed: images, labels, dem, calendar")
+        imgs = e["images"] if isinstance(e["images"], list) else [e["images"]]
+        out.append(TrainScene(tuple(base / str(x) for x in imgs), base / str(e["labels"]),
+                              base / str(e["dem"]) if e.get("dem") else None,
+                              e.get("calendar")))
+    return out
+
+
+def train(images: Sequence[Path], labels_path: Path, model_dir: Path, cfg: SurveyConfig, *,
+          dem: Path | None = None) -> dict:
+    """Fit the model on one scene's labelled polygons; writes the artifact into ``model_dir``."""
+    return train_scenes([TrainScene(tuple(images), Path(labels_path), dem)], model_dir, cfg)
+
+
+def train_manifest(manifest: Path, model_dir: Path, cfg: SurveyConfig) -> dict:
+    return train_scenes(read_manifest(manifest), model_dir, cfg)
+
+
+def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfig) -> dict:
+    """Sample every scene in its own season, validate with spatial folds, fit, save."""
+    parts = []
+    sensors = set()
+    t0 = time.perf_counter()
+    for k, sc in enumerate(scenes):
+        calendar = load_calendar(sc.calendar or cfg.calendar)
+        scene, dem_da = prepare_scene(sc.images, cfg, dem=sc.dem)
+        labels = read_labels(sc.labels, scene.rio.crs)
+        masked = mask_and_correct(scene, dem_da, cfg)
+        feats = window_features(masked, calendar, cfg.features)
+        table = sample(feats, labels, erode_m=cfg.model.erode_m,
+                       max_pixels=cfg.model.max_pixels_per_polygon, seed=cfg.model.seed)
+        parts.append((table, labels, feats))
+        sensors.add(scene.attrs["sensor"])
+    if len(sensors) > 1:
+        raise InputError(f"training scenes come from different sensors {sorted(sensors)}; "
+                         "train one model per sensor")
+    names = parts[0][0].feature_names
+    for table, labels, _ in parts[1:]:
+        if table.feature_names != names:
+            raise InputError(f"{labels.source}: its scene gives other features than the first "
+                             "scene (other bands?); train one model per sensor")
+    table, labels, scene_of_poly = combine(parts)
+    t_sample = time.perf_counter() - t0
+    est = make_estimator(cfg.model)
+    report = validate(est, table, labels, n_folds=cfg.model.cv_folds,
+                      block_m=cfg.model.cv_block_m, target_recall=cfg.model.target_recall,
+                      seed=cfg.model.seed, scene_of_polygon=scene_of_poly)
+    t1 = time.perf_counter()
+    est.fit(table.X, table.y, sample_weight=balanced_weights(table.y))
+    t_fit = time.perf_counter() - t1
+    bg = table.X[table.y == 0]
+    with _quiet_nan():
+        bg_mean = np.nanmean(bg, axis=0)
+        bg_std = np.nanstd(bg, axis=0)
+    report.update({
+        "samples": {"pixels": int(len(table.y)), "poppy_pixels": int(table.y.sum()),
+                    "polygons": len(labels.geometries), "scenes": len(scenes),
+                    "classes": {c: labels.classes.count(c) for c in sorted(set(labels.classes))}},
+        "timings_s": {"sample": round(t_sample, 2), "fit": round(t_fit, 2)},
+        "model": cfg.model.model_dump(),
+        "edge_pixels": f"polygons eroded by {cfg.model.erode_m} m before sampling; sub-pixel "
+                       "polygons kept whole (all touched pixels)",
+    })
+    hashes: dict[str, str] = {}
+    for sc in scenes:
+        hashes.update(_digest_inputs(sc.images))
+        hashes[str(sc.labels)] = file_digest(sc.labels)
+    meta = {
+        "feature_names": list(names),
+        "sensor": sensors.pop(),
+        "calendar": load_calendar(cfg.calendar).name,
+        "scene_calendars": [sc.calendar or cfg.calendar for sc in scenes],
+        "classes": ["other", "poppy"],
+        "label_classes": sorted(set(labels.classes)),
+        "threshold": report["threshold"],
+        "calibration": report["calibration"],
+        "background_mean": [None if not np.isfinite(v) else float(v) for v in bg_mean],
+        "background_std": [None if not np.isfinite(v) else float(v) for v in bg_std],
+        "training": {"polygon_recall": report["polygon"]["recall"],
+                     "polygon_precision": report["polygon"]["precision"],
+                     "pixels": int(len(table.y))},
+        "phase_dates": [p[2].phase_dates for p in parts],
+        "versions": environment(),
+        "data_hashes": hashes,
+        "config": cfg.model_dump(mode="json"),
+    }
+    model_artifact.save(model_dir, est, meta, report)
+    (Path(model_dir) / "train_report.txt").write_text(text_table(report) + "\n",
+                                                      encoding="utf-8")
+    return report
+
+
+def combine(parts) -> tuple[Table, Labels, np.ndarray]:
+    """One training table from several scenes; polygon ids offset to stay unique."""
+    geoms, classes, scene_of, X, y, poly, xy = [], [], [], [], [], [], []
+    offset = 0
+    for k, (table, labels, _) in enumerate(parts):
+        geoms += list(labels.geometries)
+        classes += list(labels.classes)
+        scene_of += [k] * len(labels.geometries)
+        X.append(table.X)
+        y.append(table.y)
+        poly.append(table.polygon + offset)
+        xy.append(table.xy)
+        offset += len(labels.geometries)
+    labels = Labels(tuple(geoms), tuple(classes), ", ".join(p[1].source for p in parts))
+    table = Table(np.concatenate(X), np.concatenate(y), np.concatenate(poly),
+                  np.concatenate(xy), parts[0][0].feature_names)
+    return table, labels, np.array(scene_of)
+
+
+class _quiet_nan:
+    def __enter__(self):
+        import warnings
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        self._w.__exit__(*exc)
+
+
+# ----------------------------------------------------------------------------- detect
+@dataclass
+class TileContext:
+    """Everything a tile needs; enters the graph once as a single delayed object."""
+    scene: xr.DataArray
+    dem: xr.DataArray | None
+    cfg: SurveyConfig
+    plan: FeaturePlan
+    estimator: Any
+    calibration: dict
+    threshold: float
+    stride: int
+
+
+def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
+    """All pixel stages of one tile, timed; returns arrays and the tile's patch pieces."""
+    t = {s: 0.0 for s in STAGES}
+    t0 = time.perf_counter()
+    raw = ctx.scene[:, :, ys, xs].compute(scheduler="sync")
+    dem = ctx.dem[ys, xs].compute(scheduler="sync") if ctx.dem is not None else None
+    t1 = time.perf_counter()
+    t["read"] = t1 - t0
+    chunked = raw.chunk({"y": -1, "x": -1})
+    masked = mask_and_correct(chunked, dem.chunk() if dem is not None else None, ctx.cfg)
+    masked = masked.compute(scheduler="sync")
+    t2 = time.perf_counter()
+    t["mask"] = t2 - t1
+    out = block_features(masked, ctx.plan)
+    n = len(ctx.plan.names)
+    feats, evidence = out[:n], out[n:]
+    t3 = time.perf_counter()
+    t["features"] = t3 - t2
+    prob = predict_block(feats, ctx.estimator, ctx.calibration)
+    t4 = time.perf_counter()
+    t["predict"] = t4 - t3
+    fl = ctx.plan.phases.index("flowering") if "flowering" in ctx.plan.phases else None
+    ev = evidence[fl] if fl is not None else np.zeros(prob.shape, "float32")
+    valid = np.isfinite(prob)
+    ev = np.where(valid | (ev > 0), ev, np.nan)  # outside the data: not a blind area
+    transform = ctx.scene.rio.transform()
+    pieces, blind = chunk_pieces(prob, ev, None if dem is None else dem.values, feats,
+                                 ys.start, xs.start, transform, ctx.threshold)
+    t["patches"] = time.perf_counter() - t4
+    rgb = _thumb(feats, ctx.plan, ys.start, xs.start, ctx.stride)
+    return {"prob": prob, "evidence": np.nan_to_num(ev, nan=255).astype("uint8"),
+            "pieces": pieces, "blind": blind, "rgb": rgb, "timings": t}
+
+
+QUICKLOOK_BANDS = ("flowering.median.nir", "flowering.median.red", "flowering.median.green")
+QUICKLOOK_RGB = ("flowering.median.red", "flowering.median.green", "flowering.median.blue")
+
+
+def quicklook_names(plan: FeaturePlan) -> list[str]:
+    for combo in (QUICKLOOK_BANDS, QUICKLOOK_RGB):
+        if all(c in plan.names for c in combo):
+            return list(combo)
+    return [n for n in plan.names if n.startswith("flowering.median.")][:3]
+
+
+def _thumb(feats: np.ndarray, plan: FeaturePlan, y0: int, x0: int, stride: int) -> np.ndarray:
+    idx = [plan.names.index(n) for n in quicklook_names(plan)]
+    return feats[idx, (-y0) % stride::stride, (-x0) % stride::stride]
+
+
+def _fingerprint(images, model_dir: Path, cfg: SurveyConfig, extra: dict) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(_digest_inputs(images).items()):
+        h.update(f"{k}={v}".encode())
+    h.update(file_digest(Path(model_dir) / model_artifact.MODEL_FILE).encode())
+    h.update(json.dumps(cfg.model_dump(mode="json", exclude={"run": {"scheduler"}}),
+                        sort_keys=True).encode())
+    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _save_tile(tdir: Path, key: str, res: dict) -> None:
+    np.savez(tdir / f".{key}.npz", prob=res["prob"], evidence=res["evidence"], rgb=res["rgb"])
+    os.replace(tdir / f".{key}.npz", tdir / f"{key}.npz")
+    pieces = [{"wkb": p.geometry.wkb_hex, "n": p.n, "sum_p": p.sum_p, "max_p": p.max_p,
+               "min_ev": p.min_ev, "sum_elev": p.sum_elev, "n_elev": p.n_elev,
+               "sum_slope": p.sum_slope,
+               "feat_sum": None if p.feat_sum is None else p.feat_sum.tolist(),
+               "n_feat": None if p.n_feat is None else p.n_feat.tolist()} for p in res["pieces"]]
+    doc = {"pieces": pieces, "blind": [g.wkb_hex for g in res["blind"]],
+           "timings": res["timings"]}
+    tmp = tdir / f".{key}.json"
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, tdir / f"{key}.json")   # the json is the tile's completion marker
+
+
+def _load_tile_doc(tdir: Path, key: str) -> tuple[list[Piece], list, dict]:
+    doc = json.loads((tdir / f"{key}.json").read_text())
+    pieces = [Piece(shapely.from_wkb(bytes.fromhex(d["wkb"])), d["n"], d["sum_p"], d["max_p"],
+                    d["min_ev"], d["sum_elev"], d["n_elev"], d["sum_slope"],
+                    None if d["feat_sum"] is None else np.array(d["feat_sum"]),
+                    None if d["n_feat"] is None else np.array(d["n_feat"]))
+              for d in doc["pieces"]]
+    blind = [shapely.from_wkb(bytes.fromhex(h)) for h in doc["blind"]]
+    return pieces, blind, doc["timings"]
+
+
+@dataclass
+class DetectResult:
+    out: Path
+    n_targets: int
+    files: list[Path]
+    report: dict = field(default_factory=dict)
+
+
+def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig, *,
+           dem: Path | None = None, aoi: Path | None = None, exclude: Path | None = None,
+           formats: Sequence[str] | None = None,
+           progress: Callable[[str, int], Callable[[int], None]] | None = None) -> DetectResult:
+    """Find candidate patches; writes the deliverables into ``out`` (see the output contract)."""
+    t_start = time.perf_counter()
+    # ---- validate everything before anything is written
+    calendar = load_calendar(cfg.calendar)
+    art = model_artifact.load(model_dir)
+    scene, dem_da = prepare_scene(images, cfg, dem=dem, aoi=aoi)
+    mask_and_correct(scene.isel(y=slice(0, 1), x=slice(0, 1)), None if dem_da is None
+                     else dem_da.isel(y=slice(0, 1), x=slice(0, 1)), cfg)
+    probe = apply_masks(scene.isel(y=slice(0, 1), x=slice(0, 1)))
+    plan = make_plan(probe, calendar, cfg.features)
+    check_fit(art, plan.names, scene.attrs["sensor"], calendar.name)
+    exclusion = None
+    if exclude is not None:
+        geoms, _ = read_polygons(exclude, scene.rio.crs)
+        if not geoms:
+            raise InputError(f"{exclude}: the exclusion file holds no polygon")
+        exclusion = shapely.union_all(geoms)
+    formats = tuple(formats or cfg.outputs.formats)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder; choose another --out")
+
+    # ---- run tiles (resumable)
+    H, W = scene.sizes["y"], scene.sizes["x"]
+    cs = cfg.run.chunk_size
+    stride = max(1, int(np.ceil(max(H, W) / 1024)))
+    state = out / STATE_DIR
+    tdir = state / "tiles"
+    fp = _fingerprint(images, model_dir, cfg, {"dem": str(dem), "aoi": str(aoi), "H": H,
+                                                "W": W})
+    run_file = state / "run.json"
+    if run_file.is_file() and json.loads(run_file.read_text()).get("fingerprint") != fp:
+        log.info("%s holds a run with other inputs or settings: starting afresh", state)
+        shutil.rmtree(tdir, ignore_errors=True)
+    tdir.mkdir(parents=True, exist_ok=True)
+    run_file.write_text(json.dumps({"fingerprint": fp, "chunk_size": cs}))
+    tiles = [(f"{y0:06d}_{x0:06d}", slice(y0, min(y0 + cs, H)), slice(x0, min(x0 + cs, W)))
+             for y0 in range(0, H, cs) for x0 in range(0, W, cs)]
+    todo = [t for t in tiles if not (tdir / f"{t[0]}.json").is_file()]
+    resumed = len(tiles) - len(todo)
+    if resumed:
+        log.info("resuming: %d of %d tiles already done", resumed, len(tiles))
+    ctx = TileContext(scene, dem_da, cfg, plan, art.estimator, art.meta["calibration"],
+                      art.threshold, stride)
+    with open_runner(cfg.run.scheduler, memory_per_worker=cfg.run.memory_per_worker) as runner:
+        if runner.dashboard:
+            log.warning("dask dashboard: %s", runner.dashboard)
+        dctx = dask.delayed(ctx, pure=True)
+        tasks = [(key, dask.delayed(process_tile, pure=True)(dctx, ys, xs))
+                 for key, ys, xs in todo]
+        tick = progress("tiles", len(tiles)) if progress else None
+        if tick and resumed:
+            tick(resumed)
+        run_tiles(runner, tasks, lambda key, res: _save_tile(tdir, key, res), progress=tick)
+
+    # ---- assemble
+    t_asm = time.perf_counter()
+    pieces, blind, timings = [], [], {s: 0.0 for s in STAGES}
+    for key, _, _ in tiles:
+        p, b, tm = _load_tile_doc(tdir, key)
+        pieces += p
+        blind += b
+        for s in STAGES:
+            timings[s] += tm.get(s, 0.0)
+    patches = merge_pieces(pieces)
+    removed = 0
+    if exclusion is not None:
+        kept = [p for p in patches if not p.geometry.intersects(exclusion)]
+        removed = len(patches) - len(kept)
+        patches = kept
+        log.warning("--exclude removed %d candidate patch(es) on known ornamental sites",
+                    removed)
+    dates = [str(t)[:10] for t in scene["time"].values]
+    bg_mean = [np.nan if v is None else v for v in art.meta.get("background_mean", [])]
+    bg_std = [np.nan if v is None else v for v in art.meta.get("background_std", [])]
+    targets, below_mmu = build_targets(
+        patches, scene.rio.crs.to_wkt(), patch_cfg=cfg.patches, rank_cfg=cfg.ranking,
+        dates=dates, sensor=scene.attrs["sensor"], feature_names=plan.names,
+        bg_mean=bg_mean, bg_std=bg_std, blind_areas=merge_blind(blind))
+    timings["patches"] += time.perf_counter() - t_asm
+
+    # ---- write into a staging folder, then move into place
+    t_w = time.perf_counter()
+    stage = state / "staging"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    transform = scene.rio.transform()
+    crs = scene.rio.crs
+    write_tiles_raster(stage / "probability.tif", tdir, tiles, "prob", H, W, crs, transform,
+                       "float32", np.nan, "calibrated poppy probability")
+    write_tiles_raster(stage / "evidence.tif", tdir, tiles, "evidence", H, W, crs, transform,
+                       "uint8", 255, "clear observations in the flowering phase")
+    rgb = _assemble_thumb(tdir, tiles, stride, H, W)
+    thumb_tf = transform * transform.scale(stride, stride)
+    files = writers.write_targets(targets, stage, formats, gcj02=cfg.outputs.gcj02)
+    files.append(writers.write_blind_areas(targets, stage))
+    files.append(writers.write_quicklook(stage / "quicklook.png", rgb, thumb_tf, crs, targets))
+    files.append(writers.write_map_html(stage / "map.html", rgb, thumb_tf, crs, targets))
+    timings["write"] = time.perf_counter() - t_w
+    flowering_blind = sum(g.area for g in targets.blind_areas)
+    report = {
+        "command": "detect",
+        "inputs": _digest_inputs(images),
+        "model": {"dir": str(model_dir), "threshold": art.threshold,
+                  "sensor": art.meta["sensor"], "calendar": art.meta["calendar"]},
+        "dem": str(dem) if dem else None, "aoi": str(aoi) if aoi else None,
+        "exclude": str(exclude) if exclude else None,
+        "config": cfg.model_dump(mode="json"),
+        "versions": environment(),
+        "grid": {"crs": crs.to_string(), "shape": [H, W], "resolution": abs(transform.a)},
+        "dates": dates, "phase_dates": plan.phase_dates,
+        "scheduler": cfg.run.scheduler, "tiles": len(tiles), "tiles_resumed": resumed,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "counts": {"targets": len(targets.targets), "patches": len(patches) + removed,
+                   "excluded": removed, "below_mmu": below_mmu,
+                   "blind_areas": len(targets.blind_areas),
+                   "blind_area_m2": round(flowering_blind, 1)},
+    }
+    report["timings_s"]["total"] = round(time.perf_counter() - t_start, 3)
+    write_json_atomic(stage / "report.json", report)
+    files = [stage / "probability.tif", stage / "evidence.tif", *files, stage / "report.json"]
+    final = []
+    for f in files:
+        dst = out / f.name
+        os.replace(f, dst)
+        final.append(dst)
+    shutil.rmtree(stage, ignore_errors=True)
+    return DetectResult(out, len(targets.targets), final, report)
+
+
+def _assemble_thumb(tdir: Path, tiles, stride: int, H: int, W: int) -> np.ndarray:
+    hs, ws = (H + stride - 1) // stride, (W + stride - 1) // stride
+    rgb = None
+    for key, ys, xs in tiles:
+        with np.load(tdir / f"{key}.npz") as z:
+            block = z["rgb"]
+        if rgb is None:
+            rgb = np.full((block.shape[0], hs, ws), np.nan, dtype="float32")
+        oy = (ys.start + stride - 1) // stride
+        ox = (xs.start + stride - 1) // stride
+        rgb[:, oy:oy + block.shape[1], ox:ox + block.shape[2]] = block
+    assert rgb is not None
+    return rgb

@@ -1,0 +1,276 @@
+#!/usr/bin/env python3
+"""poppyscan command line: parse, load config, call a pipeline function, map errors to exits.
+
+Exit codes: 0 success; 2 user error (one line on stderr, nothing written); 130 Ctrl-C; any
+other code is a bug (with its traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from pipeline.errors import NotImplementedYet, PoppyscanError  # noqa: E402
+
+PROG = "poppyscan"
+log = logging.getLogger(PROG)
+FORMATS = ("geojson", "gpkg", "csv", "gpx", "kml")
+CAMPAIGN = ("assign", "verify", "recheck", "history", "summary")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        sys.stderr.write(f"{PROG}: error: {message} (see `python {self.prog} --help`)\n")
+        raise SystemExit(2)
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    items = tuple(s.strip().lower() for s in text.split(",") if s.strip())
+    bad = [s for s in items if s not in FORMATS]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(
+            f"unknown format(s) {bad or [text]}; allowed: {','.join(FORMATS)}")
+    return items
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="run.py", description="poppyscan: find opium-poppy plots in Sentinel-2 "
+                "and drone imagery and export ranked target lists for ground teams.")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-v", "--verbose", action="store_true", help="more detail (debug log)")
+    g.add_argument("-q", "--quiet", action="store_true", help="only errors; no progress bars")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    s = sub.add_parser("simulate", help="write a seeded synthetic scene (a test instrument, "
+                       "not evidence about real fields)")
+    s.add_argument("--out", type=Path, required=True, help="output folder")
+    s.add_argument("--sensor", choices=("sentinel2", "drone", "drone-rgb"), default="sentinel2")
+    s.add_argument("--size", type=int, default=256, help="scene side in pixels (default 256)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--prevalence", type=float, default=0.01,
+                   help="share of poppy area, 0.0005-0.05 (default 0.01)")
+
+    s = sub.add_parser("inspect", help="print what poppyscan reads from images, as JSON")
+    s.add_argument("--images", type=Path, nargs="+", required=True, metavar="PATH")
+    s.add_argument("--sensor", help="sensor name (configs/sensors/) for files without band "
+                   "descriptions")
+    s.add_argument("--aoi", type=Path, help="clip to this polygon file")
+
+    s = sub.add_parser("fetch", help="download Sentinel-2 L2A scenes for an AOI and season "
+                       "(Sentinel Hub or Copernicus Data Space)")
+    s.add_argument("--aoi", type=Path, required=True, help="AOI polygon file")
+    s.add_argument("--window", required=True, help="START/END, ISO dates")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--max-cloud", type=float, default=30.0, help="max cloud cover %% "
+                   "(default 30)")
+    s.add_argument("--resolution", type=float, default=10.0, help="metres (default 10)")
+    s.add_argument("--dem", action="store_true", help="also fetch the Copernicus DEM 30 m")
+    s.add_argument("--sh-base-url", help="service base URL (CDSE: "
+                   "https://sh.dataspace.copernicus.eu)")
+    s.add_argument("--sh-token-url", help="OAuth token URL")
+
+    s = sub.add_parser("train", help="train a model from labelled polygons")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", type=Path, nargs="+", metavar="PATH")
+    src.add_argument("--manifest", type=Path, help="YAML list of scenes (images, labels, "
+                     "optional dem and calendar)")
+    s.add_argument("--labels", type=Path, help="labelled polygons (class in property "
+                   "'class', target class 'poppy')")
+    s.add_argument("--model", type=Path, required=True, help="model folder to write")
+    s.add_argument("--config", type=Path, help="survey config YAML "
+                   "(default configs/survey-sentinel2.yaml)")
+    s.add_argument("--dem", type=Path, help="DEM GeoTIFF (metres)")
+
+    s = sub.add_parser("detect", help="find candidate poppy patches and write target lists")
+    s.add_argument("--images", type=Path, nargs="+", required=True, metavar="PATH")
+    s.add_argument("--model", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--config", type=Path)
+    s.add_argument("--dem", type=Path)
+    s.add_argument("--aoi", type=Path)
+    s.add_argument("--exclude", type=Path, help="polygons of known ornamental-poppy sites")
+    s.add_argument("--formats", type=_formats, help="comma list of " + ",".join(FORMATS))
+    s.add_argument("--scheduler", help="threads (default), processes, local:N or a dask "
+                   "scheduler address")
+    s.add_argument("--history", type=Path, help="earlier targets (campaign issue; reserved)")
+
+    s = sub.add_parser("assign", help="assign targets to units and teams (not implemented yet)")
+    s.add_argument("--targets", type=Path, required=True)
+    s.add_argument("--units", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--teams", type=Path)
+    s.add_argument("--sample", type=int)
+    s = sub.add_parser("verify", help="take field verification results back in "
+                       "(not implemented yet)")
+    s.add_argument("--targets", type=Path, required=True)
+    s.add_argument("--field", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s = sub.add_parser("recheck", help="reprocess areas flagged by national monitoring "
+                       "(not implemented yet)")
+    s.add_argument("--flags", type=Path, required=True)
+    s.add_argument("--images", type=Path, nargs="+", required=True, metavar="PATH")
+    s.add_argument("--model", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--targets", type=Path)
+    s = sub.add_parser("history", help="compare seasons, find repeat planting "
+                       "(not implemented yet)")
+    s.add_argument("--targets", type=Path, nargs="+", required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s = sub.add_parser("summary", help="campaign summary per unit (not implemented yet)")
+    s.add_argument("--verified", type=Path, required=True)
+    s.add_argument("--units", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True)
+
+    s = sub.add_parser("demo", help="simulate two scenes, train on one, detect on the other")
+    s.add_argument("--out", type=Path, default=Path("demo-out"))
+    return p
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING if not verbose else logging.DEBUG)
+    for name in (PROG, "pipeline", "indices", "classifiers", "outputs"):
+        logging.getLogger(name).setLevel(level)
+
+
+def _progress(quiet: bool):
+    """A factory of per-stage progress callbacks (rich bars on a terminal, else silent)."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    def factory(stage: str, total: int):
+        prog = Progress("[bold]{task.description}", BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), transient=True)
+        prog.start()
+        task = prog.add_task(stage, total=total)
+
+        def tick(n: int) -> None:
+            prog.advance(task, n)
+            if prog.tasks[0].completed >= total:
+                prog.stop()
+        return tick
+    return factory
+
+
+def _config(path: Path | None, **overrides):
+    from pipeline.config import load_config, with_overrides
+    cfg = load_config(path)
+    return with_overrides(cfg, **overrides) if overrides else cfg
+
+
+def cmd_simulate(a) -> int:
+    from pipeline.simulate import simulate
+    _fresh_out(a.out)
+    res = simulate(a.out, sensor=a.sensor, size=a.size, seed=a.seed, prevalence=a.prevalence)
+    print(f"simulated {a.sensor} scene, {len(res.images)} image(s), {len(res.dates)} date(s): "
+          f"{a.out}  (synthetic: not evidence about real fields)")
+    return 0
+
+
+def cmd_inspect(a) -> int:
+    from pipeline.inspect import inspect_images
+    print(json.dumps(inspect_images(a.images, sensor=a.sensor, aoi=a.aoi), indent=2))
+    return 0
+
+
+def cmd_fetch(a) -> int:
+    from pipeline.fetch import fetch
+    doc = fetch(a.aoi, a.window, a.out, max_cloud=a.max_cloud, resolution=a.resolution,
+                dem=a.dem, base_url=a.sh_base_url, token_url=a.sh_token_url)
+    print(f"fetched {len(doc.get('written', []))} date(s) into {a.out}")
+    return 0
+
+
+def cmd_train(a) -> int:
+    from pipeline.survey import train, train_manifest
+    cfg = _config(a.config)
+    if a.manifest:
+        if a.labels:
+            raise PoppyscanError("--labels goes with --images; a manifest names its own labels")
+        report = train_manifest(a.manifest, a.model, cfg)
+    else:
+        if not a.labels:
+            raise PoppyscanError("--images needs --labels (a polygon file with 'class')")
+        report = train(a.images, a.labels, a.model, cfg, dem=a.dem)
+    from classifiers.validation import text_table
+    print(text_table(report))
+    print(f"model written to {a.model}")
+    return 0
+
+
+def cmd_detect(a, quiet: bool) -> int:
+    from pipeline.survey import detect
+    if a.history:
+        raise NotImplementedYet("--history is not implemented yet (campaign issue)")
+    cfg = _config(a.config, **{"run.scheduler": a.scheduler})
+    res = detect(a.images, a.model, a.out, cfg, dem=a.dem, aoi=a.aoi, exclude=a.exclude,
+                 formats=a.formats, progress=_progress(quiet))
+    _print_detect(res)
+    return 0
+
+
+def _print_detect(res) -> None:
+    c = res.report["counts"]
+    if res.n_targets == 0:
+        why = ("no pixel reached the model's threshold"
+               if c["patches"] == 0 else
+               f"{c['patches']} patch(es) found, {c['excluded']} excluded, {c['below_mmu']} "
+               "below the minimum mapping unit")
+        print(f"no targets: {why}. Blind areas (no clear flowering observation): "
+              f"{c['blind_areas']} polygon(s), {c['blind_area_m2']:.0f} m^2 - an empty list "
+              "there is not 'no poppy'.")
+    else:
+        print(f"{res.n_targets} target(s); blind areas: {c['blind_areas']} polygon(s), "
+              f"{c['blind_area_m2']:.0f} m^2")
+    print(f"outputs in {res.out}: " + ", ".join(p.name for p in res.files))
+
+
+def cmd_demo(a, quiet: bool) -> int:
+    from pipeline.demo import run_demo
+    run_demo(a.out, progress=_progress(quiet))
+    return 0
+
+
+def _fresh_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise PoppyscanError(f"{out}: exists and is not a folder; choose another --out")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        if args.command in CAMPAIGN:
+            raise NotImplementedYet(f"'{args.command}' is not implemented yet (campaign "
+                                    "issue); see `python run.py --help`")
+        if args.command == "detect":
+            return cmd_detect(args, args.quiet)
+        if args.command == "demo":
+            return cmd_demo(args, args.quiet)
+        return {"simulate": cmd_simulate, "inspect": cmd_inspect, "fetch": cmd_fetch,
+                "train": cmd_train}[args.command](args)
+    except PoppyscanError as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        sys.stderr.write(f"{PROG}: error: {msg}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted; rerun the same command to resume\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
