@@ -54,6 +54,8 @@ CDSE_TOKEN_URL = (
 
 #: Largest tile side (pixels) of one Process API request (the API's limit is 2500).
 MAX_TILE_PX = 2500
+#: Coarsest pixel (m) the Process API serves for Sentinel-2 L2A.
+MAX_RESOLUTION = 1500.0
 #: Retries of the sentinelhub client for 5xx and connection errors, and the first sleep (s).
 MAX_DOWNLOAD_ATTEMPTS = 4
 DOWNLOAD_SLEEP_TIME = 5.0
@@ -91,12 +93,12 @@ def parse_window(window: str) -> tuple[dt.date, dt.date]:
             f"--window {window!r} has a date that is not ISO YYYY-MM-DD, e.g. 2024-04-01/2024-06-30"
         ) from None
     if start > end:
-        raise InputError(f"--window {window!r} starts after it ends; give START/END with START<=END")
+        raise InputError(f"--window {window!r} starts after it ends; give START/END, START<=END")
     return start, end
 
 
 def read_aoi(path: Path) -> tuple[Any, str]:
-    """Read all polygons of a GeoJSON/GeoPackage/Shapefile as one geometry and its CRS (WKT/EPSG)."""
+    """Read the polygons of a GeoJSON/GeoPackage/Shapefile as one geometry, and its CRS."""
     import shapely
     from pyogrio import errors as ogr_errors
     from pyogrio.raw import read
@@ -109,7 +111,7 @@ def read_aoi(path: Path) -> tuple[Any, str]:
     except (ogr_errors.DataSourceError, ogr_errors.DataLayerError, ogr_errors.GeometryError,
             ogr_errors.FeatureError, ogr_errors.FieldError, ogr_errors.CRSError) as exc:
         raise InputError(f"AOI file {path} cannot be read as a vector file: {exc}") from None
-    geoms = [g for g in shapely.from_wkb(wkb) if g is not None and not g.is_empty] if wkb is not None else []
+    geoms = [] if wkb is None else [g for g in shapely.from_wkb(wkb) if g is not None]
     polys = [g for g in geoms if g.geom_type in ("Polygon", "MultiPolygon") and g.area > 0]
     if not polys:
         raise InputError(f"AOI file {path} holds no polygon; draw the area as one or more polygons")
@@ -117,8 +119,8 @@ def read_aoi(path: Path) -> tuple[Any, str]:
     if not crs:
         raise CRSError(f"AOI file {path} has no CRS; save it with one (e.g. EPSG:4326)")
     aoi = shapely.union_all([shapely.make_valid(p) for p in polys])
-    aoi = shapely.union_all([g for g in getattr(aoi, "geoms", [aoi]) if g.area > 0]) \
-        if aoi.geom_type == "GeometryCollection" else aoi
+    if aoi.geom_type == "GeometryCollection":  # make_valid may add lines; keep the areas
+        aoi = shapely.union_all([g for g in aoi.geoms if g.area > 0])
     if aoi.is_empty or aoi.area <= 0:
         raise InputError(f"AOI file {path} has only empty polygons")
     return aoi, crs
@@ -166,7 +168,7 @@ class Grid:
 
 
 def make_grid(aoi: Any, aoi_crs: str, resolution: float) -> tuple[Grid, Any, Any]:
-    """Project the AOI to the UTM zone of its centroid; return the grid, the AOI in UTM and in WGS 84."""
+    """Grid in the UTM zone of the AOI centroid; also return the AOI in UTM and in WGS 84."""
     import shapely
     from pyproj import CRS, Transformer
 
@@ -178,15 +180,16 @@ def make_grid(aoi: Any, aoi_crs: str, resolution: float) -> tuple[Grid, Any, Any
     aoi_wgs = shapely.transform(aoi, to_wgs.transform, interleaved=False)
     centroid = aoi_wgs.centroid
     if not (-180 <= centroid.x <= 180 and -90 <= centroid.y <= 90):
-        raise CRSError(f"AOI centroid {centroid.x:.3f},{centroid.y:.3f} is not on Earth; check its CRS")
+        raise CRSError(f"AOI centroid {centroid.x:.2f},{centroid.y:.2f} is off Earth; fix its CRS")
     epsg = utm_epsg(centroid.x, centroid.y)
     to_utm = Transformer.from_crs(CRS.from_epsg(4326), CRS.from_epsg(epsg), always_xy=True)
     # densify so long straight edges in lon/lat stay right in UTM
     aoi_utm = shapely.transform(shapely.segmentize(aoi_wgs, 0.001), to_utm.transform,
                                 interleaved=False)
     minx, miny, maxx, maxy = aoi_utm.bounds
-    west, south = math.floor(minx / resolution) * resolution, math.floor(miny / resolution) * resolution
-    east, north = math.ceil(maxx / resolution) * resolution, math.ceil(maxy / resolution) * resolution
+    res = resolution
+    west, south = math.floor(minx / res) * res, math.floor(miny / res) * res
+    east, north = math.ceil(maxx / res) * res, math.ceil(maxy / res) * res
     width = max(int(round((east - west) / resolution)), 1)
     height = max(int(round((north - south) / resolution)), 1)
     return Grid(epsg, float(resolution), west, north, width, height), aoi_utm, aoi_wgs
@@ -196,13 +199,14 @@ def make_grid(aoi: Any, aoi_crs: str, resolution: float) -> tuple[Grid, Any, Any
 
 
 def _sh_config(base_url: str | None, token_url: str | None) -> Any:
-    """SHConfig from env (SH_CLIENT_ID/SH_CLIENT_SECRET) or profile (SH_PROFILE), URLs overridden."""
+    """SHConfig from env (SH_CLIENT_ID/SH_CLIENT_SECRET) or profile (SH_PROFILE), URLs set."""
     from sentinelhub import SHConfig
 
     try:
         config = SHConfig()
     except KeyError as exc:
-        raise CredentialsError(f"sentinelhub profile not found ({exc.args[0]}); {_CREDENTIALS_HINT}") from None
+        raise CredentialsError(
+            f"sentinelhub profile not found ({exc.args[0]}); {_CREDENTIALS_HINT}") from None
     if base_url:
         config.sh_base_url = base_url.rstrip("/")
     if token_url:
@@ -231,13 +235,14 @@ def _translate(exc: BaseException, what: str, url: str) -> PoppyscanError:
         return CredentialsError(f"credentials rejected by {url} ({exc.error}); {_CREDENTIALS_HINT}")
     status = _status_of(exc)
     if status in (401, 403):
-        return CredentialsError(f"credentials rejected by {url} (HTTP {status}); {_CREDENTIALS_HINT}")
+        return CredentialsError(
+            f"credentials rejected by {url} (HTTP {status}); {_CREDENTIALS_HINT}")
     if isinstance(exc, OutOfRequestsException):
         return FetchError(f"{what}: rate limit still hit after retries at {url}; try again later")
     if isinstance(exc, DownloadFailedException):
         first = str(exc).strip().splitlines()
         reason = f"HTTP {status}" if status else (first[-1] if first else type(exc).__name__)
-        return FetchError(f"{what} failed at {url} ({reason}); check --sh-base-url and the connection")
+        return FetchError(f"{what} failed at {url} ({reason}); check the URL and the network")
     return FetchError(f"{what} failed at {url}: {type(exc).__name__}: {exc}")
 
 
@@ -439,7 +444,8 @@ def _fetch_dem(grid: Grid, aoi_utm: Any, config: Any, session: Any, cache: Path,
                base_url: str) -> tuple[np.ndarray, int]:
     from sentinelhub import DataCollection, MimeType, ResamplingType
 
-    collection = _collection(DataCollection.DEM_COPERNICUS_30, "POPPYSCAN_DEM_COPERNICUS_30", base_url)
+    collection = _collection(DataCollection.DEM_COPERNICUS_30, "POPPYSCAN_DEM_COPERNICUS_30",
+                             base_url)
     requests = _tile_requests(
         grid, aoi_utm, collection, DEM_EVALSCRIPT,
         [{"identifier": "default", "format": {"type": MimeType.TIFF.get_string()}}],
@@ -482,8 +488,8 @@ def fetch(aoi: Path, window: str, out: Path, *, max_cloud: float = 30.0, resolut
     start, end = parse_window(window)
     if not (0.0 <= float(max_cloud) <= 100.0):
         raise InputError(f"--max-cloud {max_cloud} is not a percentage in 0..100")
-    if not (float(resolution) > 0):
-        raise InputError(f"--resolution {resolution} must be a positive number of metres")
+    if not (0 < float(resolution) <= MAX_RESOLUTION):
+        raise InputError(f"--resolution {resolution} must be metres in (0, {MAX_RESOLUTION:g}]")
     geom, geom_crs = read_aoi(Path(aoi))
     grid, aoi_utm, aoi_wgs = make_grid(geom, geom_crs, float(resolution))
     out = Path(out)

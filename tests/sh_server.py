@@ -98,7 +98,7 @@ class FakeSentinelHub:
         form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
         if form.get("client_id") != CLIENT_ID or form.get("client_secret") != CLIENT_SECRET:
             return _send(h, 401, {"error": "invalid_client",
-                                  "error_description": "Invalid client or Invalid client credentials"})
+                                  "error_description": "Invalid client credentials"})
         return _send(h, 200, {"access_token": TOKEN, "token_type": "Bearer", "expires_in": 3600})
 
     def _search(self, h: BaseHTTPRequestHandler, payload: dict) -> None:

@@ -158,6 +158,28 @@ def test_wrong_credentials_raise_credentials_error(server, aoi, tmp_path, monkey
     assert not (tmp_path / "out").exists()
 
 
+def test_process_request_forbidden_is_a_credentials_error(server, aoi, tmp_path):
+    server.fail_process_with = [403]
+    with pytest.raises(CredentialsError, match="HTTP 403"):
+        run(server, aoi, tmp_path / "out")
+    assert not list((tmp_path / "out").glob("*.tif"))
+
+
+def test_no_acquisition_in_the_window_writes_an_empty_listing(server, aoi, tmp_path):
+    result = run(server, aoi, tmp_path / "out", window="2023-01-01/2023-01-31")
+    assert result["found"] == [] and result["written"] == [] and result["skipped"] == []
+    assert server.process_requests == []
+    assert json.loads((tmp_path / "out" / "fetch.json").read_text()) == result
+
+
+@pytest.mark.parametrize("kw", [{"max_cloud": 101}, {"max_cloud": -1}, {"resolution": 0},
+                                {"resolution": 5000}])
+def test_bad_options_fail_before_anything(server, aoi, tmp_path, kw):
+    with pytest.raises(InputError):
+        run(server, aoi, tmp_path / "out", **kw)
+    assert not (tmp_path / "out").exists() and server.token_requests == 0
+
+
 def test_missing_credentials_raise_before_any_request(server, aoi, tmp_path, monkeypatch):
     monkeypatch.delenv("SH_CLIENT_ID")
     monkeypatch.delenv("SH_CLIENT_SECRET")
