@@ -189,6 +189,19 @@ def test_missing_credentials_raise_before_any_request(server, aoi, tmp_path, mon
     assert not (tmp_path / "out").exists()
 
 
+def test_credentials_and_urls_from_a_sentinelhub_profile(server, aoi, tmp_path, monkeypatch):
+    monkeypatch.delenv("SH_CLIENT_ID")
+    monkeypatch.delenv("SH_CLIENT_SECRET")
+    monkeypatch.setenv("SH_PROFILE", "poppy")
+    config = tmp_path / "config" / "sentinelhub" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(f'[poppy]\nsh_client_id = "{CLIENT_ID}"\nsh_client_secret = "{CLIENT_SECRET}"\n'
+                      f'sh_base_url = "{server.base_url}"\nsh_token_url = "{server.token_url}"\n')
+    result = F.fetch(aoi, "2024-05-13/2024-05-13", tmp_path / "out")
+    assert [w["date"] for w in result["written"]] == ["2024-05-13"]
+    assert result["service"] == server.base_url and server.token_requests == 1
+
+
 def test_unknown_profile_raises_credentials_error(server, aoi, tmp_path, monkeypatch):
     monkeypatch.delenv("SH_CLIENT_ID")
     monkeypatch.delenv("SH_CLIENT_SECRET")
