@@ -172,9 +172,11 @@ def make_grid(aoi: Any, aoi_crs: str, resolution: float) -> tuple[Grid, Any, Any
     import shapely
     from pyproj import CRS, Transformer
 
+    from pyproj.exceptions import CRSError as ProjCRSError
+
     try:
         src = CRS.from_user_input(aoi_crs)
-    except Exception:
+    except ProjCRSError:
         raise CRSError(f"AOI CRS {aoi_crs!r} is unknown; save the AOI in a standard CRS") from None
     to_wgs = Transformer.from_crs(src, CRS.from_epsg(4326), always_xy=True)
     aoi_wgs = shapely.transform(aoi, to_wgs.transform, interleaved=False)
@@ -243,7 +245,17 @@ def _translate(exc: BaseException, what: str, url: str) -> PoppyscanError:
         first = str(exc).strip().splitlines()
         reason = f"HTTP {status}" if status else (first[-1] if first else type(exc).__name__)
         return FetchError(f"{what} failed at {url} ({reason}); check the URL and the network")
-    return FetchError(f"{what} failed at {url}: {type(exc).__name__}: {exc}")
+    detail = " ".join(str(exc).split())[:300]
+    return FetchError(f"{what} failed at {url}: {type(exc).__name__}: {detail}")
+
+
+def _service_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean the service (not our code) failed: translated by :func:`_translate`."""
+    import requests
+    from oauthlib.oauth2.rfc6749.errors import OAuth2Error
+    from sentinelhub.exceptions import BaseSentinelHubException
+
+    return (requests.RequestException, OAuth2Error, BaseSentinelHubException, KeyError, ValueError)
 
 
 def _session(config: Any) -> Any:
@@ -251,9 +263,7 @@ def _session(config: Any) -> Any:
 
     try:
         return SentinelHubSession(config=config)
-    except CredentialsError:
-        raise
-    except Exception as exc:
+    except _service_errors() as exc:
         err = _translate(exc, "authentication", config.sh_token_url)
         if isinstance(err, FetchError) and 400 <= (_status_of(exc) or 0) < 500:
             err = CredentialsError(
@@ -272,16 +282,20 @@ def _collection(base: Any, prefix: str, base_url: str) -> Any:
 
 def _search(config: Any, session: Any, collection: Any, aoi_wgs: Any,
             start: dt.date, end: dt.date) -> list[dict]:
+    import shapely
     from sentinelhub import CRS, Geometry, SentinelHubCatalog, SentinelHubDownloadClient
 
     catalog = SentinelHubCatalog(config=config)
     catalog.client = SentinelHubDownloadClient(session=session, config=config)
     time = (dt.datetime.combine(start, dt.time.min), dt.datetime.combine(end, dt.time(23, 59, 59)))
     fields = {"include": ["id", "properties.datetime", "properties.eo:cloud_cover"], "exclude": []}
+    # a detailed AOI makes a heavy query; its convex hull finds the same scenes (or a few more,
+    # which then have no valid pixel and are skipped)
+    area = aoi_wgs if shapely.get_num_coordinates(aoi_wgs) <= 500 else aoi_wgs.convex_hull
     try:
-        return list(catalog.search(collection, time=time, geometry=Geometry(aoi_wgs, CRS.WGS84),
+        return list(catalog.search(collection, time=time, geometry=Geometry(area, CRS.WGS84),
                                    fields=fields))
-    except Exception as exc:
+    except _service_errors() as exc:
         raise _translate(exc, "catalog search", catalog.service_url) from None
 
 
@@ -393,7 +407,7 @@ def _download(requests: list[Any], session: Any, config: Any, what: str) -> tupl
     client = SentinelHubDownloadClient(session=session, config=config)
     try:
         return client.download(requests, max_threads=MAX_THREADS), misses
-    except Exception as exc:
+    except _service_errors() as exc:
         raise _translate(exc, what, config.sh_base_url) from None
 
 
