@@ -59,6 +59,8 @@ MAX_RESOLUTION = 1500.0
 #: Retries of the sentinelhub client for 5xx and connection errors, and the first sleep (s).
 MAX_DOWNLOAD_ATTEMPTS = 4
 DOWNLOAD_SLEEP_TIME = 5.0
+#: Answers 429 (rate limit) tolerated per request, each after the service's Retry-After.
+MAX_RATE_LIMIT_RETRIES = 30
 #: Parallel downloads of the tiles of one date.
 MAX_THREADS = 4
 
@@ -217,6 +219,7 @@ def _sh_config(base_url: str | None, token_url: str | None) -> Any:
         config.sh_token_url = CDSE_TOKEN_URL
     config.max_download_attempts = MAX_DOWNLOAD_ATTEMPTS
     config.download_sleep_time = DOWNLOAD_SLEEP_TIME
+    config.max_retries = MAX_RATE_LIMIT_RETRIES
     if not (config.sh_client_id and config.sh_client_secret):
         raise CredentialsError(f"Sentinel Hub credentials are missing; {_CREDENTIALS_HINT}")
     return config

@@ -142,6 +142,26 @@ def test_a_429_is_retried(server, aoi, tmp_path):
     assert server.process_attempts == len(server.process_requests) + 1
 
 
+def test_endless_429_gives_up_with_a_fetch_error(server, aoi, tmp_path, monkeypatch):
+    monkeypatch.setattr(F, "MAX_RATE_LIMIT_RETRIES", 3)
+    server.fail_process_with = [429] * 10
+    with pytest.warns(Warning), pytest.raises(F.FetchError, match="rate limit"):
+        run(server, aoi, tmp_path / "out")
+    assert server.process_attempts == 3
+
+
+def test_group_by_date_handles_fractions_and_missing_cloud_cover():
+    acqs = F.group_by_date([
+        feature("b", "2024-05-03T06:10:25.123Z", 20.0),
+        feature("a", "2024-05-03T06:10:21.999+00:00", 11.0),
+        {"id": "c", "properties": {"datetime": "2024-05-04T23:30:00-02:00"}},  # 05-05 UTC
+    ])
+    assert [a.date.isoformat() for a in acqs] == ["2024-05-03", "2024-05-05"]
+    assert acqs[0].datetime == "2024-05-03T06:10:21" and acqs[0].cloud_cover == 15.5
+    assert acqs[0].ids == ("a", "b")
+    assert acqs[1].cloud_cover is None and acqs[1].datetime == "2024-05-05T01:30:00"
+
+
 def test_a_503_is_retried(server, aoi, tmp_path):
     server.fail_process_with = [503]
     result = run(server, aoi, tmp_path / "out")
