@@ -347,3 +347,18 @@ def test_grid_tiles_cover_the_grid_once():
     for c, r, w, h in tiles:
         cover[r:r + h, c:c + w] += 1
     assert (cover == 1).all()
+
+
+def test_outputs_read_back_through_the_multiband_reader(server, aoi, tmp_path):
+    multiband = pytest.importorskip("pipeline.readers.multiband")
+    grid, _, _ = F.make_grid(*F.read_aoi(aoi), 10.0)
+    server.nodata_west_of = grid.west + 30
+    run(server, aoi, tmp_path / "out", dem=True)
+    (scene,) = multiband.read(tmp_path / "out" / "S2_20240503.tif")
+    values = scene.compute()
+    assert values.band.values.tolist()[-1] == "scl" and "nir08" in values.band.values.tolist()
+    assert np.isnan(values.values[:, :, :3]).all()  # nodata -> NaN
+    col = (round(grid.west / 10) + 3) % 1000
+    assert float(values.sel(band="blue")[0, 3]) == pytest.approx((1100 + col) * 1e-4)
+    assert float(values.sel(band="scl")[0, 3]) == 4.0
+    assert values.attrs["sun_zenith"] == pytest.approx(SUN_ZENITH)
