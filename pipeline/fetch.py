@@ -1,0 +1,583 @@
+"""Fetch Sentinel-2 L2A acquisitions (and optionally the Copernicus DEM) for an AOI.
+
+Sentinel Hub and the Copernicus Data Space Ecosystem (CDSE) run the same APIs; the base and
+token URLs choose between them. The steps:
+
+1. validate the AOI file, the window and the options (nothing is written before this);
+2. authenticate (a rejected or missing credential is a :class:`CredentialsError`);
+3. Catalog API search over the AOI and the window; dates whose mean tile cloud cover is above
+   ``max_cloud`` are skipped (and listed as such in ``fetch.json``);
+4. one Process API request per date and per grid tile (tiles stay within the 2500-pixel limit)
+   for the 12 L2A bands, SCL, ``dataMask`` and the sun angles, harmonised to processing
+   baseline 04.00 (offset removed), in the UTM zone of the AOI centroid at ``resolution`` m;
+   responses are cached in the sentinelhub ``data_folder`` so a rerun downloads nothing;
+5. tiles are mosaicked and written as one multi-band GeoTIFF per date (``S2_YYYYMMDD.tif``,
+   the input contract of :mod:`pipeline.geotiff`), ``dem.tif`` with ``dem=True``, and
+   ``fetch.json`` last.
+
+Outputs are written into a staging folder inside ``out/.poppyscan`` and moved into ``out`` only
+when everything succeeded; a failed run leaves at most the download cache behind.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from affine import Affine
+
+from pipeline.bands import S2_BANDS
+from pipeline.errors import CredentialsError, CRSError, InputError, PoppyscanError
+from pipeline.geotiff import write_multiband
+
+LOGGER = logging.getLogger(__name__)
+
+#: Sentinel Hub (default) service and token URLs.
+SH_BASE_URL = "https://services.sentinel-hub.com"
+SH_TOKEN_URL = "https://services.sentinel-hub.com/auth/realms/main/protocol/openid-connect/token"
+#: Copernicus Data Space Ecosystem service and token URLs.
+CDSE_BASE_URL = "https://sh.dataspace.copernicus.eu"
+CDSE_TOKEN_URL = (
+    "https://identity.dataspace.copernicus.eu/auth/realms/CDSE/protocol/openid-connect/token"
+)
+
+#: Largest tile side (pixels) of one Process API request (the API's limit is 2500).
+MAX_TILE_PX = 2500
+#: Coarsest pixel (m) the Process API serves for Sentinel-2 L2A.
+MAX_RESOLUTION = 1500.0
+#: Retries of the sentinelhub client for 5xx and connection errors, and the first sleep (s).
+MAX_DOWNLOAD_ATTEMPTS = 4
+DOWNLOAD_SLEEP_TIME = 5.0
+#: Answers 429 (rate limit) tolerated per request, each after the service's Retry-After.
+MAX_RATE_LIMIT_RETRIES = 30
+#: Parallel downloads of the tiles of one date.
+MAX_THREADS = 4
+
+#: Reflectance bands in the order they are written (canonical order, from pipeline.bands).
+REFLECTANCE_BANDS: tuple[str, ...] = tuple(b for b in S2_BANDS if b != "SCL")
+#: Band descriptions of the written files.
+OUTPUT_BANDS: tuple[str, ...] = (*REFLECTANCE_BANDS, "SCL")
+REFLECTANCE_SCALE = 1e-4
+
+_CREDENTIALS_HINT = (
+    "set SH_CLIENT_ID and SH_CLIENT_SECRET (an OAuth client of the service named by "
+    "--sh-base-url/--sh-token-url) or a sentinelhub profile (SH_PROFILE, `sentinelhub.config`)"
+)
+
+
+class FetchError(PoppyscanError, RuntimeError):
+    """The service could not be reached or answered with an error that is not about credentials."""
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def parse_window(window: str) -> tuple[dt.date, dt.date]:
+    """Parse ``START/END`` (ISO dates, inclusive) into two dates; InputError if malformed."""
+    parts = str(window).split("/")
+    if len(parts) != 2:
+        raise InputError(f"--window {window!r} is not START/END, e.g. 2024-04-01/2024-06-30")
+    try:
+        start, end = (dt.date.fromisoformat(p.strip()) for p in parts)
+    except ValueError:
+        raise InputError(
+            f"--window {window!r} has a date that is not ISO YYYY-MM-DD, e.g. 2024-04-01/2024-06-30"
+        ) from None
+    if start > end:
+        raise InputError(f"--window {window!r} starts after it ends; give START/END, START<=END")
+    return start, end
+
+
+def read_aoi(path: Path) -> tuple[Any, str]:
+    """Read the polygons of a GeoJSON/GeoPackage/Shapefile as one geometry, and its CRS."""
+    import shapely
+    from pyogrio import errors as ogr_errors
+    from pyogrio.raw import read
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"AOI file {path} does not exist; give a GeoJSON, GeoPackage or Shapefile")
+    try:
+        meta, _fids, wkb, _fields = read(path, read_geometry=True, columns=[])
+    except (ogr_errors.DataSourceError, ogr_errors.DataLayerError, ogr_errors.GeometryError,
+            ogr_errors.FeatureError, ogr_errors.FieldError, ogr_errors.CRSError) as exc:
+        raise InputError(f"AOI file {path} cannot be read as a vector file: {exc}") from None
+    geoms = [] if wkb is None else [g for g in shapely.from_wkb(wkb) if g is not None]
+    polys = [g for g in geoms if g.geom_type in ("Polygon", "MultiPolygon") and g.area > 0]
+    if not polys:
+        raise InputError(f"AOI file {path} holds no polygon; draw the area as one or more polygons")
+    crs = meta.get("crs")
+    if not crs:
+        raise CRSError(f"AOI file {path} has no CRS; save it with one (e.g. EPSG:4326)")
+    aoi = shapely.union_all([shapely.make_valid(p) for p in polys])
+    if aoi.geom_type == "GeometryCollection":  # make_valid may add lines; keep the areas
+        aoi = shapely.union_all([g for g in aoi.geoms if g.area > 0])
+    if aoi.is_empty or aoi.area <= 0:
+        raise InputError(f"AOI file {path} has only empty polygons")
+    return aoi, crs
+
+
+def utm_epsg(lon: float, lat: float) -> int:
+    """EPSG code of the WGS 84 / UTM zone holding (lon, lat)."""
+    zone = min(max(int(math.floor((lon + 180.0) / 6.0)) + 1, 1), 60)
+    return (32600 if lat >= 0 else 32700) + zone
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The output grid: UTM CRS, pixel size and extent (north-up)."""
+
+    epsg: int
+    resolution: float
+    west: float
+    north: float
+    width: int
+    height: int
+
+    @property
+    def crs(self) -> str:
+        return f"EPSG:{self.epsg}"
+
+    @property
+    def transform(self) -> Affine:
+        return Affine(self.resolution, 0.0, self.west, 0.0, -self.resolution, self.north)
+
+    def tiles(self, max_px: int) -> list[tuple[int, int, int, int]]:
+        """Split into (col_off, row_off, width, height) windows of at most ``max_px`` per side."""
+        nx, ny = math.ceil(self.width / max_px), math.ceil(self.height / max_px)
+        tw, th = math.ceil(self.width / nx), math.ceil(self.height / ny)
+        return [
+            (c, r, min(tw, self.width - c), min(th, self.height - r))
+            for r in range(0, self.height, th) for c in range(0, self.width, tw)
+        ]
+
+    def tile_bounds(self, tile: tuple[int, int, int, int]) -> tuple[float, float, float, float]:
+        c, r, w, h = tile
+        res = self.resolution
+        return (self.west + c * res, self.north - (r + h) * res,
+                self.west + (c + w) * res, self.north - r * res)
+
+
+def make_grid(aoi: Any, aoi_crs: str, resolution: float) -> tuple[Grid, Any, Any]:
+    """Grid in the UTM zone of the AOI centroid; also return the AOI in UTM and in WGS 84."""
+    import shapely
+    from pyproj import CRS, Transformer
+
+    from pyproj.exceptions import CRSError as ProjCRSError
+
+    try:
+        src = CRS.from_user_input(aoi_crs)
+    except ProjCRSError:
+        raise CRSError(f"AOI CRS {aoi_crs!r} is unknown; save the AOI in a standard CRS") from None
+    to_wgs = Transformer.from_crs(src, CRS.from_epsg(4326), always_xy=True)
+    aoi_wgs = shapely.transform(aoi, to_wgs.transform, interleaved=False)
+    centroid = aoi_wgs.centroid
+    if not (-180 <= centroid.x <= 180 and -90 <= centroid.y <= 90):
+        raise CRSError(f"AOI centroid {centroid.x:.2f},{centroid.y:.2f} is off Earth; fix its CRS")
+    epsg = utm_epsg(centroid.x, centroid.y)
+    to_utm = Transformer.from_crs(CRS.from_epsg(4326), CRS.from_epsg(epsg), always_xy=True)
+    # densify so long straight edges in lon/lat stay right in UTM
+    aoi_utm = shapely.transform(shapely.segmentize(aoi_wgs, 0.001), to_utm.transform,
+                                interleaved=False)
+    minx, miny, maxx, maxy = aoi_utm.bounds
+    res = resolution
+    west, south = math.floor(minx / res) * res, math.floor(miny / res) * res
+    east, north = math.ceil(maxx / res) * res, math.ceil(maxy / res) * res
+    width = max(int(round((east - west) / resolution)), 1)
+    height = max(int(round((north - south) / resolution)), 1)
+    return Grid(epsg, float(resolution), west, north, width, height), aoi_utm, aoi_wgs
+
+
+# --------------------------------------------------------------------------- service access
+
+
+def _sh_config(base_url: str | None, token_url: str | None) -> Any:
+    """SHConfig from env (SH_CLIENT_ID/SH_CLIENT_SECRET) or profile (SH_PROFILE), URLs set."""
+    from sentinelhub import SHConfig
+
+    try:
+        config = SHConfig()
+    except KeyError as exc:
+        raise CredentialsError(
+            f"sentinelhub profile not found ({exc.args[0]}); {_CREDENTIALS_HINT}") from None
+    if base_url:
+        config.sh_base_url = base_url.rstrip("/")
+    if token_url:
+        config.sh_token_url = token_url
+    elif base_url and "dataspace.copernicus.eu" in base_url:
+        config.sh_token_url = CDSE_TOKEN_URL
+    config.max_download_attempts = MAX_DOWNLOAD_ATTEMPTS
+    config.download_sleep_time = DOWNLOAD_SLEEP_TIME
+    config.max_retries = MAX_RATE_LIMIT_RETRIES
+    if not (config.sh_client_id and config.sh_client_secret):
+        raise CredentialsError(f"Sentinel Hub credentials are missing; {_CREDENTIALS_HINT}")
+    return config
+
+
+def _status_of(exc: BaseException) -> int | None:
+    request_exception = getattr(exc, "request_exception", None)
+    response = getattr(request_exception, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _translate(exc: BaseException, what: str, url: str) -> PoppyscanError:
+    """Turn a sentinelhub/oauthlib/requests failure into one clear poppyscan error."""
+    from oauthlib.oauth2.rfc6749.errors import OAuth2Error
+    from sentinelhub.exceptions import DownloadFailedException, OutOfRequestsException
+
+    if isinstance(exc, OAuth2Error):
+        return CredentialsError(f"credentials rejected by {url} ({exc.error}); {_CREDENTIALS_HINT}")
+    status = _status_of(exc)
+    if status in (401, 403):
+        return CredentialsError(
+            f"credentials rejected by {url} (HTTP {status}); {_CREDENTIALS_HINT}")
+    if isinstance(exc, OutOfRequestsException):
+        return FetchError(f"{what}: rate limit still hit after retries at {url}; try again later")
+    if isinstance(exc, DownloadFailedException):
+        first = str(exc).strip().splitlines()
+        reason = f"HTTP {status}" if status else (first[-1] if first else type(exc).__name__)
+        return FetchError(f"{what} failed at {url} ({reason}); check the URL and the network")
+    detail = " ".join(str(exc).split())[:300]
+    return FetchError(f"{what} failed at {url}: {type(exc).__name__}: {detail}")
+
+
+def _service_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean the service (not our code) failed: translated by :func:`_translate`."""
+    import requests
+    from oauthlib.oauth2.rfc6749.errors import OAuth2Error
+    from sentinelhub.exceptions import BaseSentinelHubException
+
+    return (requests.RequestException, OAuth2Error, BaseSentinelHubException, KeyError, ValueError)
+
+
+def _session(config: Any) -> Any:
+    from sentinelhub import SentinelHubSession
+
+    try:
+        return SentinelHubSession(config=config)
+    except _service_errors() as exc:
+        err = _translate(exc, "authentication", config.sh_token_url)
+        if isinstance(err, FetchError) and 400 <= (_status_of(exc) or 0) < 500:
+            err = CredentialsError(
+                f"credentials rejected by {config.sh_token_url} (HTTP {_status_of(exc)}); "
+                f"{_CREDENTIALS_HINT}")
+        raise err from None
+
+
+def _collection(base: Any, prefix: str, base_url: str) -> Any:
+    """A predefined collection carries its own service URL; redefine it for another deployment."""
+    if (base.service_url or "").rstrip("/") == base_url.rstrip("/"):
+        return base
+    digest = hashlib.sha1(base_url.encode()).hexdigest()[:10]
+    return base.define_from(f"{prefix}_{digest}", service_url=base_url)
+
+
+def _search(config: Any, session: Any, collection: Any, aoi_wgs: Any,
+            start: dt.date, end: dt.date) -> list[dict]:
+    import shapely
+    from sentinelhub import CRS, Geometry, SentinelHubCatalog, SentinelHubDownloadClient
+
+    catalog = SentinelHubCatalog(config=config)
+    catalog.client = SentinelHubDownloadClient(session=session, config=config)
+    time = (dt.datetime.combine(start, dt.time.min), dt.datetime.combine(end, dt.time(23, 59, 59)))
+    fields = {"include": ["id", "properties.datetime", "properties.eo:cloud_cover"], "exclude": []}
+    # a detailed AOI makes a heavy query; its convex hull finds the same scenes (or a few more,
+    # which then have no valid pixel and are skipped)
+    area = aoi_wgs if shapely.get_num_coordinates(aoi_wgs) <= 500 else aoi_wgs.convex_hull
+    try:
+        return list(catalog.search(collection, time=time, geometry=Geometry(area, CRS.WGS84),
+                                   fields=fields))
+    except _service_errors() as exc:
+        raise _translate(exc, "catalog search", catalog.service_url) from None
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """One date of the catalog: its features' ids, first sensing time and mean cloud cover."""
+
+    date: dt.date
+    datetime: str
+    cloud_cover: float | None
+    ids: tuple[str, ...]
+
+
+def group_by_date(features: Sequence[dict]) -> list[Acquisition]:
+    """Group catalog features (one per tile and orbit) by UTC sensing date."""
+    by_date: dict[dt.date, list[dict]] = {}
+    for feature in features:
+        stamp = dt.datetime.fromisoformat(feature["properties"]["datetime"].replace("Z", "+00:00"))
+        by_date.setdefault(stamp.astimezone(dt.timezone.utc).date(), []).append(feature)
+    out = []
+    for date in sorted(by_date):
+        feats = by_date[date]
+        stamps = sorted(
+            dt.datetime.fromisoformat(f["properties"]["datetime"].replace("Z", "+00:00"))
+            .astimezone(dt.timezone.utc).replace(tzinfo=None) for f in feats)
+        clouds = [float(f["properties"]["eo:cloud_cover"]) for f in feats
+                  if f["properties"].get("eo:cloud_cover") is not None]
+        out.append(Acquisition(
+            date=date, datetime=stamps[0].isoformat(timespec="seconds"),
+            cloud_cover=round(float(np.mean(clouds)), 2) if clouds else None,
+            ids=tuple(sorted({str(f.get("id", "")) for f in feats}))))
+    return out
+
+
+# --------------------------------------------------------------------------- Process API
+
+def s2_evalscript() -> str:
+    """Evalscript: DN of the reflectance bands and SCL (0 = nodata), sun angles (NaN = nodata)."""
+    inputs = [*REFLECTANCE_BANDS, "SCL", "sunZenithAngles", "sunAzimuthAngles", "dataMask"]
+    units = ["DN"] * (len(REFLECTANCE_BANDS) + 1) + ["DEGREES", "DEGREES", "DN"]
+    refl = ", ".join(f"Math.max(1, s.{b})" for b in REFLECTANCE_BANDS)
+    zeros = ", ".join(["0"] * len(OUTPUT_BANDS))
+    return f"""//VERSION=3
+function setup() {{
+  return {{
+    input: [{{bands: {json.dumps(inputs)}, units: {json.dumps(units)}}}],
+    output: [
+      {{id: "default", bands: {len(OUTPUT_BANDS)}, sampleType: "UINT16"}},
+      {{id: "angles", bands: 2, sampleType: "FLOAT32"}}
+    ],
+    mosaicking: "SIMPLE"
+  }};
+}}
+function evaluatePixel(s) {{
+  if (s.dataMask == 0) {{
+    return {{default: [{zeros}], angles: [NaN, NaN]}};
+  }}
+  return {{default: [{refl}, s.SCL], angles: [s.sunZenithAngles, s.sunAzimuthAngles]}};
+}}
+"""
+
+
+DEM_EVALSCRIPT = """//VERSION=3
+function setup() {
+  return {
+    input: [{bands: ["DEM", "dataMask"]}],
+    output: {id: "default", bands: 1, sampleType: "FLOAT32"}
+  };
+}
+function evaluatePixel(s) {
+  return [s.dataMask == 0 ? NaN : s.DEM];
+}
+"""
+
+
+def _tile_requests(grid: Grid, aoi_utm: Any, collection: Any, evalscript: str,
+                   responses: list[dict], config: Any, cache: Path,
+                   time_interval: tuple[dt.datetime, dt.datetime] | None,
+                   input_args: dict[str, Any]) -> list[tuple[tuple[int, int, int, int], Any]]:
+    """One Process API download request per grid tile that touches the AOI."""
+    import shapely
+    from sentinelhub import CRS, BBox, Geometry, SentinelHubRequest
+
+    out = []
+    for tile in grid.tiles(MAX_TILE_PX):
+        bounds = grid.tile_bounds(tile)
+        if not shapely.box(*bounds).intersects(aoi_utm):
+            continue
+        request = SentinelHubRequest(
+            evalscript=evalscript,
+            input_data=[SentinelHubRequest.input_data(
+                data_collection=collection, time_interval=time_interval, **input_args)],
+            responses=responses,
+            bbox=BBox(bounds, crs=CRS(grid.epsg)),
+            geometry=Geometry(aoi_utm, crs=CRS(grid.epsg)),
+            size=(tile[2], tile[3]),
+            data_folder=str(cache),
+            config=config,
+        )
+        out.append((tile, request.download_list[0]))
+    return out
+
+
+def _download(requests: list[Any], session: Any, config: Any, what: str) -> tuple[list[Any], int]:
+    """Download (or read from the cache) decoded responses; also count cache misses."""
+    from sentinelhub import SentinelHubDownloadClient
+
+    misses = sum(1 for r in requests if not os.path.exists(r.get_storage_paths()[1]))
+    client = SentinelHubDownloadClient(session=session, config=config)
+    try:
+        return client.download(requests, max_threads=MAX_THREADS), misses
+    except _service_errors() as exc:
+        raise _translate(exc, what, config.sh_base_url) from None
+
+
+def _as_hwc(array: np.ndarray, bands: int) -> np.ndarray:
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.shape[-1] != bands and array.shape[0] == bands:  # planar TIFF
+        array = np.moveaxis(array, 0, -1)
+    return array
+
+
+def _fetch_date(acq: Acquisition, grid: Grid, aoi_utm: Any, collection: Any, config: Any,
+                session: Any, cache: Path) -> tuple[np.ndarray, float, float, float, int]:
+    """Mosaic one date: (band, y, x) uint16 DN, mean sun zenith/azimuth, valid fraction, misses."""
+    from sentinelhub import MimeType, MosaickingOrder
+
+    start = dt.datetime.combine(acq.date, dt.time.min)
+    requests = _tile_requests(
+        grid, aoi_utm, collection, s2_evalscript(),
+        [{"identifier": "default", "format": {"type": MimeType.TIFF.get_string()}},
+         {"identifier": "angles", "format": {"type": MimeType.TIFF.get_string()}}],
+        config, cache, (start, start + dt.timedelta(days=1, seconds=-1)),
+        {"mosaicking_order": MosaickingOrder.LEAST_CC,
+         "other_args": {"processing": {"harmonizeValues": True}}},
+    )
+    data = np.zeros((len(OUTPUT_BANDS), grid.height, grid.width), dtype=np.uint16)
+    sums, count = np.zeros(2), 0
+    results, misses = _download([r for _, r in requests], session, config,
+                                f"process request for {acq.date}")
+    for (tile, _), result in zip(requests, results):
+        c, r, w, h = tile
+        dn = _as_hwc(result["default.tif"], len(OUTPUT_BANDS))
+        angles = _as_hwc(result["angles.tif"], 2).astype(np.float64)
+        if dn.shape[:2] != (h, w) or angles.shape[:2] != (h, w):
+            raise FetchError(f"process response for {acq.date} has shape {dn.shape}, "
+                             f"expected {(h, w)}; the service answered with the wrong size")
+        valid = np.isfinite(angles[:, :, 0]) & (dn[:, :, :len(REFLECTANCE_BANDS)] > 0).any(axis=2)
+        block = np.where(valid[:, :, None], dn, 0).astype(np.uint16)
+        data[:, r:r + h, c:c + w] = np.moveaxis(block, -1, 0)
+        sums += np.nansum(np.where(valid[:, :, None], angles, np.nan), axis=(0, 1))
+        count += int(valid.sum())
+    zenith, azimuth = (sums / count) if count else (math.nan, math.nan)
+    return data, float(zenith), float(azimuth), count / float(grid.width * grid.height), misses
+
+
+def _fetch_dem(grid: Grid, aoi_utm: Any, config: Any, session: Any, cache: Path,
+               base_url: str) -> tuple[np.ndarray, int]:
+    from sentinelhub import DataCollection, MimeType, ResamplingType
+
+    collection = _collection(DataCollection.DEM_COPERNICUS_30, "POPPYSCAN_DEM_COPERNICUS_30",
+                             base_url)
+    requests = _tile_requests(
+        grid, aoi_utm, collection, DEM_EVALSCRIPT,
+        [{"identifier": "default", "format": {"type": MimeType.TIFF.get_string()}}],
+        config, cache, None,
+        {"upsampling": ResamplingType.BILINEAR, "downsampling": ResamplingType.BILINEAR},
+    )
+    dem = np.full((grid.height, grid.width), np.nan, dtype=np.float32)
+    results, misses = _download([r for _, r in requests], session, config, "DEM request")
+    for (tile, _), result in zip(requests, results):
+        c, r, w, h = tile
+        block = _as_hwc(result, 1)[:, :, 0]
+        if block.shape != (h, w):
+            raise FetchError(f"DEM response has shape {block.shape}, expected {(h, w)}")
+        dem[r:r + h, c:c + w] = block.astype(np.float32)
+    return dem, misses
+
+
+def _write_dem(path: Path, dem: np.ndarray, grid: Grid) -> Path:
+    profile = {"driver": "GTiff", "dtype": "float32", "count": 1, "height": grid.height,
+               "width": grid.width, "crs": grid.crs, "transform": grid.transform,
+               "nodata": float("nan"), "compress": "deflate", "predictor": 3}
+    tmp = path.with_name(f".{path.name}.tmp")
+    with rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(dem, 1)
+        dst.set_band_description(1, "DEM")
+        dst.update_tags(UNITS="metre", SOURCE="COPERNICUS_30")
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def fetch(aoi: Path, window: str, out: Path, *, max_cloud: float = 30.0, resolution: float = 10.0,
+          dem: bool = False, base_url: str | None = None, token_url: str | None = None,
+          cache: Path | None = None) -> dict:
+    """Fetch Sentinel-2 L2A dates for ``aoi`` within ``window`` into ``out``; return fetch.json."""
+    from sentinelhub import DataCollection
+
+    start, end = parse_window(window)
+    if not (0.0 <= float(max_cloud) <= 100.0):
+        raise InputError(f"--max-cloud {max_cloud} is not a percentage in 0..100")
+    if not (0 < float(resolution) <= MAX_RESOLUTION):
+        raise InputError(f"--resolution {resolution} must be metres in (0, {MAX_RESOLUTION:g}]")
+    geom, geom_crs = read_aoi(Path(aoi))
+    grid, aoi_utm, aoi_wgs = make_grid(geom, geom_crs, float(resolution))
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
+
+    config = _sh_config(base_url, token_url)
+    service_url = config.sh_base_url.rstrip("/")
+    session = _session(config)
+    s2 = _collection(DataCollection.SENTINEL2_L2A, "POPPYSCAN_SENTINEL2_L2A", service_url)
+    LOGGER.info("searching %s for %s..%s over %s", service_url, start, end, Path(aoi).name)
+    acquisitions = group_by_date(_search(config, session, s2, aoi_wgs, start, end))
+
+    keep = [a for a in acquisitions if a.cloud_cover is None or a.cloud_cover <= max_cloud]
+    skipped = [{"date": a.date.isoformat(), "cloud_cover": a.cloud_cover,
+                "reason": f"cloud cover {a.cloud_cover}% > {max_cloud}%"}
+               for a in acquisitions if a not in keep]
+    LOGGER.info("found %d dates, %d kept (max cloud %s%%)", len(acquisitions), len(keep), max_cloud)
+
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / ".poppyscan"
+    cache = Path(cache) if cache is not None else work / "sh-cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="staging-", dir=work))
+    written: list[dict] = []
+    downloads = 0
+    try:
+        for acq in keep:
+            data, zenith, azimuth, valid, misses = _fetch_date(
+                acq, grid, aoi_utm, s2, config, session, cache)
+            downloads += misses
+            if valid == 0:
+                skipped.append({"date": acq.date.isoformat(), "cloud_cover": acq.cloud_cover,
+                                "reason": "no valid pixel over the AOI"})
+                continue
+            name = f"S2_{acq.date:%Y%m%d}.tif"
+            tags = {"SENSOR": "sentinel2", "SUN_ZENITH": f"{zenith:.4f}",
+                    "SUN_AZIMUTH": f"{azimuth:.4f}", "SOURCE": service_url,
+                    "HARMONIZED": "true"}
+            if acq.cloud_cover is not None:
+                tags["CLOUD_COVER"] = f"{acq.cloud_cover}"
+            write_multiband(
+                staging / name, data, OUTPUT_BANDS, grid.transform, grid.crs,
+                acquisition_date=acq.datetime,
+                scales=[REFLECTANCE_SCALE] * len(REFLECTANCE_BANDS) + [1.0],
+                offsets=[0.0] * len(OUTPUT_BANDS), nodata=0, tags=tags)
+            written.append({"date": acq.date.isoformat(), "datetime": acq.datetime, "file": name,
+                            "cloud_cover": acq.cloud_cover, "valid_fraction": round(valid, 4),
+                            "sun_zenith": round(zenith, 4), "sun_azimuth": round(azimuth, 4)})
+            LOGGER.info("wrote %s (%.0f%% valid)", name, 100 * valid)
+        dem_file = None
+        if dem:
+            dem_data, misses = _fetch_dem(grid, aoi_utm, config, session, cache, service_url)
+            downloads += misses
+            _write_dem(staging / "dem.tif", dem_data, grid)
+            dem_file = "dem.tif"
+        result = {
+            "aoi": str(aoi), "window": {"start": start.isoformat(), "end": end.isoformat()},
+            "service": service_url, "collection": "sentinel-2-l2a", "max_cloud": float(max_cloud),
+            "grid": {"crs": grid.crs, "resolution": grid.resolution, "width": grid.width,
+                     "height": grid.height, "transform": list(grid.transform)[:6]},
+            "bands": list(OUTPUT_BANDS),
+            "found": [{"date": a.date.isoformat(), "datetime": a.datetime,
+                       "cloud_cover": a.cloud_cover, "ids": list(a.ids)} for a in acquisitions],
+            "skipped": sorted(skipped, key=lambda s: s["date"]),
+            "written": written, "dem": dem_file, "downloads": downloads,
+            "cache": str(cache),
+        }
+        (staging / "fetch.json").write_text(json.dumps(result, indent=2) + "\n")
+        for item in sorted(staging.iterdir(), key=lambda p: p.name == "fetch.json"):
+            os.replace(item, out / item.name)  # fetch.json last: it marks a complete run
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return result

@@ -1,0 +1,364 @@
+"""pipeline.fetch against a fake Sentinel Hub on 127.0.0.1 (tests/sh_server.py); no internet."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from pipeline import fetch as F
+from pipeline.errors import CredentialsError, CRSError, InputError
+
+try:  # tests/ is a rootdir folder without __init__.py: importable either way
+    from tests.sh_server import (CLIENT_ID, CLIENT_SECRET, SUN_AZIMUTH, SUN_ZENITH,
+                                 FakeSentinelHub, feature)
+except ImportError:  # pragma: no cover
+    from sh_server import (CLIENT_ID, CLIENT_SECRET, SUN_AZIMUTH, SUN_ZENITH,  # type: ignore
+                           FakeSentinelHub, feature)
+
+# A ~300 m x 200 m field in Helmand (UTM zone 41N).
+LON0, LAT0 = 64.3500, 31.6000
+FEATURES = [
+    feature("S2A_T41RMQ_20240503", "2024-05-03T06:10:21Z", 10.0),
+    feature("S2A_T41RNQ_20240503", "2024-05-03T06:10:25Z", 20.0),  # same date, other tile
+    feature("S2B_T41RMQ_20240508", "2024-05-08T06:10:19Z", 80.0),  # too cloudy
+    feature("S2A_T41RMQ_20240513", "2024-05-13T06:10:22Z", 5.0),
+    feature("S2B_T41RMQ_20240518", "2024-05-18T06:10:20Z", 30.5),  # just above 30
+    feature("S2A_T41RMQ_20240702", "2024-07-02T06:10:20Z", 0.0),   # outside the window
+]
+WINDOW = "2024-05-01/2024-05-31"
+
+
+def _square(lon: float, lat: float, dx: float, dy: float) -> list[list[float]]:
+    return [[lon, lat], [lon + dx, lat], [lon + dx, lat + dy], [lon, lat + dy], [lon, lat]]
+
+
+def write_aoi(path: Path, dx: float = 0.0032, dy: float = 0.0018) -> Path:
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [{
+        "type": "Feature", "properties": {},
+        "geometry": {"type": "Polygon", "coordinates": [_square(LON0, LAT0, dx, dy)]}}]}))
+    return path
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # no user sentinelhub profile
+    monkeypatch.delenv("SH_PROFILE", raising=False)
+    monkeypatch.setenv("SH_CLIENT_ID", CLIENT_ID)
+    monkeypatch.setenv("SH_CLIENT_SECRET", CLIENT_SECRET)
+    monkeypatch.setattr(F, "DOWNLOAD_SLEEP_TIME", 0.01)
+
+
+@pytest.fixture
+def server(env: None):
+    fake = FakeSentinelHub(features=list(FEATURES)).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def aoi(tmp_path: Path) -> Path:
+    return write_aoi(tmp_path / "aoi.geojson")
+
+
+def run(server: FakeSentinelHub, aoi: Path, out: Path, **kw) -> dict:
+    return F.fetch(aoi, kw.pop("window", WINDOW), out, base_url=server.base_url,
+                   token_url=server.token_url, **kw)
+
+
+def test_cloud_filter_keeps_the_right_dates(server, aoi, tmp_path):
+    result = run(server, aoi, tmp_path / "out")
+    assert [w["date"] for w in result["written"]] == ["2024-05-03", "2024-05-13"]
+    assert [s["date"] for s in result["skipped"]] == ["2024-05-08", "2024-05-18"]
+    assert [f["date"] for f in result["found"]] == ["2024-05-03", "2024-05-08", "2024-05-13",
+                                                    "2024-05-18"]
+    assert result["found"][0]["cloud_cover"] == 15.0  # mean of the date's two tiles
+    assert sorted(p.name for p in (tmp_path / "out").glob("S2_*.tif")) == [
+        "S2_20240503.tif", "S2_20240513.tif"]
+    assert json.loads((tmp_path / "out" / "fetch.json").read_text()) == result
+    assert server.catalog_requests == 3  # 5 features in the window, pages of 2: context.next
+    # one Process API request per kept date, for that date only, harmonised, in UTM 41N
+    assert len(server.process_requests) == 2
+    payload = server.process_requests[0]
+    data = payload["input"]["data"][0]
+    assert data["type"] == "sentinel-2-l2a"
+    assert data["processing"]["harmonizeValues"] is True
+    assert data["dataFilter"]["timeRange"]["from"].startswith("2024-05-03T00:00:00")
+    assert data["dataFilter"]["timeRange"]["to"].startswith("2024-05-03T23:59:59")
+    assert payload["input"]["bounds"]["properties"]["crs"].endswith("/32641")
+    assert "geometry" in payload["input"]["bounds"]
+    for band in ("B01", "B8A", "B12", "SCL", "sunZenithAngles", "sunAzimuthAngles", "dataMask"):
+        assert f'"{band}"' in payload["evalscript"]
+
+
+def test_output_follows_the_input_contract(server, aoi, tmp_path):
+    grid, _, _ = F.make_grid(*F.read_aoi(aoi), 10.0)
+    server.nodata_west_of = grid.west + 50  # the 5 westmost columns are outside the swath
+    result = run(server, aoi, tmp_path / "out")
+    assert result["written"][0]["valid_fraction"] == round((grid.width - 5) / grid.width, 4)
+    with rasterio.open(tmp_path / "out" / "S2_20240503.tif") as src:
+        assert src.descriptions == F.OUTPUT_BANDS
+        assert set(src.descriptions) == {"B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08",
+                                         "B8A", "B09", "B11", "B12", "SCL"}
+        assert src.dtypes[0] == "uint16" and src.nodata == 0
+        assert src.scales == (1e-4,) * 12 + (1.0,)
+        assert src.offsets == (0.0,) * 13
+        assert src.crs.to_epsg() == 32641 and src.res == (10.0, 10.0)
+        assert (src.width, src.height) == (grid.width, grid.height)
+        tags = src.tags()
+        assert tags["ACQUISITION_DATE"] == "2024-05-03T06:10:21"
+        assert float(tags["SUN_ZENITH"]) == pytest.approx(SUN_ZENITH)
+        assert float(tags["SUN_AZIMUTH"]) == pytest.approx(SUN_AZIMUTH)
+        data = src.read()
+    cols = (round(grid.west / 10) + np.arange(grid.width)) % 1000
+    for i in range(12):
+        assert (data[i, :, 5:] == (1000 + 100 * i + cols[5:])[None, :]).all()
+    assert (data[12, :, 5:] == 4).all()
+    assert (data[:, :, :5] == 0).all()  # no data stays nodata, in every band
+
+
+def test_rerun_reads_the_cache_and_sends_no_process_request(server, aoi, tmp_path):
+    first = run(server, aoi, tmp_path / "out")
+    sent = len(server.process_requests)
+    assert first["downloads"] == sent == 2
+    assert any((tmp_path / "out" / ".poppyscan" / "sh-cache").rglob("response.tar"))
+    second = run(server, aoi, tmp_path / "out")
+    assert len(server.process_requests) == sent and server.process_attempts == sent
+    assert second["downloads"] == 0
+    assert second["written"] == first["written"]
+    assert not list((tmp_path / "out" / ".poppyscan").glob("staging-*"))
+
+
+def test_a_429_is_retried(server, aoi, tmp_path):
+    from sentinelhub.exceptions import SHRateLimitWarning
+
+    server.fail_process_with = [429]
+    with pytest.warns(SHRateLimitWarning):  # the library's rate-limit path handled it
+        result = run(server, aoi, tmp_path / "out")
+    assert len(result["written"]) == 2
+    assert server.process_attempts == len(server.process_requests) + 1
+
+
+def test_endless_429_gives_up_with_a_fetch_error(server, aoi, tmp_path, monkeypatch):
+    monkeypatch.setattr(F, "MAX_RATE_LIMIT_RETRIES", 3)
+    server.fail_process_with = [429] * 10
+    with pytest.warns(Warning), pytest.raises(F.FetchError, match="rate limit"):
+        run(server, aoi, tmp_path / "out")
+    assert server.process_attempts == 3
+
+
+def test_group_by_date_handles_fractions_and_missing_cloud_cover():
+    acqs = F.group_by_date([
+        feature("b", "2024-05-03T06:10:25.123Z", 20.0),
+        feature("a", "2024-05-03T06:10:21.999+00:00", 11.0),
+        {"id": "c", "properties": {"datetime": "2024-05-04T23:30:00-02:00"}},  # 05-05 UTC
+    ])
+    assert [a.date.isoformat() for a in acqs] == ["2024-05-03", "2024-05-05"]
+    assert acqs[0].datetime == "2024-05-03T06:10:21" and acqs[0].cloud_cover == 15.5
+    assert acqs[0].ids == ("a", "b")
+    assert acqs[1].cloud_cover is None and acqs[1].datetime == "2024-05-05T01:30:00"
+
+
+def test_a_503_is_retried(server, aoi, tmp_path):
+    server.fail_process_with = [503]
+    result = run(server, aoi, tmp_path / "out")
+    assert len(result["written"]) == 2
+    assert server.process_attempts == len(server.process_requests) + 1
+
+
+def test_wrong_credentials_raise_credentials_error(server, aoi, tmp_path, monkeypatch):
+    monkeypatch.setenv("SH_CLIENT_SECRET", "wrong")
+    with pytest.raises(CredentialsError, match="SH_CLIENT_ID") as info:
+        run(server, aoi, tmp_path / "out")
+    assert "\n" not in str(info.value)
+    assert server.token_requests >= 1 and server.catalog_requests == 0
+    assert not (tmp_path / "out").exists()
+
+
+def test_process_request_forbidden_is_a_credentials_error(server, aoi, tmp_path):
+    server.fail_process_with = [403]
+    with pytest.raises(CredentialsError, match="HTTP 403"):
+        run(server, aoi, tmp_path / "out")
+    assert not list((tmp_path / "out").glob("*.tif"))
+
+
+def test_no_acquisition_in_the_window_writes_an_empty_listing(server, aoi, tmp_path):
+    result = run(server, aoi, tmp_path / "out", window="2023-01-01/2023-01-31")
+    assert result["found"] == [] and result["written"] == [] and result["skipped"] == []
+    assert server.process_requests == []
+    assert json.loads((tmp_path / "out" / "fetch.json").read_text()) == result
+
+
+@pytest.mark.parametrize("kw", [{"max_cloud": 101}, {"max_cloud": -1}, {"resolution": 0},
+                                {"resolution": 5000}])
+def test_bad_options_fail_before_anything(server, aoi, tmp_path, kw):
+    with pytest.raises(InputError):
+        run(server, aoi, tmp_path / "out", **kw)
+    assert not (tmp_path / "out").exists() and server.token_requests == 0
+
+
+def test_missing_credentials_raise_before_any_request(server, aoi, tmp_path, monkeypatch):
+    monkeypatch.delenv("SH_CLIENT_ID")
+    monkeypatch.delenv("SH_CLIENT_SECRET")
+    with pytest.raises(CredentialsError, match="SH_CLIENT_SECRET"):
+        run(server, aoi, tmp_path / "out")
+    assert server.token_requests == 0
+    assert not (tmp_path / "out").exists()
+
+
+def test_credentials_and_urls_from_a_sentinelhub_profile(server, aoi, tmp_path, monkeypatch):
+    monkeypatch.delenv("SH_CLIENT_ID")
+    monkeypatch.delenv("SH_CLIENT_SECRET")
+    monkeypatch.setenv("SH_PROFILE", "poppy")
+    config = tmp_path / "config" / "sentinelhub" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(f'[poppy]\nsh_client_id = "{CLIENT_ID}"\nsh_client_secret = "{CLIENT_SECRET}"\n'
+                      f'sh_base_url = "{server.base_url}"\nsh_token_url = "{server.token_url}"\n')
+    result = F.fetch(aoi, "2024-05-13/2024-05-13", tmp_path / "out")
+    assert [w["date"] for w in result["written"]] == ["2024-05-13"]
+    assert result["service"] == server.base_url and server.token_requests == 1
+
+
+def test_unknown_profile_raises_credentials_error(server, aoi, tmp_path, monkeypatch):
+    monkeypatch.delenv("SH_CLIENT_ID")
+    monkeypatch.delenv("SH_CLIENT_SECRET")
+    monkeypatch.setenv("SH_PROFILE", "no-such-profile")
+    with pytest.raises(CredentialsError, match="profile"):
+        run(server, aoi, tmp_path / "out")
+
+
+@pytest.mark.parametrize("window", ["2024-05-01", "2024-05-01/2024-13-01", "2024-06-01/2024-05-01",
+                                    "a/b/c"])
+def test_bad_window_fails_before_anything(server, aoi, tmp_path, window):
+    with pytest.raises(InputError, match="--window"):
+        run(server, aoi, tmp_path / "out", window=window)
+    assert not (tmp_path / "out").exists() and server.token_requests == 0
+
+
+def test_empty_or_unreadable_aoi_fails_before_anything(server, tmp_path):
+    empty = tmp_path / "empty.geojson"
+    empty.write_text(json.dumps({"type": "FeatureCollection", "features": []}))
+    points = tmp_path / "points.geojson"
+    points.write_text(json.dumps({"type": "FeatureCollection", "features": [{
+        "type": "Feature", "properties": {},
+        "geometry": {"type": "Point", "coordinates": [LON0, LAT0]}}]}))
+    garbage = tmp_path / "garbage.geojson"
+    garbage.write_text("not a vector file")
+    for path in (empty, points, garbage, tmp_path / "missing.geojson"):
+        with pytest.raises(InputError, match="AOI"):
+            run(server, path, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and server.token_requests == 0
+
+
+def test_aoi_in_another_crs_gives_the_same_grid(tmp_path, aoi):
+    import shapely
+    from pyproj import Transformer
+
+    wgs = shapely.Polygon(_square(LON0, LAT0, 0.0032, 0.0018))
+    merc = shapely.transform(wgs, Transformer.from_crs(4326, 3857, always_xy=True).transform,
+                            interleaved=False)
+    gpkg = tmp_path / "aoi.gpkg"
+    from pyogrio.raw import write  # geopandas is not required
+    write(gpkg, np.array([shapely.to_wkb(merc)], dtype=object), [], [], driver="GPKG",
+          geometry_type="Polygon", crs="EPSG:3857")
+    g1, _, _ = F.make_grid(*F.read_aoi(aoi), 10.0)
+    g2, _, _ = F.make_grid(*F.read_aoi(gpkg), 10.0)
+    assert g1 == g2 and g1.epsg == 32641
+    assert (g1.width, g1.height) in {(31, 21), (31, 22), (32, 21), (32, 22), (31, 20), (30, 21)}
+
+
+def test_aoi_without_crs_is_a_crs_error(tmp_path):
+    import shapely
+    from pyogrio.raw import write
+
+    shp = tmp_path / "aoi.shp"
+    with pytest.warns(UserWarning, match="crs"):
+        write(shp, np.array([shapely.to_wkb(shapely.box(0, 0, 1, 1))], dtype=object), [], [],
+              driver="ESRI Shapefile", geometry_type="Polygon")
+    with pytest.raises(CRSError, match="CRS"):
+        F.read_aoi(shp)
+
+
+def test_large_aoi_is_split_and_mosaicked(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(F, "MAX_TILE_PX", 16)
+    aoi = write_aoi(tmp_path / "big.geojson", dx=0.0045, dy=0.0030)  # ~43 x 34 px
+    grid, _, _ = F.make_grid(*F.read_aoi(aoi), 10.0)
+    result = run(server, aoi, tmp_path / "out", window="2024-05-13/2024-05-13")
+    assert [w["date"] for w in result["written"]] == ["2024-05-13"]
+    n_tiles = len(grid.tiles(16))
+    assert n_tiles >= 6 and len(server.process_requests) == n_tiles
+    assert all(p["output"]["width"] <= 16 and p["output"]["height"] <= 16
+               for p in server.process_requests)
+    with rasterio.open(tmp_path / "out" / "S2_20240513.tif") as src:
+        blue = src.read(2)
+    cols = (round(grid.west / 10) + np.arange(grid.width)) % 1000
+    assert (blue == (1100 + cols)[None, :]).all()  # every tile landed in its place
+
+
+def test_dem_is_resampled_to_the_grid(server, aoi, tmp_path):
+    result = run(server, aoi, tmp_path / "out", window="2024-05-13/2024-05-13", dem=True)
+    assert result["dem"] == "dem.tif"
+    dem_payload = [p for p in server.process_requests if p["input"]["data"][0]["type"] == "dem"]
+    assert len(dem_payload) == 1
+    assert dem_payload[0]["input"]["data"][0]["dataFilter"]["demInstance"] == "COPERNICUS_30"
+    with rasterio.open(tmp_path / "out" / "dem.tif") as dem, \
+            rasterio.open(tmp_path / "out" / "S2_20240513.tif") as s2:
+        assert dem.count == 1 and dem.dtypes[0] == "float32"
+        assert dem.transform == s2.transform and dem.crs == s2.crs
+        assert dem.shape == s2.shape
+        values = dem.read(1)
+    rows = round(-s2.transform.f / 10) + np.arange(values.shape[0])
+    assert np.allclose(values, (500.0 + rows % 1000)[:, None])
+
+
+def test_a_failed_run_leaves_no_outputs(server, aoi, tmp_path):
+    server.fail_process_with = [400]
+    with pytest.raises(F.FetchError, match="HTTP 400"):
+        run(server, aoi, tmp_path / "out")
+    out = tmp_path / "out"
+    assert not list(out.glob("*.tif")) and not (out / "fetch.json").exists()
+    assert not list((out / ".poppyscan").glob("staging-*"))
+
+
+def test_service_urls_and_collections():
+    from sentinelhub import DataCollection
+
+    s2 = DataCollection.SENTINEL2_L2A
+    assert F._collection(s2, "X", F.SH_BASE_URL) is s2
+    cdse = F._collection(s2, "POPPYSCAN_S2", F.CDSE_BASE_URL)
+    assert cdse.service_url == F.CDSE_BASE_URL and cdse.api_id == s2.api_id
+    assert F._collection(s2, "POPPYSCAN_S2", F.CDSE_BASE_URL) == cdse  # idempotent
+
+
+def test_cdse_base_url_picks_the_cdse_token_url(env):
+    config = F._sh_config(F.CDSE_BASE_URL, None)
+    assert config.sh_token_url == F.CDSE_TOKEN_URL
+    assert config.sh_base_url == F.CDSE_BASE_URL
+
+
+def test_grid_tiles_cover_the_grid_once():
+    grid = F.Grid(32641, 10.0, 0.0, 1000.0, 5001, 2600)
+    tiles = grid.tiles(2500)
+    assert all(w <= 2500 and h <= 2500 for _, _, w, h in tiles)
+    cover = np.zeros((grid.height, grid.width), np.int32)
+    for c, r, w, h in tiles:
+        cover[r:r + h, c:c + w] += 1
+    assert (cover == 1).all()
+
+
+def test_outputs_read_back_through_the_multiband_reader(server, aoi, tmp_path):
+    multiband = pytest.importorskip("pipeline.readers.multiband")
+    grid, _, _ = F.make_grid(*F.read_aoi(aoi), 10.0)
+    server.nodata_west_of = grid.west + 30
+    run(server, aoi, tmp_path / "out", dem=True)
+    (scene,) = multiband.read(tmp_path / "out" / "S2_20240503.tif")
+    values = scene.compute()
+    assert values.band.values.tolist()[-1] == "scl" and "nir08" in values.band.values.tolist()
+    assert np.isnan(values.values[:, :, :3]).all()  # nodata -> NaN
+    col = (round(grid.west / 10) + 3) % 1000
+    assert float(values.sel(band="blue")[0, 3]) == pytest.approx((1100 + col) * 1e-4)
+    assert float(values.sel(band="scl")[0, 3]) == 4.0
+    assert values.attrs["sun_zenith"] == pytest.approx(SUN_ZENITH)
