@@ -84,7 +84,7 @@ def _to_pixels(g: BaseGeometry, transform: Affine, scale: float) -> BaseGeometry
     inv = ~transform
 
     def f(xy: np.ndarray) -> np.ndarray:
-        c, r = inv * (xy[:, 0], xy[:, 1])
+        c, r = inv @ (xy[:, 0], xy[:, 1])
         return np.column_stack([np.asarray(c) * scale, np.asarray(r) * scale])
     return shapely.transform(g, f)
 
@@ -197,22 +197,22 @@ def _web_mercator_png(rgb: np.ndarray, transform: Any, crs: Any
     src[3][~valid] = 200                                  # masked pixels: slightly see-through
     transform = Affine(*transform[:6]) if not isinstance(transform, Affine) else transform
     src_crs = parse_crs(crs) if isinstance(crs, str) else CRS.from_user_input(crs)
-    left, top = transform * (0, 0)
-    right, bottom = transform * (w, h)
+    left, top = transform @ (0, 0)
+    right, bottom = transform @ (w, h)
     dst_t, dw, dh = calculate_default_transform(
         src_crs.to_wkt(), "EPSG:3857", w, h, left=min(left, right), bottom=min(top, bottom),
         right=max(left, right), top=max(top, bottom))
     f = max(1.0, max(dw, dh) / MAP_MAX_SIDE)
     if f > 1:
         dw, dh = max(1, int(dw / f)), max(1, int(dh / f))
-        dst_t = dst_t * Affine.scale(f)
+        dst_t = dst_t @ Affine.scale(f)
     dst = np.zeros((4, dh, dw), np.uint8)
     reproject(src, dst, src_transform=transform, src_crs=src_crs.to_wkt(), dst_transform=dst_t,
               dst_crs="EPSG:3857", resampling=Resampling.nearest, src_nodata=None, dst_nodata=0)
     buf = io.BytesIO()
     Image.fromarray(np.moveaxis(dst, 0, -1), "RGBA").save(buf, format="PNG", optimize=True)
-    x0, y0 = dst_t * (0, 0)
-    x1, y1 = dst_t * (dw, dh)
+    x0, y0 = dst_t @ (0, 0)
+    x1, y1 = dst_t @ (dw, dh)
     tr = Transformer.from_crs("EPSG:3857", "EPSG:4326", always_xy=True)
     w_lon, n_lat = tr.transform(x0, y0)
     e_lon, s_lat = tr.transform(x1, y1)
