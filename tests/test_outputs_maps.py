@@ -178,3 +178,26 @@ def test_map_with_no_targets_still_renders(tmp_path):
     dom = _parse(_render(p, tmp_path, "--dump-dom").stdout)
     assert dom.count_class(MARKER_CLASS) == 0
     assert dom.count_class("poppyscan-legend") == 1 and dom.count_class("poppyscan-image") == 1
+
+
+def test_map_image_overlay_is_georeferenced(map_file):
+    """A scene pixel's colour appears in the Web-Mercator overlay at that pixel's lat/lon."""
+    from pyproj import Transformer
+    data = json.loads(_parse(map_file.read_text(encoding="utf-8")).data_json)
+    png = np.asarray(Image.open(io.BytesIO(base64.b64decode(data["image"]))))
+    (s, w), (n, e) = data["image_bounds"]
+    to_merc = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True)
+    (mx0, mx1), (my1, my0) = to_merc.transform([w, e], [n, s])
+    utm_to_merc = Transformer.from_crs(CRS, "EPSG:3857", always_xy=True)
+    stretched, valid = stretch_rgb(scene_rgb())
+    rng = np.random.default_rng(3)
+    rows, cols = rng.integers(2, SIZE - 2, 40), rng.integers(2, SIZE - 2, 40)
+    hits = 0
+    for r, c in zip(rows, cols):
+        x, y = scene_transform() @ (c + 0.5, r + 0.5)          # pixel centre, scene CRS
+        mx, my = utm_to_merc.transform(x, y)
+        pc = int((mx - mx0) / (mx1 - mx0) * png.shape[1])
+        pr = int((my1 - my) / (my1 - my0) * png.shape[0])
+        hits += bool(np.array_equal(png[pr, pc, :3], stretched[r, c]))
+        assert png[pr, pc, 3] == (255 if valid[r, c] else 200)
+    assert hits >= 36        # nearest-neighbour warp: a few centres fall on a rotated seam
