@@ -201,3 +201,17 @@ def test_map_image_overlay_is_georeferenced(map_file):
         hits += bool(np.array_equal(png[pr, pc, :3], stretched[r, c]))
         assert png[pr, pc, 3] == (255 if valid[r, c] else 200)
     assert hits >= 36        # nearest-neighbour warp: a few centres fall on a rotated seam
+
+
+@pytest.mark.browser
+def test_map_screenshot_shows_one_red_marker_per_target(map_file, tmp_path):
+    """Pixels, not just DOM: the rendered page shows three separate red target dots."""
+    from scipy import ndimage
+    assert shutil.which(CHROMIUM), "chromium missing: apt-get install -y chromium"
+    shot = tmp_path / "shot.png"
+    _render(map_file, tmp_path, f"--screenshot={shot}", "--window-size=900,700")
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    red = (np.abs(img - (255, 45, 45)).sum(axis=-1) < 40)   # marker fill #ff2d2d
+    labels, n = ndimage.label(red)
+    sizes = ndimage.sum(red, labels, range(1, n + 1))
+    assert (sizes > 40).sum() == 3 + 1          # radius-7 dots (not noise) + the legend's swatch
