@@ -1,60 +1,66 @@
-"""TEMPORARY stub until the field-export writers land (same API)."""
+"""One entry point that writes a ranked target list in every format the config asks for.
+
+Every file is written under a temporary name in ``out_dir`` and moved into place with
+``os.replace`` (see :mod:`outputs.atomic`). GeoJSON, CSV, GPX and KML are WGS84; the
+GeoPackage keeps the scene CRS. GCJ-02 copies (``targets_gcj02.csv``, ``targets_gcj02.kml``)
+are written only on request, for Chinese phone map apps.
+"""
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-import shapely
-from PIL import Image
-from pyproj import Transformer
-from shapely.geometry import mapping
-from shapely.geometry.polygon import orient
-
+from outputs.csvfile import write_csv
+from outputs.geojson import write_blind_areas_geojson, write_geojson
+from outputs.gpkg import write_gpkg
+from outputs.gpx import write_gpx
+from outputs.kml import write_kml
 from outputs.targets import TargetList
+from pipeline.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_WRITERS: dict[str, tuple[str, Callable[[TargetList, Path], Path]]] = {
+    "geojson": ("targets.geojson", write_geojson),
+    "gpkg": ("targets.gpkg", write_gpkg),
+    "csv": ("targets.csv", write_csv),
+    "gpx": ("targets.gpx", write_gpx),
+    "kml": ("targets.kml", write_kml),
+}
+FORMATS = tuple(_WRITERS)
+DEFAULT_FORMATS = FORMATS
 
 
-def _wgs(geom, crs):
-    tr = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-    g = shapely.transform(geom, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
-    if g.geom_type == "Polygon":
-        return orient(g, 1.0)
-    return g
+def write_targets(targets: TargetList, out_dir: Path,
+                  formats: Sequence[str] = DEFAULT_FORMATS, *, gcj02: bool = False
+                  ) -> list[Path]:
+    """Write ``targets.<fmt>`` for each format (plus GCJ-02 CSV/KML copies if ``gcj02``).
 
-
-def _fc(features):
-    return {"type": "FeatureCollection", "features": features}
-
-
-def write_targets(targets: TargetList, out_dir: Path, formats: Sequence[str] = ("geojson",),
-                  *, gcj02: bool = False) -> list[Path]:
-    feats = [{"type": "Feature", "id": t.target_id, "properties": t.properties(),
-              "geometry": mapping(shapely.set_precision(_wgs(t.geometry, targets.crs), 1e-7))}
-             for t in targets.targets]
-    p = Path(out_dir) / "targets.geojson"
-    tmp = p.with_name(".targets.geojson.tmp")
-    tmp.write_text(json.dumps(_fc(feats)))
-    os.replace(tmp, p)
-    return [p]
+    Returns the written paths in the order written. Unknown formats raise ConfigError before
+    anything is written.
+    """
+    wanted = [f.lower().lstrip(".") for f in formats]
+    unknown = sorted(set(wanted) - set(_WRITERS))
+    if unknown:
+        raise ConfigError(f"unknown target format(s) {', '.join(unknown)}; "
+                          f"choose from {', '.join(FORMATS)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for fmt in dict.fromkeys(wanted):            # keep order, drop duplicates
+        name, writer = _WRITERS[fmt]
+        written.append(writer(targets, out_dir / name))
+    if gcj02:
+        written.append(write_csv(targets, out_dir / "targets_gcj02.csv", gcj02=True))
+        written.append(write_kml(targets, out_dir / "targets_gcj02.kml", gcj02=True))
+    log.info("wrote %d targets to %s (%s)", len(targets.targets), out_dir,
+             ", ".join(p.name for p in written))
+    return written
 
 
 def write_blind_areas(targets: TargetList, out_dir: Path) -> Path:
-    feats = [{"type": "Feature", "properties": {}, "geometry": mapping(_wgs(g, targets.crs))}
-             for g in targets.blind_areas]
-    p = Path(out_dir) / "blind_areas.geojson"
-    p.write_text(json.dumps(_fc(feats)))
-    return p
-
-
-def write_quicklook(path: Path, rgb: np.ndarray, transform, crs, targets: TargetList) -> Path:
-    lo, hi = np.nanpercentile(rgb, 2), np.nanpercentile(rgb, 98)
-    img = np.nan_to_num(np.clip((rgb - lo) / (hi - lo + 1e-9), 0, 1) * 255).astype("uint8")
-    Image.fromarray(np.moveaxis(img, 0, -1)).save(path)
-    return path
-
-
-def write_map_html(path: Path, rgb: np.ndarray, transform, crs, targets: TargetList) -> Path:
-    path.write_text("<html><body>map pending</body></html>")
-    return path
+    """Write ``blind_areas.geojson`` (RFC 7946, WGS84) from ``targets.blind_areas``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return write_blind_areas_geojson(targets, out_dir / "blind_areas.geojson")

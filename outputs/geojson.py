@@ -1,0 +1,152 @@
+"""RFC 7946 GeoJSON for targets and blind areas.
+
+RFC 7946 rules kept here: WGS84 lon/lat only and no ``crs`` member; exterior rings
+counter-clockwise, holes clockwise (the right-hand rule); coordinates rounded to 7 decimals
+(about 1 cm, far below a 10 m pixel); one Polygon or MultiPolygon per feature. The feature
+``id`` is the stable ``target_id`` and features come in rank order.
+
+The WGS84 helpers (:func:`to_wgs84`, :func:`rounded_mapping`) are shared by the KML and map
+writers, which need the same lon/lat geometry.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+from pyproj import CRS, Transformer
+from pyproj.exceptions import CRSError as ProjCRSError
+from shapely.geometry import MultiPolygon, Polygon
+from shapely.geometry.base import BaseGeometry
+from shapely.geometry.polygon import orient
+
+from outputs.atomic import write_text_atomic
+from outputs.targets import Target, TargetList
+from pipeline.errors import CRSError
+
+log = logging.getLogger(__name__)
+
+DECIMALS = 7
+WGS84 = CRS.from_epsg(4326)
+
+
+def parse_crs(crs: str) -> CRS:
+    """The scene CRS of a TargetList as a pyproj CRS (CRSError if unreadable)."""
+    try:
+        return CRS.from_user_input(crs)
+    except ProjCRSError as exc:
+        raise CRSError(f"target list CRS {crs!r} is not a CRS PROJ understands; "
+                       "give 'EPSG:n' or WKT") from exc
+
+
+def to_wgs84(geometry: BaseGeometry, crs: str | CRS) -> BaseGeometry:
+    """Reproject a geometry from ``crs`` to WGS84 lon/lat (axis order x=lon, y=lat)."""
+    src = crs if isinstance(crs, CRS) else parse_crs(crs)
+    if src.equals(WGS84, ignore_axis_order=True):
+        return geometry
+    tr = Transformer.from_crs(src, WGS84, always_xy=True)
+    return shapely.transform(
+        geometry, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+
+
+def polygonal(geometry: BaseGeometry) -> Polygon | MultiPolygon | None:
+    """The polygonal part of a geometry, right-hand-rule oriented, or None if it has none."""
+    if geometry is None or geometry.is_empty:
+        return None
+    if isinstance(geometry, Polygon):
+        return orient(geometry, 1.0)
+    if isinstance(geometry, MultiPolygon):
+        return MultiPolygon([orient(p, 1.0) for p in geometry.geoms])
+    parts = [g for g in getattr(geometry, "geoms", []) if isinstance(g, (Polygon, MultiPolygon))]
+    polys = [p for g in parts for p in (g.geoms if isinstance(g, MultiPolygon) else [g])]
+    if not polys:
+        log.warning("dropping a %s geometry: only polygons are exported", geometry.geom_type)
+        return None
+    return MultiPolygon([orient(p, 1.0) for p in polys]) if len(polys) > 1 else orient(polys[0], 1.0)
+
+
+def _ring(coords: Any) -> list[list[float]]:
+    return [[round(float(x), DECIMALS), round(float(y), DECIMALS)] for x, y, *_ in coords]
+
+
+def _polygon_coords(p: Polygon) -> list[list[list[float]]]:
+    return [_ring(p.exterior.coords), *(_ring(r.coords) for r in p.interiors)]
+
+
+def rounded_mapping(geometry: Polygon | MultiPolygon) -> dict:
+    """GeoJSON geometry dict of an oriented lon/lat (Multi)Polygon, coordinates rounded."""
+    if isinstance(geometry, Polygon):
+        return {"type": "Polygon", "coordinates": _polygon_coords(geometry)}
+    return {"type": "MultiPolygon",
+            "coordinates": [_polygon_coords(p) for p in geometry.geoms]}
+
+
+def clean_value(v: Any) -> Any:
+    """JSON-safe attribute value: NaN/inf become null (GeoJSON has no NaN)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def target_properties(t: Target) -> dict:
+    """GeoJSON properties of a target: every attribute, ``dates`` as a JSON list."""
+    props = {k: clean_value(v) for k, v in t.properties().items()}
+    for k in ("lon", "lat"):
+        if props[k] is not None:
+            props[k] = round(float(props[k]), DECIMALS)
+    return props
+
+
+def targets_wgs84(targets: TargetList) -> list[tuple[Target, Polygon | MultiPolygon | None]]:
+    """Each target (rank order) with its geometry in WGS84, oriented."""
+    crs = parse_crs(targets.crs)
+    ordered = sorted(targets.targets, key=lambda t: t.rank)
+    return [(t, polygonal(to_wgs84(t.geometry, crs))) for t in ordered]
+
+
+def targets_feature_collection(targets: TargetList) -> dict:
+    """The RFC 7946 FeatureCollection dict of a target list."""
+    features = []
+    for t, geom in targets_wgs84(targets):
+        features.append({
+            "type": "Feature", "id": t.target_id,
+            "geometry": rounded_mapping(geom) if geom is not None else None,
+            "properties": target_properties(t),
+        })
+    return {"type": "FeatureCollection", "features": features}
+
+
+def blind_areas_feature_collection(targets: TargetList) -> dict:
+    """RFC 7946 FeatureCollection of the blind areas (no clear flowering-window view)."""
+    crs = parse_crs(targets.crs)
+    features = []
+    for i, g in enumerate(targets.blind_areas, start=1):
+        geom = polygonal(to_wgs84(g, crs))
+        if geom is None:
+            continue
+        features.append({
+            "type": "Feature", "id": i,
+            "geometry": rounded_mapping(geom),
+            "properties": {"blind_id": i, "area_m2": round(float(g.area), 1)
+                           if not crs.is_geographic else None},
+        })
+    return {"type": "FeatureCollection", "features": features}
+
+
+def dumps(fc: dict) -> str:
+    """Compact, strict JSON text (no NaN)."""
+    return json.dumps(fc, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n"
+
+
+def write_geojson(targets: TargetList, path: Path) -> Path:
+    """Write ``targets.geojson`` (RFC 7946) atomically."""
+    return write_text_atomic(path, dumps(targets_feature_collection(targets)))
+
+
+def write_blind_areas_geojson(targets: TargetList, path: Path) -> Path:
+    """Write ``blind_areas.geojson`` (RFC 7946) atomically."""
+    return write_text_atomic(path, dumps(blind_areas_feature_collection(targets)))

@@ -1,0 +1,60 @@
+"""``targets.gpx``: GPX 1.1 waypoints for handheld GPS units and phone navigation apps.
+
+One ``wpt`` per target at its WGS84 centroid, in rank order. ``name`` is at most 14 characters
+(older Garmin units truncate beyond that): ``T001-`` plus the start of the target id, so the
+rank sorts and the id still identifies the plot. ``desc`` carries score, area and the full id.
+Child elements follow the order the GPX 1.1 schema requires (ele, name, desc, sym, type).
+"""
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from outputs.atomic import write_bytes_atomic
+from outputs.targets import Target, TargetList
+
+GPX_NS = "http://www.topografix.com/GPX/1/1"
+NAME_MAX = 14
+
+
+def waypoint_name(t: Target) -> str:
+    """``T{rank:03d}-{id prefix}``, at most 14 characters."""
+    return f"T{t.rank:03d}-{t.target_id}"[:NAME_MAX]
+
+
+def waypoint_desc(t: Target) -> str:
+    """Human-readable one-liner: score, area and full target id."""
+    parts = [f"rank {t.rank}", f"score {t.score:.2f} (max {t.score_max:.2f})",
+             f"area {t.area_m2:.0f} m2", f"id {t.target_id}"]
+    if t.flowering_obs:
+        parts.append(f"{t.flowering_obs} clear flowering obs")
+    if t.reason:
+        parts.append(t.reason)
+    return "; ".join(parts)
+
+
+def gpx_bytes(targets: TargetList) -> bytes:
+    """The GPX 1.1 document as UTF-8 bytes."""
+    ET.register_namespace("", GPX_NS)
+    q = lambda tag: f"{{{GPX_NS}}}{tag}"  # noqa: E731
+    root = ET.Element(q("gpx"), {"version": "1.1", "creator": "poppyscan"})
+    meta = ET.SubElement(root, q("metadata"))
+    ET.SubElement(meta, q("name")).text = "poppyscan targets"
+    ET.SubElement(meta, q("desc")).text = (
+        f"{len(targets.targets)} ranked targets; WGS84 centroids; visit in rank order")
+    for t in sorted(targets.targets, key=lambda t: t.rank):
+        wpt = ET.SubElement(root, q("wpt"), {"lat": f"{t.lat:.7f}", "lon": f"{t.lon:.7f}"})
+        if t.elevation_m is not None and math.isfinite(t.elevation_m):
+            ET.SubElement(wpt, q("ele")).text = f"{t.elevation_m:.1f}"
+        ET.SubElement(wpt, q("name")).text = waypoint_name(t)
+        ET.SubElement(wpt, q("desc")).text = waypoint_desc(t)
+        ET.SubElement(wpt, q("sym")).text = "Flag, Red"
+        ET.SubElement(wpt, q("type")).text = "poppyscan target"
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
+
+
+def write_gpx(targets: TargetList, path: Path) -> Path:
+    """Write ``targets.gpx`` atomically."""
+    return write_bytes_atomic(path, gpx_bytes(targets))

@@ -1,0 +1,217 @@
+"""quicklook.png (Pillow) and the offline map.html (Leaflet), including a headless-browser check."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from outputs_helpers import CRS, SIZE, make_targets, scene_rgb, scene_transform
+from PIL import Image
+
+from outputs.maps import (MARKER_CLASS, NAN_GREY, TARGET_RGB, BLIND_RGB, map_html,
+                          stretch_rgb, write_map_html, write_quicklook)
+from outputs.targets import TargetList
+from pipeline.errors import InputError
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+class _Elements(HTMLParser):
+    """Collects (tag, attrs) of every element; script text is data, not elements."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.elements: list[tuple[str, dict[str, str | None]]] = []
+        self.data_json: str | None = None
+        self._in_data = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.elements.append((tag, a))
+        self._in_data = tag == "script" and a.get("id") == "poppyscan-data"
+
+    def handle_data(self, data):
+        if self._in_data:
+            self.data_json = (self.data_json or "") + data
+
+    def handle_endtag(self, tag):
+        self._in_data = False
+
+    def count_class(self, cls: str) -> int:
+        return sum(cls in (a.get("class") or "").split() for _, a in self.elements)
+
+
+def _parse(text: str) -> _Elements:
+    p = _Elements()
+    p.feed(text)
+    return p
+
+
+# ---------------------------------------------------------------- stretch + quicklook
+def test_stretch_percentiles_and_nan_grey():
+    band = np.arange(100, dtype=np.float32).reshape(10, 10)
+    rgb = np.stack([band, band * 2, band + 5])
+    rgb[:, 0, 0] = np.nan
+    rgb[1, 0, 1] = np.nan                        # one band missing is enough to be masked
+    img, valid = stretch_rgb(rgb)
+    assert img.shape == (10, 10, 3) and img.dtype == np.uint8
+    assert not valid[0, 0] and not valid[0, 1] and valid.sum() == 98
+    assert (img[0, 0] == NAN_GREY).all() and (img[0, 1] == NAN_GREY).all()
+    assert (img[0, 2] == 0).all() and (img[9, 9] == 255).all()     # below p2 / above p98 clip
+    assert 100 < img[5, 0, 0] < 155                                  # middle stays middle
+    all_nan, v = stretch_rgb(np.full((3, 4, 5), np.nan))
+    assert not v.any() and (all_nan == NAN_GREY).all()
+    with pytest.raises(InputError, match=r"\(3, h, w\)"):
+        stretch_rgb(np.zeros((4, 5)))
+
+
+def _px(x: float, y: float, scale: float) -> tuple[int, int]:
+    t = scene_transform()
+    c, r = ~t @ (x, y)
+    return int(c * scale), int(r * scale)
+
+
+def test_quicklook_draws_targets_and_hatched_blind_areas(tmp_path):
+    tl = make_targets()
+    path = write_quicklook(tmp_path / "quicklook.png", scene_rgb(), scene_transform(), CRS, tl)
+    assert [p.name for p in tmp_path.iterdir()] == ["quicklook.png"]
+    img = np.asarray(Image.open(path).convert("RGB"))
+    scale = 1000 // SIZE                                   # small patches enlarged crisply
+    assert img.shape == (SIZE * scale, SIZE * scale, 3) and max(img.shape) <= 1000
+    yellow = np.all(img == TARGET_RGB, axis=-1)
+    # every target's outline is drawn where its edge is
+    for t in tl.targets:
+        minx, miny, maxx, maxy = t.geometry.bounds
+        c, r = _px(minx, (miny + maxy) / 2, scale)     # middle of the west edge
+        assert yellow[r - 2:r + 3, c - 2:c + 3].any(), t.target_id
+    # blind area: hatched (some pixels BLIND_RGB, some not) inside; outline on its edge
+    b = tl.blind_areas[0]
+    c0, r0 = _px(b.bounds[0], b.bounds[3], scale)
+    c1, r1 = _px(b.bounds[2], b.bounds[1], scale)
+    inside = np.all(img[r0 + 3:r1 - 3, c0 + 3:c1 - 3] == BLIND_RGB, axis=-1)
+    assert 0.1 < inside.mean() < 0.4
+    # without targets, no yellow outlines or labels (the legend's one yellow line aside)
+    empty = write_quicklook(tmp_path / "q0.png", scene_rgb(), scene_transform(), CRS,
+                            TargetList((), CRS))
+    y0 = np.all(np.asarray(Image.open(empty).convert("RGB")) == TARGET_RGB, axis=-1)
+    assert y0[60:].sum() == 0 and yellow[60:].sum() > 500
+
+
+def test_quicklook_large_scene_is_shrunk_to_1000px(tmp_path):
+    rgb = np.random.default_rng(1).uniform(0, 0.3, (3, 1500, 600)).astype(np.float32)
+    path = write_quicklook(tmp_path / "q.png", rgb, scene_transform(), CRS, make_targets())
+    assert Image.open(path).size == (400, 1000)
+
+
+# ---------------------------------------------------------------- map.html
+@pytest.fixture(scope="module")
+def map_file(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("map")
+    return write_map_html(out / "map.html", scene_rgb(), scene_transform(), CRS, make_targets())
+
+
+def test_map_html_is_self_contained(map_file):
+    text = map_file.read_text(encoding="utf-8")
+    page = _parse(text)
+    tags = [t for t, _ in page.elements]
+    assert "link" not in tags and "img" not in tags and "iframe" not in tags
+    assert all(a.get("src") is None for t, a in page.elements if t == "script")
+    assert "Leaflet 1.9.4" in text and "BSD-2-Clause" in text
+    assert "L.tileLayer" not in text                       # no network tiles by default
+    assert [p.name for p in map_file.parent.iterdir()] == ["map.html"]
+    data = json.loads(page.data_json)
+    assert len(data["targets"]["features"]) == 3 and len(data["blind"]["features"]) == 1
+    png = Image.open(io.BytesIO(base64.b64decode(data["image"])))
+    assert png.format == "PNG" and png.mode == "RGBA" and max(png.size) <= 1600
+    (s, w), (n, e) = data["image_bounds"]
+    assert 30.18 < s < n < 30.22 and 120.09 < w < e < 120.12   # WGS84 lat/lon of the scene
+    for f in data["targets"]["features"]:                 # targets lie on the image
+        p = f["properties"]
+        assert s < p["lat"] < n and w < p["lon"] < e
+
+
+def test_map_html_escapes_script_breakouts():
+    tl = make_targets(1)
+    t = tl.targets[0]
+    from dataclasses import replace
+    evil = TargetList((replace(t, reason="</script><script>alert(1)</script>"),), CRS)
+    text = map_html(None, None, None, evil)
+    page = _parse(text)
+    assert json.loads(page.data_json)["targets"]["features"][0]["properties"]["reason"] \
+        == "</script><script>alert(1)</script>"
+    assert "<script>alert(1)" not in text
+
+
+def _render(html_path: Path, tmp: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--no-first-run", "--hide-scrollbars", f"--user-data-dir={tmp / 'chromium-profile'}",
+           *extra, html_path.resolve().as_uri()]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=True)
+
+
+@pytest.mark.browser
+def test_map_renders_every_target_in_headless_chromium(map_file, tmp_path):
+    assert shutil.which(CHROMIUM), "chromium missing: apt-get install -y chromium"
+    dom = _parse(_render(map_file, tmp_path, "--dump-dom").stdout)
+    assert dom.count_class(MARKER_CLASS) == 3               # drawn by Leaflet after JS ran
+    assert dom.count_class("poppyscan-target-polygon") == 3
+    assert dom.count_class("poppyscan-rank-label") == 3
+    assert dom.count_class("poppyscan-blind-area") == 1
+    assert dom.count_class("poppyscan-image") == 1
+    assert dom.count_class("poppyscan-legend") == 1
+    body = [a for t, a in dom.elements if t == "body"][0]
+    assert body.get("data-poppyscan-markers") == "3"
+
+
+@pytest.mark.browser
+def test_map_with_no_targets_still_renders(tmp_path):
+    assert shutil.which(CHROMIUM), "chromium missing: apt-get install -y chromium"
+    p = write_map_html(tmp_path / "map.html", scene_rgb(), scene_transform(), CRS,
+                       TargetList((), CRS))
+    dom = _parse(_render(p, tmp_path, "--dump-dom").stdout)
+    assert dom.count_class(MARKER_CLASS) == 0
+    assert dom.count_class("poppyscan-legend") == 1 and dom.count_class("poppyscan-image") == 1
+
+
+def test_map_image_overlay_is_georeferenced(map_file):
+    """A scene pixel's colour appears in the Web-Mercator overlay at that pixel's lat/lon."""
+    from pyproj import Transformer
+    data = json.loads(_parse(map_file.read_text(encoding="utf-8")).data_json)
+    png = np.asarray(Image.open(io.BytesIO(base64.b64decode(data["image"]))))
+    (s, w), (n, e) = data["image_bounds"]
+    to_merc = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True)
+    (mx0, mx1), (my1, my0) = to_merc.transform([w, e], [n, s])
+    utm_to_merc = Transformer.from_crs(CRS, "EPSG:3857", always_xy=True)
+    stretched, valid = stretch_rgb(scene_rgb())
+    rng = np.random.default_rng(3)
+    rows, cols = rng.integers(2, SIZE - 2, 40), rng.integers(2, SIZE - 2, 40)
+    hits = 0
+    for r, c in zip(rows, cols):
+        x, y = scene_transform() @ (c + 0.5, r + 0.5)          # pixel centre, scene CRS
+        mx, my = utm_to_merc.transform(x, y)
+        pc = int((mx - mx0) / (mx1 - mx0) * png.shape[1])
+        pr = int((my1 - my) / (my1 - my0) * png.shape[0])
+        hits += bool(np.array_equal(png[pr, pc, :3], stretched[r, c]))
+        assert png[pr, pc, 3] == (255 if valid[r, c] else 200)
+    assert hits >= 36        # nearest-neighbour warp: a few centres fall on a rotated seam
+
+
+@pytest.mark.browser
+def test_map_screenshot_shows_one_red_marker_per_target(map_file, tmp_path):
+    """Pixels, not just DOM: the rendered page shows three separate red target dots."""
+    from scipy import ndimage
+    assert shutil.which(CHROMIUM), "chromium missing: apt-get install -y chromium"
+    shot = tmp_path / "shot.png"
+    _render(map_file, tmp_path, f"--screenshot={shot}", "--window-size=900,700")
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    red = (np.abs(img - (255, 45, 45)).sum(axis=-1) < 40)   # marker fill #ff2d2d
+    labels, n = ndimage.label(red)
+    sizes = ndimage.sum(red, labels, range(1, n + 1))
+    assert (sizes > 40).sum() == 3 + 1          # radius-7 dots (not noise) + the legend's swatch
