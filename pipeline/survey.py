@@ -31,7 +31,7 @@ from classifiers.predict import check_fit, predict_block
 from classifiers.sampling import Table, sample
 from classifiers.validation import text_table, validate
 from indices.window import FeaturePlan, block_features, make_plan, window_features
-from outputs import writers
+from outputs import maps, writers
 from outputs.patches import Piece, chunk_pieces, merge_blind, merge_pieces
 from outputs.ranking import build_targets
 from outputs.rasters import write_tiles_raster
@@ -448,8 +448,8 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     thumb_tf = transform * transform.scale(stride, stride)
     files = writers.write_targets(targets, stage, formats, gcj02=cfg.outputs.gcj02)
     files.append(writers.write_blind_areas(targets, stage))
-    files.append(writers.write_quicklook(stage / "quicklook.png", rgb, thumb_tf, crs, targets))
-    files.append(writers.write_map_html(stage / "map.html", rgb, thumb_tf, crs, targets))
+    files.append(maps.write_quicklook(stage / "quicklook.png", rgb, thumb_tf, crs, targets))
+    files.append(maps.write_map_html(stage / "map.html", rgb, thumb_tf, crs, targets))
     timings["write"] = time.perf_counter() - t_w
     flowering_blind = sum(g.area for g in targets.blind_areas)
     report = {

@@ -1,0 +1,170 @@
+"""The CLI contract: --help of every command, exit codes, one-line user errors, nothing
+written on a user error."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scenes import make_tiny_scene
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMANDS = ["simulate", "inspect", "fetch", "train", "detect", "assign", "verify", "recheck",
+            "history", "summary", "demo"]
+
+
+def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_top_level_help_lists_every_command():
+    r = run("--help")
+    assert r.returncode == 0
+    for c in COMMANDS:
+        assert c in r.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command):
+    r = run(command, "--help")
+    assert r.returncode == 0, r.stderr
+    assert "usage:" in r.stdout and command in r.stdout
+
+
+@pytest.mark.parametrize("argv", [
+    ["assign", "--targets", "t.geojson", "--units", "u.geojson", "--out", "o"],
+    ["verify", "--targets", "t.geojson", "--field", "f.csv", "--out", "o"],
+    ["recheck", "--flags", "f.geojson", "--images", "x.tif", "--model", "m", "--out", "o"],
+    ["history", "--targets", "a.geojson", "b.geojson", "--out", "o"],
+    ["summary", "--verified", "v", "--units", "u.geojson", "--out", "o"],
+])
+def test_campaign_commands_are_reserved(argv, tmp_path):
+    r = run(*argv, cwd=tmp_path)
+    assert r.returncode == 2
+    assert "not implemented yet" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_option_is_one_line_exit_2():
+    r = run("detect", "--images", "x.tif", "--model", "m", "--out", "o", "--bogus")
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_format_is_rejected():
+    r = run("detect", "--images", "x.tif", "--model", "m", "--out", "o", "--formats", "shp")
+    assert r.returncode == 2 and "allowed" in r.stderr
+
+
+def _one_line_error(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("poppyscan: error")]
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    scene = make_tiny_scene(d / "scene", seed=3)
+    r = run("-q", "train", "--images", *map(str, scene.images), "--labels", str(scene.labels),
+            "--model", str(d / "model"))
+    assert r.returncode == 0, r.stderr
+    return d, scene
+
+
+def test_train_writes_the_model_contract(trained):
+    d, _ = trained
+    for name in ("model.skops", "model.json", "train_report.json"):
+        assert (d / "model" / name).is_file()
+    meta = json.loads((d / "model" / "model.json").read_text())
+    assert meta["sensor"] == "sentinel2" and meta["calendar"] == "east-china"
+    assert 0 < meta["threshold"] < 1
+    assert "kappa" not in (d / "model" / "train_report.json").read_text().lower()
+
+
+def test_detect_writes_the_output_contract(trained, tmp_path):
+    d, scene = trained
+    other = make_tiny_scene(tmp_path / "other", seed=4)
+    out = tmp_path / "out"
+    r = run("-q", "detect", "--images", *map(str, other.images), "--model", str(d / "model"),
+            "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    for name in ("targets.geojson", "probability.tif", "evidence.tif", "report.json",
+                 "quicklook.png"):
+        assert (out / name).is_file(), name
+    fc = json.loads((out / "targets.geojson").read_text())
+    assert "crs" not in fc and fc["type"] == "FeatureCollection"
+    assert len(fc["features"]) == 3
+    for f in fc["features"]:
+        p = f["properties"]
+        assert f["id"] == p["target_id"]
+        for key in ("rank", "score", "score_max", "area_m2", "lon", "lat"):
+            assert key in p
+    assert sorted(f["properties"]["rank"] for f in fc["features"]) == [1, 2, 3]
+    rep = json.loads((out / "report.json").read_text())
+    for stage in ("read", "mask", "features", "predict", "patches", "write"):
+        assert stage in rep["timings_s"]
+    assert all(v.startswith("sha256:") for v in rep["inputs"].values())
+
+
+def test_detect_with_missing_model_writes_nothing(trained, tmp_path):
+    _, scene = trained
+    out = tmp_path / "out"
+    line = _one_line_error(run("detect", "--images", *map(str, scene.images), "--model",
+                               str(tmp_path / "nomodel"), "--out", str(out)))
+    assert "model" in line
+    assert not out.exists()
+
+
+def test_corrupt_raster_is_a_user_error(trained, tmp_path):
+    d, _ = trained
+    bad = tmp_path / "S2_20240420.tif"
+    bad.write_bytes(b"II*\x00not really a tiff")
+    out = tmp_path / "out"
+    line = _one_line_error(run("detect", "--images", str(bad), "--model", str(d / "model"),
+                               "--out", str(out)))
+    assert "S2_20240420.tif" in line
+    assert not out.exists()
+
+
+def test_labels_without_poppy_are_refused(trained, tmp_path):
+    _, scene = trained
+    labels = json.loads(scene.labels.read_text())
+    labels["features"] = [f for f in labels["features"] if f["properties"]["class"] != "poppy"]
+    p = tmp_path / "labels.geojson"
+    p.write_text(json.dumps(labels))
+    line = _one_line_error(run("train", "--images", *map(str, scene.images), "--labels",
+                               str(p), "--model", str(tmp_path / "m")))
+    assert "poppy" in line
+    assert not (tmp_path / "m").exists()
+
+
+def test_wrong_config_key_names_file_and_key(trained, tmp_path):
+    _, scene = trained
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("model:\n  kind: xgboost\n")
+    line = _one_line_error(run("train", "--images", *map(str, scene.images), "--labels",
+                               str(scene.labels), "--model", str(tmp_path / "m"),
+                               "--config", str(cfg)))
+    assert "bad.yaml" in line and "model.kind" in line and "hgb" in line
+
+
+def test_aoi_outside_the_scene_is_a_user_error(trained, tmp_path):
+    d, scene = trained
+    aoi = tmp_path / "aoi.geojson"
+    aoi.write_text(json.dumps({"type": "FeatureCollection", "features": [{
+        "type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [[
+            [10, 10], [10.1, 10], [10.1, 10.1], [10, 10.1], [10, 10]]]}}]}))
+    out = tmp_path / "out"
+    line = _one_line_error(run("detect", "--images", *map(str, scene.images), "--model",
+                               str(d / "model"), "--out", str(out), "--aoi", str(aoi)))
+    assert "AOI" in line
+    assert not out.exists()
