@@ -1,0 +1,1 @@
+"""Spectral indices (a catalogue evaluated safely), flowering-window features, terrain correction."""
