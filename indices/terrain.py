@@ -316,7 +316,9 @@ def correct_terrain(
         for j, band in enumerate(reflective):
             c[t, bands.index(band)] = estimate_c(refl_np[t, j], cos_np[t], mask_np[t])
     fitted = np.isfinite(c)
-    skipped = [f"{bands[j]}@{t}" for t, j in zip(*np.nonzero(~fitted)) if bands[j] in reflective]
+    days = [str(d)[:10] for d in scene["time"].values]
+    skipped = [f"{bands[j]} {days[t]}" for t, j in zip(*np.nonzero(~fitted))
+               if bands[j] in reflective]
     if skipped:
         logger.info("terrain correction: no usable c fit for %s (flat, too few pixels or no "
                     "illumination dependence); those bands are left uncorrected", skipped)
