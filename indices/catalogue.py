@@ -20,7 +20,7 @@ import yaml
 
 from indices.expr import FormulaError, evaluate, names_in
 from pipeline.bands import CANONICAL_BANDS, check_scene
-from pipeline.errors import ConfigError
+from pipeline.errors import BandError, ConfigError
 
 __all__ = ["IndexDef", "DEFAULT_CATALOGUE", "load_catalogue", "compute_indices", "compute_index"]
 
@@ -52,7 +52,7 @@ class IndexDef:
         """Evaluate the formula on ``bands`` (canonical name -> number/numpy/dask/xarray)."""
         missing = [b for b in self.bands if b not in bands]
         if missing:
-            raise ConfigError(f"index {self.name} needs bands {missing} that were not given")
+            raise BandError(f"index {self.name} needs bands {missing}; add them to the input")
         env: dict[str, Any] = {b: bands[b] for b in self.bands}
         env.update(self.params)
         return evaluate(self.formula, env)
@@ -102,11 +102,10 @@ def _entry(name: str, raw: Any, source: Path) -> IndexDef:
 
 
 @lru_cache(maxsize=8)
-def _load(path: Path) -> dict[str, IndexDef]:
+def _load(path: Path, stamp: tuple[int, int]) -> dict[str, IndexDef]:
+    """Parse and check a catalogue; ``stamp`` (mtime, size) keys the cache to the file version."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"index catalogue {path} not found; check the path") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"index catalogue {path} is not valid YAML: {exc}") from None
     if not isinstance(raw, Mapping) or not isinstance(raw.get("indices"), Mapping):
@@ -120,11 +119,21 @@ def load_catalogue(path: Path | None = None) -> dict[str, IndexDef]:
     Every formula is parsed by the safe evaluator, every band must be canonical and every name
     the formula uses must be declared as a band or a constant; otherwise :class:`ConfigError`.
     """
-    return dict(_load(Path(path) if path is not None else DEFAULT_CATALOGUE))
+    file = Path(path) if path is not None else DEFAULT_CATALOGUE
+    try:
+        st = file.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"index catalogue {file} not found; check the path") from None
+    return dict(_load(file.resolve(), (st.st_mtime_ns, st.st_size)))
 
 
 def compute_index(index: IndexDef, scene: xr.DataArray) -> xr.DataArray:
     """One index over ``scene`` (time, band, y, x) -> (time, y, x) float32, lazy if dask."""
+    present = set(scene["band"].values.tolist())
+    missing = [b for b in index.bands if b not in present]
+    if missing:
+        raise BandError(f"index {index.name} needs bands {missing} that the scene lacks; "
+                        "choose indices the sensor's bands allow")
     bands = {b: scene.sel(band=b, drop=True) for b in index.bands}
     out = index.evaluate(bands)
     if not isinstance(out, xr.DataArray):  # a formula without bands would give a number
