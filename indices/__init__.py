@@ -1,1 +1,2 @@
-"""Spectral indices (a catalogue evaluated safely), flowering-window features, terrain correction."""
+"""Spectral indices (a catalogue evaluated safely), flowering-window features, terrain.
+"""

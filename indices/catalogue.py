@@ -72,7 +72,8 @@ def _entry(name: str, raw: Any, source: Path) -> IndexDef:
     bands = tuple(str(b) for b in raw["bands"])
     bad = [b for b in bands if b not in CANONICAL_BANDS]
     if bad:
-        raise ConfigError(f"{where}: bands {bad} are not canonical; use names from {CANONICAL_BANDS}")
+        raise ConfigError(f"{where}: bands {bad} are not canonical; "
+                          f"use names from {CANONICAL_BANDS}")
     params_raw = raw.get("params") or {}
     if not isinstance(params_raw, Mapping):
         raise ConfigError(f"{where}: params must be a mapping of name -> number")

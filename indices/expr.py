@@ -32,7 +32,7 @@ class FormulaError(ConfigError):
 
 
 def safe_divide(num: Any, den: Any) -> Any:
-    """``num / den`` with NaN (not inf) where ``den`` is 0; works on numbers, numpy, dask, xarray."""
+    """``num / den`` with NaN (not inf) where ``den`` is 0 (numbers, numpy, dask, xarray)."""
     if isinstance(den, xr.DataArray):
         return num / den.where(den != 0)
     if isinstance(den, (int, float, np.number)) and not isinstance(den, bool):

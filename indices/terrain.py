@@ -23,7 +23,7 @@ import logging
 import math
 from collections.abc import Callable
 from datetime import date as date_type
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import dask
@@ -153,7 +153,7 @@ def sun_position(date: datetime, lon: float, lat: float) -> tuple[float, float]:
     """
     if isinstance(date, datetime):
         if date.tzinfo is not None:
-            date = date.astimezone(timezone.utc).replace(tzinfo=None)
+            date = date.astimezone(UTC).replace(tzinfo=None)
     elif isinstance(date, date_type):
         date = datetime(date.year, date.month, date.day)
     hour = date.hour + date.minute / 60 + (date.second + date.microsecond / 1e6) / 3600
@@ -317,7 +317,7 @@ def correct_terrain(
             c[t, bands.index(band)] = estimate_c(refl_np[t, j], cos_np[t], mask_np[t])
     fitted = np.isfinite(c)
     days = [str(d)[:10] for d in scene["time"].values]
-    skipped = [f"{bands[j]} {days[t]}" for t, j in zip(*np.nonzero(~fitted))
+    skipped = [f"{bands[j]} {days[t]}" for t, j in zip(*np.nonzero(~fitted), strict=True)
                if bands[j] in reflective]
     if skipped:
         logger.info("terrain correction: no usable c fit for %s (flat, too few pixels or no "
