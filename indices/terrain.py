@@ -48,6 +48,9 @@ logger = logging.getLogger(__name__)
 COS_I_MIN: float = 0.1
 #: Largest regular subsample (pixels per date) used to fit c.
 MAX_SAMPLES: int = 250_000
+#: On a chunked scene the sample is drawn from at most this many chunks per axis (evenly spread),
+#: so the fit reads a fraction of the scene rather than all of it before the real computation.
+MAX_SAMPLE_CHUNKS_PER_AXIS: int = 6
 #: Fewest valid sunlit pixels needed to fit c for a date and band; fewer -> band left as is.
 MIN_SAMPLES: int = 200
 #: Local mean solar time assumed for the sun position when the scene carries no sun angles
@@ -243,6 +246,23 @@ def estimate_c(reflectance: np.ndarray, cos_i: np.ndarray,
     return max(float(a / b), 0.0)
 
 
+def _sample_positions(size: int, chunks: tuple[int, ...] | None, target: int) -> np.ndarray:
+    """Indices along one axis for the c fit: evenly spread chunks, then a regular stride.
+
+    Without chunks (or with few) every position is a candidate, so an in-memory scene and a
+    lightly chunked one draw the same sample.
+    """
+    if chunks is None or len(chunks) <= MAX_SAMPLE_CHUNKS_PER_AXIS:
+        candidates = np.arange(size)
+    else:
+        starts = np.concatenate([[0], np.cumsum(chunks)[:-1]])
+        keep = np.unique(np.linspace(0, len(chunks) - 1, MAX_SAMPLE_CHUNKS_PER_AXIS).round())
+        candidates = np.concatenate([np.arange(starts[k], starts[k] + chunks[k])
+                                     for k in keep.astype(int)])
+    step = max(1, math.ceil(candidates.size / target))
+    return candidates[::step]
+
+
 def _check_grid(scene: xr.DataArray, dem: xr.DataArray) -> xr.DataArray:
     dem = _as_2d(dem)
     if dem.sizes["y"] != scene.sizes["y"] or dem.sizes["x"] != scene.sizes["x"]:
@@ -272,9 +292,10 @@ def correct_terrain(
     """Topographic correction of the reflective bands of a Scene.
 
     ``scene`` (time, band, y, x) float32; ``dem`` (y, x) in metres on the same projected grid.
-    Per date and reflective canonical band, ``c`` is fitted on a regular subsample of valid
-    sunlit pixels (``valid_mask`` (y, x) or (time, y, x), True = use; NaN pixels are never used),
-    in one small ``dask.compute``; then C or SCS+C is applied lazily. Sun angles come from the
+    Per date and reflective canonical band, ``c`` is fitted on a regular subsample (from at
+    most :data:`MAX_SAMPLE_CHUNKS_PER_AXIS` chunks per axis when chunked) of valid sunlit
+    pixels (``valid_mask`` (y, x) or (time, y, x), True = use; NaN pixels are never used), in
+    one small ``dask.compute``; then C or SCS+C is applied lazily. Sun angles come from the
     ``sun_zenith``/``sun_azimuth`` coords, or where NaN from :func:`overpass_sun_position` at
     the scene centre. ``cos(i)`` is clipped below at :data:`COS_I_MIN`. Bands whose fit is
     meaningless (see :func:`estimate_c`), ``scl`` and index bands are returned unchanged, as are
@@ -299,9 +320,10 @@ def correct_terrain(
     cos_i = cos_incidence(slope, aspect, sz_da, saz_da).transpose("time", "y", "x")
 
     # --- one small eager reduction: a regular subsample for the regression -------------------
-    ny, nx = scene.sizes["y"], scene.sizes["x"]
-    step = max(1, math.ceil(math.sqrt(ny * nx / MAX_SAMPLES)))
-    sub = {"y": slice(None, None, step), "x": slice(None, None, step)}
+    per_axis = max(1, int(math.sqrt(MAX_SAMPLES)))
+    chunks = scene.chunksizes if scene.chunks is not None else {}
+    sub = {dim: _sample_positions(scene.sizes[dim], chunks.get(dim), per_axis)
+           for dim in ("y", "x")}
     refl_s = scene.sel(band=reflective).isel(sub).transpose("time", "band", "y", "x")
     cos_s = cos_i.isel(sub)
     mask_s: Any = True

@@ -225,6 +225,16 @@ def test_correction_is_lazy_with_one_small_compute(hilly):
     np.testing.assert_allclose(out.values, eager.values, rtol=1e-5, equal_nan=True)
 
 
+def test_many_chunks_fit_on_a_subset_still_corrects(hilly):
+    dem, cos_i, scene, classes = hilly
+    many = scene.chunk({"y": 16, "x": 16})  # 10 chunks per axis: c is fitted on 6 x 6 of them
+    out = correct_terrain(many, dem, "c")
+    assert isinstance(out.data, da.Array)
+    before = within_class_slopes(scene.values, cos_i, classes)
+    after = within_class_slopes(out.values, cos_i, classes)
+    assert (1 - np.abs(after) / np.abs(before)).min() >= 0.7
+
+
 def test_missing_sun_angles_fall_back_to_overpass_position(hilly, caplog):
     dem, _, scene, _ = hilly
     lon, lat = Transformer.from_crs("EPSG:32650", "EPSG:4326", always_xy=True).transform(
