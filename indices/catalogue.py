@@ -8,7 +8,7 @@ by ``eval``. :func:`compute_indices` builds a lazy graph: a dask-backed scene st
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -22,7 +22,10 @@ from indices.expr import FormulaError, evaluate, names_in
 from pipeline.bands import CANONICAL_BANDS, check_scene
 from pipeline.errors import BandError, ConfigError
 
-__all__ = ["IndexDef", "DEFAULT_CATALOGUE", "load_catalogue", "compute_indices", "compute_index"]
+__all__ = [
+    "IndexDef", "DEFAULT_CATALOGUE", "load_catalogue", "compute_indices", "compute_index",
+    "computable_indices",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +145,38 @@ def compute_index(index: IndexDef, scene: xr.DataArray) -> xr.DataArray:
     return out.astype(np.float32, copy=False)
 
 
+def _plan(bands: Iterable[str], names: Sequence[str] | None,
+          catalogue: Mapping[str, IndexDef] | None) -> tuple[list[IndexDef], list[str]]:
+    """Split the wanted indices into computable ones and 'NAME (missing b1, b2)' notes."""
+    cat = load_catalogue() if catalogue is None else dict(catalogue)
+    wanted = list(cat) if names is None else list(dict.fromkeys(names))
+    unknown = [n for n in wanted if n not in cat]
+    if unknown:
+        raise ConfigError(f"unknown index names {unknown}; the catalogue has {sorted(cat)}")
+    present = set(bands)
+    computable: list[IndexDef] = []
+    skipped: list[str] = []
+    for name in wanted:
+        missing = [b for b in cat[name].bands if b not in present]
+        if missing:
+            skipped.append(f"{name} (missing {', '.join(missing)})")
+        else:
+            computable.append(cat[name])
+    return computable, skipped
+
+
+def computable_indices(
+    bands: Iterable[str], names: Sequence[str] | None = None, *,
+    catalogue: Mapping[str, IndexDef] | None = None,
+) -> list[str]:
+    """Names of the indices (all, or those in ``names``) that ``bands`` allow, in order.
+
+    The same selection :func:`compute_indices` makes, without data: for planning feature
+    names (e.g. from a sensor's band list). Unknown names raise :class:`ConfigError`.
+    """
+    return [index.name for index in _plan(bands, names, catalogue)[0]]
+
+
 def compute_indices(
     scene: xr.DataArray, names: Sequence[str] | None = None, *,
     catalogue: Mapping[str, IndexDef] | None = None,
@@ -159,21 +194,7 @@ def compute_indices(
     check_scene(scene, "indices")
     per_band = [c for c in scene.coords if c != "band" and "band" in scene[c].dims]
     scene = scene.drop_vars(per_band)
-    cat = load_catalogue() if catalogue is None else dict(catalogue)
-    wanted = list(cat) if names is None else list(dict.fromkeys(names))
-    unknown = [n for n in wanted if n not in cat]
-    if unknown:
-        raise ConfigError(f"unknown index names {unknown}; the catalogue has {sorted(cat)}")
-    present = set(scene["band"].values.tolist())
-    computable: list[IndexDef] = []
-    skipped: list[str] = []
-    for name in wanted:
-        index = cat[name]
-        missing = [b for b in index.bands if b not in present]
-        if missing:
-            skipped.append(f"{name} (missing {', '.join(missing)})")
-        else:
-            computable.append(index)
+    computable, skipped = _plan(scene["band"].values.tolist(), names, catalogue)
     if skipped:
         logger.info("skipping %d index(es) the scene's bands cannot give: %s",
                     len(skipped), "; ".join(skipped))

@@ -24,7 +24,7 @@ import xarray as xr
 
 from pipeline.errors import ConfigError
 
-__all__ = ["FormulaError", "parse", "names_in", "evaluate", "safe_divide"]
+__all__ = ["FormulaError", "parse", "names_in", "evaluate", "safe_divide", "safe_power"]
 
 
 class FormulaError(ConfigError):
@@ -45,12 +45,23 @@ def safe_divide(num: Any, den: Any) -> Any:
     return num / np.where(den != 0, den, fill)
 
 
+def safe_power(base: Any, exponent: Any) -> Any:
+    """``base ** exponent``; with plain numbers, 0 ** -x and overflow give NaN, not an exception.
+
+    Arrays follow numpy/dask/xarray rules (a negative base to a fractional power is NaN).
+    """
+    try:
+        return base ** exponent
+    except (ZeroDivisionError, OverflowError):
+        return float("nan")
+
+
 _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
     ast.Mult: operator.mul,
     ast.Div: safe_divide,
-    ast.Pow: operator.pow,
+    ast.Pow: safe_power,
 }
 _UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {
     ast.USub: operator.neg,
@@ -98,9 +109,11 @@ def parse(formula: str) -> ast.Expression:
         raise FormulaError("formula is longer than 2000 characters; shorten it")
     try:
         tree = ast.parse(formula.strip(), mode="eval")
+        _check(tree, formula)
     except SyntaxError as exc:
         raise FormulaError(f"formula {formula!r} is not valid arithmetic: {exc.msg}") from None
-    _check(tree, formula)
+    except (RecursionError, MemoryError):
+        raise FormulaError("formula is nested too deeply; simplify it") from None
     return tree
 
 
@@ -116,7 +129,9 @@ def _eval(node: ast.AST, env: Mapping[str, Any], formula: str) -> Any:
     if isinstance(node, ast.UnaryOp):
         return _UNARY[type(node.op)](_eval(node.operand, env, formula))
     if isinstance(node, ast.Constant):
-        return node.value
+        value = node.value
+        assert isinstance(value, (int, float))  # guaranteed by _check
+        return float(value)  # never Python ints: 9 ** 9 ** 9 must not become a bignum
     if isinstance(node, ast.Name):
         try:
             return env[node.id]
@@ -131,4 +146,7 @@ def _eval(node: ast.AST, env: Mapping[str, Any], formula: str) -> Any:
 def evaluate(formula: str, env: Mapping[str, Any]) -> Any:
     """Evaluate ``formula`` with the operands in ``env`` (name -> number or array)."""
     tree = parse(formula)
-    return _eval(tree.body, env, formula)
+    try:
+        return _eval(tree.body, env, formula)
+    except RecursionError:
+        raise FormulaError("formula is nested too deeply; simplify it") from None

@@ -12,7 +12,7 @@ import rasterio
 import rioxarray  # noqa: F401
 import xarray as xr
 
-from indices.catalogue import IndexDef, compute_indices, load_catalogue
+from indices.catalogue import IndexDef, computable_indices, compute_indices, load_catalogue
 from indices.expr import FormulaError, evaluate, names_in, parse
 from pipeline.errors import BandError, ConfigError
 
@@ -190,6 +190,16 @@ def test_missing_bands_are_skipped_with_one_notice(caplog):
     assert notices[0].levelno == logging.INFO
 
 
+def test_computable_indices_per_sensor():
+    mavic3m = ["green", "red", "rededge1", "nir"]  # no blue
+    names = computable_indices(mavic3m)
+    assert {"NDVI", "SAVI", "GNDVI", "NDRE", "CIre", "NDWI", "NGRDI", "PWI", "RPI"} == set(names)
+    assert computable_indices(["blue", "green", "red"]) == [
+        "NDYI", "ExG", "VARI", "NGRDI", "VWI", "RPI", "MPI"]
+    assert len(computable_indices(list(TO_SPYNDEX_BAND))) == len(load_catalogue())
+    assert computable_indices(mavic3m, ["PWI", "EVI", "NDVI"]) == ["PWI", "NDVI"]
+
+
 def test_unknown_index_name_is_a_config_error():
     scene = make_scene(np.ones((1, 2, 4, 4), np.float32), ["red", "nir"])
     with pytest.raises(ConfigError, match="NOPE"):
@@ -255,6 +265,15 @@ def test_division_by_zero_gives_nan_and_nan_propagates():
 def test_evaluator_refuses_anything_but_arithmetic(formula):
     with pytest.raises(FormulaError):
         evaluate(formula, {"nir": 1.0, "red": 2.0, "blue": 3.0, "__builtins__": 1})
+
+
+def test_evaluator_resists_resource_abuse():
+    with pytest.raises(FormulaError, match="nested"):
+        parse("1+" * 999 + "1")
+    with pytest.raises(FormulaError):
+        parse("nir + " * 500 + "nir")  # longer than 2000 characters
+    assert np.isnan(evaluate("9 ** 9 ** 9", {}))  # float overflow -> NaN, not a bignum
+    assert np.isnan(evaluate("red ** -1", {"red": 0.0}))
 
 
 def test_evaluator_error_is_a_config_error_and_names_unknown():
