@@ -1,1 +1,2 @@
-"""Spectral index catalogue, regional calendars, window features and terrain correction."""
+"""Spectral indices (a catalogue evaluated safely), flowering-window features, terrain.
+"""
