@@ -3,7 +3,9 @@
 Binary poppy-versus-rest: one tree per boosting iteration instead of one per class, so
 prediction over a county stays affordable (see ../shared/docs/ARCHITECTURE.md performance notes);
 background classes still matter through the per-class false-alarm table of the report.
-Class balance: sample weights give poppy and background equal total weight.
+Class balance: poppy rows are repeated (seeded) until both classes have as many rows, rather
+than weighted: scikit-learn's weighted binning is about 7x slower than the plain one on 2 cores
+and repetition gives the same balance for tree models.
 Calibration: Platt scaling (a logistic fit on the logit of out-of-fold scores), stored as two
 numbers in model.json and applied at prediction, so the skops artifact holds only scikit-learn
 types.
@@ -38,6 +40,23 @@ def balanced_weights(y: np.ndarray) -> np.ndarray:
         w[y == 1] = 0.5 / n_pos
         w[y == 0] = 0.5 / n_neg
     return w * len(y)
+
+
+def balanced_index(y: np.ndarray, seed: int) -> np.ndarray:
+    """Row indices in which the minority class is repeated to the size of the majority."""
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    if not len(pos) or not len(neg):
+        return np.arange(len(y))
+    small, big = (pos, neg) if len(pos) < len(neg) else (neg, pos)
+    reps = len(big) // len(small)
+    extra = np.random.default_rng(seed).choice(small, len(big) - reps * len(small),
+                                               replace=False)
+    return np.sort(np.concatenate([big, np.tile(small, reps), extra]))
+
+
+def fit_balanced(estimator, X: np.ndarray, y: np.ndarray, seed: int):
+    idx = balanced_index(y, seed)
+    return estimator.fit(X[idx], y[idx])
 
 
 def logit(p: np.ndarray) -> np.ndarray:

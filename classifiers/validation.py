@@ -17,7 +17,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from sklearn.model_selection import StratifiedGroupKFold
 
 from classifiers.labels import Labels
-from classifiers.model import apply_platt, balanced_weights, fit_platt
+from classifiers.model import apply_platt, fit_balanced, fit_platt
 from classifiers.sampling import Table
 from pipeline.errors import InputError
 
@@ -61,8 +61,7 @@ def out_of_fold(estimator, table: Table, groups: np.ndarray, n_folds: int,
                          "poppy and 2 background polygons")
     oof = np.full(len(table.y), np.nan)
     for train, test in splits:
-        est = clone(estimator)
-        est.fit(table.X[train], table.y[train], sample_weight=balanced_weights(table.y[train]))
+        est = fit_balanced(clone(estimator), table.X[train], table.y[train], seed)
         oof[test] = est.predict_proba(table.X[test])[:, 1]
     return oof, how
 

@@ -35,7 +35,8 @@ class FeatureConfig(_Frozen):
     bands: tuple[str, ...] = ("blue", "green", "red", "rededge1", "rededge2", "rededge3",
                               "nir", "nir08", "swir16", "swir22")
     #: catalogue indices composited per phase (those the sensor cannot compute are skipped)
-    indices: tuple[str, ...] = ("NDVI", "GNDVI", "NDRE", "NDYI", "NDWI", "BSI", "PSRI", "NBR")
+    indices: tuple[str, ...] = ("NDVI", "GNDVI", "NDRE", "CIre", "NDYI", "NDWI", "BSI", "PSRI",
+                                "NBR", "PWI", "VWI", "RPI", "MPI", "ExG", "VARI", "NGRDI")
 
 
 class ModelConfig(_Frozen):

@@ -29,10 +29,13 @@ def test_top_level_help_lists_every_command():
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_every_command_has_help(command):
-    r = run(command, "--help")
-    assert r.returncode == 0, r.stderr
-    assert "usage:" in r.stdout and command in r.stdout
+def test_every_command_has_help(command, capsys):
+    import run as cli
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage:" in out and command in out
 
 
 @pytest.mark.parametrize("argv", [
@@ -42,24 +45,31 @@ def test_every_command_has_help(command):
     ["history", "--targets", "a.geojson", "b.geojson", "--out", "o"],
     ["summary", "--verified", "v", "--units", "u.geojson", "--out", "o"],
 ])
-def test_campaign_commands_are_reserved(argv, tmp_path):
-    r = run(*argv, cwd=tmp_path)
-    assert r.returncode == 2
-    assert "not implemented yet" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+def test_campaign_commands_are_reserved(argv, tmp_path, capsys, monkeypatch):
+    import run as cli
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "not implemented yet" in err
+    assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
 
 
-def test_unknown_option_is_one_line_exit_2():
-    r = run("detect", "--images", "x.tif", "--model", "m", "--out", "o", "--bogus")
-    assert r.returncode == 2
-    assert len(r.stderr.strip().splitlines()) == 1
-    assert "Traceback" not in r.stderr
+def test_unknown_option_is_one_line_exit_2(capsys):
+    import run as cli
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["detect", "--images", "x.tif", "--model", "m", "--out", "o", "--bogus"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--bogus" in err
 
 
-def test_bad_format_is_rejected():
-    r = run("detect", "--images", "x.tif", "--model", "m", "--out", "o", "--formats", "shp")
-    assert r.returncode == 2 and "allowed" in r.stderr
+def test_bad_format_is_rejected(capsys):
+    import run as cli
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["detect", "--images", "x.tif", "--model", "m", "--out", "o",
+                  "--formats", "shp"])
+    assert exc.value.code == 2 and "allowed" in capsys.readouterr().err
 
 
 def _one_line_error(r: subprocess.CompletedProcess) -> str:
