@@ -79,9 +79,9 @@ class SensorSpec:
 
     def band(self, name: str) -> SensorBand:
         """The band (kept or dropped) with product name or alias ``name`` (any case)."""
-        key = _norm(name)
+        key = normalise_band_name(name)
         for b in self.bands + self.dropped:
-            if key == _norm(b.name) or key in (_norm(a) for a in b.aliases):
+            if key == normalise_band_name(b.name) or key in (normalise_band_name(a) for a in b.aliases):
                 return b
         raise KeyError(name)
 
@@ -90,7 +90,7 @@ class SensorSpec:
         return {b.canonical: b.wavelength_nm for b in self.bands if b.canonical}
 
 
-def _norm(name: str) -> str:
+def normalise_band_name(name: str) -> str:
     """Band names compared case-, space- and dash-insensitively ('Red edge-705' = 'rededge_705')."""
     return name.strip().lower().replace(" ", "_").replace("-", "_")
 
@@ -175,10 +175,10 @@ def _parse(raw: object, path: Path) -> SensorSpec:
         raise fail(f"canonical bands {dupes} are given twice; keep one and list the other "
                    "under 'dropped'")
     names = [b.name for b in bands + dropped]
-    if len(set(map(_norm, names))) != len(names):
+    if len(set(map(normalise_band_name, names))) != len(names):
         raise fail(f"band names repeat: {names}")
     stack_order = tuple(str(s) for s in raw.get("stack_order") or [b.name for b in bands])
-    missing = [s for s in stack_order if _norm(s) not in {_norm(n) for n in names}]
+    missing = [s for s in stack_order if normalise_band_name(s) not in {normalise_band_name(n) for n in names}]
     if missing:
         raise fail(f"stack_order names unknown bands {missing}")
     return SensorSpec(
