@@ -117,7 +117,7 @@ def read_features(path: Path, crs: Any | None = None) -> tuple[list[Feature], CR
         if transformer is not None:
             polys = shapely.transform(polys, lambda xy: np.column_stack(
                 transformer.transform(xy[:, 0], xy[:, 1])))
-        props = {n: _plain(col[i]) for n, col in zip(names, fields)}
+        props = {n: _plain(col[i]) for n, col in zip(names, fields, strict=True)}
         features.append(Feature(polys, props))
     if skipped:
         log.info("%s: %d features without polygon geometry skipped", path, skipped)

@@ -81,7 +81,7 @@ class SensorSpec:
         """The band (kept or dropped) with product name or alias ``name`` (any case)."""
         key = normalise_band_name(name)
         for b in self.bands + self.dropped:
-            if key == normalise_band_name(b.name) or key in (normalise_band_name(a) for a in b.aliases):
+            if key in {normalise_band_name(a) for a in (b.name, *b.aliases)}:
                 return b
         raise KeyError(name)
 
@@ -178,7 +178,8 @@ def _parse(raw: object, path: Path) -> SensorSpec:
     if len(set(map(normalise_band_name, names))) != len(names):
         raise fail(f"band names repeat: {names}")
     stack_order = tuple(str(s) for s in raw.get("stack_order") or [b.name for b in bands])
-    missing = [s for s in stack_order if normalise_band_name(s) not in {normalise_band_name(n) for n in names}]
+    known = {normalise_band_name(n) for n in names}
+    missing = [s for s in stack_order if normalise_band_name(s) not in known]
     if missing:
         raise fail(f"stack_order names unknown bands {missing}")
     return SensorSpec(

@@ -60,7 +60,7 @@ def test_shipped_sensors_load() -> None:
         canon = [b.canonical for b in spec.bands]
         assert len(set(canon)) == len(canon) and set(canon) <= set(CANONICAL_BANDS)
         for b in spec.bands:
-            name_, canonical, wl, res, *_ = b          # (name, canonical, wavelength, res)
+            _name, _canonical, wl, res, *_ = b          # (name, canonical, wavelength, res)
             assert wl > 0 and res > 0
 
 

@@ -117,7 +117,7 @@ def build_safe(root: Path, patch: Path = PATCH, offset: int = 1000) -> Path:
         with rasterio.open(tif) as src:
             dn = src.read(1)
             profile = src.profile
-            res = int(round(src.res[0]))
+            res = round(src.res[0])
         dn = np.where(dn == 0, 0, dn.astype("uint32") + offset).astype("uint16")
         name = f"{RES_DIR[res]}/{tile}_{band}_{res}m"
         _write_jp2(img / f"{name}.jp2", dn, profile)

@@ -55,7 +55,7 @@ from rasterio.errors import RasterioIOError
 
 from pipeline.bands import order_bands
 from pipeline.errors import InputError
-from pipeline.sensors import SensorBand, normalise_band_name, SensorSpec, known_sensors, load_sensor
+from pipeline.sensors import SensorBand, SensorSpec, known_sensors, load_sensor, normalise_band_name
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ def _read_stacked(path: Path, spec: SensorSpec | None, chunks: int) -> xr.DataAr
                          f"({len(spec.stack_order)} bands: {', '.join(spec.stack_order)}); "
                          "name the bands in the file or give the right --sensor")
     layers: dict[str, _Layer] = {}
-    for i, b in zip(data_bands, bands):
+    for i, b in zip(data_bands, bands, strict=True):
         if b is not None and b.canonical is not None:
             layers[b.canonical] = _Layer(path, i, alpha)
     return _assemble(path, layers, spec, tags, chunks)
@@ -289,10 +289,13 @@ def _open(path: Path, chunks: int) -> xr.DataArray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         try:
-            return rioxarray.open_rasterio(path, chunks={"band": 1, "y": chunks, "x": chunks},
-                                           mask_and_scale=False, lock=False)
+            da = rioxarray.open_rasterio(path, chunks={"band": 1, "y": chunks, "x": chunks},
+                                         mask_and_scale=False, lock=False)
         except (RasterioIOError, OSError) as exc:
             raise InputError(f"{path}: not a readable raster ({exc})") from None
+    if not isinstance(da, xr.DataArray):
+        raise InputError(f"{path}: has subdatasets; expected an orthomosaic GeoTIFF")
+    return da
 
 
 def _scale(raw: xr.DataArray, spec: SensorSpec, path: Path, tags: dict[str, str],
@@ -400,7 +403,7 @@ def _date_in(text: str) -> np.datetime64 | None:
 def _acquisition_time(path: Path, tags: dict[str, str]) -> np.datetime64:
     if "ACQUISITION_DATE" in tags:
         try:
-            stamp = dt.datetime.fromisoformat(tags["ACQUISITION_DATE"].replace("Z", "+00:00"))
+            stamp = dt.datetime.fromisoformat(tags["ACQUISITION_DATE"])
             return np.datetime64(stamp.replace(tzinfo=None), "ns")
         except ValueError:
             pass

@@ -66,8 +66,9 @@ from pipeline.errors import InputError
 log = logging.getLogger(__name__)
 
 #: A band file: optional prefix, the band, optional resolution suffix.
-BAND_RE = re.compile(r"^(?:(?P<prefix>.*)_)?(?P<band>B0[1-9]|B1[0-2]|B8A|SCL)(?:_(?P<res>\d{2})m)?$",
-                     re.IGNORECASE)
+BAND_RE = re.compile(
+    r"^(?:(?P<prefix>.*)_)?(?P<band>B0[1-9]|B1[0-2]|B8A|SCL)(?:_(?P<res>\d{2})m)?$",
+    re.IGNORECASE)
 _IMG_SUFFIXES = {".jp2", ".tif", ".tiff"}
 _MTD_RE = re.compile(r"(^|/)MTD_MSIL(1C|2A)\.xml$", re.IGNORECASE)
 _TIME_RE = re.compile(r"(?<!\d)(\d{8})T(\d{5,6})(?!\d)")
@@ -227,9 +228,9 @@ def _find_text(root: ET.Element, tag: str) -> str | None:
 
 
 def _parse_time(text: str) -> np.datetime64:
-    stamp = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    stamp = dt.datetime.fromisoformat(text.strip())
     if stamp.tzinfo is not None:
-        stamp = stamp.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        stamp = stamp.astimezone(dt.UTC).replace(tzinfo=None)
     return np.datetime64(stamp, "ns")
 
 
@@ -254,7 +255,7 @@ def _safe_products(box: _Container, mtd_name: str) -> list[_Product]:
     offsets: dict[str, float] = {}
     for el in root.iter():
         if _local(el.tag) == otag and el.get("band_id") is not None and el.text:
-            offsets[by_id[int(el.get("band_id"))]] = float(el.text)
+            offsets[by_id[int(el.get("band_id", "-1"))]] = float(el.text)
     if not offsets and _baseline_ge4(baseline):
         log.warning("%s: baseline %s but no %s in %s; assuming -1000", box.path, baseline,
                     otag, mtd_name)
@@ -399,6 +400,8 @@ def _open(path: str, chunks: int) -> xr.DataArray:
                                          mask_and_scale=False, lock=False)
     except (RasterioIOError, OSError) as exc:
         raise InputError(f"{path}: not a readable raster ({exc})") from None
+    if not isinstance(da, xr.DataArray):
+        raise InputError(f"{path}: band file has subdatasets; expected one raster band")
     if da.rio.crs is None:
         raise InputError(f"{path}: band file has no CRS")
     return da.isel(band=0, drop=True)
@@ -434,9 +437,10 @@ def _stack(prod: _Product, chunks: int) -> xr.DataArray:
             raw = _open(prod.files[band], chunks)
         tf = raw.rio.transform()
         k = abs(tf.a) / ref_res
-        ki = int(round(k))
+        ki = round(k)
         nested = (abs(k - ki) < 1e-9 and ki >= 1 and raw.rio.crs == ref.rio.crs
-                  and abs(tf.c - ref_tf.c) < 1e-6 * ref_res and abs(tf.f - ref_tf.f) < 1e-6 * ref_res
+                  and abs(tf.c - ref_tf.c) < 1e-6 * ref_res
+                  and abs(tf.f - ref_tf.f) < 1e-6 * ref_res
                   and raw.sizes["y"] * ki == ref.sizes["y"]
                   and raw.sizes["x"] * ki == ref.sizes["x"])
         if nested and ki > 1:
