@@ -212,6 +212,8 @@ def test_ambiguous_camera_needs_sensor(tmp_path: Path) -> None:
     assert drone.can_read(f)
     with pytest.raises(InputError, match="--sensor"):
         drone.read(f, None)
+    with pytest.raises(InputError, match="sentinel2"):
+        drone.read(f, "sentinel2")
     [mx] = drone.read(f, "rededge-mx", chunks=16)   # band 5 is the red edge for the MX
     assert mx["band"].values.tolist() == ["blue", "green", "red", "rededge1", "nir"]
     refl = np.nan_to_num(_refl(5), nan=np.nan)

@@ -320,3 +320,26 @@ def test_unreadable_inputs_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no acquisition date"):
         sentinel2.read(folder, None)
     assert not sentinel2.can_read(tmp_path / "missing")
+
+
+def test_flat_band_files_beside_product_metadata(safe_copy: Path, tmp_path: Path) -> None:
+    """An unpacked product: MTD_MSIL2A.xml next to flat band files (no GRANULE tree)."""
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    shutil.copy(safe_copy / "MTD_MSIL2A.xml", flat)
+    for jp2 in safe_copy.rglob("*.jp2"):
+        shutil.copy(jp2, flat / jp2.name)
+    assert sentinel2.can_read(flat)
+    [da] = sentinel2.read(flat, None)
+    [ref] = sentinel2.read(PATCH, None)
+    assert da.attrs["processing_baseline"] == "05.10" and da.attrs["product_type"] == "L2A"
+    np.testing.assert_allclose(da.drop_sel(band="scl").compute().values,
+                               ref.compute().values, atol=1e-6, rtol=0)
+
+
+def test_drone_sensor_refused_for_sentinel2(safe: Path) -> None:
+    from pipeline.sensors import load_sensor
+    with pytest.raises(InputError, match="p4m"):
+        sentinel2.read(safe, load_sensor("p4m"))
+    [da] = sentinel2.read(safe, load_sensor("sentinel2"))
+    assert da.attrs["sensor"] == "sentinel2"

@@ -145,6 +145,10 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     spec = _as_spec(sensor)
+    if spec is not None and spec.kind != "drone":
+        raise InputError(f"{path}: a drone orthomosaic, but the sensor given is {spec.name!r} "
+                         f"(a {spec.kind}); give the camera (--sensor "
+                         f"{' | '.join(s.name for s in _drone_specs())})")
     aliases = _all_aliases() | (_aliases_of(spec) if spec else set())
     if path.is_dir():
         groups = _per_band_groups(path, aliases)

@@ -170,14 +170,29 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
     else:
         raise InputError(f"{path}: not a Sentinel-2 product (.SAFE, .zip or per-band folder)")
     mtd = [n for n in box.names if _MTD_RE.search(n)]
-    products = _safe_products(box, min(mtd, key=len)) if mtd else _band_products(box)
+    products = _safe_products(box, min(mtd, key=len)) if mtd else []
+    if mtd and not products:
+        # product metadata beside flat per-band files (an unpacked or re-exported product)
+        name = min(mtd, key=len)
+        level = "L2A" if "2A" in PurePosixPath(name).name.upper() else "L1C"
+        meta = _product_metadata(_xml(box, name), level, box, name)
+        flat = _folder(box.path, recursive=False) if path.is_dir() else box
+        products = _band_products(flat, dict(meta, product_type=level))
+    elif not mtd:
+        products = _band_products(box)
     if path.is_file() and path.suffix.lower() != ".zip":
         prefix = _band_of(path.name)[0]  # type: ignore[index]
         products = [p for p in products if p.prefix == prefix]
     if not products:
         raise InputError(f"{path}: no Sentinel-2 band files found (expected names like "
                          "T33UUP_20170613T101031_B04_10m.jp2 or *_B04.tif)")
-    sensor_name = getattr(sensor, "name", None) or "sentinel2"
+    # a satellite sensor file may rename the sensor (e.g. 'sentinel2c'); a drone one is a mistake
+    sensor_name = "sentinel2"
+    if getattr(sensor, "kind", None) == "satellite":
+        sensor_name = str(sensor.name)  # type: ignore[union-attr]
+    elif sensor is not None and getattr(sensor, "kind", None) == "drone":
+        raise InputError(f"{path}: a Sentinel-2 product, but the sensor given is "
+                         f"{sensor.name!r} (a drone); drop --sensor or give sentinel2")  # type: ignore[union-attr]
     out = []
     for prod in products:
         da = _stack(prod, chunks)
@@ -242,6 +257,16 @@ def _spacecraft(text: str) -> str:
 def _safe_products(box: _Container, mtd_name: str) -> list[_Product]:
     root = _xml(box, mtd_name)
     level = "L2A" if "2A" in PurePosixPath(mtd_name).name.upper() else "L1C"
+    meta = _product_metadata(root, level, box, mtd_name)
+    time, baseline, spacecraft = meta["time"], meta["baseline"], meta["spacecraft"]
+    quant, offsets = meta["quantification"], meta["offsets"]
+    base = str(PurePosixPath(mtd_name).parent)
+    base = "" if base == "." else base + "/"
+    return _granules(box, base, time, baseline, spacecraft, quant, offsets, level)
+
+
+def _product_metadata(root: ET.Element, level: str, box: _Container,
+                      mtd_name: str) -> dict[str, Any]:
     start = _find_text(root, "PRODUCT_START_TIME") or _find_text(root, "DATATAKE_SENSING_START")
     if start is None:
         raise InputError(f"{box.path}: {mtd_name} has no PRODUCT_START_TIME")
@@ -255,13 +280,20 @@ def _safe_products(box: _Container, mtd_name: str) -> list[_Product]:
     offsets: dict[str, float] = {}
     for el in root.iter():
         if _local(el.tag) == otag and el.get("band_id") is not None and el.text:
-            offsets[by_id[int(el.get("band_id", "-1"))]] = float(el.text)
+            band = by_id.get(int(el.get("band_id", "-1")))
+            if band is not None:
+                offsets[band] = float(el.text)
     if not offsets and _baseline_ge4(baseline):
         log.warning("%s: baseline %s but no %s in %s; assuming -1000", box.path, baseline,
                     otag, mtd_name)
         offsets = {b: -1000.0 for b in S2_BAND_ID}
-    base = str(PurePosixPath(mtd_name).parent)
-    base = "" if base == "." else base + "/"
+    return {"time": time, "baseline": baseline, "spacecraft": spacecraft,
+            "quantification": quant, "offsets": offsets}
+
+
+def _granules(box: _Container, base: str, time: np.datetime64, baseline: str,
+              spacecraft: str, quant: float, offsets: dict[str, float],
+              level: str) -> list[_Product]:
     granules: dict[str, dict[str, tuple[str, int]]] = {}
     for name in box.names:
         if not name.startswith(base + "GRANULE/") or "/IMG_DATA/" not in name:
@@ -302,7 +334,8 @@ def _baseline_ge4(baseline: str) -> bool:
         return False
 
 
-def _band_products(box: _Container) -> list[_Product]:
+def _band_products(box: _Container, meta: dict[str, Any] | None = None) -> list[_Product]:
+    """Products of per-band files grouped by prefix; ``meta`` from a product XML if any."""
     groups: dict[str, dict[str, tuple[str, int | None]]] = {}
     for name in box.names:
         if "/" in name:
@@ -316,10 +349,18 @@ def _band_products(box: _Container) -> list[_Product]:
             group[band] = (name, res)
     products = []
     for prefix, bands in sorted(groups.items()):
-        meta = _sidecar_json(box, prefix)
+        files = {b: box.gdal_path(n) for b, (n, _) in bands.items()}
+        res = {b: r or _NATIVE[b] for b, (_, r) in bands.items()}
+        if meta is not None:
+            products.append(_Product(
+                files=files, res=res, time=meta["time"], offsets=meta["offsets"],
+                quantification=meta["quantification"], spacecraft=meta["spacecraft"],
+                baseline=meta["baseline"], product_type=meta["product_type"], prefix=prefix))
+            continue
+        side = _sidecar_json(box, prefix)
         any_file = next(iter(bands.values()))[0]
-        label = " ".join(filter(None, [prefix, str(meta.get("tile_source", "")), box.path.name]))
-        time = _band_time(box, prefix, meta, bands)
+        label = " ".join(filter(None, [prefix, str(side.get("tile_source", "")), box.path.name]))
+        time = _band_time(box, prefix, side, bands)
         baseline = ""
         m = _BASELINE_RE.search(label)
         if m:
@@ -338,8 +379,7 @@ def _band_products(box: _Container) -> list[_Product]:
                 break
         ptype = ptype or ("L2A" if "SCL" in bands else "")
         products.append(_Product(
-            files={b: box.gdal_path(n) for b, (n, _) in bands.items()},
-            res={b: r or _NATIVE[b] for b, (_, r) in bands.items()}, time=time,
+            files=files, res=res, time=time,
             offsets={b: offset for b in bands}, spacecraft=_spacecraft(label),
             baseline=baseline, product_type=ptype, use_gdal_scaling=True, prefix=prefix))
     return products
