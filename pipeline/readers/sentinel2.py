@@ -490,7 +490,7 @@ def _stack(prod: _Product, chunks: int) -> xr.DataArray:
         if nested:
             data = refl.data
             if ki > 1:
-                data = darr.repeat(darr.repeat(data, ki, axis=0), ki, axis=1)
+                data = _replicate(data, ki)
         else:
             data = _reproject_nearest(refl, ref).data
         layers[S2_BANDS[band]] = xr.DataArray(data, dims=("y", "x"),
@@ -500,6 +500,16 @@ def _stack(prod: _Product, chunks: int) -> xr.DataArray:
     out = out.assign_coords(band=names).transpose("band", "y", "x")
     out = out.chunk({"band": -1, "y": chunks, "x": chunks}).astype("float32")
     return out.rio.write_crs(ref.rio.crs).rio.write_transform(ref_tf)
+
+
+def _replicate(data: darr.Array, k: int) -> darr.Array:
+    """Nearest-neighbour upsampling by ``k`` in y and x, block by block (no overlap needed)."""
+    chunks = tuple(tuple(c * k for c in axis) for axis in data.chunks)
+    return darr.map_blocks(_repeat_block, data, k, chunks=chunks, dtype=data.dtype)
+
+
+def _repeat_block(block: np.ndarray, k: int) -> np.ndarray:
+    return np.repeat(np.repeat(block, k, axis=0), k, axis=1)
 
 
 def _reproject_nearest(da: xr.DataArray, ref: xr.DataArray) -> xr.DataArray:
