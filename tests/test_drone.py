@@ -232,3 +232,17 @@ def test_no_date_and_contract_files(tmp_path: Path) -> None:
                        transform=Affine(10, 0, 0, 0, -10, 0)) as dst:
         dst.write(np.zeros((1, 4, 4), "float32"))
     assert not drone.can_read(tmp_path / "s2_10m.tif")   # 10 m pixels: not a drone product
+
+
+def test_read_is_lazy(tmp_path: Path) -> None:
+    import dask
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("read computed pixels")
+
+    refl = _refl(5, seed=5)
+    dn = np.where(np.isnan(refl), 0, np.round(refl * 32768)).astype("uint16")
+    f = _write(tmp_path / "ms_20250420.tif", dn)
+    with dask.config.set(scheduler=refuse):
+        [da] = drone.read(f, "p4m", chunks=16)
+    assert da.chunks is not None

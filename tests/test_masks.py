@@ -123,3 +123,15 @@ def test_drone_nodata_and_saturation() -> None:
     out = apply_masks(da).compute()
     assert np.isnan(out.values[0, :, 0, 0]).all() and np.isnan(out.values[0, :, 1, 1]).all()
     assert np.isfinite(out.values).sum() == 4 * (64 - 2)
+
+
+def test_nothing_is_computed() -> None:
+    import dask
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("apply_masks computed something")
+
+    scene = make_scene()
+    with dask.config.set(scheduler=refuse):
+        out = apply_masks(scene)
+    assert out.chunks is not None

@@ -343,3 +343,15 @@ def test_drone_sensor_refused_for_sentinel2(safe: Path) -> None:
         sentinel2.read(safe, load_sensor("p4m"))
     [da] = sentinel2.read(safe, load_sensor("sentinel2"))
     assert da.attrs["sensor"] == "sentinel2"
+
+
+def test_read_is_lazy(safe: Path) -> None:
+    import dask
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("read computed pixels")
+
+    with dask.config.set(scheduler=refuse):
+        [da] = sentinel2.read(safe, None, chunks=64)
+        [db] = sentinel2.read(PATCH, None, chunks=64)
+    assert da.chunks is not None and db.chunks is not None
