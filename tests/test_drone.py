@@ -191,6 +191,15 @@ def test_rgb_alpha_is_mask(tmp_path: Path) -> None:
     assert np.isfinite(da.values[:, :-5, :]).all()   # black pixels are colours, not no data
 
 
+def test_rgb_without_alpha_black_collar(tmp_path: Path) -> None:
+    rgb = np.full((3, H, W), 120, dtype="uint8")
+    rgb[:, :4, :] = 0                 # collar
+    rgb[0, 10, 10] = 0                # a pure green-blue pixel is a colour, not no data
+    [da] = drone.read(_write(tmp_path / "v_20250422.tif", rgb), None, chunks=16)
+    assert np.isnan(da.values[:, :4, :]).all()
+    assert np.isfinite(da.values[:, 4:, :]).all() and da.sel(band="red").values[10, 10] == 0
+
+
 def test_dual_stacked_by_descriptions(tmp_path: Path) -> None:
     names = ["Blue", "Green", "Red", "NIR", "Red edge", "Blue-444", "Green-531", "Red-650",
              "Red edge-705", "Red edge-740"]

@@ -372,6 +372,9 @@ def _assemble(label: Path, layers: dict[str, _Layer], spec: SensorSpec, tags: di
     stacked = xr.concat([out[n] for n in names], dim="band", join="override")
     stacked = stacked.assign_coords(band=names).transpose("band", "y", "x")
     stacked = stacked.chunk({"band": -1, "y": chunks, "x": chunks}).astype("float32")
+    if spec.name == "rgb" and not any(layer.alpha_index for layer in layers.values()):
+        # RGB without alpha: the black collar (0 in every band) is no data
+        stacked = stacked.where((stacked != 0).any("band"))
     stacked = stacked.rio.write_crs(ref.rio.crs).rio.write_transform(ref.rio.transform())
     stacked.attrs = {
         "time": _acquisition_time(label, tags), "sensor": spec.name,
