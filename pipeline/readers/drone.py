@@ -10,8 +10,9 @@ Inputs
   ``*_transparent_reflectance_red edge.tif``, ...): the file stem ends with a band name or
   alias; files are grouped by the stem before it, one acquisition per group. A per-band file
   with two bands (Pix4D) is value + alpha.
-* plain RGB orthomosaics: 3 or 4 bands of uint8 (the 4th is alpha: 0 = no data). Visible only,
-  and display brightness / 255, not reflectance.
+* plain RGB orthomosaics: 3 or 4 bands of uint8 (the 4th is alpha: 0 = no data; without
+  alpha, pixels 0 in all three bands are the black collar, no data). Visible only, and display
+  brightness / 255, not reflectance.
 
 Sensor
 ------
