@@ -355,3 +355,24 @@ def test_read_is_lazy(safe: Path) -> None:
         [da] = sentinel2.read(safe, None, chunks=64)
         [db] = sentinel2.read(PATCH, None, chunks=64)
     assert da.chunks is not None and db.chunks is not None
+
+
+def test_band_on_a_non_nested_grid_is_reprojected(tmp_path: Path) -> None:
+    """A 20 m band whose origin is shifted by 10 m cannot be replicated: nearest reprojection."""
+    folder = tmp_path / "S2A_MSIL2A_20170613T101031_N0205_crop"
+    folder.mkdir()
+    for band in ("B04", "B05"):
+        with rasterio.open(PATCH / f"{PATCH.name}_{band}.tif") as src:
+            dn, profile = src.read(1), src.profile
+        if band == "B05":
+            profile["transform"] = profile["transform"] @ profile["transform"].translation(0.5, 0)
+        with rasterio.open(folder / f"{band}.tif", "w", **profile) as dst:
+            dst.write(dn, 1)
+    [da] = sentinel2.read(folder, None, chunks=64)
+    assert da.shape == (2, 120, 120)
+    re1 = da.sel(band="rededge1").compute().values
+    with rasterio.open(PATCH / f"{PATCH.name}_B05.tif") as src:
+        b05 = src.read(1) / 10000.0
+    # 10 m pixel column 2j+1 (j >= 0) lies in shifted 20 m pixel j; column 0 lies outside it
+    np.testing.assert_allclose(re1[::2, 1::2], b05[:, :60], rtol=1e-6)
+    assert np.isnan(re1[:, 0]).all()

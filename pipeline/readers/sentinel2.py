@@ -62,6 +62,7 @@ from rasterio.errors import RasterioIOError
 
 from pipeline.bands import S2_BAND_ID, S2_BANDS, order_bands
 from pipeline.errors import InputError
+from pipeline.sensors import load_sensor
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,8 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
         raise InputError(f"{path}: no Sentinel-2 band files found (expected names like "
                          "T33UUP_20170613T101031_B04_10m.jp2 or *_B04.tif)")
     # a satellite sensor file may rename the sensor (e.g. 'sentinel2c'); a drone one is a mistake
+    if isinstance(sensor, (str, Path)):
+        sensor = load_sensor(sensor)
     sensor_name = "sentinel2"
     if getattr(sensor, "kind", None) == "satellite":
         sensor_name = str(sensor.name)  # type: ignore[union-attr]
