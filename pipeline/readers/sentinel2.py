@@ -159,6 +159,7 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
+    sensor_name = _sensor_name(path, sensor)
     if path.is_file() and path.suffix.lower() == ".zip":
         box = _zip(path)
     elif path.is_dir() and (path.suffix.upper() == ".SAFE"
@@ -187,15 +188,6 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
     if not products:
         raise InputError(f"{path}: no Sentinel-2 band files found (expected names like "
                          "T33UUP_20170613T101031_B04_10m.jp2 or *_B04.tif)")
-    # a satellite sensor file may rename the sensor (e.g. 'sentinel2c'); a drone one is a mistake
-    if isinstance(sensor, (str, Path)):
-        sensor = load_sensor(sensor)
-    sensor_name = "sentinel2"
-    if getattr(sensor, "kind", None) == "satellite":
-        sensor_name = str(sensor.name)  # type: ignore[union-attr]
-    elif sensor is not None and getattr(sensor, "kind", None) == "drone":
-        raise InputError(f"{path}: a Sentinel-2 product, but the sensor given is "
-                         f"{sensor.name!r} (a drone); drop --sensor or give sentinel2")  # type: ignore[union-attr]
     out = []
     for prod in products:
         da = _stack(prod, chunks)
@@ -207,6 +199,17 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
         }
         out.append(da)
     return out
+
+
+def _sensor_name(path: Path, sensor: Any | None) -> str:
+    """'sentinel2', or a satellite sensor file's name; a drone sensor is a mistake."""
+    if isinstance(sensor, (str, Path)):
+        sensor = load_sensor(sensor)
+    kind, name = getattr(sensor, "kind", None), str(getattr(sensor, "name", ""))
+    if kind == "drone":
+        raise InputError(f"{path}: a Sentinel-2 product, but the sensor given is {name!r} "
+                         "(a drone camera); drop --sensor or give sentinel2")
+    return name if kind == "satellite" and name else "sentinel2"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,10 +356,10 @@ def _band_products(box: _Container, meta: dict[str, Any] | None = None) -> list[
     products = []
     for prefix, bands in sorted(groups.items()):
         files = {b: box.gdal_path(n) for b, (n, _) in bands.items()}
-        res = {b: r or _NATIVE[b] for b, (_, r) in bands.items()}
+        resolutions = {b: r or _NATIVE[b] for b, (_, r) in bands.items()}
         if meta is not None:
             products.append(_Product(
-                files=files, res=res, time=meta["time"], offsets=meta["offsets"],
+                files=files, res=resolutions, time=meta["time"], offsets=meta["offsets"],
                 quantification=meta["quantification"], spacecraft=meta["spacecraft"],
                 baseline=meta["baseline"], product_type=meta["product_type"], prefix=prefix))
             continue
@@ -382,7 +385,7 @@ def _band_products(box: _Container, meta: dict[str, Any] | None = None) -> list[
                 break
         ptype = ptype or ("L2A" if "SCL" in bands else "")
         products.append(_Product(
-            files=files, res=res, time=time,
+            files=files, res=resolutions, time=time,
             offsets={b: offset for b in bands}, spacecraft=_spacecraft(label),
             baseline=baseline, product_type=ptype, use_gdal_scaling=True, prefix=prefix))
     return products
