@@ -40,6 +40,7 @@ is often the processing date). Otherwise the reader asks for a date in the file 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import re
 import warnings
@@ -73,17 +74,23 @@ _FLOAT_FILL_BELOW = -0.5
 _MAX_DRONE_PIXEL_M = 2.0
 
 
-def _drone_specs() -> list[SensorSpec]:
-    return [s for s in (load_sensor(n) for n in known_sensors()) if s.kind == "drone"]
+@functools.cache
+def _drone_specs() -> tuple[SensorSpec, ...]:
+    return tuple(s for s in (load_sensor(n) for n in known_sensors()) if s.kind == "drone")
 
 
-def _all_aliases() -> set[str]:
+@functools.cache
+def _shipped_aliases() -> frozenset[str]:
     out: set[str] = set()
     for spec in _drone_specs():
         for b in spec.bands + spec.dropped:
             out.add(normalise_band_name(b.name))
             out.update(normalise_band_name(a) for a in b.aliases)
-    return out
+    return frozenset(out)
+
+
+def _all_aliases() -> set[str]:
+    return set(_shipped_aliases())
 
 
 def _split_band_stem(stem: str, aliases: set[str]) -> tuple[str, str] | None:
