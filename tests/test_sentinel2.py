@@ -306,6 +306,21 @@ def test_cog_folder_with_offset_by_baseline_in_name(tmp_path: Path) -> None:
                                atol=1e-6)
 
 
+def test_cog_folder_named_by_date_only(tmp_path: Path) -> None:
+    """An Earth Search style item folder: S2B_50RQT_20230415_0_L2A/B04.tif (offset by date)."""
+    folder = tmp_path / "S2B_50RQT_20230415_0_L2A"
+    folder.mkdir()
+    with rasterio.open(PATCH / f"{PATCH.name}_B04.tif") as src:
+        dn, profile = src.read(1), src.profile
+    with rasterio.open(folder / "B04.tif", "w", **profile) as dst:
+        dst.write((dn + 1000).astype("uint16"), 1)
+    [da] = sentinel2.read(folder, None)
+    [ref] = sentinel2.read(PATCH, None)
+    assert da.attrs["time"] == np.datetime64("2023-04-15", "ns")
+    np.testing.assert_allclose(da.compute().values[0], ref.sel(band="red").compute().values,
+                               atol=1e-6)
+
+
 def test_unreadable_inputs_name_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "S2A_MSIL2A_x.zip"
     bad.write_bytes(b"not a zip")

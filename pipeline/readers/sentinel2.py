@@ -73,6 +73,7 @@ BAND_RE = re.compile(
 _IMG_SUFFIXES = {".jp2", ".tif", ".tiff"}
 _MTD_RE = re.compile(r"(^|/)MTD_MSIL(1C|2A)\.xml$", re.IGNORECASE)
 _TIME_RE = re.compile(r"(?<!\d)(\d{8})T(\d{5,6})(?!\d)")
+_DATE_RE = re.compile(r"(?<!\d)(20\d{2})-?(\d{2})-?(\d{2})(?!\d)")
 _BASELINE_RE = re.compile(r"_N(\d{2})(\d{2})_")
 _OFFSET_START = np.datetime64("2022-01-25", "ns")  # processing baseline 04.00
 _NATIVE = {"B01": 60, "B02": 10, "B03": 10, "B04": 10, "B05": 20, "B06": 20, "B07": 20,
@@ -419,6 +420,12 @@ def _band_time(box: _Container, prefix: str, meta: dict[str, Any],
             hhmmss = m[2].rjust(6, "0")
             try:
                 return np.datetime64(dt.datetime.strptime(m[1] + hhmmss, "%Y%m%d%H%M%S"), "ns")
+            except ValueError:
+                continue
+    for text in (prefix, box.path.name):   # a plain date, e.g. S2B_50RQT_20230415_0_L2A
+        for m in _DATE_RE.finditer(text):
+            try:
+                return np.datetime64(dt.date(int(m[1]), int(m[2]), int(m[3])), "ns")
             except ValueError:
                 continue
     first = box.gdal_path(next(iter(bands.values()))[0])
