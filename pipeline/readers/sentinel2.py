@@ -20,8 +20,8 @@ quantification value (``BOA_QUANTIFICATION_VALUE`` / ``QUANTIFICATION_VALUE``) a
 per-band offsets (``BOA_ADD_OFFSET`` / ``RADIO_ADD_OFFSET``, ``band_id`` 0-12 with 8 = B8A).
 From ``GRANULE/*/MTD_TL.xml``: ``Mean_Sun_Angle`` (zenith, azimuth).
 Per-band folders: the date from ``*_labels_metadata.json`` (BigEarthNet: ``acquisition_date``,
-``tile_source``), else from the name (``YYYYMMDDTHHMMSS``), else from an ``ACQUISITION_DATE``
-tag; spacecraft, product type and baseline (``_N0205_``) from the names when present.
+``tile_source``), else from the name (``YYYYMMDDTHHMMSS``, then a plain ``YYYYMMDD``), else
+from an ``ACQUISITION_DATE`` tag; spacecraft, product type and baseline (``_N0205_``) from the names when present.
 
 Reflectance
 -----------
