@@ -255,3 +255,18 @@ def test_read_is_lazy(tmp_path: Path) -> None:
     with dask.config.set(scheduler=refuse):
         [da] = drone.read(f, "p4m", chunks=16)
     assert da.chunks is not None
+
+
+def test_per_band_files_on_different_grids_are_aligned(tmp_path: Path) -> None:
+    refl = _refl(5, seed=6)
+    refl[:] = 0.3                                       # flat field: resampling keeps 0.3
+    for i, name in enumerate(["blue", "green", "red", "rededge", "nir"]):
+        _write(tmp_path / f"p4m_20250420_{name}.tif", refl[i:i + 1])
+    nir = tmp_path / "p4m_20250420_nir.tif"
+    with rasterio.open(nir, "r+") as dst:               # NIR camera grid shifted 2.5 cm
+        dst.transform = TF @ Affine.translation(0.5, 0.5)
+    [da] = drone.read(tmp_path, None, chunks=16)
+    assert da.attrs["sensor"] == "p4m" and da.shape == (5, H, W)
+    assert da.rio.transform() == TF
+    v = da.sel(band="nir").values
+    np.testing.assert_allclose(v[1:-1, 1:-1], 0.3, rtol=1e-5)
