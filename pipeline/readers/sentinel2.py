@@ -21,7 +21,8 @@ per-band offsets (``BOA_ADD_OFFSET`` / ``RADIO_ADD_OFFSET``, ``band_id`` 0-12 wi
 From ``GRANULE/*/MTD_TL.xml``: ``Mean_Sun_Angle`` (zenith, azimuth).
 Per-band folders: the date from ``*_labels_metadata.json`` (BigEarthNet: ``acquisition_date``,
 ``tile_source``), else from the name (``YYYYMMDDTHHMMSS``, then a plain ``YYYYMMDD``), else
-from an ``ACQUISITION_DATE`` tag; spacecraft, product type and baseline (``_N0205_``) from the names when present.
+from an ``ACQUISITION_DATE`` tag; spacecraft, product type and baseline (``_N0205_``) from the
+names when present.
 
 Reflectance
 -----------
