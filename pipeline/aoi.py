@@ -1,17 +1,148 @@
-"""TEMPORARY stub until the AOI reader lands: polygons of a vector file, unioned."""
+"""Areas of interest and unit boundaries from GeoJSON, GeoPackage or Shapefile.
+
+* Any CRS the file declares (WGS84, CGCS2000 EPSG:4490, Gauss-Krüger such as EPSG:4547, UTM);
+  geometries are reprojected with pyproj (``always_xy``) to the CRS asked for.
+* Shapefile attributes in UTF-8 or GBK: the ``.cpg`` file is honoured; without one, UTF-8 is
+  tried first and GBK (GB18030, its superset) second, since Chinese unit boundaries often
+  arrive as GBK Shapefiles without a ``.cpg``.
+* Only polygons count: points and lines are skipped (with a log line); invalid polygons are
+  repaired with ``shapely.make_valid``. No polygon at all, or an empty union, is an InputError.
+"""
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pyogrio
+import pyogrio.errors
+import pyogrio.raw
 import shapely
+from pyproj import CRS, Transformer
+from pyproj.exceptions import CRSError as PyprojCRSError
 from shapely.geometry.base import BaseGeometry
 
-from classifiers.labels import read_polygons
-from pipeline.errors import InputError
+from pipeline.errors import CRSError, InputError
+
+log = logging.getLogger(__name__)
+
+_SUFFIXES = {".geojson", ".json", ".gpkg", ".shp", ".zip", ".kml", ".fgb"}
+_GBK_CPG = {"936", "gbk", "cp936", "gb2312", "gb18030", "ansi 936"}
 
 
-def read_aoi(path: Path, crs=None) -> BaseGeometry:
-    geoms, _ = read_polygons(path, crs)
-    if not geoms:
-        raise InputError(f"{path}: the AOI holds no polygon; give a file with at least one")
-    return shapely.union_all(geoms)
+@dataclass(frozen=True)
+class Feature:
+    """One polygon feature: geometry in the requested CRS and its attributes."""
+    geometry: BaseGeometry
+    properties: dict[str, Any] = field(default_factory=dict)
+
+
+def _crs(value: Any, what: str) -> CRS:
+    try:
+        return CRS.from_user_input(value)
+    except PyprojCRSError:
+        raise CRSError(f"{what}: unknown CRS {value!r}; give an EPSG code such as "
+                       "EPSG:4490") from None
+
+
+def _encodings(path: Path) -> list[str | None]:
+    if path.suffix.lower() != ".shp":
+        return [None]
+    cpg = path.with_suffix(".cpg")
+    if not cpg.exists():
+        cpg = path.with_suffix(".CPG")
+    if cpg.exists():
+        text = cpg.read_text(encoding="ascii", errors="ignore").strip().lower()
+        if text in _GBK_CPG:
+            return ["GB18030"]
+        if text.replace("-", "") in ("utf8",):
+            return ["UTF-8", "GB18030"]
+        return [text or None, "UTF-8", "GB18030"]
+    return ["UTF-8", "GB18030"]
+
+
+def _read_raw(path: Path) -> tuple[dict, np.ndarray, list[np.ndarray]]:
+    errors = []
+    for enc in _encodings(path):
+        try:
+            meta, _fids, geoms, fields = pyogrio.raw.read(path, encoding=enc)
+        except UnicodeDecodeError as exc:
+            errors.append(f"{enc}: {exc.reason}")
+            continue
+        except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:
+            raise InputError(f"{path}: not a readable vector file ({exc})") from None
+        if enc and any(_looks_garbled(v) for col in fields for v in col[:50]):
+            errors.append(f"{enc}: replacement characters")
+            continue
+        if enc:
+            log.debug("%s: attributes read as %s", path, enc)
+        return meta, geoms, fields
+    raise InputError(f"{path}: attribute text is neither UTF-8 nor GBK ({'; '.join(errors)}); "
+                     "add a .cpg file naming the encoding")
+
+
+def _looks_garbled(value: Any) -> bool:
+    return isinstance(value, str) and "\ufffd" in value
+
+
+def read_features(path: Path, crs: Any | None = None) -> tuple[list[Feature], CRS]:
+    """Polygon features of ``path`` in ``crs`` (default: the file's), and that CRS."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: AOI file not found")
+    meta, geoms, fields = _read_raw(path)
+    if meta.get("crs"):
+        src = _crs(meta["crs"], str(path))
+    else:
+        log.warning("%s: no CRS declared; assuming WGS84 lon/lat (EPSG:4326)", path)
+        src = CRS.from_epsg(4326)
+    dst = _crs(crs, "requested AOI CRS") if crs is not None else src
+    names = list(meta.get("fields", []))
+    shapes = shapely.from_wkb(geoms) if geoms is not None else np.array([])
+    transformer = None if src == dst else Transformer.from_crs(src, dst, always_xy=True)
+    features: list[Feature] = []
+    skipped = 0
+    for i, geom in enumerate(shapes):
+        if geom is None or geom.is_empty:
+            skipped += 1
+            continue
+        polys = _polygons(geom)
+        if polys is None:
+            skipped += 1
+            continue
+        if not polys.is_valid:
+            polys = _polygons(shapely.make_valid(polys)) or polys
+        if transformer is not None:
+            polys = shapely.transform(polys, lambda xy: np.column_stack(
+                transformer.transform(xy[:, 0], xy[:, 1])))
+        props = {n: _plain(col[i]) for n, col in zip(names, fields, strict=True)}
+        features.append(Feature(polys, props))
+    if skipped:
+        log.info("%s: %d features without polygon geometry skipped", path, skipped)
+    if not features:
+        raise InputError(f"{path}: no polygons; the AOI file must hold at least one polygon")
+    return features, dst
+
+
+def _polygons(geom: BaseGeometry) -> BaseGeometry | None:
+    if geom.geom_type in ("Polygon", "MultiPolygon"):
+        return geom
+    if geom.geom_type == "GeometryCollection":
+        parts = [g for g in geom.geoms if g.geom_type in ("Polygon", "MultiPolygon")]
+        return shapely.union_all(parts) if parts else None
+    return None
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def read_aoi(path: Path, crs: Any | None = None) -> BaseGeometry:
+    """The union of the polygons in ``path``, in ``crs`` (default: the file's CRS)."""
+    features, _ = read_features(path, crs)
+    union = shapely.union_all([f.geometry for f in features])
+    if union.is_empty or union.area == 0:
+        raise InputError(f"{path}: the AOI polygons are empty (zero area)")
+    return union

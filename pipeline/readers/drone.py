@@ -1,0 +1,436 @@
+"""Drone orthomosaics: stacked multispectral, per-band files, plain RGB.
+
+Inputs
+------
+* a stacked multispectral orthomosaic (one GeoTIFF, one band per camera band): bands are named
+  by their descriptions (``Blue``, ``NIR``, ``Red edge-705``, ...) matched against the sensor
+  file's names and aliases, else taken in the sensor file's ``stack_order``. One extra last
+  band is taken as alpha when the count is one more than the sensor's.
+* per-band orthomosaics (``*_blue.tif``, ``*_nir.tif``, ``result_Red.tif``,
+  ``*_transparent_reflectance_red edge.tif``, ...): the file stem ends with a band name or
+  alias; files are grouped by the stem before it, one acquisition per group. A per-band file
+  with two bands (Pix4D) is value + alpha.
+* plain RGB orthomosaics: 3 or 4 bands of uint8 (the 4th is alpha: 0 = no data; without
+  alpha, pixels 0 in all three bands are the black collar, no data). Visible only, and display
+  brightness / 255, not reflectance.
+
+Sensor
+------
+Given by the caller (a :class:`~pipeline.sensors.SensorSpec` or a name), else recognised from
+the file's tags (``TIFFTAG_MODEL``, ``TIFFTAG_SOFTWARE``, ...) and names (``p4m``, ``m3m``,
+``rededge``, ``dual``), from ten bands (RedEdge-MX Dual), from the band set (no blue and a red
+edge: Mavic 3M; DJI Terra's ``result_*`` with blue: P4M) or uint8 RGB. Otherwise the reader
+asks for ``--sensor``: a red edge at 717 nm (RedEdge-MX) and one at 730 nm (P4M) are different
+canonical bands, so the camera must be known.
+
+Reflectance
+-----------
+``scaling`` of the sensor file: ``float`` as is; ``uint16_32768`` / 32768; ``dn10000`` / 10000;
+``auto`` decides by the data type: float (DJI Terra, Pix4D) as is, uint16 (Agisoft Metashape,
+which writes 32768 = 1.0) / 32768, uint8 / 255. A GDAL scale/offset in the file wins over all of
+these. No data: the file's nodata value, NaN, alpha 0, integer 0, uint16 65535 (saturated) and
+float values below -0.5 (the -10000 / -32767 fill of some tools) become NaN.
+
+Date
+----
+``ACQUISITION_DATE`` tag, else a date in the file name (``YYYYMMDD``, ``YYYY-MM-DD``,
+``YYYY_MM_DD``), else in a parent folder's name, else ``TIFFTAG_DATETIME`` (with a warning: it
+is often the processing date). Otherwise the reader asks for a date in the file name.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import rioxarray
+import xarray as xr
+from rasterio.enums import ColorInterp
+from rasterio.errors import RasterioIOError
+
+from pipeline.bands import order_bands
+from pipeline.errors import InputError
+from pipeline.sensors import SensorBand, SensorSpec, known_sensors, load_sensor, normalise_band_name
+
+log = logging.getLogger(__name__)
+
+_SUFFIXES = {".tif", ".tiff"}
+_DATE_RE = re.compile(r"(?<!\d)(20\d{2})[-_]?(\d{2})[-_]?(\d{2})(?!\d)")
+#: Words in tags or names that identify a camera -> sensor file name (checked in order).
+_CAMERA_HINTS: tuple[tuple[str, str], ...] = (
+    ("dual", "rededge-mx-dual"), ("p4m", "p4m"), ("p4 multispectral", "p4m"),
+    ("phantom 4 multispectral", "p4m"), ("m3m", "mavic3m"), ("mavic3m", "mavic3m"),
+    ("mavic 3m", "mavic3m"), ("mavic 3 multispectral", "mavic3m"), ("rededge", "rededge-mx"),
+    ("micasense", "rededge-mx"),
+)
+_FLOAT_FILL_BELOW = -0.5
+_MAX_DRONE_PIXEL_M = 2.0
+
+
+@functools.cache
+def _drone_specs() -> tuple[SensorSpec, ...]:
+    return tuple(s for s in (load_sensor(n) for n in known_sensors()) if s.kind == "drone")
+
+
+@functools.cache
+def _shipped_aliases() -> frozenset[str]:
+    out: set[str] = set()
+    for spec in _drone_specs():
+        for b in spec.bands + spec.dropped:
+            out.add(normalise_band_name(b.name))
+            out.update(normalise_band_name(a) for a in b.aliases)
+    return frozenset(out)
+
+
+def _all_aliases() -> set[str]:
+    return set(_shipped_aliases())
+
+
+def _split_band_stem(stem: str, aliases: set[str]) -> tuple[str, str] | None:
+    """(group prefix, band token) if the stem ends with ``_<alias>``, else None."""
+    s = normalise_band_name(stem)
+    best: tuple[str, str] | None = None
+    for a in aliases:
+        if len(a) < 2 and not s.startswith("result_"):
+            continue  # one-letter aliases (b, g, r, n) only in DJI Terra's result_X names
+        if s == a:
+            cand = ("", a)
+        elif s.endswith("_" + a):
+            cand = (s[: -len(a) - 1], a)
+        else:
+            continue
+        if best is None or len(cand[1]) > len(best[1]):
+            best = cand
+    return best
+
+
+def _per_band_groups(folder: Path, aliases: set[str]) -> dict[str, dict[str, Path]]:
+    groups: dict[str, dict[str, Path]] = {}
+    for p in sorted(folder.iterdir()):
+        if not p.is_file() or p.suffix.lower() not in _SUFFIXES or p.name.startswith("."):
+            continue
+        hit = _split_band_stem(p.stem, aliases)
+        if hit:
+            groups.setdefault(hit[0], {})[hit[1]] = p
+    return {k: v for k, v in groups.items() if len(v) >= 2}
+
+
+def _pixel_is_drone(src: rasterio.DatasetReader) -> bool:
+    res = abs(src.transform.a)
+    if src.crs is not None and src.crs.is_geographic:
+        return res < _MAX_DRONE_PIXEL_M / 111_000
+    return res < _MAX_DRONE_PIXEL_M
+
+
+def can_read(path: Path) -> bool:
+    path = Path(path)
+    try:
+        if path.is_dir():
+            return bool(_per_band_groups(path, _all_aliases()))
+        if not (path.is_file() and path.suffix.lower() in _SUFFIXES):
+            return False
+        with rasterio.open(path) as src:
+            if "ACQUISITION_DATE" in src.tags():
+                return False  # the input contract: pipeline.readers.multiband
+            if src.count in (3, 4) and all(d == "uint8" for d in src.dtypes):
+                return True
+            if not _pixel_is_drone(src):
+                return False
+        return True
+    except (OSError, RasterioIOError):
+        return False
+
+
+def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.DataArray]:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    spec = _as_spec(sensor)
+    if spec is not None and spec.kind != "drone":
+        raise InputError(f"{path}: a drone orthomosaic, but the sensor given is {spec.name!r} "
+                         f"(a {spec.kind}); give the camera (--sensor "
+                         f"{' | '.join(s.name for s in _drone_specs())})")
+    aliases = _all_aliases() | (_aliases_of(spec) if spec else set())
+    if path.is_dir():
+        groups = _per_band_groups(path, aliases)
+        if not groups:
+            raise InputError(f"{path}: no per-band orthomosaics (*_blue.tif, *_nir.tif, ...)")
+        return [_read_group(path / (prefix or "result"), files, spec, chunks)
+                for prefix, files in sorted(groups.items())]
+    hit = _split_band_stem(path.stem, aliases)
+    if hit is not None:
+        groups = _per_band_groups(path.parent, aliases)
+        if hit[0] in groups:
+            return [_read_group(path.parent / (hit[0] or "result"), groups[hit[0]], spec,
+                                chunks)]
+    return [_read_stacked(path, spec, chunks)]
+
+
+# ---------------------------------------------------------------------------------------------
+def _as_spec(sensor: Any | None) -> SensorSpec | None:
+    if sensor is None or isinstance(sensor, SensorSpec):
+        return sensor
+    return load_sensor(str(getattr(sensor, "name", sensor)))
+
+
+def _aliases_of(spec: SensorSpec) -> set[str]:
+    return {normalise_band_name(a) for b in spec.bands + spec.dropped for a in (b.name, *b.aliases)}
+
+
+@dataclass
+class _Layer:
+    path: Path
+    band_index: int          # 1-based band in the file
+    alpha_index: int | None  # 1-based alpha band in the file
+
+
+def _guess_sensor(path: Path, tags: dict[str, str], names: list[str], count: int,
+                  rgb: bool) -> SensorSpec:
+    if rgb:
+        return load_sensor("rgb")
+    text = " ".join([*tags.values(), path.name, path.parent.name]).lower()
+    for hint, name in _CAMERA_HINTS:
+        if hint in text:
+            return load_sensor(name)
+    normed = {normalise_band_name(n) for n in names}
+    if count >= 10:
+        return load_sensor("rededge-mx-dual")
+    has_blue = bool(normed & {"blue", "b"})
+    has_re = bool(normed & {"rededge", "red_edge", "re", "reg"})
+    if normed and has_re and not has_blue and normed & {"nir", "n"}:
+        return load_sensor("mavic3m")
+    if path.name.lower().startswith("result") and has_blue and has_re:
+        return load_sensor("p4m")  # DJI Terra's per-band names
+    raise InputError(f"{path}: cannot tell which camera took it; give the sensor "
+                     f"(--sensor {' | '.join(s.name for s in _drone_specs())})")
+
+
+def _band_for(spec: SensorSpec, token: str) -> SensorBand | None:
+    try:
+        return spec.band(token)
+    except KeyError:
+        return None
+
+
+def _read_group(label: Path, files: dict[str, Path], spec: SensorSpec | None,
+                chunks: int) -> xr.DataArray:
+    first = next(iter(files.values()))
+    tags = _tags(first)
+    if spec is None:
+        spec = _guess_sensor(label, tags, list(files), len(files), rgb=False)
+    layers: dict[str, _Layer] = {}
+    for token, f in files.items():
+        band = _band_for(spec, token)
+        if band is None:
+            log.warning("%s: band %r is not a %s band; ignored", f, token, spec.name)
+            continue
+        if band.canonical is None:
+            log.info("%s: %s band dropped (%s)", f, spec.name, band.name)
+            continue
+        with rasterio.open(f) as src:
+            alpha = _alpha_index(src)
+        layers[band.canonical] = _Layer(f, 1, alpha)
+    if not layers:
+        raise InputError(f"{label}: none of {sorted(files)} is a {spec.name} band")
+    return _assemble(label, layers, spec, tags, chunks)
+
+
+def _alpha_index(src: rasterio.DatasetReader) -> int | None:
+    for i, ci in enumerate(src.colorinterp, start=1):
+        if ci == ColorInterp.alpha:
+            return i
+    if src.count == 2:
+        return 2
+    return None
+
+
+def _tags(path: Path) -> dict[str, str]:
+    try:
+        with rasterio.open(path) as src:
+            return {k: str(v) for k, v in src.tags().items()}
+    except RasterioIOError as exc:
+        raise InputError(f"{path}: not a readable raster ({exc})") from None
+
+
+def _read_stacked(path: Path, spec: SensorSpec | None, chunks: int) -> xr.DataArray:
+    try:
+        with rasterio.open(path) as src:
+            tags = {k: str(v) for k, v in src.tags().items()}
+            count, dtypes = src.count, src.dtypes
+            descriptions = list(src.descriptions)
+            alpha = _alpha_index(src) if count > 2 else None
+            if src.crs is None:
+                raise InputError(f"{path}: no CRS; georeference the orthomosaic")
+    except RasterioIOError as exc:
+        raise InputError(f"{path}: not a readable raster ({exc})") from None
+    rgb = count in (3, 4) and all(d == "uint8" for d in dtypes)
+    if rgb and count == 4 and alpha is None:
+        alpha = 4
+    if spec is None or (rgb and spec.name != "rgb" and not any(descriptions)):
+        spec = _guess_sensor(path, tags, [d for d in descriptions if d], count, rgb)
+    data_bands = [i for i in range(1, count + 1) if i != alpha]
+    named = [_band_for(spec, descriptions[i - 1]) if descriptions[i - 1] else None
+             for i in data_bands]
+    if all(b is not None for b in named):
+        bands = named
+    elif len(data_bands) == len(spec.stack_order):
+        bands = [spec.band(n) for n in spec.stack_order]
+    elif len(data_bands) == len(spec.stack_order) + 1 and alpha is None:
+        alpha = count
+        data_bands = data_bands[:-1]
+        bands = [spec.band(n) for n in spec.stack_order]
+    else:
+        raise InputError(f"{path}: {len(data_bands)} bands do not match {spec.name} "
+                         f"({len(spec.stack_order)} bands: {', '.join(spec.stack_order)}); "
+                         "name the bands in the file or give the right --sensor")
+    layers: dict[str, _Layer] = {}
+    for i, b in zip(data_bands, bands, strict=True):
+        if b is not None and b.canonical is not None:
+            layers[b.canonical] = _Layer(path, i, alpha)
+    return _assemble(path, layers, spec, tags, chunks)
+
+
+def _open(path: Path, chunks: int) -> xr.DataArray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            da = rioxarray.open_rasterio(path, chunks={"band": 1, "y": chunks, "x": chunks},
+                                         mask_and_scale=False, lock=False)
+        except (RasterioIOError, OSError) as exc:
+            raise InputError(f"{path}: not a readable raster ({exc})") from None
+    if not isinstance(da, xr.DataArray):
+        raise InputError(f"{path}: has subdatasets; expected an orthomosaic GeoTIFF")
+    return da
+
+
+def _scale(raw: xr.DataArray, spec: SensorSpec, path: Path, tags: dict[str, str],
+           nodata: float | None, alpha: xr.DataArray | None) -> xr.DataArray:
+    dtype = np.dtype(raw.dtype)
+    data = raw.astype("float32")
+    valid = xr.ones_like(raw, dtype=bool)
+    if nodata is not None:
+        valid &= ~np.isnan(data) if np.isnan(nodata) else (raw != nodata)
+    if alpha is not None:
+        valid &= alpha != 0
+    if np.issubdtype(dtype, np.floating):
+        valid &= np.isfinite(data) & (data >= _FLOAT_FILL_BELOW)
+    elif dtype == np.uint8:
+        pass  # 0 is a colour in RGB; no data comes from alpha or nodata
+    else:
+        valid &= raw != 0
+        if dtype == np.uint16:
+            valid &= raw != 65535
+    data = data.where(valid)
+    scale_f, offset_f = raw.attrs.get("scale_factor", 1.0), raw.attrs.get("add_offset", 0.0)
+    if (scale_f, offset_f) != (1.0, 0.0):
+        return data * np.float32(scale_f) + np.float32(offset_f)
+    mode = spec.scaling
+    if mode == "auto":
+        if np.issubdtype(dtype, np.floating):
+            mode = "float"
+        elif dtype == np.uint8:
+            mode = "uint8_255"
+        else:
+            mode = "uint16_32768"
+            software = tags.get("TIFFTAG_SOFTWARE", "")
+            if "metashape" not in software.lower() and "agisoft" not in software.lower():
+                log.info("%s: integer %s reflectance taken as Metashape's (32768 = 1.0); set "
+                         "scaling in the sensor file if it is not", path, dtype)
+    divisor = {"float": 1.0, "uint16_32768": 32768.0, "dn10000": 10000.0,
+               "uint8_255": 255.0}[mode]
+    return data / np.float32(divisor) if divisor != 1.0 else data
+
+
+def _assemble(label: Path, layers: dict[str, _Layer], spec: SensorSpec, tags: dict[str, str],
+              chunks: int) -> xr.DataArray:
+    opened: dict[Path, xr.DataArray] = {}
+    out: dict[str, xr.DataArray] = {}
+    ref: xr.DataArray | None = None
+    for canonical in order_bands(list(layers)):
+        layer = layers[canonical]
+        if layer.path not in opened:
+            opened[layer.path] = _open(layer.path, chunks)
+        da = opened[layer.path]
+        if da.rio.crs is None:
+            raise InputError(f"{layer.path}: no CRS; georeference the orthomosaic")
+        with rasterio.open(layer.path) as src:
+            nodata = src.nodatavals[layer.band_index - 1]
+        raw = da.isel(band=layer.band_index - 1, drop=True)
+        alpha = (da.isel(band=layer.alpha_index - 1, drop=True)
+                 if layer.alpha_index else None)
+        refl = _scale(raw, spec, layer.path, tags, nodata, alpha).astype("float32")
+        refl.attrs = {}
+        if ref is None:
+            ref = refl
+        elif (refl.shape != ref.shape or refl.rio.transform() != ref.rio.transform()
+              or refl.rio.crs != ref.rio.crs):
+            log.info("%s: %s is on another grid; reprojected (bilinear) onto %s's", label,
+                     layer.path.name, next(iter(out)))
+            refl = _reproject(refl, ref)
+        out[canonical] = refl.drop_vars("spatial_ref", errors="ignore")
+    assert ref is not None
+    names = list(out)
+    stacked = xr.concat([out[n] for n in names], dim="band", join="override")
+    stacked = stacked.assign_coords(band=names).transpose("band", "y", "x")
+    stacked = stacked.chunk({"band": -1, "y": chunks, "x": chunks}).astype("float32")
+    if spec.name == "rgb" and not any(layer.alpha_index for layer in layers.values()):
+        # RGB without alpha: the black collar (0 in every band) is no data
+        stacked = stacked.where((stacked != 0).any("band"))
+    stacked = stacked.rio.write_crs(ref.rio.crs).rio.write_transform(ref.rio.transform())
+    stacked.attrs = {
+        "time": _acquisition_time(label, tags), "sensor": spec.name,
+        "sun_zenith": float("nan"), "sun_azimuth": float("nan"),
+        "spacecraft": "", "processing_baseline": "", "product_type": "orthomosaic",
+        "source": str(label if label.exists() else label.parent),
+    }
+    return stacked
+
+
+def _reproject(da: xr.DataArray, ref: xr.DataArray) -> xr.DataArray:
+    from odc.geo.geobox import GeoBox
+    from odc.geo.xr import xr_reproject
+
+    box = GeoBox((ref.sizes["y"], ref.sizes["x"]), ref.rio.transform(), ref.rio.crs.to_wkt())
+    out = xr_reproject(da.odc.assign_crs(da.rio.crs.to_wkt()), box, resampling="bilinear",
+                       dst_nodata=np.nan)
+    dims = tuple(out.odc.spatial_dims)
+    if dims != ("y", "x"):
+        out = out.rename({dims[0]: "y", dims[1]: "x"})
+    return out.assign_coords(y=ref["y"], x=ref["x"]).astype("float32")
+
+
+def _date_in(text: str) -> np.datetime64 | None:
+    for m in _DATE_RE.finditer(text):
+        try:
+            return np.datetime64(dt.date(int(m[1]), int(m[2]), int(m[3])), "ns")
+        except ValueError:
+            continue
+    return None
+
+
+def _acquisition_time(path: Path, tags: dict[str, str]) -> np.datetime64:
+    if "ACQUISITION_DATE" in tags:
+        try:
+            stamp = dt.datetime.fromisoformat(tags["ACQUISITION_DATE"])
+            return np.datetime64(stamp.replace(tzinfo=None), "ns")
+        except ValueError:
+            pass
+    for text in (path.stem, path.parent.name, path.parent.parent.name):
+        t = _date_in(text)
+        if t is not None:
+            return t
+    raw = tags.get("TIFFTAG_DATETIME", "")
+    t = _date_in(raw[:10].replace(":", "-"))
+    if t is not None:
+        log.warning("%s: date taken from TIFFTAG_DATETIME (%s), often the processing date; "
+                    "put the flight date in the file name to be sure", path, raw)
+        return t
+    raise InputError(f"{path}: no flight date; put it in the file or folder name "
+                     "(e.g. field_2025-04-20_nir.tif) or set an ACQUISITION_DATE tag")

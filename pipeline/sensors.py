@@ -1,0 +1,189 @@
+"""Sensors as data: ``configs/sensors/<name>.yaml`` -> a frozen :class:`SensorSpec`.
+
+A sensor file names the bands as a product or orthomosaic names them, maps each onto a
+canonical band (``pipeline.bands.CANONICAL_BANDS``, the Awesome Spectral Indices names) by its
+centre wavelength, and says how digital numbers become reflectance. A new camera is a new YAML
+file, not new code. Schema (unknown keys are refused)::
+
+    name: p4m                      # file stem; used as the Scene's ``sensor`` attribute
+    kind: drone                    # satellite | drone
+    description: DJI P4 Multispectral
+    resolution_m: 0.05             # typical ground sampling distance
+    scaling: auto                  # auto | float | uint16_32768 | dn10000
+    file_patterns: ["*.tif"]       # glob patterns of the files this sensor's products use
+    stack_order: [blue, ...]       # optional: product band names in a stacked file's order
+                                   # (default: the order of ``bands``)
+    bands:                         # one entry per band that is read
+      - {name: blue, canonical: blue, wavelength_nm: 450, resolution_m: 0.05,
+         aliases: [blue, b]}       # aliases: names in band descriptions / file-name suffixes
+    dropped:                       # optional: bands a stacked file holds but that are discarded
+      - {name: green_531, wavelength_nm: 531, aliases: [...], reason: "..."}
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import yaml
+
+from pipeline.bands import CANONICAL_BANDS
+from pipeline.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Folder of the sensor files shipped with poppyscan.
+SENSORS_DIR = Path(__file__).resolve().parents[1] / "configs" / "sensors"
+KINDS = ("satellite", "drone")
+SCALINGS = ("auto", "float", "uint16_32768", "dn10000")
+
+_TOP_KEYS = {"name", "kind", "description", "resolution_m", "scaling", "file_patterns",
+             "stack_order", "bands", "dropped"}
+_BAND_KEYS = {"name", "canonical", "wavelength_nm", "resolution_m", "aliases"}
+_DROPPED_KEYS = {"name", "wavelength_nm", "aliases", "reason", "resolution_m"}
+
+
+class SensorBand(NamedTuple):
+    """One band: its name in the product, canonical name, centre wavelength, resolution."""
+    name: str
+    canonical: str | None  # None for a dropped band
+    wavelength_nm: float
+    resolution_m: float
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SensorSpec:
+    name: str
+    kind: str
+    resolution_m: float
+    bands: tuple[SensorBand, ...]
+    file_patterns: tuple[str, ...]
+    scaling: str
+    description: str = ""
+    stack_order: tuple[str, ...] = ()
+    dropped: tuple[SensorBand, ...] = ()
+    source: str = ""
+
+    @property
+    def canonical(self) -> dict[str, str]:
+        """Product band name -> canonical name (kept bands only)."""
+        return {b.name: b.canonical for b in self.bands if b.canonical}
+
+    @property
+    def band_order(self) -> tuple[str | None, ...]:
+        """Canonical name of each band of a stacked file, in file order (None = dropped)."""
+        canon = self.canonical
+        return tuple(canon.get(n) for n in self.stack_order)
+
+    def band(self, name: str) -> SensorBand:
+        """The band (kept or dropped) with product name or alias ``name`` (any case)."""
+        key = normalise_band_name(name)
+        for b in self.bands + self.dropped:
+            if key in {normalise_band_name(a) for a in (b.name, *b.aliases)}:
+                return b
+        raise KeyError(name)
+
+    def wavelengths(self) -> dict[str, float]:
+        """Canonical name -> true centre wavelength (nm) of this sensor's band."""
+        return {b.canonical: b.wavelength_nm for b in self.bands if b.canonical}
+
+
+def normalise_band_name(name: str) -> str:
+    """Band names compared case-, space- and dash-insensitively ('Red edge-705' = 'rededge_705')."""
+    return name.strip().lower().replace(" ", "_").replace("-", "_")
+
+
+def known_sensors() -> list[str]:
+    """Names of the sensor files shipped in ``configs/sensors``."""
+    return sorted(p.stem for p in SENSORS_DIR.glob("*.yaml"))
+
+
+def load_sensor(name_or_path: str | Path | SensorSpec) -> SensorSpec:
+    """A shipped sensor by name (``'p4m'``) or any sensor YAML file by path."""
+    if isinstance(name_or_path, SensorSpec):
+        return name_or_path
+    text = str(name_or_path)
+    path = Path(text)
+    if not (path.suffix.lower() in (".yaml", ".yml") or path.is_file()):
+        path = SENSORS_DIR / f"{text.lower()}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"unknown sensor {text!r}; known sensors: "
+                              f"{', '.join(known_sensors())} (or give a sensor YAML file)")
+    if not path.is_file():
+        raise ConfigError(f"{path}: sensor file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+    return _parse(raw, path)
+
+
+def _parse(raw: object, path: Path) -> SensorSpec:
+    def fail(msg: str) -> ConfigError:
+        return ConfigError(f"{path}: {msg}")
+
+    if not isinstance(raw, dict):
+        raise fail("expected a mapping with name, kind, bands, ...")
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        raise fail(f"unknown keys {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
+    for key in ("name", "kind", "resolution_m", "bands"):
+        if key not in raw:
+            raise fail(f"missing key {key!r}")
+    kind = str(raw["kind"])
+    if kind not in KINDS:
+        raise fail(f"kind {kind!r} must be one of {KINDS}")
+    scaling = str(raw.get("scaling", "auto"))
+    if scaling not in SCALINGS:
+        raise fail(f"scaling {scaling!r} must be one of {SCALINGS}")
+    try:
+        resolution = float(raw["resolution_m"])
+    except (TypeError, ValueError):
+        raise fail("resolution_m must be a number") from None
+
+    def band(entry: object, dropped: bool) -> SensorBand:
+        allowed = _DROPPED_KEYS if dropped else _BAND_KEYS
+        if not isinstance(entry, dict) or "name" not in entry or "wavelength_nm" not in entry:
+            raise fail(f"band entry {entry!r} needs name and wavelength_nm")
+        extra = set(entry) - allowed
+        if extra:
+            raise fail(f"band {entry['name']!r}: unknown keys {sorted(extra)}")
+        canonical = None
+        if not dropped:
+            canonical = entry.get("canonical")
+            if canonical not in CANONICAL_BANDS:
+                raise fail(f"band {entry['name']!r}: canonical {canonical!r} is not one of "
+                           f"{CANONICAL_BANDS}")
+        try:
+            wl = float(entry["wavelength_nm"])
+            res = float(entry.get("resolution_m", resolution))
+        except (TypeError, ValueError):
+            raise fail(f"band {entry['name']!r}: wavelength_nm/resolution_m must be numbers") \
+                from None
+        aliases = tuple(str(a) for a in entry.get("aliases", ()))
+        return SensorBand(str(entry["name"]), canonical, wl, res, aliases)
+
+    if not isinstance(raw["bands"], list) or not raw["bands"]:
+        raise fail("bands must be a non-empty list")
+    bands = tuple(band(e, False) for e in raw["bands"])
+    dropped = tuple(band(e, True) for e in raw.get("dropped") or ())
+    canon = [b.canonical for b in bands]
+    dupes = sorted({c for c in canon if canon.count(c) > 1})  # type: ignore[type-var]
+    if dupes:
+        raise fail(f"canonical bands {dupes} are given twice; keep one and list the other "
+                   "under 'dropped'")
+    names = [b.name for b in bands + dropped]
+    if len(set(map(normalise_band_name, names))) != len(names):
+        raise fail(f"band names repeat: {names}")
+    stack_order = tuple(str(s) for s in raw.get("stack_order") or [b.name for b in bands])
+    known = {normalise_band_name(n) for n in names}
+    missing = [s for s in stack_order if normalise_band_name(s) not in known]
+    if missing:
+        raise fail(f"stack_order names unknown bands {missing}")
+    return SensorSpec(
+        name=str(raw["name"]), kind=kind, resolution_m=resolution, bands=bands,
+        file_patterns=tuple(str(p) for p in raw.get("file_patterns") or ()), scaling=scaling,
+        description=str(raw.get("description", "")), stack_order=stack_order,
+        dropped=dropped, source=str(path))

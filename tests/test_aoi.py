@@ -1,0 +1,101 @@
+"""AOI files: GeoJSON, GeoPackage, Shapefile; CGCS2000 / Gauss-Krüger; GBK attributes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyogrio.raw
+import pytest
+import shapely
+from pyproj import CRS, Transformer
+from shapely.geometry import LineString, Point, box
+
+from pipeline.aoi import read_aoi, read_features
+from pipeline.errors import InputError
+
+# two village plots near Hangzhou (lon/lat, CGCS2000 ~ WGS84 at this scale)
+PLOTS = [box(120.100, 30.200, 120.102, 30.202), box(120.103, 30.200, 120.104, 30.201)]
+NAMES = ["西湖区转塘街道", "富阳区银湖街道"]
+
+
+def _write(path: Path, geoms: list, names: list[str], crs: str, encoding: str | None = None,
+           driver: str | None = None) -> Path:
+    pyogrio.raw.write(path, np.array(shapely.to_wkb(geoms), dtype=object),
+                  [np.array(names, dtype=object)], ["unit"], crs=CRS(crs).to_wkt(),
+                  geometry_type="Polygon", encoding=encoding, driver=driver)
+    return path
+
+
+def test_gbk_shapefile_without_cpg(tmp_path: Path) -> None:
+    shp = _write(tmp_path / "units.shp", PLOTS, NAMES, "EPSG:4490", encoding="GBK")
+    assert "杭州".encode("gbk") != "杭州".encode()
+    dbf = shp.with_suffix(".dbf").read_bytes()
+    assert NAMES[0].encode("gbk") in dbf                     # really GBK on disk
+    shp.with_suffix(".cpg").unlink(missing_ok=True)          # as such files usually arrive
+    features, crs = read_features(shp)
+    assert [f.properties["unit"] for f in features] == NAMES
+    assert crs.to_epsg() == 4490
+
+
+def test_gbk_shapefile_with_cpg(tmp_path: Path) -> None:
+    shp = _write(tmp_path / "units.shp", PLOTS, NAMES, "EPSG:4490", encoding="GBK")
+    shp.with_suffix(".cpg").write_text("936")
+    features, _ = read_features(shp)
+    assert [f.properties["unit"] for f in features] == NAMES
+
+
+def test_utf8_shapefile(tmp_path: Path) -> None:
+    shp = _write(tmp_path / "units.shp", PLOTS, NAMES, "EPSG:4490", encoding="UTF-8")
+    shp.with_suffix(".cpg").unlink(missing_ok=True)
+    features, _ = read_features(shp)
+    assert [f.properties["unit"] for f in features] == NAMES
+
+
+def test_cgcs2000_gauss_kruger_reprojected(tmp_path: Path) -> None:
+    """A CGCS2000 3-degree Gauss-Krüger file (EPSG:4549, central meridian 120E)."""
+    to_gk = Transformer.from_crs("EPSG:4490", "EPSG:4549", always_xy=True)
+    gk = [shapely.transform(p, lambda xy: np.column_stack(to_gk.transform(xy[:, 0], xy[:, 1])))
+          for p in PLOTS]
+    gpkg = _write(tmp_path / "aoi.gpkg", gk, NAMES, "EPSG:4549")
+    native = read_aoi(gpkg)
+    assert native.bounds[0] > 1e5                                 # metres, file's CRS
+    utm = read_aoi(gpkg, crs="EPSG:32651")
+    to_utm = Transformer.from_crs("EPSG:4490", "EPSG:32651", always_xy=True)
+    expected = shapely.transform(shapely.union_all(PLOTS), lambda xy: np.column_stack(
+        to_utm.transform(xy[:, 0], xy[:, 1])))
+    assert utm.hausdorff_distance(expected) < 1.0                # metres
+    assert utm.area == pytest.approx(native.area, rel=2e-3)      # ~ 0.07 km2 both ways
+    lonlat = read_aoi(gpkg, crs="EPSG:4490")
+    assert lonlat.bounds == pytest.approx((120.100, 30.200, 120.104, 30.202), abs=1e-7)
+
+
+def test_geojson_union_and_skips_lines(tmp_path: Path) -> None:
+    fc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"unit": n}, "geometry": shapely.geometry.mapping(g)}
+        for n, g in zip(NAMES, PLOTS)] + [
+        {"type": "Feature", "properties": {"unit": "road"},
+         "geometry": shapely.geometry.mapping(LineString([(120.1, 30.2), (120.2, 30.3)]))}]}
+    f = tmp_path / "aoi.geojson"
+    f.write_text(json.dumps(fc, ensure_ascii=False), encoding="utf-8")
+    aoi = read_aoi(f)
+    assert aoi.geom_type == "MultiPolygon" and len(aoi.geoms) == 2
+    assert aoi.area == pytest.approx(sum(p.area for p in PLOTS))
+    from rasterio.crs import CRS as RioCRS        # a Scene's CRS, as ingest passes it
+    utm = read_aoi(f, crs=RioCRS.from_epsg(32651))
+    assert utm.bounds[0] > 1e5 and utm.area == pytest.approx(53_430, rel=0.01)  # m2
+
+
+def test_no_polygons_is_an_input_error(tmp_path: Path) -> None:
+    f = tmp_path / "points.geojson"
+    f.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {},
+         "geometry": shapely.geometry.mapping(Point(120.1, 30.2))}]}))
+    with pytest.raises(InputError, match="no polygons"):
+        read_aoi(f)
+    empty = tmp_path / "empty.geojson"
+    empty.write_text('{"type": "FeatureCollection", "features": []}')
+    with pytest.raises(InputError, match="empty.geojson"):
+        read_aoi(empty)
+    with pytest.raises(InputError, match="not found"):
+        read_aoi(tmp_path / "missing.shp")

@@ -1,0 +1,272 @@
+"""Drone orthomosaics and sensor files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import spyndex
+from affine import Affine
+from rasterio.enums import ColorInterp
+
+from pipeline.bands import CANONICAL_BANDS
+from pipeline.errors import ConfigError, InputError
+from pipeline.readers import drone
+from pipeline.sensors import SensorSpec, known_sensors, load_sensor
+
+#: canonical name -> spyndex.bands key
+SPYNDEX_KEY = {"coastal": "A", "blue": "B", "green": "G", "red": "R", "rededge1": "RE1",
+               "rededge2": "RE2", "rededge3": "RE3", "nir": "N", "nir08": "N2", "wv": "WV",
+               "swir16": "S1", "swir22": "S2"}
+SHIPPED = ["mavic3m", "p4m", "rededge-mx", "rededge-mx-dual", "rgb", "sentinel2"]
+H = W = 40
+TF = Affine(0.05, 0, 500000.0, 0, -0.05, 3300000.0)   # 5 cm pixels, UTM 50N
+CRS = "EPSG:32650"
+
+
+def _refl(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    r = rng.uniform(0.02, 0.6, size=(n, H, W)).astype("float32")
+    r[:, :3, :3] = np.nan                                   # a no-data corner
+    return r
+
+
+def _write(path: Path, data: np.ndarray, *, nodata: float | None = None,
+           descriptions: list[str] | None = None, tags: dict | None = None,
+           alpha: bool = False) -> Path:
+    count = data.shape[0]
+    with rasterio.open(path, "w", driver="GTiff", width=W, height=H, count=count,
+                       dtype=data.dtype.name, crs=CRS, transform=TF, nodata=nodata) as dst:
+        dst.write(data)
+        for i, d in enumerate(descriptions or [], start=1):
+            dst.set_band_description(i, d)
+        if tags:
+            dst.update_tags(**tags)
+        if alpha:
+            ci = list(dst.colorinterp)
+            ci[-1] = ColorInterp.alpha
+            dst.colorinterp = ci
+    return path
+
+
+# --- sensor files ------------------------------------------------------------------------------
+def test_shipped_sensors_load() -> None:
+    assert known_sensors() == SHIPPED
+    for name in SHIPPED:
+        spec = load_sensor(name)
+        assert isinstance(spec, SensorSpec) and spec.name == name
+        assert spec.kind == ("satellite" if name == "sentinel2" else "drone")
+        canon = [b.canonical for b in spec.bands]
+        assert len(set(canon)) == len(canon) and set(canon) <= set(CANONICAL_BANDS)
+        for b in spec.bands:
+            _name, _canonical, wl, res, *_ = b          # (name, canonical, wavelength, res)
+            assert wl > 0 and res > 0
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_canonical_band_matches_spyndex_range(name: str) -> None:
+    """Each band's centre lies in its canonical band's range in spyndex.bands; if it lies in
+    no range, its canonical band is the range nearest to it."""
+    ranges = {c: (spyndex.bands[k].min_wavelength, spyndex.bands[k].max_wavelength)
+              for c, k in SPYNDEX_KEY.items()}
+
+    def gap(wl: float, c: str) -> float:
+        lo, hi = ranges[c]
+        return max(lo - wl, 0.0, wl - hi)
+
+    for b in load_sensor(name).bands:
+        inside = [c for c in ranges if gap(b.wavelength_nm, c) == 0]
+        if inside:
+            assert b.canonical in inside, (name, b)
+        else:
+            assert b.canonical == min(ranges, key=lambda c: gap(b.wavelength_nm, c)), (name, b)
+            assert gap(b.wavelength_nm, b.canonical) <= 5, (name, b)
+
+
+def test_drone_red_edges_and_dual_choices() -> None:
+    assert load_sensor("p4m").canonical["rededge"] == "rededge2"          # 730 nm
+    assert load_sensor("mavic3m").canonical == {"green": "green", "red": "red",
+                                                "rededge": "rededge2", "nir": "nir"}
+    assert load_sensor("rededge-mx").canonical["rededge"] == "rededge1"   # 717 nm
+    dual = load_sensor("rededge-mx-dual")
+    assert dual.wavelengths() == {"coastal": 444, "blue": 475, "green": 560, "red": 650,
+                                  "rededge1": 705, "rededge2": 740, "nir": 842}
+    assert {b.wavelength_nm for b in dual.dropped} == {531, 668, 717}
+    assert len(dual.stack_order) == 10
+
+
+def test_unknown_sensor_lists_known(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="p4m") as exc:
+        load_sensor("phantom9")
+    assert "mavic3m" in str(exc.value)
+    bad = tmp_path / "cam.yaml"
+    bad.write_text("name: cam\nkind: drone\nresolution_m: 0.1\nbands:\n"
+                   "  - {name: x, canonical: infrared, wavelength_nm: 800}\n")
+    with pytest.raises(ConfigError, match="infrared"):
+        load_sensor(bad)
+    bad.write_text("name: cam\nkind: drone\nresolution_m: 0.1\ncolour: red\nbands: []\n")
+    with pytest.raises(ConfigError, match="colour"):
+        load_sensor(bad)
+
+
+def test_custom_sensor_file(tmp_path: Path) -> None:
+    cam = tmp_path / "mycam.yaml"
+    cam.write_text("name: mycam\nkind: drone\nresolution_m: 0.1\nscaling: dn10000\nbands:\n"
+                   "  - {name: G, canonical: green, wavelength_nm: 550}\n"
+                   "  - {name: NIR, canonical: nir, wavelength_nm: 850}\n")
+    spec = load_sensor(cam)
+    assert spec.band_order == ("green", "nir") and spec.scaling == "dn10000"
+    refl = _refl(2)
+    dn = np.where(np.isnan(refl), 0, np.round(refl * 10000)).astype("uint16")
+    f = _write(tmp_path / "plot_20250420.tif", dn)
+    [da] = drone.read(f, spec, chunks=16)
+    np.testing.assert_allclose(da.values, refl, atol=1e-4)
+
+
+# --- orthomosaics ------------------------------------------------------------------------------
+def test_p4m_dji_terra_per_band_float(tmp_path: Path) -> None:
+    folder = tmp_path / "flight_2025-04-20"
+    folder.mkdir()
+    refl = _refl(5)
+    for i, name in enumerate(["Blue", "Green", "Red", "RedEdge", "NIR"]):
+        band = np.where(np.isnan(refl[i]), -10000, refl[i]).astype("float32")[None]
+        _write(folder / f"result_{name}.tif", band, nodata=-10000)
+    assert drone.can_read(folder)
+    [da] = drone.read(folder, None, chunks=16)
+    assert da.attrs["sensor"] == "p4m"
+    assert da.attrs["time"] == np.datetime64("2025-04-20", "ns")
+    assert da["band"].values.tolist() == ["blue", "green", "red", "rededge2", "nir"]
+    assert da.dtype == np.float32 and da.chunks is not None
+    assert da.rio.crs.to_epsg() == 32650 and da.rio.transform() == TF
+    np.testing.assert_allclose(da.values, refl, rtol=1e-6)       # NaN where no data
+    assert np.isnan(da.values[:, :3, :3]).all()
+    # one band file given alone: its group is read
+    [one] = drone.read(folder / "result_NIR.tif", None, chunks=16)
+    assert one["band"].values.tolist() == da["band"].values.tolist()
+
+
+def test_metashape_uint16_equals_float(tmp_path: Path) -> None:
+    refl = _refl(5, seed=1)
+    flt = _write(tmp_path / "terra_20250420.tif", np.nan_to_num(refl, nan=-10000),
+                 nodata=-10000, descriptions=["Blue", "Green", "Red", "RedEdge", "NIR"])
+    dn = np.where(np.isnan(refl), 0, np.round(refl * 32768)).astype("uint16")
+    ms = _write(tmp_path / "metashape_20250420.tif", dn,
+                tags={"TIFFTAG_SOFTWARE": "Agisoft Metashape 2.1.0"})
+    spec = load_sensor("p4m")
+    [a] = drone.read(flt, spec, chunks=16)
+    [b] = drone.read(ms, spec, chunks=16)   # no descriptions: the sensor's band order
+    assert a["band"].values.tolist() == b["band"].values.tolist()
+    np.testing.assert_allclose(b.values, a.values, atol=0.5 / 32768)
+    assert np.isnan(b.values[:, :3, :3]).all()
+
+
+def test_mavic3m_pix4d_per_band_with_alpha(tmp_path: Path) -> None:
+    refl = _refl(4, seed=2)
+    for i, name in enumerate(["green", "red", "red edge", "nir"]):
+        value = np.nan_to_num(refl[i], nan=0.0)
+        alpha = np.where(np.isnan(refl[i]), 0, 255).astype("float32")
+        _write(tmp_path / f"orchard_20250421_transparent_reflectance_{name}.tif",
+               np.stack([value, alpha]), alpha=True)
+    assert drone.can_read(tmp_path)
+    [da] = drone.read(tmp_path, None, chunks=16)
+    assert da.attrs["sensor"] == "mavic3m"
+    assert da["band"].values.tolist() == ["green", "red", "rededge2", "nir"]
+    np.testing.assert_allclose(da.values, refl, rtol=1e-6)
+
+
+def test_rgb_alpha_is_mask(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, size=(3, H, W), dtype="uint8")
+    alpha = np.full((1, H, W), 255, dtype="uint8")
+    alpha[0, -5:, :] = 0
+    f = _write(tmp_path / "village_2025_04_22.tif", np.concatenate([rgb, alpha]), alpha=True)
+    assert drone.can_read(f)
+    [da] = drone.read(f, None, chunks=16)
+    assert da.attrs["sensor"] == "rgb"
+    assert da["band"].values.tolist() == ["blue", "green", "red"]
+    assert da.attrs["time"] == np.datetime64("2025-04-22", "ns")
+    np.testing.assert_allclose(da.sel(band="red").values[:-5], rgb[0, :-5] / 255.0, rtol=1e-6)
+    assert np.isnan(da.values[:, -5:, :]).all()
+    assert np.isfinite(da.values[:, :-5, :]).all()   # black pixels are colours, not no data
+
+
+def test_rgb_without_alpha_black_collar(tmp_path: Path) -> None:
+    rgb = np.full((3, H, W), 120, dtype="uint8")
+    rgb[:, :4, :] = 0                 # collar
+    rgb[0, 10, 10] = 0                # a pure green-blue pixel is a colour, not no data
+    [da] = drone.read(_write(tmp_path / "v_20250422.tif", rgb), None, chunks=16)
+    assert np.isnan(da.values[:, :4, :]).all()
+    assert np.isfinite(da.values[:, 4:, :]).all() and da.sel(band="red").values[10, 10] == 0
+
+
+def test_dual_stacked_by_descriptions(tmp_path: Path) -> None:
+    names = ["Blue", "Green", "Red", "NIR", "Red edge", "Blue-444", "Green-531", "Red-650",
+             "Red edge-705", "Red edge-740"]
+    refl = _refl(10, seed=4)
+    f = _write(tmp_path / "dual_20250423.tif", np.nan_to_num(refl, nan=-32767),
+               nodata=-32767, descriptions=names)
+    [da] = drone.read(f, None, chunks=16)
+    assert da.attrs["sensor"] == "rededge-mx-dual"
+    assert da["band"].values.tolist() == ["coastal", "blue", "green", "red", "rededge1",
+                                          "rededge2", "nir"]
+    np.testing.assert_allclose(da.sel(band="red").values, refl[7], rtol=1e-6)      # 650 nm
+    np.testing.assert_allclose(da.sel(band="rededge1").values, refl[8], rtol=1e-6)  # 705 nm
+    np.testing.assert_allclose(da.sel(band="coastal").values, refl[5], rtol=1e-6)
+
+
+def test_ambiguous_camera_needs_sensor(tmp_path: Path) -> None:
+    f = _write(tmp_path / "field_20250420.tif", np.nan_to_num(_refl(5), nan=-10000),
+               nodata=-10000)
+    assert drone.can_read(f)
+    with pytest.raises(InputError, match="--sensor"):
+        drone.read(f, None)
+    with pytest.raises(InputError, match="sentinel2"):
+        drone.read(f, "sentinel2")
+    [mx] = drone.read(f, "rededge-mx", chunks=16)   # band 5 is the red edge for the MX
+    assert mx["band"].values.tolist() == ["blue", "green", "red", "rededge1", "nir"]
+    refl = np.nan_to_num(_refl(5), nan=np.nan)
+    np.testing.assert_allclose(mx.sel(band="nir").values, refl[3], rtol=1e-6)
+    np.testing.assert_allclose(mx.sel(band="rededge1").values, refl[4], rtol=1e-6)
+
+
+def test_no_date_and_contract_files(tmp_path: Path) -> None:
+    f = _write(tmp_path / "field.tif", np.nan_to_num(_refl(5), nan=-10000), nodata=-10000)
+    with pytest.raises(InputError, match="flight date"):
+        drone.read(f, "p4m")
+    contract = _write(tmp_path / "s2.tif", _refl(2), tags={"ACQUISITION_DATE": "2025-04-20"})
+    assert not drone.can_read(contract)       # the multi-band contract's reader takes it
+    with rasterio.open(tmp_path / "s2_10m.tif", "w", driver="GTiff", width=4, height=4,
+                       count=1, dtype="float32", crs=CRS,
+                       transform=Affine(10, 0, 0, 0, -10, 0)) as dst:
+        dst.write(np.zeros((1, 4, 4), "float32"))
+    assert not drone.can_read(tmp_path / "s2_10m.tif")   # 10 m pixels: not a drone product
+
+
+def test_read_is_lazy(tmp_path: Path) -> None:
+    import dask
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("read computed pixels")
+
+    refl = _refl(5, seed=5)
+    dn = np.where(np.isnan(refl), 0, np.round(refl * 32768)).astype("uint16")
+    f = _write(tmp_path / "ms_20250420.tif", dn)
+    with dask.config.set(scheduler=refuse):
+        [da] = drone.read(f, "p4m", chunks=16)
+    assert da.chunks is not None
+
+
+def test_per_band_files_on_different_grids_are_aligned(tmp_path: Path) -> None:
+    refl = _refl(5, seed=6)
+    refl[:] = 0.3                                       # flat field: resampling keeps 0.3
+    for i, name in enumerate(["blue", "green", "red", "rededge", "nir"]):
+        _write(tmp_path / f"p4m_20250420_{name}.tif", refl[i:i + 1])
+    nir = tmp_path / "p4m_20250420_nir.tif"
+    with rasterio.open(nir, "r+") as dst:               # NIR camera grid shifted 2.5 cm
+        dst.transform = TF @ Affine.translation(0.5, 0.5)
+    [da] = drone.read(tmp_path, None, chunks=16)
+    assert da.attrs["sensor"] == "p4m" and da.shape == (5, H, W)
+    assert da.rio.transform() == TF
+    v = da.sel(band="nir").values
+    np.testing.assert_allclose(v[1:-1, 1:-1], 0.3, rtol=1e-5)
