@@ -19,6 +19,8 @@ Everything except that small regression stays lazy.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import logging
 import math
 from collections.abc import Callable
@@ -282,44 +284,39 @@ def _check_grid(scene: xr.DataArray, dem: xr.DataArray) -> xr.DataArray:
     return dem
 
 
-def correct_terrain(
-    scene: xr.DataArray,
-    dem: xr.DataArray,
-    method: Literal["none", "c", "scs+c"] = "scs+c",
-    *,
-    valid_mask: xr.DataArray | None = None,
-) -> xr.DataArray:
-    """Topographic correction of the reflective bands of a Scene.
+@dataclass(frozen=True)
+class TerrainFit:
+    """The scene-wide parameters of a correction: ``c`` per (time, band) (NaN = leave the band
+    uncorrected), sun angles per time, and the method. Fitted once per scene so that tiles
+    corrected one by one agree with a correction of the whole scene."""
+    method: str
+    bands: tuple[str, ...]
+    c: np.ndarray            # (time, band)
+    sun_zenith: np.ndarray   # (time,)
+    sun_azimuth: np.ndarray  # (time,)
 
-    ``scene`` (time, band, y, x) float32; ``dem`` (y, x) in metres on the same projected grid.
-    Per date and reflective canonical band, ``c`` is fitted on a regular subsample (from at
-    most :data:`MAX_SAMPLE_CHUNKS_PER_AXIS` chunks per axis when chunked) of valid sunlit
-    pixels (``valid_mask`` (y, x) or (time, y, x), True = use; NaN pixels are never used), in
-    one small ``dask.compute``; then C or SCS+C is applied lazily. Sun angles come from the
-    ``sun_zenith``/``sun_azimuth`` coords, or where NaN from :func:`overpass_sun_position` at
-    the scene centre. ``cos(i)`` is clipped below at :data:`COS_I_MIN`. Bands whose fit is
-    meaningless (see :func:`estimate_c`), ``scl`` and index bands are returned unchanged, as are
-    pixels where the DEM is NaN. NaN stays NaN; result float32, lazy if the scene is.
+
+def fit_terrain(scene: xr.DataArray, dem: xr.DataArray, method: str = "scs+c", *,
+                valid_mask: xr.DataArray | None = None) -> TerrainFit | None:
+    """Fit ``c`` per date and reflective band on a regular subsample (one small compute).
+
+    Returns None when ``method`` is "none" or the scene has no reflective band.
     """
     if method not in METHODS:
         raise ConfigError(f"terrain correction method {method!r} is unknown; use one of {METHODS}")
     if method == "none":
-        return scene
+        return None
     check_scene(scene, "terrain")
     dem = _check_grid(scene, dem)
     bands = scene["band"].values.tolist()
     reflective = [b for b in bands if b in CANONICAL_BANDS]
     if not reflective:
         logger.info("terrain correction: no reflective bands in the scene; nothing to correct")
-        return scene
-
+        return None
     slope, aspect = slope_aspect(dem)
     sz, saz = _sun_angles(scene)
-    sz_da = xr.DataArray(sz, dims="time", coords={"time": scene["time"].values})
-    saz_da = xr.DataArray(saz, dims="time", coords={"time": scene["time"].values})
-    cos_i = cos_incidence(slope, aspect, sz_da, saz_da).transpose("time", "y", "x")
+    cos_i = _cos_i(slope, aspect, sz, saz, scene["time"].values)
 
-    # --- one small eager reduction: a regular subsample for the regression -------------------
     per_axis = max(1, int(math.sqrt(MAX_SAMPLES)))
     chunks = scene.chunksizes if scene.chunks is not None else {}
     sub = {dim: _sample_positions(scene.sizes[dim], chunks.get(dim), per_axis)
@@ -347,22 +344,68 @@ def correct_terrain(
     logger.info("terrain correction %s: c per date and band %s", method,
                 {bands[j]: np.round(c[:, j], 4).tolist() for j in range(len(bands))
                  if bands[j] in reflective})
+    return TerrainFit(method, tuple(bands), c, np.asarray(sz, float), np.asarray(saz, float))
 
-    # --- lazy correction ------------------------------------------------------------------------
+
+def _cos_i(slope, aspect, sz, saz, times) -> xr.DataArray:
+    sz_da = xr.DataArray(np.asarray(sz, float), dims="time", coords={"time": times})
+    saz_da = xr.DataArray(np.asarray(saz, float), dims="time", coords={"time": times})
+    return cos_incidence(slope, aspect, sz_da, saz_da).transpose("time", "y", "x")
+
+
+def apply_terrain(scene: xr.DataArray, slope: xr.DataArray, aspect: xr.DataArray,
+                  fit: TerrainFit) -> xr.DataArray:
+    """Apply a fitted C or SCS+C correction to ``scene`` (the whole scene or one tile of it,
+    with ``slope``/``aspect`` of the same pixels); lazy if the inputs are."""
+    bands = scene["band"].values.tolist()
+    times = scene["time"].values
+    c = np.full((len(times), len(bands)), np.nan)
+    for j, b in enumerate(bands):
+        if b in fit.bands:
+            c[:, j] = fit.c[:, fit.bands.index(b)]
+    fitted = np.isfinite(c)
+    cos_i = _cos_i(slope, aspect, fit.sun_zenith, fit.sun_azimuth, times)
     c_da = xr.DataArray(np.where(fitted, c, 0.0), dims=("time", "band"),
-                        coords={"time": scene["time"].values, "band": bands})
+                        coords={"time": times, "band": bands})
     cos_i_clipped = cos_i.clip(min=COS_I_MIN)
-    cos_sz = np.cos(np.deg2rad(sz_da))
-    if method == "c":
+    cos_sz = np.cos(np.deg2rad(xr.DataArray(fit.sun_zenith, dims="time",
+                                            coords={"time": times})))
+    if fit.method == "c":
         numerator = cos_sz + c_da
     else:
         numerator = np.cos(np.deg2rad(slope)) * cos_sz + c_da
     factor = numerator / (cos_i_clipped + c_da)
-    use = xr.DataArray(fitted, dims=("time", "band"),
-                       coords={"time": scene["time"].values, "band": bands})
+    use = xr.DataArray(fitted, dims=("time", "band"), coords={"time": times, "band": bands})
     factor = xr.where(use & np.isfinite(factor), factor, 1.0).astype(np.float32)
     out = (scene * factor).transpose(*SCENE_DIMS).astype(np.float32)
     out = out.assign_coords({k: v for k, v in scene.coords.items()})
-    out.attrs = {**scene.attrs, "terrain_correction": method}
+    out.attrs = {**scene.attrs, "terrain_correction": fit.method}
     out.name = scene.name
     return out
+
+
+def correct_terrain(
+    scene: xr.DataArray,
+    dem: xr.DataArray,
+    method: Literal["none", "c", "scs+c"] = "scs+c",
+    *,
+    valid_mask: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """Topographic correction of the reflective bands of a Scene: :func:`fit_terrain` then
+    :func:`apply_terrain`.
+
+    ``scene`` (time, band, y, x) float32; ``dem`` (y, x) in metres on the same projected grid.
+    Per date and reflective canonical band, ``c`` is fitted on a regular subsample (from at
+    most :data:`MAX_SAMPLE_CHUNKS_PER_AXIS` chunks per axis when chunked) of valid sunlit
+    pixels (``valid_mask`` (y, x) or (time, y, x), True = use; NaN pixels are never used), in
+    one small ``dask.compute``; then C or SCS+C is applied lazily. Sun angles come from the
+    ``sun_zenith``/``sun_azimuth`` coords, or where NaN from :func:`overpass_sun_position` at
+    the scene centre. ``cos(i)`` is clipped below at :data:`COS_I_MIN`. Bands whose fit is
+    meaningless (see :func:`estimate_c`), ``scl`` and index bands are returned unchanged, as are
+    pixels where the DEM is NaN. NaN stays NaN; result float32, lazy if the scene is.
+    """
+    fit = fit_terrain(scene, dem, method, valid_mask=valid_mask)
+    if fit is None:
+        return scene
+    slope, aspect = slope_aspect(_check_grid(scene, dem))
+    return apply_terrain(scene, slope, aspect, fit)

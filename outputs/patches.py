@@ -60,21 +60,15 @@ def _polygons(mask: np.ndarray, tf) -> tuple[list[BaseGeometry], np.ndarray]:
     return geoms, lab
 
 
-def _slope_deg(dem: np.ndarray, res: float) -> np.ndarray:
-    gy, gx = np.gradient(dem, res)
-    return np.degrees(np.arctan(np.hypot(gx, gy)))
-
-
 def chunk_pieces(prob: np.ndarray, evidence: np.ndarray, dem: np.ndarray | None,
-                 feats: np.ndarray | None, y0: int, x0: int, transform, threshold: float
-                 ) -> tuple[list[Piece], list[BaseGeometry]]:
+                 slope: np.ndarray | None, feats: np.ndarray | None, y0: int, x0: int,
+                 transform, threshold: float) -> tuple[list[Piece], list[BaseGeometry]]:
     ny, nx = prob.shape
     tf = window_transform(Window(x0, y0, nx, ny), transform)
     with np.errstate(invalid="ignore"):
         mask = np.isfinite(prob) & (prob >= threshold)
     geoms, lab = _polygons(mask, tf)
     pieces: list[Piece] = []
-    slope = _slope_deg(dem, abs(transform.a)) if dem is not None else None
     for i, g in enumerate(geoms, start=1):
         sel = lab == i
         p = prob[sel]

@@ -27,7 +27,10 @@ class _Frozen(BaseModel):
 
 
 class MaskConfig(_Frozen):
+    #: keep small, SWIR-dark SCL cloud/snow patches (Sen2Cor's white-flower mistake) as land
     rescue_flowers: bool = True
+    #: largest patch (pixels) that can be rescued; clouds are larger
+    max_flower_px: int = Field(50, ge=1, le=1000)
 
 
 class FeatureConfig(_Frozen):

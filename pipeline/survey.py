@@ -65,16 +65,32 @@ def prepare_scene(images: Sequence[Path], cfg: SurveyConfig, *, dem: Path | None
     return scene, dem_da
 
 
+def masks(scene: xr.DataArray, cfg: SurveyConfig) -> xr.DataArray:
+    return apply_masks(scene, rescue_flowers=cfg.masks.rescue_flowers,
+                       max_flower_px=cfg.masks.max_flower_px)
+
+
+def terrain_fit(masked: xr.DataArray, dem: xr.DataArray | None, cfg: SurveyConfig):
+    """Scene-wide terrain parameters (None when the correction is off)."""
+    if cfg.terrain_correction == "none":
+        return None
+    if dem is None:
+        raise InputError(f"terrain_correction is '{cfg.terrain_correction}' but no --dem was "
+                         "given; give a DEM or set terrain_correction: none")
+    from indices.terrain import fit_terrain
+    return fit_terrain(masked, dem, cfg.terrain_correction)
+
+
 def mask_and_correct(scene: xr.DataArray, dem: xr.DataArray | None,
                      cfg: SurveyConfig) -> xr.DataArray:
-    masked = apply_masks(scene, rescue_flowers=cfg.masks.rescue_flowers)
-    if cfg.terrain_correction != "none":
-        if dem is None:
-            raise InputError(f"terrain_correction is '{cfg.terrain_correction}' but no --dem "
-                             "was given; give a DEM or set terrain_correction: none")
-        from indices.terrain import correct_terrain
-        masked = correct_terrain(masked, dem, method=cfg.terrain_correction)
-    return masked
+    """Masks, then (when configured) the terrain correction fitted on the whole scene; lazy."""
+    masked = masks(scene, cfg)
+    fit = terrain_fit(masked, dem, cfg)
+    if fit is None:
+        return masked
+    from indices.terrain import apply_terrain, slope_aspect
+    slope, aspect = slope_aspect(dem)
+    return apply_terrain(masked, slope, aspect, fit)
 
 
 def _digest_inputs(paths: Sequence[Path]) -> dict[str, str]:
@@ -247,14 +263,18 @@ class _quiet_nan:
 @dataclass
 class TileContext:
     """Everything a tile needs; enters the graph once as a single delayed object."""
-    scene: xr.DataArray
+    scene: xr.DataArray              # raw (unmasked) lazy Scene
+    slope: xr.DataArray | None       # lazy, degrees (with a DEM)
+    aspect: xr.DataArray | None
     dem: xr.DataArray | None
+    terrain: Any                     # indices.terrain.TerrainFit or None
     cfg: SurveyConfig
     plan: FeaturePlan
     estimator: Any
     calibration: dict
     threshold: float
     stride: int
+    halo: int                        # pixels read around a tile so masks judge clouds whole
 
 
 _OPENMP_LIMITED = False
@@ -274,12 +294,23 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
     _one_openmp_thread()
     t = {s: 0.0 for s in STAGES}
     t0 = time.perf_counter()
-    raw = ctx.scene[:, :, ys, xs].compute(scheduler="sync")
-    dem = ctx.dem[ys, xs].compute(scheduler="sync") if ctx.dem is not None else None
+    H, W = ctx.scene.sizes["y"], ctx.scene.sizes["x"]
+    hy0, hy1 = max(0, ys.start - ctx.halo), min(H, ys.stop + ctx.halo)
+    hx0, hx1 = max(0, xs.start - ctx.halo), min(W, xs.stop + ctx.halo)
+    raw = ctx.scene[:, :, hy0:hy1, hx0:hx1].compute(scheduler="sync")
+    dem = slope = aspect = None
+    if ctx.dem is not None and ctx.slope is not None:
+        dem = ctx.dem[ys, xs].compute(scheduler="sync")
+        slope = ctx.slope[ys, xs].compute(scheduler="sync")
+    if ctx.terrain is not None and ctx.aspect is not None:
+        aspect = ctx.aspect[ys, xs].compute(scheduler="sync")
     t1 = time.perf_counter()
     t["read"] = t1 - t0
-    chunked = raw.chunk({"y": -1, "x": -1})
-    masked = mask_and_correct(chunked, dem.chunk() if dem is not None else None, ctx.cfg)
+    core = (slice(ys.start - hy0, ys.stop - hy0), slice(xs.start - hx0, xs.stop - hx0))
+    masked = masks(raw.chunk({"y": -1, "x": -1}), ctx.cfg)[:, :, core[0], core[1]]
+    if ctx.terrain is not None:
+        from indices.terrain import apply_terrain
+        masked = apply_terrain(masked, slope, aspect, ctx.terrain)
     masked = masked.compute(scheduler="sync")
     t2 = time.perf_counter()
     t["mask"] = t2 - t1
@@ -296,7 +327,8 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
     valid = np.isfinite(prob)
     ev = np.where(valid | (ev > 0), ev, np.nan)  # outside the data: not a blind area
     transform = ctx.scene.rio.transform()
-    pieces, blind = chunk_pieces(prob, ev, None if dem is None else dem.values, feats,
+    pieces, blind = chunk_pieces(prob, ev, None if dem is None else dem.values,
+                                 None if slope is None else slope.values, feats,
                                  ys.start, xs.start, transform, ctx.threshold)
     t["patches"] = time.perf_counter() - t4
     rgb = _thumb(feats, ctx.plan, ys.start, xs.start, ctx.stride)
@@ -375,10 +407,11 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     calendar = load_calendar(cfg.calendar)
     art = model_artifact.load(model_dir)
     scene, dem_da = prepare_scene(images, cfg, dem=dem, aoi=aoi)
-    mask_and_correct(scene.isel(y=slice(0, 1), x=slice(0, 1)), None if dem_da is None
-                     else dem_da.isel(y=slice(0, 1), x=slice(0, 1)), cfg)
-    probe = apply_masks(scene.isel(y=slice(0, 1), x=slice(0, 1)))
-    plan = make_plan(probe, calendar, cfg.features)
+    if cfg.terrain_correction != "none" and dem_da is None:
+        raise InputError(f"terrain_correction is '{cfg.terrain_correction}' but no --dem was "
+                         "given; give a DEM or set terrain_correction: none")
+    plan = make_plan(masks(scene.isel(y=slice(0, 1), x=slice(0, 1)), cfg), calendar,
+                     cfg.features)
     check_fit(art, plan.names, scene.attrs["sensor"], calendar.name)
     exclusion = None
     if exclude is not None:
@@ -411,8 +444,14 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     resumed = len(tiles) - len(todo)
     if resumed:
         log.info("resuming: %d of %d tiles already done", resumed, len(tiles))
-    ctx = TileContext(scene, dem_da, cfg, plan, art.estimator, art.meta["calibration"],
-                      art.threshold, stride)
+    terrain = terrain_fit(masks(scene, cfg), dem_da, cfg)
+    slope = aspect = None
+    if dem_da is not None:
+        from indices.terrain import slope_aspect
+        slope, aspect = slope_aspect(dem_da)
+    halo = cfg.masks.max_flower_px if "scl" in scene["band"].values else 0
+    ctx = TileContext(scene, slope, aspect, dem_da, terrain, cfg, plan, art.estimator,
+                      art.meta["calibration"], art.threshold, stride, halo)
     with open_runner(cfg.run.scheduler, memory_per_worker=cfg.run.memory_per_worker) as runner:
         if runner.dashboard:
             log.warning("dask dashboard: %s", runner.dashboard)
