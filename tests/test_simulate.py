@@ -1,0 +1,123 @@
+"""The simulator writes the input contract, is deterministic, and is hard for naive methods."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from shapely.geometry import shape
+
+from pipeline.errors import InputError
+from pipeline.simulate import SimResult, simulate
+
+S2_NAMES = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12",
+            "SCL")
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> SimResult:
+    return simulate(tmp_path_factory.mktemp("s2"), size=128, seed=3, n_dates=6)
+
+
+def _digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).read_bytes())
+    return h.hexdigest()
+
+
+def test_sentinel2_files_follow_the_contract(scene: SimResult) -> None:
+    assert len(scene.images) == 6 and len(scene.dates) == 6
+    assert scene.dates == sorted(scene.dates)
+    assert scene.dates[0] < f"{scene.dates[0][:4]}-04-01"          # a pre-flowering date
+    assert any("-04-01" <= d[4:] <= "-05-20" for d in scene.dates)  # flowering dates
+    assert scene.dates[-1][4:] >= "-05-21"                          # a post-flowering date
+    transforms = set()
+    for path, day in zip(scene.images, scene.dates):
+        assert path.name == f"S2_{day.replace('-', '')}.tif"
+        with rasterio.open(path) as src:
+            assert src.descriptions == S2_NAMES
+            assert src.dtypes[0] == "uint16" and src.nodata == 0
+            assert src.crs.to_epsg() == 32650 and src.res == (10.0, 10.0)
+            tags = src.tags()
+            assert tags["ACQUISITION_DATE"] == day and tags["SENSOR"] == "sentinel2"
+            assert 10 < float(tags["SUN_ZENITH"]) < 60 and 60 < float(tags["SUN_AZIMUTH"]) < 200
+            assert src.scales[:12] == (1e-4,) * 12 and src.scales[12] == 1.0
+            off = -0.1 if tags["PROCESSING_BASELINE"] == "04.00" else 0.0
+            assert src.offsets[:12] == (off,) * 12 and src.offsets[12] == 0.0
+            data = src.read()
+            transforms.add(tuple(src.transform))
+        refl = data[:12].astype(np.float32) * 1e-4 + off
+        valid = data[12] > 0
+        assert ((data[:12] == 0).all(axis=0) == ~valid).all()     # nodata in all bands at once
+        med = np.median(refl[:, valid], axis=1)
+        assert 0.0 < med[3] < 0.3 and med[7] > med[3]               # vegetated land, not noise
+        assert set(np.unique(data[12])) <= {0, 3, 4, 5, 6, 8, 9, 10, 11}
+        # 20 m bands are 2 x 2 blocks, 60 m bands 6 x 6 blocks on the 10 m grid
+        b05 = data[4, :128, :128]
+        assert (b05[::2, ::2] == b05[1::2, 1::2]).mean() > 0.95
+        b01 = data[0, :126, :126]
+        assert (b01[::6, ::6] == b01[5::6, 5::6]).mean() > 0.95
+    assert len(transforms) == 1
+    with rasterio.open(scene.dem) as src:
+        assert src.dtypes[0] == "float32" and tuple(src.transform) in transforms
+        dem = src.read(1)
+    assert dem.max() - dem.min() > 30                               # hilly
+
+
+def test_geojson_outputs(scene: SimResult) -> None:
+    truth = json.loads(scene.truth.read_text())
+    labels = json.loads(scene.labels.read_text())
+    assert truth["type"] == labels["type"] == "FeatureCollection"
+    assert "crs" not in truth and "crs" not in labels
+    kinds = {f["properties"]["kind"] for f in truth["features"]}
+    assert kinds <= {"garden", "ravine", "strip", "field"} and len(kinds) >= 3
+    for f in truth["features"]:
+        p = f["properties"]
+        assert {"area_m2", "kind", "plot_id", "pixels"} <= set(p)
+        assert p["pixels"] == pytest.approx(p["area_m2"] / 100.0, abs=1e-3)
+        lon, lat = shape(f["geometry"]).centroid.coords[0]
+        assert 119 < lon < 121 and 29.5 < lat < 31
+    classes = {f["properties"]["class"] for f in labels["features"]}
+    assert "poppy" in classes and {"wheat", "rapeseed", "forest"} <= classes
+
+
+def test_labels_never_cover_a_poppy_plot(scene: SimResult) -> None:
+    plots = [shape(f["geometry"]) for f in json.loads(scene.truth.read_text())["features"]]
+    tree = shapely.STRtree(plots)
+    for f in json.loads(scene.labels.read_text())["features"]:
+        if f["properties"]["class"] == "poppy":
+            continue
+        g = shape(f["geometry"])
+        for i in tree.query(g, predicate="intersects"):
+            assert g.intersection(plots[i]).area == 0.0
+
+
+def test_same_seed_same_bytes(tmp_path: Path) -> None:
+    a = simulate(tmp_path / "a", size=64, seed=11, n_dates=5)
+    b = simulate(tmp_path / "b", size=64, seed=11, n_dates=5)
+    c = simulate(tmp_path / "c", size=64, seed=12, n_dates=5)
+    files = lambda r: [*r.images, r.dem, r.labels, r.truth]  # noqa: E731
+    assert _digest(files(a)) == _digest(files(b))
+    assert _digest(files(a)) != _digest(files(c))
+
+
+def test_prevalence_sets_the_poppy_share(tmp_path: Path) -> None:
+    shares = []
+    for prev in (0.0005, 0.01):
+        r = simulate(tmp_path / str(prev), size=128, seed=5, prevalence=prev, n_dates=5)
+        feats = json.loads(r.truth.read_text())["features"]
+        shares.append(sum(f["properties"]["area_m2"] for f in feats) / (1280.0 ** 2))
+    assert shares[0] == pytest.approx(0.0005, rel=0.6)
+    assert shares[1] == pytest.approx(0.01, rel=0.15)
+
+
+def test_bad_arguments_are_input_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError):
+        simulate(tmp_path, sensor="landsat")
+    with pytest.raises(InputError):
+        simulate(tmp_path, prevalence=0.5)
