@@ -121,3 +121,22 @@ def test_bad_arguments_are_input_errors(tmp_path: Path) -> None:
         simulate(tmp_path, sensor="landsat")
     with pytest.raises(InputError):
         simulate(tmp_path, prevalence=0.5)
+
+
+@pytest.mark.parametrize("sensor,names,tag", [
+    ("drone", ("blue", "green", "red", "rededge2", "nir"), "p4m"),
+    ("drone-rgb", ("red", "green", "blue"), "rgb"),
+])
+def test_drone_files_follow_the_contract(tmp_path: Path, sensor: str, names: tuple[str, ...],
+                                         tag: str) -> None:
+    r = simulate(tmp_path, sensor=sensor, size=160, seed=2, prevalence=0.05)
+    assert len(r.images) == 1 and r.images[0].name == f"drone_{r.dates[0].replace('-', '')}.tif"
+    assert "2024-04-01" <= r.dates[0] <= "2024-05-20"
+    with rasterio.open(r.images[0]) as src:
+        assert src.descriptions == names and src.dtypes[0] == "float32"
+        assert np.isnan(src.nodata) and src.res == (0.05, 0.05)
+        assert src.tags()["SENSOR"] == tag
+        data = src.read()
+    assert np.isfinite(data).all() and 0.0 <= data.min() and np.median(data) < 0.6
+    truth = json.loads(r.truth.read_text())["features"]
+    assert truth and all(f["properties"]["pixels"] > 0 for f in truth)
