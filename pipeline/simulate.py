@@ -79,6 +79,7 @@ ENDMEMBERS: dict[str, tuple[float, ...]] = {
     "roof_grey": (0.080, 0.090, 0.100, 0.110, 0.120, 0.122, 0.126, 0.130, 0.131, 0.132, 0.150, 0.140),
     "roof_blue": (0.200, 0.250, 0.200, 0.120, 0.120, 0.130, 0.140, 0.160, 0.160, 0.160, 0.180, 0.160),
     "roof_white": (0.330, 0.400, 0.440, 0.460, 0.470, 0.475, 0.480, 0.490, 0.490, 0.490, 0.450, 0.380),
+    "rock":     (0.170, 0.190, 0.220, 0.250, 0.260, 0.270, 0.280, 0.290, 0.292, 0.295, 0.330, 0.290),
     "forest":   (0.020, 0.030, 0.060, 0.030, 0.080, 0.220, 0.300, 0.330, 0.340, 0.335, 0.160, 0.070),
 }
 _EM_NAMES = tuple(ENDMEMBERS)
@@ -92,7 +93,7 @@ _CLOUD = np.array([0.55, 0.56, 0.57, 0.58, 0.58, 0.58, 0.58, 0.58, 0.58, 0.45, 0
 CLASSES: tuple[str, ...] = (
     "wheat", "rapeseed", "garlic", "broad_bean", "vegetables", "grass", "bare_soil", "forest",
     "village", "water", "ornamental_poppy", "radish", "poppy", "ridge", "road",
-    "roof", "courtyard", "garden_tree",
+    "roof", "courtyard", "garden_tree", "tea", "rock",
 )
 _C = {name: i for i, name in enumerate(CLASSES)}
 #: Field crops drawn for strip fields and their shares.
@@ -100,7 +101,7 @@ _FIELD_CROPS = ("wheat", "rapeseed", "garlic", "broad_bean", "vegetables", "gras
                 "bare_soil", "radish")
 _FIELD_P = np.array([0.24, 0.22, 0.09, 0.09, 0.20, 0.06, 0.07, 0.03])
 _LABEL_CLASS = {  # simulator class -> label class
-    "roof": "village", "courtyard": "village", "garden_tree": "forest",
+    "roof": "village", "courtyard": "village", "garden_tree": "forest", "rock": "bare_soil",
 }
 
 # Unit key encoding: type in the top byte, payload below.
@@ -274,6 +275,8 @@ class _Layout:
         slope_deg = np.degrees(self.slope)
         fscore = np.maximum((hill - rng.uniform(20, 50)) / 8.0, (slope_deg - 13.0) / 2.5)
         self.fscore = ndimage.gaussian_filter(fscore, 1.0).astype(np.float32)
+        # forest stands: conifer, evergreen broadleaf, bamboo, deciduous (smooth patches)
+        self.ftype = _fractal(rng, n, 3.0, fmin=pixel / 800.0)
         self.agri = self.fscore < -1.0
         # --- farm blocks (jittered grid Voronoi) ----------------------------------------------
         B = self.BLOCK
@@ -295,6 +298,7 @@ class _Layout:
         self._ponds()
         self._villages()
         self._flower_sea()
+        self._clearings()
         self.plot_ids: list[int] = []
         self._poppy(prevalence)
 
@@ -436,6 +440,37 @@ class _Layout:
                              colour=int(rng.choice([0, 1, 2, 2, 3])), kind="flower_sea")
                 self._mark(x, y, bl / 2)
 
+    def _clearings(self) -> None:
+        """Hillside plots, tea rows, bare patches and graves in the forest: the company that
+        ravine plots keep (a bright clearing in a dark forest is otherwise a give-away)."""
+        rng = self.rng
+        forest = (~self.agri) & (self.fscore < 4.0)
+        n_cells = int(forest.sum())
+        if n_cells == 0:
+            return
+        crops = ("vegetables", "bare_soil", "grass", "tea", "radish", "broad_bean", "garlic",
+                 "rapeseed", "wheat", "grave", "rock")
+        cp = np.array([0.17, 0.14, 0.11, 0.1, 0.05, 0.08, 0.08, 0.08, 0.07, 0.06, 0.06])
+        for _ in range(int(rng.poisson(n_cells / 40.0))):
+            pt = self._random_cell(forest)
+            if pt is None:
+                return
+            cls = crops[int(rng.choice(len(crops), p=cp))]
+            if cls == "rock":  # outcrops, landslide scars, small quarries
+                a = float(np.exp(rng.uniform(np.log(2.0), np.log(15.0))))
+                self.obj.add(pt[0], pt[1], a, a * rng.uniform(0.3, 0.9), rng.uniform(0, np.pi),
+                             1, "rock", kind="clearing")
+                continue
+            if cls == "grave":
+                a = rng.uniform(1.0, 3.0)
+                self.obj.add(pt[0], pt[1], a, a * rng.uniform(0.6, 1.0), rng.uniform(0, np.pi),
+                             0, "courtyard", kind="grave")
+                continue
+            a = float(np.exp(rng.uniform(np.log(3.0), np.log(18.0))))
+            self.obj.add(pt[0], pt[1], a, a * rng.uniform(0.3, 0.9), rng.uniform(0, np.pi),
+                         int(rng.integers(2)), cls, colour=int(rng.choice([0, 1, 3])),
+                         kind="clearing")
+
     # ---- poppy plots --------------------------------------------------------------------------
     def _poppy(self, prevalence: float) -> None:
         rng = self.rng
@@ -486,7 +521,13 @@ class _Layout:
             b = a * rng.uniform(0.35, 0.9)
             if not self._free(x, y, a + 10):
                 return None
-            return x, y, a, float(b), float(rng.uniform(0, np.pi)), 1
+            ang = float(rng.uniform(0, np.pi))
+            if rng.uniform() < 0.5:  # hidden inside a larger hillside plot
+                cls = str(rng.choice(["vegetables", "grass", "tea", "broad_bean", "bare_soil"]))
+                k = rng.uniform(1.6, 3.0)
+                self.obj.add(x + rng.normal(0, a / 2), y + rng.normal(0, a / 2), a * k,
+                             b * k, ang, 1, cls, colour=0, kind="clearing")
+            return x, y, a, float(b), ang, 1
         pt = self._random_cell(self.agri & ~self.occ)
         if pt is None:
             return None
@@ -553,7 +594,11 @@ class _Layout:
         keys = np.where(ridge, (np.int64(_T_RIDGE) << _SHIFT) | bid, keys)
         keys = np.where(road, np.int64(_T_ROAD) << _SHIFT, keys)
         cell = (np.floor(y / 100.0).astype(np.int64) * 10000 + np.floor(x / 100.0).astype(np.int64))
-        keys = np.where(fsc > 0.0, (np.int64(_T_FOREST) << _SHIFT) | cell, keys)
+        ft = ndimage.map_coordinates(self.ftype, [y / self.pixel - 0.5, x / self.pixel - 0.5],
+                                     order=1, mode="nearest")
+        stand = np.digitize(ft, [-0.6, 0.5, 1.1]).astype(np.int64)
+        keys = np.where(fsc > 0.0, (np.int64(_T_FOREST) << _SHIFT) | (stand << np.int64(40))
+                        | cell, keys)
         # objects in paint order
         ob = self.obj
         if not hasattr(self, "_obj_y0"):
@@ -675,6 +720,7 @@ class _Units:
         cls[typ == _T_RIDGE] = _C["ridge"]
         cls[typ == _T_ROAD] = _C["road"]
         cls[typ == _T_FOREST] = _C["forest"]
+        colour[typ == _T_FOREST] = (payload[typ == _T_FOREST] >> np.int64(40)).astype(np.int8)
         o = typ == _T_OBJ
         oi = payload[o]
         cls[o] = np.array(lay.obj.cls, dtype=np.int16)[oi]
@@ -717,7 +763,7 @@ def _fractions(u: _Units, doy: int, date_salt: int) -> np.ndarray:
         np.add.at(fr, (idx, soil_em[idx]), np.clip(1 - cover, 0, 1) * moist[idx])
 
     for name in ("wheat", "rapeseed", "garlic", "broad_bean", "vegetables", "grass", "bare_soil",
-                 "radish", "poppy", "ornamental_poppy", "ridge"):
+                 "radish", "poppy", "ornamental_poppy", "ridge", "tea"):
         idx = np.flatnonzero(u.cls == _C[name])
         if idx.size == 0:
             continue
@@ -752,6 +798,10 @@ def _fractions(u: _Units, doy: int, date_salt: int) -> np.ndarray:
             veg(idx, 0.5 + 0.35 * _sig(tt, 95, 10), 0.12 + zero, zero, "leaf")
         elif name == "bare_soil":
             veg(idx, 0.04 + 0.1 * _sig(tt, 140, 10), 0.3 + zero, zero, "leaf")
+        elif name == "tea":
+            # evergreen shrub rows; spring flush in April, plucking in May thins the canopy
+            cover = 0.55 + 0.15 * _bump(tt, 110, 15)
+            veg(idx, cover, 0.05 + zero, zero, "leaf")
         elif name == "ridge":
             veg(idx, 0.35 + 0.3 * _sig(tt, 95, 10), 0.2 + zero, zero, "leaf")
         elif name == "radish":
@@ -769,9 +819,29 @@ def _fractions(u: _Units, doy: int, date_salt: int) -> np.ndarray:
     for name, em in (("water", "water"), ("road", "asphalt"), ("courtyard", "concrete")):
         fr[u.cls == _C[name], _E[em]] = 1.0
     forest = np.flatnonzero((u.cls == _C["forest"]) | (u.cls == _C["garden_tree"]))
-    flush = 1.0 + 0.12 * _sig(t[forest], 100, 6)
-    fr[forest, _E["forest"]] = flush * 0.92
-    fr[forest, _E["soil_dark"]] = 0.08
+    stand = np.where(u.cls[forest] == _C["forest"], u.colour[forest], 1)
+    tf = t[forest]
+    # 0 conifer (Chinese fir, masson pine): dark, constant
+    k = stand == 0
+    fr[forest[k], _E["forest"]] = 0.8
+    fr[forest[k], _E["soil_dark"]] = 0.12
+    # 1 evergreen broadleaf: spring flush in April
+    k = stand == 1
+    fr[forest[k], _E["forest"]] = 0.92 * (1.0 + 0.12 * _sig(tf[k], 100, 6))
+    fr[forest[k], _E["soil_dark"]] = 0.08
+    # 2 bamboo: bright green, new culms in May
+    k = stand == 2
+    fr[forest[k], _E["leaf"]] = 0.7 + 0.1 * _sig(tf[k], 130, 8)
+    fr[forest[k], _E["forest"]] = 0.2
+    fr[forest[k], _E["soil_dark"]] = 0.1
+    # 3 deciduous: bare branches and litter in March, leaves out in April
+    k = stand == 3
+    leaf_out = _sig(tf[k], 97, 6)
+    fr[forest[k], _E["forest"]] = 0.2 + 0.7 * leaf_out
+    fr[forest[k], _E["dry"]] = 0.5 * (1 - leaf_out)
+    fr[forest[k], _E["soil_dark"]] = 0.3 * (1 - leaf_out) + 0.1
+    rock = u.cls == _C["rock"]
+    fr[rock, _E["rock"]] = 1.0
     roofs = np.flatnonzero(u.cls == _C["roof"])
     roof_em = np.array([_E["roof_red"], _E["roof_grey"], _E["roof_blue"], _E["roof_white"]])
     fr[roofs, roof_em[u.colour[roofs]]] = 1.0
@@ -1059,7 +1129,9 @@ def simulate(out: Path, *, sensor: str = "sentinel2", size: int = 256, seed: int
     trng = np.random.default_rng([seed, 2])
     tex_cover = ndimage.gaussian_filter(trng.standard_normal((size, size)).astype(np.float32), 1.0)
     tex_cover /= tex_cover.std() + 1e-6
-    tex_bright = trng.standard_normal((size, size)).astype(np.float32)
+    tex_bright = ndimage.gaussian_filter(trng.standard_normal((size, size)).astype(np.float32),
+                                         0.7)
+    tex_bright /= tex_bright.std() + 1e-6
     images = []
     for k, d in enumerate(dates):
         images.append(_render_s2(out, lay, units, d, k, transform, crs, lat,
