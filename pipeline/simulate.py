@@ -73,7 +73,7 @@ ENDMEMBERS: dict[str, tuple[float, ...]] = {
     "petal_purple": (0.280, 0.340, 0.170, 0.300, 0.500, 0.560, 0.570, 0.560, 0.550, 0.530, 0.330, 0.190),
     "petal_yellow": (0.050, 0.070, 0.450, 0.500, 0.540, 0.560, 0.560, 0.550, 0.545, 0.530, 0.330, 0.190),
     "water":    (0.075, 0.070, 0.072, 0.050, 0.040, 0.030, 0.025, 0.020, 0.019, 0.015, 0.010, 0.006),
-    "concrete": (0.200, 0.220, 0.250, 0.270, 0.280, 0.290, 0.300, 0.310, 0.310, 0.310, 0.330, 0.300),
+    "concrete": (0.160, 0.175, 0.195, 0.210, 0.218, 0.225, 0.232, 0.240, 0.242, 0.245, 0.270, 0.250),
     "asphalt":  (0.070, 0.075, 0.085, 0.095, 0.100, 0.105, 0.110, 0.115, 0.118, 0.120, 0.140, 0.130),
     "roof_red": (0.070, 0.080, 0.100, 0.220, 0.280, 0.300, 0.310, 0.320, 0.320, 0.320, 0.380, 0.350),
     "roof_grey": (0.080, 0.090, 0.100, 0.110, 0.120, 0.122, 0.126, 0.130, 0.131, 0.132, 0.150, 0.140),
@@ -282,8 +282,8 @@ class _Layout:
         B = self.BLOCK
         self.nb = int(math.ceil(ext / B)) + 2
         nb = self.nb
-        jit = rng.uniform(0.15, 0.85, size=(2, nb, nb))
-        self.seed_x = ((np.arange(nb)[None, :] - 1 + jit[0]) * B).astype(np.float64)
+        jit = rng.uniform(0.08, 0.92, size=(2, nb, nb))
+        self.seed_x = ((np.arange(nb)[None, :] - 1 + jit[0]) * B).astype(np.float64)  # (nb, nb)
         self.seed_y = ((np.arange(nb)[:, None] - 1 + jit[1]) * B).astype(np.float64)
         nblk = nb * nb
         base_ang = rng.uniform(0, np.pi)
@@ -333,7 +333,7 @@ class _Layout:
             for dx in (-1, 0, 1):
                 yy, xx = gy + dy, gx + dx
                 if 0 <= yy < self.nb and 0 <= xx < self.nb:
-                    d = (self.seed_x[0, xx] - x) ** 2 + (self.seed_y[yy, 0] - y) ** 2
+                    d = (self.seed_x[yy, xx] - x) ** 2 + (self.seed_y[yy, xx] - y) ** 2
                     if d < best:
                         best, bid = d, yy * self.nb + xx
         return bid
@@ -450,8 +450,8 @@ class _Layout:
             return
         crops = ("vegetables", "bare_soil", "grass", "tea", "radish", "broad_bean", "garlic",
                  "rapeseed", "wheat", "grave", "rock")
-        cp = np.array([0.17, 0.14, 0.11, 0.1, 0.05, 0.08, 0.08, 0.08, 0.07, 0.06, 0.06])
-        for _ in range(int(rng.poisson(n_cells / 40.0))):
+        cp = np.array([0.15, 0.13, 0.1, 0.1, 0.05, 0.09, 0.09, 0.09, 0.08, 0.06, 0.06])
+        for _ in range(int(rng.poisson(n_cells / 25.0))):
             pt = self._random_cell(forest)
             if pt is None:
                 return
@@ -493,6 +493,11 @@ class _Layout:
                 failures += 1
                 continue
             x, y, a, b, ang, shp = placed
+            est = (math.pi if shp else 4.0) * a * b
+            remaining = target - area
+            if est > 1.2 * remaining:  # the last plot fills the remaining area, no more
+                f = math.sqrt(max(remaining, 2.0) / est)
+                a, b = a * f, b * f
             i = self.obj.add(x, y, a, b, ang, shp, "poppy", colour=colour, kind=kind)
             self.plot_ids.append(i)
             self._mark(x, y, max(a, b) + 5)
@@ -523,7 +528,8 @@ class _Layout:
                 return None
             ang = float(rng.uniform(0, np.pi))
             if rng.uniform() < 0.5:  # hidden inside a larger hillside plot
-                cls = str(rng.choice(["vegetables", "grass", "tea", "broad_bean", "bare_soil"]))
+                cls = str(rng.choice(["vegetables", "grass", "tea", "broad_bean", "bare_soil",
+                                      "rapeseed", "wheat", "garlic"]))
                 k = rng.uniform(1.6, 3.0)
                 self.obj.add(x + rng.normal(0, a / 2), y + rng.normal(0, a / 2), a * k,
                              b * k, ang, 1, cls, colour=0, kind="clearing")
@@ -565,18 +571,21 @@ class _Layout:
         d1 = np.full(x.shape, np.inf)
         d2 = np.full(x.shape, np.inf)
         bid = np.zeros(x.shape, np.int64)
+        bid2 = np.zeros(x.shape, np.int64)
         for dy in (-1, 0, 1):
             for dx in (-1, 0, 1):
                 yy = np.clip(gy + dy, 0, nb - 1)
                 xx = np.clip(gx + dx, 0, nb - 1)
-                d = (self.seed_x[0, xx] - x) ** 2 + (self.seed_y[yy, 0] - y) ** 2
+                d = (self.seed_x[yy, xx] - x) ** 2 + (self.seed_y[yy, xx] - y) ** 2
                 k = yy * nb + xx
                 closer = d < d1
-                d2 = np.where(closer, d1, np.minimum(d2, d))
+                second = ~closer & (d < d2) & (k != bid)
+                bid2 = np.where(closer, bid, np.where(second, k, bid2))
+                d2 = np.where(closer, d1, np.where(second, d, d2))
                 bid = np.where(closer, k, bid)
                 d1 = np.where(closer, d, d1)
-        sx = self.seed_x[0, bid % nb]
-        sy = self.seed_y[bid // nb, 0]
+        sx = self.seed_x[bid // nb, bid % nb]
+        sy = self.seed_y[bid // nb, bid % nb]
         c, s = np.cos(self.b_ang[bid]), np.sin(self.b_ang[bid])
         u = (x - sx) * c + (y - sy) * s
         v = -(x - sx) * s + (y - sy) * c
@@ -588,7 +597,11 @@ class _Layout:
         j = np.floor(vj / ln).astype(np.int64)
         uu, vv = u - i * w, vj - j * ln
         ridge = (uu < fs / 2) | (vv < fs / 2)
-        road = (np.sqrt(d2) - np.sqrt(d1)) < 4.0
+        # roads on some block edges (a hash of the pair), farm tracks elsewhere are ridges
+        pair = np.minimum(bid, bid2) * np.int64(1 << 20) + np.maximum(bid, bid2)
+        edge = (np.sqrt(d2) - np.sqrt(d1)) < 4.0
+        road = edge & (_u01(pair, self.seed * 17 + 1) < 0.35)
+        ridge |= edge
         keys = ((np.int64(_T_FIELD) << _SHIFT) | (bid << np.int64(24))
                 | (((i + 2048) & 0xFFF) << np.int64(12)) | ((j + 2048) & 0xFFF))
         keys = np.where(ridge, (np.int64(_T_RIDGE) << _SHIFT) | bid, keys)

@@ -140,3 +140,95 @@ def test_drone_files_follow_the_contract(tmp_path: Path, sensor: str, names: tup
     assert np.isfinite(data).all() and 0.0 <= data.min() and np.median(data) < 0.6
     truth = json.loads(r.truth.read_text())["features"]
     assert truth and all(f["properties"]["pixels"] > 0 for f in truth)
+
+
+# --------------------------------------------------------------------------------------------
+# difficulty floor: naive methods must fail on the simulator (then passing it means something)
+# --------------------------------------------------------------------------------------------
+def _reflectance(r: SimResult) -> tuple[np.ndarray, object, object]:
+    """All dates as float32 reflectance (time, band, y, x), NaN where nodata."""
+    out = []
+    for p in r.images:
+        with rasterio.open(p) as src:
+            dn = src.read()
+            refl = dn[:12] * np.array(src.scales[:12], np.float32)[:, None, None] \
+                + np.array(src.offsets[:12], np.float32)[:, None, None]
+            refl[:, dn[12] == 0] = np.nan
+            out.append(refl.astype(np.float32))
+            transform, crs = src.transform, src.crs
+    return np.stack(out), transform, crs
+
+
+def _plot_footprints(r: SimResult, transform: object, crs: object) -> tuple[np.ndarray, int]:
+    """Plot id per 10 m pixel (every pixel a plot touches), 0 elsewhere."""
+    from pyproj import Transformer
+    from rasterio.features import rasterize
+
+    to = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+    geoms = [shapely.transform(shape(f["geometry"]),
+                               lambda c: np.column_stack(to.transform(c[:, 0], c[:, 1])))
+             for f in json.loads(r.truth.read_text())["features"]]
+    fp = rasterize([(g, i + 1) for i, g in enumerate(geoms)], out_shape=(r.size, r.size),
+                   transform=transform, all_touched=True, dtype="int32")
+    return fp, len(geoms)
+
+
+def _match(det: np.ndarray, fp: np.ndarray, n_plots: int) -> tuple[float, float, float]:
+    """Precision (patches within one pixel of a plot), recall (plots hit by a patch), F1."""
+    from scipy import ndimage
+
+    lab, n = ndimage.label(det, structure=np.ones((3, 3)))
+    if n == 0 or n_plots == 0:
+        return 0.0, 0.0, 0.0
+    near = ndimage.binary_dilation(fp > 0, structure=np.ones((3, 3)))
+    wrong = np.bincount(lab[~near].ravel(), minlength=n + 1)[1:] > 0
+    precision = float((~wrong).mean())
+    hit = np.unique(fp[det & (fp > 0)])
+    recall = hit.size / n_plots
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def test_floor_single_date_ndvi_brightness_threshold(tmp_path: Path) -> None:
+    r = simulate(tmp_path, size=256, seed=0)  # a default scene
+    x, transform, crs = _reflectance(r)
+    fp, n_plots = _plot_footprints(r, transform, crs)
+    red, nir = x[:, 3], x[:, 7]
+    ndvi = (nir - red) / (nir + red)
+    bright = x[:, 1:4].mean(axis=1)
+    best = 0.0
+    for t in range(x.shape[0]):  # best date and best threshold pair: optimistic on purpose
+        nd, br = ndvi[t], bright[t]
+        for a in np.nanquantile(nd, np.linspace(0.02, 0.98, 10)):
+            for sign in (1, -1):
+                m = sign * nd >= sign * a
+                for b in np.nanquantile(br, np.linspace(0.3, 0.999, 10)):
+                    best = max(best, _match(m & (br >= b), fp, n_plots)[2])
+    assert 0.05 < best <= 0.5
+
+
+def test_floor_raw_band_classifier_does_not_transfer(tmp_path: Path) -> None:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from threadpoolctl import threadpool_limits
+
+    def stack(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        r = simulate(tmp_path / str(seed), size=256, seed=seed, n_dates=6)
+        x, transform, crs = _reflectance(r)
+        fp, n_plots = _plot_footprints(r, transform, crs)
+        return x.reshape(-1, 256 * 256).T, fp, r, n_plots
+
+    xa, fpa, ra, _ = stack(21)
+    xb, fpb, rb, n_b = stack(22)
+    assert ra.dates != rb.dates
+    rng = np.random.default_rng(0)
+    pos = np.flatnonzero(fpa.ravel() > 0)
+    neg = rng.choice(np.flatnonzero(fpa.ravel() == 0), 20000, replace=False)
+    clf = HistGradientBoostingClassifier(max_iter=150, random_state=0)
+    with threadpool_limits(1):  # OpenMP threads on a busy 2-core box are slower, not faster
+        clf.fit(xa[np.r_[pos, neg]], np.r_[np.ones(pos.size), np.zeros(neg.size)])
+        det = (clf.predict_proba(xb)[:, 1] >= 0.5).reshape(256, 256)
+        # in-sample the same model looks good, which is the trap
+        det_a = (clf.predict_proba(xa)[:, 1] >= 0.5).reshape(256, 256)
+    assert _match(det_a, fpa, int(fpa.max()))[0] > 0.5
+    precision, recall, _ = _match(det, fpb, n_b)
+    assert det.any() and precision <= 0.5
