@@ -415,9 +415,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     check_fit(art, plan.names, scene.attrs["sensor"], calendar.name)
     exclusion = None
     if exclude is not None:
-        geoms, _ = read_polygons(exclude, scene.rio.crs)
-        if not geoms:
-            raise InputError(f"{exclude}: the exclusion file holds no polygon")
+        geoms, _ = read_polygons(exclude, scene.rio.crs, what="exclusion file")
         exclusion = shapely.union_all(geoms)
     formats = tuple(formats or cfg.outputs.formats)
     out = Path(out)
