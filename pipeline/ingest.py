@@ -15,9 +15,12 @@ import dask.array as darr
 import numpy as np
 import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
+from affine import Affine
 from rasterio import features as rfeatures
+from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
+from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
 from pipeline.bands import SCENE_DIMS, check_scene, order_bands
@@ -43,6 +46,11 @@ def expand_paths(paths: Sequence[Path]) -> list[Path]:
                            if c.suffix.lower() in _RASTER_SUFFIXES
                            and not c.name.startswith(".")
                            and c.stem.lower() not in _SKIP_STEMS)
+            if not found:
+                # a folder of product folders (e.g. per-band folders of several dates)
+                found = sorted(c for c in p.iterdir() if c.is_dir()
+                               and not c.name.startswith(".")
+                               and any(m.can_read(c) for m in mods))
             if not found:
                 raise InputError(f"{p}: folder holds no readable images (.tif, .jp2, .zip, "
                                  ".SAFE)")
@@ -78,6 +86,25 @@ def aoi_mask(grid: Grid, geom: BaseGeometry, chunks: int) -> darr.Array:
                            chunks=darr.core.normalize_chunks(chunks, (grid.height, grid.width)))
 
 
+def check_overlap(products: Sequence[xr.DataArray], grid: Grid) -> None:
+    """Refuse products that do not overlap the grid: they show another place, and aligning
+    them would give a date of nothing but NaN."""
+    gx0, gy1 = grid.transform * (0, 0)
+    gx1, gy0 = grid.transform * (grid.width, grid.height)
+    target = box(min(gx0, gx1), min(gy0, gy1), max(gx0, gx1), max(gy0, gy1))
+    first = products[0].attrs.get("source", "the first image")
+    for p in products:
+        try:
+            bounds = transform_bounds(p.rio.crs, grid.crs, *p.rio.bounds(), densify_pts=21)
+        except Exception:  # no valid transformation: certainly not the same place
+            bounds = None
+        if bounds is None or not all(np.isfinite(bounds)) or \
+                box(*bounds).intersection(target).area <= 0:
+            raise InputError(f"{p.attrs.get('source', 'an image')} does not overlap {first}: "
+                             "the images show different places; give the images of one place "
+                             "(e.g. one product or patch folder) at a time")
+
+
 def open_scene(paths: Sequence[Path], sensor: Any | None = None, *, chunks: int = 1024,
                aoi: BaseGeometry | None = None, grid: Grid | None = None) -> xr.DataArray:
     """Read ``paths`` into one lazy Scene (time, band, y, x), float32, NaN where no data.
@@ -95,6 +122,7 @@ def open_scene(paths: Sequence[Path], sensor: Any | None = None, *, chunks: int 
     if not shared:
         raise InputError("the images share no band; check that they come from one sensor")
     bands = order_bands(list(shared))
+    check_overlap(products, grid)
     sensors = {p.attrs.get("sensor") for p in products}
     if len(sensors) > 1:
         raise InputError(f"images come from different sensors {sorted(map(str, sensors))}; "
@@ -121,21 +149,49 @@ def open_scene(paths: Sequence[Path], sensor: Any | None = None, *, chunks: int 
     return scene
 
 
+#: a polygon edge this close (in pixels) to a pixel edge counts as on it (reprojection noise)
+_SNAP_PX = 1e-3
+
+
+def aoi_window(grid: Grid, aoi: BaseGeometry) -> tuple[slice, slice] | None:
+    """Rows and columns of the pixels the AOI overlaps (None when it overlaps none).
+
+    Decided geometrically, so no pixel is read: the AOI must share area with the grid's
+    footprint, and the window is the AOI's bounds in pixels, snapped to pixel edges within
+    ``_SNAP_PX`` so an AOI drawn on pixel edges (in another CRS) gains no sliver row or column.
+    """
+    x0, y0 = grid.transform * (0, 0)
+    x1, y1 = grid.transform * (grid.width, grid.height)
+    footprint = box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+    part = aoi.intersection(footprint)
+    if part.is_empty or part.area <= 0:
+        return None
+    minx, miny, maxx, maxy = part.bounds
+    inv = ~grid.transform
+    cols, rows = zip(*(inv * (x, y) for x, y in ((minx, miny), (minx, maxy),
+                                               (maxx, miny), (maxx, maxy))))
+    c0 = max(0, int(np.floor(min(cols) + _SNAP_PX)))
+    c1 = min(grid.width, int(np.ceil(max(cols) - _SNAP_PX)))
+    r0 = max(0, int(np.floor(min(rows) + _SNAP_PX)))
+    r1 = min(grid.height, int(np.ceil(max(rows) - _SNAP_PX)))
+    if c1 <= c0 or r1 <= r0:
+        return None
+    return slice(r0, r1), slice(c0, c1)
+
+
 def clip_to_aoi(scene: xr.DataArray, aoi: BaseGeometry, chunks: int) -> xr.DataArray:
-    """Crop to the AOI's bounding box and set pixels outside the polygon to NaN."""
+    """Crop to the AOI's bounding box and set pixels outside the polygon to NaN (lazily)."""
     if aoi.is_empty:
         raise InputError("the AOI is empty; give a file with at least one polygon")
-    minx, miny, maxx, maxy = aoi.bounds
-    try:
-        clipped = scene.rio.clip_box(minx, miny, maxx, maxy)
-    except Exception as exc:  # rioxarray raises NoDataInBounds / OneDimensionalRaster
-        raise InputError("the AOI does not overlap the images; check its CRS and extent "
-                         f"({exc.__class__.__name__})") from None
-    grid = Grid.of(clipped)
+    win = aoi_window(Grid.of(scene), aoi)
+    if win is None:
+        raise InputError("the AOI does not overlap the images; check its CRS and extent")
+    clipped = scene.isel(y=win[0], x=win[1])
+    tf = scene.rio.transform() * Affine.translation(win[1].start, win[0].start)
+    clipped = clipped.rio.write_transform(tf)
+    grid = Grid(scene.rio.crs, tf, clipped.sizes["y"], clipped.sizes["x"])
     inside = xr.DataArray(aoi_mask(grid, aoi, chunks), dims=("y", "x"),
                           coords={"y": clipped["y"], "x": clipped["x"]})
-    if not bool(inside.any().compute()):
-        raise InputError("the AOI does not overlap the images; check its CRS and extent")
     out = clipped.where(inside).astype("float32")
     out = out.chunk({"time": -1, "band": -1, "y": chunks, "x": chunks})
     out.attrs = dict(scene.attrs)

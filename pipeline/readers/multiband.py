@@ -99,8 +99,11 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
             if src.crs is None:
                 raise InputError(f"{path}: no CRS; georeference the file (e.g. gdal_edit.py "
                                  "-a_srs EPSG:nnnn)")
-            # touch one block so truncated/corrupt files fail here, not deep in a compute
-            src.read(1, window=((0, min(1, src.height)), (0, min(1, src.width))))
+            # touch the first and the last block so corrupt or truncated files (a download
+            # cut short loses the end) fail here with the file's name, not deep in a compute
+            src.read(1, window=((0, 1), (0, 1)))
+            src.read(src.count, window=((src.height - 1, src.height), (src.width - 1,
+                                                                        src.width)))
     except RasterioIOError as exc:
         raise InputError(f"{path}: not a readable raster ({exc})") from None
     names = band_names(path, descriptions, sensor)
