@@ -6,7 +6,8 @@ edge are merged by a union of their polygons, and their sums are added, so a pat
 chunk borders comes out as one patch with the same geometry and statistics at any chunk size.
 Sums are taken in float64 and added with ``math.fsum``, so scores (and the ranking that breaks
 ties on them) do not change in the last float32 digit with the chunking. Blind areas (no clear
-observation in the flowering phase) are vectorised the same way.
+observation in the flowering phase) are vectorised the same way; their pixels are never
+candidates (an empty list there means "not seen", which the blind areas say).
 """
 from __future__ import annotations
 
@@ -68,8 +69,11 @@ def chunk_pieces(prob: np.ndarray, evidence: np.ndarray, dem: np.ndarray | None,
                  transform, threshold: float) -> tuple[list[Piece], list[BaseGeometry]]:
     ny, nx = prob.shape
     tf = window_transform(Window(x0, y0, nx, ny), transform)
+    blind_mask = np.isfinite(evidence) & (evidence <= 0)
     with np.errstate(invalid="ignore"):
-        mask = np.isfinite(prob) & (prob >= threshold)
+        # a blind pixel (no clear flowering observation) is never a candidate: the model's
+        # output there rests on missing flowering features and means nothing
+        mask = np.isfinite(prob) & (prob >= threshold) & ~blind_mask
     geoms, lab = _polygons(mask, tf)
     pieces: list[Piece] = []
     for i, g in enumerate(geoms, start=1):
@@ -88,7 +92,6 @@ def chunk_pieces(prob: np.ndarray, evidence: np.ndarray, dem: np.ndarray | None,
             piece.feat_sum = np.nansum(f, axis=1, dtype=np.float64)
             piece.n_feat = np.isfinite(f).sum(axis=1)
         pieces.append(piece)
-    blind_mask = np.isfinite(evidence) & (evidence <= 0)
     blind, _ = _polygons(blind_mask, tf)
     return pieces, blind
 

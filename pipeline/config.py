@@ -82,7 +82,7 @@ class OutputConfig(_Frozen):
 
 
 class RunConfig(_Frozen):
-    chunk_size: int = Field(512, ge=64, le=8192)
+    chunk_size: int = Field(512, ge=16, le=8192)
     memory_per_worker: str = "3GB"
     scheduler: str = "threads"
 
