@@ -353,3 +353,25 @@ def test_images_of_different_places_are_refused(tmp_path: Path) -> None:
     b = write_dn(tmp_path / "b_20240415.tif", ramp(), tf=far)
     with pytest.raises(InputError, match="b_20240415.tif.*does not overlap"):
         open_scene([a, b], chunks=16)
+
+
+def test_a_folder_of_product_folders_of_one_place_is_one_scene(tmp_path: Path) -> None:
+    """Two dates of one BigEarthNet patch as per-band folders inside one parent folder."""
+    import shutil
+    patch = Path(__file__).parent / "data" / "bigearthnet" / "S2A_MSIL2A_20170613T101031_87_48"
+    parent = tmp_path / "season"
+    a = Path(shutil.copytree(patch, parent / patch.name))
+    b = Path(shutil.copytree(patch, parent / "second"))
+    for f in b.iterdir():
+        f.rename(b / f.name.replace(patch.name, "second"))
+    meta = b / "second_labels_metadata.json"
+    doc = json.loads(meta.read_text())
+    doc["acquisition_date"] = "2017-06-23 10:10:31"
+    meta.write_text(json.dumps(doc))
+    with CountComputes() as cc:
+        s = open_scene([parent], chunks=64)
+    assert cc.runs == 0
+    assert s.shape == (2, 12, 120, 120)
+    assert [str(t)[:10] for t in s["time"].values] == ["2017-06-13", "2017-06-23"]
+    assert set(s["source"].values.tolist()) == {str(a), str(b)}
+    np.testing.assert_array_equal(s.isel(time=0, band=3).values, s.isel(time=1, band=3).values)

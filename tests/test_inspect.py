@@ -165,3 +165,26 @@ def test_missing_path_and_empty_folder(tmp_path: Path, capsys) -> None:
     (tmp_path / "empty").mkdir()
     code, _, err = inspect_cli("--images", str(tmp_path / "empty"), capsys=capsys)
     assert code == 2 and "empty" in err and len(err.strip().splitlines()) == 1
+
+
+def test_aoi_limits_shape_fraction_and_means(tmp_path: Path, capsys) -> None:
+    from shapely.geometry import box, mapping
+    from test_ingest import CRS, TF, _lonlat, ramp, write_dn
+    refl = ramp()                                              # 32 x 32
+    full = write_dn(tmp_path / "S2_20240410.tif", refl)
+    refl[:, 20:28, 4:6] = np.nan                               # no data inside the AOI
+    img = write_dn(tmp_path / "S2_20240420.tif", refl, date="2024-04-20")
+    x0, y1 = TF * (0, 32)
+    x1, y0 = TF * (16, 0)
+    aoi = tmp_path / "aoi.geojson"
+    aoi.write_text(json.dumps({"type": "FeatureCollection", "features": [{
+        "type": "Feature", "properties": {}, "geometry": mapping(_lonlat(box(x0, y1, x1, y0)))}]}))
+    doc = inspect_json("--images", str(img), str(full), "--aoi", str(aoi), capsys=capsys)
+    assert doc["crs"] == CRS and doc["shape"] == [2, 4, 32, 16]
+    assert doc["dates"] == ["2024-04-10", "2024-04-20"]
+    assert doc["bands"] == ["blue", "green", "red", "nir"]
+    # no SWIR: no cloud test; the hole counts against its date (the other date saw there)
+    assert doc["clear_fraction"] == [1.0, pytest.approx(1 - 16 / (32 * 16), abs=1e-4)]
+    left = refl[:, :, :16]
+    for k, name in enumerate(doc["bands"]):
+        assert doc["mean_reflectance"][1][name] == pytest.approx(np.nanmean(left[k]), abs=2e-5)
