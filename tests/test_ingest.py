@@ -375,3 +375,16 @@ def test_a_folder_of_product_folders_of_one_place_is_one_scene(tmp_path: Path) -
     assert [str(t)[:10] for t in s["time"].values] == ["2017-06-13", "2017-06-23"]
     assert set(s["source"].values.tolist()) == {str(a), str(b)}
     np.testing.assert_array_equal(s.isel(time=0, band=3).values, s.isel(time=1, band=3).values)
+
+
+def test_integer_bands_without_a_scale_are_refused(tmp_path: Path) -> None:
+    """DN x 10000 without a GDAL scale would read as reflectance in the thousands."""
+    dn = (ramp() * 10000).astype("uint16")
+    p = write_multiband(tmp_path / "noscale_20240410.tif", dn, S2, TF, CRS,
+                        acquisition_date="2024-04-10", nodata=0)
+    with pytest.raises(InputError, match=r"noscale_20240410.tif: integer bands \['blue'"):
+        open_scene([p])
+    # float reflectance needs no scale
+    f = write_multiband(tmp_path / "float_20240410.tif", ramp().astype("float32"), S2, TF, CRS,
+                        acquisition_date="2024-04-10", nodata=float("nan"))
+    np.testing.assert_allclose(open_scene([f]).values[0], ramp(), rtol=1e-6)
