@@ -207,7 +207,8 @@ def test_fully_clouded_flowering_phase_reports_blind_areas(model, tmp_path: Path
     sc = make_tiny_scene(tmp_path / "scene", seed=6, size=SIZE, dates=ONE_FLOWERING,
                          cloud_date=1, plots=[])                 # no poppy: nothing to find
     res = _detect(sc.images, model, tmp_path / "out", **{"run.chunk_size": 32})
-    c = res.report["counts"]
+    c = json.loads((tmp_path / "out" / "report.json").read_text())["counts"]
+    assert c == res.report["counts"]
     blind = [_utm(f["geometry"]) for f in _features(tmp_path / "out" / "blind_areas.geojson")]
     whole = box(*(TF * (0, SIZE)), *(TF * (SIZE, 0)))
     assert shapely.union_all(blind).symmetric_difference(whole).area < 10.0
@@ -220,3 +221,31 @@ def test_fully_clouded_flowering_phase_reports_blind_areas(model, tmp_path: Path
     cli._print_detect(res)
     out = capsys.readouterr().out
     assert "no targets" in out and "Blind areas" in out and "not 'no poppy'" in out
+
+
+def test_the_matching_rule(runs, tiny, tmp_path: Path) -> None:
+    import shapely.affinity
+    from shapely.geometry import mapping
+
+    from outputs.evaluate import match_files
+    m = match_files(runs[64] / "targets.geojson", tiny.truth, pixel_m=10.0)
+    assert (m.plots, m.found, m.targets, m.correct) == (3, 3, 3, 3)
+    assert m.recall == m.precision == m.f1 == 1.0
+    to_wgs = Transformer.from_crs("EPSG:32650", "EPSG:4326", always_xy=True)
+
+    def wgs(g):
+        return mapping(shapely.transform(g, lambda xy: np.column_stack(
+            to_wgs.transform(xy[:, 0], xy[:, 1]))))
+    r, c, s = PLOTS[1]
+    near = _plot_box(r, c, s)
+    near = shapely.affinity.translate(near, xoff=s * 10 + 5)        # 5 m east of the plot
+    far = shapely.affinity.translate(_plot_box(0, 0, 2), xoff=2000)   # 2 km away
+    feats = [_plot_box(*PLOTS[0]), near, far]
+    path = tmp_path / "t.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": wgs(g)} for g in feats]}))
+    m = match_files(path, tiny.truth, pixel_m=10.0)
+    assert (m.plots, m.found, m.targets, m.correct) == (3, 1, 3, 2)
+    # plots below min_plot_m2 need not be found: the 3 x 3 px plot (900 m2) leaves the count
+    m = match_files(path, tiny.truth, pixel_m=10.0, min_plot_m2=1000)
+    assert (m.plots, m.found, m.targets, m.correct) == (2, 1, 3, 2)
