@@ -86,20 +86,30 @@ def aoi_mask(grid: Grid, geom: BaseGeometry, chunks: int) -> darr.Array:
                            chunks=darr.core.normalize_chunks(chunks, (grid.height, grid.width)))
 
 
+def _footprint(grid: Grid):
+    x0, y0 = grid.transform * (0, 0)
+    x1, y1 = grid.transform * (grid.width, grid.height)
+    return box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+
+def _coverage(da: xr.DataArray, grid: Grid) -> float:
+    """Share of the grid's footprint inside ``da``'s bounds (0 when they do not overlap)."""
+    target = _footprint(grid)
+    try:
+        bounds = transform_bounds(da.rio.crs, grid.crs, *da.rio.bounds(), densify_pts=21)
+    except Exception:  # no valid transformation between the CRSs: not the same place
+        return 0.0
+    if not all(np.isfinite(bounds)):
+        return 0.0
+    return float(box(*bounds).intersection(target).area / target.area)
+
+
 def check_overlap(products: Sequence[xr.DataArray], grid: Grid) -> None:
     """Refuse products that do not overlap the grid: they show another place, and aligning
     them would give a date of nothing but NaN."""
-    gx0, gy1 = grid.transform * (0, 0)
-    gx1, gy0 = grid.transform * (grid.width, grid.height)
-    target = box(min(gx0, gx1), min(gy0, gy1), max(gx0, gx1), max(gy0, gy1))
     first = products[0].attrs.get("source", "the first image")
     for p in products:
-        try:
-            bounds = transform_bounds(p.rio.crs, grid.crs, *p.rio.bounds(), densify_pts=21)
-        except Exception:  # no valid transformation: certainly not the same place
-            bounds = None
-        if bounds is None or not all(np.isfinite(bounds)) or \
-                box(*bounds).intersection(target).area <= 0:
+        if _coverage(p, grid) <= 0:
             raise InputError(f"{p.attrs.get('source', 'an image')} does not overlap {first}: "
                              "the images show different places; give the images of one place "
                              "(e.g. one product or patch folder) at a time")
@@ -160,10 +170,7 @@ def aoi_window(grid: Grid, aoi: BaseGeometry) -> tuple[slice, slice] | None:
     footprint, and the window is the AOI's bounds in pixels, snapped to pixel edges within
     ``_SNAP_PX`` so an AOI drawn on pixel edges (in another CRS) gains no sliver row or column.
     """
-    x0, y0 = grid.transform * (0, 0)
-    x1, y1 = grid.transform * (grid.width, grid.height)
-    footprint = box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
-    part = aoi.intersection(footprint)
+    part = aoi.intersection(_footprint(grid))
     if part.is_empty or part.area <= 0:
         return None
     minx, miny, maxx, maxy = part.bounds
@@ -209,5 +216,12 @@ def read_dem(path: Path, grid: Grid, chunks: int = 1024) -> xr.DataArray:
     if dem.sizes["band"] != 1:
         raise InputError(f"{path}: DEM must have one band, it has {dem.sizes['band']}")
     dem = dem.squeeze("band", drop=True).astype("float32")
+    covered = _coverage(dem, grid)
+    if covered <= 0:
+        raise InputError(f"{path}: the DEM does not cover the images; give a DEM of the same "
+                         "area")
+    if covered < 0.999:
+        log.warning("%s: the DEM covers %.0f%% of the images; elsewhere elevation is missing",
+                    path, 100 * covered)
     out = align(dem, grid)
     return out.chunk({"y": chunks, "x": chunks})

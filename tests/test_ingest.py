@@ -388,3 +388,21 @@ def test_integer_bands_without_a_scale_are_refused(tmp_path: Path) -> None:
     f = write_multiband(tmp_path / "float_20240410.tif", ramp().astype("float32"), S2, TF, CRS,
                         acquisition_date="2024-04-10", nodata=float("nan"))
     np.testing.assert_allclose(open_scene([f]).values[0], ramp(), rtol=1e-6)
+
+
+def test_dem_elsewhere_is_refused_and_partial_dem_warned(tmp_path: Path, caplog) -> None:
+    grid = Grid(ProjCRS.from_user_input(CRS), TF, N, N)
+
+    def dem(name: str, tf: Affine) -> Path:
+        p = tmp_path / name
+        with rasterio.open(p, "w", driver="GTiff", width=N, height=N, count=1,
+                           dtype="float32", crs=CRS, transform=tf, nodata=-9999) as dst:
+            dst.write(np.full((1, N, N), 100.0, "float32"))
+        return p
+    with pytest.raises(InputError, match="far.tif: the DEM does not cover the images"):
+        read_dem(dem("far.tif", TF * Affine.translation(1000, 0)), grid)
+    with caplog.at_level(logging.WARNING, logger="pipeline.ingest"):
+        half = read_dem(dem("half.tif", TF * Affine.translation(N // 2, 0)), grid, chunks=16)
+    assert any("covers 50%" in r.getMessage() for r in caplog.records)
+    v = half.values
+    assert np.isnan(v[:, : N // 2]).all() and (v[:, N // 2 + 1:] == 100).all()
