@@ -406,3 +406,10 @@ def test_dem_elsewhere_is_refused_and_partial_dem_warned(tmp_path: Path, caplog)
     assert any("covers 50%" in r.getMessage() for r in caplog.records)
     v = half.values
     assert np.isnan(v[:, : N // 2]).all() and (v[:, N // 2 + 1:] == 100).all()
+
+
+def test_earth_engine_band_names(tmp_path: Path) -> None:
+    """Earth Engine exports name Sentinel-2 bands B2, B3, B4, B8 (and B8A, B11)."""
+    p = write_dn(tmp_path / "gee_20240410.tif", ramp(), names=["B2", "B3", "b4", "B8"])
+    [da] = multiband.read(p)
+    assert da["band"].values.tolist() == CANON
