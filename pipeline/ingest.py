@@ -2,7 +2,8 @@
 
 ``open_scene`` expands the paths, asks each reader in ``pipeline.readers`` whether it can read
 a path, aligns every acquisition onto the first one's grid, keeps the bands all dates share,
-sorts by time and clips to an AOI. Nothing is computed here.
+refuses products of another place, mosaics products of the same day (adjacent tiles of one
+pass) into one date, sorts by time and clips to an AOI. Nothing is computed here.
 """
 from __future__ import annotations
 
@@ -137,19 +138,22 @@ def open_scene(paths: Sequence[Path], sensor: Any | None = None, *, chunks: int 
     if len(sensors) > 1:
         raise InputError(f"images come from different sensors {sorted(map(str, sensors))}; "
                          "survey one sensor at a time")
-    aligned = [align(p.sel(band=bands), grid) for p in products]
+    aligned = [align(p.sel(band=bands), grid).drop_vars("spatial_ref", errors="ignore")
+               for p in products]
     times = np.array([p.attrs["time"] for p in products], dtype="datetime64[ns]")
-    order = np.argsort(times, kind="stable")
-    scene = xr.concat([aligned[i].drop_vars("spatial_ref", errors="ignore") for i in order],
-                      dim="time", join="override", combine_attrs="drop")
+    groups = same_day_groups(times)
+    layers = [mosaic([aligned[i] for i in g]) for g in groups]
+    first = [g[0] for g in groups]
+    scene = xr.concat(layers, dim="time", join="override", combine_attrs="drop")
     scene = scene.chunk({"time": -1, "band": -1, "y": chunks, "x": chunks})
     scene = scene.assign_coords(
-        time=times[order],
+        time=times[first],
         sun_zenith=("time", np.array([products[i].attrs.get("sun_zenith", np.nan)
-                                      for i in order], dtype="float64")),
+                                      for i in first], dtype="float64")),
         sun_azimuth=("time", np.array([products[i].attrs.get("sun_azimuth", np.nan)
-                                       for i in order], dtype="float64")),
-        source=("time", [str(products[i].attrs.get("source", "")) for i in order]),
+                                       for i in first], dtype="float64")),
+        source=("time", ["; ".join(str(products[i].attrs.get("source", "")) for i in g)
+                         for g in groups]),
     ).transpose(*SCENE_DIMS)
     scene = scene.rio.write_crs(grid.crs).rio.write_transform(grid.transform)
     scene.attrs = {"sensor": sensors.pop()}
@@ -157,6 +161,32 @@ def open_scene(paths: Sequence[Path], sensor: Any | None = None, *, chunks: int 
         scene = clip_to_aoi(scene, aoi, chunks)
     check_scene(scene, "ingest")
     return scene
+
+
+def same_day_groups(times: np.ndarray) -> list[list[int]]:
+    """Indices of the products grouped by acquisition day, in time order (stable)."""
+    order = np.argsort(times, kind="stable")
+    days = times.astype("datetime64[D]")
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and days[groups[-1][0]] == days[i]:
+            groups[-1].append(int(i))
+        else:
+            groups.append([int(i)])
+    return groups
+
+
+def mosaic(layers: list[xr.DataArray]) -> xr.DataArray:
+    """One date from products of the same day (adjacent tiles of one pass, or flights): each
+    pixel from the first product that has data there, so an overlap is one observation, not
+    two (evidence counts observations)."""
+    out = layers[0]
+    if len(layers) > 1:
+        log.info("%d products of %s mosaicked into one date", len(layers),
+                 str(out.attrs.get("time", ""))[:10])
+    for other in layers[1:]:
+        out = out.where(np.isfinite(out.isel(band=0, drop=True)), other)
+    return out
 
 
 #: a polygon edge this close (in pixels) to a pixel edge counts as on it (reprojection noise)

@@ -413,3 +413,26 @@ def test_earth_engine_band_names(tmp_path: Path) -> None:
     p = write_dn(tmp_path / "gee_20240410.tif", ramp(), names=["B2", "B3", "b4", "B8"])
     [da] = multiband.read(p)
     assert da["band"].values.tolist() == CANON
+
+
+def test_products_of_one_day_are_mosaicked_into_one_date(tmp_path: Path) -> None:
+    """Two overlapping tiles of one pass: one date, each pixel observed once."""
+    refl = ramp()
+    left = refl.copy()
+    left[:, :, 20:] = np.nan                                  # tile a's swath ends at col 20
+    a = write_dn(tmp_path / "tile_a.tif", left, date="2024-04-10T03:05:00")
+    right = refl + 0.01                                       # tell the tiles apart
+    right[:, :, 10:] = np.nan                                 # tile b: cols 16-25 of the grid
+    b = write_dn(tmp_path / "tile_b.tif", right, tf=TF * Affine.translation(16, 0),
+                 date="2024-04-10T03:05:07")
+    c = write_dn(tmp_path / "later.tif", refl, date="2024-04-20")
+    with CountComputes() as cc:
+        s = open_scene([c, b, a], chunks=16)                  # c's grid
+    assert cc.runs == 0
+    assert [str(t)[:19] for t in s["time"].values] == ["2024-04-10T03:05:00",
+                                                       "2024-04-20T00:00:00"]
+    assert s["source"].values[0] == f"{a}; {b}"               # in time order
+    v = s.values[0]
+    np.testing.assert_allclose(v[:, :, :20], refl[:, :, :20], atol=1e-4)     # a first
+    np.testing.assert_allclose(v[:, :, 20:26], right[:, :, 4:10], atol=1e-4)  # b fills in
+    assert np.isnan(v[:, :, 26:]).all()                                        # neither
