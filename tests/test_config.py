@@ -9,8 +9,14 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from pipeline.config import (DEFAULT_CONFIG, SurveyConfig, known_calendars, load_calendar,
-                             load_config, with_overrides)
+from pipeline.config import (
+    DEFAULT_CONFIG,
+    SurveyConfig,
+    known_calendars,
+    load_calendar,
+    load_config,
+    with_overrides,
+)
 from pipeline.errors import ConfigError
 
 

@@ -12,12 +12,12 @@ import rasterio
 import shapely
 from affine import Affine
 from pyproj import Transformer
+from scenes import make_tiny_scene
 from shapely.geometry import box, shape
 
 from outputs.patches import chunk_pieces, merge_blind, merge_pieces
 from pipeline.config import load_config, with_overrides
 from pipeline.survey import detect, train
-from scenes import make_tiny_scene
 
 TF = Affine(10, 0, 500000.0, 0, -10, 3340000.0)          # tests/scenes.py's grid
 TO_UTM = Transformer.from_crs("EPSG:4326", "EPSG:32650", always_xy=True)
