@@ -11,8 +11,11 @@ import pyogrio.raw
 import pytest
 import rasterio
 import shapely
+import xarray as xr
 from affine import Affine
 from dask.callbacks import Callback
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pyproj import CRS as ProjCRS
 from pyproj import Transformer
 from rasterio.warp import Resampling, calculate_default_transform, reproject
@@ -21,7 +24,7 @@ from shapely.geometry import Polygon, box, mapping
 from pipeline.aoi import read_aoi
 from pipeline.errors import InputError
 from pipeline.geotiff import write_multiband
-from pipeline.grid import Grid
+from pipeline.grid import Grid, align
 from pipeline.ingest import open_scene, read_dem
 from pipeline.readers import multiband
 
@@ -436,3 +439,31 @@ def test_products_of_one_day_are_mosaicked_into_one_date(tmp_path: Path) -> None
     np.testing.assert_allclose(v[:, :, :20], refl[:, :, :20], atol=1e-4)     # a first
     np.testing.assert_allclose(v[:, :, 20:26], right[:, :, 4:10], atol=1e-4)  # b fills in
     assert np.isnan(v[:, :, 26:]).all()                                        # neither
+
+
+# --- property: whole-pixel shifts align exactly --------------------------------------------------
+def _da(values: np.ndarray, tf: Affine, names=("red", "scl")) -> xr.DataArray:
+    ny, nx = values.shape[1:]
+    y = tf.f + tf.e * (np.arange(ny) + 0.5)
+    x = tf.c + tf.a * (np.arange(nx) + 0.5)
+    da = xr.DataArray(darr.from_array(values.astype("float32"), chunks=(-1, 8, 8)),
+                      dims=("band", "y", "x"), coords={"band": list(names), "y": y, "x": x})
+    return da.rio.write_crs(CRS).rio.write_transform(tf)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dx=st.integers(-6, 6), dy=st.integers(-6, 6), seed=st.integers(0, 1000))
+def test_property_whole_pixel_shift_aligns_exactly(dx: int, dy: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    src = np.stack([rng.uniform(0.01, 0.6, (16, 16)),
+                    rng.integers(0, 12, (16, 16)).astype(float)])    # reflectance, SCL classes
+    grid = Grid(ProjCRS.from_user_input(CRS), TF, 16, 16)
+    out = align(_da(src, TF * Affine.translation(dx, dy)), grid).values
+    want = np.full_like(src, np.nan)
+    ys, xs = slice(max(dy, 0), 16 + min(dy, 0)), slice(max(dx, 0), 16 + min(dx, 0))
+    sy, sx = slice(max(-dy, 0), 16 + min(-dy, 0)), slice(max(-dx, 0), 16 + min(-dx, 0))
+    want[:, ys, xs] = src[:, sy, sx]
+    # inside: exactly the source pixels (SCL by nearest, never blended); outside: NaN
+    np.testing.assert_allclose(out[:, ys, xs], want[:, ys, xs], rtol=1e-6)
+    assert np.isnan(out[0]).sum() == 256 - (ys.stop - ys.start) * (xs.stop - xs.start)
+    assert set(np.unique(out[1][np.isfinite(out[1])])) <= set(range(12))

@@ -11,8 +11,12 @@ import pytest
 import rasterio
 import shapely
 from affine import Affine
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from pyproj import Transformer
 from scenes import make_tiny_scene
+from scipy import ndimage
 from shapely.geometry import box, shape
 
 from outputs.patches import chunk_pieces, merge_blind, merge_pieces
@@ -249,3 +253,24 @@ def test_the_matching_rule(runs, tiny, tmp_path: Path) -> None:
     # plots below min_plot_m2 need not be found: the 3 x 3 px plot (900 m2) leaves the count
     m = match_files(path, tiny.truth, pixel_m=10.0, min_plot_m2=1000)
     assert (m.plots, m.found, m.targets, m.correct) == (2, 1, 3, 2)
+
+
+# --- property: stitching never depends on the chunking -----------------------------------------
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cells=arrays(np.uint8, st.tuples(st.integers(4, 20), st.integers(4, 20)),
+                    elements=st.integers(0, 5)),
+       cs=st.integers(2, 12))
+def test_property_stitching_is_chunk_independent(cells: np.ndarray, cs: int) -> None:
+    # 0-1: below threshold, 2-4: candidate with distinct scores, 5: blind (no flowering obs)
+    prob = np.where(cells >= 2, 0.5 + cells / 10, 0.2).astype("float32")
+    ev = np.where(cells == 5, 0, 1 + cells % 2).astype("float32")
+    whole, blind_whole = _pieces_by_chunks(prob, ev, max(prob.shape))
+    got, blind = _pieces_by_chunks(prob, ev, cs)
+    assert _key(got) == _key(whole)
+    _, n = ndimage.label((cells >= 2) & (cells < 5))           # 4-connected components
+    assert len(whole) == n
+    assert sum(p.n for p in got) == int(((cells >= 2) & (cells < 5)).sum())
+    a = shapely.union_all(blind) if blind else shapely.Polygon()
+    b = shapely.union_all(blind_whole) if blind_whole else shapely.Polygon()
+    assert a.symmetric_difference(b).area < 1e-6
+    assert a.area == pytest.approx(100 * int((cells == 5).sum()))

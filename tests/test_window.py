@@ -8,8 +8,10 @@ import rioxarray  # noqa: F401
 import xarray as xr
 from affine import Affine
 from dask.callbacks import Callback
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from indices.window import window_features
+from indices.window import _block_features, window_features
 from pipeline.config import FeatureConfig, load_calendar
 
 BANDS = ["blue", "green", "red", "nir"]
@@ -210,3 +212,40 @@ def test_feature_names_follow_the_documented_pattern() -> None:
         assert var in BANDS + ["NDVI"]
     assert "pre-flowering.median.NDVI" not in f.names          # only the two contrasts
     assert len(set(f.names)) == len(f.names)
+
+
+# --- property: the kernel equals a per-pixel reference ------------------------------------------
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), n_dates=st.integers(1, 7),
+       phase_of=st.lists(st.sampled_from([0, 1, 2, None]), min_size=7, max_size=7),
+       cloud=st.floats(0, 1))
+def test_property_kernel_equals_a_per_pixel_reference(seed, n_dates, phase_of, cloud) -> None:
+    rng = np.random.default_rng(seed)
+    n_var, ny, nx = 3, 3, 4
+    block = rng.uniform(-1, 1, (n_dates, n_var, ny, nx)).astype("float32")
+    clouded = rng.uniform(0, 1, (n_dates, ny, nx)) < cloud
+    block[np.broadcast_to(clouded[:, None], block.shape)] = np.nan
+    phase_idx = tuple(tuple(i for i in range(n_dates) if phase_of[i] == p) for p in range(3))
+    # median of var 0 and 2 per phase, max/min of var 1, contrasts 1-0 and 2-1 of var 2
+    codes = ((0, 0, 0, -1), (0, 2, 1, -1), (0, 0, 2, -1), (1, 1, 0, -1), (2, 1, 1, -1),
+             (1, 1, 2, -1), (3, 2, 1, 0), (3, 2, 2, 1))
+    out = _block_features(block, phase_idx, codes, len(codes), 3)
+    for y in range(ny):
+        for x in range(nx):
+            want = _reference(block[:, :, y, x], phase_idx)
+            np.testing.assert_allclose(out[:, y, x], want, rtol=1e-6, atol=1e-6)
+
+
+def _reference(pixel: np.ndarray, phase_idx) -> np.ndarray:
+    """The property test's features for one pixel's (time, var) values, plainly."""
+    def clear(p):
+        return [pixel[t] for t in phase_idx[p] if np.isfinite(pixel[t]).all()]
+
+    def stat(fn, p, v):
+        vals = [o[v] for o in clear(p)]
+        return fn(vals) if vals else np.nan
+    want = [stat(np.median, 0, 0), stat(np.median, 1, 2), stat(np.median, 2, 0),
+            stat(max, 0, 1), stat(min, 1, 1), stat(max, 2, 1),
+            stat(np.median, 1, 2) - stat(np.median, 0, 2),
+            stat(np.median, 2, 2) - stat(np.median, 1, 2)]
+    return np.array(want + [len(clear(p)) for p in range(3)], "float32")
