@@ -188,3 +188,17 @@ def test_aoi_limits_shape_fraction_and_means(tmp_path: Path, capsys) -> None:
     left = refl[:, :, :16]
     for k, name in enumerate(doc["bands"]):
         assert doc["mean_reflectance"][1][name] == pytest.approx(np.nanmean(left[k]), abs=2e-5)
+
+
+@pytest.mark.parametrize("sensor,name", [("drone", "p4m"), ("drone-rgb", "rgb")])
+def test_simulated_drone_flight(tmp_path: Path, capsys, sensor: str, name: str) -> None:
+    from pipeline.bands import order_bands
+    from pipeline.sensors import load_sensor
+    res = simulate(tmp_path / "sim", sensor=sensor, size=64, seed=1)
+    doc = inspect_json("--images", *map(str, res.images), capsys=capsys)
+    assert doc["sensor"] == name and doc["dates"] == res.dates and len(res.dates) == 1
+    assert doc["bands"] == order_bands(load_sensor(name).band_order)   # canonical order
+    assert doc["shape"] == [1, len(doc["bands"]), 64, 64]
+    assert 0 < doc["resolution"] < 1                      # centimetre pixels
+    assert 0.5 < doc["clear_fraction"][0] <= 1.0
+    assert all(0 < v < 1 for v in doc["mean_reflectance"][0].values())
