@@ -223,6 +223,11 @@ def clip_to_aoi(scene: xr.DataArray, aoi: BaseGeometry, chunks: int) -> xr.DataA
     win = aoi_window(Grid.of(scene), aoi)
     if win is None:
         raise InputError("the AOI does not overlap the images; check its CRS and extent")
+    outside = aoi.difference(_footprint(Grid.of(scene))).area / aoi.area
+    if outside > 0.001:
+        log.warning("%.0f%% of the AOI lies outside the first image's extent (the survey grid) "
+                    "and is not surveyed; give an image covering it first, or split the AOI",
+                    100 * outside)
     clipped = scene.isel(y=win[0], x=win[1])
     tf = scene.rio.transform() * Affine.translation(win[1].start, win[0].start)
     clipped = clipped.rio.write_transform(tf)

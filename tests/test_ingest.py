@@ -467,3 +467,13 @@ def test_property_whole_pixel_shift_aligns_exactly(dx: int, dy: int, seed: int) 
     np.testing.assert_allclose(out[:, ys, xs], want[:, ys, xs], rtol=1e-6)
     assert np.isnan(out[0]).sum() == 256 - (ys.stop - ys.start) * (xs.stop - xs.start)
     assert set(np.unique(out[1][np.isfinite(out[1])])) <= set(range(12))
+
+
+def test_aoi_partly_outside_the_grid_is_warned(tmp_path: Path, caplog) -> None:
+    a = write_dn(tmp_path / "a_20240401.tif", ramp())
+    x0, y0 = TF * (16, 0)
+    half_out = box(x0, y0 - 320, x0 + 320, y0)                # its right half is off the grid
+    with caplog.at_level(logging.WARNING, logger="pipeline.ingest"):
+        s = open_scene([a], chunks=16, aoi=half_out)
+    assert s.shape[2:] == (32, 16)
+    assert any("50% of the AOI lies outside" in r.getMessage() for r in caplog.records)
