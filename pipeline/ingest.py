@@ -70,7 +70,10 @@ def read_products(paths: Sequence[Path], sensor: Any | None = None,
         if mod is None:
             raise InputError(f"{p}: unsupported input; give multi-band GeoTIFFs, Sentinel-2 "
                              ".SAFE/.zip products, per-band folders or drone orthomosaics")
-        arrays.extend(mod.read(p, sensor, chunks))
+        new = mod.read(p, sensor, chunks)
+        arrays.extend(new)
+        if arrays:  # fail fast on another place, before reading the rest
+            check_overlap([arrays[0], *new], Grid.of(arrays[0]))
     if not arrays:
         raise InputError("no images given")
     return arrays

@@ -451,7 +451,7 @@ def _da(values: np.ndarray, tf: Affine, names=("red", "scl")) -> xr.DataArray:
     return da.rio.write_crs(CRS).rio.write_transform(tf)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(dx=st.integers(-6, 6), dy=st.integers(-6, 6), seed=st.integers(0, 1000))
 def test_property_whole_pixel_shift_aligns_exactly(dx: int, dy: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
