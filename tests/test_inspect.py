@@ -202,3 +202,11 @@ def test_simulated_drone_flight(tmp_path: Path, capsys, sensor: str, name: str) 
     assert 0 < doc["resolution"] < 1                      # centimetre pixels
     assert 0.5 < doc["clear_fraction"][0] <= 1.0
     assert all(0 < v < 1 for v in doc["mean_reflectance"][0].values())
+
+
+def test_unsupported_file_type_names_the_file(tmp_path: Path, capsys) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("field notes")
+    code, out, err = inspect_cli("--images", str(notes), capsys=capsys)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "notes.txt: unsupported input" in err
