@@ -82,7 +82,7 @@ class OutputConfig(_Frozen):
 
 
 class RunConfig(_Frozen):
-    chunk_size: int = Field(512, ge=64, le=8192)
+    chunk_size: int = Field(512, ge=16, le=8192)
     memory_per_worker: str = "3GB"
     scheduler: str = "threads"
 
@@ -151,16 +151,31 @@ class Calendar(_Frozen):
         return None
 
 
-def _format_error(path: Path, exc: ValidationError) -> str:
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys allowed where ``loc`` points (its parent's fields), if that is a section."""
+    cls = model
+    for part in loc[:-1]:
+        field = cls.model_fields.get(str(part))
+        ann = field.annotation if field is not None else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        cls = ann
+    return [k for k in cls.model_fields if k != "source"]
+
+
+def _format_error(where: Path | str, exc: ValidationError,
+                  model: type[BaseModel] | None = None) -> str:
     err = exc.errors()[0]
     key = ".".join(str(p) for p in err["loc"]) or "(top level)"
     if err["type"] == "extra_forbidden":
-        return f"{path}: unknown key '{key}'; remove it or check its spelling"
-    allowed = ""
+        allowed = _allowed_keys(model, tuple(err["loc"])) if model is not None else []
+        hint = f"allowed: {', '.join(allowed)}" if allowed else "check its spelling"
+        return f"{where}: unknown key '{key}'; {hint}"
     ctx = err.get("ctx") or {}
     if "expected" in ctx:
-        allowed = f"; allowed: {ctx['expected']}"
-    return f"{path}: key '{key}': {err['msg']} (got {err.get('input')!r}){allowed}"
+        return f"{where}: key '{key}': {err.get('input')!r} is not allowed; allowed: " \
+               f"{ctx['expected']}"
+    return f"{where}: key '{key}': {err['msg']} (got {err.get('input')!r})"
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -184,9 +199,21 @@ def load_config(path: Path | None = None) -> SurveyConfig:
     try:
         cfg = SurveyConfig(**data, source=str(path))
     except ValidationError as exc:
-        raise ConfigError(_format_error(path, exc)) from None
-    load_calendar(cfg.calendar)  # fail early on an unknown calendar
+        raise ConfigError(_format_error(path, exc, SurveyConfig)) from None
+    check_names(cfg, path)
     return cfg
+
+
+def check_names(cfg: SurveyConfig, where: Path | str) -> None:
+    """Fail early, naming the file and the key, on an unknown calendar or sensor."""
+    if not Path(cfg.calendar).suffix and cfg.calendar not in known_calendars():
+        raise ConfigError(f"{where}: key 'calendar': unknown calendar '{cfg.calendar}'; "
+                          f"allowed: {', '.join(known_calendars())} (or a calendar file path)")
+    load_calendar(cfg.calendar)
+    from pipeline.sensors import known_sensors
+    if not Path(cfg.sensor).suffix and cfg.sensor not in known_sensors():
+        raise ConfigError(f"{where}: key 'sensor': unknown sensor '{cfg.sensor}'; allowed: "
+                          f"{', '.join(known_sensors())} (or a sensor file path)")
 
 
 def known_calendars() -> list[str]:
@@ -205,21 +232,30 @@ def load_calendar(name_or_path: str | Path) -> Calendar:
     try:
         return Calendar(**data)
     except ValidationError as exc:
-        raise ConfigError(_format_error(p, exc)) from None
+        raise ConfigError(_format_error(p, exc, Calendar)) from None
 
 
 def with_overrides(cfg: SurveyConfig, **changes: Any) -> SurveyConfig:
-    """A copy of ``cfg`` with dotted-path overrides (CLI options win over the config)."""
+    """A copy of ``cfg`` with dotted-path overrides (CLI options win over the config).
+
+    A bad override is a ConfigError naming the option, not the config file it overrides.
+    """
     data = cfg.model_dump()
-    for dotted, value in changes.items():
-        if value is None:
-            continue
+    given = {k: v for k, v in changes.items() if v is not None}
+    where = f"option(s) {', '.join(sorted(given))} over {cfg.source or 'the defaults'}"
+    for dotted, value in given.items():
         node = data
         *parents, leaf = dotted.split(".")
         for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"{where}: unknown section '{part}' in '{dotted}'; allowed: "
+                                  f"{', '.join(k for k in SurveyConfig.model_fields if k != 'source')}")
             node = node[part]
         node[leaf] = value
     try:
-        return SurveyConfig(**data)
+        out = SurveyConfig(**data)
     except ValidationError as exc:
-        raise ConfigError(_format_error(Path(cfg.source or "options"), exc)) from None
+        raise ConfigError(_format_error(where, exc, SurveyConfig)) from None
+    if {"calendar", "sensor"} & set(given):
+        check_names(out, where)
+    return out

@@ -284,7 +284,7 @@ def _one_openmp_thread() -> None:
     """Tiles are the unit of parallelism: each predicts with one OpenMP thread, once per
     process, so two tiles on two cores do not oversubscribe them."""
     global _OPENMP_LIMITED
-    if not _OPENMP_LIMITED:
+    if True:  # every tile: omp_set_num_threads acts on the calling thread only
         threadpool_limits(1, user_api="openmp")
         _OPENMP_LIMITED = True
 
