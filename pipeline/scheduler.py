@@ -106,11 +106,46 @@ def run_tiles(runner: Runner, tasks: Sequence[tuple[Any, Any]],
                 futs[f] = nkey
                 ac.add(f)
         return
-    scheduler = runner.spec
-    for start in range(0, len(tasks), in_flight):
-        batch = tasks[start:start + in_flight]
-        values = dask.compute(*[t for _, t in batch], scheduler=scheduler)
-        for (key, _), value in zip(batch, values):
-            on_result(key, value)
+    if runner.spec == "sync":
+        for key, task in tasks:
+            on_result(key, _compute_sync(task))
             if progress:
                 progress(1)
+        return
+    _run_pool(runner, tasks, on_result, in_flight, progress)
+
+
+def _compute_sync(task: Any) -> Any:
+    """One tile computed start to end in the calling thread or process."""
+    return dask.compute(task, scheduler="sync")[0]
+
+
+def _run_pool(runner: Runner, tasks: Sequence[tuple[Any, Any]],
+              on_result: Callable[[Any, Any], None], in_flight: int,
+              progress: Callable[[int], None] | None) -> None:
+    """Tiles on a pool of ``runner.workers`` threads or processes, each tile handed to
+    ``on_result`` as soon as it is done (not when a whole batch is): a crash or Ctrl-C loses
+    only the tiles in flight, and a slow tile does not hold the others back."""
+    from concurrent.futures import (FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor,
+                                    wait)
+    if runner.spec == "processes":
+        import multiprocessing as mp
+        pool: Any = ProcessPoolExecutor(runner.workers, mp_context=mp.get_context("spawn"))
+    else:
+        pool = ThreadPoolExecutor(runner.workers, thread_name_prefix="poppyscan-tile")
+    pending = list(tasks)
+    futs: dict[Any, Any] = {}
+    try:
+        while pending or futs:
+            while pending and len(futs) < in_flight:
+                key, task = pending.pop(0)
+                futs[pool.submit(_compute_sync, task)] = key
+            done, _ = wait(futs, return_when=FIRST_COMPLETED)
+            for fut in done:
+                key = futs.pop(fut)
+                on_result(key, fut.result())
+                if progress:
+                    progress(1)
+    finally:
+        # on an error or Ctrl-C: queued tiles are dropped, running ones end on their own
+        pool.shutdown(wait=not futs, cancel_futures=True)
