@@ -455,7 +455,9 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     with open_runner(cfg.run.scheduler, memory_per_worker=cfg.run.memory_per_worker) as runner:
         if runner.dashboard:
             log.warning("dask dashboard: %s", runner.dashboard)
-        dctx = dask.delayed(ctx, pure=True)
+        # traverse=False: the context is one opaque object; traversed, dask would compute its
+        # lazy scene (the whole scene in memory) before the first tile
+        dctx = dask.delayed(ctx, pure=True, traverse=False)
         tasks = [(key, dask.delayed(process_tile, pure=True)(dctx, ys, xs))
                  for key, ys, xs in todo]
         tick = progress("tiles", len(tiles)) if progress else None
