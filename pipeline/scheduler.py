@@ -56,6 +56,34 @@ def open_runner(spec: str, *, memory_per_worker: str = "3GB") -> Iterator[Runner
         yield Runner(spec, None, workers=max(1, min(os.cpu_count() or 1, 8)))
         return
     from dask.distributed import Client, LocalCluster
+    with _quiet_distributed():
+        with _distributed(spec, kind, arg, memory_per_worker, Client, LocalCluster) as runner:
+            yield runner
+
+
+@contextlib.contextmanager
+def _quiet_distributed() -> Iterator[None]:
+    """dask.distributed logs every scheduler, nanny and connection event at INFO; keep them
+    to errors while a run lasts (unless poppyscan's own log is at DEBUG)."""
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)
+               if n == "distributed" or n.startswith("distributed.")]
+    loggers.append(logging.getLogger("distributed"))
+    saved = [(lg, lg.level) for lg in loggers]
+    for lg, _ in saved:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in saved:
+            lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def _distributed(spec: str, kind: str, arg: Any, memory_per_worker: str, Client: Any,
+                 LocalCluster: Any) -> Iterator[Runner]:
     if kind == "local":
         cluster = LocalCluster(n_workers=int(arg), threads_per_worker=1,  # type: ignore[arg-type]
                                memory_limit=memory_per_worker, processes=True,
