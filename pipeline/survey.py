@@ -314,14 +314,8 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
     masked = masked.compute(scheduler="sync")
     t2 = time.perf_counter()
     t["mask"] = t2 - t1
-    out = block_features(masked, ctx.plan)
-    n = len(ctx.plan.names)
-    feats, evidence = out[:n], out[n:]
-    t3 = time.perf_counter()
-    t["features"] = t3 - t2
-    prob = predict_block(feats, ctx.estimator, ctx.calibration)
+    feats, evidence, prob = _features_and_predict(masked, ctx, t)
     t4 = time.perf_counter()
-    t["predict"] = t4 - t3
     fl = ctx.plan.phases.index("flowering") if "flowering" in ctx.plan.phases else None
     ev = evidence[fl] if fl is not None else np.zeros(prob.shape, "float32")
     valid = np.isfinite(prob)
@@ -334,6 +328,33 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
     rgb = _thumb(feats, ctx.plan, ys.start, xs.start, ctx.stride)
     return {"prob": prob, "evidence": np.nan_to_num(ev, nan=255).astype("uint8"),
             "pieces": pieces, "blind": blind, "rgb": rgb, "timings": t}
+
+
+#: Rows of a tile whose features and probabilities are computed at once. Features are
+#: pixel-local, so strips give the same numbers as the whole tile, while the temporaries of
+#: the indices, composites and the model's float64 copy of the feature matrix stay a strip's
+#: size (a 512 px tile's peak was ~1.3 GB in features and ~0.6 GB in predict).
+STRIP_ROWS = 128
+
+
+def _features_and_predict(masked: xr.DataArray, ctx: TileContext,
+                          t: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n, n_ph = len(ctx.plan.names), len(ctx.plan.phases)
+    ny, nx = masked.sizes["y"], masked.sizes["x"]
+    feats = np.empty((n, ny, nx), dtype="float32")
+    evidence = np.empty((n_ph, ny, nx), dtype="float32")
+    prob = np.empty((ny, nx), dtype="float32")
+    for r0 in range(0, ny, STRIP_ROWS):
+        rows = slice(r0, min(ny, r0 + STRIP_ROWS))
+        t0 = time.perf_counter()
+        out = block_features(masked[:, :, rows, :], ctx.plan)
+        feats[:, rows], evidence[:, rows] = out[:n], out[n:]
+        del out
+        t1 = time.perf_counter()
+        prob[rows] = predict_block(feats[:, rows], ctx.estimator, ctx.calibration)
+        t["features"] += t1 - t0
+        t["predict"] += time.perf_counter() - t1
+    return feats, evidence, prob
 
 
 QUICKLOOK_BANDS = ("flowering.median.nir", "flowering.median.red", "flowering.median.green")
@@ -453,7 +474,9 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     with open_runner(cfg.run.scheduler, memory_per_worker=cfg.run.memory_per_worker) as runner:
         if runner.dashboard:
             log.warning("dask dashboard: %s", runner.dashboard)
-        dctx = dask.delayed(ctx, pure=True)
+        # traverse=False: the context is one opaque object; traversed, dask would compute its
+        # lazy scene (the whole scene in memory) before the first tile
+        dctx = dask.delayed(ctx, pure=True, traverse=False)
         tasks = [(key, dask.delayed(process_tile, pure=True)(dctx, ys, xs))
                  for key, ys, xs in todo]
         tick = progress("tiles", len(tiles)) if progress else None
