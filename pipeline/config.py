@@ -40,11 +40,18 @@ class FeatureConfig(_Frozen):
     #: catalogue indices composited per phase (those the sensor cannot compute are skipped)
     indices: tuple[str, ...] = ("NDVI", "GNDVI", "NDRE", "CIre", "NDYI", "NDWI", "BSI", "PSRI",
                                 "NBR", "PWI", "VWI", "RPI", "MPI", "ExG", "VARI", "NGRDI")
+    #: per-phase medians of the raw bands as features. Off by default: raw reflectance
+    #: carries each scene's brightness (terrain, calibration, haze) and transferred worse to
+    #: held-out scenes than indices and phase contrasts (docs/classifier.md)
+    band_medians: bool = False
 
 
 class ModelConfig(_Frozen):
     kind: Literal["hgb", "rf"] = "hgb"
     target_recall: float = Field(0.95, gt=0, le=1)
+    #: the threshold is set for ``target_recall`` of the labelled poppy polygons of at least
+    #: this many pixels; smaller (sub-pixel) plots are not required to be found
+    threshold_min_plot_px: float = Field(4.0, ge=0)
     seed: int = 0
     max_iter: int = Field(200, ge=10, le=2000)
     max_depth: int = Field(6, ge=2, le=32)

@@ -183,7 +183,8 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
     with threadpool_limits(1, user_api="openmp"):
         report = validate(est, table, labels, n_folds=cfg.model.cv_folds,
                           block_m=cfg.model.cv_block_m, target_recall=cfg.model.target_recall,
-                          seed=cfg.model.seed, scene_of_polygon=scene_of_poly)
+                          seed=cfg.model.seed, min_plot_px=cfg.model.threshold_min_plot_px,
+                          scene_of_polygon=scene_of_poly)
         t1 = time.perf_counter()
         fit_balanced(est, table.X, table.y, cfg.model.seed)
         t_fit = time.perf_counter() - t1
@@ -244,7 +245,7 @@ def combine(parts) -> tuple[Table, Labels, np.ndarray]:
         offset += len(labels.geometries)
     labels = Labels(tuple(geoms), tuple(classes), ", ".join(p[1].source for p in parts))
     table = Table(np.concatenate(X), np.concatenate(y), np.concatenate(poly),
-                  np.concatenate(xy), parts[0][0].feature_names)
+                  np.concatenate(xy), parts[0][0].feature_names, parts[0][0].pixel_m)
     return table, labels, np.array(scene_of)
 
 
