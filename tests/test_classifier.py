@@ -146,3 +146,21 @@ def test_artifact_round_trip_and_refuses_untrusted(tmp_path):
     sio.dump(FunctionTransformer(func=json.loads), tmp_path / "m" / artifact.MODEL_FILE)
     with pytest.raises(ModelError, match="does not trust"):
         artifact.load(tmp_path / "m")
+
+
+def test_two_level_patch_rule_never_raises_the_pixel_threshold():
+    from classifiers.predict import pixel_threshold
+    from pipeline.config import SurveyConfig, load_config
+    cfg = load_config()
+    assert cfg.patches.min_mapping_unit_m2 == 200
+    assert pixel_threshold(0.9, cfg) == 0.9          # default: one threshold
+    two = SurveyConfig(patches={"pixel_threshold": 0.5})
+    assert pixel_threshold(0.9, two) == 0.5
+    assert pixel_threshold(0.3, two) == 0.3
+
+
+def test_sentinel2_config_selects_transferable_features():
+    from pipeline.config import load_config
+    cfg = load_config()
+    assert cfg.features.band_medians is False
+    assert cfg.model.threshold_min_plot_px == 4
