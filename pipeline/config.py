@@ -40,15 +40,30 @@ class FeatureConfig(_Frozen):
     #: catalogue indices composited per phase (those the sensor cannot compute are skipped)
     indices: tuple[str, ...] = ("NDVI", "GNDVI", "NDRE", "CIre", "NDYI", "NDWI", "BSI", "PSRI",
                                 "NBR", "PWI", "VWI", "RPI", "MPI", "ExG", "VARI", "NGRDI")
+    #: per-phase medians of the raw bands as features. Off in the Sentinel-2 survey config:
+    #: raw reflectance carries each scene's brightness (terrain, calibration, haze) and
+    #: transferred worse to held-out scenes than indices and phase contrasts
+    #: (docs/classifier.md); on for sensors with few bands and one date (drones)
+    band_medians: bool = True
 
 
 class ModelConfig(_Frozen):
     kind: Literal["hgb", "rf"] = "hgb"
     target_recall: float = Field(0.95, gt=0, le=1)
+    #: the threshold is set for ``target_recall`` of the labelled poppy polygons of at least
+    #: this many pixels; smaller (sub-pixel) plots are not required to be found
+    threshold_min_plot_px: float = Field(4.0, ge=0)
     seed: int = 0
-    max_iter: int = Field(200, ge=10, le=2000)
-    max_depth: int = Field(6, ge=2, le=32)
+    #: boosting iterations and tree depth: small trees transferred as well as big ones to
+    #: held-out scenes and predict 2x faster (docs/classifier.md)
+    max_iter: int = Field(100, ge=10, le=2000)
+    max_depth: int = Field(4, ge=2, le=32)
     learning_rate: float = Field(0.08, gt=0, le=1)
+    #: fewest training pixels per leaf (hgb and rf): larger = smoother, less scene-specific
+    min_samples_leaf: int = Field(80, ge=1)
+    l2_regularization: float = Field(1.0, ge=0)
+    #: trees of the random forest (kind: rf)
+    n_estimators: int = Field(200, ge=10, le=2000)
     #: pixels sampled per polygon at most (keeps training bounded on big fields)
     max_pixels_per_polygon: int = Field(400, ge=1)
     #: mixed edge pixels: polygons are eroded by this many metres before sampling
@@ -60,8 +75,16 @@ class ModelConfig(_Frozen):
 
 
 class PatchConfig(_Frozen):
-    #: minimum mapping unit in m^2 (Sentinel-2: 1 px = 100 m^2)
+    #: minimum mapping unit in m^2 (Sentinel-2: 1 px = 100 m^2). The Sentinel-2 survey config
+    #: sets 200 (2 px): single-pixel patches were most of the false targets on held-out
+    #: scenes, while plots of >= 4 px still give patches of >= 2 px (docs/classifier.md)
     min_mapping_unit_m2: float = Field(100.0, ge=0)
+    #: two-level patch rule: pixels at or above min(pixel_threshold, model threshold) form
+    #: patches, and a patch is kept when its peak reaches the model's threshold. 1.0 (default)
+    #: = one threshold for both. Lower values raised the matching-rule precision on held-out
+    #: scenes but by merging false pixels into blobs of up to 60 ha (docs/classifier.md), so
+    #: they are not the default.
+    pixel_threshold: float = Field(1.0, gt=0, le=1)
     #: morphological opening before labelling patches (0 = none)
     opening_px: int = Field(0, ge=0, le=5)
 

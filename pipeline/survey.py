@@ -28,7 +28,7 @@ from threadpoolctl import threadpool_limits
 from classifiers import artifact as model_artifact
 from classifiers.labels import Labels, read_labels, read_polygons
 from classifiers.model import fit_balanced, make_estimator
-from classifiers.predict import check_fit, predict_block
+from classifiers.predict import check_fit, pixel_threshold, predict_block
 from classifiers.sampling import Table, sample
 from classifiers.validation import text_table, validate
 from indices.window import FeaturePlan, block_features, make_plan, window_features
@@ -183,7 +183,8 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
     with threadpool_limits(1, user_api="openmp"):
         report = validate(est, table, labels, n_folds=cfg.model.cv_folds,
                           block_m=cfg.model.cv_block_m, target_recall=cfg.model.target_recall,
-                          seed=cfg.model.seed, scene_of_polygon=scene_of_poly)
+                          seed=cfg.model.seed, min_plot_px=cfg.model.threshold_min_plot_px,
+                          scene_of_polygon=scene_of_poly)
         t1 = time.perf_counter()
         fit_balanced(est, table.X, table.y, cfg.model.seed)
         t_fit = time.perf_counter() - t1
@@ -244,7 +245,7 @@ def combine(parts) -> tuple[Table, Labels, np.ndarray]:
         offset += len(labels.geometries)
     labels = Labels(tuple(geoms), tuple(classes), ", ".join(p[1].source for p in parts))
     table = Table(np.concatenate(X), np.concatenate(y), np.concatenate(poly),
-                  np.concatenate(xy), parts[0][0].feature_names)
+                  np.concatenate(xy), parts[0][0].feature_names, parts[0][0].pixel_m)
     return table, labels, np.array(scene_of)
 
 
@@ -470,7 +471,8 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
         slope, aspect = slope_aspect(dem_da)
     halo = cfg.masks.max_flower_px if "scl" in scene["band"].values else 0
     ctx = TileContext(scene, slope, aspect, dem_da, terrain, cfg, plan, art.estimator,
-                      art.meta["calibration"], art.threshold, stride, halo)
+                      art.meta["calibration"], pixel_threshold(art.threshold, cfg), stride,
+                      halo)
     with open_runner(cfg.run.scheduler, memory_per_worker=cfg.run.memory_per_worker) as runner:
         if runner.dashboard:
             log.warning("dask dashboard: %s", runner.dashboard)
@@ -494,6 +496,8 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
         for s in STAGES:
             timings[s] += tm.get(s, 0.0)
     patches = merge_pieces(pieces)
+    weak = sum(1 for p in patches if p.score_max < art.threshold)
+    patches = [p for p in patches if p.score_max >= art.threshold]  # patch rule: the peak
     removed = 0
     if exclusion is not None:
         kept = [p for p in patches if not p.geometry.intersects(exclusion)]
@@ -533,6 +537,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
         "command": "detect",
         "inputs": _digest_inputs(images),
         "model": {"dir": str(model_dir), "threshold": art.threshold,
+                  "pixel_threshold": pixel_threshold(art.threshold, cfg),
                   "sensor": art.meta["sensor"], "calendar": art.meta["calendar"]},
         "dem": str(dem) if dem else None, "aoi": str(aoi) if aoi else None,
         "exclude": str(exclude) if exclude else None,
@@ -542,8 +547,9 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
         "dates": dates, "phase_dates": plan.phase_dates,
         "scheduler": cfg.run.scheduler, "tiles": len(tiles), "tiles_resumed": resumed,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "counts": {"targets": len(targets.targets), "patches": len(patches) + removed,
-                   "excluded": removed, "below_mmu": below_mmu,
+        "counts": {"targets": len(targets.targets),
+                   "patches": len(patches) + removed + weak,
+                   "excluded": removed, "below_mmu": below_mmu, "below_threshold": weak,
                    "blind_areas": len(targets.blind_areas),
                    "blind_area_m2": round(flowering_blind, 1)},
     }
