@@ -295,26 +295,36 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
     t = {s: 0.0 for s in STAGES}
     t0 = time.perf_counter()
     H, W = ctx.scene.sizes["y"], ctx.scene.sizes["x"]
-    hy0, hy1 = max(0, ys.start - ctx.halo), min(H, ys.stop + ctx.halo)
-    hx0, hx1 = max(0, xs.start - ctx.halo), min(W, xs.stop + ctx.halo)
+    # read halo: masks judge clouds whole (ctx.halo), spatial features need context (sp)
+    sp = ctx.plan.halo
+    h = max(ctx.halo, sp)
+    hy0, hy1 = max(0, ys.start - h), min(H, ys.stop + h)
+    hx0, hx1 = max(0, xs.start - h), min(W, xs.stop + h)
+    # the feature window: the tile plus the spatial halo
+    fys = slice(max(0, ys.start - sp), min(H, ys.stop + sp))
+    fxs = slice(max(0, xs.start - sp), min(W, xs.stop + sp))
+    inner = (slice(ys.start - fys.start, ys.stop - fys.start),
+             slice(xs.start - fxs.start, xs.stop - fxs.start))
     raw = ctx.scene[:, :, hy0:hy1, hx0:hx1].compute(scheduler="sync")
     dem = slope = aspect = None
     if ctx.dem is not None and ctx.slope is not None:
-        dem = ctx.dem[ys, xs].compute(scheduler="sync")
-        slope = ctx.slope[ys, xs].compute(scheduler="sync")
+        dem = ctx.dem[fys, fxs].compute(scheduler="sync")
+        slope = ctx.slope[fys, fxs].compute(scheduler="sync")
     if ctx.terrain is not None and ctx.aspect is not None:
-        aspect = ctx.aspect[ys, xs].compute(scheduler="sync")
+        aspect = ctx.aspect[fys, fxs].compute(scheduler="sync")
     t1 = time.perf_counter()
     t["read"] = t1 - t0
-    core = (slice(ys.start - hy0, ys.stop - hy0), slice(xs.start - hx0, xs.stop - hx0))
-    masked = masks(raw.chunk({"y": -1, "x": -1}), ctx.cfg)[:, :, core[0], core[1]]
+    fwin = (slice(fys.start - hy0, fys.stop - hy0), slice(fxs.start - hx0, fxs.stop - hx0))
+    masked = masks(raw.chunk({"y": -1, "x": -1}), ctx.cfg)[:, :, fwin[0], fwin[1]]
     if ctx.terrain is not None:
         from indices.terrain import apply_terrain
         masked = apply_terrain(masked, slope, aspect, ctx.terrain)
     masked = masked.compute(scheduler="sync")
+    if dem is not None and slope is not None:
+        dem, slope = dem[inner], slope[inner]
     t2 = time.perf_counter()
     t["mask"] = t2 - t1
-    out = block_features(masked, ctx.plan)
+    out = block_features(masked, ctx.plan)[:, inner[0], inner[1]]
     n = len(ctx.plan.names)
     feats, evidence = out[:n], out[n:]
     t3 = time.perf_counter()
