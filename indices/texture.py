@@ -34,12 +34,26 @@ def spatial_names(phases: Sequence[str], variables: Sequence[str], radii: Sequen
             for st in stats]
 
 
-def _local(x: np.ndarray, r: int, stats: Sequence[str]) -> list[np.ndarray]:
-    """NaN-aware local statistics of one 2-D float32 image over (2r+1)^2 windows."""
+def _count(valid: np.ndarray, size: int) -> np.ndarray:
+    return ndimage.uniform_filter(valid.astype("float32"), size, mode="constant", cval=0.0)
+
+
+def _local(x: np.ndarray, r: int, stats: Sequence[str],
+           cache: dict | None = None) -> list[np.ndarray]:
+    """NaN-aware local statistics of one 2-D float32 image over (2r+1)^2 windows.
+
+    ``cache`` keeps the share of valid pixels per window for images without NaN (the usual
+    case), so it is filtered once per radius, not once per variable."""
     size = 2 * r + 1
     valid = np.isfinite(x)
-    xf = np.where(valid, x, 0.0).astype("float32")
-    cnt = ndimage.uniform_filter(valid.astype("float32"), size, mode="constant", cval=0.0)
+    all_valid = bool(valid.all())
+    xf = x.astype("float32") if all_valid else np.where(valid, x, 0.0).astype("float32")
+    if all_valid and cache is not None:
+        if r not in cache:
+            cache[r] = _count(valid, size)
+        cnt = cache[r]
+    else:
+        cnt = _count(valid, size)
     none = cnt < 0.5 / size ** 2
     safe = np.where(none, 1.0, cnt)
     out = []
@@ -51,11 +65,13 @@ def _local(x: np.ndarray, r: int, stats: Sequence[str]) -> list[np.ndarray]:
             m2 = ndimage.uniform_filter(xf * xf, size, mode="constant", cval=0.0) / safe
             v = np.sqrt(np.maximum(m2 - mean * mean, 0.0))
         elif st == "max":
-            v = ndimage.maximum_filter(np.where(valid, x, -np.inf).astype("float32"), size,
-                                       mode="constant", cval=-np.inf)
+            v = ndimage.maximum_filter(xf if all_valid else np.where(valid, x, -np.inf)
+                                       .astype("float32"), size, mode="constant",
+                                       cval=-np.inf)
         elif st == "min":
-            v = ndimage.minimum_filter(np.where(valid, x, np.inf).astype("float32"), size,
-                                       mode="constant", cval=np.inf)
+            v = ndimage.minimum_filter(xf if all_valid else np.where(valid, x, np.inf)
+                                       .astype("float32"), size, mode="constant",
+                                       cval=np.inf)
         else:
             raise ValueError(f"unknown spatial statistic '{st}'")
         out.append(np.where(none, np.nan, v).astype("float32"))
@@ -68,9 +84,10 @@ def spatial_block(images: np.ndarray, radii: Sequence[int],
     n, ny, nx = images.shape
     out = np.empty((n * len(radii) * len(stats), ny, nx), dtype="float32")
     k = 0
+    cache: dict = {}
     for i in range(n):
         for r in radii:
-            for v in _local(images[i], int(r), stats):
+            for v in _local(images[i], int(r), stats, cache):
                 out[k] = v
                 k += 1
     return out

@@ -90,12 +90,15 @@ def _block_features(block: np.ndarray, phase_idx: tuple[tuple[int, ...], ...],
             if idx:
                 sub = block[list(idx)]
                 out[n_feat + p] = np.isfinite(sub).all(axis=1).sum(axis=0)
-                med[p] = np.nanmedian(sub, axis=0)
+                # one date (a drone flight): the composite is that date, no sort needed
+                med[p] = sub[0] if len(idx) == 1 else np.nanmedian(sub, axis=0)
             else:
                 out[n_feat + p] = 0
         for f, (stat, var, pa, pb) in enumerate(plan_codes):
             if stat == 0 and pa in med:
                 out[f] = med[pa][var]
+            elif stat in (1, 2) and len(phase_idx[pa]) == 1:
+                out[f] = block[phase_idx[pa][0], var]
             elif stat in (1, 2) and phase_idx[pa]:
                 sub = block[list(phase_idx[pa]), var]
                 out[f] = np.nanmax(sub, axis=0) if stat == 1 else np.nanmin(sub, axis=0)
