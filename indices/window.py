@@ -10,6 +10,12 @@ on which dates happen to be clear: a phase with no clear observation gives NaN f
 phase and pixel.
 
 Feature names: ``<phase>.<stat>.<var>`` and ``<phaseA>-<phaseB>.median.<var>``.
+
+Spatial context (drone resolution, ``features.spatial_vars``/``spatial_radii_px``): local
+statistics of the per-phase medians (indices/texture.py), named ``<phase>.<stat>_r<r>.<var>``,
+appended after the pixel features. They are the one exception to pixel-locality: a tile needs
+a halo of ``features.spatial_px`` pixels (process_tile reads it; window_features overlaps its
+dask blocks by it, padding the scene edge with NaN, which the statistics ignore).
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import pandas as pd
 import xarray as xr
 
 from indices.catalogue import compute_indices
+from indices.texture import spatial_block, spatial_names
 from pipeline.bands import check_scene
 from pipeline.config import PHASES, Calendar, FeatureConfig
 
@@ -86,12 +93,15 @@ def _block_features(block: np.ndarray, phase_idx: tuple[tuple[int, ...], ...],
             if idx:
                 sub = block[list(idx)]
                 out[n_feat + p] = np.isfinite(sub).all(axis=1).sum(axis=0)
-                med[p] = np.nanmedian(sub, axis=0)
+                # one date (a drone flight): the composite is that date, no sort needed
+                med[p] = sub[0] if len(idx) == 1 else np.nanmedian(sub, axis=0)
             else:
                 out[n_feat + p] = 0
         for f, (stat, var, pa, pb) in enumerate(plan_codes):
             if stat == 0 and pa in med:
                 out[f] = med[pa][var]
+            elif stat in (1, 2) and len(phase_idx[pa]) == 1:
+                out[f] = block[phase_idx[pa][0], var]
             elif stat in (1, 2) and phase_idx[pa]:
                 sub = block[list(phase_idx[pa]), var]
                 out[f] = np.nanmax(sub, axis=0) if stat == 1 else np.nanmin(sub, axis=0)
@@ -110,10 +120,23 @@ class FeaturePlan:
     phase_dates: dict[str, list[str]]
     names: tuple[str, ...]
     codes: tuple[tuple[int, int, int, int], ...]
+    #: spatial context: rows of the pixel features (per-phase medians) to filter, radii, stats
+    spatial_src: tuple[int, ...] = ()
+    spatial_radii: tuple[int, ...] = ()
+    spatial_stats: tuple[str, ...] = ()
 
     @property
     def n_out(self) -> int:
         return len(self.names) + len(self.phases)
+
+    @property
+    def n_pixel(self) -> int:
+        """Pixel-local features (the first rows); the spatial ones follow."""
+        return len(self.codes)
+
+    @property
+    def halo(self) -> int:
+        return max(self.spatial_radii) if self.spatial_src else 0
 
 
 def make_plan(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig) -> FeaturePlan:
@@ -128,7 +151,7 @@ def make_plan(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig) -> Fe
     unused = [str(t)[:10] for t, p in zip(times, phases_of) if p is None]
     if unused:
         log.info("dates outside the %s calendar are not used: %s", calendar.name, unused)
-    phases = [p for p in PHASES if p in calendar.phases]
+    phases = [p for p in PHASES if p in calendar.phases and p in cfg.phases]
     phase_idx = tuple(tuple(i for i, q in enumerate(phases_of) if q == p) for p in phases)
     phase_dates = {p: [str(times[i])[:10] for i in ix] for p, ix in zip(phases, phase_idx)}
     for p, ix in zip(phases, phase_idx):
@@ -143,8 +166,17 @@ def make_plan(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig) -> Fe
             codes.append((3, variables.index(var), phases.index(a), phases.index(b)))
         else:
             codes.append((stat_code[stat], variables.index(var), phases.index(ph), -1))
+    names = [r[0] for r in rows]
+    svars = [v for v in cfg.spatial_vars if v in variables] if cfg.spatial_radii_px else []
+    skipped = [v for v in cfg.spatial_vars if v not in variables]
+    if skipped and cfg.spatial_radii_px:
+        log.info("spatial features skip variables the scene cannot give: %s", skipped)
+    src = [names.index(f"{ph}.median.{v}") for ph in phases for v in svars]
+    names += spatial_names(phases, svars, cfg.spatial_radii_px, cfg.spatial_stats)
     return FeaturePlan(tuple(bands), tuple(indices), tuple(phases), phase_idx, phase_dates,
-                       tuple(r[0] for r in rows), tuple(codes))
+                       tuple(names), tuple(codes), tuple(src),
+                       tuple(cfg.spatial_radii_px) if src else (),
+                       tuple(cfg.spatial_stats) if src else ())
 
 
 def block_features(block: xr.DataArray, plan: FeaturePlan) -> np.ndarray:
@@ -153,7 +185,11 @@ def block_features(block: xr.DataArray, plan: FeaturePlan) -> np.ndarray:
     stack = xr.concat([block.sel(band=list(plan.bands)), idx], dim="band") if plan.bands \
         else idx
     arr = np.asarray(stack.transpose("time", "band", "y", "x").values, dtype="float32")
-    return _block_features(arr, plan.phase_idx, plan.codes, len(plan.names), len(plan.phases))
+    out = _block_features(arr, plan.phase_idx, plan.codes, plan.n_pixel, len(plan.phases))
+    if not plan.spatial_src:
+        return out
+    sp = spatial_block(out[list(plan.spatial_src)], plan.spatial_radii, plan.spatial_stats)
+    return np.concatenate([out[:plan.n_pixel], sp, out[plan.n_pixel:]])
 
 
 def window_features(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig) -> Features:
@@ -162,13 +198,20 @@ def window_features(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig)
     coords = {"y": scene["y"], "x": scene["x"]}
     template = scene.isel(time=0, band=0, drop=True)
 
+    h = plan.halo
+
     def kernel(block: np.ndarray) -> np.ndarray:
         da = xr.DataArray(block, dims=("time", "band", "y", "x"),
                           coords={"time": scene["time"].values, "band": scene["band"].values})
-        return block_features(da, plan)
+        out = block_features(da, plan)
+        return out[:, h:out.shape[1] - h, h:out.shape[2] - h] if h else out
 
     data = scene.data
-    out = darr.map_blocks(kernel, data, dtype="float32", drop_axis=0,
+    src = data
+    if h:  # spatial context: every block overlaps its neighbours; the scene edge is NaN
+        src = darr.overlap.overlap(data, depth={0: 0, 1: 0, 2: h, 3: h},
+                                   boundary={0: "none", 1: "none", 2: np.nan, 3: np.nan})
+    out = darr.map_blocks(kernel, src, dtype="float32", drop_axis=0,
                           chunks=((plan.n_out,), data.chunks[2], data.chunks[3]))
     n = len(plan.names)
     fda = xr.DataArray(out[:n], dims=("feature", "y", "x"),

@@ -45,6 +45,27 @@ class FeatureConfig(_Frozen):
     #: transferred worse to held-out scenes than indices and phase contrasts
     #: (docs/classifier.md); on for sensors with few bands and one date (drones)
     band_medians: bool = True
+    #: calendar phases that get features; a single drone flight has only ``flowering``, so
+    #: drone configs list just that phase instead of carrying all-NaN pre/post columns
+    phases: tuple[Literal["pre", "flowering", "post"], ...] = PHASES
+    #: spatial context (indices/texture.py): bands/indices whose per-phase median gets local
+    #: statistics over square windows of radius ``spatial_radii_px``; for centimetre pixels
+    #: (drone), off (empty) for Sentinel-2
+    spatial_vars: tuple[str, ...] = ()
+    spatial_radii_px: tuple[int, ...] = ()
+    spatial_stats: tuple[Literal["mean", "std", "max", "min"], ...] = ("mean", "std", "max")
+
+    @field_validator("spatial_radii_px")
+    @classmethod
+    def _radii(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(r < 1 or r > 64 for r in v):
+            raise ValueError("radii must be 1-64 pixels")
+        return v
+
+    @property
+    def spatial_px(self) -> int:
+        """Halo (pixels) a tile must read around itself for the spatial features."""
+        return max(self.spatial_radii_px) if self.spatial_vars and self.spatial_radii_px else 0
 
 
 class ModelConfig(_Frozen):

@@ -278,16 +278,11 @@ class TileContext:
     halo: int                        # pixels read around a tile so masks judge clouds whole
 
 
-_OPENMP_LIMITED = False
-
-
 def _one_openmp_thread() -> None:
-    """Tiles are the unit of parallelism: each predicts with one OpenMP thread, once per
-    process, so two tiles on two cores do not oversubscribe them."""
-    global _OPENMP_LIMITED
-    if True:  # every tile: omp_set_num_threads acts on the calling thread only
-        threadpool_limits(1, user_api="openmp")
-        _OPENMP_LIMITED = True
+    """Tiles are the unit of parallelism: each predicts with one OpenMP thread, so two tiles on
+    two cores do not oversubscribe them. omp_set_num_threads acts on the calling thread only,
+    so every tile sets it for the worker thread it runs on."""
+    threadpool_limits(1, user_api="openmp")
 
 
 def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
@@ -296,31 +291,43 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
     t = {s: 0.0 for s in STAGES}
     t0 = time.perf_counter()
     H, W = ctx.scene.sizes["y"], ctx.scene.sizes["x"]
-    hy0, hy1 = max(0, ys.start - ctx.halo), min(H, ys.stop + ctx.halo)
-    hx0, hx1 = max(0, xs.start - ctx.halo), min(W, xs.stop + ctx.halo)
+    # read halo: masks judge clouds whole (ctx.halo), spatial features need context (sp)
+    sp = ctx.plan.halo
+    h = max(ctx.halo, sp)
+    hy0, hy1 = max(0, ys.start - h), min(H, ys.stop + h)
+    hx0, hx1 = max(0, xs.start - h), min(W, xs.stop + h)
+    # the feature window: the tile plus the spatial halo
+    fys = slice(max(0, ys.start - sp), min(H, ys.stop + sp))
+    fxs = slice(max(0, xs.start - sp), min(W, xs.stop + sp))
+    inner = (slice(ys.start - fys.start, ys.stop - fys.start),
+             slice(xs.start - fxs.start, xs.stop - fxs.start))
     raw = ctx.scene[:, :, hy0:hy1, hx0:hx1].compute(scheduler="sync")
     dem = slope = aspect = None
     if ctx.dem is not None and ctx.slope is not None:
-        dem = ctx.dem[ys, xs].compute(scheduler="sync")
-        slope = ctx.slope[ys, xs].compute(scheduler="sync")
+        dem = ctx.dem[fys, fxs].compute(scheduler="sync")
+        slope = ctx.slope[fys, fxs].compute(scheduler="sync")
     if ctx.terrain is not None and ctx.aspect is not None:
-        aspect = ctx.aspect[ys, xs].compute(scheduler="sync")
+        aspect = ctx.aspect[fys, fxs].compute(scheduler="sync")
     t1 = time.perf_counter()
     t["read"] = t1 - t0
-    core = (slice(ys.start - hy0, ys.stop - hy0), slice(xs.start - hx0, xs.stop - hx0))
-    masked = masks(raw.chunk({"y": -1, "x": -1}), ctx.cfg)[:, :, core[0], core[1]]
+    fwin = (slice(fys.start - hy0, fys.stop - hy0), slice(fxs.start - hx0, fxs.stop - hx0))
+    masked = masks(raw.chunk({"y": -1, "x": -1}), ctx.cfg)[:, :, fwin[0], fwin[1]]
     if ctx.terrain is not None:
         from indices.terrain import apply_terrain
         masked = apply_terrain(masked, slope, aspect, ctx.terrain)
     masked = masked.compute(scheduler="sync")
+    if dem is not None and slope is not None:
+        dem, slope = dem[inner], slope[inner]
     t2 = time.perf_counter()
     t["mask"] = t2 - t1
-    feats, evidence, prob = _features_and_predict(masked, ctx, t)
+    feats, evidence, prob = _features_and_predict(masked, ctx, t, inner)
     t4 = time.perf_counter()
     fl = ctx.plan.phases.index("flowering") if "flowering" in ctx.plan.phases else None
     ev = evidence[fl] if fl is not None else np.zeros(prob.shape, "float32")
     valid = np.isfinite(prob)
     ev = np.where(valid | (ev > 0), ev, np.nan)  # outside the data: not a blind area
+    # no clear flowering observation: blind, not a probability (nor a candidate)
+    prob = np.where(ev > 0, prob, np.nan).astype("float32")
     transform = ctx.scene.rio.transform()
     pieces, blind = chunk_pieces(prob, ev, None if dem is None else dem.values,
                                  None if slope is None else slope.values, feats,
@@ -338,21 +345,29 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
 STRIP_ROWS = 128
 
 
-def _features_and_predict(masked: xr.DataArray, ctx: TileContext,
-                          t: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _features_and_predict(masked: xr.DataArray, ctx: TileContext, t: dict[str, float],
+                          inner: tuple[slice, slice]
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features, evidence and probability of the ``inner`` window of ``masked`` (the tile
+    inside its spatial-feature halo), computed in strips of rows that carry the same halo."""
     n, n_ph = len(ctx.plan.names), len(ctx.plan.phases)
-    ny, nx = masked.sizes["y"], masked.sizes["x"]
+    sp = ctx.plan.halo
+    iy, ix = inner
+    ny, nx = iy.stop - iy.start, ix.stop - ix.start
     feats = np.empty((n, ny, nx), dtype="float32")
     evidence = np.empty((n_ph, ny, nx), dtype="float32")
     prob = np.empty((ny, nx), dtype="float32")
     for r0 in range(0, ny, STRIP_ROWS):
-        rows = slice(r0, min(ny, r0 + STRIP_ROWS))
+        r1 = min(ny, r0 + STRIP_ROWS)
+        a0 = max(0, iy.start + r0 - sp)
+        a1 = min(masked.sizes["y"], iy.start + r1 + sp)
         t0 = time.perf_counter()
-        out = block_features(masked[:, :, rows, :], ctx.plan)
-        feats[:, rows], evidence[:, rows] = out[:n], out[n:]
-        del out
+        out = block_features(masked[:, :, a0:a1, :], ctx.plan)
+        crop = out[:, iy.start + r0 - a0:iy.start + r1 - a0, ix]
+        feats[:, r0:r1], evidence[:, r0:r1] = crop[:n], crop[n:]
+        del out, crop
         t1 = time.perf_counter()
-        prob[rows] = predict_block(feats[:, rows], ctx.estimator, ctx.calibration)
+        prob[r0:r1] = predict_block(feats[:, r0:r1], ctx.estimator, ctx.calibration)
         t["features"] += t1 - t0
         t["predict"] += time.perf_counter() - t1
     return feats, evidence, prob
