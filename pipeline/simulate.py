@@ -291,6 +291,10 @@ class _Layout:
         self.b_w = rng.uniform(8.0, 28.0, nblk)
         self.b_len = rng.uniform(40.0, 160.0, nblk)
         self.b_crop = rng.choice(len(_FIELD_CROPS), size=nblk, p=_FIELD_P)
+        self._b_cos = np.cos(self.b_ang).astype(np.float32)
+        self._b_sin = np.sin(self.b_ang).astype(np.float32)
+        self._b_w32 = self.b_w.astype(np.float32)
+        self._b_len32 = self.b_len.astype(np.float32)
         # --- objects --------------------------------------------------------------------------
         self.obj = _Objects.empty()
         self.occ = np.zeros((n, n), dtype=bool)  # 10 m occupancy by villages/ponds/plots
@@ -303,11 +307,15 @@ class _Layout:
         self._poppy(prevalence)
 
     # ---- helpers ------------------------------------------------------------------------------
-    def _random_cell(self, ok: np.ndarray, tries: int = 1) -> tuple[float, float] | None:
-        idx = np.flatnonzero(ok)
+    def _random_cell(self, ok: np.ndarray, free: bool = False) -> tuple[float, float] | None:
+        """A random point in a cell of ``ok`` (a mask or its flat indices); None when there is
+        no such cell, or when ``free`` and the drawn cell is occupied."""
+        idx = np.flatnonzero(ok) if ok.dtype == bool else ok
         if idx.size == 0:
             return None
         k = int(idx[self.rng.integers(idx.size)])
+        if free and self.occ.flat[k]:
+            return None
         r, c = divmod(k, self.n)
         return ((c + self.rng.uniform()) * self.pixel, (r + self.rng.uniform()) * self.pixel)
 
@@ -342,7 +350,7 @@ class _Layout:
     def _ponds(self) -> None:
         rng = self.rng
         area_ha = (self.ext / 100.0) ** 2
-        flat = self.agri & (np.degrees(self.slope) < 3.0)
+        flat = np.flatnonzero(self.agri & (np.degrees(self.slope) < 3.0))
         for _ in range(int(rng.poisson(area_ha / 120.0))):
             pt = self._random_cell(flat)
             if pt is None:
@@ -356,13 +364,14 @@ class _Layout:
     def _villages(self) -> None:
         rng = self.rng
         area_ha = (self.ext / 100.0) ** 2
-        flat = self.agri & (np.degrees(self.slope) < 6.0)
+        flat_m = self.agri & (np.degrees(self.slope) < 6.0)
         # villages sit at the foot of hills: prefer flat cells close to forest
-        near = ndimage.binary_dilation(~self.agri, iterations=8) & flat
+        near = np.flatnonzero(ndimage.binary_dilation(~self.agri, iterations=8) & flat_m)
+        flat = np.flatnonzero(flat_m)
         n_vil = max(1, int(rng.poisson(area_ha / 110.0)))
         roofs = ("roof_red", "roof_grey", "roof_blue", "roof_white")
         for _ in range(n_vil):
-            pt = self._random_cell(near if near.any() and rng.uniform() < 0.7 else flat)
+            pt = self._random_cell(near if near.size and rng.uniform() < 0.7 else flat)
             if pt is None:
                 return
             vx, vy = pt
@@ -423,8 +432,9 @@ class _Layout:
         n_sea = int(rng.poisson(area_ha / 700.0))
         if self.n >= 128:
             n_sea = max(n_sea, 1)
+        agri = np.flatnonzero(self.agri)
         for _ in range(n_sea):
-            pt = self._random_cell(self.agri)
+            pt = self._random_cell(agri)
             if pt is None:
                 return
             ang = float(self.b_ang[self.block_at(*pt)])
@@ -444,8 +454,8 @@ class _Layout:
         """Hillside plots, tea rows, bare patches and graves in the forest: the company that
         ravine plots keep (a bright clearing in a dark forest is otherwise a give-away)."""
         rng = self.rng
-        forest = (~self.agri) & (self.fscore < 4.0)
-        n_cells = int(forest.sum())
+        forest = np.flatnonzero((~self.agri) & (self.fscore < 4.0))
+        n_cells = int(forest.size)
         if n_cells == 0:
             return
         crops = ("vegetables", "bare_soil", "grass", "tea", "radish", "broad_bean", "garlic",
@@ -478,9 +488,11 @@ class _Layout:
         area = 0.0
         kinds = ("garden", "ravine", "strip", "field")
         kp = np.array([0.33, 0.2, 0.27, 0.2])
-        self._ravine_ok = (~self.agri) & (self.fscore < 2.5) & (np.degrees(self.slope) < 28)
-        if not self._ravine_ok.any():
-            self._ravine_ok = ~self.agri
+        self._ravine_ok = np.flatnonzero((~self.agri) & (self.fscore < 2.5)
+                                         & (np.degrees(self.slope) < 28))
+        if not self._ravine_ok.size:
+            self._ravine_ok = np.flatnonzero(~self.agri)
+        self._agri_idx = np.flatnonzero(self.agri)
         failures = 0
         while area < target and failures < 200:
             kind = kinds[int(rng.choice(4, p=kp))]
@@ -534,7 +546,7 @@ class _Layout:
                 self.obj.add(x + rng.normal(0, a / 2), y + rng.normal(0, a / 2), a * k,
                              b * k, ang, 1, cls, colour=0, kind="clearing")
             return x, y, a, float(b), ang, 1
-        pt = self._random_cell(self.agri & ~self.occ)
+        pt = self._random_cell(self._agri_idx, free=True)
         if pt is None:
             return None
         x, y = pt
@@ -555,63 +567,81 @@ class _Layout:
         return False
 
     # ---- rasterisation -------------------------------------------------------------------------
+    def _upsample(self, coarse: np.ndarray, r0: int, r1: int) -> np.ndarray:
+        """Bilinear upsampling of a 10 m array to the fine pixels of rows r0..r1 (separable)."""
+        ss, n = self.ss, self.n
+        pos = (np.arange(ss * n, dtype=np.float32) + 0.5) / ss - 0.5
+        lo = np.clip(np.floor(pos).astype(np.int64), 0, n - 1)
+        hi = np.clip(lo + 1, 0, n - 1)
+        wt = np.clip(pos - lo, 0.0, 1.0).astype(np.float32)
+        rows = slice(r0 * ss, r1 * ss)
+        cr = (coarse[lo[rows]] * (1 - wt[rows])[:, None] + coarse[hi[rows]] * wt[rows][:, None])
+        return cr[:, lo] * (1 - wt)[None, :] + cr[:, hi] * wt[None, :]
+
     def fine_keys(self, r0: int, r1: int) -> np.ndarray:
         """Unit keys (int64) of the fine pixels of 10 m rows r0..r1, shape ((r1-r0)*ss, n*ss)."""
         ss, fs, B, nb = self.ss, self.fs, self.BLOCK, self.nb
         nf = self.n * ss
         rows = np.arange(r0 * ss, r1 * ss)
-        y = ((rows + 0.5) * fs)[:, None] * np.ones((1, nf))
-        x = ((np.arange(nf) + 0.5) * fs)[None, :] * np.ones((rows.size, 1))
-        # forest score, bilinear from 10 m
-        fsc = ndimage.map_coordinates(self.fscore, [y / self.pixel - 0.5, x / self.pixel - 0.5],
-                                      order=1, mode="nearest")
+        y1 = ((rows + 0.5) * fs).astype(np.float32)
+        x1 = ((np.arange(nf) + 0.5) * fs).astype(np.float32)
+        y = np.broadcast_to(y1[:, None], (rows.size, nf))
+        x = np.broadcast_to(x1[None, :], (rows.size, nf))
         # Voronoi blocks over the 3 x 3 neighbour seeds
-        gx = np.floor(x / B).astype(np.int64) + 1
-        gy = np.floor(y / B).astype(np.int64) + 1
-        d1 = np.full(x.shape, np.inf)
-        d2 = np.full(x.shape, np.inf)
+        gx = (np.floor(x1 / B).astype(np.int64) + 1)[None, :]
+        gy = (np.floor(y1 / B).astype(np.int64) + 1)[:, None]
+        d1 = np.full(x.shape, np.inf, np.float32)
+        d2 = np.full(x.shape, np.inf, np.float32)
         bid = np.zeros(x.shape, np.int64)
         bid2 = np.zeros(x.shape, np.int64)
+        sxs = self.seed_x.astype(np.float32)
+        sys_ = self.seed_y.astype(np.float32)
         for dy in (-1, 0, 1):
+            yy = np.clip(gy + dy, 0, nb - 1)
             for dx in (-1, 0, 1):
-                yy = np.clip(gy + dy, 0, nb - 1)
                 xx = np.clip(gx + dx, 0, nb - 1)
-                d = (self.seed_x[yy, xx] - x) ** 2 + (self.seed_y[yy, xx] - y) ** 2
                 k = yy * nb + xx
+                d = (sxs.ravel()[k] - x) ** 2 + (sys_.ravel()[k] - y) ** 2
                 closer = d < d1
                 second = ~closer & (d < d2) & (k != bid)
                 bid2 = np.where(closer, bid, np.where(second, k, bid2))
                 d2 = np.where(closer, d1, np.where(second, d, d2))
                 bid = np.where(closer, k, bid)
                 d1 = np.where(closer, d, d1)
-        sx = self.seed_x[bid // nb, bid % nb]
-        sy = self.seed_y[bid // nb, bid % nb]
-        c, s = np.cos(self.b_ang[bid]), np.sin(self.b_ang[bid])
+        sx = sxs.ravel()[bid]
+        sy = sys_.ravel()[bid]
+        c = self._b_cos[bid]
+        s = self._b_sin[bid]
         u = (x - sx) * c + (y - sy) * s
-        v = -(x - sx) * s + (y - sy) * c
-        w, ln = self.b_w[bid], self.b_len[bid]
+        v = (y - sy) * c - (x - sx) * s
+        w, ln = self._b_w32[bid], self._b_len32[bid]
         i = np.floor(u / w).astype(np.int64)
-        key_bi = (bid << np.int64(12)) | ((i + 2048) & 0xFFF)
-        joff = _u01(key_bi, self.seed * 31 + 5) * ln
+        # cheap float hash of (block, strip) for the stagger of field ends along a strip
+        h = np.sin(bid.astype(np.float32) * np.float32(12.9898) + i.astype(np.float32)
+                   * np.float32(78.233) + np.float32(self.seed % 1000)) * np.float32(43758.547)
+        joff = (h - np.floor(h)) * ln
         vj = v + joff
         j = np.floor(vj / ln).astype(np.int64)
         uu, vv = u - i * w, vj - j * ln
         ridge = (uu < fs / 2) | (vv < fs / 2)
         # roads on some block edges (a hash of the pair), farm tracks elsewhere are ridges
-        pair = np.minimum(bid, bid2) * np.int64(1 << 20) + np.maximum(bid, bid2)
         edge = (np.sqrt(d2) - np.sqrt(d1)) < 4.0
-        road = edge & (_u01(pair, self.seed * 17 + 1) < 0.35)
+        pair = (np.minimum(bid, bid2) * 7919 + np.maximum(bid, bid2)).astype(np.float32)
+        hp = np.sin(pair * np.float32(0.7548) + np.float32(self.seed % 997)) * np.float32(43758.547)
+        road = edge & ((hp - np.floor(hp)) < 0.35)
         ridge |= edge
         keys = ((np.int64(_T_FIELD) << _SHIFT) | (bid << np.int64(24))
                 | (((i + 2048) & 0xFFF) << np.int64(12)) | ((j + 2048) & 0xFFF))
-        keys = np.where(ridge, (np.int64(_T_RIDGE) << _SHIFT) | bid, keys)
-        keys = np.where(road, np.int64(_T_ROAD) << _SHIFT, keys)
-        cell = (np.floor(y / 100.0).astype(np.int64) * 10000 + np.floor(x / 100.0).astype(np.int64))
-        ft = ndimage.map_coordinates(self.ftype, [y / self.pixel - 0.5, x / self.pixel - 0.5],
-                                     order=1, mode="nearest")
-        stand = np.digitize(ft, [-0.6, 0.5, 1.1]).astype(np.int64)
-        keys = np.where(fsc > 0.0, (np.int64(_T_FOREST) << _SHIFT) | (stand << np.int64(40))
-                        | cell, keys)
+        keys[ridge] = (np.int64(_T_RIDGE) << _SHIFT) | bid[ridge]
+        keys[road] = np.int64(_T_ROAD) << _SHIFT
+        fsc = self._upsample(self.fscore, r0, r1)
+        forest = fsc > 0.0
+        if forest.any():
+            ft = self._upsample(self.ftype, r0, r1)[forest]
+            stand = np.digitize(ft, [-0.6, 0.5, 1.1]).astype(np.int64)
+            cell = ((np.floor(y[forest] / 100.0).astype(np.int64) * 10000)
+                    + np.floor(x[forest] / 100.0).astype(np.int64))
+            keys[forest] = (np.int64(_T_FOREST) << _SHIFT) | (stand << np.int64(40)) | cell
         # objects in paint order
         ob = self.obj
         if not hasattr(self, "_obj_y0"):
@@ -629,8 +659,8 @@ class _Layout:
             fc1 = min(nf, int((ob.cx[k] + rad) / fs) + 2)
             if fr0 >= fr1 or fc0 >= fc1:
                 continue
-            yy = y[fr0:fr1, fc0:fc1] - ob.cy[k]
-            xx = x[fr0:fr1, fc0:fc1] - ob.cx[k]
+            yy = (y1[fr0:fr1].astype(np.float64) - ob.cy[k])[:, None]
+            xx = (x1[fc0:fc1].astype(np.float64) - ob.cx[k])[None, :]
             ca, sa = math.cos(ob.ang[k]), math.sin(ob.ang[k])
             pu = (xx * ca + yy * sa) / ob.a[k]
             pv = (-xx * sa + yy * ca) / ob.b[k]
@@ -900,8 +930,11 @@ def _grid(rng: np.random.Generator, size: int, pixel: float) -> tuple[str, Affin
     return crs, Affine(pixel, 0, x0, 0, -pixel, y0), lat
 
 
-def _to_wgs84(geom: shapely.Geometry, transform: Affine, crs: str) -> shapely.Geometry:
-    """Local metres (x east, y down from the top-left) -> lon/lat."""
+def _to_wgs84_many(geoms: list[shapely.Geometry], transform: Affine,
+                   crs: str) -> list[shapely.Geometry]:
+    """Local metres (x east, y down from the top-left) -> lon/lat, exterior rings CCW."""
+    if not geoms:
+        return []
     tr = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
     x0, y0 = transform.c, transform.f
 
@@ -909,12 +942,18 @@ def _to_wgs84(geom: shapely.Geometry, transform: Affine, crs: str) -> shapely.Ge
         lon, lat = tr.transform(x0 + coords[:, 0], y0 - coords[:, 1])
         return np.round(np.column_stack([lon, lat]), 7)
 
-    g = shapely.transform(geom, f)
-    if g.geom_type == "Polygon":
-        return orient(g, 1.0)
-    if g.geom_type == "MultiPolygon":
-        return shapely.MultiPolygon([orient(p, 1.0) for p in g.geoms])
-    return g
+    out = []
+    for g in shapely.transform(np.array(geoms, dtype=object), f).tolist():
+        if g.geom_type == "Polygon":
+            g = orient(g, 1.0)
+        elif g.geom_type == "MultiPolygon":
+            g = shapely.MultiPolygon([orient(p, 1.0) for p in g.geoms])
+        out.append(g)
+    return out
+
+
+def _to_wgs84(geom: shapely.Geometry, transform: Affine, crs: str) -> shapely.Geometry:
+    return _to_wgs84_many([geom], transform, crs)[0]
 
 
 def _write_geojson(path: Path, features: list[dict]) -> Path:
@@ -928,25 +967,28 @@ def _feature(geom: shapely.Geometry, props: dict) -> dict:
     return {"type": "Feature", "geometry": mapping(geom), "properties": props}
 
 
+def _features(geoms: list[shapely.Geometry], props: list[dict], transform: Affine,
+              crs: str) -> list[dict]:
+    return [_feature(g, p) for g, p in zip(_to_wgs84_many(geoms, transform, crs), props)]
+
+
 def _vector_outputs(out: Path, lay: _Layout, units: _Units, transform: Affine, crs: str,
                     pixel: float) -> tuple[Path, Path]:
     """Write truth.geojson (every plot) and labels.geojson (an analyst's sample)."""
     rng = np.random.default_rng([lay.seed, 7])
     plots = [lay.obj.polygon(i) for i in lay.plot_ids]
-    truth = []
-    for pid, (i, poly) in enumerate(zip(lay.plot_ids, plots)):
-        truth.append(_feature(_to_wgs84(poly, transform, crs), {
-            "plot_id": pid, "kind": lay.obj.kind[i], "area_m2": round(poly.area, 2),
-            "pixels": round(poly.area / (pixel * pixel), 3),
-            "colour": ("white", "pink", "red", "purple")[lay.obj.colour[i]],
-        }))
-    truth_path = _write_geojson(out / "truth.geojson", truth)
+    props = [{"plot_id": pid, "kind": lay.obj.kind[i], "area_m2": round(poly.area, 2),
+              "pixels": round(poly.area / (pixel * pixel), 3),
+              "colour": ("white", "pink", "red", "purple")[lay.obj.colour[i]]}
+             for pid, (i, poly) in enumerate(zip(lay.plot_ids, plots))]
+    truth_path = _write_geojson(out / "truth.geojson", _features(plots, props, transform, crs))
     buffered = shapely.STRtree([p.buffer(pixel) for p in plots]) if plots else None
 
     def clear(g: shapely.Geometry) -> bool:
         return buffered is None or len(buffered.query(g, predicate="intersects")) == 0
 
-    labels = []
+    geoms: list[shapely.Geometry] = []
+    props = []
     # fields and forest cells (polygonised from the fine raster, whole units only)
     fs2 = lay.fs * lay.fs
     for uid, parts in units.label_pieces.items():
@@ -956,8 +998,9 @@ def _vector_outputs(out: Path, lay: _Layout, units: _Units, transform: Affine, c
             continue
         if geom.geom_type != "Polygon" or not clear(geom):
             continue
-        labels.append(_feature(_to_wgs84(geom, transform, crs), {"class": cls}))
-    # objects: ponds, village lots, gardens, ornamental poppies
+        geoms.append(geom)
+        props.append({"class": _LABEL_CLASS.get(cls, cls)})
+    # objects: ponds, village lots, gardens, clearings, ornamental poppies
     ob = lay.obj
     for i in range(len(ob.cx)):
         cls = CLASSES[ob.cls[i]]
@@ -969,14 +1012,14 @@ def _vector_outputs(out: Path, lay: _Layout, units: _Units, transform: Affine, c
         poly = ob.polygon(i)
         if not clear(poly):
             continue
-        labels.append(_feature(_to_wgs84(poly, transform, crs),
-                               {"class": _LABEL_CLASS.get(cls, cls)}))
+        geoms.append(poly)
+        props.append({"class": _LABEL_CLASS.get(cls, cls)})
     # some poppy plots, the larger ones more likely (that is what gets found and digitised)
-    for pid, (i, poly) in enumerate(zip(lay.plot_ids, plots)):
+    for pid, poly in enumerate(plots):
         if rng.uniform() < min(0.6, 0.1 + poly.area / 600.0):
-            labels.append(_feature(_to_wgs84(poly, transform, crs),
-                                   {"class": "poppy", "plot_id": pid}))
-    labels_path = _write_geojson(out / "labels.geojson", labels)
+            geoms.append(poly)
+            props.append({"class": "poppy", "plot_id": pid})
+    labels_path = _write_geojson(out / "labels.geojson", _features(geoms, props, transform, crs))
     return truth_path, labels_path
 
 
@@ -1041,25 +1084,34 @@ def _render_s2(out: Path, lay: _Layout, units: _Units, d: date, k: int, transfor
     add = 1000 if baseline == "04.00" else 0
     data = np.zeros((13, n, n), dtype=np.uint16)
     refl_keep: dict[int, np.ndarray] = {}
+    # per-pixel factors shared by all bands
+    mult = ((1.0 + amp * tex_bright) * illum * (1 - 0.7 * shadow) * (1 - alpha)).astype(np.float32)
+    cov = (vegm * tex_cover).astype(np.float32)
+    ids0, ids1, ids2 = units.ids[..., 0], units.ids[..., 1], units.ids[..., 2]
+    w0, w1, w2 = units.w[..., 0], units.w[..., 1], units.w[..., 2]
     for b in range(12):
         col = table[:, b]
-        img = (units.w[..., 0] * col[units.ids[..., 0]] + units.w[..., 1] * col[units.ids[..., 1]]
-               + units.w[..., 2] * col[units.ids[..., 2]])
-        img += vegm * tex_cover * green_minus_soil[b]
-        img *= 1.0 + amp * tex_bright
-        img *= illum
-        img = img * (1 - 0.7 * shadow) + haze[b] + cirrus * (0.8 if b != 9 else 0.3)
-        img = img * (1 - alpha) + alpha * _CLOUD[b]
+        img = w0 * col[ids0]
+        img += w1 * col[ids1]
+        img += w2 * col[ids2]
+        img += cov * green_minus_soil[b]
+        img *= mult
+        img += (haze[b] + cirrus * (0.8 if b != 9 else 0.3)) * (1 - alpha) + alpha * _CLOUD[b]
         img *= gain[b]
-        img = ndimage.gaussian_filter(img, 0.45)
-        img += rng.normal(0, 0.0025, size=(n, n)).astype(np.float32)
+        if _RES[b] == 10:  # MTF; the 20 m / 60 m aggregation below blurs those bands anyway
+            img = ndimage.gaussian_filter(img, 0.45)
+        img += rng.standard_normal((n, n), dtype=np.float32) * np.float32(0.0025)
         if _RES[b] == 20:
             img = _block_replicate(img, 2)
         elif _RES[b] == 60:
             img = _block_replicate(img, 6)
         if b in (1, 2, 3, 7, 10):
-            refl_keep[b] = img
-        dn = np.clip(np.rint(img * 10000.0) + add, 1, 65535).astype(np.uint16)
+            refl_keep[b] = img.copy()
+        img *= 10000.0
+        img += add
+        np.rint(img, out=img)
+        np.clip(img, 1, 65535, out=img)
+        dn = img.astype(np.uint16)
         dn[swath] = 0
         data[b] = dn
     data[12] = _scl(lay, units, refl_keep, alpha, shadow, cirrus, swath, rng)
