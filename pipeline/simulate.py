@@ -93,13 +93,13 @@ _CLOUD = np.array([0.55, 0.56, 0.57, 0.58, 0.58, 0.58, 0.58, 0.58, 0.58, 0.45, 0
 CLASSES: tuple[str, ...] = (
     "wheat", "rapeseed", "garlic", "broad_bean", "vegetables", "grass", "bare_soil", "forest",
     "village", "water", "ornamental_poppy", "radish", "poppy", "ridge", "road",
-    "roof", "courtyard", "garden_tree", "tea", "rock",
+    "roof", "courtyard", "garden_tree", "tea", "rock", "milk_vetch", "potato",
 )
 _C = {name: i for i, name in enumerate(CLASSES)}
 #: Field crops drawn for strip fields and their shares.
 _FIELD_CROPS = ("wheat", "rapeseed", "garlic", "broad_bean", "vegetables", "grass",
-                "bare_soil", "radish")
-_FIELD_P = np.array([0.24, 0.22, 0.09, 0.09, 0.20, 0.06, 0.07, 0.03])
+                "bare_soil", "radish", "milk_vetch", "potato")
+_FIELD_P = np.array([0.2, 0.18, 0.08, 0.08, 0.17, 0.05, 0.06, 0.04, 0.08, 0.06])
 _LABEL_CLASS = {  # simulator class -> label class
     "roof": "village", "courtyard": "village", "garden_tree": "forest", "rock": "bare_soil",
 }
@@ -772,7 +772,9 @@ class _Units:
         self.cls, self.colour, self.kind = cls, colour, kind
         self.typ, self.payload = typ, payload
         # per-unit jitter
-        self.shift = (_gauss(keys, salt + 3) * 5.0).astype(np.float32)   # days
+        # days: an early or late spring for the whole scene, and each field its own
+        self.season = float(np.random.default_rng([lay.seed, 3]).normal(0.0, 6.0))
+        self.shift = (self.season + _gauss(keys, salt + 3) * 5.0).astype(np.float32)
         self.cover = np.clip(1.0 + 0.08 * _gauss(keys, salt + 4), 0.7, 1.15).astype(np.float32)
         self.fl_amp = np.clip(1.0 + 0.25 * _gauss(keys, salt + 5), 0.4, 1.6).astype(np.float32)
         self.soil = (np.floor(_u01(keys, salt + 6) * 3)).astype(np.int8)
@@ -806,7 +808,7 @@ def _fractions(u: _Units, doy: int, date_salt: int) -> np.ndarray:
         np.add.at(fr, (idx, soil_em[idx]), np.clip(1 - cover, 0, 1) * moist[idx])
 
     for name in ("wheat", "rapeseed", "garlic", "broad_bean", "vegetables", "grass", "bare_soil",
-                 "radish", "poppy", "ornamental_poppy", "ridge", "tea"):
+                 "radish", "poppy", "ornamental_poppy", "ridge", "tea", "milk_vetch", "potato"):
         idx = np.flatnonzero(u.cls == _C[name])
         if idx.size == 0:
             continue
@@ -841,6 +843,24 @@ def _fractions(u: _Units, doy: int, date_salt: int) -> np.ndarray:
             veg(idx, 0.5 + 0.35 * _sig(tt, 95, 10), 0.12 + zero, zero, "leaf")
         elif name == "bare_soil":
             veg(idx, 0.04 + 0.1 * _sig(tt, 140, 10), 0.3 + zero, zero, "leaf")
+        elif name == "milk_vetch":
+            # Chinese milk vetch (Astragalus sinicus), green manure in rice fields: pink-purple
+            # bloom in April, ploughed in early May and flooded for rice
+            ploughed = tt > 125
+            cover = np.where(ploughed, 0.0, 0.6 + 0.3 * _sig(tt, 80, 8))
+            veg(idx, cover, 0.05 + zero, 0.2 * _bump(tt, 105, 8), "leaf",
+                np.where(u.colour[idx] == 0, _E["petal_pink"], _E["petal_purple"]))
+            pi = idx[ploughed]
+            if pi.size:
+                flood = np.clip((tt[ploughed] - 125) / 10, 0, 1) * 0.7
+                rice = 0.25 * _sig(tt[ploughed], 160, 5)
+                fr[pi] = 0.0
+                fr[pi, _E["water"]] = flood * (1 - rice)
+                fr[pi, _E["soil_dark"]] = (1 - flood) * (1 - rice)
+                fr[pi, _E["leaf"]] = rice
+        elif name == "potato":
+            cover = 0.3 + 0.55 * _sig(tt, 100, 8)
+            veg(idx, cover, _sig(tt, 165, 5), 0.12 * _bump(tt, 130, 8), "leaf")
         elif name == "tea":
             # evergreen shrub rows; spring flush in April, plucking in May thins the canopy
             cover = 0.55 + 0.15 * _bump(tt, 110, 15)
