@@ -11,8 +11,8 @@ How a Sentinel-2 scene is built:
    Voronoi farm blocks cut into strip fields, villages (houses, courtyards, gardens, trees),
    ponds, an ornamental "flower sea", and poppy plots (garden, ravine, strip, field).
 2. Rasterisation at ``SUPERSAMPLE`` x finer pixels, strip by strip; each 10 m pixel keeps the
-   three units (fields, objects) covering most of it with their area weights, so spectra mix
-   at sub-pixel edges.
+   three units (fields, objects, forest cells) covering most of it with their area weights, so
+   spectra mix at sub-pixel edges.
 3. Per date: every unit gets a spectrum from its class phenology (linear mixture of leaf,
    petal, dry-plant and soil endmembers), pixels mix the spectra of their units, then
    texture, terrain illumination (cos i, not corrected), haze and calibration jitter, clouds
@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -44,7 +43,15 @@ from pipeline.geotiff import write_multiband
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SimResult", "simulate", "S2_FILE_BANDS", "CLASSES", "ENDMEMBERS"]
+__all__ = [
+    "CLASSES",
+    "ENDMEMBERS",
+    "S2_FILE_BANDS",
+    "SimResult",
+    "poppy_fraction",
+    "quicklook",
+    "simulate",
+]
 
 #: Band order of the simulated Sentinel-2 files (12 reflective bands, then SCL).
 S2_FILE_BANDS: tuple[str, ...] = (
@@ -280,7 +287,7 @@ class _Layout:
         self.agri = self.fscore < -1.0
         # --- farm blocks (jittered grid Voronoi) ----------------------------------------------
         B = self.BLOCK
-        self.nb = int(math.ceil(ext / B)) + 2
+        self.nb = math.ceil(ext / B) + 2
         nb = self.nb
         jit = rng.uniform(0.08, 0.92, size=(2, nb, nb))
         self.seed_x = ((np.arange(nb)[None, :] - 1 + jit[0]) * B).astype(np.float64)  # (nb, nb)
@@ -930,7 +937,10 @@ def _dates(rng: np.random.Generator, year: int, n_dates: int) -> list[date]:
     if n_flo < 2:
         n_pre, n_post, n_flo = 1, 1, n_dates - 2
     pre = list(rng.choice(window(*_PRE), size=n_pre, replace=False))
-    flo = list(rng.choice(window(*_FLOWER), size=n_flo, replace=False))
+    # flowering dates spread over the window (one per equal part), as a survey would plan
+    fw = window(*_FLOWER)
+    parts = np.array_split(np.arange(len(fw)), n_flo)
+    flo = [fw[int(rng.choice(part))] for part in parts]
     late = window((5, 21), (6, 7))
     post = [late[int(rng.integers(len(late)))]]
     rest = [d for d in window(*_POST) if d not in post]
@@ -1025,7 +1035,7 @@ def _vector_outputs(out: Path, lay: _Layout, units: _Units, transform: Affine, c
     ob = lay.obj
     for i in range(len(ob.cx)):
         cls = CLASSES[ob.cls[i]]
-        if cls in ("poppy", "roof", "garden_tree"):
+        if cls in ("poppy", "roof", "garden_tree") or ob.kind[i] == "grave":
             continue
         p = {"water": 0.5, "courtyard": 0.15, "ornamental_poppy": 0.7}.get(cls, 0.15)
         if rng.uniform() > p:
@@ -1083,7 +1093,7 @@ def _render_s2(out: Path, lay: _Layout, units: _Units, d: date, k: int, transfor
     drow, dcol = dist * math.cos(a), -dist * math.sin(a)
     shadow = ndimage.shift(alpha, (drow, dcol), order=1, mode="constant", cval=0.0)
     cirrus = np.zeros((n, n), np.float32)
-    if rng.uniform() < 0.35:
+    if rng.uniform() < 0.25:
         cirrus = np.clip(_fractal(rng, n, 3.5) * 0.05 + rng.uniform(0.0, 0.06), 0, 0.2)
     # haze and calibration jitter for the scene
     haze = rng.uniform(0.0, 0.025) * (np.array(WAVELENGTH_NM) / 443.0) ** -2.0
@@ -1166,7 +1176,7 @@ def _scl(lay: _Layout, units: _Units, refl: dict[int, np.ndarray], alpha: np.nda
         draw = rng.uniform(size=nlab + 1)
         scl[(lab > 0) & (draw[lab] < 0.35)] = 8
         scl[(lab > 0) & (draw[lab] > 0.85)] = 11
-    scl[cirrus > 0.06] = 10
+    scl[cirrus > 0.08] = 10
     cloud = ndimage.binary_dilation(alpha > 0.25, iterations=2)
     scl[cloud] = 8
     scl[alpha > 0.6] = 9
@@ -1226,10 +1236,10 @@ def simulate(out: Path, *, sensor: str = "sentinel2", size: int = 256, seed: int
                      dates=[d.isoformat() for d in dates], size=size, seed=seed)
 
 
-def truth_fraction(out: Path, size: int, seed: int, prevalence: float = 0.01) -> np.ndarray:
-    """Poppy area fraction per 10 m pixel of the scene ``simulate`` makes with these arguments."""
-    lay = _Layout(size, seed, prevalence)
-    return _Units(lay).poppy
+def poppy_fraction(size: int, seed: int, prevalence: float = 0.01) -> np.ndarray:
+    """Exact poppy area share (0..1, float32) of each 10 m pixel of the Sentinel-2 scene that
+    ``simulate(..., size=size, seed=seed, prevalence=prevalence)`` writes (any n_dates, year)."""
+    return _Units(_Layout(size, seed, prevalence), label_prob=0.0).poppy
 
 
 def quicklook(tif: Path, png: Path, bands: tuple[str, ...] = ("B08", "B04", "B03"),

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import shapely
-from affine import Affine
 from scipy import ndimage
 from shapely.geometry import Point, Polygon, box
 
@@ -168,7 +167,14 @@ def _plants(cv: _Canvas, area: Polygon, crop: str, rng: np.random.Generator, *,
 def simulate_drone(out: Path, *, rgb: bool, size: int, seed: int, prevalence: float,
                    year: int):
     """Write one drone flight (``drone_YYYYMMDD.tif``), dem.tif, labels and truth into ``out``."""
-    from pipeline.simulate import SimResult, _feature, _grid, _sun, _to_wgs84, _write_geojson
+    from pipeline.simulate import (
+        SimResult,
+        _feature,
+        _grid,
+        _sun,
+        _to_wgs84,
+        _write_geojson,
+    )
 
     rng = np.random.default_rng([seed, 55])
     crs, transform, lat = _grid(rng, size, PIXEL)
@@ -195,7 +201,15 @@ def simulate_drone(out: Path, *, rgb: bool, size: int, seed: int, prevalence: fl
             cv.fill(p.poly, _em("concrete") * 0.9, 0.03)
             roof = str(rng.choice(["roof_red", "roof_grey", "roof_blue", "roof_white"]))
             if not shrink.is_empty:
-                cv.fill(shrink, _em(roof), 0.03, height=rng.uniform(3.0, 9.0))
+                height = rng.uniform(3.0, 9.0)
+                cv.fill(shrink, _em(roof), 0.03, height=height)
+                if rng.uniform() < 0.6:  # pitched roof: the half facing the sun is brighter
+                    x0, y0, x1, y1 = shrink.bounds
+                    if x1 - x0 >= y1 - y0:
+                        half, sunny = box(x0, y0, x1, (y0 + y1) / 2), math.cos(math.radians(az)) > 0
+                    else:
+                        half, sunny = box((x0 + x1) / 2, y0, x1, y1), math.sin(math.radians(az)) > 0
+                    cv.fill(half, _em(roof) * (1.12 if sunny else 0.82), 0.03, height=height)
         elif p.kind == "concrete":
             cv.fill(p.poly, _em("concrete"), 0.04)
         elif p.kind == "grass":
@@ -268,11 +282,14 @@ def simulate_drone(out: Path, *, rgb: bool, size: int, seed: int, prevalence: fl
         if p.kind == "tree":
             c = p.poly.centroid
             r = min(3.0, math.sqrt(p.poly.area) / 2)
-            cv.disc(c.x, c.y, r, _em("forest") * 1.1, height=rng.uniform(4, 8))
-            for _ in range(12):
-                cv.disc(c.x + rng.normal(0, r / 2.5), c.y + rng.normal(0, r / 2.5),
-                        r * rng.uniform(0.2, 0.4), _em("forest") * rng.uniform(0.8, 1.3),
-                        soft=0.7)
+            cv.disc(c.x, c.y, r, _em("forest") * 0.9, height=rng.uniform(4, 8))
+            # clumps of foliage, brighter on the side facing the sun
+            sx, sy = math.sin(math.radians(az)), -math.cos(math.radians(az))
+            for _ in range(int(10 + 8 * r)):
+                dx, dy = rng.normal(0, r / 2.5), rng.normal(0, r / 2.5)
+                lit = 1.0 + 0.35 * (dx * sx + dy * sy) / r
+                cv.disc(c.x + dx, c.y + dy, r * rng.uniform(0.12, 0.3),
+                        _em("forest") * lit * rng.uniform(0.8, 1.2), soft=0.8)
     # cast shadows from heights: a pixel is shaded when the terrain towards the sun is higher
     # than the sun ray over it
     shade = np.zeros((n, n), bool)

@@ -17,8 +17,14 @@ from pyproj import Transformer
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.simulate import (  # noqa: E402
-    _EM, CLASSES, ENDMEMBERS, WAVELENGTH_NM, _fractions, quicklook, simulate,
+from pipeline.simulate import (
+    _EM,
+    CLASSES,
+    ENDMEMBERS,
+    WAVELENGTH_NM,
+    _fractions,
+    quicklook,
+    simulate,
 )
 
 IMG = Path(__file__).resolve().parent
@@ -141,9 +147,9 @@ def spectra_figures() -> None:
           "Endmember spectra at the Sentinel-2 band centres (reflectance)",
           IMG / "sim_endmembers.png", "wavelength (nm)")
     classes = ["poppy", "ornamental_poppy", "wheat", "rapeseed", "garlic", "broad_bean",
-               "radish"]
+               "radish", "milk_vetch", "potato"]
     cols = [(200, 0, 200), (255, 120, 0), (0, 150, 0), (220, 180, 0), (60, 120, 200),
-            (100, 100, 100), (0, 200, 200)]
+            (100, 100, 100), (0, 200, 200), (255, 105, 180), (120, 60, 0)]
     u = _FakeUnits(classes)
     days = list(range(61, 183, 2))
     ndvi = {c: [] for c in classes}
