@@ -937,10 +937,12 @@ def _dates(rng: np.random.Generator, year: int, n_dates: int) -> list[date]:
     if n_flo < 2:
         n_pre, n_post, n_flo = 1, 1, n_dates - 2
     pre = list(rng.choice(window(*_PRE), size=n_pre, replace=False))
-    # flowering dates spread over the window (one per equal part), as a survey would plan
+    # flowering dates fall where the clouds allow, but one of them near the usual peak
     fw = window(*_FLOWER)
-    parts = np.array_split(np.arange(len(fw)), n_flo)
-    flo = [fw[int(rng.choice(part))] for part in parts]
+    peak = [d for d in fw if date(year, 4, 15) <= d <= date(year, 5, 5)]
+    first = peak[int(rng.integers(len(peak)))]
+    rest = [d for d in fw if d != first]
+    flo = [first, *rng.choice(rest, size=n_flo - 1, replace=False)]
     late = window((5, 21), (6, 7))
     post = [late[int(rng.integers(len(late)))]]
     rest = [d for d in window(*_POST) if d not in post]
