@@ -722,13 +722,15 @@ class _Units:
             self.poppy[r0:r1] = pf
             tk, tc = _top3(keys, ss)
             uk, uc = np.unique(keys, return_counts=True)
-            new = np.setdiff1d(uk, known, assume_unique=True)
-            if new.size:
-                known = np.concatenate([known, new])
-                known_id = np.concatenate([known_id, np.arange(next_id, next_id + new.size)])
+            pos = np.searchsorted(known, uk)
+            seen = (pos < known.size) & (known[np.minimum(pos, known.size - 1)] == uk) \
+                if known.size else np.zeros(uk.size, bool)
+            new = uk[~seen]
+            if new.size:  # merge in O(n): ids in order of discovery, keys kept sorted
+                at = pos[~seen]
+                known = np.insert(known, at, new)
+                known_id = np.insert(known_id, at, np.arange(next_id, next_id + new.size))
                 next_id += new.size
-                o = np.argsort(known)
-                known, known_id = known[o], known_id[o]
             for kk, cc in zip(uk.tolist(), uc.tolist()):
                 counts[kk] = counts.get(kk, 0) + cc
             self.ids[r0:r1] = known_id[np.searchsorted(known, tk)]
@@ -1103,7 +1105,7 @@ def _render_s2(out: Path, lay: _Layout, units: _Units, d: date, k: int, transfor
     # no-data swath on a diagonal corner
     swath = np.zeros((n, n), bool)
     if rng.uniform() < 0.3:
-        rr, cc = np.mgrid[0:n, 0:n]
+        rr, cc = np.arange(n)[:, None], np.arange(n)[None, :]
         corner = int(rng.integers(4))
         t1 = rr if corner < 2 else n - 1 - rr
         t2 = cc if corner % 2 == 0 else n - 1 - cc
