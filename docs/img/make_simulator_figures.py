@@ -176,8 +176,16 @@ def spectra_figures() -> None:
         print(f"poppy doy {doy}: 560 nm {refl[2]:.3f} 665 nm {refl[3]:.3f} 842 nm {refl[7]:.3f}")
 
 
+def shrink() -> None:
+    """Palette PNGs for the big pictures, to keep the repository small."""
+    for png in IMG.glob("sim_*.png"):
+        if png.stat().st_size > 200_000:
+            Image.open(png).convert("RGB").quantize(256).save(png, optimize=True)
+
+
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as t:
         s2_figures(Path(t))
         drone_figures(Path(t))
     spectra_figures()
+    shrink()
