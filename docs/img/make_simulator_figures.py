@@ -65,7 +65,11 @@ def s2_figures(tmp: Path) -> None:
         scl_strip.paste(label(Image.fromarray(rgb), day), (i * w, 0))
     scl_strip.save(IMG / "sim_s2_scl.png")
     # truth outlines over a zoomed flowering date
-    flo = [i for i, d in enumerate(r.dates) if "04-01" <= d[5:] <= "05-20"][-1]
+    def cloudy(i: int) -> float:
+        with rasterio.open(r.images[i]) as src:
+            return float(np.isin(src.read(13), [0, 8, 9, 10]).mean())
+
+    flo = min((i for i, d in enumerate(r.dates) if "04-01" <= d[5:] <= "05-20"), key=cloudy)
     quicklook(r.images[flo], tmp / "z.png", bands=("B04", "B03", "B02"), stretch=(0.0, 0.25))
     z = 3
     im = Image.open(tmp / "z.png").convert("RGB").resize((256 * z, 256 * z), Image.NEAREST)
