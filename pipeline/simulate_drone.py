@@ -62,15 +62,18 @@ class _Parcel:
 
 
 def _em(name: str) -> np.ndarray:
+    """Endmember at the five P4M bands (blue, green, red, rededge2, nir)."""
     from pipeline.simulate import ENDMEMBERS
 
     if name == "leaf_light":
         leaf = np.array(ENDMEMBERS["leaf"], np.float32)
-        return leaf * np.array([1.4, 1.4, 1.3, 1.5, 1.1, 1.0, 1.0, 0.95, 0.95, 0.95, 1.1, 1.2],
+        full = leaf * np.array([1.4, 1.4, 1.3, 1.5, 1.1, 1.0, 1.0, 0.95, 0.95, 0.95, 1.1, 1.2],
                                np.float32)
-    if name == "terracotta":
-        return np.array(ENDMEMBERS["roof_red"], np.float32) * 1.1
-    return np.array(ENDMEMBERS[name], np.float32)
+    elif name == "terracotta":
+        full = np.array(ENDMEMBERS["roof_red"], np.float32) * 1.1
+    else:
+        full = np.array(ENDMEMBERS[name], np.float32)
+    return full[list(_P4M_COL)]
 
 
 def _split(rng: np.random.Generator, poly: Polygon, depth: int, out: list[Polygon]) -> None:
@@ -90,12 +93,12 @@ def _split(rng: np.random.Generator, poly: Polygon, depth: int, out: list[Polygo
 
 
 class _Canvas:
-    """Reflectance image (band, y, x) in local metres, x east, y down, plus a poppy mask."""
+    """Reflectance image (P4M band, y, x) in local metres, x east, y down, plus a poppy mask."""
 
     def __init__(self, n: int, rng: np.random.Generator) -> None:
         self.n = n
         self.rng = rng
-        self.img = np.zeros((12, n, n), np.float32)
+        self.img = np.zeros((len(_P4M_COL), n, n), np.float32)
         self.poppy = np.zeros((n, n), np.float32)
         self.height = np.zeros((n, n), np.float32)  # object heights for shadows
 
@@ -304,13 +307,13 @@ def simulate_drone(out: Path, *, rgb: bool, size: int, seed: int, prevalence: fl
             shade |= shifted > cv.height + d * PIXEL / max(t, 1e-3)
     img = cv.img
     img[:, shade] *= 0.28
-    img *= rng.normal(1.0, 0.03) * rng.normal(1.0, 0.02, size=(12, 1, 1)).astype(np.float32)
+    img *= rng.normal(1.0, 0.03) * rng.normal(1.0, 0.02, size=(len(_P4M_COL), 1, 1)).astype(np.float32)
     img += rng.normal(0, 0.006, img.shape).astype(np.float32)
     if rgb:
-        data = img[[3, 2, 1]]
+        data = img[[2, 1, 0]]
         names, sensor = list(RGB_BANDS), "rgb"
     else:
-        data = img[list(_P4M_COL)]
+        data = img
         names, sensor = list(P4M_BANDS), "p4m"
     data = np.clip(data, 0.0, 1.5).astype(np.float32)
     path = out / f"drone_{day:%Y%m%d}.tif"

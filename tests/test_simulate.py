@@ -144,6 +144,10 @@ def test_drone_files_follow_the_contract(tmp_path: Path, sensor: str, names: tup
     assert np.isfinite(data).all() and 0.0 <= data.min() and np.median(data) < 0.6
     truth = json.loads(r.truth.read_text())["features"]
     assert truth and all(f["properties"]["pixels"] > 0 for f in truth)
+    plots = shapely.union_all([shape(f["geometry"]) for f in truth])
+    for f in json.loads(r.labels.read_text())["features"]:
+        if f["properties"]["class"] != "poppy":
+            assert not shape(f["geometry"]).intersects(plots)
 
 
 # --------------------------------------------------------------------------------------------
