@@ -30,7 +30,9 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
+import rasterio
 import rasterio.features
+import scipy.fft
 import shapely
 from affine import Affine
 from pyproj import Transformer
@@ -169,16 +171,18 @@ def _fractal(rng: np.random.Generator, n: int, beta: float, m: int | None = None
              fmin: float = 0.0) -> np.ndarray:
     """Zero-mean unit-variance fractal noise (power ~ f^-beta, flat below ``fmin`` cycles/px)."""
     m = n if m is None else m
-    white = rng.standard_normal((n, m)).astype(np.float32)
-    spec = np.fft.rfft2(white)
-    fy = np.fft.fftfreq(n)[:, None]
-    fx = np.fft.rfftfreq(m)[None, :]
+    white = rng.standard_normal((n, m), dtype=np.float32)
+    spec = scipy.fft.rfft2(white)  # complex64 for float32 input
+    del white
+    fy = np.fft.fftfreq(n).astype(np.float32)[:, None]
+    fx = np.fft.rfftfreq(m).astype(np.float32)[None, :]
     f = np.sqrt(fx * fx + fy * fy)
     f[0, 0] = 1.0
-    f = np.maximum(f, fmin)
-    spec *= (f ** (-beta / 2.0)).astype(np.float32)
+    f = np.maximum(f, np.float32(fmin))
+    spec *= f ** np.float32(-beta / 2.0)
+    del f
     spec[0, 0] = 0
-    out = np.fft.irfft2(spec, s=(n, m)).astype(np.float32)
+    out = scipy.fft.irfft2(spec, s=(n, m)).astype(np.float32, copy=False)
     out -= out.mean()
     out /= out.std() + 1e-12
     return out
@@ -717,7 +721,7 @@ class _Units:
     def __init__(self, lay: _Layout, label_prob: float = 0.12) -> None:
         n, ss = lay.n, lay.ss
         self.ids = np.zeros((n, n, 3), dtype=np.int32)
-        self.w = np.zeros((n, n, 3), dtype=np.float32)
+        self.w = np.zeros((n, n, 3), dtype=np.uint8)  # area shares x 255 of the three units
         self.poppy = np.zeros((n, n), dtype=np.float32)
         known = np.zeros(0, dtype=np.int64)
         known_id = np.zeros(0, dtype=np.int64)
@@ -748,7 +752,7 @@ class _Units:
             for kk, cc in zip(uk.tolist(), uc.tolist()):
                 counts[kk] = counts.get(kk, 0) + cc
             self.ids[r0:r1] = known_id[np.searchsorted(known, tk)]
-            self.w[r0:r1] = tc / float(ss * ss)
+            self.w[r0:r1] = np.rint(255.0 * tc / np.maximum(tc.sum(axis=2, keepdims=True), 1))
             # polygonise label candidates (fields and forest cells picked by hash)
             ltyp = (typ == _T_FIELD) | (typ == _T_FOREST)
             pick = ltyp & (_u01(keys, lay.seed * 131 + 3) < label_prob)
@@ -757,8 +761,6 @@ class _Units:
                 tr = Affine(lay.fs, 0, 0, 0, lay.fs, r0 * ss * lay.fs)
                 for geom, val in rasterio.features.shapes(cid, mask=pick, transform=tr):
                     pieces.setdefault(int(val), []).append(shape(geom))
-        w = self.w
-        w /= np.maximum(w.sum(axis=2, keepdims=True), 1e-6)
         self.keys = np.empty(next_id, dtype=np.int64)
         self.keys[known_id] = known
         self.area_fine = np.array([counts[int(k)] for k in self.keys], dtype=np.int64)
@@ -1136,13 +1138,15 @@ def _render_s2(out: Path, lay: _Layout, units: _Units, d: date, k: int, transfor
     # per-pixel factors shared by all bands
     mult = ((1.0 + amp * tex_bright) * illum * (1 - 0.7 * shadow) * (1 - alpha)).astype(np.float32)
     cov = (vegm * tex_cover).astype(np.float32)
+    del amp, vegm, illum, cos_i
     ids0, ids1, ids2 = units.ids[..., 0], units.ids[..., 1], units.ids[..., 2]
     w0, w1, w2 = units.w[..., 0], units.w[..., 1], units.w[..., 2]
+    table = table / np.float32(255.0)  # the weights are stored x 255
     for b in range(12):
         col = table[:, b]
-        img = w0 * col[ids0]
-        img += w1 * col[ids1]
-        img += w2 * col[ids2]
+        img = col[ids0] * w0
+        img += col[ids1] * w1
+        img += col[ids2] * w2
         img += cov * green_minus_soil[b]
         img *= mult
         img += (haze[b] + cirrus * (0.8 if b != 9 else 0.3)) * (1 - alpha) + alpha * _CLOUD[b]
@@ -1154,8 +1158,8 @@ def _render_s2(out: Path, lay: _Layout, units: _Units, d: date, k: int, transfor
             img = _block_replicate(img, 2)
         elif _RES[b] == 60:
             img = _block_replicate(img, 6)
-        if b in (1, 2, 3, 7, 10):
-            refl_keep[b] = img.copy()
+        if b in (1, 2, 3, 7, 10):  # for the SCL, which Sen2Cor makes at 20 m
+            refl_keep[b] = img[::2, ::2].copy()
         img *= 10000.0
         img += add
         np.rint(img, out=img)
@@ -1163,27 +1167,32 @@ def _render_s2(out: Path, lay: _Layout, units: _Units, d: date, k: int, transfor
         dn = img.astype(np.uint16)
         dn[swath] = 0
         data[b] = dn
-    data[12] = _scl(lay, units, refl_keep, alpha, shadow, cirrus, swath, rng)
+    del mult, cov
+    data[12] = _scl(lay, units, refl_keep, alpha[::2, ::2], shadow[::2, ::2], cirrus[::2, ::2],
+                    swath, rng)
     scales = [1e-4] * 12 + [1.0]
     offsets = [-0.1 if add else 0.0] * 12 + [0.0]
     path = out / f"S2_{d:%Y%m%d}.tif"
-    write_multiband(path, data, list(S2_FILE_BANDS) + ["SCL"], transform, crs,
-                    acquisition_date=d.isoformat(), scales=scales, offsets=offsets, nodata=0,
-                    tags={"SENSOR": "sentinel2", "SUN_ZENITH": f"{zen:.3f}",
-                          "SUN_AZIMUTH": f"{az:.3f}", "PROCESSING_BASELINE": baseline,
-                          "SIMULATED": "poppyscan.simulate"})
+    with rasterio.Env(GDAL_CACHEMAX=128):  # MB; the default 5 % of RAM only inflates memory
+        write_multiband(path, data, list(S2_FILE_BANDS) + ["SCL"], transform, crs,
+                        acquisition_date=d.isoformat(), scales=scales, offsets=offsets,
+                        nodata=0, tags={"SENSOR": "sentinel2", "SUN_ZENITH": f"{zen:.3f}",
+                                        "SUN_AZIMUTH": f"{az:.3f}",
+                                        "PROCESSING_BASELINE": baseline,
+                                        "SIMULATED": "poppyscan.simulate"})
     return path
 
 
 def _scl(lay: _Layout, units: _Units, refl: dict[int, np.ndarray], alpha: np.ndarray,
          shadow: np.ndarray, cirrus: np.ndarray, swath: np.ndarray,
          rng: np.random.Generator) -> np.ndarray:
-    """Scene classification with Sen2Cor's habits (20 m, dilated clouds, bright fields)."""
+    """Scene classification with Sen2Cor's habits, on the 20 m grid (every other pixel of the
+    inputs), replicated to 10 m: dilated clouds, bright white patches called cloud or snow."""
     blue, green, red, nir, swir = refl[1], refl[2], refl[3], refl[7], refl[10]
     ndvi = (nir - red) / np.maximum(nir + red, 1e-6)
     scl = np.where(ndvi > 0.4, 4, 5).astype(np.uint8)
-    dom = units.cls[units.ids[..., 0]]
-    water = (dom == _C["water"]) & (units.w[..., 0] > 0.5) | ((nir < 0.05) & (ndvi < 0.0))
+    dom = units.cls[units.ids[::2, ::2, 0]]
+    water = (dom == _C["water"]) & (units.w[::2, ::2, 0] > 127) | ((nir < 0.05) & (ndvi < 0.0))
     scl[water] = 6
     scl[(shadow > 0.35) | ((nir < 0.08) & (ndvi > 0.0) & (blue < 0.04))] = 3
     # Sen2Cor: bright white targets (flowering fields, white roofs) called cloud or snow
@@ -1195,10 +1204,10 @@ def _scl(lay: _Layout, units: _Units, refl: dict[int, np.ndarray], alpha: np.nda
         scl[(lab > 0) & (draw[lab] < 0.35)] = 8
         scl[(lab > 0) & (draw[lab] > 0.85)] = 11
     scl[cirrus > 0.08] = 10
-    cloud = ndimage.binary_dilation(alpha > 0.25, iterations=2)
+    cloud = ndimage.binary_dilation(alpha > 0.25, iterations=1)
     scl[cloud] = 8
     scl[alpha > 0.6] = 9
-    scl = scl[::2, ::2].repeat(2, axis=0).repeat(2, axis=1)[: lay.n, : lay.n]
+    scl = scl.repeat(2, axis=0).repeat(2, axis=1)[: lay.n, : lay.n]
     scl[swath] = 0
     return scl
 
