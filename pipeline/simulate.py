@@ -1120,7 +1120,7 @@ def _render_s2(out: Path, lay: _Layout, units: _Units, d: date, k: int, transfor
     haze = rng.uniform(0.0, 0.025) * (np.array(WAVELENGTH_NM) / 443.0) ** -2.0
     vis_weight = np.where(np.array(WAVELENGTH_NM) < 700, 1.3, np.where(
         np.array(WAVELENGTH_NM) > 1500, 0.8, 1.0))
-    brdf = float(np.clip(rng.normal(0.0, 0.05), -0.12, 0.12))
+    brdf = float(np.clip(rng.normal(0.0, 0.035), -0.08, 0.08))
     gain = (rng.normal(1.0, 0.025) * rng.normal(1.0, 0.012, size=12)
             * (1.0 + brdf * vis_weight)).astype(np.float32)
     track = np.float32(rng.uniform(-0.03, 0.03)) * np.linspace(-1, 1, n, dtype=np.float32)
