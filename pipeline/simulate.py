@@ -1115,9 +1115,15 @@ def _render_s2(out: Path, lay: _Layout, units: _Units, d: date, k: int, transfor
     cirrus = np.zeros((n, n), np.float32)
     if rng.uniform() < 0.25:
         cirrus = np.clip(_fractal(rng, n, 3.5) * 0.05 + rng.uniform(0.0, 0.06), 0, 0.2)
-    # haze and calibration jitter for the scene
+    # haze, calibration jitter, and the view-angle (BRDF) difference between relative orbits:
+    # a few % brighter or darker per date, more in the visible, with an across-track gradient
     haze = rng.uniform(0.0, 0.025) * (np.array(WAVELENGTH_NM) / 443.0) ** -2.0
-    gain = rng.normal(1.0, 0.025) * rng.normal(1.0, 0.012, size=12)
+    vis_weight = np.where(np.array(WAVELENGTH_NM) < 700, 1.3, np.where(
+        np.array(WAVELENGTH_NM) > 1500, 0.8, 1.0))
+    brdf = float(np.clip(rng.normal(0.0, 0.035), -0.08, 0.08))
+    gain = (rng.normal(1.0, 0.025) * rng.normal(1.0, 0.012, size=12)
+            * (1.0 + brdf * vis_weight)).astype(np.float32)
+    track = np.float32(rng.uniform(-0.03, 0.03)) * np.linspace(-1, 1, n, dtype=np.float32)
     # no-data swath on a diagonal corner
     swath = np.zeros((n, n), bool)
     if rng.uniform() < 0.3:
@@ -1136,7 +1142,8 @@ def _render_s2(out: Path, lay: _Layout, units: _Units, d: date, k: int, transfor
     data = np.zeros((13, n, n), dtype=np.uint16)
     refl_keep: dict[int, np.ndarray] = {}
     # per-pixel factors shared by all bands
-    mult = ((1.0 + amp * tex_bright) * illum * (1 - 0.7 * shadow) * (1 - alpha)).astype(np.float32)
+    mult = ((1.0 + amp * tex_bright) * illum * (1 - 0.7 * shadow) * (1 - alpha)
+            * (1.0 + track)[None, :]).astype(np.float32)
     cov = (vegm * tex_cover).astype(np.float32)
     del amp, vegm, illum, cos_i
     ids0, ids1, ids2 = units.ids[..., 0], units.ids[..., 1], units.ids[..., 2]

@@ -143,7 +143,6 @@ def _plants(cv: _Canvas, area: Polygon, crop: str, rng: np.random.Generator, *,
     """Plants of ``crop`` on a jittered grid over ``area``; ``colour`` fixes the petal colour."""
     sp, r, leaf, p_fl, n_fl, r_fl, colours = _CROPS[crop]
     x0, y0, x1, y1 = area.bounds
-    ang = rng.uniform(0, np.pi) if rng.uniform() < 0.3 else 0.0
     xs = np.arange(x0 + sp / 2, x1, sp)
     ys = np.arange(y0 + sp / 2, y1, sp)
     gx, gy = np.meshgrid(xs, ys)
@@ -152,7 +151,6 @@ def _plants(cv: _Canvas, area: Polygon, crop: str, rng: np.random.Generator, *,
     keep = shapely.contains_xy(area, gx, gy) & (rng.uniform(size=gx.shape) < 0.9)
     leaf_em = _em(leaf)
     petals = [_em(c) for c in colours] if colour is None else [colour]
-    del ang
     for px, py in zip(gx[keep].tolist(), gy[keep].tolist()):
         rr = r * rng.uniform(0.7, 1.2)
         spec = leaf_em * (1 + tex_leaf * rng.standard_normal())
@@ -321,8 +319,9 @@ def simulate_drone(out: Path, *, rgb: bool, size: int, seed: int, prevalence: fl
                     nodata=float("nan"), tags={"SENSOR": sensor, "SUN_ZENITH": f"{zen:.3f}",
                                                "SUN_AZIMUTH": f"{az:.3f}",
                                                "SIMULATED": "poppyscan.simulate_drone"})
-    dem = (30.0 + rng.uniform(0, 0.3) * np.linspace(0, 1, n)[None, :]
-           + cv.height * 0 + np.zeros((n, n))).astype(np.float32)
+    tilt = rng.uniform(0, 0.3)  # m across the scene: flat-ish ground
+    dem = np.broadcast_to(30.0 + tilt * np.linspace(0, 1, n, dtype=np.float32)[None, :],
+                          (n, n)).astype(np.float32)
     dem_path = write_multiband(out / "dem.tif", dem[None], ["elevation"], transform, crs,
                                acquisition_date=day.isoformat(), nodata=None,
                                tags={"UNITS": "metre"})
