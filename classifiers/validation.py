@@ -4,8 +4,10 @@ Every polygon belongs to the square block (``cv_block_m``) that holds its centro
 of a polygon, and all polygons of a block, fall in the same fold. Metrics are computed on the
 out-of-fold probabilities: per-class precision, recall and F1 and the confusion matrix (pixels),
 polygon-level recall and precision (a labelled polygon is flagged when any of its sampled
-pixels reaches the threshold), the false-alarm rate per background class, and the threshold
-that reaches the configured target recall of poppy polygons. No kappa (Pontius & Millones 2011).
+pixels reaches the threshold: the same peak rule detect applies to patches), the flagged share
+per background class, and the threshold that reaches the configured target recall of the poppy
+polygons of at least ``min_plot_px`` pixels (sub-pixel plots are not required to be found).
+No kappa (Pontius & Millones 2011).
 """
 from __future__ import annotations
 
