@@ -74,8 +74,9 @@ def test_validate_reports_and_threshold_reaches_target_on_big_polygons():
     table, labels = _table()
     est = make_estimator(ModelConfig(max_iter=30))
     rep = validate(est, table, labels, n_folds=4, block_m=500.0, target_recall=0.9, seed=0,
-                   min_plot_px=9.0)
+                   min_plot_px=9.0, repeats=2)
     assert rep["min_plot_px"] == 9.0
+    assert "spatial blocks, 2 repeats" in rep["folds"]
     assert rep["polygon"]["recall_min_plot"] >= 0.9
     assert "kappa" not in json.dumps(rep)
     cm = np.array(rep["pixel"]["confusion_matrix"])
