@@ -23,14 +23,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from classifiers.labels import Labels  # noqa: E402
-from classifiers.model import apply_platt, fit_balanced, fit_platt, make_estimator  # noqa: E402
-from classifiers.sampling import Table  # noqa: E402
-from classifiers.validation import (big_polygons, out_of_fold, polygon_scores,  # noqa: E402
-                                    spatial_groups, threshold_for_recall)
-from pipeline.config import ModelConfig, load_config  # noqa: E402
-
-from bench.scenes_cache import load_scene, score_map  # noqa: E402
+from bench.scenes_cache import load_scene, score_map
+from classifiers.labels import Labels
+from classifiers.model import apply_platt, fit_balanced, fit_platt, make_estimator
+from classifiers.sampling import Table
+from classifiers.validation import (
+    big_polygons,
+    out_of_fold,
+    polygon_scores,
+    spatial_groups,
+    threshold_for_recall,
+)
+from pipeline.config import ModelConfig, load_config
 
 BANDS = ("blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08", "swir16",
          "swir22")

@@ -11,8 +11,13 @@ from classifiers import artifact
 from classifiers.labels import Labels
 from classifiers.model import apply_platt, balanced_index, fit_platt, make_estimator
 from classifiers.sampling import Table
-from classifiers.validation import (big_polygons, out_of_fold, spatial_groups,
-                                    threshold_for_recall, validate)
+from classifiers.validation import (
+    big_polygons,
+    out_of_fold,
+    spatial_groups,
+    threshold_for_recall,
+    validate,
+)
 from indices.window import feature_plan
 from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
@@ -96,7 +101,7 @@ def test_out_of_fold_scores_come_from_models_that_did_not_see_the_polygon():
     X = np.column_stack([code[table.polygon], rng.normal(0, 1, len(table.y))])
     leaky = Table(X.astype("float32"), table.y, table.polygon, table.xy, ["id", "n"], 10.0)
     groups = spatial_groups(leaky, labels, 500.0)
-    oof, how = out_of_fold(make_estimator(ModelConfig(max_iter=15)), leaky, groups, 4, 0)
+    oof, _ = out_of_fold(make_estimator(ModelConfig(max_iter=15)), leaky, groups, 4, 0)
     from sklearn.metrics import roc_auc_score
     assert roc_auc_score(leaky.y, oof) < 0.75
 
