@@ -4,8 +4,10 @@ Every polygon belongs to the square block (``cv_block_m``) that holds its centro
 of a polygon, and all polygons of a block, fall in the same fold. Metrics are computed on the
 out-of-fold probabilities: per-class precision, recall and F1 and the confusion matrix (pixels),
 polygon-level recall and precision (a labelled polygon is flagged when any of its sampled
-pixels reaches the threshold), the false-alarm rate per background class, and the threshold
-that reaches the configured target recall of poppy polygons. No kappa (Pontius & Millones 2011).
+pixels reaches the threshold: the same peak rule detect applies to patches), the flagged share
+per background class, and the threshold that reaches the configured target recall of the poppy
+polygons of at least ``min_plot_px`` pixels (sub-pixel plots are not required to be found).
+No kappa (Pontius & Millones 2011).
 """
 from __future__ import annotations
 
@@ -48,21 +50,33 @@ def _splits(table: Table, groups: np.ndarray, n_folds: int, seed: int):
 
 
 def out_of_fold(estimator, table: Table, groups: np.ndarray, n_folds: int,
-                seed: int) -> tuple[np.ndarray, str]:
-    splits = _splits(table, groups, n_folds, seed)
+                seed: int, repeats: int = 1) -> tuple[np.ndarray, str]:
+    """Out-of-fold scores, averaged over ``repeats`` differently shuffled group folds (each
+    pixel is scored ``repeats`` times, always by models that did not see its group): the
+    threshold then depends less on which blocks happened to share a fold."""
+    total = np.zeros(len(table.y))
+    count = np.zeros(len(table.y))
     how = "spatial blocks"
-    if splits is None:
-        log.warning("labelled polygons are too few or too clustered for spatial-block folds: "
-                    "folds fall back to grouping by polygon")
-        splits = _splits(table, table.polygon.astype("int64"), n_folds, seed)
-        how = "polygons"
-    if splits is None:
-        raise InputError("too few labelled polygons for honest validation: give at least 2 "
-                         "poppy and 2 background polygons")
-    oof = np.full(len(table.y), np.nan)
-    for train, test in splits:
-        est = fit_balanced(clone(estimator), table.X[train], table.y[train], seed)
-        oof[test] = est.predict_proba(table.X[test])[:, 1]
+    for r in range(repeats):
+        splits = _splits(table, groups, n_folds, seed + r)
+        how = "spatial blocks"
+        if splits is None:
+            if r == 0:
+                log.warning("labelled polygons are too few or too clustered for spatial-block "
+                            "folds: folds fall back to grouping by polygon")
+            splits = _splits(table, table.polygon.astype("int64"), n_folds, seed + r)
+            how = "polygons"
+        if splits is None:
+            raise InputError("too few labelled polygons for honest validation: give at least "
+                             "2 poppy and 2 background polygons")
+        for train, test in splits:
+            est = fit_balanced(clone(estimator), table.X[train], table.y[train], seed + r)
+            total[test] += est.predict_proba(table.X[test])[:, 1]
+            count[test] += 1
+    with np.errstate(invalid="ignore"):
+        oof = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    if repeats > 1:
+        how += f", {repeats} repeats"
     return oof, how
 
 
@@ -95,13 +109,13 @@ def big_polygons(labels: Labels, pixel_m: float, min_px: float) -> set[int]:
 
 
 def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: float,
-             target_recall: float, seed: int, min_plot_px: float = 0.0,
+             target_recall: float, seed: int, min_plot_px: float = 0.0, repeats: int = 1,
              scene_of_polygon: np.ndarray | None = None) -> dict:
     """Out-of-fold metrics and the threshold that flags ``target_recall`` of the poppy
     polygons of at least ``min_plot_px`` pixels (smaller plots are not required to be found:
     counting sub-pixel gardens would pull the threshold down to where noise passes)."""
     groups = spatial_groups(table, labels, block_m, scene_of_polygon)
-    raw, grouped_by = out_of_fold(estimator, table, groups, n_folds, seed)
+    raw, grouped_by = out_of_fold(estimator, table, groups, n_folds, seed, repeats)
     ok = np.isfinite(raw)
     a, b = fit_platt(raw[ok], table.y[ok])
     prob = np.full_like(raw, np.nan)

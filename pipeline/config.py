@@ -91,6 +91,9 @@ class ModelConfig(_Frozen):
     #: (falls back to the unreduced polygon when erosion would empty it)
     erode_m: float = Field(5.0, ge=0)
     cv_folds: int = Field(5, ge=2, le=20)
+    #: the grouped cross-validation is repeated with other fold shuffles and the out-of-fold
+    #: scores averaged: a steadier threshold across training seeds (docs/classifier.md)
+    cv_repeats: int = Field(3, ge=1, le=10)
     #: side of the square spatial blocks used to group polygons in cross-validation
     cv_block_m: float = Field(500.0, gt=0)
 

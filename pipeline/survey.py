@@ -184,6 +184,7 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
         report = validate(est, table, labels, n_folds=cfg.model.cv_folds,
                           block_m=cfg.model.cv_block_m, target_recall=cfg.model.target_recall,
                           seed=cfg.model.seed, min_plot_px=cfg.model.threshold_min_plot_px,
+                          repeats=cfg.model.cv_repeats,
                           scene_of_polygon=scene_of_poly)
         t1 = time.perf_counter()
         fit_balanced(est, table.X, table.y, cfg.model.seed)

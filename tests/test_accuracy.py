@@ -49,14 +49,17 @@ def test_training_report_is_honest(model):
 
 def test_held_out_scene_default_prevalence(model, tmp_path):
     m = _detect(model[0], tmp_path, seed=5, prevalence=0.01)
+    print(m)
     assert m.plots >= 30
     assert m.recall >= 0.85, m
     assert m.precision >= 0.6, m
 
 
 def test_held_out_scene_rare_poppy(model, tmp_path):
-    """0.1 % of the area is poppy: few plots, so precision is what suffers."""
+    """0.1 % of the area is poppy: the same false targets as at 1 % now face few plots, so
+    precision is what suffers (measured 0.11-0.12 on this pair, 0.12-1.0 over six pairs)."""
     m = _detect(model[0], tmp_path, seed=23, prevalence=0.001)
-    assert m.plots >= 3
-    assert m.recall >= 0.6, m
-    assert m.targets <= 60, m
+    print(m)
+    assert m.plots >= 5
+    assert m.recall >= 0.8, m
+    assert m.precision >= 0.07, m

@@ -11,8 +11,13 @@ from classifiers import artifact
 from classifiers.labels import Labels
 from classifiers.model import apply_platt, balanced_index, fit_platt, make_estimator
 from classifiers.sampling import Table
-from classifiers.validation import (big_polygons, out_of_fold, spatial_groups,
-                                    threshold_for_recall, validate)
+from classifiers.validation import (
+    big_polygons,
+    out_of_fold,
+    spatial_groups,
+    threshold_for_recall,
+    validate,
+)
 from indices.window import feature_plan
 from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
@@ -74,8 +79,9 @@ def test_validate_reports_and_threshold_reaches_target_on_big_polygons():
     table, labels = _table()
     est = make_estimator(ModelConfig(max_iter=30))
     rep = validate(est, table, labels, n_folds=4, block_m=500.0, target_recall=0.9, seed=0,
-                   min_plot_px=9.0)
+                   min_plot_px=9.0, repeats=2)
     assert rep["min_plot_px"] == 9.0
+    assert "spatial blocks, 2 repeats" in rep["folds"]
     assert rep["polygon"]["recall_min_plot"] >= 0.9
     assert "kappa" not in json.dumps(rep)
     cm = np.array(rep["pixel"]["confusion_matrix"])
@@ -95,7 +101,7 @@ def test_out_of_fold_scores_come_from_models_that_did_not_see_the_polygon():
     X = np.column_stack([code[table.polygon], rng.normal(0, 1, len(table.y))])
     leaky = Table(X.astype("float32"), table.y, table.polygon, table.xy, ["id", "n"], 10.0)
     groups = spatial_groups(leaky, labels, 500.0)
-    oof, how = out_of_fold(make_estimator(ModelConfig(max_iter=15)), leaky, groups, 4, 0)
+    oof, _ = out_of_fold(make_estimator(ModelConfig(max_iter=15)), leaky, groups, 4, 0)
     from sklearn.metrics import roc_auc_score
     assert roc_auc_score(leaky.y, oof) < 0.75
 
