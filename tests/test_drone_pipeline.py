@@ -77,7 +77,8 @@ def test_drone_config_is_single_phase_with_spatial_context_and_metric_units() ->
     assert s2.features.spatial_px == 0 and "pre" in s2.features.phases
 
 
-def _drone_scene(bands: list[str], n: int = 48, seed: int = 0) -> xr.DataArray:
+def _drone_scene(bands: list[str], n: int = 43, seed: int = 0) -> xr.DataArray:
+    """n = 43 with 20 px chunks: the last block (3 px) is thinner than the 8 px halo."""
     rng = np.random.default_rng(seed)
     data = rng.uniform(0.02, 0.5, (1, len(bands), n, n)).astype("float32")
     data[0, :, :4, :4] = np.nan
@@ -99,6 +100,11 @@ def test_drone_features_have_no_empty_phase_and_overlap_like_one_block(bands) ->
     assert not any(n.startswith(("pre.", "post.", "flowering-", "post-")) for n in feats.names)
     assert any("_r" in n for n in feats.names)
     chunked = feats.data.values
+    # declared blocks are the computed ones (sampling places labels by the declared chunks)
+    ych, xch = feats.data.data.chunks[1], feats.data.data.chunks[2]
+    for i, ny in enumerate(ych):
+        for j, nx in enumerate(xch):
+            assert feats.data.data.blocks[:, i, j].compute().shape[1:] == (ny, nx)
     one = window_features(scene.chunk({"y": -1, "x": -1}), load_calendar(cfg.calendar),
                           cfg.features).data.values
     np.testing.assert_allclose(chunked, one, rtol=1e-5, atol=1e-6, equal_nan=True)
