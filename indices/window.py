@@ -192,6 +192,13 @@ def block_features(block: xr.DataArray, plan: FeaturePlan) -> np.ndarray:
     return np.concatenate([out[:plan.n_pixel], sp, out[plan.n_pixel:]])
 
 
+def _absorb_thin(chunks: tuple[int, ...], h: int) -> tuple[int, ...]:
+    out = list(chunks)
+    while len(out) > 1 and out[-1] < h:
+        out[-2] += out.pop()
+    return tuple(out)
+
+
 def window_features(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig) -> Features:
     """Lazy features (feature, y, x) and evidence (phase, y, x) from a masked Scene."""
     plan = make_plan(scene, calendar, cfg)
@@ -207,6 +214,9 @@ def window_features(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig)
         return out[:, h:out.shape[1] - h, h:out.shape[2] - h] if h else out
 
     data = scene.data
+    if h:  # a trailing block thinner than the halo joins its neighbour (overlap needs depth)
+        data = data.rechunk({2: _absorb_thin(data.chunks[2], h),
+                             3: _absorb_thin(data.chunks[3], h)})
     src = data
     if h:  # spatial context: every block overlaps its neighbours; the scene edge is NaN
         src = darr.overlap.overlap(data, depth={0: 0, 1: 0, 2: h, 3: h},
