@@ -373,9 +373,10 @@ def _thumb(feats: np.ndarray, plan: FeaturePlan, y0: int, x0: int, stride: int) 
     return feats[idx, (-y0) % stride::stride, (-x0) % stride::stride]
 
 
-def _fingerprint(images, model_dir: Path, cfg: SurveyConfig, extra: dict) -> str:
+def _fingerprint(digests: dict[str, str], model_dir: Path, cfg: SurveyConfig,
+                 extra: dict) -> str:
     h = hashlib.sha256()
-    for k, v in sorted(_digest_inputs(images).items()):
+    for k, v in sorted(digests.items()):
         h.update(f"{k}={v}".encode())
     h.update(file_digest(Path(model_dir) / model_artifact.MODEL_FILE).encode())
     h.update(json.dumps(cfg.model_dump(mode="json", exclude={"run": {"scheduler"}}),
@@ -451,7 +452,8 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     stride = max(1, int(np.ceil(max(H, W) / 1024)))
     state = out / STATE_DIR
     tdir = state / "tiles"
-    fp = _fingerprint(images, model_dir, cfg, {"dem": str(dem), "aoi": str(aoi), "H": H,
+    digests = _digest_inputs(images)        # read once: the inputs can be GBs
+    fp = _fingerprint(digests, model_dir, cfg, {"dem": str(dem), "aoi": str(aoi), "H": H,
                                                 "W": W})
     run_file = state / "run.json"
     if run_file.is_file() and json.loads(run_file.read_text()).get("fingerprint") != fp:
@@ -533,7 +535,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     flowering_blind = sum(g.area for g in targets.blind_areas)
     report = {
         "command": "detect",
-        "inputs": _digest_inputs(images),
+        "inputs": digests,
         "model": {"dir": str(model_dir), "threshold": art.threshold,
                   "sensor": art.meta["sensor"], "calendar": art.meta["calendar"]},
         "dem": str(dem) if dem else None, "aoi": str(aoi) if aoi else None,
