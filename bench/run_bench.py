@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 PY = sys.executable
 SEED, TRAIN_SEED, TRAIN_SIZE, N_DATES = 5, 1, 512, 6
+#: everything below this line of docs/benchmarks.md is hand-written and kept on rewrite
+NOTES_MARK = "<!-- notes: kept when bench/run_bench.py rewrites this file -->"
 
 
 def log(msg: str) -> None:
@@ -291,8 +293,9 @@ def write_doc(doc: Path, results: dict, m: dict, notes: str) -> None:
         L.append(f"| {s}² | " + " | ".join(
             f"{r[k].get('load_before', '-')} -> {r[k].get('load_after', '-')}" if k in r else "-"
             for k in ("io", "predict", "detect", "naive")) + " |")
-    if notes:
-        L += ["", "## Notes", "", notes.strip()]
+    if not notes and doc.is_file() and NOTES_MARK in doc.read_text(encoding="utf-8"):
+        notes = doc.read_text(encoding="utf-8").split(NOTES_MARK, 1)[1]   # kept on rewrite
+    L += ["", NOTES_MARK, notes.strip()] if notes else []
     doc.write_text("\n".join(L) + "\n", encoding="utf-8")
 
 
@@ -302,7 +305,8 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=Path(os.environ.get(
         "POPPYSCAN_BENCH_DIR", "/tmp/poppyscan-scale-bench")))
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    p.add_argument("--notes", type=Path, help="a Markdown file appended as 'Notes'")
+    p.add_argument("--notes", type=Path, help="a Markdown file appended as notes (default: "
+                   "keep the notes already in the doc)")
     p.add_argument("--sim-max", type=int, default=1024,
                    help="largest size simulated directly; larger ones are mosaics")
     p.add_argument("--predict-sample", type=int, default=8,
