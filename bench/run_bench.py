@@ -155,7 +155,7 @@ def bench_size(work: Path, size: int, model: Path, results: dict, a) -> None:
     runs = work / "runs" / key
     res["megapixels"] = size * size / 1e6
     res["scene"] = (scene / "done").read_text()
-    todo = [k for k in ("io", "predict", "detect", "naive") if k not in res]
+    todo = [k for k in a.kinds if k not in res]
     for kind in todo:
         load_before = load_avg()
         if kind == "io":
@@ -168,11 +168,14 @@ def bench_size(work: Path, size: int, model: Path, results: dict, a) -> None:
         else:
             opts = {"limit_gb": a.naive_limit_gb} if a.naive_limit_gb else {}
             r = measure("naive", scene, model, runs / "naive", **opts)
-            if "error" not in r and r.get("seconds") is not None:
-                r.update(same_outputs(runs / "detect", runs / "naive", targets=False))
         r["load_before"] = load_before
         r["load_after"] = load_avg()
         res[kind] = r
+        save(work, results)
+    na, de = res.get("naive", {}), res.get("detect", {})
+    if (na.get("seconds") and de.get("seconds") and "error" not in na
+            and "probability_identical" not in na):
+        na.update(same_outputs(runs / "detect", runs / "naive", targets=False))
         save(work, results)
     if size == min(a.sizes) and "local2" not in res:
         r = measure("detect", scene, model, runs / "local2", scheduler="local:2")
@@ -313,10 +316,13 @@ def main() -> int:
                    help="tiles the predict floor is timed on above 1024 px")
     p.add_argument("--naive-limit-gb", type=float, default=0.0,
                    help="RLIMIT_AS for the naive script (0: none)")
+    p.add_argument("--kinds", default="io,predict,detect,naive",
+                   help="measurements and their order (default io,predict,detect,naive)")
     p.add_argument("--fresh", action="store_true", help="forget cached results")
     p.add_argument("--doc-only", action="store_true", help="rewrite the doc from results")
     a = p.parse_args()
     a.sizes = sorted(int(s) for s in a.sizes.split(","))
+    a.kinds = [k for k in a.kinds.split(",") if k]
     work = a.work
     work.mkdir(parents=True, exist_ok=True)
     rfile = work / "results.json"
