@@ -52,9 +52,10 @@ STAGES = ("read", "mask", "features", "predict", "patches", "write")
 
 # ----------------------------------------------------------------------------- shared
 def prepare_scene(images: Sequence[Path], cfg: SurveyConfig, *, dem: Path | None,
-                  aoi: Path | None = None) -> tuple[xr.DataArray, xr.DataArray | None]:
+                  aoi: Path | None = None,
+                  chunks: int | None = None) -> tuple[xr.DataArray, xr.DataArray | None]:
     """Ingest the images (and DEM) lazily on one grid; nothing is computed."""
-    chunks = cfg.run.chunk_size
+    chunks = chunks or cfg.run.chunk_size
     aoi_geom = None
     if aoi is not None:
         from pipeline.aoi import read_aoi
@@ -428,7 +429,11 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     # ---- validate everything before anything is written
     calendar = load_calendar(cfg.calendar)
     art = model_artifact.load(model_dir)
-    scene, dem_da = prepare_scene(images, cfg, dem=dem, aoi=aoi)
+    # Read in quarter-tile chunks: a tile and its mask halo then read ~(1 + 2 x 1/4)^2 = 2.25
+    # tiles' worth of pixels at most, where tile-sized chunks read up to 9 whole tiles (every
+    # neighbour the halo touches).
+    scene, dem_da = prepare_scene(images, cfg, dem=dem, aoi=aoi,
+                                  chunks=max(64, cfg.run.chunk_size // 4))
     if cfg.terrain_correction != "none" and dem_da is None:
         raise InputError(f"terrain_correction is '{cfg.terrain_correction}' but no --dem was "
                          "given; give a DEM or set terrain_correction: none")
