@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 PY = sys.executable
 SEED, TRAIN_SEED, TRAIN_SIZE, N_DATES = 5, 1, 512, 6
+#: everything below this line of docs/benchmarks.md is hand-written and kept on rewrite
+NOTES_MARK = "<!-- notes: kept when bench/run_bench.py rewrites this file -->"
 
 
 def log(msg: str) -> None:
@@ -153,7 +155,7 @@ def bench_size(work: Path, size: int, model: Path, results: dict, a) -> None:
     runs = work / "runs" / key
     res["megapixels"] = size * size / 1e6
     res["scene"] = (scene / "done").read_text()
-    todo = [k for k in ("io", "predict", "detect", "naive") if k not in res]
+    todo = [k for k in a.kinds if k not in res]
     for kind in todo:
         load_before = load_avg()
         if kind == "io":
@@ -166,11 +168,14 @@ def bench_size(work: Path, size: int, model: Path, results: dict, a) -> None:
         else:
             opts = {"limit_gb": a.naive_limit_gb} if a.naive_limit_gb else {}
             r = measure("naive", scene, model, runs / "naive", **opts)
-            if "error" not in r and r.get("seconds") is not None:
-                r.update(same_outputs(runs / "detect", runs / "naive", targets=False))
         r["load_before"] = load_before
         r["load_after"] = load_avg()
         res[kind] = r
+        save(work, results)
+    na, de = res.get("naive", {}), res.get("detect", {})
+    if (na.get("seconds") and de.get("seconds") and "error" not in na
+            and "probability_identical" not in na):
+        na.update(same_outputs(runs / "detect", runs / "naive", targets=False))
         save(work, results)
     if size == min(a.sizes) and "local2" not in res:
         r = measure("detect", scene, model, runs / "local2", scheduler="local:2")
@@ -291,8 +296,9 @@ def write_doc(doc: Path, results: dict, m: dict, notes: str) -> None:
         L.append(f"| {s}² | " + " | ".join(
             f"{r[k].get('load_before', '-')} -> {r[k].get('load_after', '-')}" if k in r else "-"
             for k in ("io", "predict", "detect", "naive")) + " |")
-    if notes:
-        L += ["", "## Notes", "", notes.strip()]
+    if not notes and doc.is_file() and NOTES_MARK in doc.read_text(encoding="utf-8"):
+        notes = doc.read_text(encoding="utf-8").split(NOTES_MARK, 1)[1]   # kept on rewrite
+    L += ["", NOTES_MARK, notes.strip()] if notes else []
     doc.write_text("\n".join(L) + "\n", encoding="utf-8")
 
 
@@ -302,17 +308,21 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=Path(os.environ.get(
         "POPPYSCAN_BENCH_DIR", "/tmp/poppyscan-scale-bench")))
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    p.add_argument("--notes", type=Path, help="a Markdown file appended as 'Notes'")
+    p.add_argument("--notes", type=Path, help="a Markdown file appended as notes (default: "
+                   "keep the notes already in the doc)")
     p.add_argument("--sim-max", type=int, default=1024,
                    help="largest size simulated directly; larger ones are mosaics")
     p.add_argument("--predict-sample", type=int, default=8,
                    help="tiles the predict floor is timed on above 1024 px")
     p.add_argument("--naive-limit-gb", type=float, default=0.0,
                    help="RLIMIT_AS for the naive script (0: none)")
+    p.add_argument("--kinds", default="io,predict,detect,naive",
+                   help="measurements and their order (default io,predict,detect,naive)")
     p.add_argument("--fresh", action="store_true", help="forget cached results")
     p.add_argument("--doc-only", action="store_true", help="rewrite the doc from results")
     a = p.parse_args()
     a.sizes = sorted(int(s) for s in a.sizes.split(","))
+    a.kinds = [k for k in a.kinds.split(",") if k]
     work = a.work
     work.mkdir(parents=True, exist_ok=True)
     rfile = work / "results.json"

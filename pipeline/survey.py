@@ -52,9 +52,10 @@ STAGES = ("read", "mask", "features", "predict", "patches", "write")
 
 # ----------------------------------------------------------------------------- shared
 def prepare_scene(images: Sequence[Path], cfg: SurveyConfig, *, dem: Path | None,
-                  aoi: Path | None = None) -> tuple[xr.DataArray, xr.DataArray | None]:
+                  aoi: Path | None = None,
+                  chunks: int | None = None) -> tuple[xr.DataArray, xr.DataArray | None]:
     """Ingest the images (and DEM) lazily on one grid; nothing is computed."""
-    chunks = cfg.run.chunk_size
+    chunks = chunks or cfg.run.chunk_size
     aoi_geom = None
     if aoi is not None:
         from pipeline.aoi import read_aoi
@@ -390,9 +391,10 @@ def _thumb(feats: np.ndarray, plan: FeaturePlan, y0: int, x0: int, stride: int) 
     return feats[idx, (-y0) % stride::stride, (-x0) % stride::stride]
 
 
-def _fingerprint(images, model_dir: Path, cfg: SurveyConfig, extra: dict) -> str:
+def _fingerprint(digests: dict[str, str], model_dir: Path, cfg: SurveyConfig,
+                 extra: dict) -> str:
     h = hashlib.sha256()
-    for k, v in sorted(_digest_inputs(images).items()):
+    for k, v in sorted(digests.items()):
         h.update(f"{k}={v}".encode())
     h.update(file_digest(Path(model_dir) / model_artifact.MODEL_FILE).encode())
     h.update(json.dumps(cfg.model_dump(mode="json", exclude={"run": {"scheduler"}}),
@@ -444,7 +446,11 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     # ---- validate everything before anything is written
     calendar = load_calendar(cfg.calendar)
     art = model_artifact.load(model_dir)
-    scene, dem_da = prepare_scene(images, cfg, dem=dem, aoi=aoi)
+    # Read in quarter-tile chunks: a tile and its mask halo then read ~(1 + 2 x 1/4)^2 = 2.25
+    # tiles' worth of pixels at most, where tile-sized chunks read up to 9 whole tiles (every
+    # neighbour the halo touches).
+    scene, dem_da = prepare_scene(images, cfg, dem=dem, aoi=aoi,
+                                  chunks=max(64, cfg.run.chunk_size // 4))
     if cfg.terrain_correction != "none" and dem_da is None:
         raise InputError(f"terrain_correction is '{cfg.terrain_correction}' but no --dem was "
                          "given; give a DEM or set terrain_correction: none")
@@ -466,7 +472,8 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     stride = max(1, int(np.ceil(max(H, W) / 1024)))
     state = out / STATE_DIR
     tdir = state / "tiles"
-    fp = _fingerprint(images, model_dir, cfg, {"dem": str(dem), "aoi": str(aoi), "H": H,
+    digests = _digest_inputs(images)        # read once: the inputs can be GBs
+    fp = _fingerprint(digests, model_dir, cfg, {"dem": str(dem), "aoi": str(aoi), "H": H,
                                                 "W": W})
     run_file = state / "run.json"
     if run_file.is_file() and json.loads(run_file.read_text()).get("fingerprint") != fp:
@@ -551,7 +558,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     flowering_blind = sum(g.area for g in targets.blind_areas)
     report = {
         "command": "detect",
-        "inputs": _digest_inputs(images),
+        "inputs": digests,
         "model": {"dir": str(model_dir), "threshold": art.threshold,
                   "pixel_threshold": pixel_threshold(art.threshold, cfg),
                   "sensor": art.meta["sensor"], "calendar": art.meta["calendar"]},
