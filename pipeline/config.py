@@ -109,8 +109,6 @@ class PatchConfig(_Frozen):
     #: scenes but by merging false pixels into blobs of up to 60 ha (docs/classifier.md), so
     #: they are not the default.
     pixel_threshold: float = Field(1.0, gt=0, le=1)
-    #: morphological opening before labelling patches (0 = none)
-    opening_px: int = Field(0, ge=0, le=5)
 
 
 class RankingConfig(_Frozen):
