@@ -220,8 +220,9 @@ def _f(v, nd=1) -> str:
 def write_doc(doc: Path, results: dict, m: dict, notes: str) -> None:
     sizes = sorted(int(k) for k in results if k.isdigit())
     L = ["# Benchmarks", "",
-         "Measured by `python bench/run_bench.py` (figures below are from this machine, in "
-         "one run; rerun to refresh). Each measurement runs in its own process; peak memory "
+         "Measured by `python bench/run_bench.py` on this machine (results are cached in "
+         "WORK/results.json, so the table can gather several invocations; `--fresh` redoes "
+         "all). Each measurement runs in its own process; peak memory "
          "is that process's ru_maxrss (the largest child's for local:N). Throughput is input "
          "pixels (scene pixels, each with 6 dates x 13 bands) per second of wall time.", "",
          "## Machine", "",
