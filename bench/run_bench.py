@@ -220,10 +220,11 @@ def _f(v, nd=1) -> str:
 def write_doc(doc: Path, results: dict, m: dict, notes: str) -> None:
     sizes = sorted(int(k) for k in results if k.isdigit())
     L = ["# Benchmarks", "",
-         "Measured by `python bench/run_bench.py` (figures below are from this machine, in "
-         "one run; rerun to refresh). Each measurement runs in its own process; peak memory "
+         "Measured by `python bench/run_bench.py` on this machine (results are cached in "
+         "WORK/results.json, so the table can gather several invocations; `--fresh` redoes "
+         "all). Each measurement runs in its own process; peak memory "
          "is that process's ru_maxrss (the largest child's for local:N). Throughput is input "
-         "megapixels (scene pixels, all 6 dates) per second of wall time.", "",
+         "pixels (scene pixels, each with 6 dates x 13 bands) per second of wall time.", "",
          "## Machine", "",
          f"- {m['nproc']} CPUs ({m['cpu']}), {m['ram_gb']} GB RAM, {m['platform']}",
          f"- Python {m['python']}, numpy {m['numpy']}, dask {m['dask']}, rasterio "
@@ -238,7 +239,7 @@ def write_doc(doc: Path, results: dict, m: dict, notes: str) -> None:
          f"- Model: trained by the bench on a {TRAIN_SIZE} px scene of seed {TRAIN_SEED} with "
          "the default config (HGB, 212 features).", "",
          "## Results", "",
-         "| size | Mpx | I/O floor s | predict floor s | detect s | detect Mpx/s | "
+         "| size | Mpx | I/O floor s | predict floor s | detect s | detect kpx/s | "
          "detect / (I/O + predict) | naive s | detect peak MB | naive peak MB | targets |",
          "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in sizes:
@@ -249,7 +250,7 @@ def write_doc(doc: Path, results: dict, m: dict, notes: str) -> None:
         na_s = na.get("seconds") if "error" not in na else None
         L.append(f"| {s}² | {r['megapixels']:.2f} | {_f(io.get('seconds'), 2)} | "
                  f"{_f(pr.get('seconds'))} | {_f(ds)} | "
-                 f"{_f(r['megapixels'] / ds if ds else None, 3)} | "
+                 f"{_f(1000 * r['megapixels'] / ds if ds else None, 1)} | "
                  f"{_f(ds / floor if ds and floor else None, 2)} | "
                  f"{_f(na_s) if na else 'not run'}{' (' + na['error'] + ')' if 'error' in na else ''} | "
                  f"{_f(de.get('peak_rss_mb'), 0)} | {_f(na.get('peak_rss_mb'), 0)} | "
@@ -266,16 +267,19 @@ def write_doc(doc: Path, results: dict, m: dict, notes: str) -> None:
                      + " |")
     L += ["", "### Scaling (ratios between sizes)", ""]
     for a_, b_ in zip(sizes, sizes[1:]):
+        L.append(f"- {b_}² / {a_}² (pixels x{(b_ / a_) ** 2:.1f}):")
         ra, rb = results[str(a_)].get("detect", {}), results[str(b_)].get("detect", {})
         if ra.get("seconds") and rb.get("seconds"):
-            L.append(f"- {b_}² / {a_}²: pixels x{(b_ / a_) ** 2:.1f}, detect wall "
-                     f"x{rb['seconds'] / ra['seconds']:.2f}, detect peak memory "
+            L.append(f"  - detect: wall x{rb['seconds'] / ra['seconds']:.2f}, peak memory "
                      f"x{rb['peak_rss_mb'] / ra['peak_rss_mb']:.2f}")
+        else:
+            L.append("  - detect: not measured at both sizes")
         na, nb = results[str(a_)].get("naive", {}), results[str(b_)].get("naive", {})
         if na.get("peak_rss_mb") and nb.get("peak_rss_mb"):
+            died = f" (died of {nb['error']} at that peak)" if "error" in nb else ""
             L.append(f"  - naive: peak memory x{nb['peak_rss_mb'] / na['peak_rss_mb']:.2f}"
-                     + (f", wall x{nb['seconds'] / na['seconds']:.2f}"
-                        if na.get("seconds") and nb.get("seconds") else ""))
+                     + died + (f", wall x{nb['seconds'] / na['seconds']:.2f}"
+                               if na.get("seconds") and nb.get("seconds") else ""))
     L += ["", "### Identical outputs", ""]
     for s in sizes:
         r = results[str(s)]
