@@ -26,11 +26,12 @@ def make_estimator(cfg: ModelConfig, seed: int | None = None):
     if cfg.kind == "hgb":
         return HistGradientBoostingClassifier(
             max_iter=cfg.max_iter, learning_rate=cfg.learning_rate, max_depth=cfg.max_depth,
-            min_samples_leaf=40, l2_regularization=1.0, early_stopping=False,
-            random_state=seed)
+            min_samples_leaf=cfg.min_samples_leaf, l2_regularization=cfg.l2_regularization,
+            early_stopping=False, random_state=seed)
     return RandomForestClassifier(
-        n_estimators=200, max_depth=max(cfg.max_depth * 2, 8), min_samples_leaf=5,
-        max_features="sqrt", n_jobs=2, random_state=seed)
+        n_estimators=cfg.n_estimators, max_depth=max(cfg.max_depth * 2, 8),
+        min_samples_leaf=max(1, cfg.min_samples_leaf // 8), max_features="sqrt", n_jobs=2,
+        random_state=seed)
 
 
 def balanced_weights(y: np.ndarray) -> np.ndarray:

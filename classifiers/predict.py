@@ -13,6 +13,7 @@ import numpy as np
 
 from classifiers.artifact import Artifact
 from classifiers.model import apply_platt
+from pipeline.config import SurveyConfig
 from pipeline.errors import ModelError
 
 
@@ -40,3 +41,10 @@ def predict_block(block: np.ndarray, estimator, calibration: dict) -> np.ndarray
         raw = estimator.predict_proba(X[valid])[:, 1]
         out[valid] = apply_platt(raw, calibration["a"], calibration["b"])
     return out.reshape(ny, nx)
+
+
+def pixel_threshold(model_threshold: float, cfg: SurveyConfig) -> float:
+    """Two-level patch rule: pixels at or above this probability form patches, and a patch is
+    kept when its peak reaches the model's threshold (and it passes the minimum mapping unit).
+    Never above the model's threshold, so the rule only ever joins pixels to kept patches."""
+    return float(min(cfg.patches.pixel_threshold, model_threshold))

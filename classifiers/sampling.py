@@ -28,6 +28,7 @@ class Table:
     polygon: np.ndarray      # (n,) int32 polygon index into Labels
     xy: np.ndarray           # (n, 2) float64 pixel centres in the scene CRS
     feature_names: list[str]
+    pixel_m: float = 10.0    # pixel side in the scene CRS units (polygon sizes in pixels)
 
 
 def _extract(fblock: np.ndarray, y0: int, x0: int, transform, shapes_small, shapes_big):
@@ -91,4 +92,4 @@ def sample(features: Features, labels: Labels, *, erode_m: float, max_pixels: in
                          "images; check the labels' CRS and extent")
     if (y == 0).sum() == 0:
         raise InputError(f"{labels.source}: no background polygon overlaps clear pixels")
-    return Table(X[sel], y, poly[sel], xy[sel], features.names)
+    return Table(X[sel], y, poly[sel], xy[sel], features.names, float(res))

@@ -4,8 +4,10 @@ Every polygon belongs to the square block (``cv_block_m``) that holds its centro
 of a polygon, and all polygons of a block, fall in the same fold. Metrics are computed on the
 out-of-fold probabilities: per-class precision, recall and F1 and the confusion matrix (pixels),
 polygon-level recall and precision (a labelled polygon is flagged when any of its sampled
-pixels reaches the threshold), the false-alarm rate per background class, and the threshold
-that reaches the configured target recall of poppy polygons. No kappa (Pontius & Millones 2011).
+pixels reaches the threshold: the same peak rule detect applies to patches), the flagged share
+per background class, and the threshold that reaches the configured target recall of the poppy
+polygons of at least ``min_plot_px`` pixels (sub-pixel plots are not required to be found).
+No kappa (Pontius & Millones 2011).
 """
 from __future__ import annotations
 
@@ -48,21 +50,33 @@ def _splits(table: Table, groups: np.ndarray, n_folds: int, seed: int):
 
 
 def out_of_fold(estimator, table: Table, groups: np.ndarray, n_folds: int,
-                seed: int) -> tuple[np.ndarray, str]:
-    splits = _splits(table, groups, n_folds, seed)
+                seed: int, repeats: int = 1) -> tuple[np.ndarray, str]:
+    """Out-of-fold scores, averaged over ``repeats`` differently shuffled group folds (each
+    pixel is scored ``repeats`` times, always by models that did not see its group): the
+    threshold then depends less on which blocks happened to share a fold."""
+    total = np.zeros(len(table.y))
+    count = np.zeros(len(table.y))
     how = "spatial blocks"
-    if splits is None:
-        log.warning("labelled polygons are too few or too clustered for spatial-block folds: "
-                    "folds fall back to grouping by polygon")
-        splits = _splits(table, table.polygon.astype("int64"), n_folds, seed)
-        how = "polygons"
-    if splits is None:
-        raise InputError("too few labelled polygons for honest validation: give at least 2 "
-                         "poppy and 2 background polygons")
-    oof = np.full(len(table.y), np.nan)
-    for train, test in splits:
-        est = fit_balanced(clone(estimator), table.X[train], table.y[train], seed)
-        oof[test] = est.predict_proba(table.X[test])[:, 1]
+    for r in range(repeats):
+        splits = _splits(table, groups, n_folds, seed + r)
+        how = "spatial blocks"
+        if splits is None:
+            if r == 0:
+                log.warning("labelled polygons are too few or too clustered for spatial-block "
+                            "folds: folds fall back to grouping by polygon")
+            splits = _splits(table, table.polygon.astype("int64"), n_folds, seed + r)
+            how = "polygons"
+        if splits is None:
+            raise InputError("too few labelled polygons for honest validation: give at least "
+                             "2 poppy and 2 background polygons")
+        for train, test in splits:
+            est = fit_balanced(clone(estimator), table.X[train], table.y[train], seed + r)
+            total[test] += est.predict_proba(table.X[test])[:, 1]
+            count[test] += 1
+    with np.errstate(invalid="ignore"):
+        oof = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    if repeats > 1:
+        how += f", {repeats} repeats"
     return oof, how
 
 
@@ -76,26 +90,39 @@ def polygon_scores(prob: np.ndarray, table: Table) -> dict[int, float]:
 
 
 def threshold_for_recall(poly_max: dict[int, float], labels: Labels,
-                         target_recall: float) -> float:
-    """Highest threshold at which at least ``target_recall`` of poppy polygons are flagged."""
-    pos = np.sort([s for pid, s in poly_max.items() if labels.is_target[pid]])[::-1]
+                         target_recall: float, counted: set[int] | None = None) -> float:
+    """Highest threshold at which at least ``target_recall`` of poppy polygons are flagged.
+
+    ``counted``: the poppy polygons that count (default all); the others are ignored."""
+    pos = np.sort([s for pid, s in poly_max.items() if labels.is_target[pid]
+                   and (counted is None or pid in counted)])[::-1]
     if pos.size == 0:
         return 0.5
     k = int(np.ceil(target_recall * pos.size)) - 1
     return float(min(max(pos[min(k, pos.size - 1)], 0.01), 0.99))
 
 
+def big_polygons(labels: Labels, pixel_m: float, min_px: float) -> set[int]:
+    """Indices of polygons of at least ``min_px`` pixels of ``pixel_m`` side."""
+    px = pixel_m * pixel_m
+    return {i for i, g in enumerate(labels.geometries) if g.area / px >= min_px - 1e-9}
+
+
 def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: float,
-             target_recall: float, seed: int,
+             target_recall: float, seed: int, min_plot_px: float = 0.0, repeats: int = 1,
              scene_of_polygon: np.ndarray | None = None) -> dict:
+    """Out-of-fold metrics and the threshold that flags ``target_recall`` of the poppy
+    polygons of at least ``min_plot_px`` pixels (smaller plots are not required to be found:
+    counting sub-pixel gardens would pull the threshold down to where noise passes)."""
     groups = spatial_groups(table, labels, block_m, scene_of_polygon)
-    raw, grouped_by = out_of_fold(estimator, table, groups, n_folds, seed)
+    raw, grouped_by = out_of_fold(estimator, table, groups, n_folds, seed, repeats)
     ok = np.isfinite(raw)
     a, b = fit_platt(raw[ok], table.y[ok])
     prob = np.full_like(raw, np.nan)
     prob[ok] = apply_platt(raw[ok], a, b)
     poly_max = polygon_scores(prob, table)
-    thr = threshold_for_recall(poly_max, labels, target_recall)
+    counted = big_polygons(labels, table.pixel_m, min_plot_px)
+    thr = threshold_for_recall(poly_max, labels, target_recall, counted)
     pred = (prob[ok] >= thr).astype(int)
     truth = table.y[ok]
     p, r, f, s = precision_recall_fscore_support(truth, pred, labels=[0, 1], zero_division=0)
@@ -104,6 +131,8 @@ def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: 
     pos_polys = {pid for pid in poly_max if labels.is_target[pid]}
     poly_recall = len(flagged & pos_polys) / max(len(pos_polys), 1)
     poly_precision = len(flagged & pos_polys) / max(len(flagged), 1)
+    big_pos = pos_polys & counted
+    big_recall = len(flagged & big_pos) / max(len(big_pos), 1)
     per_class: dict[str, dict] = {}
     for cls in sorted(set(labels.classes)):
         pids = [pid for pid in poly_max if labels.classes[pid] == cls]
@@ -126,8 +155,11 @@ def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: 
             "support": [int(x) for x in s],
             "confusion_matrix": cm.tolist(),
         },
+        "min_plot_px": min_plot_px,
         "polygon": {"recall": round(poly_recall, 4), "precision": round(poly_precision, 4),
-                    "poppy_polygons": len(pos_polys), "flagged": len(flagged)},
+                    "poppy_polygons": len(pos_polys), "flagged": len(flagged),
+                    "recall_min_plot": round(big_recall, 4),
+                    "poppy_polygons_min_plot": len(big_pos)},
         "per_class_flagged": per_class,
     }
 
@@ -143,7 +175,11 @@ def text_table(report: dict) -> str:
     pg = report["polygon"]
     lines.append(f"polygons: recall {pg['recall']:.3f}, precision {pg['precision']:.3f} "
                  f"({pg['poppy_polygons']} poppy polygons)")
-    lines.append(f"threshold for recall >= {report['target_recall']}: {report['threshold']:.3f}")
+    if "recall_min_plot" in pg:
+        lines.append(f"poppy polygons >= {report['min_plot_px']:g} px: recall "
+                     f"{pg['recall_min_plot']:.3f} ({pg['poppy_polygons_min_plot']} polygons)")
+    lines.append(f"threshold for recall >= {report['target_recall']} (polygons >= "
+                 f"{report.get('min_plot_px', 0):g} px): {report['threshold']:.3f}")
     fl = report["per_class_flagged"]
     if fl:
         lines.append("flagged share of labelled polygons per class: " + ", ".join(

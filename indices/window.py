@@ -59,13 +59,16 @@ def phase_of_dates(times: np.ndarray, calendar: Calendar) -> list[str | None]:
     return out
 
 
-def feature_plan(bands: list[str], indices: list[str],
-                 phases: list[str]) -> list[tuple[str, str, str, str | None]]:
-    """(name, stat, var, phase or contrast) in a fixed order."""
+def feature_plan(bands: list[str], indices: list[str], phases: list[str],
+                 band_medians: bool = True) -> list[tuple[str, str, str, str | None]]:
+    """(name, stat, var, phase or contrast) in a fixed order.
+
+    ``band_medians=False`` leaves out the per-phase medians of raw reflectance bands: they
+    carry the scene's brightness (terrain illumination, calibration, haze), which shifts from
+    one scene to the next; the bands still enter the indices and the phase contrasts."""
     plan: list[tuple[str, str, str, str | None]] = []
-    variables = bands + indices
     for ph in phases:
-        for v in variables:
+        for v in (bands if band_medians else []) + indices:
             plan.append((f"{ph}.median.{v}", "median", v, ph))
         for v in indices:
             plan.append((f"{ph}.max.{v}", "max", v, ph))
@@ -154,7 +157,7 @@ def make_plan(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig) -> Fe
     for p, ix in zip(phases, phase_idx):
         if not ix:
             log.warning("no acquisition in the %s phase: its features are missing", p)
-    rows = feature_plan(bands, indices, phases)
+    rows = feature_plan(bands, indices, phases, cfg.band_medians)
     stat_code = {"median": 0, "max": 1, "min": 2, "contrast": 3}
     codes = []
     for _, stat, var, ph in rows:

@@ -7,6 +7,7 @@ zone of the truth plots' centroid.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,13 +61,13 @@ def match(targets: list, plots: list, pixel_m: float) -> Match:
 
 def match_files(targets_path: Path, truth_path: Path, pixel_m: float,
                 min_plot_m2: float = 0.0) -> Match:
-    truth_wgs, _ = read_polygons(truth_path, "EPSG:4326")
-    if not truth_wgs:
-        return Match(0, 0, 0, 0)
+    truth_wgs, _ = read_polygons(truth_path, "EPSG:4326", what="truth file")
     c = shapely.union_all(truth_wgs).centroid
     crs = utm_for(c.x, c.y)
-    plots, _ = read_polygons(truth_path, crs)
-    tgts, _ = read_polygons(targets_path, crs) if Path(targets_path).is_file() else ([], [])
+    plots, _ = read_polygons(truth_path, crs, what="truth file")
+    tgts: list = []
+    if Path(targets_path).is_file() and json.loads(Path(targets_path).read_text())["features"]:
+        tgts, _ = read_polygons(targets_path, crs, what="targets file")
     if min_plot_m2 > 0:
         # small plots are not required to be found, but a target on one is still correct
         big = [p for p in plots if p.area >= min_plot_m2]

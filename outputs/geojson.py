@@ -10,6 +10,7 @@ writers, which need the same lon/lat geometry.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -34,6 +35,7 @@ DECIMALS = 7
 WGS84 = CRS.from_epsg(4326)
 
 
+@functools.lru_cache(maxsize=32)
 def parse_crs(crs: str) -> CRS:
     """The scene CRS of a TargetList as a pyproj CRS (CRSError if unreadable)."""
     try:
@@ -43,12 +45,19 @@ def parse_crs(crs: str) -> CRS:
                        "give 'EPSG:n' or WKT") from exc
 
 
+@functools.lru_cache(maxsize=8)
+def _transformer_to_wgs84(src: CRS) -> Transformer | None:
+    """One transformer per CRS: building one costs ~2 ms, paid per target before."""
+    if src.equals(WGS84, ignore_axis_order=True):
+        return None
+    return Transformer.from_crs(src, WGS84, always_xy=True)
+
+
 def to_wgs84(geometry: BaseGeometry, crs: str | CRS) -> BaseGeometry:
     """Reproject a geometry from ``crs`` to WGS84 lon/lat (axis order x=lon, y=lat)."""
-    src = crs if isinstance(crs, CRS) else parse_crs(crs)
-    if src.equals(WGS84, ignore_axis_order=True):
+    tr = _transformer_to_wgs84(crs if isinstance(crs, CRS) else parse_crs(crs))
+    if tr is None:
         return geometry
-    tr = Transformer.from_crs(src, WGS84, always_xy=True)
     return shapely.transform(
         geometry, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
 

@@ -126,6 +126,10 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+#: rank numbers drawn on the quicklook (all targets are outlined; more numbers are unreadable)
+QUICKLOOK_MAX_LABELS = 50
+
+
 def quicklook_image(rgb: np.ndarray, transform: Any, crs: Any, targets: TargetList) -> Image.Image:
     """The quicklook as a Pillow image (see :func:`write_quicklook`)."""
     rgb, transform = decimate(rgb, transform, QUICKLOOK_MAX_SIDE)
@@ -179,13 +183,17 @@ def quicklook_image(rgb: np.ndarray, transform: Any, crs: Any, targets: TargetLi
                 draw.line(pts, fill=TARGET_RGB, width=width)
         x, y = pg.representative_point().coords[0]
         minx, miny, maxx, maxy = pg.bounds
-        labels.append((str(t.rank), maxx + 3, miny - 3 if miny > 12 else y))
+        if t.rank <= QUICKLOOK_MAX_LABELS:
+            labels.append((str(t.rank), maxx + 3, miny - 3 if miny > 12 else y))
     for text, x, y in labels:
         draw.text((x, y), text, fill=TARGET_RGB, font=font, stroke_width=2,
                   stroke_fill=(0, 0, 0), anchor="lb")
 
     # Legend, top-left.
-    lines = [f"{len(ordered)} targets (rank)", "hatched: blind area", "grey: no clear view"]
+    head = f"{len(ordered)} targets (rank" + (
+        f", first {QUICKLOOK_MAX_LABELS} numbered)" if len(ordered) > QUICKLOOK_MAX_LABELS
+        else ")")
+    lines = [head, "hatched: blind area", "grey: no clear view"]
     lf = _font(max(11, min(16, max(size) // 70)))
     pad = 4
     boxes = [draw.textbbox((0, 0), s, font=lf) for s in lines]

@@ -4,10 +4,14 @@ Each chunk vectorises its pixels at or above the threshold (4-connected, exact p
 polygons) and sums the statistics of each piece. Pieces from different chunks that share an
 edge are merged by a union of their polygons, and their sums are added, so a patch cut by
 chunk borders comes out as one patch with the same geometry and statistics at any chunk size.
-Blind areas (no clear observation in the flowering phase) are vectorised the same way.
+Sums are taken in float64 and added with ``math.fsum``, so scores (and the ranking that breaks
+ties on them) do not change in the last float32 digit with the chunking. Blind areas (no clear
+observation in the flowering phase) are vectorised the same way; their pixels are never
+candidates (an empty list there means "not seen", which the blind areas say).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,27 +69,29 @@ def chunk_pieces(prob: np.ndarray, evidence: np.ndarray, dem: np.ndarray | None,
                  transform, threshold: float) -> tuple[list[Piece], list[BaseGeometry]]:
     ny, nx = prob.shape
     tf = window_transform(Window(x0, y0, nx, ny), transform)
+    blind_mask = np.isfinite(evidence) & (evidence <= 0)
     with np.errstate(invalid="ignore"):
-        mask = np.isfinite(prob) & (prob >= threshold)
+        # a blind pixel (no clear flowering observation) is never a candidate: the model's
+        # output there rests on missing flowering features and means nothing
+        mask = np.isfinite(prob) & (prob >= threshold) & ~blind_mask
     geoms, lab = _polygons(mask, tf)
     pieces: list[Piece] = []
     for i, g in enumerate(geoms, start=1):
         sel = lab == i
         p = prob[sel]
-        piece = Piece(g, int(sel.sum()), float(p.sum()), float(p.max()),
+        piece = Piece(g, int(sel.sum()), float(p.sum(dtype=np.float64)), float(p.max()),
                       float(np.nanmin(evidence[sel])) if np.isfinite(evidence[sel]).any()
                       else 0.0)
         if dem is not None and slope is not None:
             e = dem[sel]
             ok = np.isfinite(e)
-            piece.sum_elev, piece.n_elev = float(e[ok].sum()), int(ok.sum())
-            piece.sum_slope = float(np.nansum(slope[sel]))
+            piece.sum_elev, piece.n_elev = float(e[ok].sum(dtype=np.float64)), int(ok.sum())
+            piece.sum_slope = float(np.nansum(slope[sel], dtype=np.float64))
         if feats is not None:
             f = feats[:, sel]
-            piece.feat_sum = np.nansum(f, axis=1)
+            piece.feat_sum = np.nansum(f, axis=1, dtype=np.float64)
             piece.n_feat = np.isfinite(f).sum(axis=1)
         pieces.append(piece)
-    blind_mask = np.isfinite(evidence) & (evidence <= 0)
     blind, _ = _polygons(blind_mask, tf)
     return pieces, blind
 
@@ -114,11 +120,11 @@ def merge_pieces(pieces: list[Piece]) -> list[Patch]:
         patches.append(Patch(
             geometry=shapely.make_valid(parts[k]),
             n=n,
-            score=sum(m.sum_p for m in members) / n,
+            score=math.fsum(m.sum_p for m in members) / n,
             score_max=max(m.max_p for m in members),
             flowering_obs=int(min(m.min_ev for m in members)),
-            elevation_m=(sum(m.sum_elev for m in members) / n_elev) if n_elev else None,
-            slope_deg=(sum(m.sum_slope for m in members) / n_elev) if n_elev else None,
+            elevation_m=(math.fsum(m.sum_elev for m in members) / n_elev) if n_elev else None,
+            slope_deg=(math.fsum(m.sum_slope for m in members) / n_elev) if n_elev else None,
             feat_mean=feat_mean,
         ))
     return patches

@@ -86,7 +86,7 @@ def build_targets(patches: list[Patch], crs: str, *, patch_cfg: PatchConfig,
                 + rank_cfg.w_area * min(1.0, a / rank_cfg.area_saturation_m2)
                 + rank_cfg.w_evidence * min(1.0, p.flowering_obs / 3.0))
         rows.append((p, a, float(lon), float(lat), prio, geohash(lat, lon)))
-    rows.sort(key=lambda r: (r[3], r[2]))
+    rows.sort(key=lambda r: (r[2], r[3]))  # west to east (then south to north), as documented
     seen: dict[str, int] = {}
     ids = []
     for r in rows:

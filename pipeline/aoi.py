@@ -63,7 +63,7 @@ def _encodings(path: Path) -> list[str | None]:
     return ["UTF-8", "GB18030"]
 
 
-def _read_raw(path: Path) -> tuple[dict, np.ndarray, list[np.ndarray]]:
+def _read_raw(path: Path, what: str) -> tuple[dict, np.ndarray, list[np.ndarray]]:
     errors = []
     for enc in _encodings(path):
         try:
@@ -72,7 +72,7 @@ def _read_raw(path: Path) -> tuple[dict, np.ndarray, list[np.ndarray]]:
             errors.append(f"{enc}: {exc.reason}")
             continue
         except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:
-            raise InputError(f"{path}: not a readable vector file ({exc})") from None
+            raise InputError(f"{path}: {what} is not a readable vector file ({exc})") from None
         if enc and any(_looks_garbled(v) for col in fields for v in col[:50]):
             errors.append(f"{enc}: replacement characters")
             continue
@@ -87,17 +87,24 @@ def _looks_garbled(value: Any) -> bool:
     return isinstance(value, str) and "\ufffd" in value
 
 
-def read_features(path: Path, crs: Any | None = None) -> tuple[list[Feature], CRS]:
-    """Polygon features of ``path`` in ``crs`` (default: the file's), and that CRS."""
+def read_features(path: Path, crs: Any | None = None, *,
+                  what: str = "AOI file") -> tuple[list[Feature], CRS]:
+    """Polygon features of ``path`` in ``crs`` (default: the file's), and that CRS.
+
+    A GeoJSON without a CRS is WGS84 (RFC 7946); any other file without one is refused
+    (a Shapefile without .prj could be in any projection). ``what`` names the file in errors.
+    """
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{path}: AOI file not found")
-    meta, geoms, fields = _read_raw(path)
+        raise InputError(f"{path}: {what} not found")
+    meta, geoms, fields = _read_raw(path, what)
     if meta.get("crs"):
         src = _crs(meta["crs"], str(path))
-    else:
-        log.warning("%s: no CRS declared; assuming WGS84 lon/lat (EPSG:4326)", path)
+    elif path.suffix.lower() in (".geojson", ".json"):
         src = CRS.from_epsg(4326)
+    else:
+        raise CRSError(f"{path}: {what} has no CRS; save it with one (e.g. EPSG:4326), or "
+                       "give a .prj beside a Shapefile")
     dst = _crs(crs, "requested AOI CRS") if crs is not None else src
     names = list(meta.get("fields", []))
     shapes = shapely.from_wkb(geoms) if geoms is not None else np.array([])
@@ -122,7 +129,7 @@ def read_features(path: Path, crs: Any | None = None) -> tuple[list[Feature], CR
     if skipped:
         log.info("%s: %d features without polygon geometry skipped", path, skipped)
     if not features:
-        raise InputError(f"{path}: no polygons; the AOI file must hold at least one polygon")
+        raise InputError(f"{path}: no polygons; the {what} must hold at least one polygon")
     return features, dst
 
 
@@ -141,7 +148,7 @@ def _plain(value: Any) -> Any:
 
 def read_aoi(path: Path, crs: Any | None = None) -> BaseGeometry:
     """The union of the polygons in ``path``, in ``crs`` (default: the file's CRS)."""
-    features, _ = read_features(path, crs)
+    features, _ = read_features(path, crs, what="AOI file")
     union = shapely.union_all([f.geometry for f in features])
     if union.is_empty or union.area == 0:
         raise InputError(f"{path}: the AOI polygons are empty (zero area)")

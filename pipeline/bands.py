@@ -44,10 +44,11 @@ S2_RESOLUTION: dict[str, int] = {
 def canonical_name(name: str) -> str | None:
     """Map a Sentinel-2 or canonical band name (any case) to the canonical name, else None."""
     key = name.strip()
-    if key.upper() in S2_BANDS:
-        return S2_BANDS[key.upper()]
-    if key.upper() == "B8":
-        return "nir"
+    up = key.upper()
+    if len(up) == 2 and up[0] == "B" and up[1].isdigit():  # Earth Engine style: B2 = B02
+        up = f"B0{up[1]}"
+    if up in S2_BANDS:
+        return S2_BANDS[up]
     low = key.lower()
     return low if low in ALL_BANDS else None
 

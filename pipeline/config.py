@@ -40,6 +40,11 @@ class FeatureConfig(_Frozen):
     #: catalogue indices composited per phase (those the sensor cannot compute are skipped)
     indices: tuple[str, ...] = ("NDVI", "GNDVI", "NDRE", "CIre", "NDYI", "NDWI", "BSI", "PSRI",
                                 "NBR", "PWI", "VWI", "RPI", "MPI", "ExG", "VARI", "NGRDI")
+    #: per-phase medians of the raw bands as features. Off in the Sentinel-2 survey config:
+    #: raw reflectance carries each scene's brightness (terrain, calibration, haze) and
+    #: transferred worse to held-out scenes than indices and phase contrasts
+    #: (docs/classifier.md); on for sensors with few bands and one date (drones)
+    band_medians: bool = True
     #: calendar phases that get features; a single drone flight has only ``flowering``, so
     #: drone configs list just that phase instead of carrying all-NaN pre/post columns
     phases: tuple[Literal["pre", "flowering", "post"], ...] = PHASES
@@ -66,23 +71,44 @@ class FeatureConfig(_Frozen):
 class ModelConfig(_Frozen):
     kind: Literal["hgb", "rf"] = "hgb"
     target_recall: float = Field(0.95, gt=0, le=1)
+    #: the threshold is set for ``target_recall`` of the labelled poppy polygons of at least
+    #: this many pixels; smaller (sub-pixel) plots are not required to be found
+    threshold_min_plot_px: float = Field(4.0, ge=0)
     seed: int = 0
-    max_iter: int = Field(200, ge=10, le=2000)
-    max_depth: int = Field(6, ge=2, le=32)
+    #: boosting iterations and tree depth: small trees transferred as well as big ones to
+    #: held-out scenes and predict 2x faster (docs/classifier.md)
+    max_iter: int = Field(100, ge=10, le=2000)
+    max_depth: int = Field(4, ge=2, le=32)
     learning_rate: float = Field(0.08, gt=0, le=1)
+    #: fewest training pixels per leaf (hgb and rf): larger = smoother, less scene-specific
+    min_samples_leaf: int = Field(80, ge=1)
+    l2_regularization: float = Field(1.0, ge=0)
+    #: trees of the random forest (kind: rf)
+    n_estimators: int = Field(200, ge=10, le=2000)
     #: pixels sampled per polygon at most (keeps training bounded on big fields)
     max_pixels_per_polygon: int = Field(400, ge=1)
     #: mixed edge pixels: polygons are eroded by this many metres before sampling
     #: (falls back to the unreduced polygon when erosion would empty it)
     erode_m: float = Field(5.0, ge=0)
     cv_folds: int = Field(5, ge=2, le=20)
+    #: the grouped cross-validation is repeated with other fold shuffles and the out-of-fold
+    #: scores averaged: a steadier threshold across training seeds (docs/classifier.md)
+    cv_repeats: int = Field(3, ge=1, le=10)
     #: side of the square spatial blocks used to group polygons in cross-validation
     cv_block_m: float = Field(500.0, gt=0)
 
 
 class PatchConfig(_Frozen):
-    #: minimum mapping unit in m^2 (Sentinel-2: 1 px = 100 m^2)
+    #: minimum mapping unit in m^2 (Sentinel-2: 1 px = 100 m^2). The Sentinel-2 survey config
+    #: sets 200 (2 px): single-pixel patches were most of the false targets on held-out
+    #: scenes, while plots of >= 4 px still give patches of >= 2 px (docs/classifier.md)
     min_mapping_unit_m2: float = Field(100.0, ge=0)
+    #: two-level patch rule: pixels at or above min(pixel_threshold, model threshold) form
+    #: patches, and a patch is kept when its peak reaches the model's threshold. 1.0 (default)
+    #: = one threshold for both. Lower values raised the matching-rule precision on held-out
+    #: scenes but by merging false pixels into blobs of up to 60 ha (docs/classifier.md), so
+    #: they are not the default.
+    pixel_threshold: float = Field(1.0, gt=0, le=1)
     #: morphological opening before labelling patches (0 = none)
     opening_px: int = Field(0, ge=0, le=5)
 
@@ -103,7 +129,7 @@ class OutputConfig(_Frozen):
 
 
 class RunConfig(_Frozen):
-    chunk_size: int = Field(512, ge=64, le=8192)
+    chunk_size: int = Field(512, ge=16, le=8192)
     memory_per_worker: str = "3GB"
     scheduler: str = "threads"
 
@@ -172,16 +198,31 @@ class Calendar(_Frozen):
         return None
 
 
-def _format_error(path: Path, exc: ValidationError) -> str:
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys allowed where ``loc`` points (its parent's fields), if that is a section."""
+    cls = model
+    for part in loc[:-1]:
+        field = cls.model_fields.get(str(part))
+        ann = field.annotation if field is not None else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        cls = ann
+    return [k for k in cls.model_fields if k != "source"]
+
+
+def _format_error(where: Path | str, exc: ValidationError,
+                  model: type[BaseModel] | None = None) -> str:
     err = exc.errors()[0]
     key = ".".join(str(p) for p in err["loc"]) or "(top level)"
     if err["type"] == "extra_forbidden":
-        return f"{path}: unknown key '{key}'; remove it or check its spelling"
-    allowed = ""
+        allowed = _allowed_keys(model, tuple(err["loc"])) if model is not None else []
+        hint = f"allowed: {', '.join(allowed)}" if allowed else "check its spelling"
+        return f"{where}: unknown key '{key}'; {hint}"
     ctx = err.get("ctx") or {}
     if "expected" in ctx:
-        allowed = f"; allowed: {ctx['expected']}"
-    return f"{path}: key '{key}': {err['msg']} (got {err.get('input')!r}){allowed}"
+        return f"{where}: key '{key}': {err.get('input')!r} is not allowed; allowed: " \
+               f"{ctx['expected']}"
+    return f"{where}: key '{key}': {err['msg']} (got {err.get('input')!r})"
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -205,9 +246,21 @@ def load_config(path: Path | None = None) -> SurveyConfig:
     try:
         cfg = SurveyConfig(**data, source=str(path))
     except ValidationError as exc:
-        raise ConfigError(_format_error(path, exc)) from None
-    load_calendar(cfg.calendar)  # fail early on an unknown calendar
+        raise ConfigError(_format_error(path, exc, SurveyConfig)) from None
+    check_names(cfg, path)
     return cfg
+
+
+def check_names(cfg: SurveyConfig, where: Path | str) -> None:
+    """Fail early, naming the file and the key, on an unknown calendar or sensor."""
+    if not Path(cfg.calendar).suffix and cfg.calendar not in known_calendars():
+        raise ConfigError(f"{where}: key 'calendar': unknown calendar '{cfg.calendar}'; "
+                          f"allowed: {', '.join(known_calendars())} (or a calendar file path)")
+    load_calendar(cfg.calendar)
+    from pipeline.sensors import known_sensors
+    if not Path(cfg.sensor).suffix and cfg.sensor not in known_sensors():
+        raise ConfigError(f"{where}: key 'sensor': unknown sensor '{cfg.sensor}'; allowed: "
+                          f"{', '.join(known_sensors())} (or a sensor file path)")
 
 
 def known_calendars() -> list[str]:
@@ -226,21 +279,30 @@ def load_calendar(name_or_path: str | Path) -> Calendar:
     try:
         return Calendar(**data)
     except ValidationError as exc:
-        raise ConfigError(_format_error(p, exc)) from None
+        raise ConfigError(_format_error(p, exc, Calendar)) from None
 
 
 def with_overrides(cfg: SurveyConfig, **changes: Any) -> SurveyConfig:
-    """A copy of ``cfg`` with dotted-path overrides (CLI options win over the config)."""
+    """A copy of ``cfg`` with dotted-path overrides (CLI options win over the config).
+
+    A bad override is a ConfigError naming the option, not the config file it overrides.
+    """
     data = cfg.model_dump()
-    for dotted, value in changes.items():
-        if value is None:
-            continue
+    given = {k: v for k, v in changes.items() if v is not None}
+    where = f"option(s) {', '.join(sorted(given))} over {cfg.source or 'the defaults'}"
+    for dotted, value in given.items():
         node = data
         *parents, leaf = dotted.split(".")
         for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"{where}: unknown section '{part}' in '{dotted}'; allowed: "
+                                  f"{', '.join(k for k in SurveyConfig.model_fields if k != 'source')}")
             node = node[part]
         node[leaf] = value
     try:
-        return SurveyConfig(**data)
+        out = SurveyConfig(**data)
     except ValidationError as exc:
-        raise ConfigError(_format_error(Path(cfg.source or "options"), exc)) from None
+        raise ConfigError(_format_error(where, exc, SurveyConfig)) from None
+    if {"calendar", "sensor"} & set(given):
+        check_names(out, where)
+    return out

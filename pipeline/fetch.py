@@ -34,10 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import shapely
 import rasterio
 from affine import Affine
 
 from pipeline.bands import S2_BANDS
+from pipeline.aoi import read_features
 from pipeline.errors import CredentialsError, CRSError, InputError, PoppyscanError
 from pipeline.geotiff import write_multiband
 
@@ -100,32 +102,12 @@ def parse_window(window: str) -> tuple[dt.date, dt.date]:
 
 
 def read_aoi(path: Path) -> tuple[Any, str]:
-    """Read the polygons of a GeoJSON/GeoPackage/Shapefile as one geometry, and its CRS."""
-    import shapely
-    from pyogrio import errors as ogr_errors
-    from pyogrio.raw import read
-
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"AOI file {path} does not exist; give a GeoJSON, GeoPackage or Shapefile")
-    try:
-        meta, _fids, wkb, _fields = read(path, read_geometry=True, columns=[])
-    except (ogr_errors.DataSourceError, ogr_errors.DataLayerError, ogr_errors.GeometryError,
-            ogr_errors.FeatureError, ogr_errors.FieldError, ogr_errors.CRSError) as exc:
-        raise InputError(f"AOI file {path} cannot be read as a vector file: {exc}") from None
-    geoms = [] if wkb is None else [g for g in shapely.from_wkb(wkb) if g is not None]
-    polys = [g for g in geoms if g.geom_type in ("Polygon", "MultiPolygon") and g.area > 0]
-    if not polys:
-        raise InputError(f"AOI file {path} holds no polygon; draw the area as one or more polygons")
-    crs = meta.get("crs")
-    if not crs:
-        raise CRSError(f"AOI file {path} has no CRS; save it with one (e.g. EPSG:4326)")
-    aoi = shapely.union_all([shapely.make_valid(p) for p in polys])
-    if aoi.geom_type == "GeometryCollection":  # make_valid may add lines; keep the areas
-        aoi = shapely.union_all([g for g in aoi.geoms if g.area > 0])
+    """The AOI's polygons as one geometry in the file's CRS, and that CRS (pipeline.aoi)."""
+    features, crs = read_features(Path(path), what="AOI file")
+    aoi = shapely.union_all([f.geometry for f in features])
     if aoi.is_empty or aoi.area <= 0:
-        raise InputError(f"AOI file {path} has only empty polygons")
-    return aoi, crs
+        raise InputError(f"{path}: the AOI polygons are empty (zero area)")
+    return aoi, crs.to_wkt()
 
 
 def utm_epsg(lon: float, lat: float) -> int:

@@ -2,7 +2,8 @@
 
 ``open_scene`` expands the paths, asks each reader in ``pipeline.readers`` whether it can read
 a path, aligns every acquisition onto the first one's grid, keeps the bands all dates share,
-sorts by time and clips to an AOI. Nothing is computed here.
+refuses products of another place, mosaics products of the same day (adjacent tiles of one
+pass) into one date, sorts by time and clips to an AOI. Nothing is computed here.
 """
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ import dask.array as darr
 import numpy as np
 import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
+from affine import Affine
 from rasterio import features as rfeatures
+from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
+from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
 from pipeline.bands import SCENE_DIMS, check_scene, order_bands
@@ -44,6 +48,11 @@ def expand_paths(paths: Sequence[Path]) -> list[Path]:
                            and not c.name.startswith(".")
                            and c.stem.lower() not in _SKIP_STEMS)
             if not found:
+                # a folder of product folders (e.g. per-band folders of several dates)
+                found = sorted(c for c in p.iterdir() if c.is_dir()
+                               and not c.name.startswith(".")
+                               and any(m.can_read(c) for m in mods))
+            if not found:
                 raise InputError(f"{p}: folder holds no readable images (.tif, .jp2, .zip, "
                                  ".SAFE)")
             out.extend(found)
@@ -61,7 +70,10 @@ def read_products(paths: Sequence[Path], sensor: Any | None = None,
         if mod is None:
             raise InputError(f"{p}: unsupported input; give multi-band GeoTIFFs, Sentinel-2 "
                              ".SAFE/.zip products, per-band folders or drone orthomosaics")
-        arrays.extend(mod.read(p, sensor, chunks))
+        new = mod.read(p, sensor, chunks)
+        arrays.extend(new)
+        if arrays:  # fail fast on another place, before reading the rest
+            check_overlap([arrays[0], *new], Grid.of(arrays[0]))
     if not arrays:
         raise InputError("no images given")
     return arrays
@@ -76,6 +88,35 @@ def aoi_mask(grid: Grid, geom: BaseGeometry, chunks: int) -> darr.Array:
                                        invert=True, all_touched=True)
     return darr.map_blocks(block, dtype=bool,
                            chunks=darr.core.normalize_chunks(chunks, (grid.height, grid.width)))
+
+
+def _footprint(grid: Grid):
+    x0, y0 = grid.transform * (0, 0)
+    x1, y1 = grid.transform * (grid.width, grid.height)
+    return box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+
+def _coverage(da: xr.DataArray, grid: Grid) -> float:
+    """Share of the grid's footprint inside ``da``'s bounds (0 when they do not overlap)."""
+    target = _footprint(grid)
+    try:
+        bounds = transform_bounds(da.rio.crs, grid.crs, *da.rio.bounds(), densify_pts=21)
+    except Exception:  # noqa: BLE001  (no transformation between the CRSs: another place)
+        return 0.0
+    if not all(np.isfinite(bounds)):
+        return 0.0
+    return float(box(*bounds).intersection(target).area / target.area)
+
+
+def check_overlap(products: Sequence[xr.DataArray], grid: Grid) -> None:
+    """Refuse products that do not overlap the grid: they show another place, and aligning
+    them would give a date of nothing but NaN."""
+    first = products[0].attrs.get("source", "the first image")
+    for p in products:
+        if _coverage(p, grid) <= 0:
+            raise InputError(f"{p.attrs.get('source', 'an image')} does not overlap {first}: "
+                             "the images show different places; give the images of one place "
+                             "(e.g. one product or patch folder) at a time")
 
 
 def open_scene(paths: Sequence[Path], sensor: Any | None = None, *, chunks: int = 1024,
@@ -95,23 +136,27 @@ def open_scene(paths: Sequence[Path], sensor: Any | None = None, *, chunks: int 
     if not shared:
         raise InputError("the images share no band; check that they come from one sensor")
     bands = order_bands(list(shared))
+    check_overlap(products, grid)
     sensors = {p.attrs.get("sensor") for p in products}
     if len(sensors) > 1:
         raise InputError(f"images come from different sensors {sorted(map(str, sensors))}; "
                          "survey one sensor at a time")
-    aligned = [align(p.sel(band=bands), grid) for p in products]
+    aligned = [align(p.sel(band=bands), grid).drop_vars("spatial_ref", errors="ignore")
+               for p in products]
     times = np.array([p.attrs["time"] for p in products], dtype="datetime64[ns]")
-    order = np.argsort(times, kind="stable")
-    scene = xr.concat([aligned[i].drop_vars("spatial_ref", errors="ignore") for i in order],
-                      dim="time", join="override", combine_attrs="drop")
+    groups = same_day_groups(times)
+    layers = [mosaic([aligned[i] for i in g]) for g in groups]
+    first = [g[0] for g in groups]
+    scene = xr.concat(layers, dim="time", join="override", combine_attrs="drop")
     scene = scene.chunk({"time": -1, "band": -1, "y": chunks, "x": chunks})
     scene = scene.assign_coords(
-        time=times[order],
+        time=times[first],
         sun_zenith=("time", np.array([products[i].attrs.get("sun_zenith", np.nan)
-                                      for i in order], dtype="float64")),
+                                      for i in first], dtype="float64")),
         sun_azimuth=("time", np.array([products[i].attrs.get("sun_azimuth", np.nan)
-                                       for i in order], dtype="float64")),
-        source=("time", [str(products[i].attrs.get("source", "")) for i in order]),
+                                       for i in first], dtype="float64")),
+        source=("time", ["; ".join(str(products[i].attrs.get("source", "")) for i in g)
+                         for g in groups]),
     ).transpose(*SCENE_DIMS)
     scene = scene.rio.write_crs(grid.crs).rio.write_transform(grid.transform)
     scene.attrs = {"sensor": sensors.pop()}
@@ -121,21 +166,77 @@ def open_scene(paths: Sequence[Path], sensor: Any | None = None, *, chunks: int 
     return scene
 
 
+def same_day_groups(times: np.ndarray) -> list[list[int]]:
+    """Indices of the products grouped by acquisition day, in time order (stable)."""
+    order = np.argsort(times, kind="stable")
+    days = times.astype("datetime64[D]")
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and days[groups[-1][0]] == days[i]:
+            groups[-1].append(int(i))
+        else:
+            groups.append([int(i)])
+    return groups
+
+
+def mosaic(layers: list[xr.DataArray]) -> xr.DataArray:
+    """One date from products of the same day (adjacent tiles of one pass, or flights): each
+    pixel from the first product that has data there, so an overlap is one observation, not
+    two (evidence counts observations)."""
+    out = layers[0]
+    if len(layers) > 1:
+        log.info("%d products of %s mosaicked into one date", len(layers),
+                 str(out.attrs.get("time", ""))[:10])
+    for other in layers[1:]:
+        out = out.where(np.isfinite(out.isel(band=0, drop=True)), other)
+    return out
+
+
+#: a polygon edge this close (in pixels) to a pixel edge counts as on it (reprojection noise)
+_SNAP_PX = 1e-3
+
+
+def aoi_window(grid: Grid, aoi: BaseGeometry) -> tuple[slice, slice] | None:
+    """Rows and columns of the pixels the AOI overlaps (None when it overlaps none).
+
+    Decided geometrically, so no pixel is read: the AOI must share area with the grid's
+    footprint, and the window is the AOI's bounds in pixels, snapped to pixel edges within
+    ``_SNAP_PX`` so an AOI drawn on pixel edges (in another CRS) gains no sliver row or column.
+    """
+    part = aoi.intersection(_footprint(grid))
+    if part.is_empty or part.area <= 0:
+        return None
+    minx, miny, maxx, maxy = part.bounds
+    inv = ~grid.transform
+    cols, rows = zip(*(inv * (x, y) for x, y in ((minx, miny), (minx, maxy),
+                                               (maxx, miny), (maxx, maxy))))
+    c0 = max(0, int(np.floor(min(cols) + _SNAP_PX)))
+    c1 = min(grid.width, int(np.ceil(max(cols) - _SNAP_PX)))
+    r0 = max(0, int(np.floor(min(rows) + _SNAP_PX)))
+    r1 = min(grid.height, int(np.ceil(max(rows) - _SNAP_PX)))
+    if c1 <= c0 or r1 <= r0:
+        return None
+    return slice(r0, r1), slice(c0, c1)
+
+
 def clip_to_aoi(scene: xr.DataArray, aoi: BaseGeometry, chunks: int) -> xr.DataArray:
-    """Crop to the AOI's bounding box and set pixels outside the polygon to NaN."""
+    """Crop to the AOI's bounding box and set pixels outside the polygon to NaN (lazily)."""
     if aoi.is_empty:
         raise InputError("the AOI is empty; give a file with at least one polygon")
-    minx, miny, maxx, maxy = aoi.bounds
-    try:
-        clipped = scene.rio.clip_box(minx, miny, maxx, maxy)
-    except Exception as exc:  # rioxarray raises NoDataInBounds / OneDimensionalRaster
-        raise InputError("the AOI does not overlap the images; check its CRS and extent "
-                         f"({exc.__class__.__name__})") from None
-    grid = Grid.of(clipped)
+    win = aoi_window(Grid.of(scene), aoi)
+    if win is None:
+        raise InputError("the AOI does not overlap the images; check its CRS and extent")
+    outside = aoi.difference(_footprint(Grid.of(scene))).area / aoi.area
+    if outside > 0.001:
+        log.warning("%.0f%% of the AOI lies outside the first image's extent (the survey grid) "
+                    "and is not surveyed; give an image covering it first, or split the AOI",
+                    100 * outside)
+    clipped = scene.isel(y=win[0], x=win[1])
+    tf = scene.rio.transform() * Affine.translation(win[1].start, win[0].start)
+    clipped = clipped.rio.write_transform(tf)
+    grid = Grid(scene.rio.crs, tf, clipped.sizes["y"], clipped.sizes["x"])
     inside = xr.DataArray(aoi_mask(grid, aoi, chunks), dims=("y", "x"),
                           coords={"y": clipped["y"], "x": clipped["x"]})
-    if not bool(inside.any().compute()):
-        raise InputError("the AOI does not overlap the images; check its CRS and extent")
     out = clipped.where(inside).astype("float32")
     out = out.chunk({"time": -1, "band": -1, "y": chunks, "x": chunks})
     out.attrs = dict(scene.attrs)
@@ -153,5 +254,12 @@ def read_dem(path: Path, grid: Grid, chunks: int = 1024) -> xr.DataArray:
     if dem.sizes["band"] != 1:
         raise InputError(f"{path}: DEM must have one band, it has {dem.sizes['band']}")
     dem = dem.squeeze("band", drop=True).astype("float32")
+    covered = _coverage(dem, grid)
+    if covered <= 0:
+        raise InputError(f"{path}: the DEM does not cover the images; give a DEM of the same "
+                         "area")
+    if covered < 0.999:
+        log.warning("%s: the DEM covers %.0f%% of the images; elsewhere elevation is missing",
+                    path, 100 * covered)
     out = align(dem, grid)
     return out.chunk({"y": chunks, "x": chunks})

@@ -56,6 +56,34 @@ def open_runner(spec: str, *, memory_per_worker: str = "3GB") -> Iterator[Runner
         yield Runner(spec, None, workers=max(1, min(os.cpu_count() or 1, 8)))
         return
     from dask.distributed import Client, LocalCluster
+    with _quiet_distributed():
+        with _distributed(spec, kind, arg, memory_per_worker, Client, LocalCluster) as runner:
+            yield runner
+
+
+@contextlib.contextmanager
+def _quiet_distributed() -> Iterator[None]:
+    """dask.distributed logs every scheduler, nanny and connection event at INFO; keep them
+    to errors while a run lasts (unless poppyscan's own log is at DEBUG)."""
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)
+               if n == "distributed" or n.startswith("distributed.")]
+    loggers.append(logging.getLogger("distributed"))
+    saved = [(lg, lg.level) for lg in loggers]
+    for lg, _ in saved:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in saved:
+            lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def _distributed(spec: str, kind: str, arg: Any, memory_per_worker: str, Client: Any,
+                 LocalCluster: Any) -> Iterator[Runner]:
     if kind == "local":
         cluster = LocalCluster(n_workers=int(arg), threads_per_worker=1,  # type: ignore[arg-type]
                                memory_limit=memory_per_worker, processes=True,
@@ -106,11 +134,46 @@ def run_tiles(runner: Runner, tasks: Sequence[tuple[Any, Any]],
                 futs[f] = nkey
                 ac.add(f)
         return
-    scheduler = runner.spec
-    for start in range(0, len(tasks), in_flight):
-        batch = tasks[start:start + in_flight]
-        values = dask.compute(*[t for _, t in batch], scheduler=scheduler)
-        for (key, _), value in zip(batch, values):
-            on_result(key, value)
+    if runner.spec == "sync":
+        for key, task in tasks:
+            on_result(key, _compute_sync(task))
             if progress:
                 progress(1)
+        return
+    _run_pool(runner, tasks, on_result, in_flight, progress)
+
+
+def _compute_sync(task: Any) -> Any:
+    """One tile computed start to end in the calling thread or process."""
+    return dask.compute(task, scheduler="sync")[0]
+
+
+def _run_pool(runner: Runner, tasks: Sequence[tuple[Any, Any]],
+              on_result: Callable[[Any, Any], None], in_flight: int,
+              progress: Callable[[int], None] | None) -> None:
+    """Tiles on a pool of ``runner.workers`` threads or processes, each tile handed to
+    ``on_result`` as soon as it is done (not when a whole batch is): a crash or Ctrl-C loses
+    only the tiles in flight, and a slow tile does not hold the others back."""
+    from concurrent.futures import (FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor,
+                                    wait)
+    if runner.spec == "processes":
+        import multiprocessing as mp
+        pool: Any = ProcessPoolExecutor(runner.workers, mp_context=mp.get_context("spawn"))
+    else:
+        pool = ThreadPoolExecutor(runner.workers, thread_name_prefix="poppyscan-tile")
+    pending = list(tasks)
+    futs: dict[Any, Any] = {}
+    try:
+        while pending or futs:
+            while pending and len(futs) < in_flight:
+                key, task = pending.pop(0)
+                futs[pool.submit(_compute_sync, task)] = key
+            done, _ = wait(futs, return_when=FIRST_COMPLETED)
+            for fut in done:
+                key = futs.pop(fut)
+                on_result(key, fut.result())
+                if progress:
+                    progress(1)
+    finally:
+        # on an error or Ctrl-C: queued tiles are dropped, running ones end on their own
+        pool.shutdown(wait=not futs, cancel_futures=True)

@@ -11,8 +11,8 @@ How a Sentinel-2 scene is built:
    Voronoi farm blocks cut into strip fields, villages (houses, courtyards, gardens, trees),
    ponds, an ornamental "flower sea", and poppy plots (garden, ravine, strip, field).
 2. Rasterisation at ``SUPERSAMPLE`` x finer pixels, strip by strip; each 10 m pixel keeps the
-   three units (fields, objects) covering most of it with their area weights, so spectra mix
-   at sub-pixel edges.
+   three units (fields, objects, forest cells) covering most of it with their area weights, so
+   spectra mix at sub-pixel edges.
 3. Per date: every unit gets a spectrum from its class phenology (linear mixture of leaf,
    petal, dry-plant and soil endmembers), pixels mix the spectra of their units, then
    texture, terrain illumination (cos i, not corrected), haze and calibration jitter, clouds
@@ -25,13 +25,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
+import rasterio
 import rasterio.features
+import scipy.fft
 import shapely
 from affine import Affine
 from pyproj import Transformer
@@ -44,7 +45,15 @@ from pipeline.geotiff import write_multiband
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SimResult", "simulate", "S2_FILE_BANDS", "CLASSES", "ENDMEMBERS"]
+__all__ = [
+    "CLASSES",
+    "ENDMEMBERS",
+    "S2_FILE_BANDS",
+    "SimResult",
+    "poppy_fraction",
+    "quicklook",
+    "simulate",
+]
 
 #: Band order of the simulated Sentinel-2 files (12 reflective bands, then SCL).
 S2_FILE_BANDS: tuple[str, ...] = (
@@ -93,13 +102,13 @@ _CLOUD = np.array([0.55, 0.56, 0.57, 0.58, 0.58, 0.58, 0.58, 0.58, 0.58, 0.45, 0
 CLASSES: tuple[str, ...] = (
     "wheat", "rapeseed", "garlic", "broad_bean", "vegetables", "grass", "bare_soil", "forest",
     "village", "water", "ornamental_poppy", "radish", "poppy", "ridge", "road",
-    "roof", "courtyard", "garden_tree", "tea", "rock",
+    "roof", "courtyard", "garden_tree", "tea", "rock", "milk_vetch", "potato",
 )
 _C = {name: i for i, name in enumerate(CLASSES)}
 #: Field crops drawn for strip fields and their shares.
 _FIELD_CROPS = ("wheat", "rapeseed", "garlic", "broad_bean", "vegetables", "grass",
-                "bare_soil", "radish")
-_FIELD_P = np.array([0.24, 0.22, 0.09, 0.09, 0.20, 0.06, 0.07, 0.03])
+                "bare_soil", "radish", "milk_vetch", "potato")
+_FIELD_P = np.array([0.2, 0.18, 0.08, 0.08, 0.17, 0.05, 0.06, 0.04, 0.08, 0.06])
 _LABEL_CLASS = {  # simulator class -> label class
     "roof": "village", "courtyard": "village", "garden_tree": "forest", "rock": "bare_soil",
 }
@@ -162,16 +171,18 @@ def _fractal(rng: np.random.Generator, n: int, beta: float, m: int | None = None
              fmin: float = 0.0) -> np.ndarray:
     """Zero-mean unit-variance fractal noise (power ~ f^-beta, flat below ``fmin`` cycles/px)."""
     m = n if m is None else m
-    white = rng.standard_normal((n, m)).astype(np.float32)
-    spec = np.fft.rfft2(white)
-    fy = np.fft.fftfreq(n)[:, None]
-    fx = np.fft.rfftfreq(m)[None, :]
+    white = rng.standard_normal((n, m), dtype=np.float32)
+    spec = scipy.fft.rfft2(white)  # complex64 for float32 input
+    del white
+    fy = np.fft.fftfreq(n).astype(np.float32)[:, None]
+    fx = np.fft.rfftfreq(m).astype(np.float32)[None, :]
     f = np.sqrt(fx * fx + fy * fy)
     f[0, 0] = 1.0
-    f = np.maximum(f, fmin)
-    spec *= (f ** (-beta / 2.0)).astype(np.float32)
+    f = np.maximum(f, np.float32(fmin))
+    spec *= f ** np.float32(-beta / 2.0)
+    del f
     spec[0, 0] = 0
-    out = np.fft.irfft2(spec, s=(n, m)).astype(np.float32)
+    out = scipy.fft.irfft2(spec, s=(n, m)).astype(np.float32, copy=False)
     out -= out.mean()
     out /= out.std() + 1e-12
     return out
@@ -280,7 +291,7 @@ class _Layout:
         self.agri = self.fscore < -1.0
         # --- farm blocks (jittered grid Voronoi) ----------------------------------------------
         B = self.BLOCK
-        self.nb = int(math.ceil(ext / B)) + 2
+        self.nb = math.ceil(ext / B) + 2
         nb = self.nb
         jit = rng.uniform(0.08, 0.92, size=(2, nb, nb))
         self.seed_x = ((np.arange(nb)[None, :] - 1 + jit[0]) * B).astype(np.float64)  # (nb, nb)
@@ -291,6 +302,10 @@ class _Layout:
         self.b_w = rng.uniform(8.0, 28.0, nblk)
         self.b_len = rng.uniform(40.0, 160.0, nblk)
         self.b_crop = rng.choice(len(_FIELD_CROPS), size=nblk, p=_FIELD_P)
+        self._b_cos = np.cos(self.b_ang).astype(np.float32)
+        self._b_sin = np.sin(self.b_ang).astype(np.float32)
+        self._b_w32 = self.b_w.astype(np.float32)
+        self._b_len32 = self.b_len.astype(np.float32)
         # --- objects --------------------------------------------------------------------------
         self.obj = _Objects.empty()
         self.occ = np.zeros((n, n), dtype=bool)  # 10 m occupancy by villages/ponds/plots
@@ -303,11 +318,15 @@ class _Layout:
         self._poppy(prevalence)
 
     # ---- helpers ------------------------------------------------------------------------------
-    def _random_cell(self, ok: np.ndarray, tries: int = 1) -> tuple[float, float] | None:
-        idx = np.flatnonzero(ok)
+    def _random_cell(self, ok: np.ndarray, free: bool = False) -> tuple[float, float] | None:
+        """A random point in a cell of ``ok`` (a mask or its flat indices); None when there is
+        no such cell, or when ``free`` and the drawn cell is occupied."""
+        idx = np.flatnonzero(ok) if ok.dtype == bool else ok
         if idx.size == 0:
             return None
         k = int(idx[self.rng.integers(idx.size)])
+        if free and self.occ.flat[k]:
+            return None
         r, c = divmod(k, self.n)
         return ((c + self.rng.uniform()) * self.pixel, (r + self.rng.uniform()) * self.pixel)
 
@@ -342,7 +361,7 @@ class _Layout:
     def _ponds(self) -> None:
         rng = self.rng
         area_ha = (self.ext / 100.0) ** 2
-        flat = self.agri & (np.degrees(self.slope) < 3.0)
+        flat = np.flatnonzero(self.agri & (np.degrees(self.slope) < 3.0))
         for _ in range(int(rng.poisson(area_ha / 120.0))):
             pt = self._random_cell(flat)
             if pt is None:
@@ -356,13 +375,14 @@ class _Layout:
     def _villages(self) -> None:
         rng = self.rng
         area_ha = (self.ext / 100.0) ** 2
-        flat = self.agri & (np.degrees(self.slope) < 6.0)
+        flat_m = self.agri & (np.degrees(self.slope) < 6.0)
         # villages sit at the foot of hills: prefer flat cells close to forest
-        near = ndimage.binary_dilation(~self.agri, iterations=8) & flat
+        near = np.flatnonzero(ndimage.binary_dilation(~self.agri, iterations=8) & flat_m)
+        flat = np.flatnonzero(flat_m)
         n_vil = max(1, int(rng.poisson(area_ha / 110.0)))
         roofs = ("roof_red", "roof_grey", "roof_blue", "roof_white")
         for _ in range(n_vil):
-            pt = self._random_cell(near if near.any() and rng.uniform() < 0.7 else flat)
+            pt = self._random_cell(near if near.size and rng.uniform() < 0.7 else flat)
             if pt is None:
                 return
             vx, vy = pt
@@ -423,8 +443,9 @@ class _Layout:
         n_sea = int(rng.poisson(area_ha / 700.0))
         if self.n >= 128:
             n_sea = max(n_sea, 1)
+        agri = np.flatnonzero(self.agri)
         for _ in range(n_sea):
-            pt = self._random_cell(self.agri)
+            pt = self._random_cell(agri)
             if pt is None:
                 return
             ang = float(self.b_ang[self.block_at(*pt)])
@@ -444,8 +465,8 @@ class _Layout:
         """Hillside plots, tea rows, bare patches and graves in the forest: the company that
         ravine plots keep (a bright clearing in a dark forest is otherwise a give-away)."""
         rng = self.rng
-        forest = (~self.agri) & (self.fscore < 4.0)
-        n_cells = int(forest.sum())
+        forest = np.flatnonzero((~self.agri) & (self.fscore < 4.0))
+        n_cells = int(forest.size)
         if n_cells == 0:
             return
         crops = ("vegetables", "bare_soil", "grass", "tea", "radish", "broad_bean", "garlic",
@@ -478,9 +499,11 @@ class _Layout:
         area = 0.0
         kinds = ("garden", "ravine", "strip", "field")
         kp = np.array([0.33, 0.2, 0.27, 0.2])
-        self._ravine_ok = (~self.agri) & (self.fscore < 2.5) & (np.degrees(self.slope) < 28)
-        if not self._ravine_ok.any():
-            self._ravine_ok = ~self.agri
+        self._ravine_ok = np.flatnonzero((~self.agri) & (self.fscore < 2.5)
+                                         & (np.degrees(self.slope) < 28))
+        if not self._ravine_ok.size:
+            self._ravine_ok = np.flatnonzero(~self.agri)
+        self._agri_idx = np.flatnonzero(self.agri)
         failures = 0
         while area < target and failures < 200:
             kind = kinds[int(rng.choice(4, p=kp))]
@@ -534,7 +557,7 @@ class _Layout:
                 self.obj.add(x + rng.normal(0, a / 2), y + rng.normal(0, a / 2), a * k,
                              b * k, ang, 1, cls, colour=0, kind="clearing")
             return x, y, a, float(b), ang, 1
-        pt = self._random_cell(self.agri & ~self.occ)
+        pt = self._random_cell(self._agri_idx, free=True)
         if pt is None:
             return None
         x, y = pt
@@ -555,63 +578,95 @@ class _Layout:
         return False
 
     # ---- rasterisation -------------------------------------------------------------------------
+    def _upsample(self, coarse: np.ndarray, r0: int, r1: int) -> np.ndarray:
+        """Bilinear upsampling of a 10 m array to the fine pixels of rows r0..r1 (separable)."""
+        ss, n = self.ss, self.n
+        pos = (np.arange(ss * n, dtype=np.float32) + 0.5) / ss - 0.5
+        lo = np.clip(np.floor(pos).astype(np.int64), 0, n - 1)
+        hi = np.clip(lo + 1, 0, n - 1)
+        wt = np.clip(pos - lo, 0.0, 1.0).astype(np.float32)
+        rows = slice(r0 * ss, r1 * ss)
+        cr = (coarse[lo[rows]] * (1 - wt[rows])[:, None] + coarse[hi[rows]] * wt[rows][:, None])
+        return cr[:, lo] * (1 - wt)[None, :] + cr[:, hi] * wt[None, :]
+
     def fine_keys(self, r0: int, r1: int) -> np.ndarray:
         """Unit keys (int64) of the fine pixels of 10 m rows r0..r1, shape ((r1-r0)*ss, n*ss)."""
         ss, fs, B, nb = self.ss, self.fs, self.BLOCK, self.nb
         nf = self.n * ss
         rows = np.arange(r0 * ss, r1 * ss)
-        y = ((rows + 0.5) * fs)[:, None] * np.ones((1, nf))
-        x = ((np.arange(nf) + 0.5) * fs)[None, :] * np.ones((rows.size, 1))
-        # forest score, bilinear from 10 m
-        fsc = ndimage.map_coordinates(self.fscore, [y / self.pixel - 0.5, x / self.pixel - 0.5],
-                                      order=1, mode="nearest")
-        # Voronoi blocks over the 3 x 3 neighbour seeds
-        gx = np.floor(x / B).astype(np.int64) + 1
-        gy = np.floor(y / B).astype(np.int64) + 1
-        d1 = np.full(x.shape, np.inf)
-        d2 = np.full(x.shape, np.inf)
-        bid = np.zeros(x.shape, np.int64)
-        bid2 = np.zeros(x.shape, np.int64)
+        y1 = ((rows + 0.5) * fs).astype(np.float32)
+        x1 = ((np.arange(nf) + 0.5) * fs).astype(np.float32)
+        y = np.broadcast_to(y1[:, None], (rows.size, nf))
+        x = np.broadcast_to(x1[None, :], (rows.size, nf))
+        # Voronoi blocks: the three seeds nearest to each 10 m pixel centre (out of the 3 x 3
+        # neighbour cells) are the only candidates for its fine pixels
+        sxs = self.seed_x.astype(np.float32).ravel()
+        sys_ = self.seed_y.astype(np.float32).ravel()
+        cyc = ((np.arange(r0, r1) + 0.5) * self.pixel).astype(np.float32)[:, None]
+        cxc = ((np.arange(self.n) + 0.5) * self.pixel).astype(np.float32)[None, :]
+        gxc = np.floor(cxc / B).astype(np.int32) + 1
+        gyc = np.floor(cyc / B).astype(np.int32) + 1
+        cand = np.empty((9, r1 - r0, self.n), np.int32)
+        dist = np.empty((9, r1 - r0, self.n), np.float32)
+        m = 0
         for dy in (-1, 0, 1):
+            yy = np.clip(gyc + dy, 0, nb - 1)
             for dx in (-1, 0, 1):
-                yy = np.clip(gy + dy, 0, nb - 1)
-                xx = np.clip(gx + dx, 0, nb - 1)
-                d = (self.seed_x[yy, xx] - x) ** 2 + (self.seed_y[yy, xx] - y) ** 2
-                k = yy * nb + xx
-                closer = d < d1
-                second = ~closer & (d < d2) & (k != bid)
-                bid2 = np.where(closer, bid, np.where(second, k, bid2))
-                d2 = np.where(closer, d1, np.where(second, d, d2))
-                bid = np.where(closer, k, bid)
-                d1 = np.where(closer, d, d1)
-        sx = self.seed_x[bid // nb, bid % nb]
-        sy = self.seed_y[bid // nb, bid % nb]
-        c, s = np.cos(self.b_ang[bid]), np.sin(self.b_ang[bid])
+                k = yy * nb + np.clip(gxc + dx, 0, nb - 1)
+                cand[m] = k
+                dist[m] = (sxs[k] - cxc) ** 2 + (sys_[k] - cyc) ** 2
+                m += 1
+        top = np.argsort(dist, axis=0)[:3]
+        cand = np.take_along_axis(cand, top, axis=0)
+        cand = np.repeat(np.repeat(cand, ss, axis=1), ss, axis=2)  # (3, fine rows, fine cols)
+        da, db, dc = ((sxs[cand[i]] - x) ** 2 + (sys_[cand[i]] - y) ** 2 for i in range(3))
+        ab = da <= db
+        bid = np.where(ab, cand[0], cand[1])
+        bid2 = np.where(ab, cand[1], cand[0])
+        d1 = np.minimum(da, db)
+        d2 = np.maximum(da, db)
+        c_first = dc < d1
+        c_second = ~c_first & (dc < d2)
+        bid2 = np.where(c_first, bid, np.where(c_second, cand[2], bid2))
+        d2 = np.where(c_first, d1, np.where(c_second, dc, d2))
+        bid = np.where(c_first, cand[2], bid).astype(np.int64)
+        d1 = np.minimum(d1, dc)
+        bid2 = bid2.astype(np.int64)
+        d2 = np.where(bid2 == bid, np.inf, d2)  # the same seed twice near the scene edge
+        sx = sxs[bid]
+        sy = sys_[bid]
+        c = self._b_cos[bid]
+        s = self._b_sin[bid]
         u = (x - sx) * c + (y - sy) * s
-        v = -(x - sx) * s + (y - sy) * c
-        w, ln = self.b_w[bid], self.b_len[bid]
+        v = (y - sy) * c - (x - sx) * s
+        w, ln = self._b_w32[bid], self._b_len32[bid]
         i = np.floor(u / w).astype(np.int64)
-        key_bi = (bid << np.int64(12)) | ((i + 2048) & 0xFFF)
-        joff = _u01(key_bi, self.seed * 31 + 5) * ln
+        # cheap float hash of (block, strip) for the stagger of field ends along a strip
+        h = np.sin(bid.astype(np.float32) * np.float32(12.9898) + i.astype(np.float32)
+                   * np.float32(78.233) + np.float32(self.seed % 1000)) * np.float32(43758.547)
+        joff = (h - np.floor(h)) * ln
         vj = v + joff
         j = np.floor(vj / ln).astype(np.int64)
         uu, vv = u - i * w, vj - j * ln
         ridge = (uu < fs / 2) | (vv < fs / 2)
         # roads on some block edges (a hash of the pair), farm tracks elsewhere are ridges
-        pair = np.minimum(bid, bid2) * np.int64(1 << 20) + np.maximum(bid, bid2)
         edge = (np.sqrt(d2) - np.sqrt(d1)) < 4.0
-        road = edge & (_u01(pair, self.seed * 17 + 1) < 0.35)
+        pair = (np.minimum(bid, bid2) * 7919 + np.maximum(bid, bid2)).astype(np.float32)
+        hp = np.sin(pair * np.float32(0.7548) + np.float32(self.seed % 997)) * np.float32(43758.547)
+        road = edge & ((hp - np.floor(hp)) < 0.35)
         ridge |= edge
         keys = ((np.int64(_T_FIELD) << _SHIFT) | (bid << np.int64(24))
                 | (((i + 2048) & 0xFFF) << np.int64(12)) | ((j + 2048) & 0xFFF))
-        keys = np.where(ridge, (np.int64(_T_RIDGE) << _SHIFT) | bid, keys)
-        keys = np.where(road, np.int64(_T_ROAD) << _SHIFT, keys)
-        cell = (np.floor(y / 100.0).astype(np.int64) * 10000 + np.floor(x / 100.0).astype(np.int64))
-        ft = ndimage.map_coordinates(self.ftype, [y / self.pixel - 0.5, x / self.pixel - 0.5],
-                                     order=1, mode="nearest")
-        stand = np.digitize(ft, [-0.6, 0.5, 1.1]).astype(np.int64)
-        keys = np.where(fsc > 0.0, (np.int64(_T_FOREST) << _SHIFT) | (stand << np.int64(40))
-                        | cell, keys)
+        keys[ridge] = (np.int64(_T_RIDGE) << _SHIFT) | bid[ridge]
+        keys[road] = np.int64(_T_ROAD) << _SHIFT
+        fsc = self._upsample(self.fscore, r0, r1)
+        forest = fsc > 0.0
+        if forest.any():
+            ft = self._upsample(self.ftype, r0, r1)[forest]
+            stand = np.digitize(ft, [-0.6, 0.5, 1.1]).astype(np.int64)
+            cell = ((np.floor(y[forest] / 100.0).astype(np.int64) * 10000)
+                    + np.floor(x[forest] / 100.0).astype(np.int64))
+            keys[forest] = (np.int64(_T_FOREST) << _SHIFT) | (stand << np.int64(40)) | cell
         # objects in paint order
         ob = self.obj
         if not hasattr(self, "_obj_y0"):
@@ -629,8 +684,8 @@ class _Layout:
             fc1 = min(nf, int((ob.cx[k] + rad) / fs) + 2)
             if fr0 >= fr1 or fc0 >= fc1:
                 continue
-            yy = y[fr0:fr1, fc0:fc1] - ob.cy[k]
-            xx = x[fr0:fr1, fc0:fc1] - ob.cx[k]
+            yy = (y1[fr0:fr1].astype(np.float64) - ob.cy[k])[:, None]
+            xx = (x1[fc0:fc1].astype(np.float64) - ob.cx[k])[None, :]
             ca, sa = math.cos(ob.ang[k]), math.sin(ob.ang[k])
             pu = (xx * ca + yy * sa) / ob.a[k]
             pv = (-xx * sa + yy * ca) / ob.b[k]
@@ -666,7 +721,7 @@ class _Units:
     def __init__(self, lay: _Layout, label_prob: float = 0.12) -> None:
         n, ss = lay.n, lay.ss
         self.ids = np.zeros((n, n, 3), dtype=np.int32)
-        self.w = np.zeros((n, n, 3), dtype=np.float32)
+        self.w = np.zeros((n, n, 3), dtype=np.uint8)  # area shares x 255 of the three units
         self.poppy = np.zeros((n, n), dtype=np.float32)
         known = np.zeros(0, dtype=np.int64)
         known_id = np.zeros(0, dtype=np.int64)
@@ -685,17 +740,19 @@ class _Units:
             self.poppy[r0:r1] = pf
             tk, tc = _top3(keys, ss)
             uk, uc = np.unique(keys, return_counts=True)
-            new = np.setdiff1d(uk, known, assume_unique=True)
-            if new.size:
-                known = np.concatenate([known, new])
-                known_id = np.concatenate([known_id, np.arange(next_id, next_id + new.size)])
+            pos = np.searchsorted(known, uk)
+            seen = (pos < known.size) & (known[np.minimum(pos, known.size - 1)] == uk) \
+                if known.size else np.zeros(uk.size, bool)
+            new = uk[~seen]
+            if new.size:  # merge in O(n): ids in order of discovery, keys kept sorted
+                at = pos[~seen]
+                known = np.insert(known, at, new)
+                known_id = np.insert(known_id, at, np.arange(next_id, next_id + new.size))
                 next_id += new.size
-                o = np.argsort(known)
-                known, known_id = known[o], known_id[o]
             for kk, cc in zip(uk.tolist(), uc.tolist()):
                 counts[kk] = counts.get(kk, 0) + cc
             self.ids[r0:r1] = known_id[np.searchsorted(known, tk)]
-            self.w[r0:r1] = tc / float(ss * ss)
+            self.w[r0:r1] = np.rint(255.0 * tc / np.maximum(tc.sum(axis=2, keepdims=True), 1))
             # polygonise label candidates (fields and forest cells picked by hash)
             ltyp = (typ == _T_FIELD) | (typ == _T_FOREST)
             pick = ltyp & (_u01(keys, lay.seed * 131 + 3) < label_prob)
@@ -704,8 +761,6 @@ class _Units:
                 tr = Affine(lay.fs, 0, 0, 0, lay.fs, r0 * ss * lay.fs)
                 for geom, val in rasterio.features.shapes(cid, mask=pick, transform=tr):
                     pieces.setdefault(int(val), []).append(shape(geom))
-        w = self.w
-        w /= np.maximum(w.sum(axis=2, keepdims=True), 1e-6)
         self.keys = np.empty(next_id, dtype=np.int64)
         self.keys[known_id] = known
         self.area_fine = np.array([counts[int(k)] for k in self.keys], dtype=np.int64)
@@ -742,7 +797,9 @@ class _Units:
         self.cls, self.colour, self.kind = cls, colour, kind
         self.typ, self.payload = typ, payload
         # per-unit jitter
-        self.shift = (_gauss(keys, salt + 3) * 5.0).astype(np.float32)   # days
+        # days: an early or late spring for the whole scene, and each field its own
+        self.season = float(np.random.default_rng([lay.seed, 3]).normal(0.0, 6.0))
+        self.shift = (self.season + _gauss(keys, salt + 3) * 5.0).astype(np.float32)
         self.cover = np.clip(1.0 + 0.08 * _gauss(keys, salt + 4), 0.7, 1.15).astype(np.float32)
         self.fl_amp = np.clip(1.0 + 0.25 * _gauss(keys, salt + 5), 0.4, 1.6).astype(np.float32)
         self.soil = (np.floor(_u01(keys, salt + 6) * 3)).astype(np.int8)
@@ -776,7 +833,7 @@ def _fractions(u: _Units, doy: int, date_salt: int) -> np.ndarray:
         np.add.at(fr, (idx, soil_em[idx]), np.clip(1 - cover, 0, 1) * moist[idx])
 
     for name in ("wheat", "rapeseed", "garlic", "broad_bean", "vegetables", "grass", "bare_soil",
-                 "radish", "poppy", "ornamental_poppy", "ridge", "tea"):
+                 "radish", "poppy", "ornamental_poppy", "ridge", "tea", "milk_vetch", "potato"):
         idx = np.flatnonzero(u.cls == _C[name])
         if idx.size == 0:
             continue
@@ -811,6 +868,24 @@ def _fractions(u: _Units, doy: int, date_salt: int) -> np.ndarray:
             veg(idx, 0.5 + 0.35 * _sig(tt, 95, 10), 0.12 + zero, zero, "leaf")
         elif name == "bare_soil":
             veg(idx, 0.04 + 0.1 * _sig(tt, 140, 10), 0.3 + zero, zero, "leaf")
+        elif name == "milk_vetch":
+            # Chinese milk vetch (Astragalus sinicus), green manure in rice fields: pink-purple
+            # bloom in April, ploughed in early May and flooded for rice
+            ploughed = tt > 125
+            cover = np.where(ploughed, 0.0, 0.6 + 0.3 * _sig(tt, 80, 8))
+            veg(idx, cover, 0.05 + zero, 0.2 * _bump(tt, 105, 8), "leaf",
+                np.where(u.colour[idx] == 0, _E["petal_pink"], _E["petal_purple"]))
+            pi = idx[ploughed]
+            if pi.size:
+                flood = np.clip((tt[ploughed] - 125) / 10, 0, 1) * 0.7
+                rice = 0.25 * _sig(tt[ploughed], 160, 5)
+                fr[pi] = 0.0
+                fr[pi, _E["water"]] = flood * (1 - rice)
+                fr[pi, _E["soil_dark"]] = (1 - flood) * (1 - rice)
+                fr[pi, _E["leaf"]] = rice
+        elif name == "potato":
+            cover = 0.3 + 0.55 * _sig(tt, 100, 8)
+            veg(idx, cover, _sig(tt, 165, 5), 0.12 * _bump(tt, 130, 8), "leaf")
         elif name == "tea":
             # evergreen shrub rows; spring flush in April, plucking in May thins the canopy
             cover = 0.55 + 0.15 * _bump(tt, 110, 15)
@@ -821,12 +896,13 @@ def _fractions(u: _Units, doy: int, date_salt: int) -> np.ndarray:
             cover = 0.55 + 0.2 * _sig(tt, 85, 8)
             veg(idx, cover, _sig(tt, 162, 5), 0.22 * _bump(tt, 108, 9), "leaf")
         elif name == "poppy":
-            cover = 0.3 + 0.55 * _sig(tt, 95, 7)
-            veg(idx, cover, 0.85 * _sig(tt, 140, 2.5), 0.22 * _bump(tt, 116, 6),
+            # Jia et al. 2011 canopy: white flowering 560 nm 0.18, 665 nm 0.15, NIR 0.46
+            cover = 0.3 + 0.62 * _sig(tt, 92, 6)
+            veg(idx, cover, 0.85 * _sig(tt, 140, 2.5), 0.18 * _bump(tt, 116, 6),
                 "leaf_glaucous")
         elif name == "ornamental_poppy":
             cover = 0.4 + 0.5 * _sig(tt, 92, 7)
-            flower = 0.26 * _sig(tt, 104, 4) * (1 - _sig(tt, 162, 4))
+            flower = 0.19 * _sig(tt, 104, 4) * (1 - _sig(tt, 162, 4))
             veg(idx, cover, 0.9 * _sig(tt, 172, 4), flower, "leaf")
     # static classes
     for name, em in (("water", "water"), ("road", "asphalt"), ("courtyard", "concrete")):
@@ -879,7 +955,12 @@ def _dates(rng: np.random.Generator, year: int, n_dates: int) -> list[date]:
     if n_flo < 2:
         n_pre, n_post, n_flo = 1, 1, n_dates - 2
     pre = list(rng.choice(window(*_PRE), size=n_pre, replace=False))
-    flo = list(rng.choice(window(*_FLOWER), size=n_flo, replace=False))
+    # flowering dates fall where the clouds allow, but one of them near the usual peak
+    fw = window(*_FLOWER)
+    peak = [d for d in fw if date(year, 4, 15) <= d <= date(year, 5, 5)]
+    first = peak[int(rng.integers(len(peak)))]
+    rest = [d for d in fw if d != first]
+    flo = [first, *rng.choice(rest, size=n_flo - 1, replace=False)]
     late = window((5, 21), (6, 7))
     post = [late[int(rng.integers(len(late)))]]
     rest = [d for d in window(*_POST) if d not in post]
@@ -900,8 +981,11 @@ def _grid(rng: np.random.Generator, size: int, pixel: float) -> tuple[str, Affin
     return crs, Affine(pixel, 0, x0, 0, -pixel, y0), lat
 
 
-def _to_wgs84(geom: shapely.Geometry, transform: Affine, crs: str) -> shapely.Geometry:
-    """Local metres (x east, y down from the top-left) -> lon/lat."""
+def _to_wgs84_many(geoms: list[shapely.Geometry], transform: Affine,
+                   crs: str) -> list[shapely.Geometry]:
+    """Local metres (x east, y down from the top-left) -> lon/lat, exterior rings CCW."""
+    if not geoms:
+        return []
     tr = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
     x0, y0 = transform.c, transform.f
 
@@ -909,12 +993,18 @@ def _to_wgs84(geom: shapely.Geometry, transform: Affine, crs: str) -> shapely.Ge
         lon, lat = tr.transform(x0 + coords[:, 0], y0 - coords[:, 1])
         return np.round(np.column_stack([lon, lat]), 7)
 
-    g = shapely.transform(geom, f)
-    if g.geom_type == "Polygon":
-        return orient(g, 1.0)
-    if g.geom_type == "MultiPolygon":
-        return shapely.MultiPolygon([orient(p, 1.0) for p in g.geoms])
-    return g
+    out = []
+    for g in shapely.transform(np.array(geoms, dtype=object), f).tolist():
+        if g.geom_type == "Polygon":
+            g = orient(g, 1.0)
+        elif g.geom_type == "MultiPolygon":
+            g = shapely.MultiPolygon([orient(p, 1.0) for p in g.geoms])
+        out.append(g)
+    return out
+
+
+def _to_wgs84(geom: shapely.Geometry, transform: Affine, crs: str) -> shapely.Geometry:
+    return _to_wgs84_many([geom], transform, crs)[0]
 
 
 def _write_geojson(path: Path, features: list[dict]) -> Path:
@@ -928,25 +1018,28 @@ def _feature(geom: shapely.Geometry, props: dict) -> dict:
     return {"type": "Feature", "geometry": mapping(geom), "properties": props}
 
 
+def _features(geoms: list[shapely.Geometry], props: list[dict], transform: Affine,
+              crs: str) -> list[dict]:
+    return [_feature(g, p) for g, p in zip(_to_wgs84_many(geoms, transform, crs), props)]
+
+
 def _vector_outputs(out: Path, lay: _Layout, units: _Units, transform: Affine, crs: str,
                     pixel: float) -> tuple[Path, Path]:
     """Write truth.geojson (every plot) and labels.geojson (an analyst's sample)."""
     rng = np.random.default_rng([lay.seed, 7])
     plots = [lay.obj.polygon(i) for i in lay.plot_ids]
-    truth = []
-    for pid, (i, poly) in enumerate(zip(lay.plot_ids, plots)):
-        truth.append(_feature(_to_wgs84(poly, transform, crs), {
-            "plot_id": pid, "kind": lay.obj.kind[i], "area_m2": round(poly.area, 2),
-            "pixels": round(poly.area / (pixel * pixel), 3),
-            "colour": ("white", "pink", "red", "purple")[lay.obj.colour[i]],
-        }))
-    truth_path = _write_geojson(out / "truth.geojson", truth)
+    props = [{"plot_id": pid, "kind": lay.obj.kind[i], "area_m2": round(poly.area, 2),
+              "pixels": round(poly.area / (pixel * pixel), 3),
+              "colour": ("white", "pink", "red", "purple")[lay.obj.colour[i]]}
+             for pid, (i, poly) in enumerate(zip(lay.plot_ids, plots))]
+    truth_path = _write_geojson(out / "truth.geojson", _features(plots, props, transform, crs))
     buffered = shapely.STRtree([p.buffer(pixel) for p in plots]) if plots else None
 
     def clear(g: shapely.Geometry) -> bool:
         return buffered is None or len(buffered.query(g, predicate="intersects")) == 0
 
-    labels = []
+    geoms: list[shapely.Geometry] = []
+    props = []
     # fields and forest cells (polygonised from the fine raster, whole units only)
     fs2 = lay.fs * lay.fs
     for uid, parts in units.label_pieces.items():
@@ -956,12 +1049,13 @@ def _vector_outputs(out: Path, lay: _Layout, units: _Units, transform: Affine, c
             continue
         if geom.geom_type != "Polygon" or not clear(geom):
             continue
-        labels.append(_feature(_to_wgs84(geom, transform, crs), {"class": cls}))
-    # objects: ponds, village lots, gardens, ornamental poppies
+        geoms.append(geom)
+        props.append({"class": _LABEL_CLASS.get(cls, cls)})
+    # objects: ponds, village lots, gardens, clearings, ornamental poppies
     ob = lay.obj
     for i in range(len(ob.cx)):
         cls = CLASSES[ob.cls[i]]
-        if cls in ("poppy", "roof", "garden_tree"):
+        if cls in ("poppy", "roof", "garden_tree") or ob.kind[i] == "grave":
             continue
         p = {"water": 0.5, "courtyard": 0.15, "ornamental_poppy": 0.7}.get(cls, 0.15)
         if rng.uniform() > p:
@@ -969,14 +1063,14 @@ def _vector_outputs(out: Path, lay: _Layout, units: _Units, transform: Affine, c
         poly = ob.polygon(i)
         if not clear(poly):
             continue
-        labels.append(_feature(_to_wgs84(poly, transform, crs),
-                               {"class": _LABEL_CLASS.get(cls, cls)}))
+        geoms.append(poly)
+        props.append({"class": _LABEL_CLASS.get(cls, cls)})
     # some poppy plots, the larger ones more likely (that is what gets found and digitised)
-    for pid, (i, poly) in enumerate(zip(lay.plot_ids, plots)):
+    for pid, poly in enumerate(plots):
         if rng.uniform() < min(0.6, 0.1 + poly.area / 600.0):
-            labels.append(_feature(_to_wgs84(poly, transform, crs),
-                                   {"class": "poppy", "plot_id": pid}))
-    labels_path = _write_geojson(out / "labels.geojson", labels)
+            geoms.append(poly)
+            props.append({"class": "poppy", "plot_id": pid})
+    labels_path = _write_geojson(out / "labels.geojson", _features(geoms, props, transform, crs))
     return truth_path, labels_path
 
 
@@ -1019,15 +1113,21 @@ def _render_s2(out: Path, lay: _Layout, units: _Units, d: date, k: int, transfor
     drow, dcol = dist * math.cos(a), -dist * math.sin(a)
     shadow = ndimage.shift(alpha, (drow, dcol), order=1, mode="constant", cval=0.0)
     cirrus = np.zeros((n, n), np.float32)
-    if rng.uniform() < 0.35:
+    if rng.uniform() < 0.25:
         cirrus = np.clip(_fractal(rng, n, 3.5) * 0.05 + rng.uniform(0.0, 0.06), 0, 0.2)
-    # haze and calibration jitter for the scene
+    # haze, calibration jitter, and the view-angle (BRDF) difference between relative orbits:
+    # a few % brighter or darker per date, more in the visible, with an across-track gradient
     haze = rng.uniform(0.0, 0.025) * (np.array(WAVELENGTH_NM) / 443.0) ** -2.0
-    gain = rng.normal(1.0, 0.025) * rng.normal(1.0, 0.012, size=12)
+    vis_weight = np.where(np.array(WAVELENGTH_NM) < 700, 1.3, np.where(
+        np.array(WAVELENGTH_NM) > 1500, 0.8, 1.0))
+    brdf = float(np.clip(rng.normal(0.0, 0.035), -0.08, 0.08))
+    gain = (rng.normal(1.0, 0.025) * rng.normal(1.0, 0.012, size=12)
+            * (1.0 + brdf * vis_weight)).astype(np.float32)
+    track = np.float32(rng.uniform(-0.03, 0.03)) * np.linspace(-1, 1, n, dtype=np.float32)
     # no-data swath on a diagonal corner
     swath = np.zeros((n, n), bool)
     if rng.uniform() < 0.3:
-        rr, cc = np.mgrid[0:n, 0:n]
+        rr, cc = np.arange(n)[:, None], np.arange(n)[None, :]
         corner = int(rng.integers(4))
         t1 = rr if corner < 2 else n - 1 - rr
         t2 = cc if corner % 2 == 0 else n - 1 - cc
@@ -1041,48 +1141,65 @@ def _render_s2(out: Path, lay: _Layout, units: _Units, d: date, k: int, transfor
     add = 1000 if baseline == "04.00" else 0
     data = np.zeros((13, n, n), dtype=np.uint16)
     refl_keep: dict[int, np.ndarray] = {}
+    # per-pixel factors shared by all bands
+    mult = ((1.0 + amp * tex_bright) * illum * (1 - 0.7 * shadow) * (1 - alpha)
+            * (1.0 + track)[None, :]).astype(np.float32)
+    cov = (vegm * tex_cover).astype(np.float32)
+    del amp, vegm, illum, cos_i
+    ids0, ids1, ids2 = units.ids[..., 0], units.ids[..., 1], units.ids[..., 2]
+    w0, w1, w2 = units.w[..., 0], units.w[..., 1], units.w[..., 2]
+    table = table / np.float32(255.0)  # the weights are stored x 255
     for b in range(12):
         col = table[:, b]
-        img = (units.w[..., 0] * col[units.ids[..., 0]] + units.w[..., 1] * col[units.ids[..., 1]]
-               + units.w[..., 2] * col[units.ids[..., 2]])
-        img += vegm * tex_cover * green_minus_soil[b]
-        img *= 1.0 + amp * tex_bright
-        img *= illum
-        img = img * (1 - 0.7 * shadow) + haze[b] + cirrus * (0.8 if b != 9 else 0.3)
-        img = img * (1 - alpha) + alpha * _CLOUD[b]
+        img = col[ids0] * w0
+        img += col[ids1] * w1
+        img += col[ids2] * w2
+        img += cov * green_minus_soil[b]
+        img *= mult
+        img += (haze[b] + cirrus * (0.8 if b != 9 else 0.3)) * (1 - alpha) + alpha * _CLOUD[b]
         img *= gain[b]
-        img = ndimage.gaussian_filter(img, 0.45)
-        img += rng.normal(0, 0.0025, size=(n, n)).astype(np.float32)
+        if _RES[b] == 10:  # MTF; the 20 m / 60 m aggregation below blurs those bands anyway
+            img = ndimage.gaussian_filter(img, 0.45)
+        img += rng.standard_normal((n, n), dtype=np.float32) * np.float32(0.0025)
         if _RES[b] == 20:
             img = _block_replicate(img, 2)
         elif _RES[b] == 60:
             img = _block_replicate(img, 6)
-        if b in (1, 2, 3, 7, 10):
-            refl_keep[b] = img
-        dn = np.clip(np.rint(img * 10000.0) + add, 1, 65535).astype(np.uint16)
+        if b in (1, 2, 3, 7, 10):  # for the SCL, which Sen2Cor makes at 20 m
+            refl_keep[b] = img[::2, ::2].copy()
+        img *= 10000.0
+        img += add
+        np.rint(img, out=img)
+        np.clip(img, 1, 65535, out=img)
+        dn = img.astype(np.uint16)
         dn[swath] = 0
         data[b] = dn
-    data[12] = _scl(lay, units, refl_keep, alpha, shadow, cirrus, swath, rng)
+    del mult, cov
+    data[12] = _scl(lay, units, refl_keep, alpha[::2, ::2], shadow[::2, ::2], cirrus[::2, ::2],
+                    swath, rng)
     scales = [1e-4] * 12 + [1.0]
     offsets = [-0.1 if add else 0.0] * 12 + [0.0]
     path = out / f"S2_{d:%Y%m%d}.tif"
-    write_multiband(path, data, list(S2_FILE_BANDS) + ["SCL"], transform, crs,
-                    acquisition_date=d.isoformat(), scales=scales, offsets=offsets, nodata=0,
-                    tags={"SENSOR": "sentinel2", "SUN_ZENITH": f"{zen:.3f}",
-                          "SUN_AZIMUTH": f"{az:.3f}", "PROCESSING_BASELINE": baseline,
-                          "SIMULATED": "poppyscan.simulate"})
+    with rasterio.Env(GDAL_CACHEMAX=128):  # MB; the default 5 % of RAM only inflates memory
+        write_multiband(path, data, list(S2_FILE_BANDS) + ["SCL"], transform, crs,
+                        acquisition_date=d.isoformat(), scales=scales, offsets=offsets,
+                        nodata=0, tags={"SENSOR": "sentinel2", "SUN_ZENITH": f"{zen:.3f}",
+                                        "SUN_AZIMUTH": f"{az:.3f}",
+                                        "PROCESSING_BASELINE": baseline,
+                                        "SIMULATED": "poppyscan.simulate"})
     return path
 
 
 def _scl(lay: _Layout, units: _Units, refl: dict[int, np.ndarray], alpha: np.ndarray,
          shadow: np.ndarray, cirrus: np.ndarray, swath: np.ndarray,
          rng: np.random.Generator) -> np.ndarray:
-    """Scene classification with Sen2Cor's habits (20 m, dilated clouds, bright fields)."""
+    """Scene classification with Sen2Cor's habits, on the 20 m grid (every other pixel of the
+    inputs), replicated to 10 m: dilated clouds, bright white patches called cloud or snow."""
     blue, green, red, nir, swir = refl[1], refl[2], refl[3], refl[7], refl[10]
     ndvi = (nir - red) / np.maximum(nir + red, 1e-6)
     scl = np.where(ndvi > 0.4, 4, 5).astype(np.uint8)
-    dom = units.cls[units.ids[..., 0]]
-    water = (dom == _C["water"]) & (units.w[..., 0] > 0.5) | ((nir < 0.05) & (ndvi < 0.0))
+    dom = units.cls[units.ids[::2, ::2, 0]]
+    water = (dom == _C["water"]) & (units.w[::2, ::2, 0] > 127) | ((nir < 0.05) & (ndvi < 0.0))
     scl[water] = 6
     scl[(shadow > 0.35) | ((nir < 0.08) & (ndvi > 0.0) & (blue < 0.04))] = 3
     # Sen2Cor: bright white targets (flowering fields, white roofs) called cloud or snow
@@ -1093,11 +1210,11 @@ def _scl(lay: _Layout, units: _Units, refl: dict[int, np.ndarray], alpha: np.nda
         draw = rng.uniform(size=nlab + 1)
         scl[(lab > 0) & (draw[lab] < 0.35)] = 8
         scl[(lab > 0) & (draw[lab] > 0.85)] = 11
-    scl[cirrus > 0.06] = 10
-    cloud = ndimage.binary_dilation(alpha > 0.25, iterations=2)
+    scl[cirrus > 0.08] = 10
+    cloud = ndimage.binary_dilation(alpha > 0.25, iterations=1)
     scl[cloud] = 8
     scl[alpha > 0.6] = 9
-    scl = scl[::2, ::2].repeat(2, axis=0).repeat(2, axis=1)[: lay.n, : lay.n]
+    scl = scl.repeat(2, axis=0).repeat(2, axis=1)[: lay.n, : lay.n]
     scl[swath] = 0
     return scl
 
@@ -1134,7 +1251,8 @@ def simulate(out: Path, *, sensor: str = "sentinel2", size: int = 256, seed: int
     dates = _dates(rng, year, nd)
     log.info("simulating %d px Sentinel-2 scene, seed %d, %d dates", size, seed, nd)
     lay = _Layout(size, seed, prevalence)
-    units = _Units(lay)
+    # about 12 % of fields and forest cells labelled, at most ~4000 polygons on big scenes
+    units = _Units(lay, label_prob=min(0.12, 0.12 * 500_000 / (size * size)))
     dem = write_multiband(out / "dem.tif", lay.dem[None], ["elevation"], transform, crs,
                           acquisition_date=dates[0].isoformat(), nodata=None,
                           tags={"UNITS": "metre", "SIMULATED": "poppyscan.simulate"})
@@ -1153,10 +1271,10 @@ def simulate(out: Path, *, sensor: str = "sentinel2", size: int = 256, seed: int
                      dates=[d.isoformat() for d in dates], size=size, seed=seed)
 
 
-def truth_fraction(out: Path, size: int, seed: int, prevalence: float = 0.01) -> np.ndarray:
-    """Poppy area fraction per 10 m pixel of the scene ``simulate`` makes with these arguments."""
-    lay = _Layout(size, seed, prevalence)
-    return _Units(lay).poppy
+def poppy_fraction(size: int, seed: int, prevalence: float = 0.01) -> np.ndarray:
+    """Exact poppy area share (0..1, float32) of each 10 m pixel of the Sentinel-2 scene that
+    ``simulate(..., size=size, seed=seed, prevalence=prevalence)`` writes (any n_dates, year)."""
+    return _Units(_Layout(size, seed, prevalence), label_prob=0.0).poppy
 
 
 def quicklook(tif: Path, png: Path, bands: tuple[str, ...] = ("B08", "B04", "B03"),

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import shapely
-from affine import Affine
 from scipy import ndimage
 from shapely.geometry import Point, Polygon, box
 
@@ -63,15 +62,18 @@ class _Parcel:
 
 
 def _em(name: str) -> np.ndarray:
+    """Endmember at the five P4M bands (blue, green, red, rededge2, nir)."""
     from pipeline.simulate import ENDMEMBERS
 
     if name == "leaf_light":
         leaf = np.array(ENDMEMBERS["leaf"], np.float32)
-        return leaf * np.array([1.4, 1.4, 1.3, 1.5, 1.1, 1.0, 1.0, 0.95, 0.95, 0.95, 1.1, 1.2],
+        full = leaf * np.array([1.4, 1.4, 1.3, 1.5, 1.1, 1.0, 1.0, 0.95, 0.95, 0.95, 1.1, 1.2],
                                np.float32)
-    if name == "terracotta":
-        return np.array(ENDMEMBERS["roof_red"], np.float32) * 1.1
-    return np.array(ENDMEMBERS[name], np.float32)
+    elif name == "terracotta":
+        full = np.array(ENDMEMBERS["roof_red"], np.float32) * 1.1
+    else:
+        full = np.array(ENDMEMBERS[name], np.float32)
+    return full[list(_P4M_COL)]
 
 
 def _split(rng: np.random.Generator, poly: Polygon, depth: int, out: list[Polygon]) -> None:
@@ -91,12 +93,12 @@ def _split(rng: np.random.Generator, poly: Polygon, depth: int, out: list[Polygo
 
 
 class _Canvas:
-    """Reflectance image (band, y, x) in local metres, x east, y down, plus a poppy mask."""
+    """Reflectance image (P4M band, y, x) in local metres, x east, y down, plus a poppy mask."""
 
     def __init__(self, n: int, rng: np.random.Generator) -> None:
         self.n = n
         self.rng = rng
-        self.img = np.zeros((12, n, n), np.float32)
+        self.img = np.zeros((len(_P4M_COL), n, n), np.float32)
         self.poppy = np.zeros((n, n), np.float32)
         self.height = np.zeros((n, n), np.float32)  # object heights for shadows
 
@@ -141,7 +143,6 @@ def _plants(cv: _Canvas, area: Polygon, crop: str, rng: np.random.Generator, *,
     """Plants of ``crop`` on a jittered grid over ``area``; ``colour`` fixes the petal colour."""
     sp, r, leaf, p_fl, n_fl, r_fl, colours = _CROPS[crop]
     x0, y0, x1, y1 = area.bounds
-    ang = rng.uniform(0, np.pi) if rng.uniform() < 0.3 else 0.0
     xs = np.arange(x0 + sp / 2, x1, sp)
     ys = np.arange(y0 + sp / 2, y1, sp)
     gx, gy = np.meshgrid(xs, ys)
@@ -150,7 +151,6 @@ def _plants(cv: _Canvas, area: Polygon, crop: str, rng: np.random.Generator, *,
     keep = shapely.contains_xy(area, gx, gy) & (rng.uniform(size=gx.shape) < 0.9)
     leaf_em = _em(leaf)
     petals = [_em(c) for c in colours] if colour is None else [colour]
-    del ang
     for px, py in zip(gx[keep].tolist(), gy[keep].tolist()):
         rr = r * rng.uniform(0.7, 1.2)
         spec = leaf_em * (1 + tex_leaf * rng.standard_normal())
@@ -168,7 +168,14 @@ def _plants(cv: _Canvas, area: Polygon, crop: str, rng: np.random.Generator, *,
 def simulate_drone(out: Path, *, rgb: bool, size: int, seed: int, prevalence: float,
                    year: int):
     """Write one drone flight (``drone_YYYYMMDD.tif``), dem.tif, labels and truth into ``out``."""
-    from pipeline.simulate import SimResult, _feature, _grid, _sun, _to_wgs84, _write_geojson
+    from pipeline.simulate import (
+        SimResult,
+        _feature,
+        _grid,
+        _sun,
+        _to_wgs84,
+        _write_geojson,
+    )
 
     rng = np.random.default_rng([seed, 55])
     crs, transform, lat = _grid(rng, size, PIXEL)
@@ -195,7 +202,15 @@ def simulate_drone(out: Path, *, rgb: bool, size: int, seed: int, prevalence: fl
             cv.fill(p.poly, _em("concrete") * 0.9, 0.03)
             roof = str(rng.choice(["roof_red", "roof_grey", "roof_blue", "roof_white"]))
             if not shrink.is_empty:
-                cv.fill(shrink, _em(roof), 0.03, height=rng.uniform(3.0, 9.0))
+                height = rng.uniform(3.0, 9.0)
+                cv.fill(shrink, _em(roof), 0.03, height=height)
+                if rng.uniform() < 0.6:  # pitched roof: the half facing the sun is brighter
+                    x0, y0, x1, y1 = shrink.bounds
+                    if x1 - x0 >= y1 - y0:
+                        half, sunny = box(x0, y0, x1, (y0 + y1) / 2), math.cos(math.radians(az)) > 0
+                    else:
+                        half, sunny = box((x0 + x1) / 2, y0, x1, y1), math.sin(math.radians(az)) > 0
+                    cv.fill(half, _em(roof) * (1.12 if sunny else 0.82), 0.03, height=height)
         elif p.kind == "concrete":
             cv.fill(p.poly, _em("concrete"), 0.04)
         elif p.kind == "grass":
@@ -268,11 +283,14 @@ def simulate_drone(out: Path, *, rgb: bool, size: int, seed: int, prevalence: fl
         if p.kind == "tree":
             c = p.poly.centroid
             r = min(3.0, math.sqrt(p.poly.area) / 2)
-            cv.disc(c.x, c.y, r, _em("forest") * 1.1, height=rng.uniform(4, 8))
-            for _ in range(12):
-                cv.disc(c.x + rng.normal(0, r / 2.5), c.y + rng.normal(0, r / 2.5),
-                        r * rng.uniform(0.2, 0.4), _em("forest") * rng.uniform(0.8, 1.3),
-                        soft=0.7)
+            cv.disc(c.x, c.y, r, _em("forest") * 0.9, height=rng.uniform(4, 8))
+            # clumps of foliage, brighter on the side facing the sun
+            sx, sy = math.sin(math.radians(az)), -math.cos(math.radians(az))
+            for _ in range(int(10 + 8 * r)):
+                dx, dy = rng.normal(0, r / 2.5), rng.normal(0, r / 2.5)
+                lit = 1.0 + 0.35 * (dx * sx + dy * sy) / r
+                cv.disc(c.x + dx, c.y + dy, r * rng.uniform(0.12, 0.3),
+                        _em("forest") * lit * rng.uniform(0.8, 1.2), soft=0.8)
     # cast shadows from heights: a pixel is shaded when the terrain towards the sun is higher
     # than the sun ray over it
     shade = np.zeros((n, n), bool)
@@ -287,13 +305,13 @@ def simulate_drone(out: Path, *, rgb: bool, size: int, seed: int, prevalence: fl
             shade |= shifted > cv.height + d * PIXEL / max(t, 1e-3)
     img = cv.img
     img[:, shade] *= 0.28
-    img *= rng.normal(1.0, 0.03) * rng.normal(1.0, 0.02, size=(12, 1, 1)).astype(np.float32)
+    img *= rng.normal(1.0, 0.03) * rng.normal(1.0, 0.02, size=(len(_P4M_COL), 1, 1)).astype(np.float32)
     img += rng.normal(0, 0.006, img.shape).astype(np.float32)
     if rgb:
-        data = img[[3, 2, 1]]
+        data = img[[2, 1, 0]]
         names, sensor = list(RGB_BANDS), "rgb"
     else:
-        data = img[list(_P4M_COL)]
+        data = img
         names, sensor = list(P4M_BANDS), "p4m"
     data = np.clip(data, 0.0, 1.5).astype(np.float32)
     path = out / f"drone_{day:%Y%m%d}.tif"
@@ -301,8 +319,9 @@ def simulate_drone(out: Path, *, rgb: bool, size: int, seed: int, prevalence: fl
                     nodata=float("nan"), tags={"SENSOR": sensor, "SUN_ZENITH": f"{zen:.3f}",
                                                "SUN_AZIMUTH": f"{az:.3f}",
                                                "SIMULATED": "poppyscan.simulate_drone"})
-    dem = (30.0 + rng.uniform(0, 0.3) * np.linspace(0, 1, n)[None, :]
-           + cv.height * 0 + np.zeros((n, n))).astype(np.float32)
+    tilt = rng.uniform(0, 0.3)  # m across the scene: flat-ish ground
+    dem = np.broadcast_to(30.0 + tilt * np.linspace(0, 1, n, dtype=np.float32)[None, :],
+                          (n, n)).astype(np.float32)
     dem_path = write_multiband(out / "dem.tif", dem[None], ["elevation"], transform, crs,
                                acquisition_date=day.isoformat(), nodata=None,
                                tags={"UNITS": "metre"})

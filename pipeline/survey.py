@@ -28,7 +28,7 @@ from threadpoolctl import threadpool_limits
 from classifiers import artifact as model_artifact
 from classifiers.labels import Labels, read_labels, read_polygons
 from classifiers.model import fit_balanced, make_estimator
-from classifiers.predict import check_fit, predict_block
+from classifiers.predict import check_fit, pixel_threshold, predict_block
 from classifiers.sampling import Table, sample
 from classifiers.validation import text_table, validate
 from indices.window import FeaturePlan, block_features, make_plan, window_features
@@ -52,9 +52,10 @@ STAGES = ("read", "mask", "features", "predict", "patches", "write")
 
 # ----------------------------------------------------------------------------- shared
 def prepare_scene(images: Sequence[Path], cfg: SurveyConfig, *, dem: Path | None,
-                  aoi: Path | None = None) -> tuple[xr.DataArray, xr.DataArray | None]:
+                  aoi: Path | None = None,
+                  chunks: int | None = None) -> tuple[xr.DataArray, xr.DataArray | None]:
     """Ingest the images (and DEM) lazily on one grid; nothing is computed."""
-    chunks = cfg.run.chunk_size
+    chunks = chunks or cfg.run.chunk_size
     aoi_geom = None
     if aoi is not None:
         from pipeline.aoi import read_aoi
@@ -183,7 +184,9 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
     with threadpool_limits(1, user_api="openmp"):
         report = validate(est, table, labels, n_folds=cfg.model.cv_folds,
                           block_m=cfg.model.cv_block_m, target_recall=cfg.model.target_recall,
-                          seed=cfg.model.seed, scene_of_polygon=scene_of_poly)
+                          seed=cfg.model.seed, min_plot_px=cfg.model.threshold_min_plot_px,
+                          repeats=cfg.model.cv_repeats,
+                          scene_of_polygon=scene_of_poly)
         t1 = time.perf_counter()
         fit_balanced(est, table.X, table.y, cfg.model.seed)
         t_fit = time.perf_counter() - t1
@@ -244,7 +247,7 @@ def combine(parts) -> tuple[Table, Labels, np.ndarray]:
         offset += len(labels.geometries)
     labels = Labels(tuple(geoms), tuple(classes), ", ".join(p[1].source for p in parts))
     table = Table(np.concatenate(X), np.concatenate(y), np.concatenate(poly),
-                  np.concatenate(xy), parts[0][0].feature_names)
+                  np.concatenate(xy), parts[0][0].feature_names, parts[0][0].pixel_m)
     return table, labels, np.array(scene_of)
 
 
@@ -277,16 +280,11 @@ class TileContext:
     halo: int                        # pixels read around a tile so masks judge clouds whole
 
 
-_OPENMP_LIMITED = False
-
-
 def _one_openmp_thread() -> None:
-    """Tiles are the unit of parallelism: each predicts with one OpenMP thread, once per
-    process, so two tiles on two cores do not oversubscribe them."""
-    global _OPENMP_LIMITED
-    if not _OPENMP_LIMITED:
-        threadpool_limits(1, user_api="openmp")
-        _OPENMP_LIMITED = True
+    """Tiles are the unit of parallelism: each predicts with one OpenMP thread, so two tiles on
+    two cores do not oversubscribe them. omp_set_num_threads acts on the calling thread only,
+    so every tile sets it for the worker thread it runs on."""
+    threadpool_limits(1, user_api="openmp")
 
 
 def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
@@ -324,18 +322,14 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
         dem, slope = dem[inner], slope[inner]
     t2 = time.perf_counter()
     t["mask"] = t2 - t1
-    out = block_features(masked, ctx.plan)[:, inner[0], inner[1]]
-    n = len(ctx.plan.names)
-    feats, evidence = out[:n], out[n:]
-    t3 = time.perf_counter()
-    t["features"] = t3 - t2
-    prob = predict_block(feats, ctx.estimator, ctx.calibration)
+    feats, evidence, prob = _features_and_predict(masked, ctx, t, inner)
     t4 = time.perf_counter()
-    t["predict"] = t4 - t3
     fl = ctx.plan.phases.index("flowering") if "flowering" in ctx.plan.phases else None
     ev = evidence[fl] if fl is not None else np.zeros(prob.shape, "float32")
     valid = np.isfinite(prob)
     ev = np.where(valid | (ev > 0), ev, np.nan)  # outside the data: not a blind area
+    # no clear flowering observation: blind, not a probability (nor a candidate)
+    prob = np.where(ev > 0, prob, np.nan).astype("float32")
     transform = ctx.scene.rio.transform()
     pieces, blind = chunk_pieces(prob, ev, None if dem is None else dem.values,
                                  None if slope is None else slope.values, feats,
@@ -344,6 +338,41 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
     rgb = _thumb(feats, ctx.plan, ys.start, xs.start, ctx.stride)
     return {"prob": prob, "evidence": np.nan_to_num(ev, nan=255).astype("uint8"),
             "pieces": pieces, "blind": blind, "rgb": rgb, "timings": t}
+
+
+#: Rows of a tile whose features and probabilities are computed at once. Features are
+#: pixel-local, so strips give the same numbers as the whole tile, while the temporaries of
+#: the indices, composites and the model's float64 copy of the feature matrix stay a strip's
+#: size (a 512 px tile's peak was ~1.3 GB in features and ~0.6 GB in predict).
+STRIP_ROWS = 128
+
+
+def _features_and_predict(masked: xr.DataArray, ctx: TileContext, t: dict[str, float],
+                          inner: tuple[slice, slice]
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features, evidence and probability of the ``inner`` window of ``masked`` (the tile
+    inside its spatial-feature halo), computed in strips of rows that carry the same halo."""
+    n, n_ph = len(ctx.plan.names), len(ctx.plan.phases)
+    sp = ctx.plan.halo
+    iy, ix = inner
+    ny, nx = iy.stop - iy.start, ix.stop - ix.start
+    feats = np.empty((n, ny, nx), dtype="float32")
+    evidence = np.empty((n_ph, ny, nx), dtype="float32")
+    prob = np.empty((ny, nx), dtype="float32")
+    for r0 in range(0, ny, STRIP_ROWS):
+        r1 = min(ny, r0 + STRIP_ROWS)
+        a0 = max(0, iy.start + r0 - sp)
+        a1 = min(masked.sizes["y"], iy.start + r1 + sp)
+        t0 = time.perf_counter()
+        out = block_features(masked[:, :, a0:a1, :], ctx.plan)
+        crop = out[:, iy.start + r0 - a0:iy.start + r1 - a0, ix]
+        feats[:, r0:r1], evidence[:, r0:r1] = crop[:n], crop[n:]
+        del out, crop
+        t1 = time.perf_counter()
+        prob[r0:r1] = predict_block(feats[:, r0:r1], ctx.estimator, ctx.calibration)
+        t["features"] += t1 - t0
+        t["predict"] += time.perf_counter() - t1
+    return feats, evidence, prob
 
 
 QUICKLOOK_BANDS = ("flowering.median.nir", "flowering.median.red", "flowering.median.green")
@@ -362,9 +391,10 @@ def _thumb(feats: np.ndarray, plan: FeaturePlan, y0: int, x0: int, stride: int) 
     return feats[idx, (-y0) % stride::stride, (-x0) % stride::stride]
 
 
-def _fingerprint(images, model_dir: Path, cfg: SurveyConfig, extra: dict) -> str:
+def _fingerprint(digests: dict[str, str], model_dir: Path, cfg: SurveyConfig,
+                 extra: dict) -> str:
     h = hashlib.sha256()
-    for k, v in sorted(_digest_inputs(images).items()):
+    for k, v in sorted(digests.items()):
         h.update(f"{k}={v}".encode())
     h.update(file_digest(Path(model_dir) / model_artifact.MODEL_FILE).encode())
     h.update(json.dumps(cfg.model_dump(mode="json", exclude={"run": {"scheduler"}}),
@@ -416,7 +446,11 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     # ---- validate everything before anything is written
     calendar = load_calendar(cfg.calendar)
     art = model_artifact.load(model_dir)
-    scene, dem_da = prepare_scene(images, cfg, dem=dem, aoi=aoi)
+    # Read in quarter-tile chunks: a tile and its mask halo then read ~(1 + 2 x 1/4)^2 = 2.25
+    # tiles' worth of pixels at most, where tile-sized chunks read up to 9 whole tiles (every
+    # neighbour the halo touches).
+    scene, dem_da = prepare_scene(images, cfg, dem=dem, aoi=aoi,
+                                  chunks=max(64, cfg.run.chunk_size // 4))
     if cfg.terrain_correction != "none" and dem_da is None:
         raise InputError(f"terrain_correction is '{cfg.terrain_correction}' but no --dem was "
                          "given; give a DEM or set terrain_correction: none")
@@ -425,9 +459,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     check_fit(art, plan.names, scene.attrs["sensor"], calendar.name)
     exclusion = None
     if exclude is not None:
-        geoms, _ = read_polygons(exclude, scene.rio.crs)
-        if not geoms:
-            raise InputError(f"{exclude}: the exclusion file holds no polygon")
+        geoms, _ = read_polygons(exclude, scene.rio.crs, what="exclusion file")
         exclusion = shapely.union_all(geoms)
     formats = tuple(formats or cfg.outputs.formats)
     out = Path(out)
@@ -440,7 +472,8 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     stride = max(1, int(np.ceil(max(H, W) / 1024)))
     state = out / STATE_DIR
     tdir = state / "tiles"
-    fp = _fingerprint(images, model_dir, cfg, {"dem": str(dem), "aoi": str(aoi), "H": H,
+    digests = _digest_inputs(images)        # read once: the inputs can be GBs
+    fp = _fingerprint(digests, model_dir, cfg, {"dem": str(dem), "aoi": str(aoi), "H": H,
                                                 "W": W})
     run_file = state / "run.json"
     if run_file.is_file() and json.loads(run_file.read_text()).get("fingerprint") != fp:
@@ -461,11 +494,14 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
         slope, aspect = slope_aspect(dem_da)
     halo = cfg.masks.max_flower_px if "scl" in scene["band"].values else 0
     ctx = TileContext(scene, slope, aspect, dem_da, terrain, cfg, plan, art.estimator,
-                      art.meta["calibration"], art.threshold, stride, halo)
+                      art.meta["calibration"], pixel_threshold(art.threshold, cfg), stride,
+                      halo)
     with open_runner(cfg.run.scheduler, memory_per_worker=cfg.run.memory_per_worker) as runner:
         if runner.dashboard:
             log.warning("dask dashboard: %s", runner.dashboard)
-        dctx = dask.delayed(ctx, pure=True)
+        # traverse=False: the context is one opaque object; traversed, dask would compute its
+        # lazy scene (the whole scene in memory) before the first tile
+        dctx = dask.delayed(ctx, pure=True, traverse=False)
         tasks = [(key, dask.delayed(process_tile, pure=True)(dctx, ys, xs))
                  for key, ys, xs in todo]
         tick = progress("tiles", len(tiles)) if progress else None
@@ -483,6 +519,8 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
         for s in STAGES:
             timings[s] += tm.get(s, 0.0)
     patches = merge_pieces(pieces)
+    weak = sum(1 for p in patches if p.score_max < art.threshold)
+    patches = [p for p in patches if p.score_max >= art.threshold]  # patch rule: the peak
     removed = 0
     if exclusion is not None:
         kept = [p for p in patches if not p.geometry.intersects(exclusion)]
@@ -520,8 +558,9 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     flowering_blind = sum(g.area for g in targets.blind_areas)
     report = {
         "command": "detect",
-        "inputs": _digest_inputs(images),
+        "inputs": digests,
         "model": {"dir": str(model_dir), "threshold": art.threshold,
+                  "pixel_threshold": pixel_threshold(art.threshold, cfg),
                   "sensor": art.meta["sensor"], "calendar": art.meta["calendar"]},
         "dem": str(dem) if dem else None, "aoi": str(aoi) if aoi else None,
         "exclude": str(exclude) if exclude else None,
@@ -531,8 +570,9 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
         "dates": dates, "phase_dates": plan.phase_dates,
         "scheduler": cfg.run.scheduler, "tiles": len(tiles), "tiles_resumed": resumed,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "counts": {"targets": len(targets.targets), "patches": len(patches) + removed,
-                   "excluded": removed, "below_mmu": below_mmu,
+        "counts": {"targets": len(targets.targets),
+                   "patches": len(patches) + removed + weak,
+                   "excluded": removed, "below_mmu": below_mmu, "below_threshold": weak,
                    "blind_areas": len(targets.blind_areas),
                    "blind_area_m2": round(flowering_blind, 1)},
     }

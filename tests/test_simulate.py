@@ -12,7 +12,7 @@ import shapely
 from shapely.geometry import shape
 
 from pipeline.errors import InputError
-from pipeline.simulate import SimResult, simulate
+from pipeline.simulate import SimResult, poppy_fraction, simulate
 
 S2_NAMES = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12",
             "SCL")
@@ -101,7 +101,7 @@ def test_same_seed_same_bytes(tmp_path: Path) -> None:
     a = simulate(tmp_path / "a", size=64, seed=11, n_dates=5)
     b = simulate(tmp_path / "b", size=64, seed=11, n_dates=5)
     c = simulate(tmp_path / "c", size=64, seed=12, n_dates=5)
-    files = lambda r: [*r.images, r.dem, r.labels, r.truth]  # noqa: E731
+    files = lambda r: [*r.images, r.dem, r.labels, r.truth]
     assert _digest(files(a)) == _digest(files(b))
     assert _digest(files(a)) != _digest(files(c))
 
@@ -114,6 +114,10 @@ def test_prevalence_sets_the_poppy_share(tmp_path: Path) -> None:
         shares.append(sum(f["properties"]["area_m2"] for f in feats) / (1280.0 ** 2))
     assert shares[0] == pytest.approx(0.0005, rel=0.6)
     assert shares[1] == pytest.approx(0.01, rel=0.15)
+    # the rendered sub-pixel poppy fraction adds up to the truth polygons' area
+    frac = poppy_fraction(128, 5, 0.01)
+    assert frac.sum() / 128 ** 2 == pytest.approx(shares[1], rel=0.05)
+    assert ((frac > 0) & (frac < 1)).sum() > (frac == 1).sum()  # most plot pixels are mixed
 
 
 def test_bad_arguments_are_input_errors(tmp_path: Path) -> None:
@@ -140,6 +144,10 @@ def test_drone_files_follow_the_contract(tmp_path: Path, sensor: str, names: tup
     assert np.isfinite(data).all() and 0.0 <= data.min() and np.median(data) < 0.6
     truth = json.loads(r.truth.read_text())["features"]
     assert truth and all(f["properties"]["pixels"] > 0 for f in truth)
+    plots = shapely.union_all([shape(f["geometry"]) for f in truth])
+    for f in json.loads(r.labels.read_text())["features"]:
+        if f["properties"]["class"] != "poppy":
+            assert not shape(f["geometry"]).intersects(plots)
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,4 +239,4 @@ def test_floor_raw_band_classifier_does_not_transfer(tmp_path: Path) -> None:
         det_a = (clf.predict_proba(xa)[:, 1] >= 0.5).reshape(256, 256)
     assert _match(det_a, fpa, int(fpa.max()))[0] > 0.5
     precision, recall, _ = _match(det, fpb, n_b)
-    assert det.any() and precision <= 0.5
+    assert recall > 0.05 and precision <= 0.5  # finds plots, but most patches are wrong

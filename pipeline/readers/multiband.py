@@ -96,16 +96,27 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
             tags = src.tags()
             descriptions = src.descriptions
             scales, offsets, nodata = src.scales, src.offsets, src.nodata
+            dtypes = src.dtypes
             if src.crs is None:
                 raise InputError(f"{path}: no CRS; georeference the file (e.g. gdal_edit.py "
                                  "-a_srs EPSG:nnnn)")
-            # touch one block so truncated/corrupt files fail here, not deep in a compute
-            src.read(1, window=((0, min(1, src.height)), (0, min(1, src.width))))
+            # touch the first and the last block so corrupt or truncated files (a download
+            # cut short loses the end) fail here with the file's name, not deep in a compute
+            src.read(1, window=((0, 1), (0, 1)))
+            src.read(src.count, window=((src.height - 1, src.height), (src.width - 1,
+                                                                        src.width)))
     except RasterioIOError as exc:
         raise InputError(f"{path}: not a readable raster ({exc})") from None
     names = band_names(path, descriptions, sensor)
     if len(set(names)) != len(names):
         raise InputError(f"{path}: duplicate band names {names}")
+    unscaled = [n for n, d, sc, off in zip(names, dtypes, scales, offsets)
+                if n not in CATEGORICAL_BANDS and np.issubdtype(np.dtype(d), np.integer)
+                and sc == 1 and off == 0]
+    if unscaled:  # DN read as reflectance would be thousands: say so instead of guessing
+        raise InputError(f"{path}: integer bands {unscaled} have no GDAL scale; set it so "
+                         "that reflectance = DN * scale + offset (e.g. gdal_edit.py -scale "
+                         "0.0001 for Sentinel-2 DN)")
     with warnings.catch_warnings():  # rioxarray warns when offsets differ across bands
         warnings.simplefilter("ignore", UserWarning)
         raw = rioxarray.open_rasterio(path, chunks={"band": -1, "y": chunks, "x": chunks},

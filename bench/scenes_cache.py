@@ -1,0 +1,109 @@
+"""Cached simulated scenes as numpy arrays, for fast model comparisons (bench only).
+
+A scene is simulated once (``pipeline.simulate``), read through the real pipeline (ingest,
+masks, window features) and kept in ``CACHE/<seed>_<prevalence>_<size>.npz`` with its training
+table (labelled polygons sampled like ``run.py train`` does) and a raster of the truth plots,
+so a comparison of models or thresholds does not pay for simulation and feature extraction
+again. The scoring mirrors the shared matching rule (outputs/evaluate.py) on the pixel grid:
+a plot is found when a kept patch covers a pixel it touches, a patch is correct when it comes
+within one pixel of a plot. Final figures come from the real pipeline (tests/test_accuracy.py).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rasterio import features as rfeatures
+from scipy import ndimage
+
+CACHE = Path(os.environ.get("POPPYSCAN_BENCH_CACHE", "/tmp/poppyscan-bench"))
+
+
+@dataclass
+class CachedScene:
+    seed: int
+    names: list[str]
+    F: np.ndarray          # (feature, y, x) float32
+    X: np.ndarray          # training table
+    y: np.ndarray
+    polygon: np.ndarray
+    xy: np.ndarray
+    label_geoms: list
+    label_classes: list[str]
+    plot_ids: np.ndarray   # (y, x) int32, 0 = no plot, else plot index + 1 (all touched)
+    plot_px: np.ndarray    # (n_plots,) plot area in pixels
+
+
+def load_scene(seed: int, prevalence: float = 0.01, size: int = 256) -> CachedScene:
+    from classifiers.labels import read_labels, read_polygons
+    from classifiers.sampling import sample
+    from indices.window import window_features
+    from pipeline.config import load_calendar, load_config
+    from pipeline.simulate import simulate
+    from pipeline.survey import mask_and_correct, prepare_scene
+
+    cfg = load_config()
+    d = CACHE / f"s{seed}_p{prevalence}_{size}"
+    npz = d / "cache.npz"
+    sim = simulate(d / "scene", size=size, seed=seed, prevalence=prevalence) \
+        if not (d / "scene" / "truth.geojson").is_file() else None
+    sdir = d / "scene"
+    images = sorted(sdir.glob("S2_*.tif")) if sim is None else sim.images
+    scene, dem = prepare_scene(images, cfg, dem=sdir / "dem.tif")
+    labels = read_labels(sdir / "labels.geojson", scene.rio.crs)
+    if npz.is_file():
+        z = np.load(npz, allow_pickle=True)
+        return CachedScene(seed, list(z["names"]), z["F"], z["X"], z["y"], z["polygon"],
+                           z["xy"], list(labels.geometries), list(labels.classes),
+                           z["plot_ids"], z["plot_px"])
+    masked = mask_and_correct(scene, dem, cfg)
+    feats = window_features(masked, load_calendar(cfg.calendar), cfg.features)
+    F = feats.data.values.astype("float32")
+    table = sample(feats, labels, erode_m=cfg.model.erode_m,
+                   max_pixels=cfg.model.max_pixels_per_polygon, seed=0)
+    plots, _ = read_polygons(sdir / "truth.geojson", scene.rio.crs)
+    tf = scene.rio.transform()
+    H, W = F.shape[1:]
+    ids = np.zeros((H, W), "int32")
+    for i, g in enumerate(plots):
+        r = rfeatures.rasterize([(g, 1)], out_shape=(H, W), transform=tf, all_touched=True,
+                                fill=0, dtype="uint8")
+        ids[(r > 0) & (ids == 0)] = i + 1
+    plot_px = np.array([g.area / 100.0 for g in plots])
+    np.savez(npz, names=np.array(feats.names), F=F, X=table.X, y=table.y,
+             polygon=table.polygon, xy=table.xy, plot_ids=ids, plot_px=plot_px)
+    return load_scene(seed, prevalence, size)
+
+
+def score_map(prob: np.ndarray, thr: float, sc: CachedScene, *, mmu_px: int = 1,
+              min_plot_px: float = 4.0, keep: str = "any", keep_thr: float | None = None,
+              ) -> dict:
+    """Plot recall (plots >= min_plot_px) and target precision of patches on ``prob``."""
+    mask = np.isfinite(prob) & (prob >= thr)
+    lab, n = ndimage.label(mask)
+    if n == 0:
+        big = sc.plot_px >= min_plot_px
+        return {"targets": 0, "correct": 0, "recall": 0.0, "precision": float("nan"),
+                "plots": int(big.sum())}
+    idx = np.arange(1, n + 1)
+    size = ndimage.sum(mask, lab, idx)
+    pmax = ndimage.maximum(np.where(mask, prob, 0), lab, idx)
+    kept = size >= mmu_px
+    if keep_thr is not None:
+        kept &= pmax >= keep_thr
+    keep_lab = np.zeros(n + 1, bool)
+    keep_lab[1:] = kept
+    kmask = keep_lab[lab]
+    near = ndimage.binary_dilation(sc.plot_ids > 0, structure=np.ones((3, 3), bool))
+    correct_lab = np.zeros(n + 1, bool)
+    correct_lab[np.unique(lab[kmask & near])] = True
+    n_t = int(kept.sum())
+    n_c = int(correct_lab[1:][kept].sum())
+    found = np.unique(sc.plot_ids[kmask])
+    found = found[found > 0] - 1
+    big = sc.plot_px >= min_plot_px
+    rec = float(np.isin(np.flatnonzero(big), found).mean()) if big.any() else float("nan")
+    return {"targets": n_t, "correct": n_c, "recall": rec,
+            "precision": n_c / n_t if n_t else float("nan"), "plots": int(big.sum())}

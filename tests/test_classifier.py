@@ -1,0 +1,172 @@
+"""Classifier stages: sampling, leak-free validation, threshold rule, model, artifact safety."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from shapely.geometry import box
+
+from classifiers import artifact
+from classifiers.labels import Labels
+from classifiers.model import apply_platt, balanced_index, fit_platt, make_estimator
+from classifiers.sampling import Table
+from classifiers.validation import (
+    big_polygons,
+    out_of_fold,
+    spatial_groups,
+    threshold_for_recall,
+    validate,
+)
+from indices.window import feature_plan
+from pipeline.config import ModelConfig
+from pipeline.errors import ModelError
+
+
+def _table(seed: int = 0, n_poly: int = 40, px: int = 12) -> tuple[Table, Labels]:
+    """Polygons on a 10 m grid spread over 4 km; poppy polygons have a shifted feature 0."""
+    rng = np.random.default_rng(seed)
+    geoms, classes, X, y, poly, xy = [], [], [], [], [], []
+    for i in range(n_poly):
+        x0, y0 = rng.uniform(0, 4000, 2)
+        side = 20.0 if i % 4 == 0 else 60.0
+        geoms.append(box(x0, y0, x0 + side, y0 + side))
+        is_p = i % 2 == 0
+        classes.append("poppy" if is_p else ("wheat" if i % 3 else "village"))
+        f = rng.normal(0, 1, (px, 4))
+        f[:, 0] += 2.5 if is_p else 0.0
+        X.append(f)
+        y += [int(is_p)] * px
+        poly += [i] * px
+        xy.append(np.column_stack([np.full(px, x0 + 5), np.full(px, y0 + 5)]))
+    table = Table(np.concatenate(X).astype("float32"), np.array(y, "int8"),
+                  np.array(poly, "int32"), np.concatenate(xy), ["a", "b", "c", "d"], 10.0)
+    return table, Labels(tuple(geoms), tuple(classes), "test")
+
+
+def test_threshold_counts_only_listed_polygons():
+    labels = Labels(tuple(box(0, 0, 1, 1) for _ in range(4)),
+                    ("poppy", "poppy", "poppy", "wheat"), "t")
+    scores = {0: 0.9, 1: 0.8, 2: 0.1, 3: 0.5}
+    # all three poppy polygons at recall 1.0: the weakest sets the threshold
+    assert threshold_for_recall(scores, labels, 1.0) == pytest.approx(0.1)
+    # the weak one is not counted (e.g. sub-pixel): the threshold rises
+    assert threshold_for_recall(scores, labels, 1.0, counted={0, 1}) == pytest.approx(0.8)
+
+
+def test_big_polygons_in_pixels():
+    labels = Labels((box(0, 0, 10, 10), box(0, 0, 20, 20), box(0, 0, 15, 30)),
+                    ("poppy", "poppy", "wheat"), "t")
+    assert big_polygons(labels, 10.0, 4.0) == {1, 2}
+    assert big_polygons(labels, 10.0, 0.0) == {0, 1, 2}
+
+
+def test_folds_never_split_a_polygon_or_a_block():
+    table, labels = _table()
+    groups = spatial_groups(table, labels, 500.0)
+    # every pixel of a polygon carries one group, and polygons in one block share it
+    for pid in np.unique(table.polygon):
+        assert len(np.unique(groups[table.polygon == pid])) == 1
+    from classifiers.validation import _splits
+    splits = _splits(table, groups, 5, 0)
+    assert splits is not None
+    for train, test in splits:
+        assert not set(groups[train]) & set(groups[test])
+        assert not set(table.polygon[train]) & set(table.polygon[test])
+
+
+def test_validate_reports_and_threshold_reaches_target_on_big_polygons():
+    table, labels = _table()
+    est = make_estimator(ModelConfig(max_iter=30))
+    rep = validate(est, table, labels, n_folds=4, block_m=500.0, target_recall=0.9, seed=0,
+                   min_plot_px=9.0, repeats=2)
+    assert rep["min_plot_px"] == 9.0
+    assert "spatial blocks, 2 repeats" in rep["folds"]
+    assert rep["polygon"]["recall_min_plot"] >= 0.9
+    assert "kappa" not in json.dumps(rep)
+    cm = np.array(rep["pixel"]["confusion_matrix"])
+    assert cm.sum() == len(table.y)
+    assert 0.0 < rep["threshold"] < 1.0
+    # an easy problem: out of fold, flagged pixels and polygons are mostly poppy
+    assert rep["pixel"]["precision"][1] > 0.9
+    assert rep["polygon"]["precision"] > 0.8
+
+
+def test_out_of_fold_scores_come_from_models_that_did_not_see_the_polygon():
+    """A feature that identifies each polygon (and is noise otherwise) gives no skill out of
+    fold: pixel-level folds would score it near perfectly."""
+    table, labels = _table(n_poly=40)
+    rng = np.random.default_rng(1)
+    code = rng.normal(0, 1, int(table.polygon.max()) + 1)
+    X = np.column_stack([code[table.polygon], rng.normal(0, 1, len(table.y))])
+    leaky = Table(X.astype("float32"), table.y, table.polygon, table.xy, ["id", "n"], 10.0)
+    groups = spatial_groups(leaky, labels, 500.0)
+    oof, _ = out_of_fold(make_estimator(ModelConfig(max_iter=15)), leaky, groups, 4, 0)
+    from sklearn.metrics import roc_auc_score
+    assert roc_auc_score(leaky.y, oof) < 0.75
+
+
+def test_balanced_index_and_platt():
+    y = np.array([1] * 10 + [0] * 95)
+    idx = balanced_index(y, 0)
+    assert (y[idx] == 1).sum() == (y[idx] == 0).sum() == 95
+    raw = np.r_[np.linspace(0.6, 0.99, 50), np.linspace(0.01, 0.5, 50)]
+    lab = np.r_[np.ones(50), np.zeros(50)].astype(int)
+    a, b = fit_platt(raw, lab)
+    p = apply_platt(raw, a, b)
+    assert a > 0 and p[:50].mean() > 0.7 and p[50:].mean() < 0.3
+
+
+def test_model_kinds_and_seeds_are_reproducible():
+    table, _ = _table()
+    for kind in ("hgb", "rf"):
+        cfg = ModelConfig(kind=kind, max_iter=30)
+        p1 = make_estimator(cfg).fit(table.X, table.y).predict_proba(table.X)[:, 1]
+        p2 = make_estimator(cfg).fit(table.X, table.y).predict_proba(table.X)[:, 1]
+        np.testing.assert_allclose(p1, p2, rtol=1e-12)
+
+
+def test_feature_plan_without_band_medians():
+    plan = feature_plan(["red", "nir"], ["NDVI"], ["pre", "flowering", "post"],
+                        band_medians=False)
+    names = [r[0] for r in plan]
+    assert "pre.median.red" not in names and "flowering.median.NDVI" in names
+    assert "flowering-pre.median.red" in names   # contrasts of visible bands stay
+    full = [r[0] for r in feature_plan(["red", "nir"], ["NDVI"], ["pre", "flowering", "post"])]
+    assert "pre.median.nir" in full and len(full) == len(names) + 6
+
+
+def test_artifact_round_trip_and_refuses_untrusted(tmp_path):
+    table, _ = _table()
+    est = make_estimator(ModelConfig(max_iter=20)).fit(table.X, table.y)
+    meta = {"feature_names": table.feature_names, "threshold": 0.7, "sensor": "sentinel2",
+            "calendar": "east-china", "calibration": {"a": 1.0, "b": 0.0}}
+    artifact.save(tmp_path / "m", est, meta, {"ok": True})
+    art = artifact.load(tmp_path / "m")
+    np.testing.assert_array_equal(art.estimator.predict_proba(table.X),
+                                  est.predict_proba(table.X))
+    assert art.threshold == 0.7
+    # a model holding a type outside the trusted list is refused, not loaded
+    import skops.io as sio
+    from sklearn.pipeline import FunctionTransformer
+    sio.dump(FunctionTransformer(func=json.loads), tmp_path / "m" / artifact.MODEL_FILE)
+    with pytest.raises(ModelError, match="does not trust"):
+        artifact.load(tmp_path / "m")
+
+
+def test_two_level_patch_rule_never_raises_the_pixel_threshold():
+    from classifiers.predict import pixel_threshold
+    from pipeline.config import SurveyConfig, load_config
+    cfg = load_config()
+    assert cfg.patches.min_mapping_unit_m2 == 200
+    assert pixel_threshold(0.9, cfg) == 0.9          # default: one threshold
+    two = SurveyConfig(patches={"pixel_threshold": 0.5})
+    assert pixel_threshold(0.9, two) == 0.5
+    assert pixel_threshold(0.3, two) == 0.3
+
+
+def test_sentinel2_config_selects_transferable_features():
+    from pipeline.config import load_config
+    cfg = load_config()
+    assert cfg.features.band_medians is False
+    assert cfg.model.threshold_min_plot_px == 4

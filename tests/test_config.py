@@ -1,0 +1,174 @@
+"""Survey config and calendars: one clear ConfigError naming the file, the key and the allowed
+values; CLI overrides win over the file."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+
+import pydantic
+import pytest
+
+from pipeline.config import (
+    DEFAULT_CONFIG,
+    SurveyConfig,
+    known_calendars,
+    load_calendar,
+    load_config,
+    with_overrides,
+)
+from pipeline.errors import ConfigError
+
+
+def _cfg(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "survey.yaml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def _error(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as exc:
+        load_config(_cfg(tmp_path, text))
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith(str(tmp_path / "survey.yaml"))
+    return msg
+
+
+def test_shipped_config_and_calendars_load() -> None:
+    cfg = load_config()
+    assert cfg.source == str(DEFAULT_CONFIG)
+    assert cfg.sensor == "sentinel2" and cfg.calendar == "east-china"
+    assert load_config(DEFAULT_CONFIG) == cfg
+    assert len(known_calendars()) >= 4
+    for name in known_calendars():
+        cal = load_calendar(name)
+        assert "flowering" in cal.phases
+
+
+def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
+    cfg = load_config(_cfg(tmp_path, "# nothing\n"))
+    assert cfg.model_dump(exclude={"source"}) == SurveyConfig().model_dump(exclude={"source"})
+
+
+@pytest.mark.parametrize("text,key,allowed", [
+    ("modle:\n  kind: hgb\n", "'modle'", "model, patches"),
+    ("masks:\n  rescue_flower: true\n", "'masks.rescue_flower'", "rescue_flowers"),
+    ("run:\n  chunksize: 64\n", "'run.chunksize'", "chunk_size"),
+])
+def test_unknown_key_names_file_key_and_allowed_keys(tmp_path, text, key, allowed) -> None:
+    msg = _error(tmp_path, text)
+    assert f"unknown key {key}" in msg and allowed in msg
+
+
+@pytest.mark.parametrize("text,key,allowed", [
+    ("model:\n  kind: xgboost\n", "model.kind", "'hgb' or 'rf'"),
+    ("terrain_correction: minnaert\n", "terrain_correction", "'none', 'c' or 'scs+c'"),
+    ("outputs:\n  formats: [geojson, shp]\n", "outputs.formats.1", "'kml'"),
+    ("run:\n  chunk_size: 8\n", "run.chunk_size", "greater than or equal to 16"),
+    ("model:\n  target_recall: 1.5\n", "model.target_recall", "less than or equal to 1"),
+    ("model:\n  target_recall: high\n", "model.target_recall", "valid number"),
+    ("calendar: mars\n", "calendar", "east-china"),
+    ("sensor: landsat8\n", "sensor", "p4m"),
+    ("sensor: ''\n", "sensor", "must not be empty"),
+    ("model: [1, 2]\n", "model", "dictionary"),
+])
+def test_wrong_value_names_file_key_and_allowed_values(tmp_path, text, key, allowed) -> None:
+    msg = _error(tmp_path, text)
+    assert f"key '{key}'" in msg and allowed in msg
+
+
+def test_not_yaml_or_not_a_mapping_or_missing(tmp_path: Path) -> None:
+    assert "not valid YAML" in _error(tmp_path, "model: [\n")
+    assert "mapping" in _error(tmp_path, "- a\n- b\n")
+    with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_config_is_frozen() -> None:
+    cfg = load_config()
+    with pytest.raises(pydantic.ValidationError):
+        cfg.model.kind = "rf"  # type: ignore[misc]
+
+
+def test_overrides_win_and_leave_the_rest(tmp_path: Path) -> None:
+    base = load_config(_cfg(tmp_path, "run:\n  scheduler: processes\n  chunk_size: 256\n"))
+    cfg = with_overrides(base, **{"run.scheduler": "local:2", "patches.min_mapping_unit_m2":
+                                  300, "model.kind": None})
+    assert cfg.run.scheduler == "local:2" and cfg.patches.min_mapping_unit_m2 == 300
+    assert cfg.run.chunk_size == 256 and cfg.model.kind == "hgb"   # None = not given
+    assert cfg.source == base.source
+    assert base.run.scheduler == "processes"                       # the original is untouched
+
+
+@pytest.mark.parametrize("changes,needle", [
+    ({"run.chunk_size": 5}, "key 'run.chunk_size'"),
+    ({"run.shceduler": "threads"}, "unknown key 'run.shceduler'; allowed: chunk_size"),
+    ({"rnu.scheduler": "threads"}, "unknown section 'rnu'"),
+    ({"calendar": "mars"}, "unknown calendar 'mars'"),
+])
+def test_bad_override_names_the_option(changes, needle) -> None:
+    with pytest.raises(ConfigError) as exc:
+        with_overrides(load_config(), **changes)
+    msg = str(exc.value)
+    assert msg.startswith(f"option(s) {next(iter(changes))} over ") and needle in msg
+
+
+def test_cli_scheduler_option_overrides_the_config(tmp_path: Path) -> None:
+    import run as cli
+    path = _cfg(tmp_path, "run:\n  scheduler: processes\n")
+    assert cli._config(path, **{"run.scheduler": "local:3"}).run.scheduler == "local:3"
+    assert cli._config(path, **{"run.scheduler": None}).run.scheduler == "processes"
+
+
+def test_cli_bad_config_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
+    import run as cli
+    path = _cfg(tmp_path, "model:\n  kind: xgboost\n")
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        code = cli.main(["train", "--images", "x.tif", "--labels", "l.geojson", "--model",
+                         str(tmp_path / "m"), "--config", str(path)])
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "survey.yaml" in err and "model.kind" in err and "'hgb' or 'rf'" in err
+    assert not (tmp_path / "m").exists()
+
+
+# --- calendars ---------------------------------------------------------------------------------
+def _calendar(tmp_path: Path, phases: str, extra: str = "") -> Path:
+    p = tmp_path / "cal.yaml"
+    p.write_text(f"name: test\n{extra}phases:\n{phases}", encoding="utf-8")
+    return p
+
+
+@pytest.mark.parametrize("phases,needle", [
+    ("  flowering: {start: '04-31', end: '05-20'}\n", "phases.flowering.start"),
+    ("  flowering: {begin: '04-01', end: '05-20'}\n", "phases.flowering"),
+    ("  bloom: {start: '04-01', end: '05-20'}\n", "'pre', 'flowering' or 'post'"),
+])
+def test_bad_calendar_names_file_and_key(tmp_path: Path, phases: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_calendar(_calendar(tmp_path, phases))
+    assert str(exc.value).startswith(str(tmp_path / "cal.yaml")) and needle in str(exc.value)
+
+
+def test_unknown_calendar_name_lists_the_known() -> None:
+    with pytest.raises(ConfigError, match="unknown calendar 'mars'; known: .*east-china"):
+        load_calendar("mars")
+
+
+def test_phase_of_dates_wrap_and_elevation(tmp_path: Path) -> None:
+    cal = load_calendar(_calendar(
+        tmp_path, "  pre: {start: '11-01', end: '01-31'}\n"
+                  "  flowering: {start: '02-01', end: '03-15'}\n",
+        extra="elevation_shift_days_per_100m: 2\nreference_elevation_m: 500\n"))
+    assert cal.phase_of(dt.date(2024, 12, 20)) == "pre"              # over the year end
+    assert cal.phase_of(dt.date(2025, 1, 10)) == "pre"
+    assert cal.phase_of(dt.date(2025, 2, 1)) == "flowering"
+    assert cal.phase_of(dt.date(2025, 3, 16)) is None
+    # 1000 m higher: 20 days later, so 02-15 is still before flowering
+    assert cal.phase_of(dt.date(2025, 2, 15), elevation_m=1500) == "pre"
+    assert cal.phase_of(dt.date(2025, 3, 30), elevation_m=1500) == "flowering"

@@ -1,0 +1,479 @@
+"""Ingest: the multi-band GeoTIFF input contract, one grid, AOI clipping, DEM, laziness."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import dask.array as darr
+import numpy as np
+import pyogrio.raw
+import pytest
+import rasterio
+import shapely
+import xarray as xr
+from affine import Affine
+from dask.callbacks import Callback
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pyproj import CRS as ProjCRS
+from pyproj import Transformer
+from rasterio.warp import Resampling, calculate_default_transform, reproject
+from shapely.geometry import Polygon, box, mapping
+
+from pipeline.aoi import read_aoi
+from pipeline.errors import InputError
+from pipeline.geotiff import write_multiband
+from pipeline.grid import Grid, align
+from pipeline.ingest import open_scene, read_dem
+from pipeline.readers import multiband
+
+CRS = "EPSG:32650"
+N = 32
+TF = Affine(10, 0, 500000.0, 0, -10, 3340000.0)
+S2 = ["B02", "B03", "B04", "B08"]
+CANON = ["blue", "green", "red", "nir"]
+_TO_WGS = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True)
+
+
+def ramp(n: int = N) -> np.ndarray:
+    """(4, n, n) reflectance, linear in x and y (so bilinear resampling is exact)."""
+    yy, xx = np.mgrid[0:n, 0:n].astype("float64")
+    return np.stack([0.05 + 0.002 * xx + 0.003 * yy + 0.05 * k for k in range(4)])
+
+
+def write_dn(path: Path, refl: np.ndarray, *, names=S2, tf: Affine = TF, crs: str = CRS,
+             date: str | None = "2024-04-10", offset: float = 0.0, tags=None) -> Path:
+    """uint16 DN = (refl - offset) * 10000 with nodata 0, the contract's usual form;
+    ``date=None`` writes no ACQUISITION_DATE tag."""
+    dn = np.where(np.isnan(refl), 0, np.round((refl - offset) * 10000)).astype("uint16")
+    if date is not None:
+        return write_multiband(path, dn, names, tf, crs, acquisition_date=date,
+                               scales=[1e-4] * len(names), offsets=[offset] * len(names),
+                               nodata=0, tags=tags)
+    with rasterio.open(path, "w", driver="GTiff", width=dn.shape[2], height=dn.shape[1],
+                       count=len(names), dtype="uint16", crs=crs, transform=tf,
+                       nodata=0) as dst:
+        dst.write(dn)
+        for i, b in enumerate(names, start=1):
+            dst.set_band_description(i, b)
+        dst.scales = (1e-4,) * len(names)
+        dst.offsets = (offset,) * len(names)
+        dst.update_tags(**dict(tags or {}))
+    return path
+
+
+class CountComputes(Callback):
+    """Counts dask graph executions (any .compute / .values) while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs = 0
+
+    def _start(self, dsk) -> None:
+        self.runs += 1
+
+
+# --- the multi-band GeoTIFF reader -------------------------------------------------------------
+def test_s2_names_and_canonical_names_read_the_same(tmp_path: Path) -> None:
+    refl = ramp()
+    a = write_dn(tmp_path / "a_20240410.tif", refl, names=S2)
+    b = write_dn(tmp_path / "b_20240410.tif", refl, names=CANON)
+    [da] = multiband.read(a)
+    [db] = multiband.read(b)
+    assert da["band"].values.tolist() == CANON == db["band"].values.tolist()
+    assert da.dtype == np.float32
+    np.testing.assert_array_equal(da.values, db.values)
+    np.testing.assert_allclose(da.values, refl, atol=0.6e-4)
+
+
+def test_offset_applied_after_nodata_masking(tmp_path: Path) -> None:
+    refl = ramp()
+    refl[:, 0, :4] = np.nan                                  # no data: DN 0 in both files
+    plain = write_dn(tmp_path / "plain_20240410.tif", refl)
+    # the baseline-04.00 form: DN = refl * 10000 + 1000, offset -0.1
+    shifted = write_dn(tmp_path / "shifted_20240410.tif", refl, offset=-0.1)
+    with rasterio.open(shifted) as src:
+        dn = src.read(1)
+        assert src.offsets[0] == pytest.approx(-0.1) and dn[5, 5] == round(refl[0, 5, 5] * 1e4) + 1000
+    [a] = multiband.read(plain)
+    [b] = multiband.read(shifted)
+    np.testing.assert_allclose(b.values, a.values, atol=1e-6)
+    assert np.isnan(b.values[:, 0, :4]).all()                 # not -0.1, not 0
+    assert np.isfinite(b.values[:, 1:, :]).all()
+    assert not (b.values == 0).any()
+
+
+def test_masked_pixels_are_nan_never_zero_in_a_scene(tmp_path: Path) -> None:
+    refl = ramp()
+    refl[:, 10:12, 10:12] = np.nan
+    s = open_scene([write_dn(tmp_path / "x_20240410.tif", refl)], chunks=16)
+    v = s.values
+    assert np.isnan(v[0, :, 10:12, 10:12]).all()
+    assert np.count_nonzero(np.isnan(v)) == 4 * 4
+    assert not (v == 0).any()
+
+
+def test_date_from_tag_beats_the_file_name(tmp_path: Path) -> None:
+    p = write_dn(tmp_path / "S2_20240101.tif", ramp(), date="2024-04-10T03:12:00Z")
+    [da] = multiband.read(p)
+    assert da.attrs["time"] == np.datetime64("2024-04-10T03:12:00", "ns")
+
+
+@pytest.mark.parametrize("name,expected", [("S2_20240415_L2A.tif", "2024-04-15"),
+                                           ("plot-2024-05-02.tif", "2024-05-02")])
+def test_date_from_the_file_name(tmp_path: Path, name: str, expected: str) -> None:
+    p = write_dn(tmp_path / name, ramp(), date=None)
+    [da] = multiband.read(p)
+    assert da.attrs["time"] == np.datetime64(expected, "ns")
+
+
+def test_date_from_tifftag_datetime_warns(tmp_path: Path, caplog) -> None:
+    p = write_dn(tmp_path / "scene.tif", ramp(), date=None)
+    with rasterio.open(p, "r+") as dst:
+        dst.update_tags(TIFFTAG_DATETIME="2024:04:20 10:11:12")
+    with caplog.at_level(logging.WARNING, logger="pipeline.readers.multiband"):
+        [da] = multiband.read(p)
+    assert da.attrs["time"] == np.datetime64("2024-04-20", "ns")
+    assert any("TIFFTAG_DATETIME" in r.getMessage() and "scene.tif" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_no_date_at_all_is_an_input_error(tmp_path: Path) -> None:
+    p = write_dn(tmp_path / "scene.tif", ramp(), date=None)
+    with pytest.raises(InputError, match="scene.tif.*ACQUISITION_DATE"):
+        multiband.read(p)
+
+
+def test_missing_crs_names_the_file(tmp_path: Path) -> None:
+    p = tmp_path / "nocrs_20240410.tif"
+    with rasterio.open(p, "w", driver="GTiff", width=N, height=N, count=4, dtype="uint16",
+                       transform=TF, nodata=0) as dst:
+        dst.write((ramp() * 1e4).astype("uint16"))
+        for i, b in enumerate(S2, start=1):
+            dst.set_band_description(i, b)
+        dst.scales = (1e-4,) * 4
+        dst.update_tags(ACQUISITION_DATE="2024-04-10")
+    with pytest.raises(InputError, match="nocrs_20240410.tif.*CRS"):
+        open_scene([p])
+
+
+def test_missing_band_description_names_the_file_and_band(tmp_path: Path) -> None:
+    p = write_dn(tmp_path / "nodesc_20240410.tif", ramp())
+    with rasterio.open(p, "r+") as dst:
+        dst.set_band_description(3, "")
+    with pytest.raises(InputError, match=r"nodesc_20240410.tif: bands \[3\]"):
+        open_scene([p])
+
+
+def test_unknown_band_description_names_the_file(tmp_path: Path) -> None:
+    p = write_dn(tmp_path / "odd_20240410.tif", ramp(), names=["B02", "B03", "B04", "Band 4"])
+    with pytest.raises(InputError, match=r"odd_20240410.tif: bands \[4\]"):
+        open_scene([p])
+
+
+def test_corrupt_file_names_the_file(tmp_path: Path) -> None:
+    p = tmp_path / "broken_20240410.tif"
+    p.write_bytes(b"II*\x00" + b"\x00" * 64)
+    with pytest.raises(InputError, match="broken_20240410.tif"):
+        open_scene([p])
+
+
+def test_truncated_file_fails_at_open_not_in_a_compute(tmp_path: Path) -> None:
+    """A cloud-optimised GeoTIFF (header first) cut short: its first block still reads."""
+    import rasterio.shutil
+    rng = np.random.default_rng(0)
+    refl = rng.uniform(0.02, 0.5, (4, 300, 300))              # 2 x 2 blocks of 256
+    src = write_dn(tmp_path / "src_20240410.tif", refl, tf=TF)
+    p = tmp_path / "cut_20240410.tif"
+    rasterio.shutil.copy(src, p, driver="COG", BLOCKSIZE=256)
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) * 9 // 10])                # a download cut short
+    with rasterio.open(p) as f:
+        f.read(1, window=((0, 1), (0, 1)))                    # the header and block 1 are fine
+    with pytest.raises(InputError, match="cut_20240410.tif"):
+        open_scene([p], chunks=128)
+
+
+# --- one grid ----------------------------------------------------------------------------------
+def test_half_pixel_shift_is_aligned_onto_the_first_grid(tmp_path: Path) -> None:
+    refl = ramp()
+    a = write_dn(tmp_path / "a_20240401.tif", refl, date="2024-04-01")
+    shifted = TF * Affine.translation(0.5, 0.5)               # half a pixel right and down
+    b = write_dn(tmp_path / "b_20240415.tif", refl, tf=shifted, date="2024-04-15")
+    s = open_scene([b, a], chunks=16)                         # b first on the command line
+    # the grid is the first product's; the dates are sorted
+    assert s.rio.transform() == shifted
+    assert [str(t)[:10] for t in s["time"].values] == ["2024-04-01", "2024-04-15"]
+    v = s.values
+    np.testing.assert_allclose(v[1], refl, atol=1e-4)         # b on its own grid: untouched
+    # a's value at b's pixel (i, j) lies half a pixel on: refl(i + 0.5, j + 0.5)
+    yy, xx = np.mgrid[0:N - 1, 0:N - 1] + 0.5
+    want = np.stack([0.05 + 0.002 * xx + 0.003 * yy + 0.05 * k for k in range(4)])
+    np.testing.assert_allclose(v[0, :, :N - 1, :N - 1], want, atol=2e-4)
+    assert np.isnan(v[0, :, -1, :]).all()                     # beyond a's edge: NaN, not 0
+
+
+def test_a_date_in_another_utm_zone_is_aligned(tmp_path: Path) -> None:
+    refl = ramp(64)
+    a = write_dn(tmp_path / "a_20240401.tif", refl, date="2024-04-01")
+    dst_crs = "EPSG:32651"
+    tf51, w, h = calculate_default_transform(CRS, dst_crs, 64, 64, *rasterio.transform
+                                             .array_bounds(64, 64, TF), resolution=10)
+    out = np.full((4, h, w), np.nan)
+    reproject(refl, out, src_transform=TF, src_crs=CRS, dst_transform=tf51, dst_crs=dst_crs,
+              resampling=Resampling.bilinear, src_nodata=np.nan, dst_nodata=np.nan)
+    b = write_dn(tmp_path / "b_20240415.tif", out, tf=tf51, crs=dst_crs, date="2024-04-15")
+    s = open_scene([a, b], chunks=32)
+    assert s.rio.crs.to_epsg() == 32650 and s.rio.transform() == TF
+    assert s.shape == (2, 4, 64, 64)
+    v = s.values
+    core = (slice(None), slice(8, -8), slice(8, -8))          # edges lose pixels twice
+    np.testing.assert_allclose(v[1][core], refl[core], atol=3e-3)
+    assert np.isfinite(v[1][core]).all()
+
+
+def test_dem_in_another_crs_is_aligned(tmp_path: Path) -> None:
+    s = open_scene([write_dn(tmp_path / "a_20240401.tif", ramp())], chunks=16)
+    grid = Grid.of(s)
+    # a lon/lat DEM, elevation linear in lon and lat, 0.00005 deg (~5 m) pixels
+    lon0, lat0 = _TO_WGS.transform(499900.0, 3340100.0)
+    dtf = Affine(0.00005, 0, lon0, 0, -0.00005, lat0)
+    n = 120
+    rows, cols = np.mgrid[0:n, 0:n] + 0.5
+    lon, lat = dtf * (cols, rows)
+    elev = (200 + 1e5 * (lon - lon0) + 3e5 * (lat0 - lat)).astype("float32")
+    p = tmp_path / "dem.tif"
+    with rasterio.open(p, "w", driver="GTiff", width=n, height=n, count=1, dtype="float32",
+                       crs="EPSG:4326", transform=dtf, nodata=-9999) as dst:
+        dst.write(elev, 1)
+    with CountComputes() as cc:
+        dem = read_dem(p, grid, chunks=16)
+    assert cc.runs == 0 and isinstance(dem.data, darr.Array)
+    assert dem.dims == ("y", "x") and dem.shape == (N, N) and dem.dtype == np.float32
+    assert dem.rio.crs.to_epsg() == 32650 and dem.rio.transform() == TF
+    r, c = np.mgrid[0:N, 0:N] + 0.5
+    x, y = TF * (c, r)
+    plon, plat = _TO_WGS.transform(x, y)
+    want = 200 + 1e5 * (plon - lon0) + 3e5 * (lat0 - plat)
+    np.testing.assert_allclose(dem.values, want, atol=0.05)
+
+
+def test_dem_without_crs_is_an_input_error(tmp_path: Path) -> None:
+    p = tmp_path / "dem.tif"
+    with rasterio.open(p, "w", driver="GTiff", width=8, height=8, count=1,
+                       dtype="float32") as dst:
+        dst.write(np.zeros((1, 8, 8), "float32"))
+    with pytest.raises(InputError, match="dem.tif.*CRS"):
+        read_dem(p, Grid(ProjCRS.from_user_input(CRS), TF, N, N))
+
+
+# --- AOI ---------------------------------------------------------------------------------------
+def _lonlat(geom):
+    return shapely.transform(geom, lambda xy: np.column_stack(
+        _TO_WGS.transform(xy[:, 0], xy[:, 1])))
+
+
+#: a triangle over the lower-left half of pixels 4..27 (metres, EPSG:32650)
+TRIANGLE = Polygon([TF * (4, 4), TF * (4, 28), TF * (28, 28)])
+
+
+def _check_clipped(s, expect_shape=(24, 24)) -> None:
+    assert s.shape[2:] == expect_shape
+    v = s.values[0, 0]
+    # the scene's top-left is the triangle's bbox corner
+    x0, y0 = s.rio.transform() * (0, 0)
+    assert (x0, y0) == pytest.approx(TF * (4, 4), abs=1e-6)
+    assert np.isfinite(v[20, 2]) and np.isfinite(v[12, 6])    # inside the triangle
+    assert np.isnan(v[2, 20]) and np.isnan(v[5, 18])          # outside, inside the bbox
+
+
+def test_geojson_aoi_in_wgs84_clips(tmp_path: Path) -> None:
+    a = write_dn(tmp_path / "a_20240401.tif", ramp())
+    aoi = tmp_path / "aoi.geojson"
+    aoi.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": mapping(_lonlat(TRIANGLE))}]}))
+    geom = read_aoi(aoi, CRS)
+    with CountComputes() as cc:
+        s = open_scene([a], chunks=16, aoi=geom)
+    assert cc.runs == 0, "open_scene with an AOI computed something"
+    assert isinstance(s.data, darr.Array) and s.dtype == np.float32
+    _check_clipped(s)
+
+
+def test_geopackage_aoi_in_cgcs2000_clips(tmp_path: Path) -> None:
+    a = write_dn(tmp_path / "a_20240401.tif", ramp())
+    to_4490 = Transformer.from_crs(CRS, "EPSG:4490", always_xy=True)
+    g = shapely.transform(TRIANGLE, lambda xy: np.column_stack(
+        to_4490.transform(xy[:, 0], xy[:, 1])))
+    gpkg = tmp_path / "aoi.gpkg"
+    pyogrio.raw.write(gpkg, np.array([shapely.to_wkb(g)], dtype=object),
+                      [np.array(["unit"], dtype=object)], ["name"],
+                      crs=ProjCRS("EPSG:4490").to_wkt(), geometry_type="Polygon")
+    s = open_scene([a], chunks=16, aoi=read_aoi(gpkg, CRS))
+    _check_clipped(s)
+
+
+def test_aoi_outside_the_images_is_an_input_error(tmp_path: Path) -> None:
+    a = write_dn(tmp_path / "a_20240401.tif", ramp())
+    far = box(600000, 3000000, 601000, 3001000)
+    with pytest.raises(InputError, match="AOI does not overlap"):
+        open_scene([a], chunks=16, aoi=far)
+
+
+def test_aoi_whose_bbox_overlaps_but_polygon_does_not(tmp_path: Path) -> None:
+    """An L-shaped AOI wrapping around the scene: its box covers the scene, it does not."""
+    a = write_dn(tmp_path / "a_20240401.tif", ramp())
+    x0, y0 = TF * (0, 0)
+    x1, y1 = TF * (N, N)
+    ring = box(x0 - 500, y1 - 500, x1 + 500, y0 + 500).difference(box(x0 - 100, y1 - 100,
+                                                                       x1 + 100, y0 + 100))
+    with pytest.raises(InputError, match="AOI does not overlap"):
+        open_scene([a], chunks=16, aoi=ring)
+
+
+# --- laziness ----------------------------------------------------------------------------------
+def test_open_scene_is_lazy_and_chunked_on_y_x(tmp_path: Path) -> None:
+    refl = ramp(64)
+    a = write_dn(tmp_path / "a_20240401.tif", refl, date="2024-04-01")
+    b = write_dn(tmp_path / "b_20240415.tif", refl, tf=TF * Affine.translation(0.5, 0.5),
+                 date="2024-04-15")
+    with CountComputes() as cc:
+        s = open_scene([a, b], chunks=32)
+    assert cc.runs == 0
+    assert isinstance(s.data, darr.Array)
+    assert s.dims == ("time", "band", "y", "x") and s.dtype == np.float32
+    assert s.chunks[0] == (2,) and s.chunks[1] == (4,)
+    assert s.chunks[2] == (32, 32) and s.chunks[3] == (32, 32)
+    assert s.attrs["sensor"] == "sentinel2"
+    assert np.isnan(s["sun_zenith"].values).all()
+
+
+# --- folders -----------------------------------------------------------------------------------
+def test_images_of_different_places_are_refused(tmp_path: Path) -> None:
+    a = write_dn(tmp_path / "a_20240401.tif", ramp())
+    far = TF * Affine.translation(10000, 0)                   # 100 km east
+    b = write_dn(tmp_path / "b_20240415.tif", ramp(), tf=far)
+    with pytest.raises(InputError, match="b_20240415.tif.*does not overlap"):
+        open_scene([a, b], chunks=16)
+
+
+def test_a_folder_of_product_folders_of_one_place_is_one_scene(tmp_path: Path) -> None:
+    """Two dates of one BigEarthNet patch as per-band folders inside one parent folder."""
+    import shutil
+    patch = Path(__file__).parent / "data" / "bigearthnet" / "S2A_MSIL2A_20170613T101031_87_48"
+    parent = tmp_path / "season"
+    a = Path(shutil.copytree(patch, parent / patch.name))
+    b = Path(shutil.copytree(patch, parent / "second"))
+    for f in b.iterdir():
+        f.rename(b / f.name.replace(patch.name, "second"))
+    meta = b / "second_labels_metadata.json"
+    doc = json.loads(meta.read_text())
+    doc["acquisition_date"] = "2017-06-23 10:10:31"
+    meta.write_text(json.dumps(doc))
+    with CountComputes() as cc:
+        s = open_scene([parent], chunks=64)
+    assert cc.runs == 0
+    assert s.shape == (2, 12, 120, 120)
+    assert [str(t)[:10] for t in s["time"].values] == ["2017-06-13", "2017-06-23"]
+    assert set(s["source"].values.tolist()) == {str(a), str(b)}
+    np.testing.assert_array_equal(s.isel(time=0, band=3).values, s.isel(time=1, band=3).values)
+
+
+def test_integer_bands_without_a_scale_are_refused(tmp_path: Path) -> None:
+    """DN x 10000 without a GDAL scale would read as reflectance in the thousands."""
+    dn = (ramp() * 10000).astype("uint16")
+    p = write_multiband(tmp_path / "noscale_20240410.tif", dn, S2, TF, CRS,
+                        acquisition_date="2024-04-10", nodata=0)
+    with pytest.raises(InputError, match=r"noscale_20240410.tif: integer bands \['blue'"):
+        open_scene([p])
+    # float reflectance needs no scale
+    f = write_multiband(tmp_path / "float_20240410.tif", ramp().astype("float32"), S2, TF, CRS,
+                        acquisition_date="2024-04-10", nodata=float("nan"))
+    np.testing.assert_allclose(open_scene([f]).values[0], ramp(), rtol=1e-6)
+
+
+def test_dem_elsewhere_is_refused_and_partial_dem_warned(tmp_path: Path, caplog) -> None:
+    grid = Grid(ProjCRS.from_user_input(CRS), TF, N, N)
+
+    def dem(name: str, tf: Affine) -> Path:
+        p = tmp_path / name
+        with rasterio.open(p, "w", driver="GTiff", width=N, height=N, count=1,
+                           dtype="float32", crs=CRS, transform=tf, nodata=-9999) as dst:
+            dst.write(np.full((1, N, N), 100.0, "float32"))
+        return p
+    with pytest.raises(InputError, match="far.tif: the DEM does not cover the images"):
+        read_dem(dem("far.tif", TF * Affine.translation(1000, 0)), grid)
+    with caplog.at_level(logging.WARNING, logger="pipeline.ingest"):
+        half = read_dem(dem("half.tif", TF * Affine.translation(N // 2, 0)), grid, chunks=16)
+    assert any("covers 50%" in r.getMessage() for r in caplog.records)
+    v = half.values
+    assert np.isnan(v[:, : N // 2]).all() and (v[:, N // 2 + 1:] == 100).all()
+
+
+def test_earth_engine_band_names(tmp_path: Path) -> None:
+    """Earth Engine exports name Sentinel-2 bands B2, B3, B4, B8 (and B8A, B11)."""
+    p = write_dn(tmp_path / "gee_20240410.tif", ramp(), names=["B2", "B3", "b4", "B8"])
+    [da] = multiband.read(p)
+    assert da["band"].values.tolist() == CANON
+
+
+def test_products_of_one_day_are_mosaicked_into_one_date(tmp_path: Path) -> None:
+    """Two overlapping tiles of one pass: one date, each pixel observed once."""
+    refl = ramp()
+    left = refl.copy()
+    left[:, :, 20:] = np.nan                                  # tile a's swath ends at col 20
+    a = write_dn(tmp_path / "tile_a.tif", left, date="2024-04-10T03:05:00")
+    right = refl + 0.01                                       # tell the tiles apart
+    right[:, :, 10:] = np.nan                                 # tile b: cols 16-25 of the grid
+    b = write_dn(tmp_path / "tile_b.tif", right, tf=TF * Affine.translation(16, 0),
+                 date="2024-04-10T03:05:07")
+    c = write_dn(tmp_path / "later.tif", refl, date="2024-04-20")
+    with CountComputes() as cc:
+        s = open_scene([c, b, a], chunks=16)                  # c's grid
+    assert cc.runs == 0
+    assert [str(t)[:19] for t in s["time"].values] == ["2024-04-10T03:05:00",
+                                                       "2024-04-20T00:00:00"]
+    assert s["source"].values[0] == f"{a}; {b}"               # in time order
+    v = s.values[0]
+    np.testing.assert_allclose(v[:, :, :20], refl[:, :, :20], atol=1e-4)     # a first
+    np.testing.assert_allclose(v[:, :, 20:26], right[:, :, 4:10], atol=1e-4)  # b fills in
+    assert np.isnan(v[:, :, 26:]).all()                                        # neither
+
+
+# --- property: whole-pixel shifts align exactly --------------------------------------------------
+def _da(values: np.ndarray, tf: Affine, names=("red", "scl")) -> xr.DataArray:
+    ny, nx = values.shape[1:]
+    y = tf.f + tf.e * (np.arange(ny) + 0.5)
+    x = tf.c + tf.a * (np.arange(nx) + 0.5)
+    da = xr.DataArray(darr.from_array(values.astype("float32"), chunks=(-1, 8, 8)),
+                      dims=("band", "y", "x"), coords={"band": list(names), "y": y, "x": x})
+    return da.rio.write_crs(CRS).rio.write_transform(tf)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dx=st.integers(-6, 6), dy=st.integers(-6, 6), seed=st.integers(0, 1000))
+def test_property_whole_pixel_shift_aligns_exactly(dx: int, dy: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    src = np.stack([rng.uniform(0.01, 0.6, (16, 16)),
+                    rng.integers(0, 12, (16, 16)).astype(float)])    # reflectance, SCL classes
+    grid = Grid(ProjCRS.from_user_input(CRS), TF, 16, 16)
+    out = align(_da(src, TF * Affine.translation(dx, dy)), grid).values
+    want = np.full_like(src, np.nan)
+    ys, xs = slice(max(dy, 0), 16 + min(dy, 0)), slice(max(dx, 0), 16 + min(dx, 0))
+    sy, sx = slice(max(-dy, 0), 16 + min(-dy, 0)), slice(max(-dx, 0), 16 + min(-dx, 0))
+    want[:, ys, xs] = src[:, sy, sx]
+    # inside: exactly the source pixels (SCL by nearest, never blended); outside: NaN
+    np.testing.assert_allclose(out[:, ys, xs], want[:, ys, xs], rtol=1e-6)
+    assert np.isnan(out[0]).sum() == 256 - (ys.stop - ys.start) * (xs.stop - xs.start)
+    assert set(np.unique(out[1][np.isfinite(out[1])])) <= set(range(12))
+
+
+def test_aoi_partly_outside_the_grid_is_warned(tmp_path: Path, caplog) -> None:
+    a = write_dn(tmp_path / "a_20240401.tif", ramp())
+    x0, y0 = TF * (16, 0)
+    half_out = box(x0, y0 - 320, x0 + 320, y0)                # its right half is off the grid
+    with caplog.at_level(logging.WARNING, logger="pipeline.ingest"):
+        s = open_scene([a], chunks=16, aoi=half_out)
+    assert s.shape[2:] == (32, 16)
+    assert any("50% of the AOI lies outside" in r.getMessage() for r in caplog.records)

@@ -1,0 +1,276 @@
+"""Patches and targets (issue 8): one target per plot at any chunk size, stable ids, minimum
+mapping unit, blind areas over cloud gaps. Unit tests of the stitching plus detect runs on a
+tiny scene."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from affine import Affine
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from pyproj import Transformer
+from scenes import make_tiny_scene
+from scipy import ndimage
+from shapely.geometry import box, shape
+
+from outputs.patches import chunk_pieces, merge_blind, merge_pieces
+from pipeline.config import load_config, with_overrides
+from pipeline.survey import detect, train
+
+TF = Affine(10, 0, 500000.0, 0, -10, 3340000.0)          # tests/scenes.py's grid
+TO_UTM = Transformer.from_crs("EPSG:4326", "EPSG:32650", always_xy=True)
+#: a small feature set so training and the 16 px tiles stay fast
+CFG = with_overrides(load_config(), **{"features.indices": ("NDVI", "NDYI", "GNDVI"),
+                                       "model.max_iter": 40, "model.cv_folds": 2})
+SIZE = 48
+#: (row, col, side): across four 16 px tiles, across four 32 px (and 16 px) tiles, inside one
+PLOTS = [(14, 14, 4), (30, 30, 4), (4, 36, 3)]
+
+
+# --- stitching, unit level ---------------------------------------------------------------------
+def _pieces_by_chunks(prob: np.ndarray, ev: np.ndarray, cs: int):
+    pieces, blind = [], []
+    H, W = prob.shape
+    for y0 in range(0, H, cs):
+        for x0 in range(0, W, cs):
+            sl = (slice(y0, y0 + cs), slice(x0, x0 + cs))
+            p, b = chunk_pieces(prob[sl], ev[sl], None, None, None, y0, x0, TF, 0.5)
+            pieces += p
+            blind += b
+    return merge_pieces(pieces), merge_blind(blind)
+
+
+def _key(patches):
+    return sorted((round(p.geometry.area, 6), p.n, round(p.score, 9), p.score_max,
+                   p.flowering_obs, tuple(np.round(p.geometry.bounds, 6))) for p in patches)
+
+
+def test_stitched_patches_are_the_same_at_any_chunk_size() -> None:
+    rng = np.random.default_rng(0)
+    prob = rng.uniform(0, 0.4, (40, 40)).astype("float32")
+    prob[5:15, 5:9] = 0.9                                    # crosses 8 and 16 px borders
+    prob[14:17, 7:20] = 0.7                                  # an L joined to it
+    prob[30:33, 30:36] = np.linspace(0.6, 0.95, 18).reshape(3, 6)
+    prob[20, 20] = 0.99                                      # one pixel
+    prob[21, 21] = 0.99                                      # diagonal: a separate patch
+    prob[0:2, 38:40] = np.nan                                # no data
+    ev = np.full(prob.shape, 2, "float32")
+    ev[32, 31:33] = 1
+    ev[25:35, 0:6] = 0                                       # a cloud gap: blind
+    whole, blind_whole = _pieces_by_chunks(prob, ev, 40)
+    assert len(whole) == 4
+    big = max(whole, key=lambda p: p.n)
+    assert big.n == 10 * 4 + 3 * 13 - 1 * 2 and big.geometry.geom_type == "Polygon"
+    assert big.geometry.area == pytest.approx(big.n * 100)   # exact pixel edges
+    grad = next(p for p in whole if p.n == 18)
+    assert grad.score == pytest.approx(prob[30:33, 30:36].mean(), rel=1e-6)
+    assert grad.flowering_obs == 1                           # min evidence over the patch
+    for cs in (7, 8, 13, 16, 32):
+        got, blind = _pieces_by_chunks(prob, ev, cs)
+        assert _key(got) == _key(whole), cs                  # scores to the last digit
+        assert len(blind) == 1 and blind[0].area == pytest.approx(10 * 6 * 100)
+        assert blind[0].equals(blind_whole[0])
+
+
+def test_blind_pixels_are_never_candidates() -> None:
+    prob = np.full((10, 10), 0.95, "float32")                # the model says poppy everywhere
+    ev = np.ones((10, 10), "float32")
+    ev[:, :6] = 0                                            # but saw no flowering there
+    ev[0, 9] = np.nan                                        # outside the data: not blind
+    prob[0, 9] = np.nan
+    pieces, blind = chunk_pieces(prob, ev, None, None, None, 0, 0, TF, 0.5)
+    [piece] = pieces
+    assert piece.n == 4 * 10 - 1 and piece.min_ev == 1
+    assert piece.geometry.bounds == (500060.0, 3339900.0, 500100.0, 3340000.0)   # cols 6-9
+    [gap] = blind
+    assert gap.area == pytest.approx(6 * 10 * 100)
+
+
+# --- detect on a tiny scene --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("model")
+    sc = make_tiny_scene(d / "train", seed=3)
+    train(sc.images, sc.labels, d / "model", CFG)
+    return d / "model"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_scene(tmp_path_factory.mktemp("det"), seed=4, size=SIZE, plots=PLOTS)
+
+
+def _detect(images, model, out: Path, **changes):
+    return detect(images, model, out, with_overrides(CFG, **changes), formats=("geojson",))
+
+
+def _features(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["features"]
+
+
+def _utm(geom: dict):
+    return shapely.transform(shape(geom), lambda xy: np.column_stack(
+        TO_UTM.transform(xy[:, 0], xy[:, 1])))
+
+
+def _plot_box(r: int, c: int, s: int):
+    x0, y0 = TF * (c, r)
+    x1, y1 = TF * (c + s, r + s)
+    return box(x0, y1, x1, y0)
+
+
+@pytest.fixture(scope="module")
+def runs(model, tiny, tmp_path_factory) -> dict[int, Path]:
+    base = tmp_path_factory.mktemp("runs")
+    out = {}
+    for cs in (16, 32, 64):
+        res = _detect(tiny.images, model, base / f"cs{cs}", **{"run.chunk_size": cs})
+        assert res.report["tiles"] == {16: 9, 32: 4, 64: 1}[cs]
+        out[cs] = base / f"cs{cs}"
+    return out
+
+
+def test_a_plot_across_four_chunks_is_one_target_at_any_chunk_size(runs) -> None:
+    ref = _features(runs[64] / "targets.geojson")
+    assert len(ref) == len(PLOTS)
+    for r, c, s in PLOTS:                                    # each plot: one whole target
+        plot = _plot_box(r, c, s)
+        hits = [f for f in ref if _utm(f["geometry"]).intersects(plot)]
+        assert len(hits) == 1
+        assert hits[0]["properties"]["area_m2"] == pytest.approx(s * s * 100)
+        assert _utm(hits[0]["geometry"]).hausdorff_distance(plot) < 0.01
+    for cs in (16, 32):
+        got = _features(runs[cs] / "targets.geojson")
+        assert [f["id"] for f in got] == [f["id"] for f in ref], cs
+        for a, b in zip(got, ref):
+            pa, pb = a["properties"], b["properties"]
+            for k in ("rank", "area_m2", "score", "score_max", "flowering_obs", "lon", "lat"):
+                assert pa[k] == pytest.approx(pb[k], abs=1e-4), (cs, k)
+            assert _utm(a["geometry"]).hausdorff_distance(_utm(b["geometry"])) < 0.01
+
+
+def test_target_ids_are_stable_across_reruns(runs, model, tiny, tmp_path: Path) -> None:
+    again = _detect(tiny.images, model, tmp_path / "again", **{"run.chunk_size": 32})
+    assert again.report["tiles_resumed"] == 0
+    assert (tmp_path / "again" / "targets.geojson").read_bytes() == \
+        (runs[32] / "targets.geojson").read_bytes()
+    ids = [f["id"] for f in _features(runs[32] / "targets.geojson")]
+    assert all(i.startswith("ps-") for i in ids) and len(set(ids)) == len(ids)
+
+
+def test_minimum_mapping_unit_drops_small_patches(model, tiny, tmp_path: Path) -> None:
+    res = _detect(tiny.images, model, tmp_path / "mmu", **{"run.chunk_size": 64,
+                                                          "patches.min_mapping_unit_m2": 1000})
+    got = _features(tmp_path / "mmu" / "targets.geojson")
+    assert sorted(f["properties"]["area_m2"] for f in got) == [1600, 1600]   # 900 m2 dropped
+    assert res.report["counts"]["below_mmu"] == 1
+    assert res.report["counts"]["patches"] == 3
+
+
+def _cloud(path: Path, rows: slice) -> None:
+    """Mark ``rows`` of one date as high cloud (SCL 9) in its SCL band."""
+    with rasterio.open(path, "r+") as dst:
+        i = list(dst.descriptions).index("SCL") + 1
+        scl = dst.read(i)
+        scl[rows] = 9
+        dst.write(scl, i)
+
+
+ONE_FLOWERING = ["2024-03-15", "2024-04-20", "2024-06-05"]
+
+
+def test_cloud_gap_over_half_the_flowering_phase(model, tmp_path: Path) -> None:
+    sc = make_tiny_scene(tmp_path / "scene", seed=5, size=SIZE, dates=ONE_FLOWERING,
+                         plots=[(6, 6, 4), (36, 36, 4)])
+    _cloud(sc.images[1], slice(0, 24))                       # the top half, on the only date
+    res = _detect(sc.images, model, tmp_path / "out", **{"run.chunk_size": 32})
+    blind = [_utm(f["geometry"]) for f in _features(tmp_path / "out" / "blind_areas.geojson")]
+    gap = box(*(TF * (0, 24)), *(TF * (SIZE, 0)))
+    union = shapely.union_all(blind)
+    assert union.symmetric_difference(gap).area < 10.0       # m2 (1e-7 deg rounding): the cloud
+    c = res.report["counts"]
+    assert c["blind_areas"] == len(blind) >= 1
+    assert c["blind_area_m2"] == pytest.approx(gap.area, rel=1e-3)
+    tg = _features(tmp_path / "out" / "targets.geojson")
+    clear_plot = _plot_box(36, 36, 4)
+    [found] = [f for f in tg if _utm(f["geometry"]).intersects(clear_plot)]
+    assert found["properties"]["flowering_obs"] == 1
+    # no target under the cloud: there the model has no flowering features to judge by
+    assert not any(_utm(f["geometry"]).intersection(gap).area > 1.0 for f in tg)
+    assert all(f["properties"]["flowering_obs"] >= 1 for f in tg)
+
+
+def test_fully_clouded_flowering_phase_reports_blind_areas(model, tmp_path: Path,
+                                                           capsys) -> None:
+    sc = make_tiny_scene(tmp_path / "scene", seed=6, size=SIZE, dates=ONE_FLOWERING,
+                         cloud_date=1, plots=[])                 # no poppy: nothing to find
+    res = _detect(sc.images, model, tmp_path / "out", **{"run.chunk_size": 32})
+    c = json.loads((tmp_path / "out" / "report.json").read_text())["counts"]
+    assert c == res.report["counts"]
+    blind = [_utm(f["geometry"]) for f in _features(tmp_path / "out" / "blind_areas.geojson")]
+    whole = box(*(TF * (0, SIZE)), *(TF * (SIZE, 0)))
+    assert shapely.union_all(blind).symmetric_difference(whole).area < 10.0
+    assert c["blind_area_m2"] == pytest.approx(SIZE * SIZE * 100, rel=1e-3)
+    assert res.n_targets == c["targets"] == 0
+    targets = _features(tmp_path / "out" / "targets.geojson")
+    assert targets == []
+    # the CLI tells the user that an empty list over a cloud gap is not "no poppy"
+    import run as cli
+    cli._print_detect(res)
+    out = capsys.readouterr().out
+    assert "no targets" in out and "Blind areas" in out and "not 'no poppy'" in out
+
+
+def test_the_matching_rule(runs, tiny, tmp_path: Path) -> None:
+    import shapely.affinity
+    from shapely.geometry import mapping
+
+    from outputs.evaluate import match_files
+    m = match_files(runs[64] / "targets.geojson", tiny.truth, pixel_m=10.0)
+    assert (m.plots, m.found, m.targets, m.correct) == (3, 3, 3, 3)
+    assert m.recall == m.precision == m.f1 == 1.0
+    to_wgs = Transformer.from_crs("EPSG:32650", "EPSG:4326", always_xy=True)
+
+    def wgs(g):
+        return mapping(shapely.transform(g, lambda xy: np.column_stack(
+            to_wgs.transform(xy[:, 0], xy[:, 1]))))
+    r, c, s = PLOTS[1]
+    near = _plot_box(r, c, s)
+    near = shapely.affinity.translate(near, xoff=s * 10 + 5)        # 5 m east of the plot
+    far = shapely.affinity.translate(_plot_box(0, 0, 2), xoff=2000)   # 2 km away
+    feats = [_plot_box(*PLOTS[0]), near, far]
+    path = tmp_path / "t.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": wgs(g)} for g in feats]}))
+    m = match_files(path, tiny.truth, pixel_m=10.0)
+    assert (m.plots, m.found, m.targets, m.correct) == (3, 1, 3, 2)
+    # plots below min_plot_m2 need not be found: the 3 x 3 px plot (900 m2) leaves the count
+    m = match_files(path, tiny.truth, pixel_m=10.0, min_plot_m2=1000)
+    assert (m.plots, m.found, m.targets, m.correct) == (2, 1, 3, 2)
+
+
+# --- property: stitching never depends on the chunking -----------------------------------------
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cells=arrays(np.uint8, st.tuples(st.integers(4, 20), st.integers(4, 20)),
+                    elements=st.integers(0, 5)),
+       cs=st.integers(2, 12))
+def test_property_stitching_is_chunk_independent(cells: np.ndarray, cs: int) -> None:
+    # 0-1: below threshold, 2-4: candidate with distinct scores, 5: blind (no flowering obs)
+    prob = np.where(cells >= 2, 0.5 + cells / 10, 0.2).astype("float32")
+    ev = np.where(cells == 5, 0, 1 + cells % 2).astype("float32")
+    whole, blind_whole = _pieces_by_chunks(prob, ev, max(prob.shape))
+    got, blind = _pieces_by_chunks(prob, ev, cs)
+    assert _key(got) == _key(whole)
+    _, n = ndimage.label((cells >= 2) & (cells < 5))           # 4-connected components
+    assert len(whole) == n
+    assert sum(p.n for p in got) == int(((cells >= 2) & (cells < 5)).sum())
+    a = shapely.union_all(blind) if blind else shapely.Polygon()
+    b = shapely.union_all(blind_whole) if blind_whole else shapely.Polygon()
+    assert a.symmetric_difference(b).area < 1e-6
+    assert a.area == pytest.approx(100 * int((cells == 5).sum()))

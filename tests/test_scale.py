@@ -1,0 +1,169 @@
+"""Scale: the same targets whichever scheduler runs the tiles, and resume after a crash.
+
+A small scene is cut into many tiles (chunk_size 64) so that tile borders cross plots and
+the scheduler really has several tiles in flight.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from pipeline.config import load_config, with_overrides
+from pipeline.scheduler import open_runner, parse_spec, run_tiles
+from pipeline.errors import PoppyscanError
+from scenes import make_tiny_scene
+
+ROOT = Path(__file__).resolve().parents[1]
+# plots on tile borders (64 px tiles): across a vertical, a horizontal and a corner border
+PLOTS = [(10, 61, 5), (62, 100, 4), (126, 126, 5), (40, 30, 3), (150, 20, 3)]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from pipeline.survey import train
+    d = tmp_path_factory.mktemp("scale")
+    cfg = with_overrides(load_config(), **{"run.chunk_size": 64})
+    tr = make_tiny_scene(d / "train", seed=3)
+    train(tr.images, tr.labels, d / "model", cfg)
+    scene = make_tiny_scene(d / "scene", seed=4, size=192, plots=PLOTS)
+    ref = d / "ref"
+    from pipeline.survey import detect
+    res = detect(scene.images, d / "model", ref, cfg, formats=["geojson"])
+    assert res.report["tiles"] == 9 and res.report["tiles_resumed"] == 0
+    assert res.n_targets >= 3     # the plots are found, across tile borders too
+    return d, cfg, scene, ref
+
+
+def _prob(out: Path) -> np.ndarray:
+    with rasterio.open(out / "probability.tif") as src:
+        return src.read(1)
+
+
+def assert_same_outputs(a: Path, b: Path) -> None:
+    assert (a / "targets.geojson").read_bytes() == (b / "targets.geojson").read_bytes()
+    pa, pb = _prob(a), _prob(b)
+    assert pa.shape == pb.shape
+    assert np.array_equal(pa, pb, equal_nan=True)
+    with rasterio.open(a / "evidence.tif") as x, rasterio.open(b / "evidence.tif") as y:
+        assert np.array_equal(x.read(1), y.read(1))
+
+
+def test_distributed_local_cluster_gives_identical_outputs(setup, tmp_path):
+    from pipeline.survey import detect
+    d, cfg, scene, ref = setup
+    cfg2 = with_overrides(cfg, **{"run.scheduler": "local:2", "run.memory_per_worker": "1GB"})
+    res = detect(scene.images, d / "model", tmp_path / "dist", cfg2, formats=["geojson"])
+    assert res.report["scheduler"] == "local:2"
+    assert_same_outputs(ref, tmp_path / "dist")
+
+
+def test_processes_give_identical_outputs(setup, tmp_path):
+    from pipeline.survey import detect
+    d, cfg, scene, ref = setup
+    cfg2 = with_overrides(cfg, **{"run.scheduler": "processes"})
+    detect(scene.images, d / "model", tmp_path / "proc", cfg2, formats=["geojson"])
+    assert_same_outputs(ref, tmp_path / "proc")
+
+
+def test_resume_after_a_crash_redoes_only_missing_tiles(setup, tmp_path, monkeypatch):
+    import pipeline.survey as survey
+    d, cfg, scene, ref = setup
+    out = tmp_path / "out"
+    real = survey.process_tile
+    calls: list[int] = []
+
+    def crashing(ctx, ys, xs):
+        if (ys.start, xs.start) == (128, 128):        # the last tile
+            raise RuntimeError("simulated crash")
+        return real(ctx, ys, xs)
+
+    monkeypatch.setattr(survey, "process_tile", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        survey.detect(scene.images, d / "model", out, cfg, formats=["geojson"])
+    tdir = out / survey.STATE_DIR / "tiles"
+    saved = sorted(p.stem for p in tdir.glob("*.json"))
+    assert 0 < len(saved) < 9 and "000128_000128" not in saved
+    assert not (out / "targets.geojson").exists()       # nothing delivered by a crashed run
+    mtimes = {k: (tdir / f"{k}.npz").stat().st_mtime_ns for k in saved}
+
+    def counting(ctx, ys, xs):
+        calls.append(1)
+        return real(ctx, ys, xs)
+
+    monkeypatch.setattr(survey, "process_tile", counting)
+    res = survey.detect(scene.images, d / "model", out, cfg, formats=["geojson"])
+    assert len(calls) == 9 - len(saved)
+    assert res.report["tiles_resumed"] == len(saved)
+    assert {k: (tdir / f"{k}.npz").stat().st_mtime_ns for k in saved} == mtimes
+    assert_same_outputs(ref, out)
+
+
+def test_other_settings_start_afresh(setup, tmp_path):
+    import shutil
+    from pipeline.survey import detect
+    d, cfg, scene, ref = setup
+    out = tmp_path / "out"
+    shutil.copytree(ref, out)                      # a finished run with the default settings
+    cfg2 = with_overrides(cfg, **{"patches.min_mapping_unit_m2": 300.0})
+    res = detect(scene.images, d / "model", out, cfg2, formats=["geojson"])
+    assert res.report["tiles_resumed"] == 0      # other settings: the saved tiles are not used
+    res = detect(scene.images, d / "model", out, cfg2, formats=["geojson"])
+    assert res.report["tiles_resumed"] == 9
+
+
+def test_killed_cli_run_resumes_to_identical_outputs(setup, tmp_path):
+    """A real crash: SIGKILL the CLI once some tiles are saved, rerun the same command."""
+    d, cfg, scene, ref = setup
+    conf = tmp_path / "conf.yaml"
+    default = (ROOT / "configs" / "survey-sentinel2.yaml").read_text()
+    assert "chunk_size: 512" in default
+    conf.write_text(default.replace("chunk_size: 512", "chunk_size: 64"))
+    out = tmp_path / "out"
+    argv = [sys.executable, str(ROOT / "run.py"), "-q", "detect", "--images",
+            *map(str, scene.images), "--model", str(d / "model"), "--out", str(out),
+            "--config", str(conf), "--formats", "geojson"]
+    tdir = out / ".poppyscan" / "tiles"
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list(tdir.glob("*.json"))) >= 2:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    if proc.returncode == 0:
+        pytest.skip("the run finished before it could be killed")
+    assert proc.returncode == -signal.SIGKILL
+    saved = len(list(tdir.glob("*.json")))
+    assert 2 <= saved < 9
+    r = subprocess.run(argv, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["tiles_resumed"] == saved
+    assert_same_outputs(ref, out)
+
+
+def test_scheduler_specs():
+    assert parse_spec("threads") == ("threads", None)
+    assert parse_spec("local:3") == ("local", 3)
+    assert parse_spec("tcp://127.0.0.1:8786") == ("address", "tcp://127.0.0.1:8786")
+    with pytest.raises(PoppyscanError, match="not one of"):
+        parse_spec("gpu")
+
+
+def test_run_tiles_hands_each_tile_over_as_it_finishes():
+    import dask
+    got = []
+    with open_runner("threads") as runner:
+        tasks = [(k, dask.delayed(lambda v: v * 2)(k)) for k in range(7)]
+        run_tiles(runner, tasks, lambda k, v: got.append((k, v)), in_flight=3)
+    assert sorted(got) == [(k, 2 * k) for k in range(7)]

@@ -1,0 +1,44 @@
+"""train --manifest: several scenes, each with its own labels (and calendar), one model."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.config import load_config, with_overrides
+from pipeline.errors import InputError
+from pipeline.survey import read_manifest, train_manifest
+from scenes import make_tiny_scene
+
+
+def test_manifest_trains_on_every_scene(tmp_path):
+    a = make_tiny_scene(tmp_path / "a", seed=1)
+    b = make_tiny_scene(tmp_path / "b", seed=2, x0=520000.0,
+                        plots=[(5, 40, 3), (40, 10, 2), (20, 20, 2)])
+    man = tmp_path / "manifest.yaml"
+    man.write_text(
+        "scenes:\n"
+        f"  - images: [{', '.join(p.relative_to(tmp_path).as_posix() for p in a.images)}]\n"
+        "    labels: a/labels.geojson\n"
+        f"  - images: [{', '.join(p.relative_to(tmp_path).as_posix() for p in b.images)}]\n"
+        "    labels: b/labels.geojson\n"
+        "    calendar: east-china\n")
+    cfg = with_overrides(load_config(), **{"run.chunk_size": 64})
+    report = train_manifest(man, tmp_path / "model", cfg)
+    assert report["samples"]["scenes"] == 2
+    assert report["samples"]["classes"]["poppy"] == 6
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert len(meta["phase_dates"]) == 2
+    assert any("b/labels.geojson" in k for k in meta["data_hashes"])
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("[]", "list of scenes"),
+    ("- images: [x.tif]\n", "needs 'images' and 'labels'"),
+    ("- images: [x.tif]\n  labels: l.geojson\n  colour: red\n", "unknown keys"),
+])
+def test_bad_manifest_is_a_user_error(tmp_path, text, msg):
+    man = tmp_path / "m.yaml"
+    man.write_text(text)
+    with pytest.raises(InputError, match=msg):
+        read_manifest(man)

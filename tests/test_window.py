@@ -1,0 +1,251 @@
+"""Flowering-window features (issue 6): per-phase composites, contrasts, evidence; missing
+phases are NaN (never a silent zero); lazy, chunked on y/x, float32."""
+from __future__ import annotations
+
+import dask.array as darr
+import numpy as np
+import rioxarray  # noqa: F401
+import xarray as xr
+from affine import Affine
+from dask.callbacks import Callback
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from indices.window import _block_features, window_features
+from pipeline.config import FeatureConfig, load_calendar
+
+BANDS = ["blue", "green", "red", "nir"]
+CFG = FeatureConfig(bands=("blue", "green", "red", "nir", "swir16"), indices=("NDVI",))
+CAL = load_calendar("east-china")   # pre 03-01..03-31, flowering 04-01..05-20, post 05-21..06-30
+TF = Affine(10, 0, 500000.0, 0, -10, 3340000.0)
+
+
+def make_scene(data: np.ndarray, dates: list[str], bands=BANDS, chunks: int = 4,
+               tf: Affine = TF) -> xr.DataArray:
+    ny, nx = data.shape[2:]
+    y = tf.f + tf.e * (np.arange(ny) + 0.5)
+    x = tf.c + tf.a * (np.arange(nx) + 0.5)
+    da = xr.DataArray(darr.from_array(data.astype("float32"), chunks=(-1, -1, chunks, chunks)),
+                      dims=("time", "band", "y", "x"),
+                      coords={"time": np.array(dates, dtype="datetime64[ns]"), "band": bands,
+                              "y": y, "x": x}, attrs={"sensor": "sentinel2"})
+    return da.rio.write_crs("EPSG:32650").rio.write_transform(tf)
+
+
+def random_refl(n_dates: int, ny: int = 8, nx: int = 8, seed: int = 0,
+                n_bands: int = 4) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0.02, 0.5, (n_dates, n_bands, ny, nx))
+
+
+def ndvi(refl: np.ndarray) -> np.ndarray:
+    red, nir = refl[:, BANDS.index("red")], refl[:, BANDS.index("nir")]
+    return (nir - red) / (nir + red)
+
+
+class CountComputes(Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs = 0
+
+    def _start(self, dsk) -> None:
+        self.runs += 1
+
+
+DATES = ["2024-03-10", "2024-03-25",                       # pre
+         "2024-04-10", "2024-04-25", "2024-05-10",         # flowering
+         "2024-06-05",                                     # post
+         "2024-08-01"]                                     # outside the calendar
+
+
+def test_composites_equal_a_hand_computation() -> None:
+    refl = random_refl(len(DATES))
+    refl[3, :, 2:5, 2:5] = np.nan                  # a cloud on one flowering date
+    refl[6] = 0.9                                  # outside the calendar: must be ignored
+    f = window_features(make_scene(refl, DATES), CAL, CFG)
+    feats = f.data.compute()
+    ev = f.evidence.compute()
+    assert f.phase_dates == {"pre": DATES[0:2], "flowering": DATES[2:5], "post": DATES[5:6]}
+    nd = ndvi(refl)
+    phases = {"pre": [0, 1], "flowering": [2, 3, 4], "post": [5]}
+    med = {}
+    for ph, ix in phases.items():
+        med[ph] = np.nanmedian(refl[ix], axis=0)
+        for k, b in enumerate(BANDS):
+            np.testing.assert_allclose(feats.sel(feature=f"{ph}.median.{b}"), med[ph][k],
+                                       rtol=1e-6)
+        np.testing.assert_allclose(feats.sel(feature=f"{ph}.median.NDVI"),
+                                   np.nanmedian(nd[ix], axis=0), atol=1e-6)
+        np.testing.assert_allclose(feats.sel(feature=f"{ph}.max.NDVI"),
+                                   np.nanmax(nd[ix], axis=0), atol=1e-6)
+        np.testing.assert_allclose(feats.sel(feature=f"{ph}.min.NDVI"),
+                                   np.nanmin(nd[ix], axis=0), atol=1e-6)
+    # under the cloud the flowering median is the mean of the two clear dates
+    np.testing.assert_allclose(feats.sel(feature="flowering.median.red")[3, 3],
+                               (refl[2, 2, 3, 3] + refl[4, 2, 3, 3]) / 2, rtol=1e-6)
+    # contrasts: flowering - pre and post - flowering, for indices and visible bands
+    for a, b in (("flowering", "pre"), ("post", "flowering")):
+        for k, band in enumerate(BANDS[:3]):
+            np.testing.assert_allclose(feats.sel(feature=f"{a}-{b}.median.{band}"),
+                                       med[a][k] - med[b][k], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(
+            feats.sel(feature=f"{a}-{b}.median.NDVI"),
+            np.nanmedian(nd[phases[a]], axis=0) - np.nanmedian(nd[phases[b]], axis=0),
+            atol=2e-6)
+    assert "flowering-pre.median.nir" not in f.names          # only visible bands contrasted
+    assert not any("swir16" in n for n in f.names)            # bands the scene lacks: skipped
+    # evidence: clear observations per phase
+    np.testing.assert_array_equal(ev.sel(phase="pre"), 2)
+    want = np.full((8, 8), 3.0)
+    want[2:5, 2:5] = 2
+    np.testing.assert_array_equal(ev.sel(phase="flowering"), want)
+    np.testing.assert_array_equal(ev.sel(phase="post"), 1)
+    assert np.isfinite(feats.values).all()
+
+
+def test_fully_clouded_date_is_ignored_not_zero() -> None:
+    refl = random_refl(len(DATES), seed=1)
+    clear = window_features(make_scene(np.delete(refl, 3, axis=0),
+                                       DATES[:3] + DATES[4:]), CAL, CFG).data.compute()
+    refl[3] = np.nan                               # the whole 04-25 scene under cloud
+    f = window_features(make_scene(refl, DATES), CAL, CFG)
+    feats = f.data.compute()
+    assert np.isfinite(feats.values).all()
+    np.testing.assert_allclose(feats.values, clear.values, rtol=1e-6)
+    np.testing.assert_array_equal(f.evidence.sel(phase="flowering").compute(), 2)
+
+
+def test_every_flowering_date_clouded_gives_nan_features_and_evidence_0() -> None:
+    refl = random_refl(len(DATES), seed=2)
+    refl[2:5] = np.nan
+    f = window_features(make_scene(refl, DATES), CAL, CFG)
+    feats = f.data.compute()
+    fl = [n for n in f.names if n.startswith(("flowering", "post-flowering"))]
+    assert fl and np.isnan(feats.sel(feature=fl).values).all()
+    other = [n for n in f.names if n not in fl]
+    assert np.isfinite(feats.sel(feature=other).values).all()
+    np.testing.assert_array_equal(f.evidence.sel(phase="flowering").compute(), 0)
+
+
+def test_one_date_in_a_phase_and_a_phase_with_none() -> None:
+    dates = ["2024-03-20", "2024-04-20"]             # one pre, one flowering, no post
+    refl = random_refl(2, seed=3)
+    f = window_features(make_scene(refl, dates), CAL, CFG)
+    feats = f.data.compute()
+    ev = f.evidence.compute()
+    # the feature list does not depend on which dates exist
+    full = window_features(make_scene(random_refl(len(DATES)), DATES), CAL, CFG)
+    assert f.names == full.names
+    assert f.phase_dates == {"pre": ["2024-03-20"], "flowering": ["2024-04-20"], "post": []}
+    nd = ndvi(refl)
+    for stat in ("median", "max", "min"):            # one date: every statistic is that date
+        np.testing.assert_allclose(feats.sel(feature=f"flowering.{stat}.NDVI"), nd[1],
+                                   atol=1e-6)
+    np.testing.assert_allclose(feats.sel(feature="flowering-pre.median.red"),
+                               refl[1, 2] - refl[0, 2], rtol=1e-5, atol=1e-7)
+    post = [n for n in f.names if n.startswith("post")]
+    assert post and np.isnan(feats.sel(feature=post).values).all()   # missing, never 0
+    np.testing.assert_array_equal(ev.sel(phase="post"), 0)
+    np.testing.assert_array_equal(ev.sel(phase="flowering"), 1)
+    np.testing.assert_array_equal(ev.sel(phase="pre"), 1)
+
+
+def test_single_drone_flight_has_only_a_flowering_phase() -> None:
+    bands = ["blue", "green", "red", "rededge2", "nir"]
+    rng = np.random.default_rng(4)
+    refl = rng.uniform(0.02, 0.5, (1, 5, 12, 12))
+    refl[0, :, :2, :2] = np.nan                      # the orthomosaic's no-data collar
+    tf = Affine(0.05, 0, 500000.0, 0, -0.05, 3300000.0)
+    scene = make_scene(refl, ["2025-04-20"], bands=bands, tf=tf)
+    scene.attrs["sensor"] = "p4m"
+    cfg = FeatureConfig(indices=("NDVI", "GNDVI", "NDRE"))   # NDRE needs rededge1: skipped
+    f = window_features(scene, CAL, cfg)
+    feats = f.data.compute()
+    assert f.phase_dates == {"pre": [], "flowering": ["2025-04-20"], "post": []}
+    fl = [n for n in f.names if n.startswith("flowering.")]
+    assert {"flowering.median.red", "flowering.median.GNDVI", "flowering.max.NDVI"} <= set(fl)
+    assert not any("NDRE" in n for n in f.names)
+    got = feats.sel(feature=fl).values
+    assert np.isfinite(got[:, 2:, 2:]).all() and np.isnan(got[:, :2, :2]).all()
+    np.testing.assert_allclose(feats.sel(feature="flowering.median.rededge2"), refl[0, 3],
+                               rtol=1e-6)
+    rest = [n for n in f.names if n not in fl]
+    assert rest and np.isnan(feats.sel(feature=rest).values).all()
+    ev = f.evidence.compute()
+    np.testing.assert_array_equal(ev.sel(phase=["pre", "post"]), 0)
+    want = np.ones((12, 12))
+    want[:2, :2] = 0
+    np.testing.assert_array_equal(ev.sel(phase="flowering"), want)
+
+
+def test_lazy_chunked_float32_and_chunk_independent() -> None:
+    refl = random_refl(len(DATES), ny=16, nx=12, seed=5)
+    refl[3, :, 5:9, 3:7] = np.nan
+    with CountComputes() as cc:
+        f = window_features(make_scene(refl, DATES, chunks=8), CAL, CFG)
+    assert cc.runs == 0
+    for da in (f.data, f.evidence):
+        assert isinstance(da.data, darr.Array) and da.dtype == np.float32
+        assert da.chunks[1] == (8, 8) and da.chunks[2] == (8, 4)
+        assert len(da.chunks[0]) == 1
+        assert da.rio.crs.to_epsg() == 32650 and da.rio.transform() == TF
+    whole = window_features(make_scene(refl, DATES, chunks=16), CAL, CFG)
+    np.testing.assert_array_equal(f.data.values, whole.data.values)
+    np.testing.assert_array_equal(f.evidence.values, whole.evidence.values)
+
+
+def test_a_nan_pixel_on_every_date_is_nan_everywhere() -> None:
+    refl = random_refl(len(DATES), seed=6)
+    refl[:, :, 0, 0] = np.nan                        # outside the AOI / swath
+    f = window_features(make_scene(refl, DATES), CAL, CFG)
+    assert np.isnan(f.data.values[:, 0, 0]).all()
+    assert (f.evidence.values[:, 0, 0] == 0).all()
+    assert np.isfinite(f.data.values[:, 1:, 1:]).all()
+
+
+def test_feature_names_follow_the_documented_pattern() -> None:
+    f = window_features(make_scene(random_refl(len(DATES)), DATES), CAL, CFG)
+    for n in f.names:
+        head, stat, var = n.split(".")
+        assert head in ("pre", "flowering", "post", "flowering-pre", "post-flowering")
+        assert stat in ("median", "max", "min")
+        assert var in BANDS + ["NDVI"]
+    assert "pre-flowering.median.NDVI" not in f.names          # only the two contrasts
+    assert len(set(f.names)) == len(f.names)
+
+
+# --- property: the kernel equals a per-pixel reference ------------------------------------------
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), n_dates=st.integers(1, 7),
+       phase_of=st.lists(st.sampled_from([0, 1, 2, None]), min_size=7, max_size=7),
+       cloud=st.floats(0, 1))
+def test_property_kernel_equals_a_per_pixel_reference(seed, n_dates, phase_of, cloud) -> None:
+    rng = np.random.default_rng(seed)
+    n_var, ny, nx = 3, 3, 4
+    block = rng.uniform(-1, 1, (n_dates, n_var, ny, nx)).astype("float32")
+    clouded = rng.uniform(0, 1, (n_dates, ny, nx)) < cloud
+    block[np.broadcast_to(clouded[:, None], block.shape)] = np.nan
+    phase_idx = tuple(tuple(i for i in range(n_dates) if phase_of[i] == p) for p in range(3))
+    # median of var 0 and 2 per phase, max/min of var 1, contrasts 1-0 and 2-1 of var 2
+    codes = ((0, 0, 0, -1), (0, 2, 1, -1), (0, 0, 2, -1), (1, 1, 0, -1), (2, 1, 1, -1),
+             (1, 1, 2, -1), (3, 2, 1, 0), (3, 2, 2, 1))
+    out = _block_features(block, phase_idx, codes, len(codes), 3)
+    for y in range(ny):
+        for x in range(nx):
+            want = _reference(block[:, :, y, x], phase_idx)
+            np.testing.assert_allclose(out[:, y, x], want, rtol=1e-6, atol=1e-6)
+
+
+def _reference(pixel: np.ndarray, phase_idx) -> np.ndarray:
+    """The property test's features for one pixel's (time, var) values, plainly."""
+    def clear(p):
+        return [pixel[t] for t in phase_idx[p] if np.isfinite(pixel[t]).all()]
+
+    def stat(fn, p, v):
+        vals = [o[v] for o in clear(p)]
+        return fn(vals) if vals else np.nan
+    want = [stat(np.median, 0, 0), stat(np.median, 1, 2), stat(np.median, 2, 0),
+            stat(max, 0, 1), stat(min, 1, 1), stat(max, 2, 1),
+            stat(np.median, 1, 2) - stat(np.median, 0, 2),
+            stat(np.median, 2, 2) - stat(np.median, 1, 2)]
+    return np.array(want + [len(clear(p)) for p in range(3)], "float32")
