@@ -39,10 +39,8 @@ is often the processing date). Otherwise the reader asks for a date in the file 
 """
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import logging
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,12 +55,12 @@ from rasterio.errors import RasterioIOError
 
 from pipeline.bands import order_bands
 from pipeline.errors import InputError
+from pipeline.readers.multiband import acquisition_time
 from pipeline.sensors import SensorBand, SensorSpec, known_sensors, load_sensor, normalise_band_name
 
 log = logging.getLogger(__name__)
 
 _SUFFIXES = {".tif", ".tiff"}
-_DATE_RE = re.compile(r"(?<!\d)(20\d{2})[-_]?(\d{2})[-_]?(\d{2})(?!\d)")
 #: Words in tags or names that identify a camera -> sensor file name (checked in order).
 _CAMERA_HINTS: tuple[tuple[str, str], ...] = (
     ("dual", "rededge-mx-dual"), ("p4m", "p4m"), ("p4 multispectral", "p4m"),
@@ -385,7 +383,7 @@ def _assemble(label: Path, layers: dict[str, _Layer], spec: SensorSpec, tags: di
         stacked = stacked.where((stacked != 0).any("band"))
     stacked = stacked.rio.write_crs(ref.rio.crs).rio.write_transform(ref.rio.transform())
     stacked.attrs = {
-        "time": _acquisition_time(label, tags), "sensor": spec.name,
+        "time": acquisition_time(label, tags, folders=True), "sensor": spec.name,
         "sun_zenith": float("nan"), "sun_azimuth": float("nan"),
         "spacecraft": "", "processing_baseline": "", "product_type": "orthomosaic",
         "source": str(label if label.exists() else label.parent),
@@ -406,31 +404,3 @@ def _reproject(da: xr.DataArray, ref: xr.DataArray) -> xr.DataArray:
     return out.assign_coords(y=ref["y"], x=ref["x"]).astype("float32")
 
 
-def _date_in(text: str) -> np.datetime64 | None:
-    for m in _DATE_RE.finditer(text):
-        try:
-            return np.datetime64(dt.date(int(m[1]), int(m[2]), int(m[3])), "ns")
-        except ValueError:
-            continue
-    return None
-
-
-def _acquisition_time(path: Path, tags: dict[str, str]) -> np.datetime64:
-    if "ACQUISITION_DATE" in tags:
-        try:
-            stamp = dt.datetime.fromisoformat(tags["ACQUISITION_DATE"])
-            return np.datetime64(stamp.replace(tzinfo=None), "ns")
-        except ValueError:
-            pass
-    for text in (path.stem, path.parent.name, path.parent.parent.name):
-        t = _date_in(text)
-        if t is not None:
-            return t
-    raw = tags.get("TIFFTAG_DATETIME", "")
-    t = _date_in(raw[:10].replace(":", "-"))
-    if t is not None:
-        log.warning("%s: date taken from TIFFTAG_DATETIME (%s), often the processing date; "
-                    "put the flight date in the file name to be sure", path, raw)
-        return t
-    raise InputError(f"{path}: no flight date; put it in the file or folder name "
-                     "(e.g. field_2025-04-20_nir.tif) or set an ACQUISITION_DATE tag")

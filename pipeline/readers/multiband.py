@@ -25,7 +25,7 @@ from pipeline.errors import InputError
 log = logging.getLogger(__name__)
 
 _SUFFIXES = {".tif", ".tiff"}
-_DATE_RE = re.compile(r"(?<!\d)(\d{4})-?(\d{2})-?(\d{2})(?!\d)")
+_DATE_RE = re.compile(r"(?<!\d)((?:19|20)\d{2})[-_]?(\d{2})[-_]?(\d{2})(?!\d)")
 
 
 def can_read(path: Path) -> bool:
@@ -40,7 +40,12 @@ def parse_date(value: str) -> np.datetime64 | None:
         return np.datetime64(stamp.replace(tzinfo=None), "ns")
     except ValueError:
         pass
-    for m in _DATE_RE.finditer(value):
+    return _date_in(value)
+
+
+def _date_in(text: str) -> np.datetime64 | None:
+    """The first valid YYYYMMDD / YYYY-MM-DD / YYYY_MM_DD in ``text``."""
+    for m in _DATE_RE.finditer(text):
         try:
             return np.datetime64(dt.date(int(m[1]), int(m[2]), int(m[3])), "ns")
         except ValueError:
@@ -48,16 +53,21 @@ def parse_date(value: str) -> np.datetime64 | None:
     return None
 
 
-def acquisition_time(path: Path, tags: dict[str, str]) -> np.datetime64:
+def acquisition_time(path: Path, tags: dict[str, str], *,
+                     folders: bool = False) -> np.datetime64:
+    """The ACQUISITION_DATE tag, else a date in the file name (and, with ``folders``, in the
+    two enclosing folder names: drone teams file flights by date), else TIFFTAG_DATETIME."""
     if "ACQUISITION_DATE" in tags:
         t = parse_date(tags["ACQUISITION_DATE"])
         if t is None:
             raise InputError(f"{path}: ACQUISITION_DATE tag {tags['ACQUISITION_DATE']!r} "
                              "is not an ISO date; fix the tag (YYYY-MM-DD)")
         return t
-    t = parse_date(path.stem)
-    if t is not None:
-        return t
+    names = (path.stem, path.parent.name, path.parent.parent.name) if folders else (path.stem,)
+    for name in names:
+        t = _date_in(name)
+        if t is not None:
+            return t
     if "TIFFTAG_DATETIME" in tags:
         raw = tags["TIFFTAG_DATETIME"]
         t = parse_date(raw[:10].replace(":", "-"))
@@ -65,8 +75,8 @@ def acquisition_time(path: Path, tags: dict[str, str]) -> np.datetime64:
             log.warning("%s: date taken from TIFFTAG_DATETIME (%s), which is often the "
                         "processing date; set an ACQUISITION_DATE tag to be sure", path, raw)
             return t
-    raise InputError(f"{path}: no acquisition date; add an ACQUISITION_DATE tag or put "
-                     "YYYYMMDD in the file name")
+    raise InputError(f"{path}: no acquisition or flight date; add an ACQUISITION_DATE tag or "
+                     "put the date (YYYYMMDD or YYYY-MM-DD) in the file name")
 
 
 def _float_tag(tags: dict[str, str], key: str) -> float:
