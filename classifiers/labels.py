@@ -38,16 +38,18 @@ def read_polygons(path: Path, to_crs: CRS | str | None, attribute: str | None = 
             [f.properties.get(attribute) if attribute else None for f in features])
 
 
-def read_labels(path: Path, crs: CRS | str) -> Labels:
+def read_labels(path: Path, crs: CRS | str, *, require_both: bool = True) -> Labels:
+    """Labelled polygons in ``crs``. ``require_both``: the file itself must hold poppy and
+    background polygons (one scene); with several scenes only their union must."""
     geoms, classes = read_polygons(path, crs, "class", what="labels file")
     if any(c is None or str(c).strip() == "" for c in classes):
         raise InputError(f"{path}: some polygons have an empty 'class'; give every polygon a "
                          "class name")
     classes = [str(c).strip().lower() for c in classes]
-    if TARGET_CLASS not in classes:
+    if require_both and TARGET_CLASS not in classes:
         raise InputError(f"{path}: no polygon of class '{TARGET_CLASS}'; the model needs "
                          f"examples of it (classes found: {sorted(set(classes))})")
-    if set(classes) == {TARGET_CLASS}:
+    if require_both and set(classes) == {TARGET_CLASS}:
         raise InputError(f"{path}: only '{TARGET_CLASS}' polygons; add background classes "
                          "(wheat, rapeseed, village, ...)")
     return Labels(tuple(geoms), tuple(classes), str(path))

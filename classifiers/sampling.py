@@ -46,8 +46,16 @@ def _extract(fblock: np.ndarray, y0: int, x0: int, transform, shapes_small, shap
     return X, ids[rows, cols] - 1, np.column_stack([xs, ys])
 
 
+def check_classes(y: np.ndarray, source: str) -> None:
+    if y.sum() == 0:
+        raise InputError(f"{source}: no 'poppy' polygon overlaps clear pixels of the "
+                         "images; check the labels' CRS and extent")
+    if (y == 0).sum() == 0:
+        raise InputError(f"{source}: no background polygon overlaps clear pixels")
+
+
 def sample(features: Features, labels: Labels, *, erode_m: float, max_pixels: int,
-           seed: int) -> Table:
+           seed: int, require_both: bool = True) -> Table:
     fda = features.data
     transform = fda.rio.transform()
     res = abs(transform.a)
@@ -87,9 +95,6 @@ def sample(features: Features, labels: Labels, *, erode_m: float, max_pixels: in
         keep.append(idx)
     sel = np.concatenate(keep) if keep else np.array([], dtype=int)
     y = labels.is_target[poly[sel]].astype("int8")
-    if y.sum() == 0:
-        raise InputError(f"{labels.source}: no 'poppy' polygon overlaps clear pixels of the "
-                         "images; check the labels' CRS and extent")
-    if (y == 0).sum() == 0:
-        raise InputError(f"{labels.source}: no background polygon overlaps clear pixels")
+    if require_both:
+        check_classes(y, labels.source)
     return Table(X[sel], y, poly[sel], xy[sel], features.names, float(res))

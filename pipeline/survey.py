@@ -29,7 +29,7 @@ from classifiers import artifact as model_artifact
 from classifiers.labels import Labels, read_labels, read_polygons
 from classifiers.model import fit_balanced, make_estimator
 from classifiers.predict import check_fit, pixel_threshold, predict_block
-from classifiers.sampling import Table, sample
+from classifiers.sampling import Table, check_classes, sample
 from classifiers.validation import text_table, validate
 from indices.window import FeaturePlan, block_features, make_plan, window_features
 from outputs import maps, writers
@@ -161,11 +161,14 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
     for k, sc in enumerate(scenes):
         calendar = load_calendar(sc.calendar or cfg.calendar)
         scene, dem_da = prepare_scene(sc.images, cfg, dem=sc.dem)
-        labels = read_labels(sc.labels, scene.rio.crs)
+        # with several scenes, one may hold only background (or only poppy) polygons
+        both = len(scenes) == 1
+        labels = read_labels(sc.labels, scene.rio.crs, require_both=both)
         masked = mask_and_correct(scene, dem_da, cfg)
         feats = window_features(masked, calendar, cfg.features)
         table = sample(feats, labels, erode_m=cfg.model.erode_m,
-                       max_pixels=cfg.model.max_pixels_per_polygon, seed=cfg.model.seed)
+                       max_pixels=cfg.model.max_pixels_per_polygon, seed=cfg.model.seed,
+                       require_both=both)
         parts.append((table, labels, feats))
         sensors.add(scene.attrs["sensor"])
     if len(sensors) > 1:
@@ -177,6 +180,7 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
             raise InputError(f"{labels.source}: its scene gives other features than the first "
                              "scene (other bands?); train one model per sensor")
     table, labels, scene_of_poly = combine(parts)
+    check_classes(table.y, labels.source)
     t_sample = time.perf_counter() - t0
     est = make_estimator(cfg.model)
     # One OpenMP thread: on 2 cores, scikit-learn's threaded binning and tree building spin
