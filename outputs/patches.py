@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import shapely
 from rasterio import features as rfeatures
-from rasterio.windows import Window
-from rasterio.windows import transform as window_transform
+from affine import Affine
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 from shapely.strtree import STRtree
@@ -50,31 +49,41 @@ class Patch:
     feat_mean: np.ndarray | None = field(default=None)
 
 
-def _polygons(mask: np.ndarray, tf) -> tuple[list[BaseGeometry], np.ndarray]:
-    """4-connected polygons of ``mask`` and a label raster of the same pieces."""
+def _polygons(mask: np.ndarray, y0: int, x0: int,
+              transform) -> tuple[list[BaseGeometry], np.ndarray]:
+    """4-connected polygons of ``mask`` (a tile at row ``y0``, column ``x0``) in the scene CRS,
+    and a label raster of the same pieces.
+
+    Polygons are traced in whole scene pixel coordinates (exact integers) and only then mapped
+    through the scene transform, so a vertex shared by two tiles gets bit-identical world
+    coordinates in both and the union across tile borders closes (with a per-tile transform
+    the two sides could differ in the last bits and a patch stayed split in two)."""
     from scipy import ndimage
     lab, n = ndimage.label(mask)
     geoms: list[BaseGeometry] = [None] * n  # type: ignore[list-item]
     if n:
-        for geom, val in rfeatures.shapes(lab.astype("int32"), mask=mask, transform=tf,
+        for geom, val in rfeatures.shapes(lab.astype("int32"), mask=mask,
+                                          transform=Affine.translation(x0, y0),
                                           connectivity=4):
             i = int(val) - 1
             g = shape(geom)
             geoms[i] = g if geoms[i] is None else geoms[i].union(g)
-    return geoms, lab
+    a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, \
+        transform.f
+    world = [shapely.transform(g, lambda xy: np.column_stack(
+        (a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f))) for g in geoms]
+    return world, lab
 
 
 def chunk_pieces(prob: np.ndarray, evidence: np.ndarray, dem: np.ndarray | None,
                  slope: np.ndarray | None, feats: np.ndarray | None, y0: int, x0: int,
                  transform, threshold: float) -> tuple[list[Piece], list[BaseGeometry]]:
-    ny, nx = prob.shape
-    tf = window_transform(Window(x0, y0, nx, ny), transform)
     blind_mask = np.isfinite(evidence) & (evidence <= 0)
     with np.errstate(invalid="ignore"):
         # a blind pixel (no clear flowering observation) is never a candidate: the model's
         # output there rests on missing flowering features and means nothing
         mask = np.isfinite(prob) & (prob >= threshold) & ~blind_mask
-    geoms, lab = _polygons(mask, tf)
+    geoms, lab = _polygons(mask, y0, x0, transform)
     pieces: list[Piece] = []
     for i, g in enumerate(geoms, start=1):
         sel = lab == i
@@ -92,7 +101,7 @@ def chunk_pieces(prob: np.ndarray, evidence: np.ndarray, dem: np.ndarray | None,
             piece.feat_sum = np.nansum(f, axis=1, dtype=np.float64)
             piece.n_feat = np.isfinite(f).sum(axis=1)
         pieces.append(piece)
-    blind, _ = _polygons(blind_mask, tf)
+    blind, _ = _polygons(blind_mask, y0, x0, transform)
     return pieces, blind
 
 
