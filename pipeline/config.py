@@ -223,13 +223,21 @@ def _format_error(where: Path | str, exc: ValidationError,
     return f"{where}: key '{key}': {err['msg']} (got {err.get('input')!r})"
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def load_yaml(path: Path, what: str = "config file", error: type[Exception] = ConfigError
+              ) -> Any:
+    """The parsed YAML document of ``path``; a missing or invalid file raises ``error`` with
+    one line naming the file."""
+    path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise error(f"{path}: {what} not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        raise error(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    data = load_yaml(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import yaml
 
 from pipeline.bands import CANONICAL_BANDS
+from pipeline.config import load_yaml
 from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -111,13 +111,7 @@ def load_sensor(name_or_path: str | Path | SensorSpec) -> SensorSpec:
         if not path.is_file():
             raise ConfigError(f"unknown sensor {text!r}; known sensors: "
                               f"{', '.join(known_sensors())} (or give a sensor YAML file)")
-    if not path.is_file():
-        raise ConfigError(f"{path}: sensor file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
-    return _parse(raw, path)
+    return _parse(load_yaml(path, "sensor file"), path)
 
 
 def _parse(raw: object, path: Path) -> SensorSpec:

@@ -37,8 +37,8 @@ from outputs.patches import Piece, chunk_pieces, merge_blind, merge_pieces
 from outputs.ranking import build_targets
 from outputs.rasters import write_tiles_raster
 from outputs.report import environment, file_digest, write_json_atomic
-from pipeline.config import SurveyConfig, load_calendar
-from pipeline.errors import InputError, PoppyscanError
+from pipeline.config import SurveyConfig, load_calendar, load_yaml
+from pipeline.errors import InputError
 from pipeline.grid import Grid
 from pipeline.ingest import open_scene, read_dem
 from pipeline.masks import apply_masks
@@ -117,14 +117,8 @@ class TrainScene:
 def read_manifest(path: Path) -> list[TrainScene]:
     """A YAML list (or ``scenes:`` list) of {images, labels, dem?, calendar?}; relative paths
     are taken from the manifest's folder."""
-    import yaml
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: manifest not found")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    doc = load_yaml(path, "manifest", InputError)
     entries = doc.get("scenes") if isinstance(doc, dict) else doc
     if not isinstance(entries, list) or not entries:
         raise InputError(f"{path}: expected a list of scenes (images, labels, dem, calendar)")
