@@ -54,7 +54,7 @@ def write_targets(targets: TargetList, out_dir: Path,
     if gcj02:
         written.append(write_csv(targets, out_dir / "targets_gcj02.csv", gcj02=True))
         written.append(write_kml(targets, out_dir / "targets_gcj02.kml", gcj02=True))
-    log.info("wrote %d targets to %s (%s)", len(targets.targets), out_dir,
+    log.debug("wrote %d targets to %s (%s)", len(targets.targets), out_dir,
              ", ".join(p.name for p in written))
     return written
 
