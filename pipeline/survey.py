@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,7 +191,8 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
         fit_balanced(est, table.X, table.y, cfg.model.seed)
         t_fit = time.perf_counter() - t1
     bg = table.X[table.y == 0]
-    with _quiet_nan():
+    with warnings.catch_warnings():  # all-NaN feature columns give NaN on purpose
+        warnings.simplefilter("ignore", RuntimeWarning)
         bg_mean = np.nanmean(bg, axis=0)
         bg_std = np.nanstd(bg, axis=0)
     report.update({
@@ -248,17 +250,6 @@ def combine(parts) -> tuple[Table, Labels, np.ndarray]:
     table = Table(np.concatenate(X), np.concatenate(y), np.concatenate(poly),
                   np.concatenate(xy), parts[0][0].feature_names, parts[0][0].pixel_m)
     return table, labels, np.array(scene_of)
-
-
-class _quiet_nan:
-    def __enter__(self):
-        import warnings
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        self._w.__exit__(*exc)
 
 
 # ----------------------------------------------------------------------------- detect

@@ -41,20 +41,19 @@ from __future__ import annotations
 
 import functools
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
-import rioxarray
 import xarray as xr
 from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
 
 from pipeline.bands import order_bands
 from pipeline.errors import InputError
+from pipeline.readers._raster import open_lazy
 from pipeline.readers.multiband import acquisition_time
 from pipeline.sensors import SensorBand, SensorSpec, known_sensors, load_sensor, normalise_band_name
 
@@ -296,16 +295,7 @@ def _read_stacked(path: Path, spec: SensorSpec | None, chunks: int) -> xr.DataAr
 
 
 def _open(path: Path, chunks: int) -> xr.DataArray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        try:
-            da = rioxarray.open_rasterio(path, chunks={"band": 1, "y": chunks, "x": chunks},
-                                         mask_and_scale=False, lock=False)
-        except (RasterioIOError, OSError) as exc:
-            raise InputError(f"{path}: not a readable raster ({exc})") from None
-    if not isinstance(da, xr.DataArray):
-        raise InputError(f"{path}: has subdatasets; expected an orthomosaic GeoTIFF")
-    return da
+    return open_lazy(path, chunks, "orthomosaic GeoTIFF")
 
 
 def _scale(raw: xr.DataArray, spec: SensorSpec, path: Path, tags: dict[str, str],

@@ -46,7 +46,6 @@ import datetime as dt
 import json
 import logging
 import re
-import warnings
 import xml.etree.ElementTree as ET
 import zipfile
 from collections.abc import Callable
@@ -57,12 +56,12 @@ from typing import Any
 import dask.array as darr
 import numpy as np
 import rasterio
-import rioxarray
 import xarray as xr
 from rasterio.errors import RasterioIOError
 
 from pipeline.bands import S2_BAND_ID, S2_BANDS, order_bands
 from pipeline.errors import InputError
+from pipeline.readers._raster import open_lazy
 from pipeline.sensors import load_sensor
 
 log = logging.getLogger(__name__)
@@ -447,15 +446,7 @@ def _band_time(box: _Container, prefix: str, meta: dict[str, Any],
 # ---------------------------------------------------------------------------------------------
 # pixels
 def _open(path: str, chunks: int) -> xr.DataArray:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            da = rioxarray.open_rasterio(path, chunks={"band": 1, "y": chunks, "x": chunks},
-                                         mask_and_scale=False, lock=False)
-    except (RasterioIOError, OSError) as exc:
-        raise InputError(f"{path}: not a readable raster ({exc})") from None
-    if not isinstance(da, xr.DataArray):
-        raise InputError(f"{path}: band file has subdatasets; expected one raster band")
+    da = open_lazy(path, chunks, "raster band")
     if da.rio.crs is None:
         raise InputError(f"{path}: band file has no CRS")
     return da.isel(band=0, drop=True)
