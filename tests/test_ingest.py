@@ -13,7 +13,7 @@ import rasterio
 import shapely
 import xarray as xr
 from affine import Affine
-from dask.callbacks import Callback
+from dask_helpers import CountComputes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyproj import CRS as ProjCRS
@@ -63,15 +63,6 @@ def write_dn(path: Path, refl: np.ndarray, *, names=S2, tf: Affine = TF, crs: st
     return path
 
 
-class CountComputes(Callback):
-    """Counts dask graph executions (any .compute / .values) while active."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.runs = 0
-
-    def _start(self, dsk) -> None:
-        self.runs += 1
 
 
 # --- the multi-band GeoTIFF reader -------------------------------------------------------------
