@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from rasterio import features as rfeatures
 from scipy import ndimage
+from shapely.geometry import box
 
 CACHE = Path(os.environ.get("POPPYSCAN_BENCH_CACHE", "/tmp/poppyscan-bench"))
 
@@ -38,7 +39,7 @@ class CachedScene:
 
 def load_scene(seed: int, prevalence: float = 0.01, size: int = 256) -> CachedScene:
     from classifiers.labels import read_labels, read_polygons
-    from classifiers.sampling import sample
+    from classifiers.sampling import UNLABELLED, join, sample, sample_background
     from indices.window import window_features
     from pipeline.config import load_calendar, load_config
     from pipeline.simulate import simulate
@@ -55,14 +56,23 @@ def load_scene(seed: int, prevalence: float = 0.01, size: int = 256) -> CachedSc
     labels = read_labels(sdir / "labels.geojson", scene.rio.crs)
     if npz.is_file():
         z = np.load(npz, allow_pickle=True)
+        cells = [box(*b) for b in z["bg_cells"]]
         return CachedScene(seed, list(z["names"]), z["F"], z["X"], z["y"], z["polygon"],
-                           z["xy"], list(labels.geometries), list(labels.classes),
+                           z["xy"], list(labels.geometries) + cells,
+                           list(labels.classes) + [UNLABELLED] * len(cells),
                            z["plot_ids"], z["plot_px"])
     masked = mask_and_correct(scene, dem, cfg)
     feats = window_features(masked, load_calendar(cfg.calendar), cfg.features)
     F = feats.data.values.astype("float32")
     table = sample(feats, labels, erode_m=cfg.model.erode_m,
                    max_pixels=cfg.model.max_pixels_per_polygon, seed=0)
+    if cfg.model.background_sample_px:  # as run.py train does
+        table, joined = join((table, labels), sample_background(
+            feats, labels, n_pixels=cfg.model.background_sample_px,
+            buffer_m=cfg.model.background_buffer_m, seed=0))
+        bg_cells = np.array([g.bounds for g in joined.geometries[len(labels.geometries):]])
+    else:
+        bg_cells = np.zeros((0, 4))
     plots, _ = read_polygons(sdir / "truth.geojson", scene.rio.crs)
     tf = scene.rio.transform()
     H, W = F.shape[1:]
@@ -73,7 +83,8 @@ def load_scene(seed: int, prevalence: float = 0.01, size: int = 256) -> CachedSc
         ids[(r > 0) & (ids == 0)] = i + 1
     plot_px = np.array([g.area / 100.0 for g in plots])
     np.savez(npz, names=np.array(feats.names), F=F, X=table.X, y=table.y,
-             polygon=table.polygon, xy=table.xy, plot_ids=ids, plot_px=plot_px)
+             polygon=table.polygon, xy=table.xy, plot_ids=ids, plot_px=plot_px,
+             bg_cells=bg_cells)
     return load_scene(seed, prevalence, size)
 
 

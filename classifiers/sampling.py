@@ -15,6 +15,7 @@ import numpy as np
 from rasterio import features as rfeatures
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
+from shapely.geometry import box
 
 from classifiers.labels import Labels
 from indices.window import Features
@@ -98,3 +99,86 @@ def sample(features: Features, labels: Labels, *, erode_m: float, max_pixels: in
     if require_both:
         check_classes(y, labels.source)
     return Table(X[sel], y, poly[sel], xy[sel], features.names, float(res))
+
+
+#: class name of the pseudo-polygons that hold the unlabelled background sample
+UNLABELLED = "unlabelled"
+
+
+def _uniform(row: np.ndarray, col: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform [0, 1) number per scene pixel from a hash of (row, col, seed) (splitmix64):
+    the draw does not depend on how the scene is cut into chunks."""
+    with np.errstate(over="ignore"):
+        z = (row.astype("uint64") << np.uint64(32)) ^ col.astype("uint64")
+        z = z + np.uint64(0x9E3779B97F4A7C15) * np.uint64(seed + 1)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype("float64") / float(1 << 53)
+
+
+def _extract_background(fblock: np.ndarray, y0: int, x0: int, transform, exclude, rate: float,
+                        seed: int, cell_px: int):
+    _, ny, nx = fblock.shape
+    tf = window_transform(Window(x0, y0, nx, ny), transform)
+    pick = _uniform(np.arange(y0, y0 + ny)[:, None], np.arange(x0, x0 + nx)[None, :],
+                    seed) < rate
+    if exclude:
+        pick &= rfeatures.rasterize(exclude, out_shape=(ny, nx), transform=tf, fill=0,
+                                    all_touched=True, dtype="uint8") == 0
+    rows, cols = np.nonzero(pick)
+    X = fblock[:, rows, cols].T
+    ok = ~np.all(np.isnan(X), axis=1)
+    rows, cols, X = rows[ok], cols[ok], X[ok]
+    cell = np.column_stack([(rows + y0) // cell_px, (cols + x0) // cell_px])
+    xs, ys = tf * (cols + 0.5, rows + 0.5)
+    return X, cell, np.column_stack([xs, ys])
+
+
+def sample_background(features: Features, labels: Labels, *, n_pixels: int, buffer_m: float,
+                      seed: int, cell_px: int = 16) -> tuple[Table, Labels]:
+    """About ``n_pixels`` pixels drawn at random from the scene's unlabelled area, as background.
+
+    Analysts label fields, villages and known plots; the pixels between them (field edges,
+    roads, hamlets, mixed pixels) are most of a survey scene and were the source of most false
+    targets on held-out scenes (docs/classifier.md). Poppy being rare, a random unlabelled
+    pixel is background with high probability; pixels within ``buffer_m`` of a labelled poppy
+    polygon are left out (a plot is often bigger than its label). The pixels are grouped into
+    square pseudo-polygons of ``cell_px`` pixels (class ``unlabelled``) so that grouped
+    cross-validation and the per-class report treat them like labelled polygons."""
+    fda = features.data
+    transform = fda.rio.transform()
+    res = abs(transform.a)
+    H, W = fda.shape[1:]
+    rate = min(1.0, n_pixels / float(H * W))
+    exclude = [(g.buffer(buffer_m) if t else g, 1)
+               for g, t in zip(labels.geometries, labels.is_target)]
+    blocks = fda.data.to_delayed()
+    tasks, y0 = [], 0
+    for bi, ny in enumerate(fda.data.chunks[1]):
+        x0 = 0
+        for bj, nx in enumerate(fda.data.chunks[2]):
+            tasks.append(dask.delayed(_extract_background)(blocks[0, bi, bj], y0, x0, transform,
+                                                           exclude, rate, seed, cell_px))
+            x0 += nx
+        y0 += ny
+    parts = dask.compute(*tasks)
+    X = np.concatenate([p[0] for p in parts]).astype("float32")
+    cell = np.concatenate([p[1] for p in parts])
+    xy = np.concatenate([p[2] for p in parts])
+    cells, poly = np.unique(cell, axis=0, return_inverse=True)
+    geoms = tuple(box(*(transform * (c * cell_px, (r + 1) * cell_px)),
+                      *(transform * ((c + 1) * cell_px, r * cell_px))) for r, c in cells)
+    bg = Labels(geoms, (UNLABELLED,) * len(geoms), f"{labels.source} (unlabelled sample)")
+    table = Table(X, np.zeros(len(X), "int8"), poly.ravel().astype("int32"), xy,
+                  features.names, float(res))
+    return table, bg
+
+
+def join(a: tuple[Table, Labels], b: tuple[Table, Labels]) -> tuple[Table, Labels]:
+    """One table of two from the same scene; ``b``'s polygon ids follow ``a``'s."""
+    (ta, la), (tb, lb) = a, b
+    table = Table(np.concatenate([ta.X, tb.X]), np.concatenate([ta.y, tb.y]),
+                  np.concatenate([ta.polygon, tb.polygon + len(la.geometries)]),
+                  np.concatenate([ta.xy, tb.xy]), ta.feature_names, ta.pixel_m)
+    return table, Labels(la.geometries + lb.geometries, la.classes + lb.classes, la.source)

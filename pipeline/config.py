@@ -90,6 +90,12 @@ class ModelConfig(_Frozen):
     #: mixed edge pixels: polygons are eroded by this many metres before sampling
     #: (falls back to the unreduced polygon when erosion would empty it)
     erode_m: float = Field(5.0, ge=0)
+    #: pixels drawn at random from each training scene's unlabelled area as extra background
+    #: (field edges, roads, hamlets: where most false targets came from); 0 = labels only.
+    #: Assumes poppy is rare outside the labelled plots (classifiers/sampling.py)
+    background_sample_px: int = Field(10000, ge=0, le=1_000_000)
+    #: unlabelled pixels this close to a labelled poppy polygon are not drawn
+    background_buffer_m: float = Field(30.0, ge=0)
     cv_folds: int = Field(5, ge=2, le=20)
     #: the grouped cross-validation is repeated with other fold shuffles and the out-of-fold
     #: scores averaged: a steadier threshold across training seeds (docs/classifier.md)

@@ -30,7 +30,7 @@ from classifiers import artifact as model_artifact
 from classifiers.labels import Labels, read_labels, read_polygons
 from classifiers.model import fit_balanced, make_estimator
 from classifiers.predict import check_fit, pixel_threshold, predict_block
-from classifiers.sampling import Table, check_classes, sample
+from classifiers.sampling import Table, check_classes, join, sample, sample_background
 from classifiers.validation import text_table, validate
 from indices.window import FeaturePlan, block_features, make_plan, window_features
 from outputs import maps, writers
@@ -165,6 +165,10 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
         table = sample(feats, labels, erode_m=cfg.model.erode_m,
                        max_pixels=cfg.model.max_pixels_per_polygon, seed=cfg.model.seed,
                        require_both=both)
+        if cfg.model.background_sample_px:
+            table, labels = join((table, labels), sample_background(
+                feats, labels, n_pixels=cfg.model.background_sample_px,
+                buffer_m=cfg.model.background_buffer_m, seed=cfg.model.seed))
         parts.append((table, labels, feats))
         sensors.add(scene.attrs["sensor"])
     if len(sensors) > 1:

@@ -170,3 +170,54 @@ def test_sentinel2_config_selects_transferable_features():
     cfg = load_config()
     assert cfg.features.band_medians is False
     assert cfg.model.threshold_min_plot_px == 4
+
+
+def _features(H: int = 96, W: int = 80, chunk: int = 32):
+    """A (feature, y, x) Features on a 10 m UTM grid, each pixel's value its own index."""
+    import dask.array as da
+    import rioxarray  # noqa: F401  (registers .rio)
+    import xarray as xr
+    from affine import Affine
+
+    from indices.window import Features
+    vals = np.arange(H * W, dtype="float32").reshape(1, H, W)
+    vals = np.concatenate([vals, -vals])
+    vals[:, 90:, :] = np.nan                         # a no-data strip: never drawn
+    data = xr.DataArray(da.from_array(vals, chunks=(2, chunk, chunk)), dims=("feature", "y", "x"),
+                        coords={"feature": ["a", "b"], "y": 5000 - 10 * np.arange(H) - 5,
+                                "x": 1000 + 10 * np.arange(W) + 5})
+    data = data.rio.write_crs("EPSG:32650").rio.write_transform(Affine(10, 0, 1000, 0, -10, 5000))
+    return Features(data, data.isel(feature=[0]), {})
+
+
+def test_background_sample_avoids_labels_and_no_data_and_ignores_chunking():
+    from classifiers.sampling import UNLABELLED, join, sample_background
+    labels = Labels((box(1100, 4500, 1300, 4700), box(1500, 4200, 1520, 4220)),
+                    ("wheat", "poppy"), "t")
+    tables = []
+    for chunk in (32, 50):
+        t, bl = sample_background(_features(chunk=chunk), labels, n_pixels=3000, buffer_m=30,
+                                  seed=3)
+        tables.append(t)
+    a, b = tables
+    assert np.array_equal(np.sort(a.X[:, 0]), np.sort(b.X[:, 0]))  # same draw, any chunks
+    assert 2000 < len(a.y) < 3300 and not a.y.any()
+    assert set(bl.classes) == {UNLABELLED}
+    idx = a.X[:, 0].astype(int)
+    rows, cols = idx // 80, idx % 80
+    assert rows.max() < 90                            # no-data rows never drawn
+    xs, ys = 1000 + 10 * cols + 5, 5000 - 10 * rows - 5
+    in_wheat = (xs > 1100) & (xs < 1300) & (ys > 4500) & (ys < 4700)
+    near_poppy = (xs > 1470) & (xs < 1550) & (ys > 4170) & (ys < 4250)
+    assert not in_wheat.any() and not near_poppy.any()
+    assert np.allclose(a.xy[:, 0], xs) and np.allclose(a.xy[:, 1], ys)
+    # every pixel lies inside its pseudo-polygon, so spatial folds place it where it is
+    from shapely import contains_xy
+    geoms = np.array(bl.geometries, dtype=object)[a.polygon]
+    assert contains_xy(geoms, a.xy[:, 0], a.xy[:, 1]).all()
+    # joined after the labelled table, the pseudo-polygon ids follow the labels'
+    lab = Table(np.zeros((2, 2), "float32"), np.array([0, 1], "int8"), np.array([0, 1], "int32"),
+                np.zeros((2, 2)), ["a", "b"], 10.0)
+    jt, jl = join((lab, labels), (a, bl))
+    assert len(jl.geometries) == 2 + len(bl.geometries)
+    assert jt.polygon[2:].min() >= 2 and (np.array(jl.classes)[jt.polygon[2:]] == UNLABELLED).all()
