@@ -29,8 +29,16 @@ sys.path.insert(0, str(ROOT))
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process and of its largest child (kB on Linux)."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """Peak resident memory of this process (VmHWM) and of its largest child (local:N workers).
+
+    Not RUSAGE_SELF: Linux keeps ru_maxrss across fork and exec, so a measurement started by a
+    bench process that had simulated a scene reported that process's peak (1.6 GB for an I/O
+    floor). VmHWM belongs to this process's own address space."""
+    own = 0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                own = int(line.split()[1])
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return round(max(own, kids) / 1024.0, 1)
 

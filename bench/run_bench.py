@@ -177,7 +177,7 @@ def bench_size(work: Path, size: int, model: Path, results: dict, a) -> None:
             and "probability_identical" not in na):
         na.update(same_outputs(runs / "detect", runs / "naive", targets=False))
         save(work, results)
-    if size == min(a.sizes) and "local2" not in res:
+    if size == min(a.sizes) and "local2" not in res and "detect" in a.kinds:
         r = measure("detect", scene, model, runs / "local2", scheduler="local:2")
         if "error" not in r:
             r.update(same_outputs(runs / "detect", runs / "local2"))

@@ -80,6 +80,21 @@ def feature_plan(bands: list[str], indices: list[str], phases: list[str],
     return plan
 
 
+def nanmedian0(a: np.ndarray) -> np.ndarray:
+    """np.nanmedian(a, axis=0) for a few dates: one sort along the (short) first axis, where
+    NaNs go last, then the middle of the finite values. 3x faster than np.nanmedian, whose
+    masked-array path dominated the feature stage (docs/benchmarks.md)."""
+    s = np.sort(a, axis=0)
+    n = np.isfinite(a).sum(axis=0)
+    lo = np.maximum((n - 1) // 2, 0)[None]
+    hi = (n // 2)[None]
+    hi = np.minimum(hi, a.shape[0] - 1)
+    with np.errstate(invalid="ignore"):
+        m = 0.5 * (np.take_along_axis(s, lo, 0)[0] + np.take_along_axis(s, hi, 0)[0])
+    m[n == 0] = np.nan
+    return m
+
+
 def _block_features(block: np.ndarray, phase_idx: tuple[tuple[int, ...], ...],
                     plan_codes: tuple[tuple[int, int, int, int], ...], n_feat: int,
                     n_phase: int) -> np.ndarray:
@@ -94,7 +109,7 @@ def _block_features(block: np.ndarray, phase_idx: tuple[tuple[int, ...], ...],
                 sub = block[list(idx)]
                 out[n_feat + p] = np.isfinite(sub).all(axis=1).sum(axis=0)
                 # one date (a drone flight): the composite is that date, no sort needed
-                med[p] = sub[0] if len(idx) == 1 else np.nanmedian(sub, axis=0)
+                med[p] = sub[0] if len(idx) == 1 else nanmedian0(sub)
             else:
                 out[n_feat + p] = 0
         for f, (stat, var, pa, pb) in enumerate(plan_codes):

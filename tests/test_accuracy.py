@@ -1,13 +1,11 @@
 """Held-out accuracy: train on one simulated scene, detect on scenes of other seeds (other
 terrain, other cloudy dates, other calibration), score with the shared matching rule.
-
-The floors catch a regression; they are not the product's accuracy, and they are far below the
-issue's target (recall >= 0.9 on plots >= 4 px at precision >= 0.7). They were first set over
-six seed pairs of an earlier, easier simulator; the final simulator (view-angle gain, flowering
-dates at random as clouds allow, milk vetch and potato confusers) dropped this pair to recall
-0.21 at precision 1.0 (default prevalence) and 0.5 at 0.75 (0.1 %), because the threshold chosen
-on the training scene's own folds (0.90) does not transfer to another scene. The floors below
-sit under those figures until the classifier is retuned (docs/classifier.md, "Open problem").
+The floors catch a regression; they are not the product's accuracy, and they are below the
+issue's target (recall >= 0.9 on plots >= 4 px at precision >= 0.7). Measured with the
+unlabelled background sample and depth-3 trees (2026-11-29): seed 11 -> 5 recall 0.38 at
+precision 1.0 (default prevalence), 11 -> 23 at 0.1 % recall 0.5 at precision 1.0; before
+them 0.21 / 1.0. The threshold chosen on the training scene's own folds (0.925 here) is still
+too high for another scene (docs/classifier.md, "Scene shift").
 Simulated scenes are a test instrument, not evidence about real fields.
 """
 from __future__ import annotations
@@ -56,7 +54,7 @@ def test_held_out_scene_default_prevalence(model, tmp_path):
     m = _detect(model[0], tmp_path, seed=5, prevalence=0.01)
     print(m)
     assert m.plots >= 30
-    assert m.recall >= 0.15, m
+    assert m.recall >= 0.3, m
     assert m.precision >= 0.6, m
 
 

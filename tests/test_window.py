@@ -2,6 +2,8 @@
 phases are NaN (never a silent zero); lazy, chunked on y/x, float32."""
 from __future__ import annotations
 
+import warnings
+
 import dask.array as darr
 import numpy as np
 import rioxarray  # noqa: F401
@@ -242,3 +244,18 @@ def _reference(pixel: np.ndarray, phase_idx) -> np.ndarray:
             stat(np.median, 1, 2) - stat(np.median, 0, 2),
             stat(np.median, 2, 2) - stat(np.median, 1, 2)]
     return np.array(want + [len(clear(p)) for p in range(3)], "float32")
+
+
+def test_nanmedian0_equals_numpy_for_any_count_of_clear_dates():
+    from indices.window import nanmedian0
+    rng = np.random.default_rng(4)
+    for t in (2, 3, 4, 7):
+        a = rng.normal(size=(t, 3, 40, 30)).astype("float32")
+        a[rng.random(a.shape) < 0.4] = np.nan       # every count of clear dates, 0 included
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            want = np.nanmedian(a, axis=0)
+        got = nanmedian0(a)
+        assert got.dtype == a.dtype
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        assert np.allclose(got, want, equal_nan=True, atol=1e-6)
