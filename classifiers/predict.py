@@ -32,13 +32,84 @@ def check_fit(art: Artifact, feature_names: Sequence[str], sensor: str, calendar
                          f" {len(want)} expected, {len(have)} computed); check bands and config")
 
 
+class BinnedHGB:
+    """Exact poppy probabilities of a fitted HistGradientBoostingClassifier, 3-5x faster than
+    its ``predict_proba`` on our feature matrices.
+
+    scikit-learn predicts from raw float features, node by node; it also keeps each split's
+    bin, and ``x <= threshold`` holds exactly when ``bin(x) <= bin_threshold`` (bins come from
+    the same thresholds, NaN has its own bin and follows the same missing-value branch). So
+    only the features the trees use are binned (``np.searchsorted`` on the fitted thresholds,
+    as the bin mapper does) and the trees walk uint8 bins, summed in scikit-learn's order.
+    Uses private scikit-learn attributes: :func:`scorer` checks the result against
+    ``predict_proba`` once per process and falls back to it on any difference."""
+
+    def __init__(self, est) -> None:
+        bm = est._bin_mapper
+        used = set()
+        for (pred,) in est._predictors:
+            nodes = pred.nodes
+            used.update(int(f) for f in nodes["feature_idx"][nodes["is_leaf"] == 0])
+        self.used = sorted(used)
+        self.thresholds = [np.asarray(bm.bin_thresholds_[f], dtype="float64")
+                           for f in self.used]
+        self.missing_bin = int(bm.missing_values_bin_idx_)
+        self.n_features = int(est.n_features_in_)
+        self.baseline = float(np.ravel(est._baseline_prediction)[0])
+        self.predictors = [p for (p,) in est._predictors]
+        self.loss = est._loss
+
+    def __call__(self, Xt: np.ndarray) -> np.ndarray:
+        """``Xt``: (feature, pixel), feature-major as tiles hold them (rows bin contiguously)."""
+        n = Xt.shape[1]
+        Xb = np.zeros((self.n_features, n), dtype="uint8")
+        for f, thr in zip(self.used, self.thresholds):
+            row = Xt[f]
+            b = np.searchsorted(thr, row, side="left")   # compared in float64, as sklearn
+            b[np.isnan(row)] = self.missing_bin
+            Xb[f] = b
+        raw = np.full(n, self.baseline, dtype="float64")
+        for pred in self.predictors:
+            raw += pred.predict_binned(Xb.T, self.missing_bin, 1)
+        return self.loss.predict_proba(raw)[:, 1]
+
+
+_SCORERS: dict[int, tuple[object, object]] = {}
+
+
+def scorer(estimator):
+    """``Xt (feature, pixel) -> P(poppy)`` for ``estimator``: :class:`BinnedHGB` when it
+    reproduces ``predict_proba`` exactly on a check sample (values on and next to the split
+    thresholds, missing values), else ``predict_proba``."""
+    hit = _SCORERS.get(id(estimator))
+    if hit is not None and hit[0] is estimator:
+        return hit[1]
+    fn = lambda Xt: estimator.predict_proba(np.ascontiguousarray(Xt.T))[:, 1]  # noqa: E731
+    if type(estimator).__name__ == "HistGradientBoostingClassifier" and \
+            len(getattr(estimator, "classes_", ())) == 2:
+        try:
+            fast = BinnedHGB(estimator)
+            rng = np.random.default_rng(0)
+            thr = np.concatenate([t for t in fast.thresholds] or [np.zeros(1)])
+            X = rng.choice(thr, size=(fast.n_features, 512)) + \
+                rng.choice([-1e-6, 0.0, 1e-6], size=(fast.n_features, 512))
+            X[rng.random(X.shape) < 0.1] = np.nan
+            X = X.astype("float32")
+            if np.array_equal(fast(X), fn(X)):
+                fn = fast
+        except Exception:  # noqa: BLE001 - a private attribute changed: use the public path
+            pass
+    _SCORERS[id(estimator)] = (estimator, fn)
+    return fn
+
+
 def predict_block(block: np.ndarray, estimator, calibration: dict) -> np.ndarray:
     nf, ny, nx = block.shape
-    X = block.reshape(nf, -1).T
-    valid = ~np.all(np.isnan(X), axis=1)
+    Xt = block.reshape(nf, -1)
+    valid = ~np.all(np.isnan(Xt), axis=0)
     out = np.full(ny * nx, np.nan, dtype="float32")
     if valid.any():
-        raw = estimator.predict_proba(X[valid])[:, 1]
+        raw = scorer(estimator)(Xt if valid.all() else Xt[:, valid])
         out[valid] = apply_platt(raw, calibration["a"], calibration["b"])
     return out.reshape(ny, nx)
 

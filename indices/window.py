@@ -119,7 +119,9 @@ def _block_features(block: np.ndarray, phase_idx: tuple[tuple[int, ...], ...],
                 out[f] = block[phase_idx[pa][0], var]
             elif stat in (1, 2) and phase_idx[pa]:
                 sub = block[list(phase_idx[pa]), var]
-                out[f] = np.nanmax(sub, axis=0) if stat == 1 else np.nanmin(sub, axis=0)
+                # fmax/fmin skip NaN and give NaN only where every date is NaN, without the
+                # all-NaN warning (catch_warnings is not thread-safe: tiles run in threads)
+                out[f] = np.fmax.reduce(sub, axis=0) if stat == 1 else np.fmin.reduce(sub, axis=0)
             elif stat == 3 and pa in med and pb in med:
                 out[f] = med[pa][var] - med[pb][var]
     return out

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import shapely
-from rasterio import features as rfeatures
 from affine import Affine
+from rasterio import features as rfeatures
+from scipy import ndimage
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 from shapely.strtree import STRtree
@@ -58,7 +59,6 @@ def _polygons(mask: np.ndarray, y0: int, x0: int,
     through the scene transform, so a vertex shared by two tiles gets bit-identical world
     coordinates in both and the union across tile borders closes (with a per-tile transform
     the two sides could differ in the last bits and a patch stayed split in two)."""
-    from scipy import ndimage
     lab, n = ndimage.label(mask)
     geoms: list[BaseGeometry] = [None] * n  # type: ignore[list-item]
     if n:
@@ -85,19 +85,23 @@ def chunk_pieces(prob: np.ndarray, evidence: np.ndarray, dem: np.ndarray | None,
         mask = np.isfinite(prob) & (prob >= threshold) & ~blind_mask
     geoms, lab = _polygons(mask, y0, x0, transform)
     pieces: list[Piece] = []
+    # each piece's statistics from its bounding box only (a whole-tile mask per piece made
+    # this stage quadratic: thousands of pieces x 182 features x the tile's pixels)
+    boxes = ndimage.find_objects(lab)
     for i, g in enumerate(geoms, start=1):
-        sel = lab == i
-        p = prob[sel]
+        bb = boxes[i - 1]
+        sel = lab[bb] == i
+        p = prob[bb][sel]
+        ev = evidence[bb][sel]
         piece = Piece(g, int(sel.sum()), float(p.sum(dtype=np.float64)), float(p.max()),
-                      float(np.nanmin(evidence[sel])) if np.isfinite(evidence[sel]).any()
-                      else 0.0)
+                      float(np.nanmin(ev)) if np.isfinite(ev).any() else 0.0)
         if dem is not None and slope is not None:
-            e = dem[sel]
+            e = dem[bb][sel]
             ok = np.isfinite(e)
             piece.sum_elev, piece.n_elev = float(e[ok].sum(dtype=np.float64)), int(ok.sum())
-            piece.sum_slope = float(np.nansum(slope[sel], dtype=np.float64))
+            piece.sum_slope = float(np.nansum(slope[bb][sel], dtype=np.float64))
         if feats is not None:
-            f = feats[:, sel]
+            f = feats[:, bb[0], bb[1]][:, sel]
             piece.feat_sum = np.nansum(f, axis=1, dtype=np.float64)
             piece.n_feat = np.isfinite(f).sum(axis=1)
         pieces.append(piece)

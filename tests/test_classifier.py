@@ -221,3 +221,32 @@ def test_background_sample_avoids_labels_and_no_data_and_ignores_chunking():
     jt, jl = join((lab, labels), (a, bl))
     assert len(jl.geometries) == 2 + len(bl.geometries)
     assert jt.polygon[2:].min() >= 2 and (np.array(jl.classes)[jt.polygon[2:]] == UNLABELLED).all()
+
+
+def test_binned_prediction_equals_predict_proba_exactly():
+    """detect's fast HGB path (classifiers/predict.py BinnedHGB) gives predict_proba's exact
+    numbers, values on split thresholds and missing values included; other models fall back."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+
+    from classifiers.predict import BinnedHGB, predict_block, scorer
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 6)).astype("float32")
+    X[rng.random(X.shape) < 0.1] = np.nan
+    y = (np.nan_to_num(X[:, 0]) + 0.5 * np.nan_to_num(X[:, 3]) > 0.3).astype(int)
+    est = HistGradientBoostingClassifier(max_iter=30, max_depth=3, random_state=0).fit(X, y)
+    fast = scorer(est)
+    assert isinstance(fast, BinnedHGB)
+    T = rng.normal(size=(6, 5000)).astype("float32")
+    thr = np.concatenate(fast.thresholds).astype("float32")
+    T[:, :2000] = rng.choice(thr, size=(6, 2000))          # exactly on split thresholds
+    T[rng.random(T.shape) < 0.15] = np.nan
+    assert np.array_equal(fast(T), est.predict_proba(np.ascontiguousarray(T.T))[:, 1])
+    # a whole block, with pixels missing on every feature -> NaN
+    block = T.reshape(6, 50, 100).copy()
+    block[:, 0, :10] = np.nan
+    p = predict_block(block, est, {"a": 1.0, "b": 0.0})
+    want = est.predict_proba(np.ascontiguousarray(T.T))[:, 1].reshape(50, 100)
+    assert np.isnan(p[0, :10]).all()
+    assert np.allclose(p[1:], want[1:], atol=1e-6)
+    rf = RandomForestClassifier(n_estimators=5, random_state=0).fit(np.nan_to_num(X), y)
+    assert not isinstance(scorer(rf), BinnedHGB)
