@@ -126,7 +126,6 @@ def main() -> None:
         "depth 4 leaf 80": (d4, "default", 2, True),
         "depth 4 leaf 80, no background sample": (d4, "default", 2, False),
         "default, MMU 1 px": (base, "default", 1, True),
-        "default + raw band medians": (base, "all", 2, True),
         "hgb 200 iter depth 6 leaf 40": (base.model_copy(update={
             "max_iter": 200, "max_depth": 6, "min_samples_leaf": 40}), "default", 2, True),
         "rf 200 trees": (base.model_copy(update={"kind": "rf"}), "default", 2, True),

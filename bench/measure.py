@@ -78,6 +78,7 @@ def run_predict(scene: Path, model: Path, sample: int) -> dict:
 
     from classifiers import artifact
     from classifiers.model import apply_platt
+    from classifiers.predict import scorer
     from indices.window import block_features, make_plan
     from pipeline.config import load_calendar, load_config
     from pipeline.survey import masks, prepare_scene
@@ -92,7 +93,7 @@ def run_predict(scene: Path, model: Path, sample: int) -> dict:
     step = max(1, len(tiles) // sample) if sample else 1
     chosen = tiles[::step]
     n = len(plan.names)
-    seconds, rows = 0.0, 0
+    seconds, rows, binned = 0.0, 0, 0.0
     valid_total = 0
     for ys, xs in chosen:
         m = masks(sc[:, :, ys, xs].compute(scheduler="sync").chunk({"y": -1, "x": -1}), cfg)
@@ -105,12 +106,19 @@ def run_predict(scene: Path, model: Path, sample: int) -> dict:
             raw = art.estimator.predict_proba(X)[:, 1]
             apply_platt(raw, art.meta["calibration"]["a"], art.meta["calibration"]["b"])
             seconds += time.perf_counter() - t0
+        # detect's own exact predictor (classifiers/predict.py), one thread as in a tile
+        fast = scorer(art.estimator)
+        with threadpool_limits(1, user_api="openmp"):
+            t0 = time.perf_counter()
+            fast(np.ascontiguousarray(X.T))
+            binned += time.perf_counter() - t0
         rows += len(X)
         del X, feats
     per_px = seconds / max(rows, 1)
     # scale a sample of tiles to the whole scene by pixel count (predict is linear in rows)
     scale = (H * W) / sum((ys.stop - ys.start) * (xs.stop - xs.start) for ys, xs in chosen)
     return {"seconds": seconds * scale, "measured_seconds": seconds, "rows": rows,
+            "binned_seconds_1thread": binned * scale,
             "tiles_measured": len(chosen), "tiles": len(tiles), "us_per_row": per_px * 1e6,
             "features": n}
 

@@ -7,6 +7,7 @@ Pixels whose features are all missing (no data, or masked on every date) get NaN
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,6 +16,8 @@ from classifiers.artifact import Artifact
 from classifiers.model import apply_platt
 from pipeline.config import SurveyConfig
 from pipeline.errors import ModelError
+
+log = logging.getLogger(__name__)
 
 
 def check_fit(art: Artifact, feature_names: Sequence[str], sensor: str, calendar: str) -> None:
@@ -84,7 +87,8 @@ def scorer(estimator):
     hit = _SCORERS.get(id(estimator))
     if hit is not None and hit[0] is estimator:
         return hit[1]
-    fn = lambda Xt: estimator.predict_proba(np.ascontiguousarray(Xt.T))[:, 1]  # noqa: E731
+    def fn(Xt: np.ndarray) -> np.ndarray:
+        return estimator.predict_proba(np.ascontiguousarray(Xt.T))[:, 1]
     if type(estimator).__name__ == "HistGradientBoostingClassifier" and \
             len(getattr(estimator, "classes_", ())) == 2:
         try:
@@ -96,9 +100,11 @@ def scorer(estimator):
             X[rng.random(X.shape) < 0.1] = np.nan
             X = X.astype("float32")
             if np.array_equal(fast(X), fn(X)):
-                fn = fast
-        except Exception:  # noqa: BLE001 - a private attribute changed: use the public path
-            pass
+                _SCORERS[id(estimator)] = (estimator, fast)
+                return fast
+            log.info("binned prediction differs from predict_proba: using predict_proba")
+        except Exception as exc:  # noqa: BLE001 - a private attribute changed: public path
+            log.info("binned prediction unavailable (%s): using predict_proba", exc)
     _SCORERS[id(estimator)] = (estimator, fn)
     return fn
 

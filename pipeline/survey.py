@@ -510,12 +510,15 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     # ---- assemble
     t_asm = time.perf_counter()
     pieces, blind, timings = [], [], {s: 0.0 for s in STAGES}
+    tick = progress("assemble", len(tiles)) if progress else None
     for key, _, _ in tiles:
         p, b, tm = _load_tile_doc(tdir, key)
         pieces += p
         blind += b
         for s in STAGES:
             timings[s] += tm.get(s, 0.0)
+        if tick:
+            tick(1)
     patches = merge_pieces(pieces)
     weak = sum(1 for p in patches if p.score_max < art.threshold)
     patches = [p for p in patches if p.score_max >= art.threshold]  # patch rule: the peak
@@ -542,16 +545,23 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     stage.mkdir(parents=True)
     transform = scene.rio.transform()
     crs = scene.rio.crs
+    tick = progress("write", 6) if progress else (lambda n: None)
     write_tiles_raster(stage / "probability.tif", tdir, tiles, "prob", H, W, crs, transform,
                        "float32", np.nan, "calibrated poppy probability")
+    tick(1)
     write_tiles_raster(stage / "evidence.tif", tdir, tiles, "evidence", H, W, crs, transform,
                        "uint8", 255, "clear observations in the flowering phase")
+    tick(1)
     rgb = _assemble_thumb(tdir, tiles, stride, H, W)
     thumb_tf = transform * transform.scale(stride, stride)
     files = writers.write_targets(targets, stage, formats, gcj02=cfg.outputs.gcj02)
+    tick(1)
     files.append(writers.write_blind_areas(targets, stage))
+    tick(1)
     files.append(maps.write_quicklook(stage / "quicklook.png", rgb, thumb_tf, crs, targets))
+    tick(1)
     files.append(maps.write_map_html(stage / "map.html", rgb, thumb_tf, crs, targets))
+    tick(1)
     timings["write"] = time.perf_counter() - t_w
     flowering_blind = sum(g.area for g in targets.blind_areas)
     report = {

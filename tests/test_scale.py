@@ -167,3 +167,21 @@ def test_run_tiles_hands_each_tile_over_as_it_finishes():
         tasks = [(k, dask.delayed(lambda v: v * 2)(k)) for k in range(7)]
         run_tiles(runner, tasks, lambda k, v: got.append((k, v)), in_flight=3)
     assert sorted(got) == [(k, 2 * k) for k in range(7)]
+
+
+def test_progress_reports_every_stage_to_its_total(setup, tmp_path):
+    from pipeline.survey import detect
+    d, cfg, scene, _ = setup
+    seen: dict[str, list[int]] = {}
+
+    def factory(stage: str, total: int):
+        seen[stage] = [0, total]
+
+        def tick(n: int) -> None:
+            seen[stage][0] += n
+        return tick
+    detect(scene.images, d / "model", tmp_path / "out", cfg, formats=["geojson"],
+           progress=factory)
+    assert list(seen) == ["tiles", "assemble", "write"]
+    assert seen["tiles"][1] == 9                      # 192 px in 64 px tiles
+    assert all(done == total for done, total in seen.values()), seen
