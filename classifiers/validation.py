@@ -1,6 +1,9 @@
 """Validation that cannot leak: folds grouped by spatial block, never by pixel.
 
-Every polygon belongs to the square block (``cv_block_m``) that holds its centroid; all pixels
+With several training scenes that each hold poppy and background polygons, the folds hold
+out whole scenes instead: the threshold is then chosen on scenes the fold's model did not see,
+as detect meets them. Otherwise (one scene):
+every polygon belongs to the square block (``cv_block_m``) that holds its centroid; all pixels
 of a polygon, and all polygons of a block, fall in the same fold. Metrics are computed on the
 out-of-fold probabilities: per-class precision, recall and F1 and the confusion matrix (pixels),
 polygon-level recall and precision (a labelled polygon is flagged when any of its sampled
@@ -50,16 +53,17 @@ def _splits(table: Table, groups: np.ndarray, n_folds: int, seed: int):
 
 
 def out_of_fold(estimator, table: Table, groups: np.ndarray, n_folds: int,
-                seed: int, repeats: int = 1) -> tuple[np.ndarray, str]:
+                seed: int, repeats: int = 1, group_name: str = "spatial blocks"
+                ) -> tuple[np.ndarray, str]:
     """Out-of-fold scores, averaged over ``repeats`` differently shuffled group folds (each
     pixel is scored ``repeats`` times, always by models that did not see its group): the
     threshold then depends less on which blocks happened to share a fold."""
     total = np.zeros(len(table.y))
     count = np.zeros(len(table.y))
-    how = "spatial blocks"
+    how = group_name
     for r in range(repeats):
         splits = _splits(table, groups, n_folds, seed + r)
-        how = "spatial blocks"
+        how = group_name
         if splits is None:
             if r == 0:
                 log.warning("labelled polygons are too few or too clustered for spatial-block "
@@ -115,7 +119,17 @@ def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: 
     polygons of at least ``min_plot_px`` pixels (smaller plots are not required to be found:
     counting sub-pixel gardens would pull the threshold down to where noise passes)."""
     groups = spatial_groups(table, labels, block_m, scene_of_polygon)
-    raw, grouped_by = out_of_fold(estimator, table, groups, n_folds, seed, repeats)
+    name = "spatial blocks"
+    if scene_of_polygon is not None and \
+            len(np.unique(scene_of_polygon[labels.is_target])) >= 2 and \
+            len(np.unique(scene_of_polygon[~labels.is_target])) >= 2:
+        # Several scenes: hold out whole scenes, so the threshold is chosen on scenes the
+        # fold's model did not see (other season, terrain, calibration), as detect meets them.
+        # Blocks of the training scenes gave thresholds too high for other scenes
+        # (docs/classifier.md, "Scene shift"). The folds are fixed, so one repeat.
+        groups = scene_of_polygon[table.polygon].astype("int64")
+        name, repeats = "scenes (each scene held out whole)", 1
+    raw, grouped_by = out_of_fold(estimator, table, groups, n_folds, seed, repeats, name)
     ok = np.isfinite(raw)
     a, b = fit_platt(raw[ok], table.y[ok])
     prob = np.full_like(raw, np.nan)

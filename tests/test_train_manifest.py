@@ -26,6 +26,8 @@ def test_manifest_trains_on_every_scene(tmp_path):
     cfg = with_overrides(load_config(), **{"run.chunk_size": 64})
     report = train_manifest(man, tmp_path / "model", cfg)
     assert report["samples"]["scenes"] == 2
+    # two scenes with plots: the threshold comes from folds that hold out whole scenes
+    assert report["folds"].startswith("StratifiedGroupKFold grouped by scenes")
     assert report["samples"]["classes"]["poppy"] == 6
     meta = json.loads((tmp_path / "model" / "model.json").read_text())
     assert len(meta["phase_dates"]) == 2
