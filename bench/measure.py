@@ -175,7 +175,11 @@ def run_naive(scene: Path, model: Path, out: Path) -> dict:
     plan = make_plan(m.isel(y=slice(0, 1), x=slice(0, 1)), load_calendar(cfg.calendar),
                      cfg.features)
     n = len(plan.names)
-    feats = block_features(m, plan)[:n]
+    allf = block_features(m, plan)
+    feats = allf[:n]
+    # no clear flowering observation: no probability (blind), as detect does
+    blind = allf[n + plan.phases.index("flowering")] == 0 if "flowering" in plan.phases \
+        else np.zeros(feats.shape[1:], bool)
     del m
     H, W = feats.shape[1:]
     X = feats.reshape(n, -1).T
@@ -184,6 +188,7 @@ def run_naive(scene: Path, model: Path, out: Path) -> dict:
     with threadpool_limits(2, user_api="openmp"):      # n_jobs=2
         raw_p = art.estimator.predict_proba(X[valid])[:, 1]
     prob[valid] = apply_platt(raw_p, art.meta["calibration"]["a"], art.meta["calibration"]["b"])
+    prob[blind.ravel()] = np.nan
     out.mkdir(parents=True, exist_ok=True)
     with rasterio.open(out / "probability.tif", "w", driver="GTiff", height=H, width=W,
                        count=1, dtype="float32", crs=lazy.rio.crs,

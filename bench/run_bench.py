@@ -232,7 +232,7 @@ def write_doc(doc: Path, results: dict, m: dict, notes: str) -> None:
          f"- {m['nproc']} CPUs ({m['cpu']}), {m['ram_gb']} GB RAM, {m['platform']}",
          f"- Python {m['python']}, numpy {m['numpy']}, dask {m['dask']}, rasterio "
          f"{m['rasterio']} (GDAL {m['gdal']}), scikit-learn {m['scikit-learn']}",
-         "- The machine is shared with other jobs: the load average (1 min) before and after "
+         "- The load average (1 min) before and after "
          "each measurement is in the last table; with a load above 2 on 2 cores every figure "
          "is slower than on an idle machine.", "",
          "## Scenes and model", "",
