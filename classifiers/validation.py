@@ -114,13 +114,14 @@ def big_polygons(labels: Labels, pixel_m: float, min_px: float) -> set[int]:
 
 def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: float,
              target_recall: float, seed: int, min_plot_px: float = 0.0, repeats: int = 1,
-             scene_of_polygon: np.ndarray | None = None) -> dict:
+             scene_of_polygon: np.ndarray | None = None,
+             hold_out_scenes: bool = True) -> dict:
     """Out-of-fold metrics and the threshold that flags ``target_recall`` of the poppy
     polygons of at least ``min_plot_px`` pixels (smaller plots are not required to be found:
     counting sub-pixel gardens would pull the threshold down to where noise passes)."""
     groups = spatial_groups(table, labels, block_m, scene_of_polygon)
     name = "spatial blocks"
-    if scene_of_polygon is not None and \
+    if hold_out_scenes and scene_of_polygon is not None and \
             len(np.unique(scene_of_polygon[labels.is_target])) >= 2 and \
             len(np.unique(scene_of_polygon[~labels.is_target])) >= 2:
         # Several scenes: hold out whole scenes, so the threshold is chosen on scenes the

@@ -100,6 +100,9 @@ class ModelConfig(_Frozen):
     #: the grouped cross-validation is repeated with other fold shuffles and the out-of-fold
     #: scores averaged: a steadier threshold across training seeds (docs/classifier.md)
     cv_repeats: int = Field(3, ge=1, le=10)
+    #: with several training scenes (--manifest), hold out whole scenes in cross-validation
+    #: (the threshold then meets unseen scenes, as detect does); false: spatial blocks only
+    cv_hold_out_scenes: bool = True
     #: side of the square spatial blocks used to group polygons in cross-validation
     cv_block_m: float = Field(500.0, gt=0)
 
