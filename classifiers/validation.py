@@ -60,14 +60,13 @@ def out_of_fold(estimator, table: Table, groups: np.ndarray, n_folds: int,
     threshold then depends less on which blocks happened to share a fold."""
     total = np.zeros(len(table.y))
     count = np.zeros(len(table.y))
-    how = group_name
     for r in range(repeats):
         splits = _splits(table, groups, n_folds, seed + r)
         how = group_name
         if splits is None:
             if r == 0:
-                log.warning("labelled polygons are too few or too clustered for spatial-block "
-                            "folds: folds fall back to grouping by polygon")
+                log.warning("labelled polygons are too few or too clustered for folds by %s: "
+                            "folds fall back to grouping by polygon", group_name)
             splits = _splits(table, table.polygon.astype("int64"), n_folds, seed + r)
             how = "polygons"
         if splits is None:
