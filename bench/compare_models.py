@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.scenes_cache import load_scene, score_map
 from classifiers.labels import Labels
 from classifiers.model import apply_platt, fit_balanced, fit_platt, make_estimator
+from classifiers.predict import predict_block
 from classifiers.sampling import UNLABELLED, Table
 from classifiers.validation import (
     big_polygons,
@@ -79,18 +80,15 @@ def train_and_score(mcfg: ModelConfig, train_seed: int, test_seeds, feats: str =
     for ts in test_seeds:
         te = load_scene(ts, test_prev)
         F = te.F[[te.names.index(tr.names[i]) for i in cols]]
-        nf, H, W = F.shape
-        X = F.reshape(nf, -1).T
-        valid = ~np.all(np.isnan(X), axis=1)
-        p = np.full(H * W, np.nan, "float32")
+        _, H, W = F.shape
         t1 = time.perf_counter()
-        p[valid] = apply_platt(est.predict_proba(X[valid])[:, 1], a, b)
+        p = predict_block(F, est, {"a": a, "b": b})     # as detect predicts a tile
         t_pred = time.perf_counter() - t1
-        r = score_map(p.reshape(H, W), thr, te, mmu_px=mmu_px, min_plot_px=min_plot_px)
+        r = score_map(p, thr, te, mmu_px=mmu_px, min_plot_px=min_plot_px)
         # ranking quality, threshold aside (an analysis that looks at the truth, not a
         # setting): the best recall any threshold reaches at precision >= 0.7
         r["ranked"] = max([s["recall"] for t in np.arange(0.30, 0.995, 0.01)
-                           if (s := score_map(p.reshape(H, W), t, te, mmu_px=mmu_px,
+                           if (s := score_map(p, t, te, mmu_px=mmu_px,
                                               min_plot_px=min_plot_px))["precision"] >= 0.7],
                           default=0.0)
         rows.append({"train": train_seed, "test": ts, "threshold": thr, "train_s": t_train,

@@ -94,13 +94,11 @@ def run_predict(scene: Path, model: Path, sample: int) -> dict:
     chosen = tiles[::step]
     n = len(plan.names)
     seconds, rows, binned = 0.0, 0, 0.0
-    valid_total = 0
     for ys, xs in chosen:
         m = masks(sc[:, :, ys, xs].compute(scheduler="sync").chunk({"y": -1, "x": -1}), cfg)
         feats = block_features(m.compute(scheduler="sync"), plan)[:n]
         X = np.ascontiguousarray(feats.reshape(n, -1).T)
         X = X[~np.all(np.isnan(X), axis=1)]
-        valid_total += len(X)
         with threadpool_limits(2, user_api="openmp"):
             t0 = time.perf_counter()
             raw = art.estimator.predict_proba(X)[:, 1]

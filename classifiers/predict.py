@@ -8,6 +8,7 @@ Pixels whose features are all missing (no data, or masked on every date) get NaN
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -77,36 +78,41 @@ class BinnedHGB:
         return self.loss.predict_proba(raw)[:, 1]
 
 
-_SCORERS: dict[int, tuple[object, object]] = {}
+#: the binned scorer per estimator object and process, or None where predict_proba is used
+#: (values never refer back to the estimator, so an entry goes with its estimator)
+_SCORERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def scorer(estimator):
     """``Xt (feature, pixel) -> P(poppy)`` for ``estimator``: :class:`BinnedHGB` when it
     reproduces ``predict_proba`` exactly on a check sample (values on and next to the split
     thresholds, missing values), else ``predict_proba``."""
-    hit = _SCORERS.get(id(estimator))
-    if hit is not None and hit[0] is estimator:
-        return hit[1]
     def fn(Xt: np.ndarray) -> np.ndarray:
         return estimator.predict_proba(np.ascontiguousarray(Xt.T))[:, 1]
-    if type(estimator).__name__ == "HistGradientBoostingClassifier" and \
-            len(getattr(estimator, "classes_", ())) == 2:
-        try:
-            fast = BinnedHGB(estimator)
-            rng = np.random.default_rng(0)
-            thr = np.concatenate([t for t in fast.thresholds] or [np.zeros(1)])
-            X = rng.choice(thr, size=(fast.n_features, 512)) + \
-                rng.choice([-1e-6, 0.0, 1e-6], size=(fast.n_features, 512))
-            X[rng.random(X.shape) < 0.1] = np.nan
-            X = X.astype("float32")
-            if np.array_equal(fast(X), fn(X)):
-                _SCORERS[id(estimator)] = (estimator, fast)
-                return fast
-            log.info("binned prediction differs from predict_proba: using predict_proba")
-        except Exception as exc:  # noqa: BLE001 - a private attribute changed: public path
-            log.info("binned prediction unavailable (%s): using predict_proba", exc)
-    _SCORERS[id(estimator)] = (estimator, fn)
-    return fn
+
+    if estimator not in _SCORERS:
+        _SCORERS[estimator] = _binned_or_none(estimator, fn)
+    return _SCORERS[estimator] or fn
+
+
+def _binned_or_none(estimator, reference) -> BinnedHGB | None:
+    if type(estimator).__name__ != "HistGradientBoostingClassifier" or \
+            len(getattr(estimator, "classes_", ())) != 2:
+        return None
+    try:
+        fast = BinnedHGB(estimator)
+        rng = np.random.default_rng(0)
+        thr = np.concatenate(fast.thresholds or [np.zeros(1)])
+        X = rng.choice(thr, size=(fast.n_features, 512)) + \
+            rng.choice([-1e-6, 0.0, 1e-6], size=(fast.n_features, 512))
+        X[rng.random(X.shape) < 0.1] = np.nan
+        X = X.astype("float32")
+        if np.array_equal(fast(X), reference(X)):
+            return fast
+        log.info("binned prediction differs from predict_proba: using predict_proba")
+    except Exception as exc:  # noqa: BLE001 - a private attribute changed: public path
+        log.info("binned prediction unavailable (%s): using predict_proba", exc)
+    return None
 
 
 def predict_block(block: np.ndarray, estimator, calibration: dict) -> np.ndarray:
