@@ -53,8 +53,9 @@ def _transformer_to_wgs84(src: CRS) -> Transformer | None:
     return Transformer.from_crs(src, WGS84, always_xy=True)
 
 
-def to_wgs84(geometry: BaseGeometry, crs: str | CRS) -> BaseGeometry:
-    """Reproject a geometry from ``crs`` to WGS84 lon/lat (axis order x=lon, y=lat)."""
+def to_wgs84(geometry, crs: str | CRS):
+    """Reproject a geometry (or an array of them) from ``crs`` to WGS84 lon/lat (axis order
+    x=lon, y=lat)."""
     tr = _transformer_to_wgs84(crs if isinstance(crs, CRS) else parse_crs(crs))
     if tr is None:
         return geometry
@@ -114,7 +115,10 @@ def targets_wgs84(targets: TargetList) -> list[tuple[Target, Polygon | MultiPoly
     """Each target (rank order) with its geometry in WGS84, oriented."""
     crs = parse_crs(targets.crs)
     ordered = sorted(targets.targets, key=lambda t: t.rank)
-    return [(t, polygonal(to_wgs84(t.geometry, crs))) for t in ordered]
+    # one transformation for all geometries: per geometry, hashing the CRS for the
+    # transformer cache and the call overhead cost more than the arithmetic
+    geoms = to_wgs84(np.array([t.geometry for t in ordered], dtype=object), crs)
+    return [(t, polygonal(g)) for t, g in zip(ordered, geoms)]
 
 
 def targets_feature_collection(targets: TargetList) -> dict:

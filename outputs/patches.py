@@ -19,6 +19,8 @@ import shapely
 from affine import Affine
 from rasterio import features as rfeatures
 from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 from shapely.strtree import STRtree
@@ -36,6 +38,19 @@ class Piece:
     sum_slope: float = 0.0
     feat_sum: np.ndarray | None = None
     n_feat: np.ndarray | None = None
+
+
+@dataclass
+class CandidateFeatures:
+    """The feature vectors of a tile's candidate pixels only (probability at or above the
+    pixel threshold): a piece's feature means need no other pixel, and the dense features of
+    a 512 px tile are 190 MB (182 features) where its candidates are a few per cent of it."""
+    index: np.ndarray    # (y, x) int32: row of the pixel in ``values``, -1 if not a candidate
+    values: np.ndarray   # (candidate, feature) float32
+
+    def of(self, box: tuple[slice, slice], sel: np.ndarray) -> np.ndarray:
+        """(feature, pixel) values of the pixels ``sel`` of the window ``box``."""
+        return self.values[self.index[box][sel]].T
 
 
 @dataclass
@@ -76,7 +91,7 @@ def _polygons(mask: np.ndarray, y0: int, x0: int,
 
 
 def chunk_pieces(prob: np.ndarray, evidence: np.ndarray, dem: np.ndarray | None,
-                 slope: np.ndarray | None, feats: np.ndarray | None, y0: int, x0: int,
+                 slope: np.ndarray | None, feats: CandidateFeatures | None, y0: int, x0: int,
                  transform, threshold: float) -> tuple[list[Piece], list[BaseGeometry]]:
     blind_mask = np.isfinite(evidence) & (evidence <= 0)
     with np.errstate(invalid="ignore"):
@@ -101,46 +116,72 @@ def chunk_pieces(prob: np.ndarray, evidence: np.ndarray, dem: np.ndarray | None,
             piece.sum_elev, piece.n_elev = float(e[ok].sum(dtype=np.float64)), int(ok.sum())
             piece.sum_slope = float(np.nansum(slope[bb][sel], dtype=np.float64))
         if feats is not None:
-            f = feats[:, bb[0], bb[1]][:, sel]
+            f = feats.of(bb, sel)
             piece.feat_sum = np.nansum(f, axis=1, dtype=np.float64)
-            piece.n_feat = np.isfinite(f).sum(axis=1)
+            piece.n_feat = np.isfinite(f).sum(axis=1).astype(np.int32)
         pieces.append(piece)
     blind, _ = _polygons(blind_mask, y0, x0, transform)
     return pieces, blind
 
 
 def merge_pieces(pieces: list[Piece]) -> list[Patch]:
+    """Patches from the pieces of all chunks: pieces that touch (they were cut by a chunk
+    border) are merged, in the order of their first piece.
+
+    Only pieces in contact go through a polygon union: a union of every piece of a county
+    (tens of thousands) was the slowest step of the assembly, where a few per cent of the
+    pieces touch a chunk border.
+    """
     if not pieces:
         return []
-    merged = shapely.union_all([p.geometry for p in pieces])
-    parts = list(getattr(merged, "geoms", [merged]))
-    tree = STRtree(parts)
-    groups: dict[int, list[Piece]] = {}
-    for p in pieces:
-        pt = p.geometry.representative_point()
-        hits = tree.query(pt, predicate="intersects")
-        groups.setdefault(int(hits[0]), []).append(p)
-    patches = []
-    for k, members in groups.items():
-        n = sum(m.n for m in members)
-        n_elev = sum(m.n_elev for m in members)
-        feat_mean = None
-        if members[0].feat_sum is not None:
-            fs = np.sum([m.feat_sum for m in members], axis=0)
-            fn = np.sum([m.n_feat for m in members], axis=0)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                feat_mean = np.where(fn > 0, fs / np.maximum(fn, 1), np.nan)
-        patches.append(Patch(
-            geometry=shapely.make_valid(parts[k]),
-            n=n,
-            score=math.fsum(m.sum_p for m in members) / n,
-            score_max=max(m.max_p for m in members),
-            flowering_obs=int(min(m.min_ev for m in members)),
-            elevation_m=(math.fsum(m.sum_elev for m in members) / n_elev) if n_elev else None,
-            slope_deg=(math.fsum(m.sum_slope for m in members) / n_elev) if n_elev else None,
-            feat_mean=feat_mean,
-        ))
-    return patches
+    geoms = np.array([p.geometry for p in pieces], dtype=object)
+    a, b = STRtree(geoms).query(geoms, predicate="intersects")
+    n = len(pieces)
+    _, comp = connected_components(coo_matrix((np.ones(len(a), bool), (a, b)), shape=(n, n)),
+                                   directed=False)
+    members_of: dict[int, list[int]] = {}
+    for i, c in enumerate(comp.tolist()):
+        members_of.setdefault(c, []).append(i)
+    groups: list[tuple[int, BaseGeometry, list[Piece]]] = []   # (first piece, geometry, pieces)
+    for idx in members_of.values():
+        if len(idx) == 1:
+            groups.append((idx[0], geoms[idx[0]], [pieces[idx[0]]]))
+            continue
+        # touching at a corner only, two pieces stay two patches (as in one chunk)
+        merged = shapely.union_all(geoms[idx])
+        parts = list(getattr(merged, "geoms", [merged]))
+        if len(parts) == 1:
+            groups.append((idx[0], parts[0], [pieces[i] for i in idx]))
+            continue
+        tree = STRtree(parts)
+        by_part: dict[int, list[int]] = {}
+        for i in idx:
+            hit = tree.query(geoms[i].representative_point(), predicate="intersects")
+            by_part.setdefault(int(hit[0]), []).append(i)
+        groups += [(m[0], parts[k], [pieces[i] for i in m]) for k, m in by_part.items()]
+    groups.sort(key=lambda g: g[0])
+    return [_patch(g, m) for _, g, m in groups]
+
+
+def _patch(geometry: BaseGeometry, members: list[Piece]) -> Patch:
+    n = sum(m.n for m in members)
+    n_elev = sum(m.n_elev for m in members)
+    feat_mean = None
+    if members[0].feat_sum is not None:
+        fs = np.sum([m.feat_sum for m in members], axis=0, dtype=np.float64)
+        fn = np.sum([m.n_feat for m in members], axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            feat_mean = np.where(fn > 0, fs / np.maximum(fn, 1), np.nan)
+    return Patch(
+        geometry=shapely.make_valid(geometry),
+        n=n,
+        score=math.fsum(m.sum_p for m in members) / n,
+        score_max=max(m.max_p for m in members),
+        flowering_obs=int(min(m.min_ev for m in members)),
+        elevation_m=(math.fsum(m.sum_elev for m in members) / n_elev) if n_elev else None,
+        slope_deg=(math.fsum(m.sum_slope for m in members) / n_elev) if n_elev else None,
+        feat_mean=feat_mean,
+    )
 
 
 def merge_blind(polys: list[BaseGeometry]) -> list[BaseGeometry]:

@@ -34,7 +34,7 @@ from classifiers.sampling import Table, check_classes, join, sample, sample_back
 from classifiers.validation import text_table, validate
 from indices.window import FeaturePlan, block_features, make_plan, window_features
 from outputs import maps, writers
-from outputs.patches import Piece, chunk_pieces, merge_blind, merge_pieces
+from outputs.patches import CandidateFeatures, Piece, chunk_pieces, merge_blind, merge_pieces
 from outputs.ranking import build_targets
 from outputs.rasters import write_tiles_raster
 from outputs.report import environment, file_digest, write_json_atomic
@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 STATE_DIR = ".poppyscan"
 STAGES = ("read", "mask", "features", "predict", "patches", "write")
 TILE_GDAL_CACHE_MB = 64
+#: version of the saved tile results: a run saved by another version starts afresh
+TILE_FORMAT = 2
 
 
 # ----------------------------------------------------------------------------- shared
@@ -308,7 +310,8 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
     t1 = time.perf_counter()
     t["read"] = t1 - t0
     fwin = (slice(fys.start - hy0, fys.stop - hy0), slice(fxs.start - hx0, fxs.stop - hx0))
-    masked = masks(raw.chunk({"y": -1, "x": -1}), ctx.cfg)[:, :, fwin[0], fwin[1]]
+    raw = raw.chunk({"y": -1, "x": -1})  # a copy: rebinding frees the computed one
+    masked = masks(raw, ctx.cfg)[:, :, fwin[0], fwin[1]]
     if ctx.terrain is not None:
         from indices.terrain import apply_terrain
         masked = apply_terrain(masked, slope, aspect, ctx.terrain)
@@ -318,7 +321,8 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
         dem, slope = dem[inner], slope[inner]
     t2 = time.perf_counter()
     t["mask"] = t2 - t1
-    feats, evidence, prob = _features_and_predict(masked, ctx, t, inner)
+    cand, quick, evidence, prob = _features_and_predict(masked, ctx, t, inner)
+    del masked
     t4 = time.perf_counter()
     fl = ctx.plan.phases.index("flowering") if "flowering" in ctx.plan.phases else None
     ev = evidence[fl] if fl is not None else np.zeros(prob.shape, "float32")
@@ -328,10 +332,10 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
     prob = np.where(ev > 0, prob, np.nan).astype("float32")
     transform = ctx.scene.rio.transform()
     pieces, blind = chunk_pieces(prob, ev, None if dem is None else dem.values,
-                                 None if slope is None else slope.values, feats,
+                                 None if slope is None else slope.values, cand,
                                  ys.start, xs.start, transform, ctx.threshold)
     t["patches"] = time.perf_counter() - t4
-    rgb = _thumb(feats, ctx.plan, ys.start, xs.start, ctx.stride)
+    rgb = quick[:, (-ys.start) % ctx.stride::ctx.stride, (-xs.start) % ctx.stride::ctx.stride]
     return {"prob": prob, "evidence": np.nan_to_num(ev, nan=255).astype("uint8"),
             "pieces": pieces, "blind": blind, "rgb": rgb, "timings": t}
 
@@ -345,16 +349,22 @@ STRIP_ROWS = 128
 
 def _features_and_predict(masked: xr.DataArray, ctx: TileContext, t: dict[str, float],
                           inner: tuple[slice, slice]
-                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Features, evidence and probability of the ``inner`` window of ``masked`` (the tile
-    inside its spatial-feature halo), computed in strips of rows that carry the same halo."""
+                          ) -> tuple[CandidateFeatures, np.ndarray, np.ndarray, np.ndarray]:
+    """Features and probability of the ``inner`` window of ``masked`` (the tile inside its
+    spatial-feature halo), computed in strips of rows that carry the same halo. Returns the
+    features of the candidate pixels (for the patches' reasons), the quick-look features,
+    the evidence per phase and the probability; the tile's dense features are never kept."""
     n, n_ph = len(ctx.plan.names), len(ctx.plan.phases)
     sp = ctx.plan.halo
     iy, ix = inner
     ny, nx = iy.stop - iy.start, ix.stop - ix.start
-    feats = np.empty((n, ny, nx), dtype="float32")
+    qidx = [ctx.plan.names.index(q) for q in quicklook_names(ctx.plan)]
+    quick = np.empty((len(qidx), ny, nx), dtype="float32")
     evidence = np.empty((n_ph, ny, nx), dtype="float32")
     prob = np.empty((ny, nx), dtype="float32")
+    index = np.full((ny, nx), -1, dtype="int32")
+    values: list[np.ndarray] = []
+    n_cand = 0
     for r0 in range(0, ny, STRIP_ROWS):
         r1 = min(ny, r0 + STRIP_ROWS)
         a0 = max(0, iy.start + r0 - sp)
@@ -362,13 +372,24 @@ def _features_and_predict(masked: xr.DataArray, ctx: TileContext, t: dict[str, f
         t0 = time.perf_counter()
         out = block_features(masked[:, :, a0:a1, :], ctx.plan)
         crop = out[:, iy.start + r0 - a0:iy.start + r1 - a0, ix]
-        feats[:, r0:r1], evidence[:, r0:r1] = crop[:n], crop[n:]
+        feats = np.ascontiguousarray(crop[:n])
+        evidence[:, r0:r1] = crop[n:]
+        quick[:, r0:r1] = feats[qidx]
         del out, crop
         t1 = time.perf_counter()
-        prob[r0:r1] = predict_block(feats[:, r0:r1], ctx.estimator, ctx.calibration)
+        p = predict_block(feats, ctx.estimator, ctx.calibration)
+        prob[r0:r1] = p
+        with np.errstate(invalid="ignore"):
+            c = p >= ctx.threshold
+        k = int(c.sum())
+        index[r0:r1][c] = np.arange(n_cand, n_cand + k, dtype="int32")
+        values.append(feats[:, c].T)
+        n_cand += k
         t["features"] += t1 - t0
         t["predict"] += time.perf_counter() - t1
-    return feats, evidence, prob
+    cand = CandidateFeatures(index, np.concatenate(values) if values else
+                             np.empty((0, n), "float32"))
+    return cand, quick, evidence, prob
 
 
 QUICKLOOK_BANDS = ("flowering.median.nir", "flowering.median.red", "flowering.median.green")
@@ -380,11 +401,6 @@ def quicklook_names(plan: FeaturePlan) -> list[str]:
         if all(c in plan.names for c in combo):
             return list(combo)
     return [n for n in plan.names if n.startswith("flowering.median.")][:3]
-
-
-def _thumb(feats: np.ndarray, plan: FeaturePlan, y0: int, x0: int, stride: int) -> np.ndarray:
-    idx = [plan.names.index(n) for n in quicklook_names(plan)]
-    return feats[idx, (-y0) % stride::stride, (-x0) % stride::stride]
 
 
 def _fingerprint(digests: dict[str, str], model_dir: Path, cfg: SurveyConfig,
@@ -400,14 +416,21 @@ def _fingerprint(digests: dict[str, str], model_dir: Path, cfg: SurveyConfig,
 
 
 def _save_tile(tdir: Path, key: str, res: dict) -> None:
-    np.savez(tdir / f".{key}.npz", prob=res["prob"], evidence=res["evidence"], rgb=res["rgb"])
+    pieces = res["pieces"]
+    with_feats = bool(pieces) and pieces[0].feat_sum is not None
+    # the pieces' feature sums as arrays beside the rasters (as JSON lists, reading them back
+    # was the slowest step of the assembly)
+    feat_sum = (np.array([p.feat_sum for p in pieces], "float32") if with_feats
+                else np.empty((0, 0), "float32"))
+    n_feat = (np.array([p.n_feat for p in pieces], "int32") if with_feats
+              else np.empty((0, 0), "int32"))
+    np.savez(tdir / f".{key}.npz", prob=res["prob"], evidence=res["evidence"], rgb=res["rgb"],
+             feat_sum=feat_sum, n_feat=n_feat)
     os.replace(tdir / f".{key}.npz", tdir / f"{key}.npz")
-    pieces = [{"wkb": p.geometry.wkb_hex, "n": p.n, "sum_p": p.sum_p, "max_p": p.max_p,
-               "min_ev": p.min_ev, "sum_elev": p.sum_elev, "n_elev": p.n_elev,
-               "sum_slope": p.sum_slope,
-               "feat_sum": None if p.feat_sum is None else p.feat_sum.tolist(),
-               "n_feat": None if p.n_feat is None else p.n_feat.tolist()} for p in res["pieces"]]
-    doc = {"pieces": pieces, "blind": [g.wkb_hex for g in res["blind"]],
+    docs = [{"wkb": p.geometry.wkb_hex, "n": p.n, "sum_p": p.sum_p, "max_p": p.max_p,
+             "min_ev": p.min_ev, "sum_elev": p.sum_elev, "n_elev": p.n_elev,
+             "sum_slope": p.sum_slope} for p in pieces]
+    doc = {"pieces": docs, "blind": [g.wkb_hex for g in res["blind"]],
            "timings": res["timings"]}
     tmp = tdir / f".{key}.json"
     tmp.write_text(json.dumps(doc))
@@ -416,11 +439,13 @@ def _save_tile(tdir: Path, key: str, res: dict) -> None:
 
 def _load_tile_doc(tdir: Path, key: str) -> tuple[list[Piece], list, dict]:
     doc = json.loads((tdir / f"{key}.json").read_text())
+    with np.load(tdir / f"{key}.npz") as z:
+        feat_sum, n_feat = z["feat_sum"], z["n_feat"]
+    has = len(feat_sum) == len(doc["pieces"]) and len(feat_sum) > 0
     pieces = [Piece(shapely.from_wkb(bytes.fromhex(d["wkb"])), d["n"], d["sum_p"], d["max_p"],
                     d["min_ev"], d["sum_elev"], d["n_elev"], d["sum_slope"],
-                    None if d["feat_sum"] is None else np.array(d["feat_sum"]),
-                    None if d["n_feat"] is None else np.array(d["n_feat"]))
-              for d in doc["pieces"]]
+                    feat_sum[i] if has else None, n_feat[i] if has else None)
+              for i, d in enumerate(doc["pieces"])]
     blind = [shapely.from_wkb(bytes.fromhex(h)) for h in doc["blind"]]
     return pieces, blind, doc["timings"]
 
@@ -442,11 +467,13 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     # ---- validate everything before anything is written
     calendar = load_calendar(cfg.calendar)
     art = model_artifact.load(model_dir)
-    # Read in quarter-tile chunks: a tile and its mask halo then read ~(1 + 2 x 1/4)^2 = 2.25
-    # tiles' worth of pixels at most, where tile-sized chunks read up to 9 whole tiles (every
-    # neighbour the halo touches).
+    # Read in half-tile chunks: a tile and its halo read 4 x 4 of them (2 x 2 tiles' worth of
+    # pixels) where tile-sized chunks read 3 x 3 whole tiles. Smaller chunks read fewer pixels
+    # but cost more than they save: at 2048 px, 16 tiles read in 11.3 s with 256 px chunks
+    # and 21.4 s with 128 px (task overhead, concatenation, and GeoTIFF blocks, commonly
+    # 256 px, decoded again for every chunk that cuts them).
     scene, dem_da = prepare_scene(images, cfg, dem=dem, aoi=aoi,
-                                  chunks=max(64, cfg.run.chunk_size // 4))
+                                  chunks=max(64, cfg.run.chunk_size // 2))
     if cfg.terrain_correction != "none" and dem_da is None:
         raise InputError(f"terrain_correction is '{cfg.terrain_correction}' but no --dem was "
                          "given; give a DEM or set terrain_correction: none")
@@ -470,7 +497,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     tdir = state / "tiles"
     digests = _digest_inputs(images)        # read once: the inputs can be GBs
     fp = _fingerprint(digests, model_dir, cfg, {"dem": str(dem), "aoi": str(aoi), "H": H,
-                                                "W": W})
+                                                "W": W, "tile_format": TILE_FORMAT})
     run_file = state / "run.json"
     if run_file.is_file() and json.loads(run_file.read_text()).get("fingerprint") != fp:
         log.info("%s holds a run with other inputs or settings: starting afresh", state)
@@ -522,6 +549,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
         if tick:
             tick(1)
     patches = merge_pieces(pieces)
+    del pieces
     weak = sum(1 for p in patches if p.score_max < art.threshold)
     patches = [p for p in patches if p.score_max >= art.threshold]  # patch rule: the peak
     removed = 0
