@@ -95,14 +95,23 @@ def scene_for(work: Path, size: int, sim_max: int) -> Path:
 
 
 def model_for(work: Path) -> Path:
-    model = work / "model"
-    if (model / "model.skops").is_file():
-        return model
+    """The bench model, trained again when the default config changed since (a model of an
+    older feature set would be refused by detect)."""
+    import hashlib
+
     from pipeline.config import load_config
     from pipeline.survey import train
+    model = work / "model"
+    cfg = load_config()
+    key = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()
+    stamp = model / "bench_config.sha256"
+    if (model / "model.skops").is_file() and stamp.is_file() and stamp.read_text() == key:
+        return model
+    shutil.rmtree(model, ignore_errors=True)
     tr = simulate_scene(work / f"train-{TRAIN_SIZE}", TRAIN_SIZE, TRAIN_SEED)
     log(f"training the bench model on {tr}")
-    train(sorted(tr.glob("S2_*.tif")), tr / "labels.geojson", model, load_config())
+    train(sorted(tr.glob("S2_*.tif")), tr / "labels.geojson", model, cfg)
+    stamp.write_text(key)
     return model
 
 
