@@ -7,6 +7,7 @@ Pixels whose features are all missing (no data, or masked on every date) get NaN
 """
 from __future__ import annotations
 
+import copy
 import logging
 import weakref
 from collections.abc import Sequence
@@ -43,24 +44,44 @@ class BinnedHGB:
     scikit-learn predicts from raw float features, node by node; it also keeps each split's
     bin, and ``x <= threshold`` holds exactly when ``bin(x) <= bin_threshold`` (bins come from
     the same thresholds, NaN has its own bin and follows the same missing-value branch). So
-    only the features the trees use are binned (``np.searchsorted`` on the fitted thresholds,
-    as the bin mapper does) and the trees walk uint8 bins, summed in scikit-learn's order.
+    only the features the trees use are binned (``np.searchsorted`` on the thresholds of their
+    splits) and the trees walk uint8 bins, summed in scikit-learn's order.
     Uses private scikit-learn attributes: :func:`scorer` checks the result against
     ``predict_proba`` once per process and falls back to it on any difference."""
 
     def __init__(self, est) -> None:
         bm = est._bin_mapper
-        used = set()
+        splits: dict[int, set[int]] = {}   # feature -> bin thresholds its splits use
         for (pred,) in est._predictors:
             nodes = pred.nodes
-            used.update(int(f) for f in nodes["feature_idx"][nodes["is_leaf"] == 0])
-        self.used = sorted(used)
-        self.thresholds = [np.asarray(bm.bin_thresholds_[f], dtype="float64")
-                           for f in self.used]
+            inner = nodes["is_leaf"] == 0
+            for f, b in zip(nodes["feature_idx"][inner], nodes["bin_threshold"][inner]):
+                splits.setdefault(int(f), set()).add(int(b))
+        self.used = sorted(splits)
+        # Each feature is binned on the thresholds its splits use, not on all of its ~255
+        # bins (a binary search of 3 levels instead of 8): with T the sorted split values of
+        # a feature, c(x) = searchsorted(T, x) <= j exactly when x <= T[j], and x <= T[j] is
+        # the split's own test bin(x) <= bin_threshold. The nodes get the index j instead.
+        remap: dict[int, dict[int, int]] = {}
+        self.thresholds = []
+        for f in self.used:
+            bins = sorted(splits[f])
+            remap[f] = {b: j for j, b in enumerate(bins)}
+            # a split on the last bin sends every value left (missing values aside): +inf
+            edges = np.append(np.asarray(bm.bin_thresholds_[f], dtype="float64"), np.inf)
+            self.thresholds.append(edges[np.minimum(bins, len(edges) - 1)])
         self.missing_bin = int(bm.missing_values_bin_idx_)
         self.n_features = int(est.n_features_in_)
         self.baseline = float(np.ravel(est._baseline_prediction)[0])
-        self.predictors = [p for (p,) in est._predictors]
+        self.predictors = []
+        for (pred,) in est._predictors:
+            new = copy.copy(pred)
+            new.nodes = pred.nodes.copy()
+            nodes = new.nodes
+            for i in np.flatnonzero(nodes["is_leaf"] == 0):
+                f, b = int(nodes["feature_idx"][i]), int(nodes["bin_threshold"][i])
+                nodes["bin_threshold"][i] = remap[f][b]
+            self.predictors.append(new)
         self.loss = est._loss
 
     def __call__(self, Xt: np.ndarray) -> np.ndarray:
