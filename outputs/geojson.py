@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 from shapely.geometry.polygon import orient
 
-from outputs.atomic import write_text_atomic
+from outputs.atomic import atomic_path, write_text_atomic
 from outputs.targets import Target, TargetList
 from pipeline.errors import CRSError
 
@@ -121,16 +122,18 @@ def targets_wgs84(targets: TargetList) -> list[tuple[Target, Polygon | MultiPoly
     return [(t, polygonal(g)) for t, g in zip(ordered, geoms)]
 
 
-def targets_feature_collection(targets: TargetList) -> dict:
-    """The RFC 7946 FeatureCollection dict of a target list."""
-    features = []
+def _target_features(targets: TargetList) -> Iterator[dict]:
     for t, geom in targets_wgs84(targets):
-        features.append({
+        yield {
             "type": "Feature", "id": t.target_id,
             "geometry": rounded_mapping(geom) if geom is not None else None,
             "properties": target_properties(t),
-        })
-    return {"type": "FeatureCollection", "features": features}
+        }
+
+
+def targets_feature_collection(targets: TargetList) -> dict:
+    """The RFC 7946 FeatureCollection dict of a target list."""
+    return {"type": "FeatureCollection", "features": list(_target_features(targets))}
 
 
 def blind_areas_feature_collection(targets: TargetList) -> dict:
@@ -156,8 +159,16 @@ def dumps(fc: dict) -> str:
 
 
 def write_geojson(targets: TargetList, path: Path) -> Path:
-    """Write ``targets.geojson`` (RFC 7946) atomically."""
-    return write_text_atomic(path, dumps(targets_feature_collection(targets)))
+    """Write ``targets.geojson`` (RFC 7946) atomically, a feature at a time: the same bytes as
+    ``dumps(targets_feature_collection(...))`` without holding the whole text (50k targets)."""
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write('{"type":"FeatureCollection","features":[')
+        for i, feat in enumerate(_target_features(targets)):
+            f.write(("," if i else "") + json.dumps(feat, ensure_ascii=False, allow_nan=False,
+                                                    separators=(",", ":")))
+        f.write("]}\n")
+    return path
 
 
 def write_blind_areas_geojson(targets: TargetList, path: Path) -> Path:

@@ -3,7 +3,8 @@
 Each chunk vectorises its pixels at or above the threshold (4-connected, exact pixel-edge
 polygons) and sums the statistics of each piece. Pieces from different chunks that share an
 edge are merged by a union of their polygons, and their sums are added, so a patch cut by
-chunk borders comes out as one patch with the same geometry and statistics at any chunk size.
+chunk borders comes out as one patch with the same geometry (the same vertices: collinear ones
+left on a border are removed and the order normalised) and statistics at any chunk size.
 Sums are taken in float64 and added with ``math.fsum``, so scores (and the ranking that breaks
 ties on them) do not change in the last float32 digit with the chunking. Blind areas (no clear
 observation in the flowering phase) are vectorised the same way; their pixels are never
@@ -171,9 +172,11 @@ def _patch(geometry: BaseGeometry, members: list[Piece]) -> Patch:
         fs = np.sum([m.feat_sum for m in members], axis=0, dtype=np.float64)
         fn = np.sum([m.n_feat for m in members], axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
-            feat_mean = np.where(fn > 0, fs / np.maximum(fn, 1), np.nan)
+            feat_mean = np.where(fn > 0, fs / np.maximum(fn, 1), np.nan).astype("float32")
     return Patch(
-        geometry=shapely.make_valid(geometry),
+        # the same vertices whether or not the patch went through a union (it met a piece
+        # across a tile border): no collinear vertex left on the border, normalised order
+        geometry=shapely.normalize(shapely.simplify(shapely.make_valid(geometry), 0.0)),
         n=n,
         score=math.fsum(m.sum_p for m in members) / n,
         score_max=max(m.max_p for m in members),

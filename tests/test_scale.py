@@ -185,3 +185,22 @@ def test_progress_reports_every_stage_to_its_total(setup, tmp_path):
     assert list(seen) == ["tiles", "assemble", "write"]
     assert seen["tiles"][1] == 9                      # 192 px in 64 px tiles
     assert all(done == total for done, total in seen.values()), seen
+
+
+def test_one_tile_and_nine_tiles_give_the_same_targets_and_counts(setup, tmp_path):
+    """Tiles settle the patches that cannot reach another tile (below the peak rule or the
+    minimum mapping unit) themselves; the targets and every count match the run where the
+    whole scene is one tile."""
+    from pipeline.survey import detect
+    d, cfg, scene, _ = setup
+    runs = {}
+    for cs in (64, 256):
+        c = with_overrides(cfg, **{"run.chunk_size": cs, "patches.min_mapping_unit_m2": 1000})
+        runs[cs] = detect(scene.images, d / "model", tmp_path / str(cs), c,
+                          formats=["geojson"])
+    assert runs[64].report["tiles"] == 9 and runs[256].report["tiles"] == 1
+    assert runs[64].report["counts"] == runs[256].report["counts"]
+    assert runs[64].report["counts"]["below_mmu"] > 0      # the rule was exercised
+    assert runs[64].n_targets > 0
+    assert (tmp_path / "64" / "targets.geojson").read_bytes() == \
+        (tmp_path / "256" / "targets.geojson").read_bytes()
