@@ -344,6 +344,17 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
             "pieces": pieces, "blind": blind, "rgb": rgb, "timings": t, "dropped": dropped}
 
 
+def _release_freed_memory() -> None:
+    """Hand the tiles' freed arrays back to the OS before the assembly: glibc keeps freed
+    memory of worker threads in their arenas, so the assembly's peak would sit on top of the
+    tiles' (measured at 4096 px: ~1.5 GB peak without this). No-op off glibc."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _settle_inner_pieces(pieces: list[Piece], ctx: TileContext, ys: slice, xs: slice,
                          transform) -> tuple[list[Piece], dict[str, int]]:
     """Pieces that do not touch the tile's edge are whole patches already: those the patch
@@ -571,6 +582,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
         run_tiles(runner, tasks, lambda key, res: _save_tile(tdir, key, res), progress=tick)
 
     # ---- assemble
+    _release_freed_memory()
     t_asm = time.perf_counter()
     pieces, blind, timings = [], [], {s: 0.0 for s in STAGES}
     in_tiles = {"below_threshold": 0, "below_mmu": 0}    # patches the tiles settled
