@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import warnings
 from dataclasses import dataclass
 
 import dask.array as darr
@@ -113,27 +112,26 @@ def _block_features(block: np.ndarray, phase_idx: tuple[tuple[int, ...], ...],
     _, _, ny, nx = block.shape
     out = np.full((n_feat + n_phase, ny, nx), np.nan, dtype="float32")
     med: dict[int, np.ndarray] = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices -> NaN, on purpose
-        for p, idx in enumerate(phase_idx):
-            if idx:
-                sub = block[list(idx)]
-                out[n_feat + p] = np.isfinite(sub).all(axis=1).sum(axis=0)
-                # one date (a drone flight): the composite is that date, no sort needed
-                med[p] = sub[0] if len(idx) == 1 else nanmedian0(sub)
-            else:
-                out[n_feat + p] = 0
-        for f, (stat, var, pa, pb) in enumerate(plan_codes):
-            if stat == 0 and pa in med:
-                out[f] = med[pa][var]
-            elif stat in (1, 2) and len(phase_idx[pa]) == 1:
-                out[f] = block[phase_idx[pa][0], var]
-            elif stat in (1, 2) and phase_idx[pa]:
-                sub = block[list(phase_idx[pa]), var]
-                # fmax/fmin skip NaN and give NaN only where every date is NaN, without the
-                # all-NaN warning (catch_warnings is not thread-safe: tiles run in threads)
-                out[f] = np.fmax.reduce(sub, axis=0) if stat == 1 else np.fmin.reduce(sub, axis=0)
-            elif stat == 3 and pa in med and pb in med:
+    for p, idx in enumerate(phase_idx):
+        if idx:
+            sub = block[list(idx)]
+            out[n_feat + p] = np.isfinite(sub).all(axis=1).sum(axis=0)
+            # one date (a drone flight): the composite is that date, no sort needed
+            med[p] = sub[0] if len(idx) == 1 else nanmedian0(sub)
+        else:
+            out[n_feat + p] = 0
+    for f, (stat, var, pa, pb) in enumerate(plan_codes):
+        if stat == 0 and pa in med:
+            out[f] = med[pa][var]
+        elif stat in (1, 2) and len(phase_idx[pa]) == 1:
+            out[f] = block[phase_idx[pa][0], var]
+        elif stat in (1, 2) and phase_idx[pa]:
+            sub = block[list(phase_idx[pa]), var]
+            # fmax/fmin skip NaN and give NaN only where every date is NaN, without the
+            # all-NaN warning (catch_warnings is not thread-safe: tiles run in threads)
+            out[f] = np.fmax.reduce(sub, axis=0) if stat == 1 else np.fmin.reduce(sub, axis=0)
+        elif stat == 3 and pa in med and pb in med:
+            with np.errstate(invalid="ignore"):   # inf - inf: NaN (errstate is per thread)
                 out[f] = med[pa][var] - med[pb][var]
     return out
 
