@@ -48,9 +48,10 @@ def images_of(scene: Path) -> list[Path]:
 
 
 def run_io(scene: Path) -> dict:
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
     import rasterio
-    from concurrent.futures import ThreadPoolExecutor
 
     def read_file(path: Path) -> int:
         n = 0

@@ -23,8 +23,12 @@ from pipeline.bands import CANONICAL_BANDS, check_scene
 from pipeline.errors import BandError, ConfigError
 
 __all__ = [
-    "IndexDef", "DEFAULT_CATALOGUE", "load_catalogue", "compute_indices", "compute_index",
+    "DEFAULT_CATALOGUE",
+    "IndexDef",
     "computable_indices",
+    "compute_index",
+    "compute_indices",
+    "load_catalogue",
 ]
 
 logger = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ import xarray as xr
 
 from pipeline.errors import ConfigError
 
-__all__ = ["FormulaError", "parse", "names_in", "evaluate", "safe_divide", "safe_power"]
+__all__ = ["FormulaError", "evaluate", "names_in", "parse", "safe_divide", "safe_power"]
 
 
 class FormulaError(ConfigError):

@@ -19,13 +19,12 @@ Everything except that small regression stays lazy.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import logging
 import math
 from collections.abc import Callable
-from datetime import date as date_type
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from datetime import date as date_type
 from typing import Any, Literal
 
 import dask
@@ -39,8 +38,14 @@ from pipeline.bands import CANONICAL_BANDS, SCENE_DIMS, check_scene
 from pipeline.errors import ConfigError, CRSError, InputError
 
 __all__ = [
-    "COS_I_MIN", "METHODS", "slope_aspect", "cos_incidence", "sun_position",
-    "overpass_sun_position", "estimate_c", "correct_terrain",
+    "COS_I_MIN",
+    "METHODS",
+    "correct_terrain",
+    "cos_incidence",
+    "estimate_c",
+    "overpass_sun_position",
+    "slope_aspect",
+    "sun_position",
 ]
 
 logger = logging.getLogger(__name__)

@@ -28,8 +28,12 @@ from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
 from outputs.atomic import atomic_path, write_text_atomic
-from outputs.geojson import (blind_areas_feature_collection, parse_crs, polygonal,
-                             targets_feature_collection)
+from outputs.geojson import (
+    blind_areas_feature_collection,
+    parse_crs,
+    polygonal,
+    targets_feature_collection,
+)
 from outputs.targets import TargetList
 from pipeline.errors import InputError
 

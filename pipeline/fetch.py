@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import shapely
 import rasterio
+import shapely
 from affine import Affine
 
-from pipeline.bands import S2_BANDS
 from pipeline.aoi import read_features
+from pipeline.bands import S2_BANDS
 from pipeline.errors import CredentialsError, CRSError, InputError, PoppyscanError
 from pipeline.geotiff import write_multiband
 
@@ -155,7 +155,6 @@ def make_grid(aoi: Any, aoi_crs: str, resolution: float) -> tuple[Grid, Any, Any
     """Grid in the UTM zone of the AOI centroid; also return the AOI in UTM and in WGS 84."""
     import shapely
     from pyproj import CRS, Transformer
-
     from pyproj.exceptions import CRSError as ProjCRSError
 
     try:
@@ -299,13 +298,13 @@ def group_by_date(features: Sequence[dict]) -> list[Acquisition]:
     by_date: dict[dt.date, list[dict]] = {}
     for feature in features:
         stamp = dt.datetime.fromisoformat(feature["properties"]["datetime"].replace("Z", "+00:00"))
-        by_date.setdefault(stamp.astimezone(dt.timezone.utc).date(), []).append(feature)
+        by_date.setdefault(stamp.astimezone(dt.UTC).date(), []).append(feature)
     out = []
     for date in sorted(by_date):
         feats = by_date[date]
         stamps = sorted(
             dt.datetime.fromisoformat(f["properties"]["datetime"].replace("Z", "+00:00"))
-            .astimezone(dt.timezone.utc).replace(tzinfo=None) for f in feats)
+            .astimezone(dt.UTC).replace(tzinfo=None) for f in feats)
         clouds = [float(f["properties"]["eo:cloud_cover"]) for f in feats
                   if f["properties"].get("eo:cloud_cover") is not None]
         out.append(Acquisition(

@@ -26,7 +26,7 @@ class Grid:
     width: int
 
     @classmethod
-    def of(cls, da: xr.DataArray) -> "Grid":
+    def of(cls, da: xr.DataArray) -> Grid:
         return cls(da.rio.crs, da.rio.transform(), da.sizes["y"], da.sizes["x"])
 
     @property
@@ -36,7 +36,7 @@ class Grid:
     def geobox(self) -> GeoBox:
         return GeoBox((self.height, self.width), self.transform, self.crs.to_wkt())
 
-    def same_as(self, other: "Grid") -> bool:
+    def same_as(self, other: Grid) -> bool:
         return (self.crs == other.crs and self.height == other.height
                 and self.width == other.width
                 and self.transform.almost_equals(other.transform, precision=1e-6))

@@ -154,8 +154,7 @@ def _run_pool(runner: Runner, tasks: Sequence[tuple[Any, Any]],
     """Tiles on a pool of ``runner.workers`` threads or processes, each tile handed to
     ``on_result`` as soon as it is done (not when a whole batch is): a crash or Ctrl-C loses
     only the tiles in flight, and a slow tile does not hold the others back."""
-    from concurrent.futures import (FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor,
-                                    wait)
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
     if runner.spec == "processes":
         import multiprocessing as mp
         pool: Any = ProcessPoolExecutor(runner.workers, mp_context=mp.get_context("spawn"))

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-
 from pipeline.bands import CANONICAL_BANDS
 from pipeline.config import load_yaml
 from pipeline.errors import ConfigError

@@ -81,7 +81,7 @@ def test_geojson_union_and_skips_lines(tmp_path: Path) -> None:
     aoi = read_aoi(f)
     assert aoi.geom_type == "MultiPolygon" and len(aoi.geoms) == 2
     assert aoi.area == pytest.approx(sum(p.area for p in PLOTS))
-    from rasterio.crs import CRS as RioCRS        # a Scene's CRS, as ingest passes it
+    from rasterio.crs import CRS as RioCRS  # a Scene's CRS, as ingest passes it
     utm = read_aoi(f, crs=RioCRS.from_epsg(32651))
     assert utm.bounds[0] > 1e5 and utm.area == pytest.approx(53_430, rel=0.01)  # m2
 

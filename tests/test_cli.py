@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from scenes import make_tiny_scene
 
 ROOT = Path(__file__).resolve().parent.parent

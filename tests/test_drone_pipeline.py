@@ -8,7 +8,6 @@ to one draw.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,6 +175,7 @@ def test_drone_detect_does_not_depend_on_the_tile_size(p4m_run) -> None:
     """Spatial features read a halo: 64 px tiles (9 x 9 halo-bound tiles) give the same
     probabilities as one tile."""
     import rasterio
+
     from pipeline import survey
     root, sims, cfg, _ = p4m_run
     s = DETECT_SEEDS[0]

@@ -14,8 +14,16 @@ import pytest
 from outputs_helpers import CRS, SIZE, make_targets, scene_rgb, scene_transform
 from PIL import Image
 
-from outputs.maps import (MARKER_CLASS, NAN_GREY, TARGET_RGB, BLIND_RGB, map_html,
-                          stretch_rgb, write_map_html, write_quicklook)
+from outputs.maps import (
+    BLIND_RGB,
+    MARKER_CLASS,
+    NAN_GREY,
+    TARGET_RGB,
+    map_html,
+    stretch_rgb,
+    write_map_html,
+    write_quicklook,
+)
 from outputs.targets import TargetList
 from pipeline.errors import InputError
 

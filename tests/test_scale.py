@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from scenes import make_tiny_scene
 
 from pipeline.config import load_config, with_overrides
-from pipeline.scheduler import open_runner, parse_spec, run_tiles
 from pipeline.errors import PoppyscanError
-from scenes import make_tiny_scene
+from pipeline.scheduler import open_runner, parse_spec, run_tiles
 
 ROOT = Path(__file__).resolve().parents[1]
 # plots on tile borders (64 px tiles): across a vertical, a horizontal and a corner border
@@ -109,6 +109,7 @@ def test_resume_after_a_crash_redoes_only_missing_tiles(setup, tmp_path, monkeyp
 
 def test_other_settings_start_afresh(setup, tmp_path):
     import shutil
+
     from pipeline.survey import detect
     d, cfg, scene, ref = setup
     out = tmp_path / "out"

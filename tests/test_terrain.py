@@ -14,7 +14,12 @@ from dask.callbacks import Callback
 from pyproj import Transformer
 
 from indices.terrain import (
-    COS_I_MIN, correct_terrain, cos_incidence, estimate_c, overpass_sun_position, slope_aspect,
+    COS_I_MIN,
+    correct_terrain,
+    cos_incidence,
+    estimate_c,
+    overpass_sun_position,
+    slope_aspect,
     sun_position,
 )
 from pipeline.errors import ConfigError, CRSError, InputError

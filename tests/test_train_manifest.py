@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from scenes import make_tiny_scene
 
 from pipeline.config import load_config, with_overrides
 from pipeline.errors import InputError
 from pipeline.survey import read_manifest, train_manifest
-from scenes import make_tiny_scene
 
 
 def test_manifest_trains_on_every_scene(tmp_path):
