@@ -9,7 +9,6 @@ description (for Chinese map apps only).
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import BinaryIO
 from xml.sax.saxutils import escape, quoteattr
@@ -103,13 +102,6 @@ def _add_geometry(x: _Xml, point: tuple[float, float] | None,
 
 def _shift(geom: Polygon | MultiPolygon) -> Polygon | MultiPolygon:
     return shapely.transform(geom, gcj.shift_coords)
-
-
-def kml_bytes(targets: TargetList, *, gcj02: bool = False) -> bytes:
-    """The KML 2.2 document as UTF-8 bytes."""
-    buf = io.BytesIO()
-    _write_kml(buf, targets, gcj02=gcj02)
-    return buf.getvalue()
 
 
 def _write_kml(out: BinaryIO, targets: TargetList, *, gcj02: bool) -> None:
