@@ -19,7 +19,7 @@ from scenes import make_tiny_scene
 from scipy import ndimage
 from shapely.geometry import box, shape
 
-from outputs.patches import chunk_pieces, merge_blind, merge_pieces
+from outputs.patches import CandidateFeatures, chunk_pieces, merge_blind, merge_pieces
 from pipeline.config import load_config, with_overrides
 from pipeline.survey import detect, train
 
@@ -90,6 +90,34 @@ def test_blind_pixels_are_never_candidates() -> None:
     assert piece.geometry.bounds == (500060.0, 3339900.0, 500100.0, 3340000.0)   # cols 6-9
     [gap] = blind
     assert gap.area == pytest.approx(6 * 10 * 100)
+
+
+def test_feature_means_come_from_the_candidate_pixels_of_each_patch() -> None:
+    """Tiles keep the features of candidate pixels only (CandidateFeatures); each patch's
+    feature sums must be those of its own pixels, as from the dense tile, across chunks."""
+    rng = np.random.default_rng(0)
+    H = W = 24
+    dense = rng.normal(size=(5, H, W)).astype("float32")
+    dense[2, 3, 3] = np.nan                                    # a missing feature value
+    prob = np.zeros((H, W), "float32")
+    prob[2:6, 2:6] = 0.9                                       # inside one 12 px chunk
+    prob[10:14, 9:15] = 0.8                                    # across a vertical border
+    ev = np.ones((H, W), "float32")
+    pieces = []
+    for y0 in (0, 12):
+        for x0 in (0, 12):
+            sl = (slice(y0, y0 + 12), slice(x0, x0 + 12))
+            cand = prob[sl] >= 0.5
+            index = np.full(cand.shape, -1, "int32")
+            index[cand] = np.arange(int(cand.sum()), dtype="int32")
+            feats = CandidateFeatures(index, dense[:, sl[0], sl[1]][:, cand].T)
+            p, _ = chunk_pieces(prob[sl], ev[sl], None, None, feats, y0, x0, TF, 0.5)
+            pieces += p
+    patches = sorted(merge_pieces(pieces), key=lambda q: q.n)
+    assert [q.n for q in patches] == [16, 24]
+    for q, (ys, xs) in zip(patches, [(slice(2, 6), slice(2, 6)), (slice(10, 14), slice(9, 15))]):
+        want = np.nanmean(dense[:, ys, xs].reshape(5, -1), axis=1)
+        np.testing.assert_allclose(q.feat_mean, want, rtol=1e-5)
 
 
 # --- detect on a tiny scene --------------------------------------------------------------------
