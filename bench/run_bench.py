@@ -235,8 +235,8 @@ def write_doc(doc: Path, results: dict, m: dict, notes: str) -> None:
          "WORK/results.json, so the table can gather several invocations; `--fresh` redoes "
          "all). Each measurement runs in its own process; peak memory "
          "is that process's VmHWM (the largest child's ru_maxrss for local:N). Throughput is "
-         "input "
-         "pixels (scene pixels, each with 6 dates x 13 bands) per second of wall time.", "",
+         "input pixels (scene pixels, each with 6 dates x 13 bands) per second of wall time.",
+         "",
          "## Machine", "",
          f"- {m['nproc']} CPUs ({m['cpu']}), {m['ram_gb']} GB RAM, {m['platform']}",
          f"- Python {m['python']}, numpy {m['numpy']}, dask {m['dask']}, rasterio "

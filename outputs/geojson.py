@@ -153,9 +153,13 @@ def blind_areas_feature_collection(targets: TargetList) -> dict:
     return {"type": "FeatureCollection", "features": features}
 
 
+#: compact, strict JSON (no NaN), UTF-8 text as is
+_JSON = {"ensure_ascii": False, "allow_nan": False, "separators": (",", ":")}
+
+
 def dumps(fc: dict) -> str:
     """Compact, strict JSON text (no NaN)."""
-    return json.dumps(fc, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n"
+    return json.dumps(fc, **_JSON) + "\n"
 
 
 def write_geojson(targets: TargetList, path: Path) -> Path:
@@ -165,8 +169,7 @@ def write_geojson(targets: TargetList, path: Path) -> Path:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         f.write('{"type":"FeatureCollection","features":[')
         for i, feat in enumerate(_target_features(targets)):
-            f.write(("," if i else "") + json.dumps(feat, ensure_ascii=False, allow_nan=False,
-                                                    separators=(",", ":")))
+            f.write(("," if i else "") + json.dumps(feat, **_JSON))
         f.write("]}\n")
     return path
 

@@ -7,28 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from sh_server import CLIENT_ID, CLIENT_SECRET, SUN_AZIMUTH, SUN_ZENITH, FakeSentinelHub, feature
 
 from pipeline import fetch as F
 from pipeline.errors import CredentialsError, CRSError, InputError
-
-try:  # tests/ is a rootdir folder without __init__.py: importable either way
-    from tests.sh_server import (
-        CLIENT_ID,
-        CLIENT_SECRET,
-        SUN_AZIMUTH,
-        SUN_ZENITH,
-        FakeSentinelHub,
-        feature,
-    )
-except ImportError:  # pragma: no cover
-    from sh_server import (  # type: ignore
-        CLIENT_ID,
-        CLIENT_SECRET,
-        SUN_AZIMUTH,
-        SUN_ZENITH,
-        FakeSentinelHub,
-        feature,
-    )
 
 # A ~300 m x 200 m field in Helmand (UTM zone 41N).
 LON0, LAT0 = 64.3500, 31.6000
