@@ -22,6 +22,7 @@ file, not new code. Schema (unknown keys are refused)::
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -77,10 +78,14 @@ class SensorSpec:
         return tuple(canon.get(n) for n in self.stack_order)
 
     def band(self, name: str) -> SensorBand:
-        """The band (kept or dropped) with product name or alias ``name`` (any case)."""
+        """The band (kept or dropped) with product name or alias ``name`` (any case), else the
+        kept band with canonical name ``name`` (files of the input contract name bands so)."""
         key = normalise_band_name(name)
         for b in self.bands + self.dropped:
             if key in {normalise_band_name(a) for a in (b.name, *b.aliases)}:
+                return b
+        for b in self.bands:
+            if b.canonical == key:
                 return b
         raise KeyError(name)
 
@@ -97,6 +102,16 @@ def normalise_band_name(name: str) -> str:
 def known_sensors() -> list[str]:
     """Names of the sensor files shipped in ``configs/sensors``."""
     return sorted(p.stem for p in SENSORS_DIR.glob("*.yaml"))
+
+
+def drone_camera_with_bands(canonical: Iterable[str]) -> SensorSpec | None:
+    """The shipped drone camera whose kept bands are exactly these canonical bands (P4M:
+    blue, green, red, rededge2, nir), else None. The band sets of the shipped cameras differ,
+    so a file named by canonical bands identifies its camera."""
+    want = frozenset(canonical)
+    hits = [s for s in (load_sensor(n) for n in known_sensors())
+            if s.kind == "drone" and frozenset(s.canonical.values()) == want]
+    return hits[0] if len(hits) == 1 else None
 
 
 def load_sensor(name_or_path: str | Path | SensorSpec) -> SensorSpec:

@@ -243,6 +243,35 @@ def test_no_date_and_contract_files(tmp_path: Path) -> None:
     assert not drone.can_read(tmp_path / "s2_10m.tif")   # 10 m pixels: not a drone product
 
 
+def test_contract_file_at_drone_pixels_is_the_camera_of_its_canonical_bands(
+        tmp_path: Path) -> None:
+    """A drone flight written to the input contract (canonical band names, DN with a GDAL
+    scale and an offset of -0.1, no SENSOR tag) reads as P4M through either reader: with an
+    ACQUISITION_DATE tag (multi-band reader) or with the date only in its name (drone reader)."""
+    from pipeline.ingest import open_scene
+    refl = _refl(5, seed=7)
+    dn = np.where(np.isnan(refl), 0, np.round((refl + 0.1) / 1e-4)).astype("uint16")
+    names = ["blue", "green", "red", "rededge2", "nir"]
+    scenes = []
+    for name, tags in (("tagged.tif", {"ACQUISITION_DATE": "2025-04-20"}),
+                       ("flight_20250420.tif", None)):
+        f = _write(tmp_path / name, dn, nodata=0, descriptions=names, tags=tags)
+        with rasterio.open(f, "r+") as dst:
+            dst.scales, dst.offsets = [1e-4] * 5, [-0.1] * 5
+        scenes.append(open_scene([f], chunks=16))
+    assert not drone.can_read(tmp_path / "tagged.tif") and drone.can_read(
+        tmp_path / "flight_20250420.tif")
+    for scene in scenes:
+        assert scene.attrs["sensor"] == "p4m"
+        assert scene["band"].values.tolist() == ["blue", "green", "red", "rededge2", "nir"]
+        np.testing.assert_allclose(scene.isel(time=0).sel(band="rededge2").values, refl[3],
+                                   atol=1e-4)
+    # other bands at drone pixels: a drone, not Sentinel-2 (the label models are checked by)
+    f = _write(tmp_path / "four.tif", _refl(4), descriptions=["blue", "green", "red", "nir"],
+               tags={"ACQUISITION_DATE": "2025-04-20"})
+    assert open_scene([f], chunks=16).attrs["sensor"] == "drone"
+
+
 def test_read_is_lazy(tmp_path: Path) -> None:
     import dask
 

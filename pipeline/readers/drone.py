@@ -18,8 +18,10 @@ Sensor
 ------
 Given by the caller (a :class:`~pipeline.sensors.SensorSpec` or a name), else recognised from
 the file's tags (``TIFFTAG_MODEL``, ``TIFFTAG_SOFTWARE``, ...) and names (``p4m``, ``m3m``,
-``rededge``, ``dual``), from ten bands (RedEdge-MX Dual), from the band set (no blue and a red
-edge: Mavic 3M; DJI Terra's ``result_*`` with blue: P4M) or uint8 RGB. Otherwise the reader
+``rededge``, ``dual``), from band descriptions that are all canonical names (the input
+contract's; each shipped camera has its own set: blue, green, red, rededge2, nir is P4M), from
+ten bands (RedEdge-MX Dual), from the band set (no blue and a red edge: Mavic 3M; DJI Terra's
+``result_*`` with blue: P4M) or uint8 RGB. Otherwise the reader
 asks for ``--sensor``: a red edge at 717 nm (RedEdge-MX) and one at 730 nm (P4M) are different
 canonical bands, so the camera must be known.
 
@@ -51,11 +53,18 @@ import xarray as xr
 from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
 
-from pipeline.bands import order_bands
+from pipeline.bands import CATEGORICAL_BANDS, canonical_name, order_bands
 from pipeline.errors import InputError
 from pipeline.readers._raster import open_lazy
 from pipeline.readers.multiband import acquisition_time
-from pipeline.sensors import SensorBand, SensorSpec, known_sensors, load_sensor, normalise_band_name
+from pipeline.sensors import (
+    SensorBand,
+    SensorSpec,
+    drone_camera_with_bands,
+    known_sensors,
+    load_sensor,
+    normalise_band_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +205,11 @@ def _guess_sensor(path: Path, tags: dict[str, str], names: list[str], count: int
     for hint, name in _CAMERA_HINTS:
         if hint in text:
             return load_sensor(name)
+    canonical = {canonical_name(n) for n in names if normalise_band_name(n) != "alpha"}
+    if canonical and None not in canonical:  # named as the input contract names bands
+        spec = drone_camera_with_bands(canonical - set(CATEGORICAL_BANDS))
+        if spec is not None:
+            return spec
     normed = {normalise_band_name(n) for n in names}
     if count >= 10:
         return load_sensor("rededge-mx-dual")

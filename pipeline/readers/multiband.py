@@ -21,6 +21,7 @@ from rasterio.errors import RasterioIOError
 
 from pipeline.bands import CATEGORICAL_BANDS, canonical_name
 from pipeline.errors import InputError
+from pipeline.sensors import drone_camera_with_bands
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,16 @@ def band_names(path: Path, descriptions: tuple[str | None, ...],
                      "(B01..B12, B8A, SCL or canonical names) or give --sensor")
 
 
+def _sensor_of(names: list[str], pixel_m: float) -> str:
+    """The sensor a contract file without a SENSOR tag comes from: a drone camera when its
+    pixels are finer than 2 m (the shipped camera with exactly these bands, else 'drone'),
+    else 'sentinel2'."""
+    if pixel_m >= 2.0:
+        return "sentinel2"
+    spec = drone_camera_with_bands(n for n in names if n not in CATEGORICAL_BANDS)
+    return spec.name if spec is not None else "drone"
+
+
 def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.DataArray]:
     try:
         with rasterio.open(path) as src:
@@ -107,6 +118,8 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
             descriptions = src.descriptions
             scales, offsets, nodata = src.scales, src.offsets, src.nodata
             dtypes = src.dtypes
+            pixel_m = abs(src.transform.a) * (111_000 if src.crs and src.crs.is_geographic
+                                               else 1)
             if src.crs is None:
                 raise InputError(f"{path}: no CRS; georeference the file (e.g. gdal_edit.py "
                                  "-a_srs EPSG:nnnn)")
@@ -145,7 +158,8 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
     data = data.rio.write_crs(raw.rio.crs).rio.write_transform(raw.rio.transform())
     data.attrs = {
         "time": acquisition_time(path, tags),
-        "sensor": tags.get("SENSOR", getattr(sensor, "name", None) or "sentinel2"),
+        "sensor": tags.get("SENSOR") or getattr(sensor, "name", None) or _sensor_of(names,
+                                                                                   pixel_m),
         "sun_zenith": _float_tag(tags, "SUN_ZENITH"),
         "sun_azimuth": _float_tag(tags, "SUN_AZIMUTH"),
         "source": str(path),
