@@ -82,15 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labels", type=Path, help="labelled polygons (class in property "
                    "'class', target class 'poppy')")
     s.add_argument("--model", type=Path, required=True, help="model folder to write")
-    s.add_argument("--config", type=Path, help="survey config YAML "
-                   "(default configs/survey-sentinel2.yaml)")
+    s.add_argument("--config", type=Path, help="survey config YAML (default by pixel size: "
+                   "configs/survey-drone.yaml below 2 m, else configs/survey-sentinel2.yaml)")
     s.add_argument("--dem", type=Path, help="DEM GeoTIFF (metres)")
 
     s = sub.add_parser("detect", help="find candidate poppy patches and write target lists")
     s.add_argument("--images", type=Path, nargs="+", required=True, metavar="PATH")
     s.add_argument("--model", type=Path, required=True)
     s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--config", type=Path)
+    s.add_argument("--config", type=Path, help="survey config YAML (default: the one the "
+                   "model was trained with)")
     s.add_argument("--dem", type=Path)
     s.add_argument("--aoi", type=Path)
     s.add_argument("--exclude", type=Path, help="polygons of known ornamental-poppy sites")
@@ -192,8 +193,11 @@ def cmd_fetch(a) -> int:
 
 
 def cmd_train(a) -> int:
-    from pipeline.survey import train, train_manifest
-    cfg = _config(a.config)
+    from pipeline.survey import default_config, read_manifest, train, train_manifest
+    if a.config:
+        cfg = _config(a.config)
+    else:
+        cfg = default_config(read_manifest(a.manifest)[0].images if a.manifest else a.images)
     if a.manifest:
         if a.labels:
             raise PoppyscanError("--labels goes with --images; a manifest names its own labels")
@@ -212,7 +216,10 @@ def cmd_detect(a, quiet: bool) -> int:
     from pipeline.survey import detect
     if a.history:
         raise NotImplementedYet("--history is not implemented yet (campaign issue)")
-    cfg = _config(a.config, **{"run.scheduler": a.scheduler})
+    from pipeline.config import with_overrides
+    from pipeline.survey import default_config
+    cfg = (_config(a.config) if a.config else default_config(a.images, a.model))
+    cfg = with_overrides(cfg, **{"run.scheduler": a.scheduler})
     res = detect(a.images, a.model, a.out, cfg, dem=a.dem, aoi=a.aoi, exclude=a.exclude,
                  formats=a.formats, progress=_progress(quiet))
     _print_detect(res)

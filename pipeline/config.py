@@ -19,6 +19,9 @@ from pipeline.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "survey-sentinel2.yaml"
+#: The default for drone orthomosaics (pixels finer than DRONE_PIXEL_M).
+DRONE_CONFIG = CONFIG_DIR / "survey-drone.yaml"
+DRONE_PIXEL_M = 2.0
 PHASES = ("pre", "flowering", "post")
 
 
@@ -263,6 +266,23 @@ def load_config(path: Path | None = None) -> SurveyConfig:
     except ValidationError as exc:
         raise ConfigError(_format_error(path, exc, SurveyConfig)) from None
     check_names(cfg, path)
+    return cfg
+
+
+def default_config_for(pixel_m: float) -> Path:
+    """The shipped survey config for images of this pixel size: drone below 2 m, else
+    Sentinel-2 (every length in a config, from edge erosion to the minimum mapping unit, is
+    set for one of the two)."""
+    return DRONE_CONFIG if pixel_m < DRONE_PIXEL_M else DEFAULT_CONFIG
+
+
+def config_from_dict(data: dict[str, Any], where: str) -> SurveyConfig:
+    """A config stored as a dict (a model's training config), validated like a file."""
+    try:
+        cfg = SurveyConfig(**{**data, "source": where})
+    except ValidationError as exc:
+        raise ConfigError(_format_error(where, exc, SurveyConfig)) from None
+    check_names(cfg, where)
     return cfg
 
 

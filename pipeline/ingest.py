@@ -79,6 +79,13 @@ def read_products(paths: Sequence[Path], sensor: Any | None = None,
     return arrays
 
 
+def pixel_size_m(paths: Sequence[Path]) -> float:
+    """Pixel size in metres of the first image (degrees at ~111 km), read without pixels."""
+    first = read_products(expand_paths(paths)[:1])[0]
+    res = Grid.of(first).resolution
+    return res * 111_000 if first.rio.crs.is_geographic else res
+
+
 def aoi_mask(grid: Grid, geom: BaseGeometry, chunks: int) -> darr.Array:
     """Lazy boolean (y, x) mask of ``geom`` (in the grid CRS), rasterised chunk by chunk."""
     def block(block_info=None) -> np.ndarray:

@@ -39,10 +39,17 @@ from outputs.patches import CandidateFeatures, Piece, chunk_pieces, merge_blind,
 from outputs.ranking import area_m2, build_targets
 from outputs.rasters import write_tiles_raster
 from outputs.report import environment, file_digest, write_json_atomic
-from pipeline.config import SurveyConfig, load_calendar, load_yaml
+from pipeline.config import (
+    SurveyConfig,
+    config_from_dict,
+    default_config_for,
+    load_calendar,
+    load_config,
+    load_yaml,
+)
 from pipeline.errors import InputError
 from pipeline.grid import Grid
-from pipeline.ingest import open_scene, read_dem
+from pipeline.ingest import open_scene, pixel_size_m, read_dem
 from pipeline.masks import apply_masks
 from pipeline.scheduler import open_runner, run_tiles
 
@@ -56,6 +63,26 @@ TILE_FORMAT = 3
 
 
 # ----------------------------------------------------------------------------- shared
+def default_config(images: Sequence[Path], model_dir: Path | None = None) -> SurveyConfig:
+    """The config of a run given no ``--config``: for detect, the one the model was trained
+    with (its features must match); else the shipped config for the images' pixel size
+    (drone below 2 m, Sentinel-2 above)."""
+    if model_dir is not None:
+        sidecar = Path(model_dir) / model_artifact.SIDECAR_FILE
+        try:
+            stored = json.loads(sidecar.read_text(encoding="utf-8")).get("config")
+        except (OSError, ValueError, AttributeError):
+            stored = None  # no or a damaged model: loading it says so, with the fix
+        if isinstance(stored, dict):
+            log.info("no --config: using the model's training config (%s)", sidecar)
+            return config_from_dict(stored, f"{sidecar} (the model's training config)")
+    pixel = pixel_size_m(images)
+    path = default_config_for(pixel)
+    log.warning("no --config: using %s for pixels of %.3g m", path.relative_to(path.parents[1]),
+                pixel)
+    return load_config(path)
+
+
 def prepare_scene(images: Sequence[Path], cfg: SurveyConfig, *, dem: Path | None,
                   aoi: Path | None = None,
                   chunks: int | None = None) -> tuple[xr.DataArray, xr.DataArray | None]:

@@ -137,6 +137,50 @@ def test_cli_bad_config_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "m").exists()
 
 
+def _image(path: Path, pixel: float, crs: str) -> Path:
+    import numpy as np
+    import rasterio
+    from affine import Affine
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=1,
+                       dtype="float32", crs=crs,
+                       transform=Affine(pixel, 0, 116.0 if crs == "EPSG:4326" else 500000,
+                                        0, -pixel, 30.0 if crs == "EPSG:4326" else 3.3e6)) as d:
+        d.write(np.full((1, 8, 8), 0.1, "float32"))
+        d.set_band_description(1, "red")
+        d.update_tags(ACQUISITION_DATE="2025-04-20")
+    return path
+
+
+def test_without_config_train_takes_the_config_of_the_pixel_size(tmp_path: Path) -> None:
+    """Every length in a config (edge erosion, CV blocks, minimum mapping unit) is set for
+    Sentinel-2 or for a drone: the images' pixel size chooses, in any CRS."""
+    from pipeline.config import DRONE_CONFIG
+    from pipeline.survey import default_config
+    cases = [(0.05, "EPSG:32650", DRONE_CONFIG), (10.0, "EPSG:32650", DEFAULT_CONFIG),
+             (0.05 / 111_000, "EPSG:4326", DRONE_CONFIG), (1e-4, "EPSG:4326", DEFAULT_CONFIG)]
+    for i, (pixel, crs, want) in enumerate(cases):
+        cfg = default_config([_image(tmp_path / f"i{i}.tif", pixel, crs)])
+        assert cfg.source == str(want), (pixel, crs)
+    assert load_config(DRONE_CONFIG).patches != load_config(DEFAULT_CONFIG).patches
+
+
+def test_without_config_detect_takes_the_models_training_config(tmp_path: Path) -> None:
+    import json
+    from pipeline.survey import default_config
+    img = _image(tmp_path / "i.tif", 10.0, "EPSG:32650")
+    trained = with_overrides(load_config(), **{"patches.min_mapping_unit_m2": 123.0})
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "model.json").write_text(json.dumps({"config": trained.model_dump(mode="json")}))
+    cfg = default_config([img], model)
+    assert cfg.patches.min_mapping_unit_m2 == 123.0 and "training config" in cfg.source
+    (model / "model.json").write_text("{not json")   # loading the model reports it later
+    assert default_config([img], model).source == str(DEFAULT_CONFIG)
+    (model / "model.json").write_text(json.dumps({"config": {"model": {"kind": "x"}}}))
+    with pytest.raises(ConfigError, match="training config.*model.kind"):
+        default_config([img], model)
+
+
 # --- calendars ---------------------------------------------------------------------------------
 def _calendar(tmp_path: Path, phases: str, extra: str = "") -> Path:
     p = tmp_path / "cal.yaml"
