@@ -197,7 +197,9 @@ def cmd_train(a) -> int:
     if a.config:
         cfg = _config(a.config)
     else:
-        cfg = default_config(read_manifest(a.manifest)[0].images if a.manifest else a.images)
+        first = read_manifest(a.manifest)[0] if a.manifest else None
+        cfg = (default_config(first.images, dem=first.dem) if first else
+               default_config(a.images, dem=a.dem))
     if a.manifest:
         if a.labels:
             raise PoppyscanError("--labels goes with --images; a manifest names its own labels")
@@ -218,7 +220,7 @@ def cmd_detect(a, quiet: bool) -> int:
         raise NotImplementedYet("--history is not implemented yet (campaign issue)")
     from pipeline.config import with_overrides
     from pipeline.survey import default_config
-    cfg = (_config(a.config) if a.config else default_config(a.images, a.model))
+    cfg = (_config(a.config) if a.config else default_config(a.images, a.model, a.dem))
     cfg = with_overrides(cfg, **{"run.scheduler": a.scheduler})
     res = detect(a.images, a.model, a.out, cfg, dem=a.dem, aoi=a.aoi, exclude=a.exclude,
                  formats=a.formats, progress=_progress(quiet))

@@ -35,13 +35,20 @@ _SKIP_STEMS = ("dem",)
 _RASTER_SUFFIXES = {".tif", ".tiff", ".jp2", ".zip", ".safe"}
 
 
-def expand_paths(paths: Sequence[Path]) -> list[Path]:
-    """Files and folders -> the products to read (a folder a reader claims stays whole)."""
+def expand_paths(paths: Sequence[Path], dem: Path | None = None) -> list[Path]:
+    """Files and folders -> the products to read (a folder a reader claims stays whole).
+
+    A DEM among them (the ``dem`` file, or one named ``dem.*``, as in ``--images scene/*.tif``
+    with the DEM in the scene's folder) is not an image and is left out."""
     mods = readers()
     out: list[Path] = []
+    dem_file = Path(dem).resolve() if dem is not None else None
     for p in map(Path, paths):
         if not p.exists():
             raise InputError(f"{p}: no such file or folder")
+        if p.is_file() and (p.stem.lower() in _SKIP_STEMS or p.resolve() == dem_file):
+            log.info("%s: a DEM, not an image; left out of the images", p)
+            continue
         if p.is_dir() and not any(m.can_read(p) for m in mods):
             found = sorted(c for c in p.iterdir()
                            if c.suffix.lower() in _RASTER_SUFFIXES
@@ -62,10 +69,10 @@ def expand_paths(paths: Sequence[Path]) -> list[Path]:
 
 
 def read_products(paths: Sequence[Path], sensor: Any | None = None,
-                  chunks: int = 1024) -> list[xr.DataArray]:
+                  chunks: int = 1024, dem: Path | None = None) -> list[xr.DataArray]:
     mods = readers()
     arrays: list[xr.DataArray] = []
-    for p in expand_paths(paths):
+    for p in expand_paths(paths, dem):
         mod = next((m for m in mods if m.can_read(p)), None)
         if mod is None:
             raise InputError(f"{p}: unsupported input; give multi-band GeoTIFFs, Sentinel-2 "
@@ -79,9 +86,12 @@ def read_products(paths: Sequence[Path], sensor: Any | None = None,
     return arrays
 
 
-def pixel_size_m(paths: Sequence[Path]) -> float:
+def pixel_size_m(paths: Sequence[Path], dem: Path | None = None) -> float:
     """Pixel size in metres of the first image (degrees at ~111 km), read without pixels."""
-    first = read_products(expand_paths(paths)[:1])[0]
+    files = expand_paths(paths, dem)
+    if not files:
+        raise InputError("no images given")
+    first = read_products(files[:1])[0]
     res = Grid.of(first).resolution
     return res * 111_000 if first.rio.crs.is_geographic else res
 
@@ -127,12 +137,14 @@ def check_overlap(products: Sequence[xr.DataArray], grid: Grid) -> None:
 
 
 def open_scene(paths: Sequence[Path], sensor: Any | None = None, *, chunks: int = 1024,
-               aoi: BaseGeometry | None = None, grid: Grid | None = None) -> xr.DataArray:
+               aoi: BaseGeometry | None = None, grid: Grid | None = None,
+               dem: Path | None = None) -> xr.DataArray:
     """Read ``paths`` into one lazy Scene (time, band, y, x), float32, NaN where no data.
 
-    ``aoi`` must be in the CRS of the grid (see ``pipeline.aoi.read_aoi``).
+    ``aoi`` must be in the CRS of the grid (see ``pipeline.aoi.read_aoi``); ``dem``, when
+    listed among ``paths``, is left out.
     """
-    products = read_products(paths, sensor, chunks)
+    products = read_products(paths, sensor, chunks, dem)
     grid = grid or Grid.of(products[0])
     shared = set(products[0]["band"].values.tolist())
     for p in products[1:]:

@@ -63,7 +63,8 @@ TILE_FORMAT = 3
 
 
 # ----------------------------------------------------------------------------- shared
-def default_config(images: Sequence[Path], model_dir: Path | None = None) -> SurveyConfig:
+def default_config(images: Sequence[Path], model_dir: Path | None = None,
+                   dem: Path | None = None) -> SurveyConfig:
     """The config of a run given no ``--config``: for detect, the one the model was trained
     with (its features must match); else the shipped config for the images' pixel size
     (drone below 2 m, Sentinel-2 above)."""
@@ -76,7 +77,7 @@ def default_config(images: Sequence[Path], model_dir: Path | None = None) -> Sur
         if isinstance(stored, dict):
             log.info("no --config: using the model's training config (%s)", sidecar)
             return config_from_dict(stored, f"{sidecar} (the model's training config)")
-    pixel = pixel_size_m(images)
+    pixel = pixel_size_m(images, dem)
     path = default_config_for(pixel)
     log.warning("no --config: using %s for pixels of %.3g m", path.relative_to(path.parents[1]),
                 pixel)
@@ -91,9 +92,9 @@ def prepare_scene(images: Sequence[Path], cfg: SurveyConfig, *, dem: Path | None
     aoi_geom = None
     if aoi is not None:
         from pipeline.aoi import read_aoi
-        first = open_scene(images, chunks=chunks)
+        first = open_scene(images, chunks=chunks, dem=dem)
         aoi_geom = read_aoi(aoi, first.rio.crs)
-    scene = open_scene(images, chunks=chunks, aoi=aoi_geom)
+    scene = open_scene(images, chunks=chunks, aoi=aoi_geom, dem=dem)
     dem_da = read_dem(dem, Grid.of(scene.isel(time=0, band=0)), chunks) if dem else None
     return scene, dem_da
 

@@ -224,6 +224,23 @@ def test_a_date_in_another_utm_zone_is_aligned(tmp_path: Path) -> None:
     assert np.isfinite(v[1][core]).all()
 
 
+def test_a_dem_among_the_images_is_left_out(tmp_path: Path) -> None:
+    """``--images scene/*.tif`` with the DEM in the scene's folder: the DEM (named dem.*, or
+    the file given as the DEM) is not read as an image."""
+    a = write_dn(tmp_path / "a_20240401.tif", ramp())
+    for name in ("dem.tif", "elevation.tif"):
+        with rasterio.open(tmp_path / name, "w", driver="GTiff", width=N, height=N, count=1,
+                           dtype="float32", crs=CRS, transform=TF) as dst:
+            dst.write(np.full((1, N, N), 300, "float32"))
+    s = open_scene([a, tmp_path / "dem.tif", tmp_path / "elevation.tif"], chunks=16,
+                   dem=tmp_path / "elevation.tif")
+    assert s.sizes["time"] == 1 and s["band"].values.tolist() == CANON
+    with pytest.raises(InputError, match="elevation.tif: bands \\[1\\] have no recognised"):
+        open_scene([a, tmp_path / "elevation.tif"], chunks=16)   # not given as the DEM
+    with pytest.raises(InputError, match="no images given"):
+        open_scene([tmp_path / "dem.tif"], chunks=16)
+
+
 def test_dem_in_another_crs_is_aligned(tmp_path: Path) -> None:
     s = open_scene([write_dn(tmp_path / "a_20240401.tif", ramp())], chunks=16)
     grid = Grid.of(s)
