@@ -54,6 +54,9 @@ def load_scene(seed: int, prevalence: float = 0.01, size: int = 256) -> CachedSc
     images = sorted(sdir.glob("S2_*.tif")) if sim is None else sim.images
     scene, dem = prepare_scene(images, cfg, dem=sdir / "dem.tif")
     labels = read_labels(sdir / "labels.geojson", scene.rio.crs)
+    stamp = repr(cfg.features.model_dump()) + repr(cfg.model.model_dump())
+    if npz.is_file() and str(np.load(npz, allow_pickle=True).get("config", "")) != stamp:
+        npz.unlink()  # features or sampling settings changed since it was cached
     if npz.is_file():
         z = np.load(npz, allow_pickle=True)
         cells = [box(*b) for b in z["bg_cells"]]
@@ -84,7 +87,7 @@ def load_scene(seed: int, prevalence: float = 0.01, size: int = 256) -> CachedSc
     plot_px = np.array([g.area / 100.0 for g in plots])
     np.savez(npz, names=np.array(feats.names), F=F, X=table.X, y=table.y,
              polygon=table.polygon, xy=table.xy, plot_ids=ids, plot_px=plot_px,
-             bg_cells=bg_cells)
+             bg_cells=bg_cells, config=np.array(stamp))
     return load_scene(seed, prevalence, size)
 
 

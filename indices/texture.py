@@ -1,4 +1,4 @@
-"""Spatial context features for drone resolution (centimetre pixels).
+"""Spatial context features: neighbourhood statistics of per-phase composites.
 
 At 5 cm a poppy plot is not a pixel but a pattern: glaucous leaf discs of ~20 cm with petal
 blobs of 5-10 cm and soil between the plants. A single pixel of soil inside a poppy bed looks
@@ -7,7 +7,10 @@ neighbourhood statistics over square windows of side ``2 r + 1`` pixels:
 
 - ``mean``: local mean (the plot's average colour, e.g. leaf + petal mixture),
 - ``std``: local standard deviation (texture: plants, gaps and flower blobs),
-- ``max``: local maximum (a petal blob anywhere nearby).
+- ``max``: local maximum (a petal blob anywhere nearby),
+- ``min``: local minimum,
+- ``dev``: the pixel minus its local mean (at 10 m: a plot against the field or garden around
+  it; a shift of the whole scene, from calibration, haze or season, cancels).
 
 Every statistic ignores NaN (masked pixels and the outside of the scene): a window's value is
 computed from its valid pixels only, NaN when none is valid. So a tile read with a halo of
@@ -24,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-STATS: tuple[str, ...] = ("mean", "std", "max")
+STATS: tuple[str, ...] = ("mean", "std", "max")   # the default set; also "min", "dev"
 
 
 def spatial_names(phases: Sequence[str], variables: Sequence[str], radii: Sequence[int],
@@ -68,6 +71,8 @@ def _local(x: np.ndarray, r: int, stats: Sequence[str],
             v = ndimage.maximum_filter(xf if all_valid else np.where(valid, x, -np.inf)
                                        .astype("float32"), size, mode="constant",
                                        cval=-np.inf)
+        elif st == "dev":
+            v = x - mean     # NaN where the pixel itself is masked
         elif st == "min":
             v = ndimage.minimum_filter(xf if all_valid else np.where(valid, x, np.inf)
                                        .astype("float32"), size, mode="constant",

@@ -52,11 +52,13 @@ class FeatureConfig(_Frozen):
     #: drone configs list just that phase instead of carrying all-NaN pre/post columns
     phases: tuple[Literal["pre", "flowering", "post"], ...] = PHASES
     #: spatial context (indices/texture.py): bands/indices whose per-phase median gets local
-    #: statistics over square windows of radius ``spatial_radii_px``; for centimetre pixels
-    #: (drone), off (empty) for Sentinel-2
+    #: statistics over square windows of radius ``spatial_radii_px``: plant and flower
+    #: patterns at centimetre pixels (drone); the contrast of a pixel to its neighbours
+    #: (``dev``) at 10 m (Sentinel-2 config). Off (empty) by default
     spatial_vars: tuple[str, ...] = ()
     spatial_radii_px: tuple[int, ...] = ()
-    spatial_stats: tuple[Literal["mean", "std", "max", "min"], ...] = ("mean", "std", "max")
+    spatial_stats: tuple[Literal["mean", "std", "max", "min", "dev"], ...] = (
+        "mean", "std", "max")
 
     @field_validator("spatial_radii_px")
     @classmethod

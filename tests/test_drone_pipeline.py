@@ -28,12 +28,14 @@ def test_spatial_stats_match_a_direct_window_computation() -> None:
     rng = np.random.default_rng(0)
     img = rng.uniform(0, 1, (1, 30, 40)).astype("float32")
     img[0, 5:9, 10:14] = np.nan
-    out = spatial_block(img, [2], ("mean", "std", "max", "min"))
+    out = spatial_block(img, [2], ("mean", "std", "max", "min", "dev"))
     for (y, x) in [(0, 0), (7, 12), (15, 20), (29, 39), (6, 8)]:
         win = img[0, max(0, y - 2):y + 3, max(0, x - 2):x + 3]
         w = win[np.isfinite(win)]
-        np.testing.assert_allclose(out[:, y, x], [w.mean(), w.std(), w.max(), w.min()],
+        np.testing.assert_allclose(out[:, y, x], [w.mean(), w.std(), w.max(), w.min(),
+                                                  img[0, y, x] - w.mean()],
                                    rtol=1e-4, atol=1e-5)
+    assert np.isnan(out[4, 7, 12]) and np.isfinite(out[0, 7, 12])  # masked pixel: no contrast
 
 
 def test_spatial_stats_of_an_all_missing_window_are_missing() -> None:
@@ -73,7 +75,9 @@ def test_drone_config_is_single_phase_with_spatial_context_and_metric_units() ->
     with pytest.raises(ConfigError, match="spatial_radii_px"):
         with_overrides(cfg, **{"features.spatial_radii_px": [0]})
     s2 = load_config()
-    assert s2.features.spatial_px == 0 and "pre" in s2.features.phases
+    # Sentinel-2: only the 3 x 3 contrast of each index, not plant-scale texture
+    assert s2.features.spatial_px == 1 and s2.features.spatial_stats == ("dev",)
+    assert "pre" in s2.features.phases
 
 
 def _drone_scene(bands: list[str], n: int = 43, seed: int = 0) -> xr.DataArray:
