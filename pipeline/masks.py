@@ -67,10 +67,20 @@ _EIGHT = np.ones((3, 3), dtype=bool)
 
 def apply_masks(scene: xr.DataArray, *, rescue_flowers: bool = True, max_flower_px: int = 50,
                 flower_swir16_max: float = 0.25, flower_coastal_max: float = 0.30,
-                snow_ndsi_min: float = 0.4) -> xr.DataArray:
-    """The Scene without the ``scl`` band, masked pixels NaN; lazy (nothing is computed)."""
+                snow_ndsi_min: float = 0.4,
+                window: tuple[slice, slice] | None = None) -> xr.DataArray:
+    """The Scene without the ``scl`` band, masked pixels NaN; lazy (nothing is computed).
+
+    ``window`` (y, x slices): only that part of the result; the rest of ``scene`` is the
+    context the white-flower rescue judges SCL patches in (a tile reads a halo for it), and
+    no masked copy of it is made."""
     bands = scene["band"].values.tolist()
-    refl = scene.drop_sel(band="scl") if "scl" in bands else scene
+    if "scl" not in bands:
+        refl = scene
+    elif bands[-1] == "scl":  # the canonical order puts it last: a view, not a copy
+        refl = scene.isel(band=slice(0, len(bands) - 1))
+    else:
+        refl = scene.drop_sel(band="scl")
     names = refl["band"].values.tolist()
     if not names:
         raise ValueError("scene has no reflective band")
@@ -108,13 +118,16 @@ def apply_masks(scene: xr.DataArray, *, rescue_flowers: bool = True, max_flower_
         coastal_max=float(flower_coastal_max), ndsi_min=float(snow_ndsi_min))
     bad_da = xr.DataArray(bad, dims=("time", "y", "x"),
                           coords={"time": scene["time"], "y": scene["y"], "x": scene["x"]})
+    if window is not None:
+        bad_da = bad_da.isel(y=window[0], x=window[1])
+        refl = refl.isel(y=window[0], x=window[1])
     invalid = refl.isnull().any("band") | bad_da
     if not satellite:
         invalid = invalid | (refl > SATURATION_MAX).any("band")
     out = refl.where(~invalid).astype("float32")
     out.attrs = dict(scene.attrs)
     if scene.rio.crs is not None:
-        out = out.rio.write_crs(scene.rio.crs).rio.write_transform(scene.rio.transform())
+        out = out.rio.write_crs(scene.rio.crs).rio.write_transform(refl.rio.transform(recalc=True))
     return out
 
 

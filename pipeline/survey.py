@@ -8,6 +8,7 @@ The deliverables are assembled from the tile results and moved into OUT at the v
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -99,9 +100,10 @@ def prepare_scene(images: Sequence[Path], cfg: SurveyConfig, *, dem: Path | None
     return scene, dem_da
 
 
-def masks(scene: xr.DataArray, cfg: SurveyConfig) -> xr.DataArray:
+def masks(scene: xr.DataArray, cfg: SurveyConfig,
+          window: tuple[slice, slice] | None = None) -> xr.DataArray:
     return apply_masks(scene, rescue_flowers=cfg.masks.rescue_flowers,
-                       max_flower_px=cfg.masks.max_flower_px)
+                       max_flower_px=cfg.masks.max_flower_px, window=window)
 
 
 def terrain_fit(masked: xr.DataArray, dem: xr.DataArray | None, cfg: SurveyConfig):
@@ -342,12 +344,15 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
     t["read"] = t1 - t0
     fwin = (slice(fys.start - hy0, fys.stop - hy0), slice(fxs.start - hx0, fxs.stop - hx0))
     raw = raw.chunk({"y": -1, "x": -1})  # a copy: rebinding frees the computed one
-    masked = masks(raw, ctx.cfg)[:, :, fwin[0], fwin[1]]
+    masked = masks(raw, ctx.cfg, window=fwin)  # the halo informs the masks, is not kept
     if ctx.terrain is not None:
         from indices.terrain import apply_terrain
         masked = apply_terrain(masked, slope, aspect, ctx.terrain)
     masked = masked.compute(scheduler="sync")
     del raw  # the tile and its mask halo (~120 MB per 512 px tile): features need only masked
+    # dask's copy of it sits in reference cycles of the masking graph: collect them now, not
+    # whenever the collector next runs (measured: 117 MB still held during the features)
+    gc.collect()
     if dem is not None and slope is not None:
         dem, slope = dem[inner], slope[inner]
     t2 = time.perf_counter()

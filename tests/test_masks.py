@@ -103,6 +103,20 @@ def test_result_does_not_depend_on_chunks(chunks: int) -> None:
     np.testing.assert_array_equal(np.isnan(out.values), np.isnan(ref.values))
 
 
+def test_a_window_equals_the_whole_result_cut_to_it() -> None:
+    """A tile masks its window with the halo around it as context: the 100 px SWIR-dark
+    patch cut to 30 px by the window's edge is still judged whole (masked), and no pixel
+    differs; without the context the cut patch passes for flowers."""
+    scene = make_scene(chunks=128)
+    ref = apply_masks(scene).compute()
+    win = (slice(DARK_BIG[0].start + 7, None), slice(0, 90))
+    out = apply_masks(scene, window=win).compute()
+    np.testing.assert_array_equal(out.values, ref.values[:, :, win[0], win[1]])
+    assert out.rio.transform() == ref.isel(y=win[0], x=win[1]).rio.transform(recalc=True)
+    cut = apply_masks(scene.isel(y=win[0], x=win[1])).compute()   # no context: not rescued
+    assert np.isnan(cut.values).sum() < np.isnan(out.values).sum()
+
+
 def test_without_scl_spectral_test() -> None:
     out = apply_masks(make_scene(with_scl=False)).compute()
     assert _valid(out, FLOWER_AT).all()
