@@ -21,6 +21,7 @@ file, not new code. Schema (unknown keys are refused)::
 """
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -104,13 +105,18 @@ def known_sensors() -> list[str]:
     return sorted(p.stem for p in SENSORS_DIR.glob("*.yaml"))
 
 
+@functools.cache
+def drone_cameras() -> tuple[SensorSpec, ...]:
+    """The shipped drone sensor files, parsed once."""
+    return tuple(s for s in (load_sensor(n) for n in known_sensors()) if s.kind == "drone")
+
+
 def drone_camera_with_bands(canonical: Iterable[str]) -> SensorSpec | None:
     """The shipped drone camera whose kept bands are exactly these canonical bands (P4M:
     blue, green, red, rededge2, nir), else None. The band sets of the shipped cameras differ,
     so a file named by canonical bands identifies its camera."""
     want = frozenset(canonical)
-    hits = [s for s in (load_sensor(n) for n in known_sensors())
-            if s.kind == "drone" and frozenset(s.canonical.values()) == want]
+    hits = [s for s in drone_cameras() if frozenset(s.canonical.values()) == want]
     return hits[0] if len(hits) == 1 else None
 
 

@@ -54,6 +54,7 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
 
 from pipeline.bands import CATEGORICAL_BANDS, canonical_name, order_bands
+from pipeline.config import DRONE_PIXEL_M
 from pipeline.errors import InputError
 from pipeline.readers._raster import open_lazy
 from pipeline.readers.multiband import acquisition_time
@@ -61,7 +62,7 @@ from pipeline.sensors import (
     SensorBand,
     SensorSpec,
     drone_camera_with_bands,
-    known_sensors,
+    drone_cameras,
     load_sensor,
     normalise_band_name,
 )
@@ -77,18 +78,12 @@ _CAMERA_HINTS: tuple[tuple[str, str], ...] = (
     ("micasense", "rededge-mx"),
 )
 _FLOAT_FILL_BELOW = -0.5
-_MAX_DRONE_PIXEL_M = 2.0
-
-
-@functools.cache
-def _drone_specs() -> tuple[SensorSpec, ...]:
-    return tuple(s for s in (load_sensor(n) for n in known_sensors()) if s.kind == "drone")
 
 
 @functools.cache
 def _shipped_aliases() -> frozenset[str]:
     out: set[str] = set()
-    for spec in _drone_specs():
+    for spec in drone_cameras():
         for b in spec.bands + spec.dropped:
             out.add(normalise_band_name(b.name))
             out.update(normalise_band_name(a) for a in b.aliases)
@@ -131,8 +126,8 @@ def _per_band_groups(folder: Path, aliases: set[str]) -> dict[str, dict[str, Pat
 def _pixel_is_drone(src: rasterio.DatasetReader) -> bool:
     res = abs(src.transform.a)
     if src.crs is not None and src.crs.is_geographic:
-        return res < _MAX_DRONE_PIXEL_M / 111_000
-    return res < _MAX_DRONE_PIXEL_M
+        return res < DRONE_PIXEL_M / 111_000
+    return res < DRONE_PIXEL_M
 
 
 def can_read(path: Path) -> bool:
@@ -162,7 +157,7 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
     if spec is not None and spec.kind != "drone":
         raise InputError(f"{path}: a drone orthomosaic, but the sensor given is {spec.name!r} "
                          f"(a {spec.kind}); give the camera (--sensor "
-                         f"{' | '.join(s.name for s in _drone_specs())})")
+                         f"{' | '.join(s.name for s in drone_cameras())})")
     aliases = _all_aliases() | (_aliases_of(spec) if spec else set())
     if path.is_dir():
         groups = _per_band_groups(path, aliases)
@@ -220,7 +215,7 @@ def _guess_sensor(path: Path, tags: dict[str, str], names: list[str], count: int
     if path.name.lower().startswith("result") and has_blue and has_re:
         return load_sensor("p4m")  # DJI Terra's per-band names
     raise InputError(f"{path}: cannot tell which camera took it; give the sensor "
-                     f"(--sensor {' | '.join(s.name for s in _drone_specs())})")
+                     f"(--sensor {' | '.join(s.name for s in drone_cameras())})")
 
 
 def _band_for(spec: SensorSpec, token: str) -> SensorBand | None:

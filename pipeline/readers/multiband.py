@@ -20,6 +20,7 @@ import xarray as xr
 from rasterio.errors import RasterioIOError
 
 from pipeline.bands import CATEGORICAL_BANDS, canonical_name
+from pipeline.config import DRONE_PIXEL_M
 from pipeline.errors import InputError
 from pipeline.sensors import drone_camera_with_bands
 
@@ -105,7 +106,7 @@ def _sensor_of(names: list[str], pixel_m: float) -> str:
     """The sensor a contract file without a SENSOR tag comes from: a drone camera when its
     pixels are finer than 2 m (the shipped camera with exactly these bands, else 'drone'),
     else 'sentinel2'."""
-    if pixel_m >= 2.0:
+    if pixel_m >= DRONE_PIXEL_M:
         return "sentinel2"
     spec = drone_camera_with_bands(n for n in names if n not in CATEGORICAL_BANDS)
     return spec.name if spec is not None else "drone"
