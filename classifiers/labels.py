@@ -38,9 +38,12 @@ def read_polygons(path: Path, to_crs: CRS | str | None, attribute: str | None = 
             [f.properties.get(attribute) if attribute else None for f in features])
 
 
-def read_labels(path: Path, crs: CRS | str, *, require_both: bool = True) -> Labels:
+def read_labels(path: Path, crs: CRS | str, *, require_both: bool = True,
+                background_drawn: bool = False) -> Labels:
     """Labelled polygons in ``crs``. ``require_both``: the file itself must hold poppy and
-    background polygons (one scene); with several scenes only their union must."""
+    background polygons (one scene); with several scenes only their union must.
+    ``background_drawn``: the background comes from the unlabelled area too, so a file of
+    poppy polygons alone (the plots a team verified) is enough."""
     geoms, classes = read_polygons(path, crs, "class", what="labels file")
     if any(c is None or str(c).strip() == "" for c in classes):
         raise InputError(f"{path}: some polygons have an empty 'class'; give every polygon a "
@@ -49,7 +52,7 @@ def read_labels(path: Path, crs: CRS | str, *, require_both: bool = True) -> Lab
     if require_both and TARGET_CLASS not in classes:
         raise InputError(f"{path}: no polygon of class '{TARGET_CLASS}'; the model needs "
                          f"examples of it (classes found: {sorted(set(classes))})")
-    if require_both and set(classes) == {TARGET_CLASS}:
+    if require_both and not background_drawn and set(classes) == {TARGET_CLASS}:
         raise InputError(f"{path}: only '{TARGET_CLASS}' polygons; add background classes "
-                         "(wheat, rapeseed, village, ...)")
+                         "(wheat, rapeseed, village, ...) or set model.background_sample_px")
     return Labels(tuple(geoms), tuple(classes), str(path))

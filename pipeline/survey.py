@@ -192,12 +192,14 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
         scene, dem_da = prepare_scene(sc.images, cfg, dem=sc.dem)
         # with several scenes, one may hold only background (or only poppy) polygons
         both = len(scenes) == 1
-        labels = read_labels(sc.labels, scene.rio.crs, require_both=both)
+        drawn = cfg.model.background_sample_px > 0  # poppy-only label files are enough
+        labels = read_labels(sc.labels, scene.rio.crs, require_both=both,
+                             background_drawn=drawn)
         masked = mask_and_correct(scene, dem_da, cfg)
         feats = window_features(masked, calendar, cfg.features)
         table = sample(feats, labels, erode_m=cfg.model.erode_m,
                        max_pixels=cfg.model.max_pixels_per_polygon, seed=cfg.model.seed,
-                       require_both=both)
+                       require_both=both and not drawn)
         if cfg.model.background_sample_px:
             table, labels = join((table, labels), sample_background(
                 feats, labels, n_pixels=cfg.model.background_sample_px,

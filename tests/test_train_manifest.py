@@ -44,3 +44,22 @@ def test_bad_manifest_is_a_user_error(tmp_path, text, msg):
     man.write_text(text)
     with pytest.raises(InputError, match=msg):
         read_manifest(man)
+
+
+def test_a_label_file_of_poppy_plots_alone_trains_with_the_unlabelled_background(tmp_path):
+    """Teams often hold only the plots they verified: with the unlabelled background draw
+    (default) those are enough; without it the file needs background classes."""
+    from pipeline.survey import train
+    sc = make_tiny_scene(tmp_path / "a", seed=1)
+    doc = json.loads(sc.labels.read_text())
+    doc["features"] = [f for f in doc["features"] if f["properties"]["class"] == "poppy"]
+    sc.labels.write_text(json.dumps(doc))
+    cfg = with_overrides(load_config(), **{"run.chunk_size": 64})
+    report = train(sc.images, sc.labels, tmp_path / "model", cfg)
+    assert set(report["samples"]["classes"]) == {"poppy", "unlabelled"}
+    assert report["samples"]["classes"]["poppy"] == 3
+    assert report["polygon"]["recall_min_plot"] >= report["target_recall"] - 1e-9
+    with pytest.raises(InputError, match="only 'poppy' polygons"):
+        train(sc.images, sc.labels, tmp_path / "model2",
+              with_overrides(cfg, **{"model.background_sample_px": 0}))
+    assert not (tmp_path / "model2").exists()
