@@ -43,17 +43,20 @@ def expand_paths(paths: Sequence[Path], dem: Path | None = None) -> list[Path]:
     mods = readers()
     out: list[Path] = []
     dem_file = Path(dem).resolve() if dem is not None else None
+
+    def is_dem(f: Path) -> bool:
+        return f.stem.lower() in _SKIP_STEMS or f.resolve() == dem_file
+
     for p in map(Path, paths):
         if not p.exists():
             raise InputError(f"{p}: no such file or folder")
-        if p.is_file() and (p.stem.lower() in _SKIP_STEMS or p.resolve() == dem_file):
+        if p.is_file() and is_dem(p):
             log.info("%s: a DEM, not an image; left out of the images", p)
             continue
         if p.is_dir() and not any(m.can_read(p) for m in mods):
             found = sorted(c for c in p.iterdir()
                            if c.suffix.lower() in _RASTER_SUFFIXES
-                           and not c.name.startswith(".")
-                           and c.stem.lower() not in _SKIP_STEMS)
+                           and not c.name.startswith(".") and not is_dem(c))
             if not found:
                 # a folder of product folders (e.g. per-band folders of several dates)
                 found = sorted(c for c in p.iterdir() if c.is_dir()

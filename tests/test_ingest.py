@@ -239,6 +239,8 @@ def test_a_dem_among_the_images_is_left_out(tmp_path: Path) -> None:
         open_scene([a, tmp_path / "elevation.tif"], chunks=16)   # not given as the DEM
     with pytest.raises(InputError, match="no images given"):
         open_scene([tmp_path / "dem.tif"], chunks=16)
+    s = open_scene([tmp_path], chunks=16, dem=tmp_path / "elevation.tif")   # the folder
+    assert s.sizes["time"] == 1 and s["band"].values.tolist() == CANON
 
 
 def test_dem_in_another_crs_is_aligned(tmp_path: Path) -> None:
