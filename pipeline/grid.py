@@ -18,6 +18,13 @@ from rasterio.crs import CRS
 from pipeline.bands import CATEGORICAL_BANDS
 
 
+def pixel_metres(transform: Affine, crs) -> float:
+    """Pixel width in metres (a degree taken as ~111 km in a geographic CRS): enough to
+    tell a drone orthomosaic from a satellite product, not a geodesic measure."""
+    res = abs(transform.a)
+    return res * 111_000 if crs is not None and crs.is_geographic else res
+
+
 @dataclass(frozen=True)
 class Grid:
     crs: CRS

@@ -26,7 +26,7 @@ from shapely.geometry.base import BaseGeometry
 
 from pipeline.bands import SCENE_DIMS, check_scene, order_bands
 from pipeline.errors import InputError
-from pipeline.grid import Grid, align
+from pipeline.grid import Grid, align, pixel_metres
 from pipeline.readers import readers
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,7 @@ def pixel_size_m(paths: Sequence[Path], dem: Path | None = None) -> float:
     if not files:
         raise InputError("no images given")
     first = read_products(files[:1])[0]
-    res = Grid.of(first).resolution
-    return res * 111_000 if first.rio.crs.is_geographic else res
+    return pixel_metres(first.rio.transform(), first.rio.crs)
 
 
 def aoi_mask(grid: Grid, geom: BaseGeometry, chunks: int) -> darr.Array:

@@ -56,6 +56,7 @@ from rasterio.errors import RasterioIOError
 from pipeline.bands import CATEGORICAL_BANDS, canonical_name, order_bands
 from pipeline.config import DRONE_PIXEL_M
 from pipeline.errors import InputError
+from pipeline.grid import pixel_metres
 from pipeline.readers._raster import open_lazy
 from pipeline.readers.multiband import acquisition_time
 from pipeline.sensors import (
@@ -124,10 +125,7 @@ def _per_band_groups(folder: Path, aliases: set[str]) -> dict[str, dict[str, Pat
 
 
 def _pixel_is_drone(src: rasterio.DatasetReader) -> bool:
-    res = abs(src.transform.a)
-    if src.crs is not None and src.crs.is_geographic:
-        return res < DRONE_PIXEL_M / 111_000
-    return res < DRONE_PIXEL_M
+    return pixel_metres(src.transform, src.crs) < DRONE_PIXEL_M
 
 
 def can_read(path: Path) -> bool:

@@ -22,6 +22,7 @@ from rasterio.errors import RasterioIOError
 from pipeline.bands import CATEGORICAL_BANDS, canonical_name
 from pipeline.config import DRONE_PIXEL_M
 from pipeline.errors import InputError
+from pipeline.grid import pixel_metres
 from pipeline.sensors import drone_camera_with_bands
 
 log = logging.getLogger(__name__)
@@ -119,8 +120,7 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
             descriptions = src.descriptions
             scales, offsets, nodata = src.scales, src.offsets, src.nodata
             dtypes = src.dtypes
-            pixel_m = abs(src.transform.a) * (111_000 if src.crs and src.crs.is_geographic
-                                               else 1)
+            pixel_m = pixel_metres(src.transform, src.crs)
             if src.crs is None:
                 raise InputError(f"{path}: no CRS; georeference the file (e.g. gdal_edit.py "
                                  "-a_srs EPSG:nnnn)")
