@@ -82,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labels", type=Path, help="labelled polygons (class in property "
                    "'class', target class 'poppy')")
     s.add_argument("--model", type=Path, required=True, help="model folder to write")
-    s.add_argument("--config", type=Path, help="survey config YAML (default by pixel size: "
-                   "configs/survey-drone.yaml below 2 m, else configs/survey-sentinel2.yaml)")
+    s.add_argument("--config", type=Path, help="survey config YAML (default by pixel size "
+                   "and bands: below 2 m configs/survey-drone.yaml, or without a nir band "
+                   "configs/survey-drone-rgb.yaml; else configs/survey-sentinel2.yaml)")
     s.add_argument("--dem", type=Path, help="DEM GeoTIFF (metres)")
 
     s = sub.add_parser("detect", help="find candidate poppy patches and write target lists")

@@ -19,6 +19,13 @@ behaves like a masked area. Filters are separable (scipy.ndimage uniform/maximum
 a few milliseconds per megapixel and statistic.
 
 Feature names: ``<phase>.<stat>_r<r>.<var>``, e.g. ``flowering.std_r4.NDVI``.
+
+Leaf-only variables (``<var>@leaf``, e.g. ``NDYI@leaf``): the variable where the pixel is green
+leaf (``NGRDI >= 0.1``: green above red, which chlorophyll gives and petals, soil, roofs and
+concrete do not), NaN elsewhere; its local statistics then describe the leaves around a pixel
+with the flowers, soil and gaps between plants left out. Poppy's glaucous (waxy, blue-grey)
+leaves are the same whatever colour its petals are, so these features carry the cue a model
+trained on plots of one petal colour can transfer to plots of another (docs/drone.md).
 """
 from __future__ import annotations
 
@@ -28,6 +35,18 @@ import numpy as np
 from scipy import ndimage
 
 STATS: tuple[str, ...] = ("mean", "std", "max")   # the default set; also "min", "dev"
+
+#: leaf mask of ``<var>@leaf`` variables: pixels whose ``LEAF_INDEX`` is >= ``LEAF_MIN``
+LEAF_SUFFIX = "@leaf"
+LEAF_INDEX = "NGRDI"
+LEAF_MIN = 0.1
+
+
+def split_var(name: str) -> tuple[str, bool]:
+    """``"NDYI@leaf"`` -> ``("NDYI", True)``; ``"NDVI"`` -> ``("NDVI", False)``."""
+    if name.endswith(LEAF_SUFFIX):
+        return name[:-len(LEAF_SUFFIX)], True
+    return name, False
 
 
 def spatial_names(phases: Sequence[str], variables: Sequence[str], radii: Sequence[int],

@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from indices.catalogue import compute_indices
-from indices.texture import spatial_block, spatial_names
+from indices.catalogue import compute_indices, load_catalogue
+from indices.texture import LEAF_INDEX, LEAF_MIN, spatial_block, spatial_names, split_var
 from pipeline.bands import check_scene
 from pipeline.config import PHASES, Calendar, FeatureConfig
 
@@ -150,6 +150,10 @@ class FeaturePlan:
     spatial_src: tuple[int, ...] = ()
     spatial_radii: tuple[int, ...] = ()
     spatial_stats: tuple[str, ...] = ()
+    #: per spatial source: row of the leaf index that masks it (``<var>@leaf``), else -1
+    spatial_mask: tuple[int, ...] = ()
+    #: the last ``n_hidden`` codes compute per-phase medians only the spatial features use
+    n_hidden: int = 0
 
     @property
     def n_out(self) -> int:
@@ -158,7 +162,7 @@ class FeaturePlan:
     @property
     def n_pixel(self) -> int:
         """Pixel-local features (the first rows); the spatial ones follow."""
-        return len(self.codes)
+        return len(self.codes) - self.n_hidden
 
     @property
     def halo(self) -> int:
@@ -170,8 +174,21 @@ def make_plan(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig) -> Fe
     have = scene["band"].values.tolist()
     bands = [b for b in cfg.bands if b in have]
     probe = scene.isel(time=slice(0, 1), y=slice(0, 1), x=slice(0, 1))
-    indices = compute_indices(probe, list(cfg.indices))["band"].values.tolist()
-    variables = bands + indices
+
+    def computable(names: list[str]) -> list[str]:
+        return compute_indices(probe, names)["band"].values.tolist() if names else []
+
+    indices = computable(list(cfg.indices))
+    # spatial variables need not be pixel features: a band or index only the spatial
+    # statistics use (or the leaf mask) is composited per phase in a row that is not output
+    need: list[str] = []
+    for v in cfg.spatial_vars if cfg.spatial_radii_px else ():
+        base, leaf = split_var(v)
+        need += [base, LEAF_INDEX] if leaf else [base]
+    need = [v for v in dict.fromkeys(need) if v not in bands and v not in indices]
+    extra_bands = [v for v in need if v in have]
+    extra_indices = computable([v for v in need if v in load_catalogue()])
+    variables = bands + extra_bands + indices + extra_indices   # the computed stack
     times = scene["time"].values
     phases_of = phase_of_dates(times, calendar)
     unused = [str(t)[:10] for t, p in zip(times, phases_of) if p is None]
@@ -193,16 +210,38 @@ def make_plan(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig) -> Fe
         else:
             codes.append((stat_code[stat], variables.index(var), phases.index(ph), -1))
     names = [r[0] for r in rows]
-    svars = [v for v in cfg.spatial_vars if v in variables] if cfg.spatial_radii_px else []
-    skipped = [v for v in cfg.spatial_vars if v not in variables]
+
+    def can(v: str) -> bool:
+        base, leaf = split_var(v)
+        return base in variables and (not leaf or LEAF_INDEX in variables)
+
+    svars = [v for v in cfg.spatial_vars if can(v)] if cfg.spatial_radii_px else []
+    skipped = [v for v in cfg.spatial_vars if not can(v)]
     if skipped and cfg.spatial_radii_px:
         log.info("spatial features skip variables the scene cannot give: %s", skipped)
-    src = [names.index(f"{ph}.median.{v}") for ph in phases for v in svars]
+    rows_of = {n: i for i, n in enumerate(names)}
+    hidden = 0
+
+    def median_row(ph: str, var: str) -> int:
+        nonlocal hidden
+        key = f"{ph}.median.{var}"
+        if key not in rows_of:             # not a pixel feature: a row that is not output
+            rows_of[key] = len(codes)
+            codes.append((0, variables.index(var), phases.index(ph), -1))
+            hidden += 1
+        return rows_of[key]
+
+    src, mask = [], []
+    for ph in phases:
+        for v in svars:
+            base, leaf = split_var(v)
+            src.append(median_row(ph, base))
+            mask.append(median_row(ph, LEAF_INDEX) if leaf else -1)
     names += spatial_names(phases, svars, cfg.spatial_radii_px, cfg.spatial_stats)
-    return FeaturePlan(tuple(bands), tuple(indices), tuple(phases), phase_idx, phase_dates,
-                       tuple(names), tuple(codes), tuple(src),
-                       tuple(cfg.spatial_radii_px) if src else (),
-                       tuple(cfg.spatial_stats) if src else ())
+    return FeaturePlan(tuple(bands + extra_bands), tuple(indices + extra_indices),
+                       tuple(phases), phase_idx, phase_dates, tuple(names), tuple(codes),
+                       tuple(src), tuple(cfg.spatial_radii_px) if src else (),
+                       tuple(cfg.spatial_stats) if src else (), tuple(mask), hidden)
 
 
 def block_features(block: xr.DataArray, plan: FeaturePlan) -> np.ndarray:
@@ -211,11 +250,16 @@ def block_features(block: xr.DataArray, plan: FeaturePlan) -> np.ndarray:
     stack = xr.concat([block.sel(band=list(plan.bands)), idx], dim="band") if plan.bands \
         else idx
     arr = np.asarray(stack.transpose("time", "band", "y", "x").values, dtype="float32")
-    out = _block_features(arr, plan.phase_idx, plan.codes, plan.n_pixel, len(plan.phases))
+    n_rows = len(plan.codes)        # the pixel features, then rows only the spatial ones use
+    out = _block_features(arr, plan.phase_idx, plan.codes, n_rows, len(plan.phases))
     if not plan.spatial_src:
         return out
-    sp = spatial_block(out[list(plan.spatial_src)], plan.spatial_radii, plan.spatial_stats)
-    return np.concatenate([out[:plan.n_pixel], sp, out[plan.n_pixel:]])
+    images = out[list(plan.spatial_src)]
+    for i, m in enumerate(plan.spatial_mask):
+        if m >= 0:  # <var>@leaf: the variable on green-leaf pixels only
+            images[i] = np.where(out[m] >= LEAF_MIN, images[i], np.nan)
+    sp = spatial_block(images, plan.spatial_radii, plan.spatial_stats)
+    return np.concatenate([out[:plan.n_pixel], sp, out[n_rows:]])
 
 
 def _absorb_thin(chunks: tuple[int, ...], h: int) -> tuple[int, ...]:

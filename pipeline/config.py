@@ -8,6 +8,7 @@ never raw dicts.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,8 +20,10 @@ from pipeline.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "survey-sentinel2.yaml"
-#: The default for drone orthomosaics (pixels finer than DRONE_PIXEL_M).
+#: The defaults for drone orthomosaics (pixels finer than DRONE_PIXEL_M): multispectral
+#: cameras (a near-infrared band), and RGB cameras (visible bands only)
 DRONE_CONFIG = CONFIG_DIR / "survey-drone.yaml"
+DRONE_RGB_CONFIG = CONFIG_DIR / "survey-drone-rgb.yaml"
 DRONE_PIXEL_M = 2.0
 PHASES = ("pre", "flowering", "post")
 
@@ -271,11 +274,15 @@ def load_config(path: Path | None = None) -> SurveyConfig:
     return cfg
 
 
-def default_config_for(pixel_m: float) -> Path:
-    """The shipped survey config for images of this pixel size: drone below 2 m, else
-    Sentinel-2 (every length in a config, from edge erosion to the minimum mapping unit, is
-    set for one of the two)."""
-    return DRONE_CONFIG if pixel_m < DRONE_PIXEL_M else DEFAULT_CONFIG
+def default_config_for(pixel_m: float, bands: Sequence[str] = ("nir",)) -> Path:
+    """The shipped survey config for images of this pixel size and these (canonical) bands:
+    Sentinel-2 from 2 m up, else drone: multispectral with a ``nir`` band, RGB without one.
+    Every length in a config (edge erosion to minimum mapping unit) is set for satellite or
+    drone pixels; the drone features differ by whether the camera sees near-infrared
+    (docs/drone.md)."""
+    if pixel_m >= DRONE_PIXEL_M:
+        return DEFAULT_CONFIG
+    return DRONE_CONFIG if "nir" in bands else DRONE_RGB_CONFIG
 
 
 def config_from_dict(data: dict[str, Any], where: str) -> SurveyConfig:

@@ -89,13 +89,14 @@ def read_products(paths: Sequence[Path], sensor: Any | None = None,
     return arrays
 
 
-def pixel_size_m(paths: Sequence[Path], dem: Path | None = None) -> float:
-    """Pixel size in metres of the first image (degrees at ~111 km), read without pixels."""
+def first_image_facts(paths: Sequence[Path], dem: Path | None = None) -> tuple[float, list[str]]:
+    """Pixel size in metres (degrees at ~111 km) and canonical band names of the first image,
+    read without pixels."""
     files = expand_paths(paths, dem)
     if not files:
         raise InputError("no images given")
     first = read_products(files[:1])[0]
-    return pixel_metres(first.rio.transform(), first.rio.crs)
+    return pixel_metres(first.rio.transform(), first.rio.crs), first["band"].values.tolist()
 
 
 def aoi_mask(grid: Grid, geom: BaseGeometry, chunks: int) -> darr.Array:

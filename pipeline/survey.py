@@ -34,7 +34,7 @@ from classifiers.model import fit_balanced, make_estimator
 from classifiers.predict import check_fit, pixel_threshold, predict_block
 from classifiers.sampling import Table, check_classes, join, sample, sample_background
 from classifiers.validation import text_table, validate
-from indices.window import FeaturePlan, block_features, make_plan, window_features
+from indices.window import FeaturePlan, block_features, make_plan, nanmedian0, window_features
 from outputs import maps, writers
 from outputs.patches import CandidateFeatures, Piece, chunk_pieces, merge_blind, merge_pieces
 from outputs.ranking import area_m2, build_targets
@@ -50,7 +50,7 @@ from pipeline.config import (
 )
 from pipeline.errors import InputError
 from pipeline.grid import Grid
-from pipeline.ingest import open_scene, pixel_size_m, read_dem
+from pipeline.ingest import first_image_facts, open_scene, read_dem
 from pipeline.masks import apply_masks
 from pipeline.scheduler import open_runner, run_tiles
 
@@ -68,7 +68,7 @@ def default_config(images: Sequence[Path], model_dir: Path | None = None,
                    dem: Path | None = None) -> SurveyConfig:
     """The config of a run given no ``--config``: for detect, the one the model was trained
     with (its features must match); else the shipped config for the images' pixel size
-    (drone below 2 m, Sentinel-2 above)."""
+    and bands (Sentinel-2 from 2 m up; below, drone multispectral or RGB)."""
     if model_dir is not None:
         sidecar = Path(model_dir) / model_artifact.SIDECAR_FILE
         try:
@@ -78,8 +78,8 @@ def default_config(images: Sequence[Path], model_dir: Path | None = None,
         if isinstance(stored, dict):
             log.info("no --config: using the model's training config (%s)", sidecar)
             return config_from_dict(stored, f"{sidecar} (the model's training config)")
-    pixel = pixel_size_m(images, dem)
-    path = default_config_for(pixel)
+    pixel, bands = first_image_facts(images, dem)
+    path = default_config_for(pixel, bands)
     log.warning("no --config: using %s for pixels of %.3g m", path.relative_to(path.parents[1]),
                 pixel)
     return load_config(path)
@@ -236,7 +236,7 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
         bg_mean = np.nanmean(bg, axis=0)
         bg_std = np.nanstd(bg, axis=0)
     report.update({
-        "samples": {"pixels": int(len(table.y)), "poppy_pixels": int(table.y.sum()),
+        "samples": {"pixels": len(table.y), "poppy_pixels": int(table.y.sum()),
                     "polygons": len(labels.geometries), "scenes": len(scenes),
                     "classes": {c: labels.classes.count(c) for c in sorted(set(labels.classes))}},
         "timings_s": {"sample": round(t_sample, 2), "fit": round(t_fit, 2)},
@@ -261,7 +261,7 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
         "background_std": [None if not np.isfinite(v) else float(v) for v in bg_std],
         "training": {"polygon_recall": report["polygon"]["recall"],
                      "polygon_precision": report["polygon"]["precision"],
-                     "pixels": int(len(table.y))},
+                     "pixels": len(table.y)},
         "phase_dates": [p[2].phase_dates for p in parts],
         "versions": environment(),
         "data_hashes": hashes,
@@ -359,7 +359,8 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
         dem, slope = dem[inner], slope[inner]
     t2 = time.perf_counter()
     t["mask"] = t2 - t1
-    cand, quick, evidence, prob = _features_and_predict(masked, ctx, t, inner)
+    cand, evidence, prob = _features_and_predict(masked, ctx, t, inner)
+    rgb = _quicklook(masked, ctx.plan, inner, ys, xs, ctx.stride)
     del masked
     t4 = time.perf_counter()
     fl = ctx.plan.phases.index("flowering") if "flowering" in ctx.plan.phases else None
@@ -374,7 +375,6 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
                                  ys.start, xs.start, transform, ctx.threshold)
     pieces, dropped = _settle_inner_pieces(pieces, ctx, ys, xs, transform)
     t["patches"] = time.perf_counter() - t4
-    rgb = quick[:, (-ys.start) % ctx.stride::ctx.stride, (-xs.start) % ctx.stride::ctx.stride]
     return {"prob": prob, "evidence": np.nan_to_num(ev, nan=255).astype("uint8"),
             "pieces": pieces, "blind": blind, "rgb": rgb, "timings": t, "dropped": dropped}
 
@@ -429,17 +429,15 @@ STRIP_ROWS = 64
 
 def _features_and_predict(masked: xr.DataArray, ctx: TileContext, t: dict[str, float],
                           inner: tuple[slice, slice]
-                          ) -> tuple[CandidateFeatures, np.ndarray, np.ndarray, np.ndarray]:
+                          ) -> tuple[CandidateFeatures, np.ndarray, np.ndarray]:
     """Features and probability of the ``inner`` window of ``masked`` (the tile inside its
     spatial-feature halo), computed in strips of rows that carry the same halo. Returns the
-    features of the candidate pixels (for the patches' reasons), the quick-look features,
-    the evidence per phase and the probability; the tile's dense features are never kept."""
+    features of the candidate pixels (for the patches' reasons), the evidence per phase and
+    the probability; the tile's dense features are never kept."""
     n, n_ph = len(ctx.plan.names), len(ctx.plan.phases)
     sp = ctx.plan.halo
     iy, ix = inner
     ny, nx = iy.stop - iy.start, ix.stop - ix.start
-    qidx = [ctx.plan.names.index(q) for q in quicklook_names(ctx.plan)]
-    quick = np.empty((len(qidx), ny, nx), dtype="float32")
     evidence = np.empty((n_ph, ny, nx), dtype="float32")
     prob = np.empty((ny, nx), dtype="float32")
     index = np.full((ny, nx), -1, dtype="int32")
@@ -454,7 +452,6 @@ def _features_and_predict(masked: xr.DataArray, ctx: TileContext, t: dict[str, f
         crop = out[:, iy.start + r0 - a0:iy.start + r1 - a0, ix]
         feats = np.ascontiguousarray(crop[:n])
         evidence[:, r0:r1] = crop[n:]
-        quick[:, r0:r1] = feats[qidx]
         del out, crop
         t1 = time.perf_counter()
         p = predict_block(feats, ctx.estimator, ctx.calibration)
@@ -469,18 +466,34 @@ def _features_and_predict(masked: xr.DataArray, ctx: TileContext, t: dict[str, f
         t["predict"] += time.perf_counter() - t1
     cand = CandidateFeatures(index, np.concatenate(values) if values else
                              np.empty((0, n), "float32"))
-    return cand, quick, evidence, prob
+    return cand, evidence, prob
 
 
-QUICKLOOK_BANDS = ("flowering.median.nir", "flowering.median.red", "flowering.median.green")
-QUICKLOOK_RGB = ("flowering.median.red", "flowering.median.green", "flowering.median.blue")
+#: quick-look colours: false colour (near-infrared, red, green: vegetation red), else true
+#: colour; taken from the masked bands, whatever the features are
+QUICKLOOK_BANDS = (("nir", "red", "green"), ("red", "green", "blue"))
 
 
-def quicklook_names(plan: FeaturePlan) -> list[str]:
-    for combo in (QUICKLOOK_BANDS, QUICKLOOK_RGB):
-        if all(c in plan.names for c in combo):
+def quicklook_bands(bands: Sequence[str]) -> list[str]:
+    for combo in QUICKLOOK_BANDS:
+        if all(b in bands for b in combo):
             return list(combo)
-    return [n for n in plan.names if n.startswith("flowering.median.")][:3]
+    return list(bands[:3])
+
+
+def _quicklook(masked: xr.DataArray, plan: FeaturePlan, inner: tuple[slice, slice],
+               ys: slice, xs: slice, stride: int) -> np.ndarray:
+    """Every ``stride``-th pixel of the tile (on the scene-wide thumbnail grid): the
+    flowering composite (median over the phase's dates) of the quick-look bands."""
+    iy, ix = inner
+    dates = plan.phase_idx[plan.phases.index("flowering")] if "flowering" in plan.phases \
+        else ()
+    dates = dates or tuple(range(masked.sizes["time"]))
+    sub = masked.isel(time=list(dates), y=slice(iy.start + (-ys.start) % stride, iy.stop, stride),
+                      x=slice(ix.start + (-xs.start) % stride, ix.stop, stride))
+    arr = np.asarray(sub.sel(band=quicklook_bands(masked["band"].values.tolist())).values,
+                     dtype="float32")
+    return arr[0] if len(arr) == 1 else nanmedian0(arr)
 
 
 def _fingerprint(digests: dict[str, str], model_dir: Path, cfg: SurveyConfig,

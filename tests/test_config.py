@@ -137,16 +137,17 @@ def test_cli_bad_config_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "m").exists()
 
 
-def _image(path: Path, pixel: float, crs: str) -> Path:
+def _image(path: Path, pixel: float, crs: str, bands: tuple[str, ...] = ("red",)) -> Path:
     import numpy as np
     import rasterio
     from affine import Affine
-    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=1,
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=len(bands),
                        dtype="float32", crs=crs,
                        transform=Affine(pixel, 0, 116.0 if crs == "EPSG:4326" else 500000,
                                         0, -pixel, 30.0 if crs == "EPSG:4326" else 3.3e6)) as d:
-        d.write(np.full((1, 8, 8), 0.1, "float32"))
-        d.set_band_description(1, "red")
+        d.write(np.full((len(bands), 8, 8), 0.1, "float32"))
+        for i, b in enumerate(bands, 1):
+            d.set_band_description(i, b)
         d.update_tags(ACQUISITION_DATE="2025-04-20")
     return path
 
@@ -154,18 +155,24 @@ def _image(path: Path, pixel: float, crs: str) -> Path:
 def test_without_config_train_takes_the_config_of_the_pixel_size(tmp_path: Path) -> None:
     """Every length in a config (edge erosion, CV blocks, minimum mapping unit) is set for
     Sentinel-2 or for a drone: the images' pixel size chooses, in any CRS."""
-    from pipeline.config import DRONE_CONFIG
+    from pipeline.config import DRONE_CONFIG, DRONE_RGB_CONFIG
     from pipeline.survey import default_config
-    cases = [(0.05, "EPSG:32650", DRONE_CONFIG), (10.0, "EPSG:32650", DEFAULT_CONFIG),
-             (0.05 / 111_000, "EPSG:4326", DRONE_CONFIG), (1e-4, "EPSG:4326", DEFAULT_CONFIG)]
-    for i, (pixel, crs, want) in enumerate(cases):
-        cfg = default_config([_image(tmp_path / f"i{i}.tif", pixel, crs)])
-        assert cfg.source == str(want), (pixel, crs)
+    ms, rgb = ("blue", "green", "red", "rededge2", "nir"), ("red", "green", "blue")
+    cases = [(0.05, "EPSG:32650", ms, DRONE_CONFIG), (10.0, "EPSG:32650", ms, DEFAULT_CONFIG),
+             (0.05 / 111_000, "EPSG:4326", ms, DRONE_CONFIG),
+             (1e-4, "EPSG:4326", ms, DEFAULT_CONFIG),
+             # a drone camera without near-infrared gets the RGB drone config
+             (0.03, "EPSG:32650", rgb, DRONE_RGB_CONFIG), (10.0, "EPSG:32650", rgb, DEFAULT_CONFIG)]
+    for i, (pixel, crs, bands, want) in enumerate(cases):
+        cfg = default_config([_image(tmp_path / f"i{i}.tif", pixel, crs, bands)])
+        assert cfg.source == str(want), (pixel, crs, bands)
     assert load_config(DRONE_CONFIG).patches != load_config(DEFAULT_CONFIG).patches
+    assert load_config(DRONE_RGB_CONFIG).patches == load_config(DRONE_CONFIG).patches
 
 
 def test_without_config_detect_takes_the_models_training_config(tmp_path: Path) -> None:
     import json
+
     from pipeline.survey import default_config
     img = _image(tmp_path / "i.tif", 10.0, "EPSG:32650")
     trained = with_overrides(load_config(), **{"patches.min_mapping_unit_m2": 123.0})
