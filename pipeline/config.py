@@ -274,7 +274,7 @@ def load_config(path: Path | None = None) -> SurveyConfig:
     return cfg
 
 
-def default_config_for(pixel_m: float, bands: Sequence[str] = ("nir",)) -> Path:
+def default_config_for(pixel_m: float, bands: Sequence[str]) -> Path:
     """The shipped survey config for images of this pixel size and these (canonical) bands:
     Sentinel-2 from 2 m up, else drone: multispectral with a ``nir`` band, RGB without one.
     Every length in a config (edge erosion to minimum mapping unit) is set for satellite or

@@ -80,8 +80,8 @@ def default_config(images: Sequence[Path], model_dir: Path | None = None,
             return config_from_dict(stored, f"{sidecar} (the model's training config)")
     pixel, bands = first_image_facts(images, dem)
     path = default_config_for(pixel, bands)
-    log.warning("no --config: using %s for pixels of %.3g m", path.relative_to(path.parents[1]),
-                pixel)
+    log.warning("no --config: using %s for pixels of %.3g m and bands %s",
+                path.relative_to(path.parents[1]), pixel, ", ".join(bands))
     return load_config(path)
 
 
