@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from pipeline.bands import CANONICAL_BANDS
+from pipeline.bands import CANONICAL_BANDS, canonical_name
 from pipeline.config import load_yaml
 from pipeline.errors import ConfigError
 
@@ -111,12 +111,27 @@ def drone_cameras() -> tuple[SensorSpec, ...]:
     return tuple(s for s in (load_sensor(n) for n in known_sensors()) if s.kind == "drone")
 
 
-def drone_camera_with_bands(canonical: Iterable[str]) -> SensorSpec | None:
-    """The shipped drone camera whose kept bands are exactly these canonical bands (P4M:
-    blue, green, red, rededge2, nir), else None. The band sets of the shipped cameras differ,
-    so a file named by canonical bands identifies its camera."""
-    want = frozenset(canonical)
-    hits = [s for s in drone_cameras() if frozenset(s.canonical.values()) == want]
+def drone_camera_for_names(names: Iterable[str], pixel_m: float | None = None
+                           ) -> SensorSpec | None:
+    """The shipped drone camera whose kept bands are exactly the bands these names give (the
+    camera's band names or aliases, canonical or Sentinel-2 names; any case), else None. The band sets
+    of the shipped cameras differ, so a file named by its bands identifies its camera. One set
+    of names can fit two cameras (P4M and RedEdge-MX both call a band 'rededge'): then the one
+    whose nominal pixel size is nearest ``pixel_m`` is taken, and None without a clear one."""
+    want = [canonical_name(n) or n for n in names]   # Sentinel-2 names (B02) as canonical
+    hits = []
+    for spec in drone_cameras():
+        try:
+            got = [spec.band(n).canonical for n in want]
+        except KeyError:
+            continue
+        if None not in got and len(set(got)) == len(got) and \
+                set(got) == set(spec.canonical.values()):
+            hits.append(spec)
+    if len(hits) > 1 and pixel_m is not None:
+        hits.sort(key=lambda h: abs(h.resolution_m - pixel_m))
+        gap = abs(hits[1].resolution_m - pixel_m) - abs(hits[0].resolution_m - pixel_m)
+        hits = hits[:1] if gap > 0 else hits
     return hits[0] if len(hits) == 1 else None
 
 

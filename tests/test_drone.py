@@ -272,6 +272,31 @@ def test_contract_file_at_drone_pixels_is_the_camera_of_its_canonical_bands(
     assert open_scene([f], chunks=16).attrs["sensor"] == "drone"
 
 
+@pytest.mark.parametrize("pixel,camera,edge", [(0.05, "p4m", "rededge2"),
+                                               (0.08, "rededge-mx", "rededge1")])
+def test_a_flight_named_by_its_cameras_own_band_names_reads_as_that_camera(
+        tmp_path: Path, pixel: float, camera: str, edge: str) -> None:
+    """'Blue, Green, Red, RedEdge, NIR' (what the camera software writes) is a P4M flight at
+    5 cm: P4M and RedEdge-MX both call a band 'rededge', the pixel size tells them apart.
+    Through either reader (date in a tag or in the name), any case."""
+    from pipeline.ingest import open_scene
+    refl = _refl(5, seed=3)
+    names = ["Blue", "Green", "Red", "RedEdge", "NIR"]
+    tf = Affine(pixel, 0, 500000.0, 0, -pixel, 3300000.0)
+    for name, tags in (("tagged.tif", {"ACQUISITION_DATE": "2025-04-20"}),
+                       ("flight_20250420.tif", None)):
+        with rasterio.open(tmp_path / name, "w", driver="GTiff", width=W, height=H, count=5,
+                           dtype="float32", crs=CRS, transform=tf, nodata=float("nan")) as dst:
+            dst.write(refl)
+            dst.descriptions = tuple(names)
+            if tags:
+                dst.update_tags(**tags)
+        scene = open_scene([tmp_path / name], chunks=16)
+        assert scene.attrs["sensor"] == camera, name
+        assert scene["band"].values.tolist() == ["blue", "green", "red", edge, "nir"]
+        np.testing.assert_allclose(scene.isel(time=0).sel(band=edge).values, refl[3])
+
+
 def test_read_is_lazy(tmp_path: Path) -> None:
     import dask
 

@@ -62,7 +62,7 @@ from pipeline.readers.multiband import acquisition_time
 from pipeline.sensors import (
     SensorBand,
     SensorSpec,
-    drone_camera_with_bands,
+    drone_camera_for_names,
     drone_cameras,
     load_sensor,
     normalise_band_name,
@@ -191,16 +191,17 @@ class _Layer:
 
 
 def _guess_sensor(path: Path, tags: dict[str, str], names: list[str], count: int,
-                  rgb: bool) -> SensorSpec:
+                  rgb: bool, pixel_m: float | None = None) -> SensorSpec:
     if rgb:
         return load_sensor("rgb")
     text = " ".join([*tags.values(), path.name, path.parent.name]).lower()
     for hint, name in _CAMERA_HINTS:
         if hint in text:
             return load_sensor(name)
-    canonical = {canonical_name(n) for n in names if normalise_band_name(n) != "alpha"}
-    if canonical and None not in canonical:  # named as the input contract names bands
-        spec = drone_camera_with_bands(canonical - set(CATEGORICAL_BANDS))
+    data = [n for n in names if normalise_band_name(n) != "alpha"
+            and canonical_name(n) not in CATEGORICAL_BANDS]
+    if data:  # named by the camera's own band names or as the input contract names bands
+        spec = drone_camera_for_names(data, pixel_m)
         if spec is not None:
             return spec
     normed = {normalise_band_name(n) for n in names}
@@ -272,13 +273,14 @@ def _read_stacked(path: Path, spec: SensorSpec | None, chunks: int) -> xr.DataAr
             alpha = _alpha_index(src) if count > 2 else None
             if src.crs is None:
                 raise InputError(f"{path}: no CRS; georeference the orthomosaic")
+            pixel_m = pixel_metres(src.transform, src.crs)
     except RasterioIOError as exc:
         raise InputError(f"{path}: not a readable raster ({exc})") from None
     rgb = count in (3, 4) and all(d == "uint8" for d in dtypes)
     if rgb and count == 4 and alpha is None:
         alpha = 4
     if spec is None or (rgb and spec.name != "rgb" and not any(descriptions)):
-        spec = _guess_sensor(path, tags, [d for d in descriptions if d], count, rgb)
+        spec = _guess_sensor(path, tags, [d for d in descriptions if d], count, rgb, pixel_m)
     data_bands = [i for i in range(1, count + 1) if i != alpha]
     named = [_band_for(spec, descriptions[i - 1]) if descriptions[i - 1] else None
              for i in data_bands]

@@ -23,7 +23,7 @@ from pipeline.bands import CATEGORICAL_BANDS, canonical_name
 from pipeline.config import DRONE_PIXEL_M
 from pipeline.errors import InputError
 from pipeline.grid import pixel_metres
-from pipeline.sensors import drone_camera_with_bands
+from pipeline.sensors import drone_camera_for_names
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +90,19 @@ def _float_tag(tags: dict[str, str], key: str) -> float:
 
 
 def band_names(path: Path, descriptions: tuple[str | None, ...],
-               sensor: Any | None = None) -> list[str]:
-    """Canonical names of the file's bands from descriptions, else from the sensor's order."""
+               sensor: Any | None = None, pixel_m: float | None = None) -> list[str]:
+    """Canonical names of the file's bands from descriptions, else (drone pixels) from a
+    shipped camera's own band names (P4M 'Blue, Green, Red, RedEdge, NIR'), else from the
+    sensor's order."""
     names = [canonical_name(d) if d else None for d in descriptions]
     if all(n is not None for n in names):
         return names  # type: ignore[return-value]
+    if pixel_m is not None and pixel_m < DRONE_PIXEL_M and all(descriptions):
+        data = [d for d in descriptions if d and canonical_name(d) not in CATEGORICAL_BANDS]
+        spec = drone_camera_for_names(data, pixel_m)
+        if spec is not None:
+            return [n if n in CATEGORICAL_BANDS else spec.band(d).canonical  # type: ignore
+                    for d, n in zip(descriptions, names)]
     order = getattr(sensor, "band_order", None)
     if order and len(order) == len(descriptions):
         return list(order)
@@ -109,7 +117,7 @@ def _sensor_of(names: list[str], pixel_m: float) -> str:
     else 'sentinel2'."""
     if pixel_m >= DRONE_PIXEL_M:
         return "sentinel2"
-    spec = drone_camera_with_bands(n for n in names if n not in CATEGORICAL_BANDS)
+    spec = drone_camera_for_names([n for n in names if n not in CATEGORICAL_BANDS], pixel_m)
     return spec.name if spec is not None else "drone"
 
 
@@ -131,7 +139,7 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
                                                                         src.width)))
     except RasterioIOError as exc:
         raise InputError(f"{path}: not a readable raster ({exc})") from None
-    names = band_names(path, descriptions, sensor)
+    names = band_names(path, descriptions, sensor, pixel_m)
     if len(set(names)) != len(names):
         raise InputError(f"{path}: duplicate band names {names}")
     unscaled = [n for n, d, sc, off in zip(names, dtypes, scales, offsets)
