@@ -101,7 +101,7 @@ def band_names(path: Path, descriptions: tuple[str | None, ...],
         data = [d for d in descriptions if d and canonical_name(d) not in CATEGORICAL_BANDS]
         spec = drone_camera_for_names(data, pixel_m)
         if spec is not None:
-            return [n if n in CATEGORICAL_BANDS else spec.band(d).canonical  # type: ignore
+            return [n if n is not None else spec.band(d).canonical  # type: ignore
                     for d, n in zip(descriptions, names)]
     order = getattr(sensor, "band_order", None)
     if order and len(order) == len(descriptions):
