@@ -144,6 +144,15 @@ def test_p4m_dji_terra_per_band_float(tmp_path: Path) -> None:
     # one band file given alone: its group is read
     [one] = drone.read(folder / "result_NIR.tif", None, chunks=16)
     assert one["band"].values.tolist() == da["band"].values.tolist()
+    # the same files under another name: the band names and the 5 cm pixels tell the camera
+    # (RedEdge-MX also calls a band 'rededge', at 8 cm)
+    other = tmp_path / "survey_2025-04-20"
+    other.mkdir()
+    for f in folder.iterdir():
+        (other / f.name.replace("result_", "plot7_")).write_bytes(f.read_bytes())
+    [named] = drone.read(other, None, chunks=16)
+    assert named.attrs["sensor"] == "p4m"
+    np.testing.assert_allclose(named.values, da.values, rtol=1e-6)
 
 
 def test_metashape_uint16_equals_float(tmp_path: Path) -> None:

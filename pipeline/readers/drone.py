@@ -227,9 +227,9 @@ def _band_for(spec: SensorSpec, token: str) -> SensorBand | None:
 def _read_group(label: Path, files: dict[str, Path], spec: SensorSpec | None,
                 chunks: int) -> xr.DataArray:
     first = next(iter(files.values()))
-    tags = _tags(first)
+    tags, pixel_m = _tags(first)
     if spec is None:
-        spec = _guess_sensor(label, tags, list(files), len(files), rgb=False)
+        spec = _guess_sensor(label, tags, list(files), len(files), rgb=False, pixel_m=pixel_m)
     layers: dict[str, _Layer] = {}
     for token, f in files.items():
         band = _band_for(spec, token)
@@ -256,10 +256,12 @@ def _alpha_index(src: rasterio.DatasetReader) -> int | None:
     return None
 
 
-def _tags(path: Path) -> dict[str, str]:
+def _tags(path: Path) -> tuple[dict[str, str], float]:
+    """The file's tags and its pixel size in metres."""
     try:
         with rasterio.open(path) as src:
-            return {k: str(v) for k, v in src.tags().items()}
+            return ({k: str(v) for k, v in src.tags().items()},
+                    pixel_metres(src.transform, src.crs))
     except RasterioIOError as exc:
         raise InputError(f"{path}: not a readable raster ({exc})") from None
 
