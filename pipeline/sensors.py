@@ -116,8 +116,9 @@ def drone_camera_for_names(names: Iterable[str], pixel_m: float | None = None
     """The shipped drone camera whose kept bands are exactly the bands these names give (the
     camera's band names or aliases, canonical or Sentinel-2 names; any case), else None. The
     band sets of the shipped cameras differ, so a file named by its bands identifies its
-    camera. One set of names can fit two cameras (P4M and RedEdge-MX both call a band 'rededge'): then the one
-    whose nominal pixel size is nearest ``pixel_m`` is taken, and None without a clear one."""
+    camera. One set of names can fit two cameras (P4M and RedEdge-MX both call a band
+    'rededge'): then the one whose nominal pixel size is nearest ``pixel_m`` is taken, and None
+    without a clear one."""
     want = [canonical_name(n) or n for n in names]   # Sentinel-2 names (B02) as canonical
     hits = []
     for spec in drone_cameras():
