@@ -114,10 +114,11 @@ def big_polygons(labels: Labels, pixel_m: float, min_px: float) -> set[int]:
 def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: float,
              target_recall: float, seed: int, min_plot_px: float = 0.0, repeats: int = 1,
              scene_of_polygon: np.ndarray | None = None,
-             hold_out_scenes: bool = True) -> dict:
+             hold_out_scenes: bool = True, max_threshold: float = 0.99) -> dict:
     """Out-of-fold metrics and the threshold that flags ``target_recall`` of the poppy
     polygons of at least ``min_plot_px`` pixels (smaller plots are not required to be found:
-    counting sub-pixel gardens would pull the threshold down to where noise passes)."""
+    counting sub-pixel gardens would pull the threshold down to where noise passes), at most
+    ``max_threshold``."""
     groups = spatial_groups(table, labels, block_m, scene_of_polygon)
     name = "spatial blocks"
     if hold_out_scenes and scene_of_polygon is not None and \
@@ -136,7 +137,8 @@ def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: 
     prob[ok] = apply_platt(raw[ok], a, b)
     poly_max = polygon_scores(prob, table)
     counted = big_polygons(labels, table.pixel_m, min_plot_px)
-    thr = threshold_for_recall(poly_max, labels, target_recall, counted)
+    thr_recall = threshold_for_recall(poly_max, labels, target_recall, counted)
+    thr = min(thr_recall, max_threshold)
     pred = (prob[ok] >= thr).astype(int)
     truth = table.y[ok]
     p, r, f, s = precision_recall_fscore_support(truth, pred, labels=[0, 1], zero_division=0)
@@ -160,6 +162,8 @@ def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: 
         "block_m": block_m,
         "threshold": thr,
         "target_recall": target_recall,
+        # the recall rule's threshold before the cap (the config's model.threshold_max)
+        "threshold_recall_rule": thr_recall,
         "calibration": {"method": "platt", "a": a, "b": b},
         "pixel": {
             "classes": ["other", "poppy"],
@@ -194,6 +198,9 @@ def text_table(report: dict) -> str:
                      f"{pg['recall_min_plot']:.3f} ({pg['poppy_polygons_min_plot']} polygons)")
     lines.append(f"threshold for recall >= {report['target_recall']} (polygons >= "
                  f"{report.get('min_plot_px', 0):g} px): {report['threshold']:.3f}")
+    rule = report.get("threshold_recall_rule", report["threshold"])
+    if rule > report["threshold"]:
+        lines.append(f"  (the recall rule gave {rule:.3f}; capped by model.threshold_max)")
     fl = report["per_class_flagged"]
     if fl:
         lines.append("flagged share of labelled polygons per class: " + ", ".join(

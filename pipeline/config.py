@@ -82,6 +82,9 @@ class ModelConfig(_Frozen):
     #: the threshold is set for ``target_recall`` of the labelled poppy polygons of at least
     #: this many pixels; smaller (sub-pixel) plots are not required to be found
     threshold_min_plot_px: float = Field(4.0, ge=0)
+    #: the threshold never exceeds this: where the training plots all score near 1 out of fold
+    #: (drone plots of hundreds of pixels), the recall rule says nothing about other flights
+    threshold_max: float = Field(0.99, gt=0, lt=1)
     seed: int = 0
     #: boosting iterations and tree depth: small trees transferred as well as big ones to
     #: held-out scenes and predict 2x faster (docs/classifier.md)

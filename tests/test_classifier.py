@@ -15,6 +15,7 @@ from classifiers.validation import (
     big_polygons,
     out_of_fold,
     spatial_groups,
+    text_table,
     threshold_for_recall,
     validate,
 )
@@ -90,6 +91,22 @@ def test_validate_reports_and_threshold_reaches_target_on_big_polygons():
     # an easy problem: out of fold, flagged pixels and polygons are mostly poppy
     assert rep["pixel"]["precision"][1] > 0.9
     assert rep["polygon"]["precision"] > 0.8
+
+
+def test_threshold_max_caps_the_recall_rule_and_the_report_says_so():
+    table, labels = _table()
+    est = make_estimator(ModelConfig(max_iter=30))
+    kw = dict(n_folds=4, block_m=500.0, target_recall=0.9, seed=0, min_plot_px=9.0)
+    free = validate(est, table, labels, **kw)
+    cap = round(free["threshold"] - 0.1, 3)
+    capped = validate(est, table, labels, max_threshold=cap, **kw)
+    assert free["threshold_recall_rule"] == free["threshold"]
+    assert capped["threshold"] == pytest.approx(cap)
+    assert capped["threshold_recall_rule"] == pytest.approx(free["threshold"])
+    # a lower threshold flags at least as many polygons
+    assert capped["polygon"]["flagged"] >= free["polygon"]["flagged"]
+    assert "capped by model.threshold_max" in text_table(capped)
+    assert "capped" not in text_table(free)
 
 
 def test_out_of_fold_scores_come_from_models_that_did_not_see_the_polygon():
