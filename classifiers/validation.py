@@ -94,7 +94,8 @@ def polygon_scores(prob: np.ndarray, table: Table) -> dict[int, float]:
 
 def threshold_for_recall(poly_max: dict[int, float], labels: Labels,
                          target_recall: float, counted: set[int] | None = None) -> float:
-    """Highest threshold at which at least ``target_recall`` of poppy polygons are flagged.
+    """Highest threshold at which at least ``target_recall`` of poppy polygons are flagged
+    (at least 0.01; the upper limit is the caller's ``max_threshold``).
 
     ``counted``: the poppy polygons that count (default all); the others are ignored."""
     pos = np.sort([s for pid, s in poly_max.items() if labels.is_target[pid]
@@ -102,7 +103,7 @@ def threshold_for_recall(poly_max: dict[int, float], labels: Labels,
     if pos.size == 0:
         return 0.5
     k = int(np.ceil(target_recall * pos.size)) - 1
-    return float(min(max(pos[min(k, pos.size - 1)], 0.01), 0.99))
+    return float(max(pos[min(k, pos.size - 1)], 0.01))
 
 
 def big_polygons(labels: Labels, pixel_m: float, min_px: float) -> set[int]:
