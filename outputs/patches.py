@@ -78,8 +78,11 @@ def _polygons(mask: np.ndarray, y0: int, x0: int,
     lab, n = ndimage.label(mask)
     geoms: list[BaseGeometry] = [None] * n  # type: ignore[list-item]
     if n:
+        # traced one pixel off (x + 1, y + 1): the first tile's transform would otherwise be
+        # the identity, which rasterio warns about ("not georeferenced") from a filter that is
+        # not thread-safe, so the warning reached users of `detect` now and then
         for geom, val in rfeatures.shapes(lab.astype("int32"), mask=mask,
-                                          transform=Affine.translation(x0, y0),
+                                          transform=Affine.translation(x0 + 1, y0 + 1),
                                           connectivity=4):
             i = int(val) - 1
             g = shape(geom)
@@ -87,7 +90,8 @@ def _polygons(mask: np.ndarray, y0: int, x0: int,
     a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, \
         transform.f
     world = [shapely.transform(g, lambda xy: np.column_stack(
-        (a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f))) for g in geoms]
+        (a * (xy[:, 0] - 1) + b * (xy[:, 1] - 1) + c,
+         d * (xy[:, 0] - 1) + e * (xy[:, 1] - 1) + f))) for g in geoms]
     return world, lab
 
 

@@ -323,3 +323,26 @@ def test_patch_cut_by_tiles_on_a_centimetre_grid_stays_one_patch():
         assert len(patches) == 1, step
         assert patches[0].geometry.geom_type == "Polygon"
         assert abs(patches[0].geometry.area - 28 * 34 * 0.05 ** 2) < 1e-6
+
+
+def test_tracing_never_hands_rasterio_an_identity_transform(monkeypatch):
+    """rasterio warns "not georeferenced" for an identity transform, through a warnings
+    filter that is not thread-safe: the warning reached `detect` users from the tile at row 0,
+    column 0. The tracer must give it a non-identity transform there too, and still land the
+    patch on the right world coordinates."""
+    from outputs import patches as mod
+    real = mod.rfeatures.shapes
+    seen = []
+
+    def spy(*args, **kw):
+        seen.append(kw["transform"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(mod.rfeatures, "shapes", spy)
+    tf = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 3300000.0)
+    prob = np.zeros((8, 8), "float32")
+    prob[2:5, 3:5] = 0.9
+    pieces, _ = chunk_pieces(prob, np.ones_like(prob), None, None, None, 0, 0, tf, 0.5)
+    assert seen and not any(t.is_identity for t in seen)
+    assert len(pieces) == 1
+    assert pieces[0].geometry.bounds == (500030.0, 3299950.0, 500050.0, 3299980.0)
