@@ -54,13 +54,14 @@ def load_scene(seed: int, prevalence: float = 0.01, size: int = 256) -> CachedSc
     images = sorted(sdir.glob("S2_*.tif")) if sim is None else sim.images
     scene, dem = prepare_scene(images, cfg, dem=sdir / "dem.tif")
     labels = read_labels(sdir / "labels.geojson", scene.rio.crs)
-    # the cache depends on the features and on how the training table is sampled, not on
-    # the model's own settings (comparing models must not rebuild it)
+    # the cache depends on the features, the calendar and how the training table is sampled,
+    # not on the model's own settings (comparing models must not rebuild it)
     sampling = ("erode_m", "max_pixels_per_polygon", "background_sample_px",
                 "background_buffer_m")
-    stamp = repr(cfg.features.model_dump()) + repr(cfg.model.model_dump(include=set(sampling)))
+    stamp = (repr(cfg.features.model_dump()) + repr(cfg.model.model_dump(include=set(sampling)))
+             + repr(load_calendar(cfg.calendar).model_dump()))
     if npz.is_file() and str(np.load(npz, allow_pickle=True).get("config", "")) != stamp:
-        npz.unlink()  # features or sampling settings changed since it was cached
+        npz.unlink()  # features, calendar or sampling changed since it was cached
     if npz.is_file():
         z = np.load(npz, allow_pickle=True)
         cells = [box(*b) for b in z["bg_cells"]]
