@@ -1,4 +1,4 @@
-"""Train on one scene of the independent simulator (bench/indsim), detect on others, score.
+"""Train on one scene of an independent simulator (bench/indsim), detect on others, score.
 
 The second test instrument: bench/indsim/indsim.py was written from the input contract and
 docs/DOMAIN-style facts only, without reading pipeline/simulate.py, so its physics, landscape
@@ -8,8 +8,12 @@ outputs/evaluate.py), and from each probability.tif the best recall at precision
 thresholds (the ranking, independent of the threshold rule).
 
     python bench/cross_sim.py --train 101 --detect 102 103 104 105 106 [--config CFG]
+    python bench/cross_sim.py --drone --train 206 --detect 201 202 203 204 205 207 208
 
-Scenes are generated into --scenes (default /tmp/poppyscan-indsim) when missing (~20 s each).
+`--drone` uses the independent drone simulator (bench/indsim_drone: P4M flights at ~5 cm;
+plots >= 0.5 m^2, a target correct within 0.5 m) and prints recall and precision at a few
+thresholds instead of the Sentinel-2 ranking curve. Scenes are generated into --scenes
+(default /tmp/poppyscan-indsim[-drone]) when missing (~20 s each).
 Like every simulated figure, the results are not evidence about real fields.
 """
 from __future__ import annotations
@@ -31,17 +35,21 @@ from classifiers.labels import read_polygons
 from outputs.evaluate import match_files
 
 
-def scene(root: Path, seed: int) -> Path:
-    d = root / f"s{seed}"
+def scene(root: Path, seed: int, drone: bool) -> Path:
+    d = root / (f"f{seed}" if drone else f"s{seed}")
+    sim = ROOT / "bench" / ("indsim_drone/indsim_drone.py" if drone else "indsim/indsim.py")
     if not (d / "truth.geojson").is_file():
-        subprocess.run([sys.executable, str(ROOT / "bench" / "indsim" / "indsim.py"),
-                        "--out", str(d), "--seed", str(seed)], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run([sys.executable, str(sim), "--out", str(d), "--seed", str(seed)],
+                       check=True, stdout=subprocess.DEVNULL)
     return d
 
 
 def images(d: Path) -> list[str]:
-    return [str(p) for p in sorted(d.glob("L2A_*.tif"))]
+    return [str(p) for p in sorted(d.glob("L2A_*.tif")) + sorted(d.glob("flight_*.tif"))]
+
+
+def dem(d: Path) -> list[str]:
+    return ["--dem", str(d / "dem.tif")] if (d / "dem.tif").is_file() else []
 
 
 def cli(*args: str) -> None:
@@ -50,6 +58,30 @@ def cli(*args: str) -> None:
                        text=True)
     if r.returncode:
         sys.exit(f"run.py {args[0]} failed: {r.stderr.strip().splitlines()[-1]}")
+
+
+def drone_sweep(prob: np.ndarray, transform, crs, truth: Path, thresholds) -> list[tuple]:
+    """(found, plots >= 0.5 m^2, correct, targets) per threshold on the pixel grid: patches of
+    >= 0.4 m^2 (the drone config's minimum mapping unit), correct within 0.5 m of a plot."""
+    from scipy import ndimage
+    px = abs(transform.a)
+    plots, _ = read_polygons(truth, crs, what="truth file")
+    ids = np.zeros(prob.shape, "int32")
+    for i, g in enumerate(plots):
+        ids[rasterize([(g, 1)], out_shape=prob.shape, transform=transform,
+                      all_touched=True).astype(bool)] = i + 1
+    near = ndimage.binary_dilation(ids > 0, iterations=round(0.5 / px))
+    big = {i + 1 for i, g in enumerate(plots) if g.area >= 0.5}
+    out = []
+    for t in thresholds:
+        lab, n = ndimage.label(np.nan_to_num(prob) >= t)
+        keep = np.zeros(n + 1, bool)
+        keep[1:] = ndimage.sum(np.ones_like(prob), lab, np.arange(1, n + 1)) >= 0.4 / px / px
+        kept = keep[lab]
+        correct = np.unique(lab[kept & near])
+        out.append((len(big & set(np.unique(ids[kept]).tolist())), len(big),
+                    int((correct > 0).sum()), int(keep.sum())))
+    return out
 
 
 class _Truth:
@@ -65,43 +97,61 @@ class _Truth:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--train", type=int, default=101)
-    ap.add_argument("--detect", type=int, nargs="+", default=[102, 103, 104, 105, 106])
-    ap.add_argument("--config", type=Path, help="survey config (default: Sentinel-2 default)")
-    ap.add_argument("--scenes", type=Path, default=Path("/tmp/poppyscan-indsim"))
+    ap.add_argument("--drone", action="store_true", help="the drone simulator (P4M flights)")
+    ap.add_argument("--train", type=int, help="training seed (default 101; drone 206)")
+    ap.add_argument("--detect", type=int, nargs="+",
+                    help="survey seeds (default 102-106; drone 201-205, 207, 208)")
+    ap.add_argument("--config", type=Path, help="survey config (default: by pixel size)")
+    ap.add_argument("--scenes", type=Path, help="scene folder (default /tmp/poppyscan-indsim"
+                    "[-drone])")
     ap.add_argument("--work", type=Path, default=Path("/tmp/poppyscan-cross-sim"))
     a = ap.parse_args()
+    train = a.train or (206 if a.drone else 101)
+    survey = a.detect or ([201, 202, 203, 204, 205, 207, 208] if a.drone
+                          else [102, 103, 104, 105, 106])
+    root = a.scenes or Path("/tmp/poppyscan-indsim" + ("-drone" if a.drone else ""))
     cfg = ["--config", str(a.config)] if a.config else []
-    tag = a.config.stem if a.config else "default"
-    model = a.work / tag / f"m{a.train}"
-    tr = scene(a.scenes, a.train)
+    tag = ("drone-" if a.drone else "") + (a.config.stem if a.config else "default")
+    model = a.work / tag / f"m{train}"
+    tr = scene(root, train, a.drone)
     if not (model / "model.json").is_file():
-        cli("train", "--images", *images(tr), "--labels", str(tr / "labels.geojson"),
-            "--dem", str(tr / "dem.tif"), "--model", str(model), *cfg)
+        cli("train", "--images", *images(tr), "--labels", str(tr / "labels.geojson"), *dem(tr),
+            "--model", str(model), *cfg)
     total = np.zeros(4, int)
     best_all = []
-    for s in a.detect:
-        d = scene(a.scenes, s)
-        out = a.work / tag / f"o{a.train}_{s}"
+    sweep_t = (0.5, 0.7, 0.8, 0.9, 0.95)
+    sweep = np.zeros((len(sweep_t), 4), int)
+    for s in survey:
+        d = scene(root, s, a.drone)
+        out = a.work / tag / f"o{train}_{s}"
         if not (out / "probability.tif").is_file():
-            cli("detect", "--images", *images(d), "--dem", str(d / "dem.tif"), "--model",
-                str(model), "--out", str(out), *cfg)
-        m = match_files(out / "targets.geojson", d / "truth.geojson", pixel_m=10.0,
-                        min_plot_m2=400.0)
+            cli("detect", "--images", *images(d), *dem(d), "--model", str(model), "--out",
+                str(out), *cfg)
+        m = match_files(out / "targets.geojson", d / "truth.geojson",
+                        pixel_m=0.5 if a.drone else 10.0, min_plot_m2=0.5 if a.drone else 400.0)
         total += [m.plots, m.found, m.targets, m.correct]
         with rasterio.open(out / "probability.tif") as src:
             prob = src.read(1, masked=True).filled(np.nan).astype("float32")
-            truth = _Truth(prob, src.transform, src.crs, d / "truth.geojson")
-        curve = [score_map(prob, t, truth, mmu_px=2, min_plot_px=4)
-                 for t in np.arange(0.5, 0.995, 0.005)]
-        best = max([c["recall"] for c in curve if c["precision"] >= 0.7], default=0.0)
-        best_all.append(best)
-        print(f"{a.train}>{s}: recall {m.found}/{m.plots} = {m.recall:.2f}, precision "
-              f"{m.correct}/{m.targets} = {m.precision:.2f}; best recall at precision >= 0.7: "
-              f"{best:.2f}", flush=True)
-    print(f"{tag}, train {a.train}: recall {total[1]}/{total[0]} = {total[1] / total[0]:.2f}, "
-          f"precision {total[3]}/{total[2]} = {total[3] / max(total[2], 1):.2f}, "
-          f"mean best recall at precision >= 0.7: {np.mean(best_all):.2f}")
+            transform, crs = src.transform, src.crs
+        line = (f"{train}>{s}: recall {m.found}/{m.plots} = {m.recall:.2f}, precision "
+                f"{m.correct}/{m.targets} = {m.precision:.2f}")
+        if a.drone:
+            sweep += np.array(drone_sweep(prob, transform, crs, d / "truth.geojson", sweep_t))
+        else:
+            truth = _Truth(prob, transform, crs, d / "truth.geojson")
+            curve = [score_map(prob, t, truth, mmu_px=2, min_plot_px=4)
+                     for t in np.arange(0.5, 0.995, 0.005)]
+            best = max([c["recall"] for c in curve if c["precision"] >= 0.7], default=0.0)
+            best_all.append(best)
+            line += f"; best recall at precision >= 0.7: {best:.2f}"
+        print(line, flush=True)
+    print(f"{tag}, train {train}: recall {total[1]}/{total[0]} = {total[1] / total[0]:.2f}, "
+          f"precision {total[3]}/{total[2]} = {total[3] / max(total[2], 1):.2f}"
+          + ("" if a.drone else
+             f", mean best recall at precision >= 0.7: {np.mean(best_all):.2f}"))
+    for t, (f, n, c, k) in zip(sweep_t, sweep) if a.drone else ():
+        print(f"  threshold {t}: recall {f}/{n} = {f / max(n, 1):.2f}, precision {c}/{k} = "
+              f"{c / max(k, 1):.2f}")
 
 
 if __name__ == "__main__":
