@@ -25,12 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.features import rasterize
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.scenes_cache import score_map
+from bench.scenes_cache import plot_id_raster, score_map
 from classifiers.labels import read_polygons
 from outputs.evaluate import match_files
 
@@ -54,8 +53,7 @@ def dem(d: Path) -> list[str]:
 
 def cli(*args: str) -> None:
     r = subprocess.run([sys.executable, "run.py", "-q", *args], cwd=ROOT, capture_output=True,
-                       check=False,
-                       text=True)
+                       check=False, text=True)
     if r.returncode:
         sys.exit(f"run.py {args[0]} failed: {r.stderr.strip().splitlines()[-1]}")
 
@@ -66,10 +64,7 @@ def drone_sweep(prob: np.ndarray, transform, crs, truth: Path, thresholds) -> li
     from scipy import ndimage
     px = abs(transform.a)
     plots, _ = read_polygons(truth, crs, what="truth file")
-    ids = np.zeros(prob.shape, "int32")
-    for i, g in enumerate(plots):
-        ids[rasterize([(g, 1)], out_shape=prob.shape, transform=transform,
-                      all_touched=True).astype(bool)] = i + 1
+    ids = plot_id_raster(plots, prob.shape, transform)
     near = ndimage.binary_dilation(ids > 0, iterations=round(0.5 / px))
     big = {i + 1 for i, g in enumerate(plots) if g.area >= 0.5}
     out = []
@@ -87,11 +82,7 @@ def drone_sweep(prob: np.ndarray, transform, crs, truth: Path, thresholds) -> li
 class _Truth:
     def __init__(self, prob: np.ndarray, transform, crs, truth: Path):
         plots, _ = read_polygons(truth, crs, what="truth file")
-        self.plot_ids = np.zeros(prob.shape, "int32")
-        for i, g in enumerate(plots):
-            hit = rasterize([(g, 1)], out_shape=prob.shape, transform=transform,
-                            all_touched=True).astype(bool)
-            self.plot_ids[hit & (self.plot_ids == 0)] = i + 1
+        self.plot_ids = plot_id_raster(plots, prob.shape, transform)
         self.plot_px = np.array([g.area / 100.0 for g in plots])
 
 

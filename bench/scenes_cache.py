@@ -82,18 +82,22 @@ def load_scene(seed: int, prevalence: float = 0.01, size: int = 256) -> CachedSc
     else:
         bg_cells = np.zeros((0, 4))
     plots, _ = read_polygons(sdir / "truth.geojson", scene.rio.crs)
-    tf = scene.rio.transform()
-    H, W = F.shape[1:]
-    ids = np.zeros((H, W), "int32")
-    for i, g in enumerate(plots):
-        r = rfeatures.rasterize([(g, 1)], out_shape=(H, W), transform=tf, all_touched=True,
-                                fill=0, dtype="uint8")
-        ids[(r > 0) & (ids == 0)] = i + 1
+    ids = plot_id_raster(plots, F.shape[1:], scene.rio.transform())
     plot_px = np.array([g.area / 100.0 for g in plots])
     np.savez(npz, names=np.array(feats.names), F=F, X=table.X, y=table.y,
              polygon=table.polygon, xy=table.xy, plot_ids=ids, plot_px=plot_px,
              bg_cells=bg_cells, config=np.array(stamp))
     return load_scene(seed, prevalence, size)
+
+
+def plot_id_raster(plots: list, shape: tuple[int, int], transform) -> np.ndarray:
+    """(y, x) int32: 0 = no plot, else the index + 1 of the first plot touching the pixel."""
+    ids = np.zeros(shape, "int32")
+    for i, g in enumerate(plots):
+        r = rfeatures.rasterize([(g, 1)], out_shape=shape, transform=transform,
+                                all_touched=True, fill=0, dtype="uint8")
+        ids[(r > 0) & (ids == 0)] = i + 1
+    return ids
 
 
 def score_map(prob: np.ndarray, thr: float, sc: CachedScene, *, mmu_px: int = 1,
