@@ -82,8 +82,8 @@ def test_drone_config_is_single_phase_with_spatial_context_and_metric_units() ->
     with pytest.raises(ConfigError, match="spatial_radii_px"):
         with_overrides(cfg, **{"features.spatial_radii_px": [0]})
     s2 = load_config()
-    # Sentinel-2: only the 3 x 3 contrast of each index, not plant-scale texture
-    assert s2.features.spatial_px == 1 and s2.features.spatial_stats == ("dev",)
+    # Sentinel-2: only plot-scale contrasts of each index (3 x 3 to 9 x 9), no plant texture
+    assert s2.features.spatial_px == 4 and s2.features.spatial_stats == ("dev",)
     assert "pre" in s2.features.phases
 
 
