@@ -191,6 +191,58 @@ def _patch(geometry: BaseGeometry, members: list[Piece]) -> Patch:
     )
 
 
+def merge_nearby(patches: list[Patch], distance: float) -> list[Patch]:
+    """Patches at most ``distance`` (CRS units) apart, directly or through a
+    chain of others, become one patch: the union of their geometries, pixel-weighted mean
+    score, highest peak, fewest flowering observations. Order: that of each group's first
+    patch. ``distance`` 0 returns the patches unchanged."""
+    if distance <= 0 or len(patches) < 2:
+        return list(patches)
+    geoms = np.array([p.geometry for p in patches], dtype=object)
+    # "closer than" includes a gap of exactly ``distance`` (one whole pixel between two
+    # patches), whatever the last bits of the coordinates say
+    a, b = STRtree(geoms).query(geoms, predicate="dwithin", distance=distance * (1 + 1e-9))
+    keep = a != b
+    n = len(patches)
+    _, comp = connected_components(
+        coo_matrix((np.ones(int(keep.sum()), bool), (a[keep], b[keep])), shape=(n, n)),
+        directed=False)
+    groups: dict[int, list[int]] = {}
+    for i, c in enumerate(comp.tolist()):
+        groups.setdefault(c, []).append(i)
+    out = []
+    for idx in groups.values():        # dict order: by each group's first patch
+        if len(idx) == 1:
+            out.append(patches[idx[0]])
+            continue
+        out.append(_merged([patches[i] for i in idx]))
+    return out
+
+
+def _merged(members: list[Patch]) -> Patch:
+    n = sum(m.n for m in members)
+    with_elev = [m for m in members if m.elevation_m is not None]
+    n_elev = sum(m.n for m in with_elev)
+    feat_mean = None
+    if all(m.feat_mean is not None for m in members):
+        fm = np.array([m.feat_mean for m in members], dtype=np.float64)
+        w = np.array([m.n for m in members], dtype=np.float64)[:, None] * np.isfinite(fm)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            feat_mean = (np.nansum(fm * w, axis=0) / w.sum(axis=0)).astype("float32")
+    return Patch(
+        geometry=shapely.normalize(shapely.union_all([m.geometry for m in members])),
+        n=n,
+        score=math.fsum(m.score * m.n for m in members) / n,
+        score_max=max(m.score_max for m in members),
+        flowering_obs=min(m.flowering_obs for m in members),
+        elevation_m=(math.fsum(m.elevation_m * m.n for m in with_elev) / n_elev  # type: ignore
+                     if n_elev else None),
+        slope_deg=(math.fsum(m.slope_deg * m.n for m in with_elev  # type: ignore[operator]
+                             if m.slope_deg is not None) / n_elev if n_elev else None),
+        feat_mean=feat_mean,
+    )
+
+
 def merge_blind(polys: list[BaseGeometry]) -> list[BaseGeometry]:
     if not polys:
         return []

@@ -18,7 +18,7 @@ import numpy as np
 import shapely
 from pyproj import CRS, Geod, Transformer
 
-from outputs.patches import Patch
+from outputs.patches import Patch, merge_nearby
 from outputs.targets import Target, TargetList
 from pipeline.config import PatchConfig, RankingConfig
 
@@ -66,20 +66,31 @@ def reason(feat_mean: np.ndarray | None, names: Sequence[str], bg_mean: Sequence
     return "; ".join(f"{names[i]} {z[i]:+.1f}sd" for i in order if z[i] != 0)
 
 
+def _crs_distance(metres: float, crs: CRS, patches: list[Patch]) -> float:
+    """``metres`` in the units of ``crs``: degrees of latitude for a geographic CRS (a
+    longitude degree is shorter, so the merge is at most as wide as asked), else the unit."""
+    if metres <= 0 or not patches:
+        return 0.0
+    if crs.is_geographic:
+        return metres / 111_320.0
+    return metres / float(crs.axis_info[0].unit_conversion_factor)
+
+
 def build_targets(patches: list[Patch], crs: str, *, patch_cfg: PatchConfig,
                   rank_cfg: RankingConfig, dates: Sequence[str], sensor: str,
                   feature_names: Sequence[str] = (), bg_mean: Sequence[float] = (),
                   bg_std: Sequence[float] = (), blind_areas=()) -> tuple[TargetList, int]:
-    """Rank patches above the minimum mapping unit; returns the list and the count dropped."""
+    """Rank patches above the minimum mapping unit, those closer than the merge distance
+    joined into one target; returns the list and the count dropped below the unit."""
     scrs = CRS.from_user_input(crs)
     to_wgs = Transformer.from_crs(scrs, "EPSG:4326", always_xy=True)
+    kept = [p for p in patches
+            if area_m2(p.geometry, scrs, to_wgs) >= patch_cfg.min_mapping_unit_m2 - 1e-6]
+    dropped = len(patches) - len(kept)
+    kept = merge_nearby(kept, _crs_distance(patch_cfg.merge_distance_m, scrs, kept))
     rows = []
-    dropped = 0
-    for p in patches:
+    for p in kept:
         a = area_m2(p.geometry, scrs, to_wgs)
-        if a < patch_cfg.min_mapping_unit_m2 - 1e-6:
-            dropped += 1
-            continue
         c = p.geometry.centroid
         lon, lat = to_wgs.transform(c.x, c.y)
         prio = (rank_cfg.w_score * p.score

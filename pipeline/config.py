@@ -129,6 +129,12 @@ class PatchConfig(_Frozen):
     #: scenes but by merging false pixels into blobs of up to 60 ha (docs/classifier.md), so
     #: they are not the default.
     pixel_threshold: float = Field(1.0, gt=0, le=1)
+    #: candidates (already above the minimum mapping unit) at most this many metres apart
+    #: (directly or through a chain of others) form one target: one place for a field team, which cannot tell apart spots
+    #: closer than its positioning (phone GNSS ~3 m; a Sentinel-2 target's own position is
+    #: uncertain by about a pixel). The target is the union of the parts (a MultiPolygon when
+    #: they do not touch). 0 = patches touching only at a corner stay separate targets
+    merge_distance_m: float = Field(0.0, ge=0)
 
 
 class RankingConfig(_Frozen):

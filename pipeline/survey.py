@@ -664,6 +664,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
         patches, scene.rio.crs.to_wkt(), patch_cfg=cfg.patches, rank_cfg=cfg.ranking,
         dates=dates, sensor=scene.attrs["sensor"], feature_names=plan.names,
         bg_mean=bg_mean, bg_std=bg_std, blind_areas=merge_blind(blind))
+    merged = len(patches) - below_mmu - len(targets.targets)   # joined a nearby target
     below_mmu += in_tiles["below_mmu"]
     n_patches = len(patches) + in_tiles["below_mmu"]
     del patches, blind     # the targets hold what the writers need (50k patches: ~100 MB)
@@ -712,6 +713,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
         "counts": {"targets": len(targets.targets),
                    "patches": n_patches + removed + weak,
                    "excluded": removed, "below_mmu": below_mmu, "below_threshold": weak,
+                   "merged_nearby": merged,
                    "blind_areas": len(targets.blind_areas),
                    "blind_area_m2": round(flowering_blind, 1)},
     }

@@ -14,6 +14,7 @@ from classifiers.sampling import Table
 from classifiers.validation import (
     big_polygons,
     out_of_fold,
+    repeat_seed,
     spatial_groups,
     text_table,
     threshold_for_recall,
@@ -121,6 +122,21 @@ def test_out_of_fold_scores_come_from_models_that_did_not_see_the_polygon():
     oof, _ = out_of_fold(make_estimator(ModelConfig(max_iter=15)), leaky, groups, 4, 0)
     from sklearn.metrics import roc_auc_score
     assert roc_auc_score(leaky.y, oof) < 0.75
+
+
+def test_training_seeds_never_share_a_cross_validation_shuffle():
+    """The five-seed spread the report gives must come from independent validations: the
+    shuffles of seeds 0-4 (3 repeats each, the default) are 15 different ones, and seed 0
+    keeps the shuffles it always had (the shipped models do not change)."""
+    shuffles = [repeat_seed(s, r) for s in range(5) for r in range(3)]
+    assert len(set(shuffles)) == 15
+    assert [repeat_seed(0, r) for r in range(3)] == [0, 1, 2]
+    table, labels = _table(n_poly=40)
+    groups = spatial_groups(table, labels, 500.0)
+    est = make_estimator(ModelConfig(max_iter=15))
+    a, _ = out_of_fold(est, table, groups, 4, 0, repeats=2)
+    b, _ = out_of_fold(est, table, groups, 4, 1, repeats=2)
+    assert not np.allclose(a, b)
 
 
 def test_balanced_index_and_platt():

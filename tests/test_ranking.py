@@ -120,3 +120,35 @@ def test_blind_areas_travel_with_the_list() -> None:
     gap = box(X0, Y0, X0 + 300, Y0 + 300)
     tl, _ = build([], blind_areas=[gap])
     assert tl.targets == () and tl.blind_areas == (gap,)
+
+
+def test_patches_a_pixel_apart_are_one_target_and_far_ones_stay_apart() -> None:
+    """merge_distance_m: a chain of patches with one-pixel gaps (10 m) is one target (union,
+    pixel-weighted score, highest peak, fewest observations, summed area); a patch 30 m away
+    stays a target of its own; 0 keeps every patch."""
+    a = patch(X0, Y0, score=0.8, score_max=0.9, obs=3)             # 4 px
+    b = patch(X0 + 30, Y0, score=0.6, score_max=0.95, obs=1)       # gap 10 m to a
+    c = patch(X0 + 60, Y0, side=10, score=0.7, score_max=0.75)     # gap 10 m to b, 1 px
+    far = patch(X0 + 100, Y0)                                      # gap 30 m to c
+    cfg = PatchConfig(min_mapping_unit_m2=100.0, merge_distance_m=10.0)
+    tl, dropped = build([a, b, c, far], patch_cfg=cfg)
+    assert dropped == 0 and len(tl.targets) == 2
+    big = max(tl.targets, key=lambda t: t.area_m2)
+    assert big.area_m2 == pytest.approx(400 + 400 + 100)
+    assert big.geometry.geom_type == "MultiPolygon" and len(big.geometry.geoms) == 3
+    assert big.score == pytest.approx(round((0.8 * 4 + 0.6 * 4 + 0.7 * 1) / 9, 4))
+    assert big.score_max == 0.95 and big.flowering_obs == 1
+    assert len(build([a, b, c, far], patch_cfg=MMU)[0].targets) == 4
+    # the unit applies to each patch before merging: specks do not add up to a target
+    speck = patch(X0 + 300, Y0, side=5)
+    speck2 = patch(X0 + 310, Y0, side=5)
+    tl, dropped = build([speck, speck2], patch_cfg=cfg)
+    assert dropped == 2 and not tl.targets
+
+
+def test_patches_touching_at_a_corner_are_one_sentinel2_target() -> None:
+    from pipeline.config import load_config
+    cfg = load_config().patches
+    assert cfg.merge_distance_m == 10.0
+    tl, _ = build([patch(X0, Y0), patch(X0 + 20, Y0 + 20)], patch_cfg=cfg)
+    assert len(tl.targets) == 1
