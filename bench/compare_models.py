@@ -40,6 +40,8 @@ from pipeline.config import ModelConfig, load_config
 BANDS = ("blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08", "swir16",
          "swir22")
 PAIRS = ((11, (23, 5)), (7, (31, 42)), (42, (11, 7)))
+#: targets as detect forms them: patches at most the config's merge distance apart are one
+MERGE_PX = load_config().patches.merge_distance_m / 10.0
 
 
 def columns(names: list[str], which: str) -> np.ndarray:
@@ -84,11 +86,11 @@ def train_and_score(mcfg: ModelConfig, train_seed: int, test_seeds, feats: str =
         t1 = time.perf_counter()
         p = predict_block(F, est, {"a": a, "b": b})     # as detect predicts a tile
         t_pred = time.perf_counter() - t1
-        r = score_map(p, thr, te, mmu_px=mmu_px, min_plot_px=min_plot_px)
+        r = score_map(p, thr, te, mmu_px=mmu_px, min_plot_px=min_plot_px, merge_px=MERGE_PX)
         # ranking quality, threshold aside (an analysis that looks at the truth, not a
         # setting): the best recall any threshold reaches at precision >= 0.7
         r["ranked"] = max([s["recall"] for t in np.arange(0.30, 0.995, 0.01)
-                           if (s := score_map(p, t, te, mmu_px=mmu_px,
+                           if (s := score_map(p, t, te, mmu_px=mmu_px, merge_px=MERGE_PX,
                                               min_plot_px=min_plot_px))["precision"] >= 0.7],
                           default=0.0)
         rows.append({"train": train_seed, "test": ts, "threshold": thr, "train_s": t_train,

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from bench.scenes_cache import plot_id_raster, score_map
 from classifiers.labels import read_polygons
 from outputs.evaluate import match_files
+from pipeline.config import DRONE_CONFIG, load_config
 
 
 def scene(root: Path, seed: int, drone: bool) -> Path:
@@ -58,9 +59,12 @@ def cli(*args: str) -> None:
         sys.exit(f"run.py {args[0]} failed: {r.stderr.strip().splitlines()[-1]}")
 
 
-def drone_sweep(prob: np.ndarray, transform, crs, truth: Path, thresholds) -> list[tuple]:
+def drone_sweep(prob: np.ndarray, transform, crs, truth: Path, thresholds,
+                merge_m: float = 3.0) -> list[tuple]:
     """(found, plots >= 0.5 m^2, correct, targets) per threshold on the pixel grid: patches of
-    >= 0.4 m^2 (the drone config's minimum mapping unit), correct within 0.5 m of a plot."""
+    >= 0.4 m^2 (the drone config's minimum mapping unit), those within ``merge_m`` of each
+    other one target (grown by half the distance, as detect's ``merge_distance_m`` joins
+    polygons, to the pixel), correct within 0.5 m of a plot."""
     from scipy import ndimage
     px = abs(transform.a)
     plots, _ = read_polygons(truth, crs, what="truth file")
@@ -73,10 +77,17 @@ def drone_sweep(prob: np.ndarray, transform, crs, truth: Path, thresholds) -> li
         keep = np.zeros(n + 1, bool)
         keep[1:] = ndimage.sum(np.ones_like(prob), lab, np.arange(1, n + 1)) >= 0.4 / px / px
         kept = keep[lab]
-        correct = np.unique(lab[kept & near])
+        grown, _ = ndimage.label(ndimage.distance_transform_edt(~kept) * px <= merge_m / 2)
+        targets = np.unique(grown[kept])
+        correct = np.unique(grown[kept & near])
         out.append((len(big & set(np.unique(ids[kept]).tolist())), len(big),
-                    int((correct > 0).sum()), int(keep.sum())))
+                    int((correct > 0).sum()), int((targets > 0).sum())))
     return out
+
+
+#: the drone config's merge distance (the sweep forms targets as detect does)
+DRONE_MERGE_M = load_config(DRONE_CONFIG).patches.merge_distance_m
+S2_MERGE_PX = load_config().patches.merge_distance_m / 10.0
 
 
 class _Truth:
@@ -127,10 +138,11 @@ def main() -> None:
         line = (f"{train}>{s}: recall {m.found}/{m.plots} = {m.recall:.2f}, precision "
                 f"{m.correct}/{m.targets} = {m.precision:.2f}")
         if a.drone:
-            sweep += np.array(drone_sweep(prob, transform, crs, d / "truth.geojson", sweep_t))
+            sweep += np.array(drone_sweep(prob, transform, crs, d / "truth.geojson", sweep_t,
+                                          DRONE_MERGE_M))
         else:
             truth = _Truth(prob, transform, crs, d / "truth.geojson")
-            curve = [score_map(prob, t, truth, mmu_px=2, min_plot_px=4)
+            curve = [score_map(prob, t, truth, mmu_px=2, min_plot_px=4, merge_px=S2_MERGE_PX)
                      for t in np.arange(0.5, 0.995, 0.005)]
             best = max([c["recall"] for c in curve if c["precision"] >= 0.7], default=0.0)
             best_all.append(best)

@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 from rasterio import features as rfeatures
 from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 from shapely.geometry import box
 
 CACHE = Path(os.environ.get("POPPYSCAN_BENCH_CACHE", "/tmp/poppyscan-bench"))
@@ -100,10 +103,34 @@ def plot_id_raster(plots: list, shape: tuple[int, int], transform) -> np.ndarray
     return ids
 
 
+def merge_labels(lab: np.ndarray, kept: np.ndarray, gap_px: float) -> np.ndarray:
+    """Labels of the kept patches with patches at most ``gap_px`` pixels apart (edge to edge,
+    as ``patches.merge_distance_m`` measures polygons) joined; 0 elsewhere."""
+    out = np.where(kept[lab], lab, 0)
+    if gap_px <= 0:
+        return out
+    yy, xx = np.nonzero(out)
+    if len(yy) < 2:
+        return out
+    pts = np.c_[yy, xx].astype(float)
+    i, j = cKDTree(pts).query_pairs((gap_px + 1) * np.sqrt(2) + 1e-9, output_type="ndarray").T
+    # the gap between two pixels' squares: per axis, the offset less one pixel
+    gy = np.maximum(np.abs(yy[i] - yy[j]) - 1, 0)
+    gx = np.maximum(np.abs(xx[i] - xx[j]) - 1, 0)
+    near = gy * gy + gx * gx <= gap_px * gap_px + 1e-9
+    lab_of = out[yy, xx]
+    a, b = lab_of[i[near]], lab_of[j[near]]
+    n = int(lab.max()) + 1
+    _, comp = connected_components(coo_matrix((np.ones(len(a), bool), (a, b)), shape=(n, n)),
+                                   directed=False)
+    return np.where(out > 0, comp[out] + 1, 0)
+
+
 def score_map(prob: np.ndarray, thr: float, sc: CachedScene, *, mmu_px: int = 1,
               min_plot_px: float = 4.0, keep: str = "any", keep_thr: float | None = None,
-              ) -> dict:
-    """Plot recall (plots >= min_plot_px) and target precision of patches on ``prob``."""
+              merge_px: float = 0.0) -> dict:
+    """Plot recall (plots >= min_plot_px) and target precision of patches on ``prob``;
+    ``merge_px``: kept patches at most that many pixels apart count as one target."""
     mask = np.isfinite(prob) & (prob >= thr)
     lab, n = ndimage.label(mask)
     if n == 0:
@@ -119,11 +146,10 @@ def score_map(prob: np.ndarray, thr: float, sc: CachedScene, *, mmu_px: int = 1,
     keep_lab = np.zeros(n + 1, bool)
     keep_lab[1:] = kept
     kmask = keep_lab[lab]
+    tlab = merge_labels(lab, keep_lab, merge_px)
     near = ndimage.binary_dilation(sc.plot_ids > 0, structure=np.ones((3, 3), bool))
-    correct_lab = np.zeros(n + 1, bool)
-    correct_lab[np.unique(lab[kmask & near])] = True
-    n_t = int(kept.sum())
-    n_c = int(correct_lab[1:][kept].sum())
+    n_t = len(np.unique(tlab[tlab > 0]))
+    n_c = len(np.unique(tlab[(tlab > 0) & near]))
     found = np.unique(sc.plot_ids[kmask])
     found = found[found > 0] - 1
     big = sc.plot_px >= min_plot_px
