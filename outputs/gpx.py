@@ -1,6 +1,7 @@
 """``targets.gpx``: GPX 1.1 waypoints for handheld GPS units and phone navigation apps.
 
-One ``wpt`` per target at its WGS84 centroid, in rank order. ``name`` is at most 14 characters
+One ``wpt`` per target at its WGS84 anchor point (centroid, or inside its largest part), in
+rank order. ``name`` is at most 14 characters
 (older Garmin units truncate beyond that): ``T001-`` plus the start of the target id, so the
 rank sorts and the id still identifies the plot. ``desc`` carries score, area and the full id.
 Child elements follow the order the GPX 1.1 schema requires (ele, name, desc, sym, type).
@@ -42,7 +43,7 @@ def gpx_bytes(targets: TargetList) -> bytes:
     meta = ET.SubElement(root, q("metadata"))
     ET.SubElement(meta, q("name")).text = "poppyscan targets"
     ET.SubElement(meta, q("desc")).text = (
-        f"{len(targets.targets)} ranked targets; WGS84 centroids; visit in rank order")
+        f"{len(targets.targets)} ranked targets; WGS84 points on the targets; visit in rank order")
     for t in sorted(targets.targets, key=lambda t: t.rank):
         wpt = ET.SubElement(root, q("wpt"), {"lat": f"{t.lat:.7f}", "lon": f"{t.lon:.7f}"})
         if t.elevation_m is not None and math.isfinite(t.elevation_m):

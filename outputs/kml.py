@@ -1,6 +1,6 @@
 """``targets.kml``: KML 2.2 for Google Earth, Organic Maps, OsmAnd, Locus and similar apps.
 
-One Placemark per target, in rank order, with a MultiGeometry of the centroid Point (so apps
+One Placemark per target, in rank order, with a MultiGeometry of the anchor Point (so apps
 that only import points still get a pin) and the plot Polygon(s), a ``name``, a readable
 ``description`` and every attribute as ``ExtendedData``. Blind areas go in a second folder.
 Coordinates are WGS84 lon,lat with 7 decimals, exterior rings counter-clockwise. With

@@ -185,8 +185,10 @@ def quicklook_image(rgb: np.ndarray, transform: Any, crs: Any, targets: TargetLi
                 pts = list(ring.coords)
                 draw.line(pts, fill=(0, 0, 0), width=width + 2)
                 draw.line(pts, fill=TARGET_RGB, width=width)
-        x, y = pg.representative_point().coords[0]
-        minx, miny, maxx, maxy = pg.bounds
+        # the label beside the largest part: parts merged across a gap can span the image
+        main = max(_polys(pg), key=lambda q: q.area, default=pg)
+        y = main.representative_point().y
+        _, miny, maxx, _ = main.bounds
         if t.rank <= QUICKLOOK_MAX_LABELS:
             labels.append((str(t.rank), maxx + 3, miny - 3 if miny > 12 else y))
     for text, x, y in labels:

@@ -1,8 +1,9 @@
-"""Patches -> the ranked target list: stable ids, WGS84 centroids, reasons and priority.
+"""Patches -> the ranked target list: stable ids, WGS84 anchor points, reasons and priority.
 
-``target_id`` is ``ps-`` plus the 10-character geohash of the patch centroid (about 1 m): it
+``target_id`` is ``ps-`` plus the 10-character geohash of the target's anchor point (about 1 m;
+its centroid, or a point inside its largest part when the centroid falls outside it): it
 depends only on where the patch is, so reruns, other chunk sizes and other schedulers give the
-same id; two patches whose centroids share a geohash cell get ``-2``, ``-3`` in west-to-east
+same id; two targets whose anchors share a geohash cell get ``-2``, ``-3`` in west-to-east
 order.
 
 Priority (higher = visit first), each term in [0, 1]:
@@ -66,6 +67,18 @@ def reason(feat_mean: np.ndarray | None, names: Sequence[str], bg_mean: Sequence
     return "; ".join(f"{names[i]} {z[i]:+.1f}sd" for i in order if z[i] != 0)
 
 
+def anchor_point(geom):
+    """The point a team walks to (``lat``/``lon``, the id's geohash, GPX waypoint): the
+    centroid when it lies on the target, else a point inside the target's largest part (the
+    centroid of a C-shaped patch, or of parts merged across a gap, can fall between them)."""
+    c = geom.centroid
+    if geom.intersects(c):
+        return c
+    part = max(getattr(geom, "geoms", [geom]), key=lambda g: g.area)
+    c = part.centroid
+    return c if part.intersects(c) else part.representative_point()
+
+
 def _crs_distance(metres: float, crs: CRS, patches: list[Patch]) -> float:
     """``metres`` in the units of ``crs``: degrees of latitude for a geographic CRS (a
     longitude degree is shorter, so the merge is at most as wide as asked), else the unit."""
@@ -91,7 +104,7 @@ def build_targets(patches: list[Patch], crs: str, *, patch_cfg: PatchConfig,
     rows = []
     for p in kept:
         a = area_m2(p.geometry, scrs, to_wgs)
-        c = p.geometry.centroid
+        c = anchor_point(p.geometry)
         lon, lat = to_wgs.transform(c.x, c.y)
         prio = (rank_cfg.w_score * p.score
                 + rank_cfg.w_area * min(1.0, a / rank_cfg.area_saturation_m2)

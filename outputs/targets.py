@@ -18,7 +18,7 @@ class Target:
     score: float             # mean probability over the patch, 0-1
     score_max: float
     area_m2: float
-    lon: float               # WGS84 centroid
+    lon: float               # WGS84 anchor point: centroid, or inside the largest part
     lat: float
     flowering_obs: int = 0   # clear observations in the flowering phase (min over the patch)
     dates: tuple[str, ...] = ()   # ISO dates of the acquisitions used

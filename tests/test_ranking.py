@@ -152,3 +152,19 @@ def test_patches_touching_at_a_corner_are_one_sentinel2_target() -> None:
     assert cfg.merge_distance_m == 10.0
     tl, _ = build([patch(X0, Y0), patch(X0 + 20, Y0 + 20)], patch_cfg=cfg)
     assert len(tl.targets) == 1
+
+
+def test_the_point_a_team_walks_to_lies_on_the_target() -> None:
+    """lat/lon (and the id's geohash, the GPX waypoint, the map marker) of a target merged
+    across a gap: its centroid falls between the parts, so the point is inside the largest
+    part; a target whose centroid lies on it keeps the centroid."""
+    from shapely.geometry import Point
+    big = patch(X0, Y0, side=30)                                   # 9 px
+    small = patch(X0 + 40, Y0, side=28)                            # gap 10 m; centroid in it
+    cfg = PatchConfig(min_mapping_unit_m2=100.0, merge_distance_m=10.0)
+    [t] = build([big, small], patch_cfg=cfg)[0].targets
+    assert not t.geometry.contains(t.geometry.centroid)
+    x, y = Transformer.from_crs("EPSG:4326", CRS, always_xy=True).transform(t.lon, t.lat)
+    assert big.geometry.buffer(0.01).contains(Point(x, y))
+    [s] = build([big])[0].targets
+    assert (s.lon, s.lat) == pytest.approx(TO_WGS.transform(X0 + 15, Y0 + 15), abs=1e-7)
