@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="train a model from labelled polygons")
     src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--images", type=Path, nargs="+", metavar="PATH")
+    src.add_argument("--images", type=Path, nargs="+", metavar="PATH",
+                     help="image files or folders of one scene: a GeoTIFF per date, "
+                     ".SAFE/.zip products, per-band folders, drone orthomosaics")
     src.add_argument("--manifest", type=Path, help="YAML list of scenes (images, labels, "
                      "optional dem and calendar)")
     s.add_argument("--labels", type=Path, help="labelled polygons (class in property "
@@ -88,13 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dem", type=Path, help="DEM GeoTIFF (metres)")
 
     s = sub.add_parser("detect", help="find candidate poppy patches and write target lists")
-    s.add_argument("--images", type=Path, nargs="+", required=True, metavar="PATH")
-    s.add_argument("--model", type=Path, required=True)
-    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--images", type=Path, nargs="+", required=True, metavar="PATH",
+                   help="image files or folders of the survey scene (as for train)")
+    s.add_argument("--model", type=Path, required=True, help="model folder written by train")
+    s.add_argument("--out", type=Path, required=True, help="output folder (created; a rerun "
+                   "of the same command resumes)")
     s.add_argument("--config", type=Path, help="survey config YAML (default: the one the "
                    "model was trained with)")
-    s.add_argument("--dem", type=Path)
-    s.add_argument("--aoi", type=Path)
+    s.add_argument("--dem", type=Path, help="DEM GeoTIFF (metres, any CRS) for terrain "
+                   "correction and target elevation/slope")
+    s.add_argument("--aoi", type=Path, help="survey area polygons (GeoJSON, GeoPackage, "
+                   "Shapefile; any CRS): detect inside them only")
     s.add_argument("--exclude", type=Path, help="polygons of known ornamental-poppy sites")
     s.add_argument("--formats", type=_formats, help="comma list of " + ",".join(FORMATS))
     s.add_argument("--scheduler", help="threads (default), processes, local:N or a dask "
