@@ -211,3 +211,28 @@ def test_one_tile_and_nine_tiles_give_the_same_targets_and_counts(setup, tmp_pat
     assert runs[64].n_targets > 0
     assert (tmp_path / "64" / "targets.geojson").read_bytes() == \
         (tmp_path / "256" / "targets.geojson").read_bytes()
+
+
+def test_targets_closer_than_the_merge_distance_are_one_target(setup, tmp_path):
+    """patches.merge_distance_m reaches detect across tile borders: the default run's targets
+    are all more than 10 m apart; a distance wider than the scene joins every candidate into
+    one target with the same pixels (area), and the report counts the joined ones."""
+    import shapely
+    from classifiers.labels import read_polygons
+    from pipeline.survey import detect
+    d, cfg, scene, ref = setup
+    assert cfg.patches.merge_distance_m == 10.0
+    with rasterio.open(ref / "probability.tif") as src:
+        crs = src.crs
+    sep, _ = read_polygons(ref / "targets.geojson", crs, what="targets")
+    assert len(sep) >= 3
+    a, b = shapely.STRtree(sep).query(sep, predicate="dwithin", distance=10.0)
+    assert (a == b).all()
+    one = detect(scene.images, d / "model", tmp_path / "one",
+                 with_overrides(cfg, **{"patches.merge_distance_m": 5000.0}),
+                 formats=["geojson"])
+    assert one.n_targets == 1
+    assert one.report["counts"]["merged_nearby"] == len(sep) - 1 + json.loads(
+        (ref / "report.json").read_text())["counts"]["merged_nearby"]
+    [g], _ = read_polygons(tmp_path / "one" / "targets.geojson", crs, what="targets")
+    assert g.area == pytest.approx(sum(p.area for p in sep), rel=1e-6)
