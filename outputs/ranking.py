@@ -97,13 +97,14 @@ def build_targets(patches: list[Patch], crs: str, *, patch_cfg: PatchConfig,
     joined into one target; returns the list and the count dropped below the unit."""
     scrs = CRS.from_user_input(crs)
     to_wgs = Transformer.from_crs(scrs, "EPSG:4326", always_xy=True)
-    kept = [p for p in patches
-            if area_m2(p.geometry, scrs, to_wgs) >= patch_cfg.min_mapping_unit_m2 - 1e-6]
+    area = {id(p): area_m2(p.geometry, scrs, to_wgs) for p in patches}
+    kept = [p for p in patches if area[id(p)] >= patch_cfg.min_mapping_unit_m2 - 1e-6]
     dropped = len(patches) - len(kept)
     kept = merge_nearby(kept, _crs_distance(patch_cfg.merge_distance_m, scrs, kept))
     rows = []
     for p in kept:
-        a = area_m2(p.geometry, scrs, to_wgs)
+        # a patch that joined others is a new one: its area is that of the union
+        a = area[id(p)] if id(p) in area else area_m2(p.geometry, scrs, to_wgs)
         c = anchor_point(p.geometry)
         lon, lat = to_wgs.transform(c.x, c.y)
         prio = (rank_cfg.w_score * p.score
