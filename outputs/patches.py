@@ -129,6 +129,19 @@ def chunk_pieces(prob: np.ndarray, evidence: np.ndarray, dem: np.ndarray | None,
     return pieces, blind
 
 
+def _linked(geoms: np.ndarray, **query) -> list[list[int]]:
+    """Indices of ``geoms`` grouped by the STRtree ``query`` (predicate, distance), directly
+    or through a chain of others; groups in the order of their first member."""
+    a, b = STRtree(geoms).query(geoms, **query)
+    n = len(geoms)
+    _, comp = connected_components(coo_matrix((np.ones(len(a), bool), (a, b)), shape=(n, n)),
+                                   directed=False)
+    members_of: dict[int, list[int]] = {}
+    for i, c in enumerate(comp.tolist()):
+        members_of.setdefault(c, []).append(i)
+    return list(members_of.values())
+
+
 def merge_pieces(pieces: list[Piece]) -> list[Patch]:
     """Patches from the pieces of all chunks: pieces that touch (they were cut by a chunk
     border) are merged, in the order of their first piece.
@@ -140,15 +153,8 @@ def merge_pieces(pieces: list[Piece]) -> list[Patch]:
     if not pieces:
         return []
     geoms = np.array([p.geometry for p in pieces], dtype=object)
-    a, b = STRtree(geoms).query(geoms, predicate="intersects")
-    n = len(pieces)
-    _, comp = connected_components(coo_matrix((np.ones(len(a), bool), (a, b)), shape=(n, n)),
-                                   directed=False)
-    members_of: dict[int, list[int]] = {}
-    for i, c in enumerate(comp.tolist()):
-        members_of.setdefault(c, []).append(i)
     groups: list[tuple[int, BaseGeometry, list[Piece]]] = []   # (first piece, geometry, pieces)
-    for idx in members_of.values():
+    for idx in _linked(geoms, predicate="intersects"):
         if len(idx) == 1:
             groups.append((idx[0], geoms[idx[0]], [pieces[idx[0]]]))
             continue
@@ -199,24 +205,11 @@ def merge_nearby(patches: list[Patch], distance: float) -> list[Patch]:
     if distance <= 0 or len(patches) < 2:
         return list(patches)
     geoms = np.array([p.geometry for p in patches], dtype=object)
-    # "closer than" includes a gap of exactly ``distance`` (one whole pixel between two
-    # patches), whatever the last bits of the coordinates say
-    a, b = STRtree(geoms).query(geoms, predicate="dwithin", distance=distance * (1 + 1e-9))
-    keep = a != b
-    n = len(patches)
-    _, comp = connected_components(
-        coo_matrix((np.ones(int(keep.sum()), bool), (a[keep], b[keep])), shape=(n, n)),
-        directed=False)
-    groups: dict[int, list[int]] = {}
-    for i, c in enumerate(comp.tolist()):
-        groups.setdefault(c, []).append(i)
-    out = []
-    for idx in groups.values():        # dict order: by each group's first patch
-        if len(idx) == 1:
-            out.append(patches[idx[0]])
-            continue
-        out.append(_merged([patches[i] for i in idx]))
-    return out
+    # "at most" includes a gap of exactly ``distance`` (one whole pixel between two patches),
+    # whatever the last bits of the coordinates say
+    groups = _linked(geoms, predicate="dwithin", distance=distance * (1 + 1e-9))
+    return [patches[idx[0]] if len(idx) == 1 else _merged([patches[i] for i in idx])
+            for idx in groups]
 
 
 def _merged(members: list[Patch]) -> Patch:
@@ -235,10 +228,11 @@ def _merged(members: list[Patch]) -> Patch:
         score=math.fsum(m.score * m.n for m in members) / n,
         score_max=max(m.score_max for m in members),
         flowering_obs=min(m.flowering_obs for m in members),
+        # elevation and slope come from the DEM together: both set or both None
         elevation_m=(math.fsum(m.elevation_m * m.n for m in with_elev) / n_elev  # type: ignore
                      if n_elev else None),
-        slope_deg=(math.fsum(m.slope_deg * m.n for m in with_elev  # type: ignore[operator]
-                             if m.slope_deg is not None) / n_elev if n_elev else None),
+        slope_deg=(math.fsum(m.slope_deg * m.n for m in with_elev) / n_elev  # type: ignore
+                   if n_elev else None),
         feat_mean=feat_mean,
     )
 

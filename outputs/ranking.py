@@ -79,10 +79,10 @@ def anchor_point(geom):
     return c if part.intersects(c) else part.representative_point()
 
 
-def _crs_distance(metres: float, crs: CRS, patches: list[Patch]) -> float:
+def _crs_distance(metres: float, crs: CRS) -> float:
     """``metres`` in the units of ``crs``: degrees of latitude for a geographic CRS (a
     longitude degree is shorter, so the merge is at most as wide as asked), else the unit."""
-    if metres <= 0 or not patches:
+    if metres <= 0:
         return 0.0
     if crs.is_geographic:
         return metres / 111_320.0
@@ -100,7 +100,7 @@ def build_targets(patches: list[Patch], crs: str, *, patch_cfg: PatchConfig,
     area = {id(p): area_m2(p.geometry, scrs, to_wgs) for p in patches}
     kept = [p for p in patches if area[id(p)] >= patch_cfg.min_mapping_unit_m2 - 1e-6]
     dropped = len(patches) - len(kept)
-    kept = merge_nearby(kept, _crs_distance(patch_cfg.merge_distance_m, scrs, kept))
+    kept = merge_nearby(kept, _crs_distance(patch_cfg.merge_distance_m, scrs))
     rows = []
     for p in kept:
         # a patch that joined others is a new one: its area is that of the union
