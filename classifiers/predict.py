@@ -16,14 +16,19 @@ import numpy as np
 
 from classifiers.artifact import Artifact
 from classifiers.model import apply_platt
+from indices.catalogue import load_catalogue
 from pipeline.config import SurveyConfig
 from pipeline.errors import ModelError
 
 log = logging.getLogger(__name__)
 
 
-def check_fit(art: Artifact, feature_names: Sequence[str], sensor: str, calendar: str) -> None:
-    """Refuse a model whose sensor, calendar or features do not fit the inputs."""
+def check_fit(art: Artifact, feature_names: Sequence[str], sensor: str, calendar: str,
+              dropped_bands: dict[str, list[str]] | None = None) -> None:
+    """Refuse a model whose sensor, calendar or features do not fit the inputs.
+
+    ``dropped_bands``: bands some images lack (band -> those images; a band must be on every
+    date), named in the refusal as the likely cause."""
     want, have = art.feature_names, list(feature_names)
     if art.meta["sensor"] != sensor:
         raise ModelError(f"the model was trained for sensor '{art.meta['sensor']}', the images "
@@ -31,10 +36,31 @@ def check_fit(art: Artifact, feature_names: Sequence[str], sensor: str, calendar
     if art.meta["calendar"] != calendar:
         raise ModelError(f"the model was trained with calendar '{art.meta['calendar']}', the "
                          f"config uses '{calendar}'; use the same calendar or retrain")
+    if want != have and dropped_bands:
+        needed = _bands_of([f for f in want if f not in have]) & set(dropped_bands)
+        if needed:
+            band = sorted(needed)[0]
+            files = dropped_bands[band]
+            who = f"{files[0]} lacks" if len(files) == 1 else \
+                f"{files[0]} and {len(files) - 1} other image(s) lack"
+            raise ModelError(f"{who} band '{band}', which the model uses "
+                             "and the other dates have; give images with every band the "
+                             "model was trained on")
     if want != have:
         missing = [f for f in want if f not in have][:3]
         raise ModelError(f"the model's features do not fit the inputs (missing e.g. {missing},"
                          f" {len(want)} expected, {len(have)} computed); check bands and config")
+
+
+def _bands_of(feature_names: Sequence[str]) -> set[str]:
+    """Bands the features are computed from (``<phase>.<stat>.<variable>``: a band, or an index
+    of the catalogue, optionally ``@leaf``)."""
+    cat = load_catalogue()
+    out: set[str] = set()
+    for name in feature_names:
+        var = name.rsplit(".", 1)[-1].split("@")[0]
+        out |= set(cat[var].bands) if var in cat else {var}
+    return out
 
 
 class BinnedHGB:

@@ -153,6 +153,9 @@ def open_scene(paths: Sequence[Path], sensor: Any | None = None, *, chunks: int 
     for p in products[1:]:
         shared &= set(p["band"].values.tolist())
     dropped = set().union(*(set(p["band"].values.tolist()) for p in products)) - shared
+    # band -> the images that lack it (detect names them when a model needs the band)
+    lacking = {b: [str(p.attrs.get("source", "an image")) for p in products
+                   if b not in p["band"].values.tolist()] for b in sorted(dropped)}
     if dropped:
         log.info("bands not present on every date are dropped: %s", sorted(dropped))
     if not shared:
@@ -181,7 +184,7 @@ def open_scene(paths: Sequence[Path], sensor: Any | None = None, *, chunks: int 
                          for g in groups]),
     ).transpose(*SCENE_DIMS)
     scene = scene.rio.write_crs(grid.crs).rio.write_transform(grid.transform)
-    scene.attrs = {"sensor": sensors.pop()}
+    scene.attrs = {"sensor": sensors.pop(), "dropped_bands": lacking}
     if aoi is not None:
         scene = clip_to_aoi(scene, aoi, chunks)
     check_scene(scene, "ingest")

@@ -573,7 +573,8 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
                          "given; give a DEM or set terrain_correction: none")
     plan = make_plan(masks(scene.isel(y=slice(0, 1), x=slice(0, 1)), cfg), calendar,
                      cfg.features)
-    check_fit(art, plan.names, scene.attrs["sensor"], calendar.name)
+    check_fit(art, plan.names, scene.attrs["sensor"], calendar.name,
+              scene.attrs.get("dropped_bands"))
     exclusion = None
     if exclude is not None:
         geoms, _ = read_polygons(exclude, scene.rio.crs, what="exclusion file")

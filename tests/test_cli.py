@@ -177,3 +177,26 @@ def test_aoi_outside_the_scene_is_a_user_error(trained, tmp_path):
                                str(d / "model"), "--out", str(out), "--aoi", str(aoi)))
     assert "AOI" in line
     assert not out.exists()
+
+
+def test_a_date_without_a_band_the_model_uses_is_named(trained, tmp_path):
+    """One date lacks the red band: the scene keeps only the shared bands, so the model's
+    features cannot be computed; the error names the image and the band, not 200 features."""
+    import rasterio
+    from pipeline.geotiff import write_multiband
+    from scenes import S2_NAMES
+    d, scene = trained
+    src = scene.images[1]
+    with rasterio.open(src) as r:
+        data, tf, crs = r.read(), r.transform, r.crs
+        date = r.tags()["ACQUISITION_DATE"]
+    keep = [i for i, n in enumerate(S2_NAMES) if n != "B04"]
+    lacking = tmp_path / src.name
+    write_multiband(lacking, data[keep], [S2_NAMES[i] for i in keep], tf, crs.to_string(),
+                    acquisition_date=date, scales=[1e-4] * 11 + [1], offsets=[0] * 12)
+    images = [str(lacking) if p == src else str(p) for p in scene.images]
+    out = tmp_path / "out"
+    line = _one_line_error(run("detect", "--images", *images, "--model", str(d / "model"),
+                               "--out", str(out)))
+    assert src.name in line and "'red'" in line
+    assert not out.exists()
