@@ -79,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--images", type=Path, nargs="+", metavar="PATH",
                      help="image files or folders of one scene: a GeoTIFF per date, "
                      ".SAFE/.zip products, per-band folders, drone orthomosaics")
-    src.add_argument("--manifest", type=Path, help="YAML list of scenes (images, labels, "
-                     "optional dem and calendar)")
+    src.add_argument("--manifest", type=Path, help="YAML list of scenes (images: files, "
+                     "folders or patterns like 2023/S2_*.tif; labels; optional dem and "
+                     "calendar), paths relative to the manifest")
     s.add_argument("--labels", type=Path, help="labelled polygons (class in property "
                    "'class', target class 'poppy')")
     s.add_argument("--model", type=Path, required=True, help="model folder to write")

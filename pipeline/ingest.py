@@ -8,6 +8,7 @@ pass) into one date, sorts by time and clips to an AOI. Nothing is computed here
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -271,7 +272,9 @@ def clip_to_aoi(scene: xr.DataArray, aoi: BaseGeometry, chunks: int) -> xr.DataA
 def read_dem(path: Path, grid: Grid, chunks: int = 1024) -> xr.DataArray:
     """A single-band DEM (metres, any CRS) on ``grid``, lazy, float32, NaN where no data."""
     try:
-        dem = rioxarray.open_rasterio(path, chunks={"y": chunks, "x": chunks}, masked=True)
+        with warnings.catch_warnings():  # a multi-band file (refused below) warns on scales
+            warnings.simplefilter("ignore", UserWarning)
+            dem = rioxarray.open_rasterio(path, chunks={"y": chunks, "x": chunks}, masked=True)
     except Exception as exc:
         raise InputError(f"{path}: not a readable DEM raster ({exc})") from None
     if dem.rio.crs is None:

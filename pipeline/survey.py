@@ -9,6 +9,7 @@ The deliverables are assembled from the tile results and moved into OUT at the v
 from __future__ import annotations
 
 import gc
+import glob
 import hashlib
 import json
 import logging
@@ -150,7 +151,8 @@ class TrainScene:
 
 def read_manifest(path: Path) -> list[TrainScene]:
     """A YAML list (or ``scenes:`` list) of {images, labels, dem?, calendar?}; relative paths
-    are taken from the manifest's folder."""
+    are taken from the manifest's folder. ``images`` are files, folders or glob patterns
+    (``scene/S2_*.tif``), one or a list."""
     path = Path(path)
     doc = load_yaml(path, "manifest", InputError)
     entries = doc.get("scenes") if isinstance(doc, dict) else doc
@@ -166,7 +168,17 @@ def read_manifest(path: Path) -> list[TrainScene]:
             raise InputError(f"{path}: scene {i + 1} has unknown keys {sorted(unknown)}; "
                              "allowed: images, labels, dem, calendar")
         imgs = e["images"] if isinstance(e["images"], list) else [e["images"]]
-        out.append(TrainScene(tuple(base / str(x) for x in imgs), base / str(e["labels"]),
+        files: list[Path] = []
+        for x in imgs:
+            pattern = str(base / str(x))
+            if glob.has_magic(pattern):
+                found = sorted(glob.glob(pattern))
+                if not found:
+                    raise InputError(f"{path}: scene {i + 1}: '{x}' matches no file")
+                files += map(Path, found)
+            else:
+                files.append(Path(pattern))
+        out.append(TrainScene(tuple(files), base / str(e["labels"]),
                               base / str(e["dem"]) if e.get("dem") else None,
                               e.get("calendar")))
     return out

@@ -38,12 +38,23 @@ def test_manifest_trains_on_every_scene(tmp_path):
     ("[]", "list of scenes"),
     ("- images: [x.tif]\n", "needs 'images' and 'labels'"),
     ("- images: [x.tif]\n  labels: l.geojson\n  colour: red\n", "unknown keys"),
+    ("- images: nothere/S2_*.tif\n  labels: l.geojson\n", "'nothere/S2_\\*.tif' matches no file"),
 ])
 def test_bad_manifest_is_a_user_error(tmp_path, text, msg):
     man = tmp_path / "m.yaml"
     man.write_text(text)
     with pytest.raises(InputError, match=msg):
         read_manifest(man)
+
+
+def test_manifest_images_may_be_glob_patterns(tmp_path):
+    """A manifest is written by hand: ``a/S2_*.tif`` means the files, as in a shell."""
+    a = make_tiny_scene(tmp_path / "a", seed=1)
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    man = tmp_path / "m.yaml"
+    man.write_text("- images: a/S2_*.tif\n  labels: a/labels.geojson\n")
+    (scene,) = read_manifest(man)
+    assert list(scene.images) == sorted(a.images)
 
 
 def test_a_label_file_of_poppy_plots_alone_trains_with_the_unlabelled_background(tmp_path):
