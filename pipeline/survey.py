@@ -708,7 +708,10 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     files.append(maps.write_map_html(stage / "map.html", rgb, thumb_tf, crs, targets))
     tick(1)
     timings["write"] = time.perf_counter() - t_w
-    flowering_blind = sum(g.area for g in targets.blind_areas)
+    # in m^2 whatever the CRS (degrees in a geographic one: geodesic areas)
+    pcrs = CRS.from_user_input(crs.to_wkt())
+    to_wgs = Transformer.from_crs(pcrs, "EPSG:4326", always_xy=True)
+    flowering_blind = sum(area_m2(g, pcrs, to_wgs) for g in targets.blind_areas)
     report = {
         "command": "detect",
         "inputs": digests,

@@ -346,3 +346,33 @@ def test_tracing_never_hands_rasterio_an_identity_transform(monkeypatch):
     assert seen and not any(t.is_identity for t in seen)
     assert len(pieces) == 1
     assert pieces[0].geometry.bounds == (500030.0, 3299950.0, 500050.0, 3299980.0)
+
+
+def _to_geographic(src_path: Path, dst_path: Path) -> None:
+    """``src_path`` warped to EPSG:4326 (nearest neighbour), band names, tags and scales kept."""
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+    with rasterio.open(src_path) as src:
+        tf, w, h = calculate_default_transform(src.crs, "EPSG:4326", src.width, src.height,
+                                               *src.bounds)
+        prof = src.profile | {"crs": "EPSG:4326", "transform": tf, "width": w, "height": h}
+        with rasterio.open(dst_path, "w", **prof) as dst:
+            for i in range(1, src.count + 1):
+                reproject(rasterio.band(src, i), rasterio.band(dst, i),
+                          resampling=Resampling.nearest)
+                dst.set_band_description(i, src.descriptions[i - 1])
+            dst.scales, dst.offsets = src.scales, src.offsets
+            dst.update_tags(**src.tags())
+
+
+def test_blind_area_is_in_square_metres_on_a_geographic_grid(model, tmp_path: Path) -> None:
+    """Images in degrees: the reported blind area is geodesic m^2, not square degrees (it was
+    0 m^2 for a scene wholly blind)."""
+    sc = make_tiny_scene(tmp_path / "scene", seed=6, size=SIZE, dates=ONE_FLOWERING,
+                         cloud_date=1, plots=[])
+    geo = tmp_path / "geo"
+    geo.mkdir()
+    for p in sc.images:
+        _to_geographic(p, geo / p.name)
+    res = _detect(sorted(geo.glob("*.tif")), model, tmp_path / "out", **{"run.chunk_size": 32})
+    # the warped grid is a little larger than the scene; its no-data margin is not blind
+    assert res.report["counts"]["blind_area_m2"] == pytest.approx(SIZE * SIZE * 100, rel=0.05)
