@@ -17,6 +17,7 @@ import numpy as np
 from classifiers.artifact import Artifact
 from classifiers.model import apply_platt
 from indices.catalogue import load_catalogue
+from indices.texture import LEAF_INDEX
 from pipeline.config import SurveyConfig
 from pipeline.errors import ModelError
 
@@ -43,9 +44,9 @@ def check_fit(art: Artifact, feature_names: Sequence[str], sensor: str, calendar
             files = dropped_bands[band]
             who = f"{files[0]} lacks" if len(files) == 1 else \
                 f"{files[0]} and {len(files) - 1} other image(s) lack"
-            raise ModelError(f"{who} band '{band}', which the model uses "
-                             "and the other dates have; give images with every band the "
-                             "model was trained on")
+            raise ModelError(f"{who} band '{band}', which the model uses on every date "
+                             "(a band missing on one date is dropped from all); give images "
+                             "with every band the model was trained on")
     if want != have:
         missing = [f for f in want if f not in have][:3]
         raise ModelError(f"the model's features do not fit the inputs (missing e.g. {missing},"
@@ -58,8 +59,9 @@ def _bands_of(feature_names: Sequence[str]) -> set[str]:
     cat = load_catalogue()
     out: set[str] = set()
     for name in feature_names:
-        var = name.rsplit(".", 1)[-1].split("@")[0]
-        out |= set(cat[var].bands) if var in cat else {var}
+        var, _, mod = name.rsplit(".", 1)[-1].partition("@")
+        for v in (var, LEAF_INDEX) if mod == "leaf" else (var,):
+            out |= set(cat[v].bands) if v in cat else {v}
     return out
 
 

@@ -126,15 +126,22 @@ def threshold_for_recall(poly_max: dict[int, float], labels: Labels,
     :func:`harrell_davis` rather than read off one order statistic, and never above the
     highest threshold that still flags ``target_recall`` of them: the training plots reach the
     target out of fold, and the threshold no longer rests on the one or two hardest plots.
+    Peaks far below the rest are raised to Tukey's outer fence first, so one hopeless plot
+    cannot drag the threshold towards 0.
 
     ``counted``: the poppy polygons that count (default all); the others are ignored."""
     pos = np.sort([s for pid, s in poly_max.items() if labels.is_target[pid]
-                   and (counted is None or pid in counted)])[::-1]
+                   and (counted is None or pid in counted) and np.isfinite(s)])[::-1]
     if pos.size == 0:
         return 0.5
     k = int(np.ceil(target_recall * pos.size)) - 1
     order = float(pos[min(k, pos.size - 1)])
-    smooth = 1.0 / (1.0 + np.exp(-harrell_davis(logit(pos), 1.0 - target_recall)))
+    lg = logit(pos)
+    # a hopeless plot (peak ~0: mislabelled, or never seen in bloom) weighs half of the
+    # estimate: peaks "far out" below the rest (Tukey's fence, Q1 - 3 IQR) count at the fence
+    q1, q3 = np.percentile(lg, [25, 75])
+    lg = np.maximum(lg, q1 - 3.0 * (q3 - q1))
+    smooth = 1.0 / (1.0 + np.exp(-harrell_davis(lg, 1.0 - target_recall)))
     return float(max(min(smooth, order), 0.01))
 
 

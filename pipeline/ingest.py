@@ -7,6 +7,7 @@ pass) into one date, sorts by time and clips to an AOI. Nothing is computed here
 """
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from collections.abc import Sequence
@@ -185,7 +186,8 @@ def open_scene(paths: Sequence[Path], sensor: Any | None = None, *, chunks: int 
                          for g in groups]),
     ).transpose(*SCENE_DIMS)
     scene = scene.rio.write_crs(grid.crs).rio.write_transform(grid.transform)
-    scene.attrs = {"sensor": sensors.pop(), "dropped_bands": lacking}
+    # a JSON string, not a dict: attrs must stay writable as raster tags or netCDF attributes
+    scene.attrs = {"sensor": sensors.pop(), "dropped_bands": json.dumps(lacking)}
     if aoi is not None:
         scene = clip_to_aoi(scene, aoi, chunks)
     check_scene(scene, "ingest")

@@ -171,8 +171,8 @@ def read_manifest(path: Path) -> list[TrainScene]:
         files: list[Path] = []
         for x in imgs:
             pattern = str(base / str(x))
-            if glob.has_magic(pattern):
-                found = sorted(glob.glob(pattern))
+            if glob.has_magic(str(x)):   # the manifest's own folder name is not a pattern
+                found = sorted(glob.glob(os.path.join(glob.escape(str(base)), str(x))))
                 if not found:
                     raise InputError(f"{path}: scene {i + 1}: '{x}' matches no file")
                 files += map(Path, found)
@@ -586,7 +586,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     plan = make_plan(masks(scene.isel(y=slice(0, 1), x=slice(0, 1)), cfg), calendar,
                      cfg.features)
     check_fit(art, plan.names, scene.attrs["sensor"], calendar.name,
-              scene.attrs.get("dropped_bands"))
+              json.loads(scene.attrs.get("dropped_bands", "{}")))
     exclusion = None
     if exclude is not None:
         geoms, _ = read_polygons(exclude, scene.rio.crs, what="exclusion file")

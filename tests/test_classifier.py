@@ -75,6 +75,8 @@ def test_threshold_does_not_rest_on_one_hard_plot():
     # two equally hard plots: the smoothed value would lie above both, the rule keeps 0.5
     assert thr([0.5, 0.5]) == pytest.approx(0.5)
     assert thr([0.357, 0.686]) <= 0.686
+    # one hopeless plot (peak 0: mislabelled, or under cloud) does not drag it towards 0
+    assert 0.5 < thr([0.0, 0.7]) <= 0.7
 
 
 def test_big_polygons_in_pixels():

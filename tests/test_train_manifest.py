@@ -48,13 +48,17 @@ def test_bad_manifest_is_a_user_error(tmp_path, text, msg):
 
 
 def test_manifest_images_may_be_glob_patterns(tmp_path):
-    """A manifest is written by hand: ``a/S2_*.tif`` means the files, as in a shell."""
-    a = make_tiny_scene(tmp_path / "a", seed=1)
-    (tmp_path / "a" / "notes.txt").write_text("not an image")
-    man = tmp_path / "m.yaml"
-    man.write_text("- images: a/S2_*.tif\n  labels: a/labels.geojson\n")
-    (scene,) = read_manifest(man)
-    assert list(scene.images) == sorted(a.images)
+    """A manifest is written by hand: ``a/S2_*.tif`` means the files, as in a shell; the
+    manifest's own folder name is never read as a pattern (``survey [2023]``)."""
+    base = tmp_path / "survey [2023]"
+    a = make_tiny_scene(base / "a", seed=1)
+    (base / "a" / "notes.txt").write_text("not an image")
+    man = base / "m.yaml"
+    man.write_text("- images: a/S2_*.tif\n  labels: a/labels.geojson\n"
+                   f"- images: [a/{a.images[0].name}]\n  labels: a/labels.geojson\n")
+    first, second = read_manifest(man)
+    assert list(first.images) == sorted(a.images)
+    assert list(second.images) == [a.images[0]]
 
 
 def test_a_label_file_of_poppy_plots_alone_trains_with_the_unlabelled_background(tmp_path):
