@@ -169,15 +169,14 @@ def read_manifest(path: Path) -> list[TrainScene]:
                              "allowed: images, labels, dem, calendar")
         imgs = e["images"] if isinstance(e["images"], list) else [e["images"]]
         files: list[Path] = []
-        for x in imgs:
-            pattern = str(base / str(x))
-            if glob.has_magic(str(x)):   # the manifest's own folder name is not a pattern
-                found = sorted(glob.glob(os.path.join(glob.escape(str(base)), str(x))))
+        for x in map(str, imgs):
+            if glob.has_magic(x):   # the manifest's own folder name is not a pattern
+                found = sorted(glob.glob(os.path.join(glob.escape(str(base)), x)))
                 if not found:
                     raise InputError(f"{path}: scene {i + 1}: '{x}' matches no file")
                 files += map(Path, found)
             else:
-                files.append(Path(pattern))
+                files.append(base / x)
         out.append(TrainScene(tuple(files), base / str(e["labels"]),
                               base / str(e["dem"]) if e.get("dem") else None,
                               e.get("calendar")))
