@@ -17,7 +17,7 @@ import numpy as np
 from classifiers.artifact import Artifact
 from classifiers.model import apply_platt
 from indices.catalogue import load_catalogue
-from indices.texture import LEAF_INDEX
+from indices.texture import LEAF_INDEX, split_var
 from pipeline.config import SurveyConfig
 from pipeline.errors import ModelError
 
@@ -40,7 +40,7 @@ def check_fit(art: Artifact, feature_names: Sequence[str], sensor: str, calendar
     if want != have and dropped_bands:
         needed = _bands_of([f for f in want if f not in have]) & set(dropped_bands)
         if needed:
-            band = sorted(needed)[0]
+            band = min(needed)
             files = dropped_bands[band]
             who = f"{files[0]} lacks" if len(files) == 1 else \
                 f"{files[0]} and {len(files) - 1} other image(s) lack"
@@ -59,8 +59,8 @@ def _bands_of(feature_names: Sequence[str]) -> set[str]:
     cat = load_catalogue()
     out: set[str] = set()
     for name in feature_names:
-        var, _, mod = name.rsplit(".", 1)[-1].partition("@")
-        for v in (var, LEAF_INDEX) if mod == "leaf" else (var,):
+        var, leaf = split_var(name.rsplit(".", 1)[-1])
+        for v in (var, LEAF_INDEX) if leaf else (var,):
             out |= set(cat[v].bands) if v in cat else {v}
     return out
 
