@@ -121,15 +121,16 @@ def _local(x: np.ndarray, r: int, stats: Sequence[str],
 
 def spatial_block(images: np.ndarray, radii: Sequence[int],
                   stats: Sequence[str] = STATS, relative: Sequence[bool] = ()) -> np.ndarray:
-    """(n, y, x) composites -> (n * len(radii) * len(stats), y, x), order var, radius, stat."""
+    """(n, y, x) composites -> (n * len(radii) * len(stats), y, x), order var, radius, stat.
+    ``relative``: per composite, whether its statistics are over the window mean (``@rel``)."""
     n, ny, nx = images.shape
+    rel = tuple(relative) or (False,) * n
     out = np.empty((n * len(radii) * len(stats), ny, nx), dtype="float32")
     k = 0
     cache: dict = {}
     for i in range(n):
         for r in radii:
-            for v in _local(images[i], int(r), stats, cache,
-                            bool(relative[i]) if len(relative) else False):
+            for v in _local(images[i], int(r), stats, cache, rel[i]):
                 out[k] = v
                 k += 1
     return out
