@@ -74,8 +74,9 @@ def train_and_score(mcfg: ModelConfig, train_seed: int, test_seeds, feats: str =
     a, b = fit_platt(raw[ok], table.y[ok])
     prob = np.full_like(raw, np.nan)
     prob[ok] = apply_platt(raw[ok], a, b)
-    thr = min(threshold_for_recall(polygon_scores(prob, table), labels, mcfg.target_recall,
-                                   big_polygons(labels, 10.0, min_plot_px)), mcfg.threshold_max)
+    thr = min(max(threshold_for_recall(polygon_scores(prob, table), labels, mcfg.target_recall,
+                                       big_polygons(labels, 10.0, min_plot_px)),
+                  mcfg.threshold_min), mcfg.threshold_max)
     fit_balanced(est, table.X, table.y, mcfg.seed)
     t_train = time.perf_counter() - t0
     rows = []

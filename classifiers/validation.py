@@ -154,11 +154,12 @@ def big_polygons(labels: Labels, pixel_m: float, min_px: float) -> set[int]:
 def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: float,
              target_recall: float, seed: int, min_plot_px: float = 0.0, repeats: int = 1,
              scene_of_polygon: np.ndarray | None = None,
-             hold_out_scenes: bool = True, max_threshold: float = 0.99) -> dict:
+             hold_out_scenes: bool = True, max_threshold: float = 0.99,
+             min_threshold: float = 0.01) -> dict:
     """Out-of-fold metrics and the threshold that flags ``target_recall`` of the poppy
     polygons of at least ``min_plot_px`` pixels (smaller plots are not required to be found:
     counting sub-pixel gardens would pull the threshold down to where noise passes), at most
-    ``max_threshold``."""
+    ``max_threshold`` and at least ``min_threshold``."""
     groups = spatial_groups(table, labels, block_m, scene_of_polygon)
     name = "spatial blocks"
     if hold_out_scenes and scene_of_polygon is not None and \
@@ -178,7 +179,7 @@ def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: 
     poly_max = polygon_scores(prob, table)
     counted = big_polygons(labels, table.pixel_m, min_plot_px)
     thr_recall = threshold_for_recall(poly_max, labels, target_recall, counted)
-    thr = min(thr_recall, max_threshold)
+    thr = min(max(thr_recall, min_threshold), max_threshold)
     pred = (prob[ok] >= thr).astype(int)
     truth = table.y[ok]
     p, r, f, s = precision_recall_fscore_support(truth, pred, labels=[0, 1], zero_division=0)
@@ -202,7 +203,7 @@ def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: 
         "block_m": block_m,
         "threshold": thr,
         "target_recall": target_recall,
-        # the recall rule's threshold before the cap (the config's model.threshold_max)
+        # the recall rule's threshold before the limits (model.threshold_min / _max)
         "threshold_recall_rule": thr_recall,
         "calibration": {"method": "platt", "a": a, "b": b},
         "pixel": {
@@ -241,6 +242,8 @@ def text_table(report: dict) -> str:
     rule = report.get("threshold_recall_rule", report["threshold"])
     if rule > report["threshold"]:
         lines.append(f"  (the recall rule gave {rule:.3f}; capped by model.threshold_max)")
+    elif rule < report["threshold"]:
+        lines.append(f"  (the recall rule gave {rule:.3f}; raised to model.threshold_min)")
     fl = report["per_class_flagged"]
     if fl:
         lines.append("flagged share of labelled polygons per class: " + ", ".join(

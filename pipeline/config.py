@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from pipeline.errors import ConfigError
 
@@ -85,6 +86,10 @@ class ModelConfig(_Frozen):
     #: the threshold never exceeds this: where the training plots all score near 1 out of fold
     #: (drone plots of hundreds of pixels), the recall rule says nothing about other flights
     threshold_max: float = Field(0.99, gt=0, lt=1)
+    #: ... and never falls below this: a threshold far under the cap lets a drone model's
+    #: specks chain into targets the size of a field (docs/drone.md); the default is the
+    #: recall rule's own floor
+    threshold_min: float = Field(0.01, gt=0, lt=1)
     seed: int = 0
     #: boosting iterations and tree depth: small trees transferred as well as big ones to
     #: held-out scenes and predict 2x faster (docs/classifier.md)
@@ -116,6 +121,13 @@ class ModelConfig(_Frozen):
     cv_hold_out_scenes: bool = True
     #: side of the square spatial blocks used to group polygons in cross-validation
     cv_block_m: float = Field(500.0, gt=0)
+
+    @model_validator(mode="after")
+    def _threshold_range(self):
+        if self.threshold_min > self.threshold_max:
+            raise ValueError(f"threshold_min {self.threshold_min} is above threshold_max "
+                             f"{self.threshold_max}")
+        return self
 
 
 class PatchConfig(_Frozen):

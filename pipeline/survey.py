@@ -238,7 +238,8 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
                           repeats=cfg.model.cv_repeats,
                           scene_of_polygon=scene_of_poly,
                           hold_out_scenes=cfg.model.cv_hold_out_scenes,
-                          max_threshold=cfg.model.threshold_max)
+                          max_threshold=cfg.model.threshold_max,
+                          min_threshold=cfg.model.threshold_min)
         t1 = time.perf_counter()
         fit_balanced(est, table.X, table.y, cfg.model.seed)
         t_fit = time.perf_counter() - t1

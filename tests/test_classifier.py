@@ -131,6 +131,14 @@ def test_threshold_max_caps_the_recall_rule_and_the_report_says_so():
     assert capped["polygon"]["flagged"] >= free["polygon"]["flagged"]
     assert "capped by model.threshold_max" in text_table(capped)
     assert "capped" not in text_table(free)
+    assert free["threshold"] < 0.985           # room for a floor below the 0.99 limit
+    floor = round((free["threshold"] + 0.99) / 2, 4)
+    raised = validate(est, table, labels, min_threshold=floor, **kw)
+    assert raised["threshold"] == pytest.approx(floor)
+    assert raised["threshold_recall_rule"] == pytest.approx(free["threshold"])
+    assert "raised to model.threshold_min" in text_table(raised)
+    with pytest.raises(ValueError, match="threshold_min"):
+        ModelConfig(threshold_min=0.8, threshold_max=0.7)
 
 
 def test_out_of_fold_scores_come_from_models_that_did_not_see_the_polygon():
