@@ -121,6 +121,10 @@ class ModelConfig(_Frozen):
     cv_hold_out_scenes: bool = True
     #: side of the square spatial blocks used to group polygons in cross-validation
     cv_block_m: float = Field(500.0, gt=0)
+    #: augmented copies of each training scene (gain, sub-pixel band shift, blur; drawn from
+    #: ``seed``), sampled like the original: a model less tied to its training flight's
+    #: levels and sharpness (classifiers/augment.py, docs/drone.md). 0 = none
+    augment_copies: int = Field(0, ge=0, le=5)
 
     @model_validator(mode="after")
     def _threshold_range(self):

@@ -30,6 +30,7 @@ from pyproj import CRS, Transformer
 from threadpoolctl import threadpool_limits
 
 from classifiers import artifact as model_artifact
+from classifiers.augment import augmented
 from classifiers.labels import Labels, read_labels, read_polygons
 from classifiers.model import fit_balanced, make_estimator
 from classifiers.predict import check_fit, pixel_threshold, predict_block
@@ -208,14 +209,23 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
                              background_drawn=drawn)
         masked = mask_and_correct(scene, dem_da, cfg)
         feats = window_features(masked, calendar, cfg.features)
-        table = sample(feats, labels, erode_m=cfg.model.erode_m,
-                       max_pixels=cfg.model.max_pixels_per_polygon, seed=cfg.model.seed,
-                       require_both=both and not drawn)
-        if cfg.model.background_sample_px:
-            table, labels = join((table, labels), sample_background(
-                feats, labels, n_pixels=cfg.model.background_sample_px,
-                buffer_m=cfg.model.background_buffer_m, seed=cfg.model.seed))
-        parts.append((table, labels, feats))
+        # the scene's features, then those of its augmented copies (classifiers/augment.py)
+        versions = [feats] + [
+            window_features(mask_and_correct(augmented(
+                scene, seed=cfg.model.seed * 1000 + 10 * k + c + 1), dem_da, cfg),
+                calendar, cfg.features) for c in range(cfg.model.augment_copies)]
+        part = None
+        for c, f in enumerate(versions):
+            seed = cfg.model.seed + 7919 * c
+            tl = (sample(f, labels, erode_m=cfg.model.erode_m,
+                         max_pixels=cfg.model.max_pixels_per_polygon, seed=seed,
+                         require_both=both and not drawn), labels)
+            if cfg.model.background_sample_px:
+                tl = join(tl, sample_background(
+                    f, labels, n_pixels=cfg.model.background_sample_px,
+                    buffer_m=cfg.model.background_buffer_m, seed=seed))
+            part = tl if part is None else join(part, tl)
+        parts.append((*part, feats))
         sensors.add(scene.attrs["sensor"])
     if len(sensors) > 1:
         raise InputError(f"training scenes come from different sensors {sorted(sensors)}; "
@@ -250,6 +260,7 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
         bg_std = np.nanstd(bg, axis=0)
     report.update({
         "samples": {"pixels": len(table.y), "poppy_pixels": int(table.y.sum()),
+                    "augmented_copies": cfg.model.augment_copies,
                     "polygons": len(labels.geometries), "scenes": len(scenes),
                     "classes": {c: labels.classes.count(c) for c in sorted(set(labels.classes))}},
         "timings_s": {"sample": round(t_sample, 2), "fit": round(t_fit, 2)},

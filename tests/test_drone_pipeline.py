@@ -45,6 +45,29 @@ def test_spatial_stats_match_a_direct_window_computation() -> None:
     assert np.isnan(out[4, 7, 12]) and np.isfinite(out[0, 7, 12])  # masked pixel: no contrast
 
 
+def test_augmented_copy_is_seeded_lazy_chunk_independent_and_keeps_the_mask() -> None:
+    from classifiers.augment import augmented
+    rng = np.random.default_rng(0)
+    data = rng.uniform(0.05, 0.5, (1, 3, 70, 50)).astype("float32")
+    data[0, :, :5, :5] = np.nan
+    scene = xr.DataArray(data, dims=("time", "band", "y", "x")).chunk({"y": 32, "x": 32})
+    copy = augmented(scene, seed=1)
+    assert hasattr(copy.data, "dask") and copy.dims == scene.dims
+    got = copy.values
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(data))
+    np.testing.assert_allclose(got, augmented(scene, seed=1).values, equal_nan=True)
+    assert not np.allclose(got, augmented(scene, seed=2).values, equal_nan=True)
+    assert not np.allclose(got, data, equal_nan=True)
+    np.testing.assert_allclose(augmented(scene.chunk({"y": -1, "x": -1}), seed=1).values, got,
+                               atol=1e-6, equal_nan=True)
+    # a flat image stays flat (shift and blur keep a constant): only the gains remain
+    flat = xr.DataArray(np.full((1, 3, 20, 20), 0.2, "float32"),
+                        dims=("time", "band", "y", "x")).chunk({"y": 8, "x": 8})
+    g = augmented(flat, seed=3).values[0, :, 10, 10] / 0.2
+    assert np.all((g > 0.6) & (g < 1.6)) and np.ptp(g) > 0
+    np.testing.assert_allclose(augmented(flat, seed=3).values[0].std(axis=(1, 2)), 0, atol=1e-5)
+
+
 def test_spatial_stats_of_an_all_missing_window_are_missing() -> None:
     img = np.ones((1, 20, 20), "float32")
     img[0, :10, :10] = np.nan
@@ -254,6 +277,13 @@ def test_drone_flights_train_and_detect_above_the_measured_floors(p4m_run) -> No
     meta = json.loads((root / "model" / "model.json").read_text())
     assert meta["sensor"] == "p4m"
     assert not any(n.startswith(("pre.", "post.")) for n in meta["feature_names"])
+    # the shipped config trains on two augmented copies of each flight besides the flight
+    report = json.loads((root / "model" / "train_report.json").read_text())
+    assert report["samples"]["augmented_copies"] == cfg_copies(DRONE_CFG) == 2
+
+
+def cfg_copies(path) -> int:
+    return load_config(path).model.augment_copies
 
 
 def test_drone_targets_respect_the_metric_mapping_unit(p4m_run) -> None:
