@@ -198,6 +198,8 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
     """Sample every scene in its own season, validate with spatial folds, fit, save."""
     parts = []
     sensors = set()
+    # classes of the labelled (and drawn unlabelled) polygons, augmented copies not counted
+    label_classes: list[str] = []
     t0 = time.perf_counter()
     for k, sc in enumerate(scenes):
         calendar = load_calendar(sc.calendar or cfg.calendar)
@@ -225,6 +227,8 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
                     f, labels, n_pixels=cfg.model.background_sample_px,
                     buffer_m=cfg.model.background_buffer_m, seed=seed))
             part = tl if part is None else join(part, tl)
+            if c == 0:
+                label_classes += tl[1].classes
         parts.append((*part, feats))
         sensors.add(scene.attrs["sensor"])
     if len(sensors) > 1:
@@ -261,8 +265,8 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
     report.update({
         "samples": {"pixels": len(table.y), "poppy_pixels": int(table.y.sum()),
                     "augmented_copies": cfg.model.augment_copies,
-                    "polygons": len(labels.geometries), "scenes": len(scenes),
-                    "classes": {c: labels.classes.count(c) for c in sorted(set(labels.classes))}},
+                    "polygons": len(label_classes), "scenes": len(scenes),
+                    "classes": {c: label_classes.count(c) for c in sorted(set(label_classes))}},
         "timings_s": {"sample": round(t_sample, 2), "fit": round(t_fit, 2)},
         "model": cfg.model.model_dump(),
         "edge_pixels": f"polygons eroded by {cfg.model.erode_m} m before sampling; sub-pixel "

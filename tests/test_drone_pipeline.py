@@ -280,6 +280,10 @@ def test_drone_flights_train_and_detect_above_the_measured_floors(p4m_run) -> No
     # the shipped config trains on two augmented copies of each flight besides the flight
     report = json.loads((root / "model" / "train_report.json").read_text())
     assert report["samples"]["augmented_copies"] == cfg_copies(DRONE_CFG) == 2
+    # ... but the report counts the analyst's polygons once, not once per copy
+    poppy = sum(f["properties"]["class"] == "poppy" for s in TRAIN_SEEDS
+                for f in json.loads(sims[s].labels.read_text())["features"])
+    assert report["samples"]["classes"]["poppy"] == poppy
 
 
 def cfg_copies(path) -> int:
