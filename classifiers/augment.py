@@ -17,6 +17,7 @@ training memory stays bounded as with the original scene.
 """
 from __future__ import annotations
 
+import dask.array as da
 import numpy as np
 import xarray as xr
 from scipy import ndimage
@@ -54,11 +55,7 @@ def augmented(scene: xr.DataArray, seed: int) -> xr.DataArray:
              np.exp(rng.normal(0, BAND_GAIN_SD, nb))).astype("float32")
     shifts = rng.uniform(-MAX_SHIFT_PX, MAX_SHIFT_PX, (nb, 2))
     sigma = float(rng.uniform(0, MAX_BLUR_PX))
-    data = scene.data
-    if not hasattr(data, "map_overlap"):
-        import dask.array as da
-        data = da.from_array(data, chunks=(-1, -1, 512, 512))
-    data = data.rechunk({0: -1, 1: -1})
+    data = da.asarray(scene.data).rechunk({0: -1, 1: -1})   # a Scene is dask already
     out = data.map_overlap(_planes, depth={0: 0, 1: 0, 2: HALO_PX, 3: HALO_PX},
                            boundary="none", dtype=data.dtype, gains=gains, shifts=shifts,
                            sigma=sigma)
