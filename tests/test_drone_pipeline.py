@@ -279,15 +279,11 @@ def test_drone_flights_train_and_detect_above_the_measured_floors(p4m_run) -> No
     assert not any(n.startswith(("pre.", "post.")) for n in meta["feature_names"])
     # the shipped config trains on two augmented copies of each flight besides the flight
     report = json.loads((root / "model" / "train_report.json").read_text())
-    assert report["samples"]["augmented_copies"] == cfg_copies(DRONE_CFG) == 2
+    assert report["samples"]["augmented_copies"] == load_config(DRONE_CFG).model.augment_copies == 2
     # ... but the report counts the analyst's polygons once, not once per copy
     poppy = sum(f["properties"]["class"] == "poppy" for s in TRAIN_SEEDS
                 for f in json.loads(sims[s].labels.read_text())["features"])
     assert report["samples"]["classes"]["poppy"] == poppy
-
-
-def cfg_copies(path) -> int:
-    return load_config(path).model.augment_copies
 
 
 def test_drone_targets_respect_the_metric_mapping_unit(p4m_run) -> None:
