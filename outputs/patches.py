@@ -197,19 +197,29 @@ def _patch(geometry: BaseGeometry, members: list[Piece]) -> Patch:
     )
 
 
+def nearby_groups(items: list, distance: float) -> list[list[int]]:
+    """Indices of ``items`` (each with a ``geometry``) grouped when at most ``distance`` (CRS
+    units) apart, directly or through a chain of others; in the order of each group's first
+    item. ``distance`` 0: every item alone (patches touching at a corner stay apart)."""
+    if distance <= 0 or len(items) < 2:
+        return [[i] for i in range(len(items))]
+    geoms = np.array([p.geometry for p in items], dtype=object)
+    # "at most" includes a gap of exactly ``distance`` (one whole pixel between two patches),
+    # whatever the last bits of the coordinates say
+    return _linked(geoms, predicate="dwithin", distance=distance * (1 + 1e-9))
+
+
 def merge_nearby(patches: list[Patch], distance: float) -> list[Patch]:
     """Patches at most ``distance`` (CRS units) apart, directly or through a
     chain of others, become one patch: the union of their geometries, pixel-weighted mean
     score, highest peak, fewest flowering observations. Order: that of each group's first
     patch. ``distance`` 0 returns the patches unchanged."""
-    if distance <= 0 or len(patches) < 2:
-        return list(patches)
-    geoms = np.array([p.geometry for p in patches], dtype=object)
-    # "at most" includes a gap of exactly ``distance`` (one whole pixel between two patches),
-    # whatever the last bits of the coordinates say
-    groups = _linked(geoms, predicate="dwithin", distance=distance * (1 + 1e-9))
-    return [patches[idx[0]] if len(idx) == 1 else _merged([patches[i] for i in idx])
-            for idx in groups]
+    return [merged([patches[i] for i in idx]) for idx in nearby_groups(patches, distance)]
+
+
+def merged(members: list[Patch]) -> Patch:
+    """One patch of ``members`` (itself when alone)."""
+    return members[0] if len(members) == 1 else _merged(members)
 
 
 def _merged(members: list[Patch]) -> Patch:

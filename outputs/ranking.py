@@ -13,13 +13,14 @@ Priority (higher = visit first), each term in [0, 1]:
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import shapely
 from pyproj import CRS, Geod, Transformer
 
-from outputs.patches import Patch, merge_nearby
+from outputs.patches import Patch, merge_nearby, merged, nearby_groups
 from outputs.targets import Target, TargetList
 from pipeline.config import PatchConfig, RankingConfig
 
@@ -79,7 +80,7 @@ def anchor_point(geom):
     return c if part.intersects(c) else part.representative_point()
 
 
-def _crs_distance(metres: float, crs: CRS) -> float:
+def crs_distance(metres: float, crs: CRS) -> float:
     """``metres`` in the units of ``crs``: degrees of latitude for a geographic CRS (a
     longitude degree is shorter, so the merge is at most as wide as asked), else the unit."""
     if metres <= 0:
@@ -93,14 +94,20 @@ def build_targets(patches: list[Patch], crs: str, *, patch_cfg: PatchConfig,
                   rank_cfg: RankingConfig, dates: Sequence[str], sensor: str,
                   feature_names: Sequence[str] = (), bg_mean: Sequence[float] = (),
                   bg_std: Sequence[float] = (), blind_areas=()) -> tuple[TargetList, int]:
-    """Rank patches above the minimum mapping unit, those closer than the merge distance
-    joined into one target; returns the list and the count dropped below the unit."""
+    """Rank patches above the minimum mapping unit (the summed area of the patches at most
+    ``group_distance_m`` apart), those closer than the merge distance joined into one target;
+    returns the list and the count of patches dropped below the unit."""
     scrs = CRS.from_user_input(crs)
     to_wgs = Transformer.from_crs(scrs, "EPSG:4326", always_xy=True)
     area = {id(p): area_m2(p.geometry, scrs, to_wgs) for p in patches}
-    kept = [p for p in patches if area[id(p)] >= patch_cfg.min_mapping_unit_m2 - 1e-6]
-    dropped = len(patches) - len(kept)
-    kept = merge_nearby(kept, _crs_distance(patch_cfg.merge_distance_m, scrs))
+    kept, dropped = [], 0
+    for idx in nearby_groups(patches, crs_distance(patch_cfg.group_distance_m, scrs)):
+        members = [patches[i] for i in idx]
+        if math.fsum(area[id(p)] for p in members) >= patch_cfg.min_mapping_unit_m2 - 1e-6:
+            kept.append(merged(members))
+        else:
+            dropped += len(members)
+    kept = merge_nearby(kept, crs_distance(patch_cfg.merge_distance_m, scrs))
     rows = []
     for p in kept:
         # a patch that joined others is a new one: its area is that of the union

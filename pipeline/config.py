@@ -144,6 +144,11 @@ class PatchConfig(_Frozen):
     #: scenes but by merging false pixels into blobs of up to 60 ha (docs/classifier.md), so
     #: they are not the default.
     pixel_threshold: float = Field(1.0, gt=0, le=1)
+    #: patches at most this many metres apart (directly or through a chain of others) count
+    #: together for the minimum mapping unit: a plot's flowers show as separate blobs at a
+    #: drone's few cm (plants 0.2-0.5 m apart, leaves, buds and shadows between), each smaller
+    #: than the unit although the plot is not. 0 = each patch on its own
+    group_distance_m: float = Field(0.0, ge=0)
     #: candidates (already above the minimum mapping unit) at most this many metres apart
     #: (directly or through a chain of others) form one target: one place for a field team, which cannot tell apart spots
     #: closer than its positioning (phone GNSS ~3 m; a Sentinel-2 target's own position is

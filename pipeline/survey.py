@@ -13,6 +13,7 @@ import glob
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -38,8 +39,15 @@ from classifiers.sampling import Table, check_classes, join, sample, sample_back
 from classifiers.validation import text_table, validate
 from indices.window import FeaturePlan, block_features, make_plan, nanmedian0, window_features
 from outputs import maps, writers
-from outputs.patches import CandidateFeatures, Piece, chunk_pieces, merge_blind, merge_pieces
-from outputs.ranking import area_m2, build_targets
+from outputs.patches import (
+    CandidateFeatures,
+    Piece,
+    chunk_pieces,
+    merge_blind,
+    merge_pieces,
+    nearby_groups,
+)
+from outputs.ranking import area_m2, build_targets, crs_distance
 from outputs.rasters import write_tiles_raster
 from outputs.report import environment, file_digest, write_json_atomic
 from pipeline.config import (
@@ -420,30 +428,42 @@ def _release_freed_memory() -> None:
 
 def _settle_inner_pieces(pieces: list[Piece], ctx: TileContext, ys: slice, xs: slice,
                          transform) -> tuple[list[Piece], dict[str, int]]:
-    """Pieces that do not touch the tile's edge are whole patches already: those the patch
-    rules would drop (peak below the model's threshold; area below the minimum mapping unit,
-    decided here only without an exclusion file, which is checked before it) are counted and
-    dropped in the tile. At 4096 px, 70k of 122k patches were single pixels below the MMU,
-    held in memory until the assembly dropped them."""
+    """Pieces that no piece of another tile can join are whole patches already: those the
+    patch rules would drop (peak below the model's threshold; with the pieces at most
+    ``patches.group_distance_m`` from them, area below the minimum mapping unit, decided here
+    only without an exclusion file, which is checked before it) are counted and dropped in the
+    tile. At 4096 px, 70k of 122k patches were single pixels below the MMU, held in memory
+    until the assembly dropped them."""
+    crs = CRS.from_user_input(ctx.scene.rio.crs.to_wkt())
+    group_d = crs_distance(ctx.cfg.patches.group_distance_m, crs)
     x0, y0 = transform * (xs.start, ys.start)
     x1, y1 = transform * (xs.stop, ys.stop)
-    eps = 1e-6 * abs(transform.a)
+    # within this of the tile's edge a piece may touch, or group with, a piece of the next tile
+    eps = 1e-6 * abs(transform.a) + group_d * (1 + 1e-6)
     bx0, bx1, by0, by1 = min(x0, x1) + eps, max(x0, x1) - eps, min(y0, y1) + eps, max(y0, y1) - eps
-    crs = CRS.from_user_input(ctx.scene.rio.crs.to_wkt())
+
+    def at_edge(p: Piece) -> bool:
+        minx, miny, maxx, maxy = p.geometry.bounds
+        return minx <= bx0 or maxx >= bx1 or miny <= by0 or maxy >= by1
+
+    edge = [at_edge(p) for p in pieces]
+    dropped = {"below_threshold": sum(not e and p.max_p < ctx.patch_threshold
+                                      for p, e in zip(pieces, edge)),
+               "below_mmu": 0}
+    live = [(p, e) for p, e in zip(pieces, edge) if e or p.max_p >= ctx.patch_threshold]
+    if not ctx.drop_small:
+        return [p for p, _ in live], dropped
     to_wgs = None if crs.is_projected else Transformer.from_crs(crs, "EPSG:4326",
                                                                  always_xy=True)
     mmu = ctx.cfg.patches.min_mapping_unit_m2 - 1e-6
-    kept, dropped = [], {"below_threshold": 0, "below_mmu": 0}
-    for p in pieces:
-        minx, miny, maxx, maxy = p.geometry.bounds
-        if minx <= bx0 or maxx >= bx1 or miny <= by0 or maxy >= by1:
-            kept.append(p)                     # may join a piece of the next tile
-        elif p.max_p < ctx.patch_threshold:
-            dropped["below_threshold"] += 1
-        elif ctx.drop_small and area_m2(p.geometry, crs, to_wgs) < mmu:
-            dropped["below_mmu"] += 1
+    kept = []
+    for idx in nearby_groups([p for p, _ in live], group_d):
+        group = [live[i] for i in idx]
+        if any(e for _, e in group) or math.fsum(area_m2(p.geometry, crs, to_wgs)
+                                                  for p, _ in group) >= mmu:
+            kept += [p for p, _ in group]
         else:
-            kept.append(p)
+            dropped["below_mmu"] += len(group)
     return kept, dropped
 
 

@@ -106,6 +106,28 @@ def test_minimum_mapping_unit() -> None:
     assert dropped == 0 and len(tl.targets) == 4
 
 
+
+def test_patches_within_the_group_distance_count_together_for_the_unit() -> None:
+    """patches.group_distance_m: the unit applies to the summed area of patches at most that
+    far apart (a plot's flowers come as separate blobs), each of them below it."""
+    def sq(x: float) -> Patch:                                  # 8 m x 8 m of 1 m pixels
+        return Patch(box(x, Y0, x + 8, Y0 + 8), 64, 0.8, 0.9, 2, None, None)
+
+    cfg = PatchConfig(min_mapping_unit_m2=100.0, group_distance_m=5.0)
+    near = [sq(X0), sq(X0 + 12)]                                # 64 m2 each, 4 m apart
+    far = [sq(X0), sq(X0 + 14)]                                 # 6 m apart
+    tl, dropped = build(near, patch_cfg=cfg)
+    assert dropped == 0 and [t.area_m2 for t in tl.targets] == pytest.approx([128.0])
+    tl, dropped = build(far, patch_cfg=cfg)
+    assert dropped == 2 and tl.targets == ()
+    tl, dropped = build(near, patch_cfg=PatchConfig(min_mapping_unit_m2=100.0))   # default 0
+    assert dropped == 2 and tl.targets == ()
+    # through a chain: the third patch is 4 m from the second, 20 m from the first; a group
+    # that passes the unit is then merged with others as before (here: none within 0 m)
+    chain = near + [sq(X0 + 24), sq(X0 + 300)]
+    tl, dropped = build(chain, patch_cfg=cfg)
+    assert dropped == 1 and [t.area_m2 for t in tl.targets] == pytest.approx([192.0])
+
 def test_area_in_a_geographic_crs_is_geodesic() -> None:
     g = box(117.0, 30.0, 117.001, 30.001)
     p = Patch(g, 1, 0.8, 0.9, 1, None, None)

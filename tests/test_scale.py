@@ -194,15 +194,19 @@ def test_progress_reports_every_stage_to_its_total(setup, tmp_path):
     assert all(done == total for done, total in seen.values()), seen
 
 
-def test_one_tile_and_nine_tiles_give_the_same_targets_and_counts(setup, tmp_path):
+# 25 m: the 3 px plots are still settled inside their tiles; 400 m: the one at (40, 30) joins
+# the plot across the tile border at (10, 61), 37 px away, and passes the unit with it
+@pytest.mark.parametrize("group_m", [0.0, 25.0, 400.0])
+def test_one_tile_and_nine_tiles_give_the_same_targets_and_counts(setup, tmp_path, group_m):
     """Tiles settle the patches that cannot reach another tile (below the peak rule or the
-    minimum mapping unit) themselves; the targets and every count match the run where the
-    whole scene is one tile."""
+    minimum mapping unit, with the patches within patches.group_distance_m of them) themselves;
+    the targets and every count match the run where the whole scene is one tile."""
     from pipeline.survey import detect
     d, cfg, scene, _ = setup
     runs = {}
     for cs in (64, 256):
-        c = with_overrides(cfg, **{"run.chunk_size": cs, "patches.min_mapping_unit_m2": 1000})
+        c = with_overrides(cfg, **{"run.chunk_size": cs, "patches.min_mapping_unit_m2": 1000,
+                                   "patches.group_distance_m": group_m})
         runs[cs] = detect(scene.images, d / "model", tmp_path / str(cs), c,
                           formats=["geojson"])
     assert runs[64].report["tiles"] == 9 and runs[256].report["tiles"] == 1
@@ -211,6 +215,12 @@ def test_one_tile_and_nine_tiles_give_the_same_targets_and_counts(setup, tmp_pat
     assert runs[64].n_targets > 0
     assert (tmp_path / "64" / "targets.geojson").read_bytes() == \
         (tmp_path / "256" / "targets.geojson").read_bytes()
+    if group_m > 100:     # grouping kept a patch that alone was below the unit
+        alone = detect(scene.images, d / "model", tmp_path / "alone",
+                       with_overrides(cfg, **{"run.chunk_size": 64,
+                                              "patches.min_mapping_unit_m2": 1000}),
+                       formats=["geojson"])
+        assert runs[64].report["counts"]["below_mmu"] < alone.report["counts"]["below_mmu"]
 
 
 def test_targets_closer_than_the_merge_distance_are_one_target(setup, tmp_path):
