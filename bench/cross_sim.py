@@ -67,11 +67,12 @@ def cli(*args: str) -> None:
 
 
 def drone_sweep(prob: np.ndarray, transform, crs, truth: Path, thresholds,
-                merge_m: float = 3.0) -> list[tuple]:
-    """(found, plots >= 0.5 m^2, correct, targets) per threshold on the pixel grid: patches of
-    >= 0.4 m^2 (the drone config's minimum mapping unit), those within ``merge_m`` of each
-    other one target (grown by half the distance, as detect's ``merge_distance_m`` joins
-    polygons, to the pixel), correct within 0.5 m of a plot."""
+                merge_m: float = 3.0, group_m: float = 0.0) -> list[tuple]:
+    """(found, plots >= 0.5 m^2, correct, targets) per threshold on the pixel grid: patches
+    within ``group_m`` of each other covering >= 0.4 m^2 together (the drone config's minimum
+    mapping unit), those within ``merge_m`` of each other one target (grown by half the
+    distance, as detect's ``group_distance_m`` and ``merge_distance_m`` join polygons, to the
+    pixel), correct within 0.5 m of a plot."""
     from scipy import ndimage
     px = abs(transform.a)
     plots, _ = read_polygons(truth, crs, what="truth file")
@@ -80,10 +81,12 @@ def drone_sweep(prob: np.ndarray, transform, crs, truth: Path, thresholds,
     big = {i + 1 for i, g in enumerate(plots) if g.area >= 0.5}
     out = []
     for t in thresholds:
-        lab, n = ndimage.label(np.nan_to_num(prob) >= t)
+        cand = np.nan_to_num(prob) >= t
+        lab, n = ndimage.label(cand if group_m <= 0 else
+                               ndimage.distance_transform_edt(~cand) * px <= group_m / 2)
         keep = np.zeros(n + 1, bool)
-        keep[1:] = ndimage.sum(np.ones_like(prob), lab, np.arange(1, n + 1)) >= 0.4 / px / px
-        kept = keep[lab]
+        keep[1:] = ndimage.sum(cand, lab, np.arange(1, n + 1)) >= 0.4 / px / px
+        kept = keep[lab] & cand
         grown, _ = ndimage.label(ndimage.distance_transform_edt(~kept) * px <= merge_m / 2)
         targets = np.unique(grown[kept])
         correct = np.unique(grown[kept & near])
@@ -92,8 +95,9 @@ def drone_sweep(prob: np.ndarray, transform, crs, truth: Path, thresholds,
     return out
 
 
-#: the drone config's merge distance (the sweep forms targets as detect does)
+#: the drone config's group and merge distances (the sweep forms targets as detect does)
 DRONE_MERGE_M = load_config(DRONE_CONFIG).patches.merge_distance_m
+DRONE_GROUP_M = load_config(DRONE_CONFIG).patches.group_distance_m
 S2_MERGE_PX = load_config().patches.merge_distance_m / 10.0
 
 
@@ -184,7 +188,7 @@ def run(a: argparse.Namespace, config: Path | None, tag: str, train: int,
                 f"{m.correct}/{m.targets} = {m.precision:.2f}")
         if a.drone:
             sweep += np.array(drone_sweep(prob, transform, crs, d / "truth.geojson", sweep_t,
-                                          DRONE_MERGE_M))
+                                          DRONE_MERGE_M, DRONE_GROUP_M))
         else:
             truth = _Truth(prob, transform, crs, d / "truth.geojson")
             curve = [score_map(prob, t, truth, mmu_px=2, min_plot_px=4, merge_px=S2_MERGE_PX)
