@@ -25,6 +25,7 @@ Like every simulated figure, the results are not evidence about real fields.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -184,8 +185,10 @@ def run(a: argparse.Namespace, config: Path | None, tag: str, train: int,
         with rasterio.open(out / "probability.tif") as src:
             prob = src.read(1, masked=True).filled(np.nan).astype("float32")
             transform, crs = src.transform, src.crs
+        share = json.loads((out / "report.json").read_text())["counts"].get("candidate_share")
         line = (f"{train}>{s}: recall {m.found}/{m.plots} = {m.recall:.2f}, precision "
-                f"{m.correct}/{m.targets} = {m.precision:.2f}")
+                f"{m.correct}/{m.targets} = {m.precision:.2f}, "
+                f"{'?' if share is None else f'{100 * share:.1f}'}% of the area flagged")
         if a.drone:
             sweep += np.array(drone_sweep(prob, transform, crs, d / "truth.geojson", sweep_t,
                                           DRONE_MERGE_M, DRONE_GROUP_M))

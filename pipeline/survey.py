@@ -69,8 +69,13 @@ log = logging.getLogger(__name__)
 STATE_DIR = ".poppyscan"
 STAGES = ("read", "mask", "features", "predict", "patches", "write")
 TILE_GDAL_CACHE_MB = 64
+#: share of the seen pixels at the threshold above which detect warns that the model does
+#: not transfer: poppy is rare, and on the independent drone simulator (0.3-1.4 % poppy)
+#: flights where a model trained on another flagged 10-26 % came out as field-sized targets
+#: (docs/drone.md "How much ground the targets cover")
+CANDIDATE_SHARE_WARN = 0.10
 #: version of the saved tile results: a run saved by another version starts afresh
-TILE_FORMAT = 3
+TILE_FORMAT = 4
 
 
 # ----------------------------------------------------------------------------- shared
@@ -409,10 +414,13 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
     pieces, blind = chunk_pieces(prob, ev, None if dem is None else dem.values,
                                  None if slope is None else slope.values, cand,
                                  ys.start, xs.start, transform, ctx.threshold)
-    pieces, dropped = _settle_inner_pieces(pieces, ctx, ys, xs, transform)
+    pieces, counts = _settle_inner_pieces(pieces, ctx, ys, xs, transform)
+    seen = np.isfinite(prob)
+    counts["seen_px"] = int(seen.sum())
+    counts["candidate_px"] = int((prob[seen] >= ctx.threshold).sum())
     t["patches"] = time.perf_counter() - t4
     return {"prob": prob, "evidence": np.nan_to_num(ev, nan=255).astype("uint8"),
-            "pieces": pieces, "blind": blind, "rgb": rgb, "timings": t, "dropped": dropped}
+            "pieces": pieces, "blind": blind, "rgb": rgb, "timings": t, "counts": counts}
 
 
 def _release_freed_memory() -> None:
@@ -572,7 +580,7 @@ def _save_tile(tdir: Path, key: str, res: dict) -> None:
              "min_ev": p.min_ev, "sum_elev": p.sum_elev, "n_elev": p.n_elev,
              "sum_slope": p.sum_slope} for p in pieces]
     doc = {"pieces": docs, "blind": [g.wkb_hex for g in res["blind"]],
-           "timings": res["timings"], "dropped": res["dropped"]}
+           "timings": res["timings"], "counts": res["counts"]}
     tmp = tdir / f".{key}.json"
     tmp.write_text(json.dumps(doc))
     os.replace(tmp, tdir / f"{key}.json")   # the json is the tile's completion marker
@@ -588,7 +596,7 @@ def _load_tile_doc(tdir: Path, key: str) -> tuple[list[Piece], list, dict, dict]
                     feat_sum[i] if has else None, n_feat[i] if has else None)
               for i, d in enumerate(doc["pieces"])]
     blind = [shapely.from_wkb(bytes.fromhex(h)) for h in doc["blind"]]
-    return pieces, blind, doc["timings"], doc["dropped"]
+    return pieces, blind, doc["timings"], doc["counts"]
 
 
 @dataclass
@@ -682,16 +690,17 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     _release_freed_memory()
     t_asm = time.perf_counter()
     pieces, blind, timings = [], [], {s: 0.0 for s in STAGES}
-    in_tiles = {"below_threshold": 0, "below_mmu": 0}    # patches the tiles settled
+    # patches the tiles settled; pixels with a probability, and those at the threshold
+    in_tiles = {"below_threshold": 0, "below_mmu": 0, "seen_px": 0, "candidate_px": 0}
     tick = progress("assemble", len(tiles)) if progress else None
     for key, _, _ in tiles:
-        p, b, tm, dropped = _load_tile_doc(tdir, key)
+        p, b, tm, counts = _load_tile_doc(tdir, key)
         pieces += p
         blind += b
         for s in STAGES:
             timings[s] += tm.get(s, 0.0)
         for k in in_tiles:
-            in_tiles[k] += dropped[k]
+            in_tiles[k] += counts[k]
         if tick:
             tick(1)
     patches = merge_pieces(pieces)
@@ -716,6 +725,14 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     below_mmu += in_tiles["below_mmu"]
     n_patches = len(patches) + in_tiles["below_mmu"]
     del patches, blind     # the targets hold what the writers need (50k patches: ~100 MB)
+    candidate_share = (round(in_tiles["candidate_px"] / in_tiles["seen_px"], 4)
+                       if in_tiles["seen_px"] else None)
+    if candidate_share is not None and candidate_share > CANDIDATE_SHARE_WARN:
+        log.warning("the model flags %.0f%% of the area it saw: unless this scene is mostly "
+                    "poppy, the model does not transfer to it and the targets are whole "
+                    "fields; label some plots and other crops here and train on this scene "
+                    "too (train --manifest)", 100 * candidate_share)
+
     timings["patches"] += time.perf_counter() - t_asm
 
     # ---- write into a staging folder, then move into place
@@ -765,6 +782,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
                    "patches": n_patches + removed + weak,
                    "excluded": removed, "below_mmu": below_mmu, "below_threshold": weak,
                    "merged_nearby": merged,
+                   "candidate_share": candidate_share,
                    "blind_areas": len(targets.blind_areas),
                    "blind_area_m2": round(flowering_blind, 1)},
     }

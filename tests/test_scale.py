@@ -246,3 +246,26 @@ def test_targets_closer_than_the_merge_distance_are_one_target(setup, tmp_path):
         (ref / "report.json").read_text())["counts"]["merged_nearby"]
     [g], _ = read_polygons(tmp_path / "one" / "targets.geojson", crs, what="targets")
     assert g.area == pytest.approx(sum(p.area for p in sep), rel=1e-6)
+
+
+def test_report_gives_the_share_of_the_area_flagged_and_warns_when_it_is_large(
+        setup, tmp_path, caplog):
+    """counts.candidate_share: pixels at the threshold among those with a probability, summed
+    over tiles; a share above a tenth gets a warning that the model does not transfer."""
+    import logging
+
+    from pipeline.survey import CANDIDATE_SHARE_WARN, detect
+    d, cfg, scene, ref = setup
+    rep = json.loads((ref / "report.json").read_text())
+    prob = _prob(ref)
+    seen = np.isfinite(prob)
+    want = (prob[seen] >= rep["model"]["pixel_threshold"]).mean()
+    assert rep["tiles"] == 9
+    assert 0 < rep["counts"]["candidate_share"] == pytest.approx(want, abs=1e-4)
+    assert want < CANDIDATE_SHARE_WARN
+    with caplog.at_level(logging.WARNING, logger="poppyscan"):
+        low = detect(scene.images, d / "model", tmp_path / "low",
+                     with_overrides(cfg, **{"patches.pixel_threshold": 1e-6}),
+                     formats=["geojson"])
+    assert low.report["counts"]["candidate_share"] > CANDIDATE_SHARE_WARN
+    assert any("does not transfer" in r.getMessage() for r in caplog.records)
