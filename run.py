@@ -247,9 +247,10 @@ def _print_detect(res) -> None:
               f"{c['blind_areas']} polygon(s), {c['blind_area_m2']:.0f} m^2 - an empty list "
               "there is not 'no poppy'.")
     else:
-        print(f"{res.n_targets} target(s) on {100 * (c['candidate_share'] or 0):.1f}% of the "
-              f"area seen; blind areas: {c['blind_areas']} polygon(s), "
-              f"{c['blind_area_m2']:.0f} m^2")
+        share = c["candidate_share"]
+        print(f"{res.n_targets} target(s); the model flags "
+              f"{'n/a' if share is None else f'{100 * share:.1f}%'} of the area seen; blind "
+              f"areas: {c['blind_areas']} polygon(s), {c['blind_area_m2']:.0f} m^2")
     print(f"outputs in {res.out}: " + ", ".join(p.name for p in res.files))
 
 

@@ -149,11 +149,12 @@ class PatchConfig(_Frozen):
     #: drone's few cm (plants 0.2-0.5 m apart, leaves, buds and shadows between), each smaller
     #: than the unit although the plot is not. 0 = each patch on its own
     group_distance_m: float = Field(0.0, ge=0)
-    #: candidates (already above the minimum mapping unit) at most this many metres apart
-    #: (directly or through a chain of others) form one target: one place for a field team, which cannot tell apart spots
-    #: closer than its positioning (phone GNSS ~3 m; a Sentinel-2 target's own position is
-    #: uncertain by about a pixel). The target is the union of the parts (a MultiPolygon when
-    #: they do not touch). 0 = patches touching only at a corner stay separate targets
+    #: candidates (already above the minimum mapping unit, alone or in their group) at most
+    #: this many metres apart (directly or through a chain of others) form one target: one
+    #: place for a field team, which cannot tell apart spots closer than its positioning
+    #: (phone GNSS ~3 m; a Sentinel-2 target's own position is uncertain by about a pixel).
+    #: The target is the union of the parts (a MultiPolygon when they do not touch).
+    #: 0 = patches touching only at a corner stay separate targets
     merge_distance_m: float = Field(0.0, ge=0)
 
 

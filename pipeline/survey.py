@@ -446,19 +446,24 @@ def _settle_inner_pieces(pieces: list[Piece], ctx: TileContext, ys: slice, xs: s
     group_d = crs_distance(ctx.cfg.patches.group_distance_m, crs)
     x0, y0 = transform * (xs.start, ys.start)
     x1, y1 = transform * (xs.stop, ys.stop)
-    # within this of the tile's edge a piece may touch, or group with, a piece of the next tile
-    eps = 1e-6 * abs(transform.a) + group_d * (1 + 1e-6)
-    bx0, bx1, by0, by1 = min(x0, x1) + eps, max(x0, x1) - eps, min(y0, y1) + eps, max(y0, y1) - eps
+    lo_x, hi_x, lo_y, hi_y = min(x0, x1), max(x0, x1), min(y0, y1), max(y0, y1)
 
-    def at_edge(p: Piece) -> bool:
+    def within(p: Piece, margin: float) -> bool:
+        """``p`` comes within ``margin`` of the tile's edge."""
         minx, miny, maxx, maxy = p.geometry.bounds
-        return minx <= bx0 or maxx >= bx1 or miny <= by0 or maxy >= by1
+        return (minx <= lo_x + margin or maxx >= hi_x - margin or miny <= lo_y + margin
+                or maxy >= hi_y - margin)
 
-    edge = [at_edge(p) for p in pieces]
+    touch = 1e-6 * abs(transform.a)
+    # touching the edge, a piece may join a piece of the next tile (and reach the threshold
+    # with it); within the group distance, it may count with one for the unit
+    edge = [within(p, touch) for p in pieces]
+    near = [within(p, touch + group_d * (1 + 1e-6)) for p in pieces]
     dropped = {"below_threshold": sum(not e and p.max_p < ctx.patch_threshold
                                       for p, e in zip(pieces, edge)),
                "below_mmu": 0}
-    live = [(p, e) for p, e in zip(pieces, edge) if e or p.max_p >= ctx.patch_threshold]
+    live = [(p, n) for p, e, n in zip(pieces, edge, near)
+            if e or p.max_p >= ctx.patch_threshold]
     if not ctx.drop_small:
         return [p for p, _ in live], dropped
     to_wgs = None if crs.is_projected else Transformer.from_crs(crs, "EPSG:4326",
@@ -467,7 +472,7 @@ def _settle_inner_pieces(pieces: list[Piece], ctx: TileContext, ys: slice, xs: s
     kept = []
     for idx in nearby_groups([p for p, _ in live], group_d):
         group = [live[i] for i in idx]
-        if any(e for _, e in group) or math.fsum(area_m2(p.geometry, crs, to_wgs)
+        if any(n for _, n in group) or math.fsum(area_m2(p.geometry, crs, to_wgs)
                                                   for p, _ in group) >= mmu:
             kept += [p for p, _ in group]
         else:
@@ -729,9 +734,9 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
                        if in_tiles["seen_px"] else None)
     if candidate_share is not None and candidate_share > CANDIDATE_SHARE_WARN:
         log.warning("the model flags %.0f%% of the area it saw: unless this scene is mostly "
-                    "poppy, the model does not transfer to it and the targets are whole "
-                    "fields; label some plots and other crops here and train on this scene "
-                    "too (train --manifest)", 100 * candidate_share)
+                    "poppy, the model does not transfer to it and flags whole fields; label "
+                    "some plots and other crops here and train on this scene too (train "
+                    "--manifest)", 100 * candidate_share)
 
     timings["patches"] += time.perf_counter() - t_asm
 

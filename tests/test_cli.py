@@ -122,6 +122,9 @@ def test_detect_writes_the_output_contract(trained, tmp_path):
     for stage in ("read", "mask", "features", "predict", "patches", "write"):
         assert stage in rep["timings_s"]
     assert all(v.startswith("sha256:") for v in rep["inputs"].values())
+    share = rep["counts"]["candidate_share"]
+    assert 0 < share < 0.1
+    assert f"3 target(s); the model flags {100 * share:.1f}% of the area seen" in r.stdout
 
 
 def test_detect_with_missing_model_writes_nothing(trained, tmp_path):

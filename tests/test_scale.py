@@ -23,8 +23,10 @@ from pipeline.errors import PoppyscanError
 from pipeline.scheduler import open_runner, parse_spec, run_tiles
 
 ROOT = Path(__file__).resolve().parents[1]
-# plots on tile borders (64 px tiles): across a vertical, a horizontal and a corner border
-PLOTS = [(10, 61, 5), (62, 100, 4), (126, 126, 5), (40, 30, 3), (150, 20, 3)]
+# plots on tile borders (64 px tiles): across a vertical, a horizontal and a corner border;
+# small ones inside tiles, two of them 7 px apart on either side of a border, touching neither
+PLOTS = [(10, 61, 5), (62, 100, 4), (126, 126, 5), (40, 30, 3), (150, 20, 3), (100, 57, 3),
+         (100, 67, 3)]
 
 
 @pytest.fixture(scope="module")
@@ -194,9 +196,10 @@ def test_progress_reports_every_stage_to_its_total(setup, tmp_path):
     assert all(done == total for done, total in seen.values()), seen
 
 
-# 25 m: the 3 px plots are still settled inside their tiles; 400 m: the one at (40, 30) joins
-# the plot across the tile border at (10, 61), 37 px away, and passes the unit with it
-@pytest.mark.parametrize("group_m", [0.0, 25.0, 400.0])
+# 25 m: the 3 px plots are still settled inside their tiles; 100 m: the two at (100, 57) and
+# (100, 67) count together across a tile border neither touches; 400 m: the one at (40, 30)
+# joins the plot across the tile border at (10, 61), 37 px away, and passes the unit with it
+@pytest.mark.parametrize("group_m", [0.0, 25.0, 100.0, 400.0])
 def test_one_tile_and_nine_tiles_give_the_same_targets_and_counts(setup, tmp_path, group_m):
     """Tiles settle the patches that cannot reach another tile (below the peak rule or the
     minimum mapping unit, with the patches within patches.group_distance_m of them) themselves;
@@ -215,7 +218,7 @@ def test_one_tile_and_nine_tiles_give_the_same_targets_and_counts(setup, tmp_pat
     assert runs[64].n_targets > 0
     assert (tmp_path / "64" / "targets.geojson").read_bytes() == \
         (tmp_path / "256" / "targets.geojson").read_bytes()
-    if group_m > 100:     # grouping kept a patch that alone was below the unit
+    if group_m >= 100:    # grouping kept patches that alone were below the unit
         alone = detect(scene.images, d / "model", tmp_path / "alone",
                        with_overrides(cfg, **{"run.chunk_size": 64,
                                               "patches.min_mapping_unit_m2": 1000}),
