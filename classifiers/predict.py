@@ -55,7 +55,7 @@ def check_fit(art: Artifact, feature_names: Sequence[str], sensor: str, calendar
 
 def _bands_of(feature_names: Sequence[str]) -> set[str]:
     """Bands the features are computed from (``<phase>.<stat>.<variable>``: a band, or an index
-    of the catalogue, optionally ``@leaf``)."""
+    of the catalogue, optionally ``@leaf`` or ``@rel``)."""
     cat = load_catalogue()
     out: set[str] = set()
     for name in feature_names:

@@ -26,6 +26,12 @@ concrete do not), NaN elsewhere; its local statistics then describe the leaves a
 with the flowers, soil and gaps between plants left out. Poppy's glaucous (waxy, blue-grey)
 leaves are the same whatever colour its petals are, so these features carry the cue a model
 trained on plots of one petal colour can transfer to plots of another (docs/drone.md).
+
+Relative variables (``<var>@rel``, e.g. ``nir@rel``): every statistic over the window's mean
+(``mean`` becomes the pixel over the mean, ``std`` the coefficient of variation, ``max`` the
+brightest spot against its surroundings). A gain, a sun height or a shadow that scales a
+neighbourhood's brightness cancels, so a band can describe petals (bright) against leaves and
+soil (dark) without its absolute level, which differs from flight to flight.
 """
 from __future__ import annotations
 
@@ -40,13 +46,22 @@ STATS: tuple[str, ...] = ("mean", "std", "max")   # the default set; also "min",
 LEAF_SUFFIX = "@leaf"
 LEAF_INDEX = "NGRDI"
 LEAF_MIN = 0.1
+#: relative variables (``<band>@rel``): every statistic is divided by the window's mean
+REL_SUFFIX = "@rel"
 
 
 def split_var(name: str) -> tuple[str, bool]:
-    """``"NDYI@leaf"`` -> ``("NDYI", True)``; ``"NDVI"`` -> ``("NDVI", False)``."""
+    """``"NDYI@leaf"`` -> ``("NDYI", True)``; ``"NDVI"`` -> ``("NDVI", False)``;
+    ``"nir@rel"`` -> ``("nir", False)`` (see :func:`is_relative`)."""
+    if name.endswith(REL_SUFFIX):
+        name = name[:-len(REL_SUFFIX)]
     if name.endswith(LEAF_SUFFIX):
         return name[:-len(LEAF_SUFFIX)], True
     return name, False
+
+
+def is_relative(name: str) -> bool:
+    return name.endswith(REL_SUFFIX)
 
 
 def spatial_names(phases: Sequence[str], variables: Sequence[str], radii: Sequence[int],
@@ -61,7 +76,7 @@ def _count(valid: np.ndarray, size: int) -> np.ndarray:
 
 
 def _local(x: np.ndarray, r: int, stats: Sequence[str],
-           cache: dict | None = None) -> list[np.ndarray]:
+           cache: dict | None = None, relative: bool = False) -> list[np.ndarray]:
     """NaN-aware local statistics of one 2-D float32 image over (2r+1)^2 windows.
 
     ``cache`` keeps the share of valid pixels per window for images without NaN (the usual
@@ -98,20 +113,24 @@ def _local(x: np.ndarray, r: int, stats: Sequence[str],
                                        cval=np.inf)
         else:
             raise ValueError(f"unknown spatial statistic '{st}'")
+        if relative:   # brightness-free: the statistic over the window's mean
+            v = (x if st == "mean" else v) / np.where(mean > 0, mean, np.nan)
         out.append(np.where(none, np.nan, v).astype("float32"))
     return out
 
 
 def spatial_block(images: np.ndarray, radii: Sequence[int],
-                  stats: Sequence[str] = STATS) -> np.ndarray:
-    """(n, y, x) composites -> (n * len(radii) * len(stats), y, x), order var, radius, stat."""
+                  stats: Sequence[str] = STATS, relative: Sequence[bool] = ()) -> np.ndarray:
+    """(n, y, x) composites -> (n * len(radii) * len(stats), y, x), order var, radius, stat.
+    ``relative``: per composite, whether its statistics are over the window mean (``@rel``)."""
     n, ny, nx = images.shape
+    rel = tuple(relative) or (False,) * n
     out = np.empty((n * len(radii) * len(stats), ny, nx), dtype="float32")
     k = 0
     cache: dict = {}
     for i in range(n):
         for r in radii:
-            for v in _local(images[i], int(r), stats, cache):
+            for v in _local(images[i], int(r), stats, cache, rel[i]):
                 out[k] = v
                 k += 1
     return out

@@ -29,7 +29,8 @@ import pandas as pd
 import xarray as xr
 
 from indices.catalogue import compute_indices, load_catalogue
-from indices.texture import LEAF_INDEX, LEAF_MIN, spatial_block, spatial_names, split_var
+from indices.texture import (LEAF_INDEX, LEAF_MIN, is_relative, spatial_block, spatial_names,
+                             split_var)
 from pipeline.bands import check_scene
 from pipeline.config import PHASES, Calendar, FeatureConfig
 
@@ -152,6 +153,8 @@ class FeaturePlan:
     spatial_stats: tuple[str, ...] = ()
     #: per spatial source: row of the leaf index that masks it (``<var>@leaf``), else -1
     spatial_mask: tuple[int, ...] = ()
+    #: per spatial source: statistics relative to the window mean (``<var>@rel``)
+    spatial_rel: tuple[bool, ...] = ()
     #: the last ``n_hidden`` codes compute per-phase medians only the spatial features use
     n_hidden: int = 0
 
@@ -231,17 +234,19 @@ def make_plan(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig) -> Fe
             hidden += 1
         return rows_of[key]
 
-    src, mask = [], []
+    src, mask, rel = [], [], []
     for ph in phases:
         for v in svars:
             base, leaf = split_var(v)
+            rel.append(is_relative(v))
             src.append(median_row(ph, base))
             mask.append(median_row(ph, LEAF_INDEX) if leaf else -1)
     names += spatial_names(phases, svars, cfg.spatial_radii_px, cfg.spatial_stats)
     return FeaturePlan(tuple(bands + extra_bands), tuple(indices + extra_indices),
                        tuple(phases), phase_idx, phase_dates, tuple(names), tuple(codes),
                        tuple(src), tuple(cfg.spatial_radii_px) if src else (),
-                       tuple(cfg.spatial_stats) if src else (), tuple(mask), hidden)
+                       tuple(cfg.spatial_stats) if src else (), tuple(mask), tuple(rel),
+                       hidden)
 
 
 def block_features(block: xr.DataArray, plan: FeaturePlan) -> np.ndarray:
@@ -258,7 +263,7 @@ def block_features(block: xr.DataArray, plan: FeaturePlan) -> np.ndarray:
     for i, m in enumerate(plan.spatial_mask):
         if m >= 0:  # <var>@leaf: the variable on green-leaf pixels only
             images[i] = np.where(out[m] >= LEAF_MIN, images[i], np.nan)
-    sp = spatial_block(images, plan.spatial_radii, plan.spatial_stats)
+    sp = spatial_block(images, plan.spatial_radii, plan.spatial_stats, plan.spatial_rel)
     return np.concatenate([out[:plan.n_pixel], sp, out[n_rows:]])
 
 

@@ -57,7 +57,8 @@ class FeatureConfig(_Frozen):
     #: spatial context (indices/texture.py): bands/indices whose per-phase median gets local
     #: statistics over square windows of radius ``spatial_radii_px``: plant and flower
     #: patterns at centimetre pixels (drone); the contrast of a pixel to its neighbours
-    #: (``dev``) at 10 m (Sentinel-2 config). Off (empty) by default
+    #: (``dev``) at 10 m (Sentinel-2 config). ``<var>@leaf``: on green-leaf pixels only;
+    #: ``<var>@rel``: each statistic over the window's mean (brightness-free). Off by default
     spatial_vars: tuple[str, ...] = ()
     spatial_radii_px: tuple[int, ...] = ()
     spatial_stats: tuple[Literal["mean", "std", "max", "min", "dev"], ...] = (

@@ -68,6 +68,24 @@ def test_augmented_copy_is_seeded_lazy_chunk_independent_and_keeps_the_mask() ->
     np.testing.assert_allclose(augmented(flat, seed=3).values[0].std(axis=(1, 2)), 0, atol=1e-5)
 
 
+def test_relative_spatial_stats_are_the_statistics_over_the_window_mean() -> None:
+    """``<var>@rel``: each statistic divided by the window's mean, so a shadow or a gain that
+    scales a neighbourhood's brightness leaves it unchanged (the pixel itself for ``mean``)."""
+    rng = np.random.default_rng(3)
+    img = rng.uniform(0.02, 0.6, (1, 30, 40)).astype("float32")
+    img[0, 5:9, 10:14] = np.nan
+    stats = ("mean", "std", "max", "min", "dev")
+    plain = spatial_block(img, [2], stats)
+    rel = spatial_block(img, [2], stats, relative=[True])
+    mean = plain[0]
+    np.testing.assert_allclose(rel[0], img[0] / mean, rtol=1e-5)
+    np.testing.assert_allclose(rel[1:4], plain[1:4] / mean, rtol=1e-5)
+    np.testing.assert_allclose(rel[4], img[0] / mean - 1, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(spatial_block(0.3 * img, [2], stats, relative=[True]), rel,
+                               rtol=1e-4, atol=1e-6)
+    assert not np.allclose(spatial_block(0.3 * img, [2], stats)[2], plain[2])
+
+
 def test_spatial_stats_of_an_all_missing_window_are_missing() -> None:
     img = np.ones((1, 20, 20), "float32")
     img[0, :10, :10] = np.nan
@@ -178,17 +196,22 @@ def test_leaf_variables_are_statistics_of_the_green_leaf_pixels_only() -> None:
                            got[5:, 5:], equal_nan=True)
 
 
-def test_multispectral_drone_features_do_not_see_petal_colour() -> None:
-    """Poppy petals are white, pink, red or purple: the multispectral drone config gives the
-    model no visible-colour variable except on leaf pixels (docs/drone.md "Petal colour"), so
-    the colours of the training plots cannot become the rule."""
+def test_multispectral_drone_features_see_neither_petal_colour_nor_brightness() -> None:
+    """Poppy petals are white, pink, red or purple and a flight's brightness moves with gains,
+    sun and shadow: the multispectral drone config gives the model ratios only (normalised
+    indices that do not separate petal colours, leaf-only colour, and bands over their
+    neighbourhood's mean), never a raw band or a visible-colour index of a petal
+    (docs/drone.md "Brightness-free features")."""
     cfg = load_config(DRONE_CFG)
     plan = make_plan(_drone_scene(P4M), load_calendar(cfg.calendar), cfg.features)
-    colour = ("blue", "green", "red", "GNDVI", "PWI", "VWI", "RPI", "MPI", "ExG", "VARI",
-              "NDYI", "NGRDI", "NDWI", "PSRI")
+    colour = ("GNDVI", "PWI", "VWI", "RPI", "MPI", "ExG", "VARI", "NDYI", "NGRDI", "NDWI",
+              "PSRI")
+    variables = [n.split(".")[-1] for n in plan.names]
+    assert not any(v in colour or v in P4M for v in variables), variables
+    assert {"NDYI@leaf", "red@rel", "nir@rel", "NDRE2"} <= set(variables)
     spatial = [n for n in plan.names if "_r" in n.split(".")[1]]
-    assert spatial and not any(n.split(".")[-1] in colour for n in plan.names)
-    assert any(n.endswith("NDYI@leaf") for n in spatial)
+    assert all(v.endswith(("@rel", "@leaf")) or v in ("NDVI", "NDRE2")
+               for v in (n.split(".")[-1] for n in spatial))
 
 
 # --- end to end on simulated flights -----------------------------------------------------------

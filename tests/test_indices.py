@@ -167,6 +167,17 @@ def test_petal_indices_hand_values(catalogue):
     assert mpi.evaluate({"red": 0.4, "blue": 0.3, "green": 0.1}) == pytest.approx(0.5 / 0.9)
 
 
+def test_ndre2_separates_leaves_from_petals_soil_and_roofs(catalogue):
+    """NDRE at 730-740 nm: a leaf's chlorophyll red edge keeps it well above 0; petals (no
+    chlorophyll), soil and roofs have none (ratios of flat spectra are near 0)."""
+    ndre2 = catalogue["NDRE2"]
+    assert ndre2.bands == ("nir", "rededge2")
+    assert ndre2.evaluate({"nir": 0.47, "rededge2": 0.30}) == pytest.approx(0.17 / 0.77)
+    for flat in (0.63, 0.22, 0.09):                      # white petal, soil, dark roof
+        assert abs(ndre2.evaluate({"nir": flat * 1.04, "rededge2": flat})) < 0.03
+    assert ndre2.evaluate({"nir": 2 * 0.47, "rededge2": 2 * 0.30}) == pytest.approx(0.17 / 0.77)
+
+
 def test_mpi_is_minus_gli(catalogue):
     rng = np.random.default_rng(1)
     b = {k: rng.uniform(0.01, 0.6, 500) for k in ("red", "green", "blue")}
