@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.scenes_cache import plot_id_raster, score_map
 from classifiers.labels import read_polygons
-from outputs.evaluate import match_files, utm_for
+from outputs.evaluate import match_files, read_pair
 from pipeline.config import DEFAULT_CONFIG, DRONE_CONFIG, load_config
 
 
@@ -116,15 +116,10 @@ def found_by_small_targets(targets: Path, truth: Path, min_plot_m2: float,
                            small_m2: float) -> int:
     """Plots >= ``min_plot_m2`` that a target of at most ``small_m2`` (its ``area_m2``) touches."""
     feats = json.loads(targets.read_text())["features"] if targets.is_file() else []
-    small = [f for f in feats if f["properties"]["area_m2"] <= small_m2]
-    if not small:
-        return 0
-    wgs, _ = read_polygons(truth, "EPSG:4326", what="truth file")
-    c = shapely.union_all(wgs).centroid
-    crs = utm_for(c.x, c.y)
-    plots, _ = read_polygons(truth, crs, what="truth file")
-    tgts, _ = read_polygons(targets, crs, what="targets file")
+    tgts, plots = read_pair(targets, truth)
     keep = [g for g, f in zip(tgts, feats) if f["properties"]["area_m2"] <= small_m2]
+    if not keep:
+        return 0
     tree = shapely.STRtree(keep)
     return sum(bool(len(tree.query(p, predicate="intersects"))) for p in plots
                if p.area >= min_plot_m2)

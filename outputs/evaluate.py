@@ -59,8 +59,9 @@ def match(targets: list, plots: list, pixel_m: float) -> Match:
     return Match(len(plots), int(found.sum()), len(targets), correct)
 
 
-def match_files(targets_path: Path, truth_path: Path, pixel_m: float,
-                min_plot_m2: float = 0.0) -> Match:
+def read_pair(targets_path: Path, truth_path: Path) -> tuple[list, list]:
+    """(targets, truth plots) as polygons in the UTM zone of the plots' centroid; no targets
+    when the file is missing or empty."""
     truth_wgs, _ = read_polygons(truth_path, "EPSG:4326", what="truth file")
     c = shapely.union_all(truth_wgs).centroid
     crs = utm_for(c.x, c.y)
@@ -68,6 +69,12 @@ def match_files(targets_path: Path, truth_path: Path, pixel_m: float,
     tgts: list = []
     if Path(targets_path).is_file() and json.loads(Path(targets_path).read_text())["features"]:
         tgts, _ = read_polygons(targets_path, crs, what="targets file")
+    return tgts, plots
+
+
+def match_files(targets_path: Path, truth_path: Path, pixel_m: float,
+                min_plot_m2: float = 0.0) -> Match:
+    tgts, plots = read_pair(targets_path, truth_path)
     if min_plot_m2 > 0:
         # small plots are not required to be found, but a target on one is still correct
         big = [p for p in plots if p.area >= min_plot_m2]
