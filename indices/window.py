@@ -202,7 +202,11 @@ def make_plan(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig) -> Fe
     phase_dates = {p: [str(times[i])[:10] for i in ix] for p, ix in zip(phases, phase_idx)}
     for p, ix in zip(phases, phase_idx):
         if not ix:
-            log.warning("no acquisition in the %s phase: its features are missing", p)
+            ph = calendar.phases[p]
+            log.warning("no acquisition in the %s phase (%s to %s, calendar %s): its features "
+                        "are missing, and a model that relies on them finds fewer plots; add a "
+                        "date from that window if one exists", p, ph.start, ph.end,
+                        calendar.name)
     rows = feature_plan(bands, indices, phases, cfg.band_medians)
     stat_code = {"median": 0, "max": 1, "min": 2, "contrast": 3}
     codes = []

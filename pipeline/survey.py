@@ -34,10 +34,17 @@ from classifiers import artifact as model_artifact
 from classifiers.augment import augmented
 from classifiers.labels import Labels, read_labels, read_polygons
 from classifiers.model import fit_balanced, make_estimator
-from classifiers.predict import check_fit, pixel_threshold, predict_block
+from classifiers.predict import check_fit, check_phases, pixel_threshold, predict_block
 from classifiers.sampling import Table, check_classes, join, sample, sample_background
 from classifiers.validation import text_table, validate
-from indices.window import FeaturePlan, block_features, make_plan, nanmedian0, window_features
+from indices.window import (
+    FeaturePlan,
+    block_features,
+    make_plan,
+    nanmedian0,
+    phase_of_dates,
+    window_features,
+)
 from outputs import maps, writers
 from outputs.patches import (
     CandidateFeatures,
@@ -51,6 +58,7 @@ from outputs.ranking import area_m2, build_targets, crs_distance
 from outputs.rasters import write_tiles_raster
 from outputs.report import environment, file_digest, write_json_atomic
 from pipeline.config import (
+    PHASES,
     SurveyConfig,
     config_from_dict,
     default_config_for,
@@ -631,6 +639,10 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     if cfg.terrain_correction != "none" and dem_da is None:
         raise InputError(f"terrain_correction is '{cfg.terrain_correction}' but no --dem was "
                          "given; give a DEM or set terrain_correction: none")
+    dates = [str(t)[:10] for t in scene["time"].values]
+    of = phase_of_dates(scene["time"].values, calendar)
+    check_phases(art, {p: [d for d, q in zip(dates, of) if q == p] for p in PHASES}, calendar,
+                 dates)
     plan = make_plan(masks(scene.isel(y=slice(0, 1), x=slice(0, 1)), cfg), calendar,
                      cfg.features)
     check_fit(art, plan.names, scene.attrs["sensor"], calendar.name,

@@ -218,6 +218,31 @@ def test_artifact_round_trip_and_refuses_untrusted(tmp_path):
         artifact.load(tmp_path / "m")
 
 
+def test_a_phase_is_required_only_when_the_model_learnt_from_it():
+    from classifiers.artifact import Artifact
+    from classifiers.predict import check_phases
+    from pipeline.config import load_calendar
+    cal = load_calendar("east-china")
+    names = ["pre.median.NDVI", "flowering.median.NDVI", "post-flowering.median.NDVI"]
+    full = {"pre": ["2024-03-15"], "flowering": ["2024-04-20"], "post": ["2024-06-05"]}
+    no_post = {"pre": ["2024-03-15"], "flowering": ["2024-04-20"], "post": []}
+    dates = ["2024-03-15", "2024-04-20"]
+
+    def art(feature_names, *scenes):
+        return Artifact(None, {"feature_names": feature_names, "phase_dates": list(scenes)})
+
+    with pytest.raises(ModelError, match="post phase .05-21 to 06-30 in calendar east-china"):
+        check_phases(art(names, full), no_post, cal, dates)
+    # a contrast is enough to use the phase; one training scene with a post date is enough
+    with pytest.raises(ModelError, match="features.phases: \\[pre, flowering\\]"):
+        check_phases(art(names, no_post, full), no_post, cal, dates)
+    # the training scenes had no post date (its columns were never filled): nothing to miss
+    check_phases(art(names, no_post), no_post, cal, dates)
+    # a model trained without post features (features.phases: [pre, flowering])
+    check_phases(art(names[:2], full), no_post, cal, dates)
+    check_phases(art(names, full), full, cal, dates + ["2024-06-05"])
+
+
 def test_two_level_patch_rule_never_raises_the_pixel_threshold():
     from classifiers.predict import pixel_threshold
     from pipeline.config import SurveyConfig, load_config

@@ -203,3 +203,22 @@ def test_a_date_without_a_band_the_model_uses_is_named(trained, tmp_path):
                                "--out", str(out)))
     assert src.name in line and "'red'" in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("drop, phase, advice", [
+    (("06-05",), "post", "features.phases: [pre, flowering]"),
+    (("04-12", "04-28", "05-12"), "flowering", "calendar whose flowering phase"),
+])
+def test_a_phase_the_model_learnt_without_any_image_is_refused(trained, tmp_path, drop, phase,
+                                                              advice):
+    """A survey before June has no image in the post phase: the model's post features would
+    be missing on every pixel and its output arbitrary, so detect refuses and says what to do."""
+    d, scene = trained
+    images = [str(p) for p in scene.images if not any(p.stem.endswith(x.replace("-", ""))
+                                                     for x in drop)]
+    assert 0 < len(images) < len(scene.images)
+    out = tmp_path / "out"
+    line = _one_line_error(run("detect", "--images", *images, "--model", str(d / "model"),
+                               "--out", str(out)))
+    assert f"uses the {phase} phase" in line and advice in line
+    assert not out.exists()

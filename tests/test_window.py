@@ -122,10 +122,17 @@ def test_every_flowering_date_clouded_gives_nan_features_and_evidence_0() -> Non
     np.testing.assert_array_equal(f.evidence.sel(phase="flowering").compute(), 0)
 
 
-def test_one_date_in_a_phase_and_a_phase_with_none() -> None:
+def test_one_date_in_a_phase_and_a_phase_with_none(caplog) -> None:
     dates = ["2024-03-20", "2024-04-20"]             # one pre, one flowering, no post
     refl = random_refl(2, seed=3)
-    f = window_features(make_scene(refl, dates), CAL, CFG)
+    with caplog.at_level("WARNING", logger="indices.window"):
+        f = window_features(make_scene(refl, dates), CAL, CFG)
+    # the user is told which phase lacks a date, its window and the consequence
+    post_ph = CAL.phases["post"]
+    warned = [r.getMessage() for r in caplog.records if "post phase" in r.getMessage()]
+    assert len(warned) == 1 and f"{post_ph.start} to {post_ph.end}" in warned[0]
+    assert "fewer plots" in warned[0]
+    assert not any("flowering phase" in r.getMessage() for r in caplog.records)
     feats = f.data.compute()
     ev = f.evidence.compute()
     # the feature list does not depend on which dates exist
