@@ -2,8 +2,8 @@
 
 For a regional calendar with phases ``pre``, ``flowering`` and ``post``, every reflectance band
 and index listed in the config is composited over the clear observations of each phase
-(median; max and min for indices), and contrasts between phases are added (flowering - pre,
-post - flowering). Every feature is pixel-local, so a tile of features needs only the same
+(median; max and min for indices; a date in two overlapping phases serves both), and contrasts
+between phases are added (flowering - pre, post - flowering). Every feature is pixel-local, so a tile of features needs only the same
 tile of the Scene (no halo), which keeps tiles independent for resume and distribution. The feature list depends only on the calendar and the sensor's bands, never
 on which dates happen to be clear: a phase with no clear observation gives NaN features
 (missing, never a silent zero) and evidence 0. Evidence is the count of clear observations per
@@ -57,6 +57,15 @@ def phase_of_dates(times: np.ndarray, calendar: Calendar) -> list[str | None]:
     for t in pd.to_datetime(times):
         out.append(calendar.phase_of(dt.date(t.year, t.month, t.day)))
     return out
+
+
+def dates_in_phases(times: np.ndarray, calendar: Calendar,
+                    phases: tuple[str, ...] | list[str]) -> dict[str, tuple[int, ...]]:
+    """Per phase, the indices of the dates it holds; a date in two overlapping phases
+    serves both (a late-May image can show the bloom and the drying)."""
+    days = [dt.date(t.year, t.month, t.day) for t in pd.to_datetime(times)]
+    return {p: tuple(i for i, d in enumerate(days) if calendar.phases[p].contains(d))
+            for p in phases}
 
 
 def feature_plan(bands: list[str], indices: list[str], phases: list[str],
@@ -198,7 +207,8 @@ def make_plan(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig) -> Fe
     if unused:
         log.info("dates outside the %s calendar are not used: %s", calendar.name, unused)
     phases = [p for p in PHASES if p in calendar.phases and p in cfg.phases]
-    phase_idx = tuple(tuple(i for i, q in enumerate(phases_of) if q == p) for p in phases)
+    held = dates_in_phases(times, calendar, phases)
+    phase_idx = tuple(held[p] for p in phases)
     phase_dates = {p: [str(times[i])[:10] for i in ix] for p, ix in zip(phases, phase_idx)}
     for p, ix in zip(phases, phase_idx):
         if not ix:

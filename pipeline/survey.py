@@ -40,9 +40,9 @@ from classifiers.validation import text_table, validate
 from indices.window import (
     FeaturePlan,
     block_features,
+    dates_in_phases,
     make_plan,
     nanmedian0,
-    phase_of_dates,
     window_features,
 )
 from outputs import maps, writers
@@ -58,7 +58,6 @@ from outputs.ranking import area_m2, build_targets, crs_distance
 from outputs.rasters import write_tiles_raster
 from outputs.report import environment, file_digest, write_json_atomic
 from pipeline.config import (
-    PHASES,
     SurveyConfig,
     config_from_dict,
     default_config_for,
@@ -640,9 +639,8 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
         raise InputError(f"terrain_correction is '{cfg.terrain_correction}' but no --dem was "
                          "given; give a DEM or set terrain_correction: none")
     dates = [str(t)[:10] for t in scene["time"].values]
-    of = phase_of_dates(scene["time"].values, calendar)
-    check_phases(art, {p: [d for d, q in zip(dates, of) if q == p] for p in PHASES}, calendar,
-                 dates)
+    held = dates_in_phases(scene["time"].values, calendar, list(calendar.phases))
+    check_phases(art, {p: [dates[i] for i in ix] for p, ix in held.items()}, calendar, dates)
     plan = make_plan(masks(scene.isel(y=slice(0, 1), x=slice(0, 1)), cfg), calendar,
                      cfg.features)
     check_fit(art, plan.names, scene.attrs["sensor"], calendar.name,

@@ -18,7 +18,7 @@ from pipeline.config import FeatureConfig, load_calendar
 
 BANDS = ["blue", "green", "red", "nir"]
 CFG = FeatureConfig(bands=("blue", "green", "red", "nir", "swir16"), indices=("NDVI",))
-CAL = load_calendar("east-china")   # pre 03-01..03-31, flowering 04-01..05-20, post 05-21..06-30
+CAL = load_calendar("east-china")   # pre 03-01..03-31, flowering 04-01..05-31, post 05-21..06-30
 TF = Affine(10, 0, 500000.0, 0, -10, 3340000.0)
 
 
@@ -150,6 +150,28 @@ def test_one_date_in_a_phase_and_a_phase_with_none(caplog) -> None:
     np.testing.assert_array_equal(ev.sel(phase="post"), 0)
     np.testing.assert_array_equal(ev.sel(phase="flowering"), 1)
     np.testing.assert_array_equal(ev.sel(phase="pre"), 1)
+
+
+def test_a_date_in_two_overlapping_phases_serves_both() -> None:
+    """Flowering to 31 May and post from 21 May: a late-May image enters the flowering
+    composites (a late bloom) and the post ones (drying), and counts as evidence in both."""
+    from pipeline.config import Calendar
+    cal = Calendar(name="overlap", phases={"pre": {"start": "03-01", "end": "03-31"},
+                                           "flowering": {"start": "04-01", "end": "05-31"},
+                                           "post": {"start": "05-21", "end": "06-30"}})
+    dates = ["2024-03-20", "2024-04-20", "2024-05-25", "2024-06-10"]
+    refl = random_refl(4, seed=5)
+    f = window_features(make_scene(refl, dates), cal, CFG)
+    assert f.phase_dates == {"pre": ["2024-03-20"], "flowering": ["2024-04-20", "2024-05-25"],
+                             "post": ["2024-05-25", "2024-06-10"]}
+    feats, ev = f.data.compute(), f.evidence.compute()
+    nd = ndvi(refl)
+    np.testing.assert_allclose(feats.sel(feature="flowering.max.NDVI"), nd[[1, 2]].max(0),
+                               atol=1e-6)
+    np.testing.assert_allclose(feats.sel(feature="post.min.NDVI"), nd[[2, 3]].min(0),
+                               atol=1e-6)
+    np.testing.assert_array_equal(ev.sel(phase="flowering"), 2)
+    np.testing.assert_array_equal(ev.sel(phase="post"), 2)
 
 
 def test_single_drone_flight_has_only_a_flowering_phase() -> None:
