@@ -74,8 +74,8 @@ def check_phases(art: Artifact, phase_dates: dict[str, list[str]], calendar: Cal
                                  "window, or a calendar whose flowering phase covers them")
             keep = [q for q in PHASES if q in used and q != p]
             raise ModelError(f"{what}; add an image from that window, or train a model "
-                             f"without the phase (features.phases: [{', '.join(keep)}] in the "
-                             "config) for a survey before it")
+                             f"without it (features.phases: [{', '.join(keep)}] in the "
+                             "config)")
 
 
 def _bands_of(feature_names: Sequence[str]) -> set[str]:
