@@ -3,11 +3,12 @@
 For a regional calendar with phases ``pre``, ``flowering`` and ``post``, every reflectance band
 and index listed in the config is composited over the clear observations of each phase
 (median; max and min for indices; a date in two overlapping phases serves both), and contrasts
-between phases are added (flowering - pre, post - flowering). Every feature is pixel-local, so a tile of features needs only the same
-tile of the Scene (no halo), which keeps tiles independent for resume and distribution. The feature list depends only on the calendar and the sensor's bands, never
-on which dates happen to be clear: a phase with no clear observation gives NaN features
-(missing, never a silent zero) and evidence 0. Evidence is the count of clear observations per
-phase and pixel.
+between phases are added (flowering - pre, post - flowering). Every feature is pixel-local, so
+a tile of features needs only the same tile of the Scene (no halo), which keeps tiles
+independent for resume and distribution. The feature list depends only on the calendar and
+the sensor's bands, never on which dates happen to be clear: a phase with no clear observation
+gives NaN features (missing, never a silent zero) and evidence 0. Evidence is the count of
+clear observations per phase and pixel.
 
 Feature names: ``<phase>.<stat>.<var>`` and ``<phaseA>-<phaseB>.median.<var>``.
 
@@ -214,9 +215,8 @@ def make_plan(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig) -> Fe
         if not ix:
             ph = calendar.phases[p]
             log.warning("no acquisition in the %s phase (%s to %s, calendar %s): its features "
-                        "are missing, and a model that relies on them finds fewer plots; add a "
-                        "date from that window if one exists", p, ph.start, ph.end,
-                        calendar.name)
+                        "are missing (a model trained on these images does not use them)", p,
+                        ph.start, ph.end, calendar.name)
     rows = feature_plan(bands, indices, phases, cfg.band_medians)
     stat_code = {"median": 0, "max": 1, "min": 2, "contrast": 3}
     codes = []

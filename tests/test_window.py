@@ -131,7 +131,7 @@ def test_one_date_in_a_phase_and_a_phase_with_none(caplog) -> None:
     post_ph = CAL.phases["post"]
     warned = [r.getMessage() for r in caplog.records if "post phase" in r.getMessage()]
     assert len(warned) == 1 and f"{post_ph.start} to {post_ph.end}" in warned[0]
-    assert "fewer plots" in warned[0]
+    assert "features are missing" in warned[0]
     assert not any("flowering phase" in r.getMessage() for r in caplog.records)
     feats = f.data.compute()
     ev = f.evidence.compute()
