@@ -233,6 +233,8 @@ class Calendar(_Frozen):
     reference_elevation_m: float = 0.0
 
     def phase_of(self, day: dt.date, elevation_m: float | None = None) -> str | None:
+        """The first phase holding ``day``, or None outside the calendar. The features use
+        every phase that holds it (overlapping phases: indices/window.dates_in_phases)."""
         shift = 0.0
         if elevation_m is not None and self.elevation_shift_days_per_100m:
             shift = (elevation_m - self.reference_elevation_m) / 100.0 * \
