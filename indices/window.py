@@ -53,13 +53,6 @@ class Features:
         return self.data["feature"].values.tolist()
 
 
-def phase_of_dates(times: np.ndarray, calendar: Calendar) -> list[str | None]:
-    out = []
-    for t in pd.to_datetime(times):
-        out.append(calendar.phase_of(dt.date(t.year, t.month, t.day)))
-    return out
-
-
 def dates_in_phases(times: np.ndarray, calendar: Calendar,
                     phases: tuple[str, ...] | list[str]) -> dict[str, tuple[int, ...]]:
     """Per phase, the indices of the dates it holds; a date in two overlapping phases
@@ -203,12 +196,12 @@ def make_plan(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig) -> Fe
     extra_indices = computable([v for v in need if v in load_catalogue()])
     variables = bands + extra_bands + indices + extra_indices   # the computed stack
     times = scene["time"].values
-    phases_of = phase_of_dates(times, calendar)
-    unused = [str(t)[:10] for t, p in zip(times, phases_of) if p is None]
+    held = dates_in_phases(times, calendar, list(calendar.phases))
+    in_some = {i for ix in held.values() for i in ix}
+    unused = [str(t)[:10] for i, t in enumerate(times) if i not in in_some]
     if unused:
         log.info("dates outside the %s calendar are not used: %s", calendar.name, unused)
     phases = [p for p in PHASES if p in calendar.phases and p in cfg.phases]
-    held = dates_in_phases(times, calendar, phases)
     phase_idx = tuple(held[p] for p in phases)
     phase_dates = {p: [str(times[i])[:10] for i in ix] for p, ix in zip(phases, phase_idx)}
     for p, ix in zip(phases, phase_idx):
