@@ -24,6 +24,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
+import dask
 import dask.array as darr
 import numpy as np
 import pandas as pd
@@ -53,13 +54,30 @@ class Features:
         return self.data["feature"].values.tolist()
 
 
-def dates_in_phases(times: np.ndarray, calendar: Calendar,
-                    phases: tuple[str, ...] | list[str]) -> dict[str, tuple[int, ...]]:
-    """Per phase, the indices of the dates it holds; a date in two overlapping phases
-    serves both (a late-May image can show the bloom and the drying)."""
+def phase_membership(times: np.ndarray, calendar: Calendar, phases: tuple[str, ...] | list[str],
+                     shifts: tuple[int, int] = (0, 0)
+                     ) -> dict[str, tuple[tuple[int, int, int], ...]]:
+    """Per phase, ``(date index, lowest shift, highest shift)`` of every date the phase holds
+    at some shift of the calendar (whole days later) in ``shifts``: the date belongs to the
+    phase at a pixel whose shift lies between the two. A date in two overlapping phases serves
+    both (a late-May image can show the bloom and the drying)."""
     days = [dt.date(t.year, t.month, t.day) for t in pd.to_datetime(times)]
-    return {p: tuple(i for i, d in enumerate(days) if calendar.phases[p].contains(d))
-            for p in phases}
+    out = {}
+    for p in phases:
+        held = []
+        for i, d in enumerate(days):
+            ok = [s for s in range(shifts[0], shifts[1] + 1) if calendar.phases[p].contains(d, s)]
+            if ok:  # phases are day ranges: the shifts that hold a date are contiguous
+                held.append((i, ok[0], ok[-1]))
+        out[p] = tuple(held)
+    return out
+
+
+def dates_in_phases(times: np.ndarray, calendar: Calendar, phases: tuple[str, ...] | list[str],
+                    shifts: tuple[int, int] = (0, 0)) -> dict[str, tuple[int, ...]]:
+    """Per phase, the indices of the dates it holds (at some shift in ``shifts``)."""
+    return {p: tuple(i for i, _, _ in held)
+            for p, held in phase_membership(times, calendar, phases, shifts).items()}
 
 
 def feature_plan(bands: list[str], indices: list[str], phases: list[str],
@@ -111,30 +129,43 @@ def nanmedian0(a: np.ndarray) -> np.ndarray:
 
 def _block_features(block: np.ndarray, phase_idx: tuple[tuple[int, ...], ...],
                     plan_codes: tuple[tuple[int, int, int, int], ...], n_feat: int,
-                    n_phase: int) -> np.ndarray:
-    """numpy kernel: (time, var, y, x) -> (n_feat + n_phase, y, x) float32."""
+                    n_phase: int, shift: np.ndarray | None = None,
+                    windows: tuple[tuple[tuple[int, int], ...], ...] = ()) -> np.ndarray:
+    """numpy kernel: (time, var, y, x) -> (n_feat + n_phase, y, x) float32.
+
+    With ``windows`` (per phase, per date of ``phase_idx``: the lowest and highest shift at
+    which the phase holds it) and ``shift`` (y, x: each pixel's shift in days), a date enters
+    a pixel's phase only where its shift lies in the date's window; elsewhere it counts as not
+    observed. One phase's dates are held at a time."""
     _, _, ny, nx = block.shape
     out = np.full((n_feat + n_phase, ny, nx), np.nan, dtype="float32")
     med: dict[int, np.ndarray] = {}
     for p, idx in enumerate(phase_idx):
-        if idx:
-            sub = block[list(idx)]
-            out[n_feat + p] = np.isfinite(sub).all(axis=1).sum(axis=0)
-            # one date (a drone flight): the composite is that date, no sort needed
-            med[p] = sub[0] if len(idx) == 1 else nanmedian0(sub)
-        else:
+        if not idx:
             out[n_feat + p] = 0
+            continue
+        sub = block[list(idx)]
+        if windows:
+            lo = np.array([w[0] for w in windows[p]], "float32")[:, None, None]
+            hi = np.array([w[1] for w in windows[p]], "float32")[:, None, None]
+            held = (shift[None] >= lo) & (shift[None] <= hi)
+            sub = np.where(held[:, None], sub, np.float32(np.nan))
+        out[n_feat + p] = np.isfinite(sub).all(axis=1).sum(axis=0)
+        # one date (a drone flight): the composite is that date, no sort needed
+        med[p] = sub[0] if len(idx) == 1 else nanmedian0(sub)
+        for f, (stat, var, pa, _) in enumerate(plan_codes):
+            if pa != p:
+                continue
+            if stat == 0:
+                out[f] = med[p][var]
+            elif stat in (1, 2) and len(idx) == 1:
+                out[f] = sub[0, var]
+            elif stat in (1, 2):
+                # fmax/fmin skip NaN and give NaN only where every date is NaN, without the
+                # all-NaN warning (catch_warnings is not thread-safe: tiles run in threads)
+                out[f] = (np.fmax if stat == 1 else np.fmin).reduce(sub[:, var], axis=0)
     for f, (stat, var, pa, pb) in enumerate(plan_codes):
-        if stat == 0 and pa in med:
-            out[f] = med[pa][var]
-        elif stat in (1, 2) and len(phase_idx[pa]) == 1:
-            out[f] = block[phase_idx[pa][0], var]
-        elif stat in (1, 2) and phase_idx[pa]:
-            sub = block[list(phase_idx[pa]), var]
-            # fmax/fmin skip NaN and give NaN only where every date is NaN, without the
-            # all-NaN warning (catch_warnings is not thread-safe: tiles run in threads)
-            out[f] = np.fmax.reduce(sub, axis=0) if stat == 1 else np.fmin.reduce(sub, axis=0)
-        elif stat == 3 and pa in med and pb in med:
+        if stat == 3 and pa in med and pb in med:
             with np.errstate(invalid="ignore"):   # inf - inf: NaN (errstate is per thread)
                 out[f] = med[pa][var] - med[pb][var]
     return out
@@ -160,6 +191,10 @@ class FeaturePlan:
     spatial_rel: tuple[bool, ...] = ()
     #: the last ``n_hidden`` codes compute per-phase medians only the spatial features use
     n_hidden: int = 0
+    #: a calendar that moves with elevation: per phase, per date of ``phase_idx``, the lowest
+    #: and highest shift (days) at which the phase holds it; the features then need each
+    #: pixel's shift (``Calendar.shift_days`` of the DEM). Empty: one calendar for all pixels
+    phase_windows: tuple[tuple[tuple[int, int], ...], ...] = ()
 
     @property
     def n_out(self) -> int:
@@ -175,7 +210,11 @@ class FeaturePlan:
         return max(self.spatial_radii) if self.spatial_src else 0
 
 
-def make_plan(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig) -> FeaturePlan:
+def make_plan(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig,
+              shifts: tuple[int, int] | None = None) -> FeaturePlan:
+    """The features of ``scene``'s bands and dates. ``shifts``: the lowest and highest shift
+    (days) of the calendar over the scene's pixels, for a calendar that moves with elevation
+    (then every date a phase holds at some shift is composited, per pixel only at its own)."""
     check_scene(scene, "features")
     have = scene["band"].values.tolist()
     bands = [b for b in cfg.bands if b in have]
@@ -196,13 +235,19 @@ def make_plan(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig) -> Fe
     extra_indices = computable([v for v in need if v in load_catalogue()])
     variables = bands + extra_bands + indices + extra_indices   # the computed stack
     times = scene["time"].values
-    held = dates_in_phases(times, calendar, list(calendar.phases))
+    member = phase_membership(times, calendar, list(calendar.phases), shifts or (0, 0))
+    held = {p: tuple(i for i, _, _ in m) for p, m in member.items()}
     in_some = {i for ix in held.values() for i in ix}
     unused = [str(t)[:10] for i, t in enumerate(times) if i not in in_some]
     if unused:
         log.info("dates outside the %s calendar are not used: %s", calendar.name, unused)
     phases = [p for p in PHASES if p in calendar.phases and p in cfg.phases]
     phase_idx = tuple(held[p] for p in phases)
+    windows = tuple(tuple((lo, hi) for _, lo, hi in member[p]) for p in phases) \
+        if shifts is not None else ()
+    if shifts is not None:
+        log.info("calendar %s moves with elevation: phases %d to %d days later over this "
+                 "scene", calendar.name, *shifts)
     phase_dates = {p: [str(times[i])[:10] for i in ix] for p, ix in zip(phases, phase_idx)}
     for p, ix in zip(phases, phase_idx):
         if not ix:
@@ -253,17 +298,22 @@ def make_plan(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig) -> Fe
                        tuple(phases), phase_idx, phase_dates, tuple(names), tuple(codes),
                        tuple(src), tuple(cfg.spatial_radii_px) if src else (),
                        tuple(cfg.spatial_stats) if src else (), tuple(mask), tuple(rel),
-                       hidden)
+                       hidden, windows)
 
 
-def block_features(block: xr.DataArray, plan: FeaturePlan) -> np.ndarray:
-    """A masked Scene block (time, band, y, x) -> (features + evidence per phase, y, x)."""
+def block_features(block: xr.DataArray, plan: FeaturePlan,
+                   shift: np.ndarray | None = None) -> np.ndarray:
+    """A masked Scene block (time, band, y, x) -> (features + evidence per phase, y, x).
+    ``shift`` (y, x): each pixel's calendar shift in days, for a plan with phase windows."""
+    if plan.phase_windows and shift is None:
+        raise ValueError("the plan's calendar moves with elevation: give each pixel's shift")
     idx = compute_indices(block, list(plan.indices))
     stack = xr.concat([block.sel(band=list(plan.bands)), idx], dim="band") if plan.bands \
         else idx
     arr = np.asarray(stack.transpose("time", "band", "y", "x").values, dtype="float32")
     n_rows = len(plan.codes)        # the pixel features, then rows only the spatial ones use
-    out = _block_features(arr, plan.phase_idx, plan.codes, n_rows, len(plan.phases))
+    out = _block_features(arr, plan.phase_idx, plan.codes, n_rows, len(plan.phases),
+                          shift, plan.phase_windows)
     if not plan.spatial_src:
         return out
     images = out[list(plan.spatial_src)]
@@ -281,29 +331,45 @@ def _absorb_thin(chunks: tuple[int, ...], h: int) -> tuple[int, ...]:
     return tuple(out)
 
 
-def window_features(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig) -> Features:
-    """Lazy features (feature, y, x) and evidence (phase, y, x) from a masked Scene."""
-    plan = make_plan(scene, calendar, cfg)
+def shift_range(shift: xr.DataArray | None) -> tuple[int, int] | None:
+    """The lowest and highest calendar shift (days) of a scene's pixels (one pass over the
+    DEM), or None without a shift."""
+    if shift is None:
+        return None
+    lo, hi = dask.compute(shift.min(), shift.max())
+    return int(lo), int(hi)
+
+
+def window_features(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig,
+                    shift: xr.DataArray | None = None) -> Features:
+    """Lazy features (feature, y, x) and evidence (phase, y, x) from a masked Scene.
+    ``shift`` (y, x, on the scene's grid): each pixel's calendar shift in days
+    (``Calendar.shift_days`` of the DEM) for a calendar that moves with elevation."""
+    plan = make_plan(scene, calendar, cfg, shift_range(shift))
     coords = {"y": scene["y"], "x": scene["x"]}
     template = scene.isel(time=0, band=0, drop=True)
 
     h = plan.halo
 
-    def kernel(block: np.ndarray) -> np.ndarray:
+    def kernel(block: np.ndarray, sh: np.ndarray | None = None) -> np.ndarray:
         da = xr.DataArray(block, dims=("time", "band", "y", "x"),
                           coords={"time": scene["time"].values, "band": scene["band"].values})
-        out = block_features(da, plan)
+        out = block_features(da, plan, None if sh is None else sh[0, 0])
         return out[:, h:out.shape[1] - h, h:out.shape[2] - h] if h else out
 
     data = scene.data
     if h:  # a trailing block thinner than the halo joins its neighbour (overlap needs depth)
         data = data.rechunk({2: _absorb_thin(data.chunks[2], h),
                              3: _absorb_thin(data.chunks[3], h)})
-    src = data
+    srcs = [data]
+    if shift is not None:  # (1, 1, y, x) blocks beside the scene's (time, band, y, x) ones
+        sh = darr.asarray(shift.data, dtype="float32")[None, None]
+        srcs.append(sh.rechunk(((1,), (1,), data.chunks[2], data.chunks[3])))
     if h:  # spatial context: every block overlaps its neighbours; the scene edge is NaN
-        src = darr.overlap.overlap(data, depth={0: 0, 1: 0, 2: h, 3: h},
-                                   boundary={0: "none", 1: "none", 2: np.nan, 3: np.nan})
-    out = darr.map_blocks(kernel, src, dtype="float32", drop_axis=0,
+        srcs = [darr.overlap.overlap(a, depth={0: 0, 1: 0, 2: h, 3: h},
+                                     boundary={0: "none", 1: "none", 2: np.nan, 3: np.nan})
+                for a in srcs]
+    out = darr.map_blocks(kernel, *srcs, dtype="float32", drop_axis=0,
                           chunks=((plan.n_out,), data.chunks[2], data.chunks[3]))
     n = len(plan.names)
     fda = xr.DataArray(out[:n], dims=("feature", "y", "x"),

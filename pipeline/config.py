@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -232,13 +233,24 @@ class Calendar(_Frozen):
     elevation_shift_days_per_100m: float = 0.0
     reference_elevation_m: float = 0.0
 
+    @property
+    def shifts_with_elevation(self) -> bool:
+        """Whether the phases move with height (features then need a DEM)."""
+        return self.elevation_shift_days_per_100m != 0
+
+    def shift_days(self, elevation_m):
+        """Whole days the phases move later at ``elevation_m`` (a number or an array; works
+        on numpy and xarray); no elevation (NaN) keeps the reference calendar."""
+        k = self.elevation_shift_days_per_100m
+        days = (elevation_m - self.reference_elevation_m) / 100.0 * k
+        if hasattr(days, "fillna"):
+            return days.fillna(0).round()
+        return np.round(np.nan_to_num(days, nan=0.0))
+
     def phase_of(self, day: dt.date, elevation_m: float | None = None) -> str | None:
         """The first phase holding ``day``, or None outside the calendar. The features use
         every phase that holds it (overlapping phases: indices/window.dates_in_phases)."""
-        shift = 0.0
-        if elevation_m is not None and self.elevation_shift_days_per_100m:
-            shift = (elevation_m - self.reference_elevation_m) / 100.0 * \
-                self.elevation_shift_days_per_100m
+        shift = 0.0 if elevation_m is None else float(self.shift_days(elevation_m))
         for name in PHASES:
             ph = self.phases.get(name)
             if ph is not None and ph.contains(day, shift):

@@ -43,6 +43,7 @@ from indices.window import (
     dates_in_phases,
     make_plan,
     nanmedian0,
+    shift_range,
     window_features,
 )
 from outputs import maps, writers
@@ -58,6 +59,7 @@ from outputs.ranking import area_m2, build_targets, crs_distance
 from outputs.rasters import write_tiles_raster
 from outputs.report import environment, file_digest, write_json_atomic
 from pipeline.config import (
+    Calendar,
     SurveyConfig,
     config_from_dict,
     default_config_for,
@@ -151,6 +153,18 @@ def mask_and_correct(scene: xr.DataArray, dem: xr.DataArray | None,
     return apply_terrain(masked, slope, aspect, fit)
 
 
+def calendar_shift(calendar: Calendar, dem: xr.DataArray | None) -> xr.DataArray | None:
+    """Each pixel's calendar shift in days (a calendar that moves with elevation), else None."""
+    if not calendar.shifts_with_elevation:
+        return None
+    if dem is None:
+        raise InputError(f"calendar '{calendar.name}' moves its phases "
+                         f"{calendar.elevation_shift_days_per_100m:g} days per 100 m of "
+                         "elevation: give a DEM (--dem, or dem: in a manifest), or use a "
+                         "calendar without elevation_shift_days_per_100m")
+    return calendar.shift_days(dem)
+
+
 def _digest_inputs(paths: Sequence[Path]) -> dict[str, str]:
     out = {}
     for p in paths:
@@ -229,13 +243,14 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
         drawn = cfg.model.background_sample_px > 0  # poppy-only label files are enough
         labels = read_labels(sc.labels, scene.rio.crs, require_both=both,
                              background_drawn=drawn)
+        shift = calendar_shift(calendar, dem_da)
         masked = mask_and_correct(scene, dem_da, cfg)
-        feats = window_features(masked, calendar, cfg.features)
+        feats = window_features(masked, calendar, cfg.features, shift)
         # the scene's features, then those of its augmented copies (classifiers/augment.py)
         versions = [feats] + [
             window_features(mask_and_correct(augmented(
                 scene, seed=cfg.model.seed * 1000 + 10 * k + c + 1), dem_da, cfg),
-                calendar, cfg.features) for c in range(cfg.model.augment_copies)]
+                calendar, cfg.features, shift) for c in range(cfg.model.augment_copies)]
         part = None
         for c, f in enumerate(versions):
             seed = cfg.model.seed + 7919 * c
@@ -348,6 +363,7 @@ class TileContext:
     slope: xr.DataArray | None       # lazy, degrees (with a DEM)
     aspect: xr.DataArray | None
     dem: xr.DataArray | None
+    shift: xr.DataArray | None       # lazy, days: a calendar that moves with elevation
     terrain: Any                     # indices.terrain.TerrainFit or None
     cfg: SurveyConfig
     plan: FeaturePlan
@@ -390,6 +406,8 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
         slope = ctx.slope[fys, fxs].compute(scheduler="sync")
     if ctx.terrain is not None and ctx.aspect is not None:
         aspect = ctx.aspect[fys, fxs].compute(scheduler="sync")
+    shift = None if ctx.shift is None else \
+        np.asarray(ctx.shift[fys, fxs].compute(scheduler="sync").values, "float32")
     t1 = time.perf_counter()
     t["read"] = t1 - t0
     fwin = (slice(fys.start - hy0, fys.stop - hy0), slice(fxs.start - hx0, fxs.stop - hx0))
@@ -407,7 +425,7 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
         dem, slope = dem[inner], slope[inner]
     t2 = time.perf_counter()
     t["mask"] = t2 - t1
-    cand, evidence, prob = _features_and_predict(masked, ctx, t, inner)
+    cand, evidence, prob = _features_and_predict(masked, ctx, t, inner, shift)
     rgb = _quicklook(masked, ctx.plan, inner, ys, xs, ctx.stride)
     del masked
     t4 = time.perf_counter()
@@ -496,12 +514,13 @@ STRIP_ROWS = 64
 
 
 def _features_and_predict(masked: xr.DataArray, ctx: TileContext, t: dict[str, float],
-                          inner: tuple[slice, slice]
+                          inner: tuple[slice, slice], shift: np.ndarray | None = None
                           ) -> tuple[CandidateFeatures, np.ndarray, np.ndarray]:
     """Features and probability of the ``inner`` window of ``masked`` (the tile inside its
     spatial-feature halo), computed in strips of rows that carry the same halo. Returns the
     features of the candidate pixels (for the patches' reasons), the evidence per phase and
-    the probability; the tile's dense features are never kept."""
+    the probability; the tile's dense features are never kept. ``shift``: each pixel of
+    ``masked``'s calendar shift in days (a calendar that moves with elevation)."""
     n, n_ph = len(ctx.plan.names), len(ctx.plan.phases)
     sp = ctx.plan.halo
     iy, ix = inner
@@ -516,7 +535,8 @@ def _features_and_predict(masked: xr.DataArray, ctx: TileContext, t: dict[str, f
         a0 = max(0, iy.start + r0 - sp)
         a1 = min(masked.sizes["y"], iy.start + r1 + sp)
         t0 = time.perf_counter()
-        out = block_features(masked[:, :, a0:a1, :], ctx.plan)
+        out = block_features(masked[:, :, a0:a1, :], ctx.plan,
+                             None if shift is None else shift[a0:a1])
         crop = out[:, iy.start + r0 - a0:iy.start + r1 - a0, ix]
         feats = np.ascontiguousarray(crop[:n])
         evidence[:, r0:r1] = crop[n:]
@@ -638,11 +658,14 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     if cfg.terrain_correction != "none" and dem_da is None:
         raise InputError(f"terrain_correction is '{cfg.terrain_correction}' but no --dem was "
                          "given; give a DEM or set terrain_correction: none")
+    shift = calendar_shift(calendar, dem_da)
+    shifts = shift_range(shift)
     dates = [str(t)[:10] for t in scene["time"].values]
-    held = dates_in_phases(scene["time"].values, calendar, list(calendar.phases))
+    held = dates_in_phases(scene["time"].values, calendar, list(calendar.phases),
+                           shifts or (0, 0))
     check_phases(art, {p: [dates[i] for i in ix] for p, ix in held.items()}, calendar, dates)
     plan = make_plan(masks(scene.isel(y=slice(0, 1), x=slice(0, 1)), cfg), calendar,
-                     cfg.features)
+                     cfg.features, shifts)
     check_fit(art, plan.names, scene.attrs["sensor"], calendar.name,
               json.loads(scene.attrs.get("dropped_bands", "{}")))
     exclusion = None
@@ -681,7 +704,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
         from indices.terrain import slope_aspect
         slope, aspect = slope_aspect(dem_da)
     halo = cfg.masks.max_flower_px if "scl" in scene["band"].values else 0
-    ctx = TileContext(scene, slope, aspect, dem_da, terrain, cfg, plan, art.estimator,
+    ctx = TileContext(scene, slope, aspect, dem_da, shift, terrain, cfg, plan, art.estimator,
                       art.meta["calibration"], pixel_threshold(art.threshold, cfg), stride,
                       halo, art.threshold, exclusion is None)
     import rasterio

@@ -6,6 +6,7 @@ import warnings
 
 import dask.array as darr
 import numpy as np
+import pytest
 import rioxarray  # noqa: F401
 import xarray as xr
 from affine import Affine
@@ -289,3 +290,67 @@ def test_nanmedian0_equals_numpy_for_any_count_of_clear_dates():
         assert got.dtype == a.dtype
         assert np.array_equal(np.isnan(got), np.isnan(want))
         assert np.allclose(got, want, equal_nan=True, atol=1e-6)
+
+
+# --- a calendar that moves with elevation -------------------------------------------------------
+def _shifted(cal, days: int):
+    """``cal`` with every phase ``days`` later (the calendar a pixel that high should get)."""
+    import datetime as dt
+
+    from pipeline.config import Calendar
+
+    def later(md: str) -> str:
+        return (dt.date.fromisoformat(f"2001-{md}") + dt.timedelta(days=days)).strftime("%m-%d")
+    return Calendar(name=cal.name, phases={p: {"start": later(ph.start), "end": later(ph.end)}
+                                           for p, ph in cal.phases.items()})
+
+
+@pytest.mark.parametrize("cfg", [CFG, CFG.model_copy(update={
+    "spatial_vars": ("NDVI",), "spatial_radii_px": (1,), "spatial_stats": ("dev",)})],
+    ids=["pixel", "spatial"])
+def test_a_calendar_that_moves_with_elevation_gives_each_pixel_its_own_phases(cfg) -> None:
+    """3 days later per 100 m above 600 m: pixels at 1600 m (30 days later) get the features
+    of a calendar 30 days later, pixels at 600 m those of the calendar itself, in one pass
+    (with spatial features: away from the boundary, where windows see both halves)."""
+    from pipeline.config import Calendar
+    cal = Calendar(name="hills", phases={"pre": {"start": "03-01", "end": "03-31"},
+                                         "flowering": {"start": "04-01", "end": "05-05"},
+                                         "post": {"start": "05-06", "end": "06-20"}},
+                   elevation_shift_days_per_100m=3, reference_elevation_m=600)
+    dates = ["2024-03-15", "2024-04-10", "2024-04-28", "2024-05-20", "2024-06-10",
+             "2024-07-10"]
+    refl = random_refl(len(dates), ny=8, nx=8, seed=9)
+    refl[2, :, 1:3, 5:7] = np.nan                       # a cloud over the boundary
+    scene = make_scene(refl, dates)
+    elev = np.full((8, 8), 600.0, "float32")
+    elev[:, 4:] = 1600.0
+    elev[0, 0] = np.nan                                 # no elevation: the reference calendar
+    shift = cal.shift_days(xr.DataArray(elev, dims=("y", "x")).chunk(4))
+    f = window_features(scene, cal, cfg, shift=shift)
+    got, ev = f.data.compute().values, f.evidence.compute().values
+    flat = Calendar(name="hills", phases=cal.phases)
+    low = window_features(scene, flat, cfg)
+    high = window_features(scene, _shifted(flat, 30), cfg)
+    assert low.names == high.names == f.names
+    r = 1 if cfg.spatial_radii_px else 0
+    np.testing.assert_array_equal(got[:, :, :4 - r], low.data.values[:, :, :4 - r])
+    np.testing.assert_array_equal(got[:, :, 4 + r:], high.data.values[:, :, 4 + r:])
+    np.testing.assert_array_equal(ev[:, :, :4], low.evidence.values[:, :, :4])
+    np.testing.assert_array_equal(ev[:, :, 4:], high.evidence.values[:, :, 4:])
+    # the high pixels' flowering is 1 May - 4 June: 28 April is not in it, 20 May is
+    assert f.phase_dates["flowering"] == ["2024-04-10", "2024-04-28", "2024-05-20"]
+    assert ev[1, 4, 5] == 1 and ev[1, 4, 2] == 2
+    # and the property that makes this matter: the two halves really differ
+    assert not np.allclose(low.data.values[:, :, 4:], high.data.values[:, :, 4:],
+                           equal_nan=True)
+
+
+def test_a_plan_that_moves_with_elevation_refuses_features_without_shifts() -> None:
+    from indices.window import block_features, make_plan
+    from pipeline.config import Calendar
+    cal = Calendar(name="hills", phases=CAL.phases, elevation_shift_days_per_100m=3)
+    scene = make_scene(random_refl(len(DATES)), DATES)
+    plan = make_plan(scene, cal, CFG, shifts=(0, 10))
+    assert plan.phase_windows
+    with pytest.raises(ValueError, match="shift"):
+        block_features(scene.compute(), plan)
