@@ -247,16 +247,6 @@ class Calendar(_Frozen):
             return days.fillna(0).round()
         return np.round(np.nan_to_num(days, nan=0.0))
 
-    def phase_of(self, day: dt.date, elevation_m: float | None = None) -> str | None:
-        """The first phase holding ``day``, or None outside the calendar. The features use
-        every phase that holds it (overlapping phases: indices/window.dates_in_phases)."""
-        shift = 0.0 if elevation_m is None else float(self.shift_days(elevation_m))
-        for name in PHASES:
-            ph = self.phases.get(name)
-            if ph is not None and ph.contains(day, shift):
-                return name
-        return None
-
 
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     """The keys allowed where ``loc`` points (its parent's fields), if that is a section."""

@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 from pathlib import Path
 
+import numpy as np
 import pydantic
 import pytest
 
@@ -211,15 +212,19 @@ def test_unknown_calendar_name_lists_the_known() -> None:
         load_calendar("mars")
 
 
-def test_phase_of_dates_wrap_and_elevation(tmp_path: Path) -> None:
+def test_phases_wrap_the_year_end_and_move_with_elevation(tmp_path: Path) -> None:
+    from indices.window import phase_membership
     cal = load_calendar(_calendar(
         tmp_path, "  pre: {start: '11-01', end: '01-31'}\n"
                   "  flowering: {start: '02-01', end: '03-15'}\n",
         extra="elevation_shift_days_per_100m: 2\nreference_elevation_m: 500\n"))
-    assert cal.phase_of(dt.date(2024, 12, 20)) == "pre"              # over the year end
-    assert cal.phase_of(dt.date(2025, 1, 10)) == "pre"
-    assert cal.phase_of(dt.date(2025, 2, 1)) == "flowering"
-    assert cal.phase_of(dt.date(2025, 3, 16)) is None
-    # 1000 m higher: 20 days later, so 02-15 is still before flowering
-    assert cal.phase_of(dt.date(2025, 2, 15), elevation_m=1500) == "pre"
-    assert cal.phase_of(dt.date(2025, 3, 30), elevation_m=1500) == "flowering"
+    dates = np.array(["2024-12-20", "2025-01-10", "2025-02-01", "2025-02-15", "2025-03-16",
+                      "2025-03-30"], dtype="datetime64[ns]")
+    held = phase_membership(dates, cal, ["pre", "flowering"])
+    assert [i for i, _, _ in held["pre"]] == [0, 1]                 # over the year end
+    assert [i for i, _, _ in held["flowering"]] == [2, 3]           # 03-16: in no phase
+    # 1000 m higher: 20 days later, so 02-15 is still pre there and 03-30 flowering
+    assert cal.shift_days(1500.0) == 20 and cal.shift_days(np.nan) == 0
+    held = dict(phase_membership(dates, cal, ["pre", "flowering"], shifts=(0, 20)))
+    assert (3, 15, 20) in held["pre"] and (3, 0, 14) in held["flowering"]
+    assert (5, 15, 20) in held["flowering"] and (4, 1, 20) in held["flowering"]
