@@ -2,7 +2,6 @@
 values; CLI overrides win over the file."""
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from pathlib import Path
 
