@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from classifiers.artifact import Artifact
+from classifiers.artifact import Artifact, ReducedModel
 from classifiers.model import apply_platt
 from indices.catalogue import load_catalogue
 from indices.texture import LEAF_INDEX, split_var
@@ -55,7 +55,8 @@ def check_fit(art: Artifact, feature_names: Sequence[str], sensor: str, calendar
 
 def check_phases(art: Artifact, phase_dates: dict[str, list[str]], calendar: Calendar,
                  dates: Sequence[str]) -> None:
-    """Refuse inputs without a date in a phase the model learnt from.
+    """Refuse inputs without a date in a phase the model learnt from, unless the model holds
+    a missing-phase model trained without exactly the absent phases (then a warning).
 
     Its features of that phase would be missing on every pixel, where the model only ever saw
     them missing under a cloud: on the independent simulator, a full-season model surveying
@@ -64,6 +65,11 @@ def check_phases(art: Artifact, phase_dates: dict[str, list[str]], calendar: Cal
     named = {q for n in art.feature_names for q in n.split(".", 1)[0].split("-")}
     used = {p for scene in art.meta.get("phase_dates", []) for p, d in scene.items() if d}
     used &= named
+    absent = tuple(p for p in PHASES if p in used and not phase_dates.get(p))
+    if absent and any(set(r.missing) == set(absent) for r in art.reduced):
+        log.warning("no image in the %s phase: every pixel is scored by the model's "
+                    "missing-phase model trained without it", " and ".join(absent))
+        return
     for p in PHASES:
         if p in used and not phase_dates.get(p):
             ph = calendar.phases[p]
@@ -189,14 +195,35 @@ def _binned_or_none(estimator, reference) -> BinnedHGB | None:
     return None
 
 
-def predict_block(block: np.ndarray, estimator, calibration: dict) -> np.ndarray:
+def predict_block(block: np.ndarray, estimator, calibration: dict,
+                  missing: dict[str, np.ndarray] | None = None,
+                  reduced: Sequence[ReducedModel] = ()) -> np.ndarray:
+    """Calibrated P(poppy) of a feature block (feature, y, x). ``missing``: per phase, the
+    pixels (y, x) without any clear image in it; a pixel missing exactly the phases of one of
+    the ``reduced`` models is scored by that model, every other pixel by ``estimator``."""
     nf, ny, nx = block.shape
     Xt = block.reshape(nf, -1)
     valid = ~np.all(np.isnan(Xt), axis=0)
     out = np.full(ny * nx, np.nan, dtype="float32")
-    if valid.any():
-        raw = scorer(estimator)(Xt if valid.all() else Xt[:, valid])
-        out[valid] = apply_platt(raw, calibration["a"], calibration["b"])
+    if not valid.any():
+        return out.reshape(ny, nx)
+    which = np.zeros(ny * nx, dtype="int8")          # 0: the main model, k: reduced[k - 1]
+    if reduced and missing:
+        gone = {p: m.reshape(-1) for p, m in missing.items()}
+        for k, r in enumerate(reduced, start=1):
+            sel = valid.copy()
+            for p, m in gone.items():
+                sel &= m if p in r.missing else ~m
+            which[sel] = k
+    main = valid & (which == 0)
+    if main.any():
+        raw = scorer(estimator)(Xt if main.all() else Xt[:, main])
+        out[main] = apply_platt(raw, calibration["a"], calibration["b"])
+    for k, r in enumerate(reduced, start=1):
+        sel = which == k
+        if sel.any():
+            raw = scorer(r.estimator)(Xt[np.ix_(r.columns, np.flatnonzero(sel))])
+            out[sel] = apply_platt(raw, r.a, r.b)
     return out.reshape(ny, nx)
 
 

@@ -155,11 +155,12 @@ def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: 
              target_recall: float, seed: int, min_plot_px: float = 0.0, repeats: int = 1,
              scene_of_polygon: np.ndarray | None = None,
              hold_out_scenes: bool = True, max_threshold: float = 0.99,
-             min_threshold: float = 0.01) -> dict:
+             min_threshold: float = 0.01, threshold: float | None = None) -> dict:
     """Out-of-fold metrics and the threshold that flags ``target_recall`` of the poppy
     polygons of at least ``min_plot_px`` pixels (smaller plots are not required to be found:
     counting sub-pixel gardens would pull the threshold down to where noise passes), at most
-    ``max_threshold`` and at least ``min_threshold``."""
+    ``max_threshold`` and at least ``min_threshold``; or, given, ``threshold`` (the figures
+    are then those at it, and the recall rule's own value is still reported)."""
     groups = spatial_groups(table, labels, block_m, scene_of_polygon)
     name = "spatial blocks"
     if hold_out_scenes and scene_of_polygon is not None and \
@@ -179,7 +180,7 @@ def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: 
     poly_max = polygon_scores(prob, table)
     counted = big_polygons(labels, table.pixel_m, min_plot_px)
     thr_recall = threshold_for_recall(poly_max, labels, target_recall, counted)
-    thr = min(max(thr_recall, min_threshold), max_threshold)
+    thr = min(max(thr_recall, min_threshold), max_threshold) if threshold is None else threshold
     pred = (prob[ok] >= thr).astype(int)
     truth = table.y[ok]
     p, r, f, s = precision_recall_fscore_support(truth, pred, labels=[0, 1], zero_division=0)
@@ -248,4 +249,9 @@ def text_table(report: dict) -> str:
     if fl:
         lines.append("flagged share of labelled polygons per class: " + ", ".join(
             f"{k} {v['flagged_share']:.2f}" for k, v in fl.items()))
+    for m in report.get("missing_phase_models", []):
+        lines.append(f"model without {' and '.join(m['missing'])} (pixels without a clear "
+                     f"image there): {m['n_features']} features, polygons >= "
+                     f"{report.get('min_plot_px', 0):g} px recall "
+                     f"{m['polygon_recall_min_plot']:.3f} out of fold at the threshold")
     return "\n".join(lines)

@@ -8,9 +8,11 @@ The deliverables are assembled from the tile results and moved into OUT at the v
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import glob
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -31,6 +33,7 @@ from pyproj import CRS, Transformer
 from threadpoolctl import threadpool_limits
 
 from classifiers import artifact as model_artifact
+from classifiers.artifact import columns_without, feature_phases
 from classifiers.augment import augmented
 from classifiers.labels import Labels, read_labels, read_polygons
 from classifiers.model import fit_balanced, make_estimator
@@ -59,6 +62,7 @@ from outputs.ranking import area_m2, build_targets, crs_distance
 from outputs.rasters import write_tiles_raster
 from outputs.report import environment, file_digest, write_json_atomic
 from pipeline.config import (
+    PHASES,
     Calendar,
     SurveyConfig,
     config_from_dict,
@@ -292,6 +296,8 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
         t1 = time.perf_counter()
         fit_balanced(est, table.X, table.y, cfg.model.seed)
         t_fit = time.perf_counter() - t1
+        reduced = fit_missing_phase_models(table, labels, scene_of_poly, report, cfg) \
+            if cfg.model.missing_phase_models else []
     bg = table.X[table.y == 0]
     with warnings.catch_warnings():  # all-NaN feature columns give NaN on purpose
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -302,7 +308,8 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
                     "augmented_copies": cfg.model.augment_copies,
                     "polygons": len(label_classes), "scenes": len(scenes),
                     "classes": {c: label_classes.count(c) for c in sorted(set(label_classes))}},
-        "timings_s": {"sample": round(t_sample, 2), "fit": round(t_fit, 2)},
+        "timings_s": {"sample": round(t_sample, 2), "fit": round(t_fit, 2),
+                      "missing_phase_models": round(time.perf_counter() - t1 - t_fit, 2)},
         "model": cfg.model.model_dump(),
         "edge_pixels": f"polygons eroded by {cfg.model.erode_m} m before sampling; sub-pixel "
                        "polygons kept whole (all touched pixels)",
@@ -326,14 +333,53 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
                      "polygon_precision": report["polygon"]["precision"],
                      "pixels": len(table.y)},
         "phase_dates": [p[2].phase_dates for p in parts],
+        "missing_phase_models": [spec for spec, _ in reduced],
         "versions": environment(),
         "data_hashes": hashes,
         "config": cfg.model_dump(mode="json"),
     }
-    model_artifact.save(model_dir, est, meta, report)
+    model_artifact.save(model_dir, est, meta, report,
+                        [e for _, e in reduced] if reduced else None)
     (Path(model_dir) / "train_report.txt").write_text(text_table(report) + "\n",
                                                       encoding="utf-8")
     return report
+
+
+def fit_missing_phase_models(table: Table, labels: Labels, scene_of_poly: np.ndarray,
+                             report: dict, cfg: SurveyConfig) -> list[tuple[dict, Any]]:
+    """One model per combination of the non-flowering phases left out, on the same training
+    pixels without those phases' features, validated like the main model (one repeat of the
+    folds) and calibrated on its own out-of-fold scores, so that its probability means what
+    the main model's does and the main threshold applies. Adds each one's figures to
+    ``report``."""
+    names = list(table.feature_names)
+    phases = [p for p in PHASES if any(p in feature_phases(n) for n in names)]
+    if "flowering" not in phases:   # without a bloom a pixel is blind, not scored
+        return []
+    optional = [p for p in phases if p != "flowering"]
+    out = []
+    for k in range(1, len(optional) + 1):
+        for missing in itertools.combinations(optional, k):
+            cols = columns_without(names, missing)
+            sub = dataclasses.replace(table, X=np.ascontiguousarray(table.X[:, cols]),
+                                      feature_names=[names[i] for i in cols])
+            m = cfg.model
+            rep = validate(make_estimator(m), sub, labels, n_folds=m.cv_folds,
+                           block_m=m.cv_block_m, target_recall=m.target_recall, seed=m.seed,
+                           min_plot_px=m.threshold_min_plot_px, repeats=1,
+                           scene_of_polygon=scene_of_poly,
+                           hold_out_scenes=m.cv_hold_out_scenes,
+                           threshold=report["threshold"])
+            est = fit_balanced(make_estimator(m), sub.X, sub.y, m.seed)
+            spec = {"missing": list(missing), "n_features": len(cols),
+                    "calibration": rep["calibration"],
+                    # for the record: detect applies the main model's threshold
+                    "threshold_recall_rule": rep["threshold_recall_rule"],
+                    "polygon_recall_min_plot": rep["polygon"].get("recall_min_plot"),
+                    "polygon_precision": rep["polygon"]["precision"]}
+            report.setdefault("missing_phase_models", []).append(spec)
+            out.append((spec, est))
+    return out
 
 
 def combine(parts) -> tuple[Table, Labels, np.ndarray]:
@@ -369,6 +415,7 @@ class TileContext:
     plan: FeaturePlan
     estimator: Any
     calibration: dict
+    reduced: tuple                   # classifiers.artifact.ReducedModel (missing phases)
     threshold: float
     stride: int
     halo: int                        # pixels read around a tile so masks judge clouds whole
@@ -542,7 +589,8 @@ def _features_and_predict(masked: xr.DataArray, ctx: TileContext, t: dict[str, f
         evidence[:, r0:r1] = crop[n:]
         del out, crop
         t1 = time.perf_counter()
-        p = predict_block(feats, ctx.estimator, ctx.calibration)
+        missing = {ph: ev == 0 for ph, ev in zip(ctx.plan.phases, evidence[:, r0:r1])}
+        p = predict_block(feats, ctx.estimator, ctx.calibration, missing, ctx.reduced)
         prob[r0:r1] = p
         with np.errstate(invalid="ignore"):
             c = p >= ctx.threshold
@@ -705,8 +753,8 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
         slope, aspect = slope_aspect(dem_da)
     halo = cfg.masks.max_flower_px if "scl" in scene["band"].values else 0
     ctx = TileContext(scene, slope, aspect, dem_da, shift, terrain, cfg, plan, art.estimator,
-                      art.meta["calibration"], pixel_threshold(art.threshold, cfg), stride,
-                      halo, art.threshold, exclusion is None)
+                      art.meta["calibration"], art.reduced, pixel_threshold(art.threshold, cfg),
+                      stride, halo, art.threshold, exclusion is None)
     import rasterio
     # Each tile is read once (only its halo is shared), so GDAL's block cache (default 5 % of
     # RAM) only grows: at 2048 px it added ~80 MB per two tiles. 64 MB keeps memory flat.

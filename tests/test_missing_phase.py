@@ -1,0 +1,160 @@
+"""Missing-phase models: pixels that a cloud, the swath edge or an early end of the survey
+leaves without a clear image in a phase are scored by a model trained without that phase's
+features, not by the main model on NaN features (classifiers/artifact.ReducedModel)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+from scenes import make_tiny_scene
+
+from classifiers import artifact
+from classifiers.artifact import ReducedModel, columns_without
+from classifiers.predict import check_phases, predict_block
+from pipeline import survey
+from pipeline.config import load_calendar, load_config, with_overrides
+from pipeline.errors import ModelError
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = ["pre.median.NDVI", "flowering.median.NDVI", "post.median.NDVI",
+         "flowering-pre.median.NDVI", "post-flowering.median.NDVI", "pre.dev_r1.NDVI"]
+
+
+class Const:
+    """A stand-in estimator: P(poppy) = ``p`` for every pixel; records the columns it saw."""
+
+    def __init__(self, p: float):
+        self.p, self.seen = p, []
+
+    def predict_proba(self, X):
+        self.seen.append(X.copy())
+        return np.column_stack([np.full(len(X), 1 - self.p), np.full(len(X), self.p)])
+
+
+def test_columns_without_a_phase_drop_its_composites_contrasts_and_context():
+    assert columns_without(NAMES, ["pre"]) == [1, 2, 4]
+    assert columns_without(NAMES, ["post"]) == [0, 1, 3, 5]
+    assert columns_without(NAMES, ["pre", "post"]) == [1]
+
+
+def test_each_pixel_is_scored_by_the_model_for_the_phases_it_lacks():
+    rng = np.random.default_rng(0)
+    block = rng.uniform(0, 1, (len(NAMES), 2, 3)).astype("float32")
+    block[:, 1, 2] = np.nan                              # no data at all: NaN, no model asked
+    missing = {"pre": np.array([[1, 0, 0], [1, 0, 0]], bool),
+               "flowering": np.zeros((2, 3), bool),
+               "post": np.array([[0, 1, 0], [1, 0, 0]], bool)}
+    main, no_pre, no_both = Const(0.2), Const(0.6), Const(0.9)
+    reduced = (ReducedModel(("pre",), (1, 2, 4), no_pre, 1.0, 0.0),
+               ReducedModel(("pre", "post"), (1,), no_both, 1.0, 2.0))
+    p = predict_block(block, main, {"a": 1.0, "b": 0.0}, missing, reduced)
+    # (0, 0) lacks pre only; (1, 0) pre and post; (0, 1) post only, for which no model: main
+    np.testing.assert_allclose(p[0], [0.6, 0.2, 0.2], rtol=1e-5)
+    assert p[1, 0] == pytest.approx(1 / (1 + np.exp(-(np.log(9) + 2))), rel=1e-5)  # its Platt
+    assert p[1, 1] == pytest.approx(0.2) and np.isnan(p[1, 2])
+    # the reduced models saw only their own columns of their own pixels
+    np.testing.assert_array_equal(no_pre.seen[0], block[[1, 2, 4], 0, 0][None])
+    np.testing.assert_array_equal(no_both.seen[0], block[[1], 1, 0][None])
+    assert sum(len(x) for x in main.seen) == 3
+    # a pixel lacking pre and post where only a model without pre exists: the main model
+    p = predict_block(block, main, {"a": 1.0, "b": 0.0}, missing, reduced[:1])
+    assert p[1, 0] == pytest.approx(0.2) and p[0, 0] == pytest.approx(0.6)
+
+
+def test_a_survey_without_a_phase_is_scored_when_a_model_lacks_exactly_it(caplog):
+    cal = load_calendar("east-china")
+    full = {"pre": ["2024-03-15"], "flowering": ["2024-04-20"], "post": ["2024-06-05"]}
+    art = artifact.Artifact(None, {"feature_names": NAMES, "phase_dates": [full]},
+                            (ReducedModel(("post",), (0, 1, 3, 5), None, 1.0, 0.0),))
+    no_post = dict(full, post=[])
+    check_phases(art, no_post, cal, ["2024-03-15", "2024-04-20"])
+    assert "every pixel is scored by the model's missing-phase model" in caplog.text
+    with pytest.raises(ModelError, match="pre phase"):    # no model without pre and post
+        check_phases(art, dict(no_post, pre=[]), cal, ["2024-04-20"])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("missing")
+    scene = make_tiny_scene(d / "train", seed=3)
+    survey.train(scene.images, scene.labels, d / "model", load_config())
+    return d, scene
+
+
+def test_training_stores_one_model_per_combination_of_optional_phases(trained):
+    d, _ = trained
+    meta = json.loads((d / "model" / "model.json").read_text())
+    specs = meta["missing_phase_models"]
+    assert [s["missing"] for s in specs] == [["pre"], ["post"], ["pre", "post"]]
+    for s in specs:
+        assert 0 < s["threshold_recall_rule"] < 1 and set(s["calibration"]) >= {"a", "b"}
+        assert 0 <= s["polygon_recall_min_plot"] <= 1
+        assert s["n_features"] == len(columns_without(meta["feature_names"], s["missing"]))
+    art = artifact.load(d / "model")
+    assert [r.missing for r in art.reduced] == [("pre",), ("post",), ("pre", "post")]
+    report = json.loads((d / "model" / "train_report.json").read_text())
+    assert len(report["missing_phase_models"]) == 3
+    assert "model without pre and post" in (d / "model" / "train_report.txt").read_text()
+    # the estimators live in reduced.skops, loaded under the same trusted-type check
+    (d / "copy").mkdir()
+    for f in ("model.skops", "model.json"):
+        (d / "copy" / f).write_bytes((d / "model" / f).read_bytes())
+    with pytest.raises(ModelError, match="reduced.skops is missing"):
+        artifact.load(d / "copy")
+
+
+def _detect(model: Path, images, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), "detect", "--images",
+                           *map(str, images), "--model", str(model), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_a_clouded_pre_date_is_scored_by_the_model_trained_without_pre(trained, tmp_path,
+                                                                       monkeypatch):
+    """The survey's only March image is all cloud: every pixel lacks the pre phase and goes to
+    the model without pre features, which is the model features.phases: [flowering, post]
+    trains on the same labels (the same estimator, calibrated on its own folds)."""
+    d, train = trained
+    seen = []
+    real = survey.predict_block
+
+    def spy(feats, est, calibration, missing=None, reduced=()):
+        seen.append((missing, reduced))
+        return real(feats, est, calibration, missing, reduced)
+    monkeypatch.setattr(survey, "predict_block", spy)
+    scene = make_tiny_scene(tmp_path / "survey", seed=4, cloud_date=0)
+    survey.detect(scene.images, d / "model", tmp_path / "a", load_config(),
+                  formats=["geojson"])
+    assert seen and all(m["pre"].all() and not m["flowering"].any() for m, _ in seen)
+    assert all([r.missing for r in red][0] == ("pre",) for _, red in seen)
+    with rasterio.open(tmp_path / "a" / "probability.tif") as src:
+        assert np.isfinite(src.read(1)).all()
+    doc = yaml.safe_load((ROOT / "configs" / "survey-sentinel2.yaml").read_text())
+    doc["features"]["phases"] = ["flowering", "post"]
+    (tmp_path / "no-pre.yaml").write_text(yaml.safe_dump(doc))
+    cfg = with_overrides(load_config(tmp_path / "no-pre.yaml"),
+                         **{"model.missing_phase_models": False})
+    survey.train(train.images, train.labels, tmp_path / "m2", cfg)
+    full, no_pre = artifact.load(d / "model"), artifact.load(tmp_path / "m2")
+    cols = list(full.reduced[0].columns)
+    assert [full.feature_names[i] for i in cols] == no_pre.feature_names
+    X = np.random.default_rng(1).normal(0, 0.3, (2000, len(cols)))
+    np.testing.assert_array_equal(full.reduced[0].estimator.predict_proba(X),
+                                  no_pre.estimator.predict_proba(X))
+
+
+def test_without_missing_phase_models_a_survey_without_a_phase_is_refused(trained, tmp_path):
+    d, train = trained
+    cfg = with_overrides(load_config(), **{"model.missing_phase_models": False})
+    survey.train(train.images, train.labels, tmp_path / "m", cfg)
+    assert not (tmp_path / "m" / "reduced.skops").exists()
+    images = [p for p in train.images if "0605" not in p.name]
+    r = _detect(tmp_path / "m", images, tmp_path / "out")
+    assert r.returncode == 2 and "uses the post phase" in r.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()
