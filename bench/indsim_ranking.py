@@ -7,7 +7,8 @@ scene's window features and training table once (the pipeline's own functions an
 config; cached under --cache), fits the default estimator in-process on one or several
 training scenes and prints, per survey scene, the best plot recall at target precision
 >= 0.7 over probability quantiles (plots >= 4 px, 2 px unit, 10 m merge: the figure
-cross_sim prints as "best recall at precision >= 0.7"). About 15 s for two training scenes
+cross_sim prints as "best recall at precision >= 0.7"; the main model on every pixel, without
+the missing-phase models detect adds). About 15 s for two training scenes
 and ten surveys; figures differ from cross_sim's by run-to-run noise of about +-0.02 (no
 calibration, whole-scene features instead of tiles), so compare settings within this script.
 
