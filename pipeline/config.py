@@ -38,6 +38,9 @@ class MaskConfig(_Frozen):
     rescue_flowers: bool = True
     #: largest patch (pixels) that can be rescued; clouds are larger
     max_flower_px: int = Field(50, ge=1, le=1000)
+    #: a rescued patch's mean swir16 is at most this: the spectral cloud test's SWIR bound
+    #: (clouds are brighter; petals over soil reach 0.25-0.30, docs/classifier.md)
+    flower_swir16_max: float = Field(0.30, gt=0, le=1)
 
 
 class FeatureConfig(_Frozen):

@@ -11,8 +11,9 @@ pixels are grouped into connected components (8-connectivity); a component is ke
 all of these hold:
 
 * its area is below ``max_flower_px`` pixels (default 50 px = 0.5 ha at 10 m; clouds are large);
-* its mean ``swir16`` is below ``flower_swir16_max`` (default 0.25; clouds are > 0.3, green
-  or flowering canopies 0.15-0.25);
+* its mean ``swir16`` is at most ``flower_swir16_max`` (default 0.30, the SWIR bound of the
+  spectral cloud test below: what that test would not call cloud can be a flowering field;
+  green or flowering canopies 0.15-0.30, petals over soil at the top of that range);
 * its mean ``coastal`` (B01, the cirrus/haze-sensitive band in L2A) is below
   ``flower_coastal_max`` (default 0.30), when the band is present;
 * its NDSI ``(green - swir16) / (green + swir16)`` from the component means is below
@@ -66,7 +67,7 @@ _EIGHT = np.ones((3, 3), dtype=bool)
 
 
 def apply_masks(scene: xr.DataArray, *, rescue_flowers: bool = True, max_flower_px: int = 50,
-                flower_swir16_max: float = 0.25, flower_coastal_max: float = 0.30,
+                flower_swir16_max: float = CLOUD_SWIR16_MIN, flower_coastal_max: float = 0.30,
                 snow_ndsi_min: float = 0.4,
                 window: tuple[slice, slice] | None = None) -> xr.DataArray:
     """The Scene without the ``scl`` band, masked pixels NaN; lazy (nothing is computed).
@@ -156,7 +157,7 @@ def _bad_block(scl: np.ndarray, swir: np.ndarray, coastal: np.ndarray, green: np
                 continue
             area = np.bincount(labels.ravel(), minlength=n + 1)
             mswir = _component_mean(labels, swir[t], n)
-            keep = (area < max_px) & (mswir < swir_max)
+            keep = (area < max_px) & (mswir <= swir_max)
             mcoastal = _component_mean(labels, coastal[t], n)
             keep &= ~(mcoastal >= coastal_max)          # NaN (no coastal band) does not veto
             mgreen = _component_mean(labels, green[t], n)

@@ -131,7 +131,8 @@ def prepare_scene(images: Sequence[Path], cfg: SurveyConfig, *, dem: Path | None
 def masks(scene: xr.DataArray, cfg: SurveyConfig,
           window: tuple[slice, slice] | None = None) -> xr.DataArray:
     return apply_masks(scene, rescue_flowers=cfg.masks.rescue_flowers,
-                       max_flower_px=cfg.masks.max_flower_px, window=window)
+                       max_flower_px=cfg.masks.max_flower_px,
+                       flower_swir16_max=cfg.masks.flower_swir16_max, window=window)
 
 
 def terrain_fit(masked: xr.DataArray, dem: xr.DataArray | None, cfg: SurveyConfig):

@@ -149,3 +149,15 @@ def test_nothing_is_computed() -> None:
     with dask.config.set(scheduler=refuse):
         out = apply_masks(scene)
     assert out.chunks is not None
+
+
+@pytest.mark.parametrize("swir, kept", [(0.27, True), (0.29, True), (0.33, False)])
+def test_rescue_keeps_what_the_spectral_cloud_test_would_not_call_cloud(swir, kept) -> None:
+    """Petals over soil reach a swir16 of 0.25-0.30 (the independent simulator's false-flagged
+    plots, docs/classifier.md); the rescue's SWIR bound is the spectral cloud test's."""
+    from pipeline.masks import CLOUD_SWIR16_MIN
+    scene = make_scene().compute()
+    scene.values[:, BANDS.index("swir16"), FLOWER_AT[0], FLOWER_AT[1]] = swir
+    out = apply_masks(scene.chunk({"y": 64, "x": 64})).compute()
+    assert _valid(out, FLOWER_AT).all() == kept
+    assert (swir <= CLOUD_SWIR16_MIN) == kept
