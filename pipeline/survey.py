@@ -286,13 +286,8 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
     # One OpenMP thread: on 2 cores, scikit-learn's threaded binning and tree building spin
     # and wait far more than they gain on training tables of this size (measured 5x slower).
     with threadpool_limits(1, user_api="openmp"):
-        report = validate(est, table, labels, n_folds=cfg.model.cv_folds,
-                          block_m=cfg.model.cv_block_m, target_recall=cfg.model.target_recall,
-                          seed=cfg.model.seed, min_plot_px=cfg.model.threshold_min_plot_px,
-                          repeats=cfg.model.cv_repeats,
-                          scene_of_polygon=scene_of_poly,
-                          hold_out_scenes=cfg.model.cv_hold_out_scenes,
-                          max_threshold=cfg.model.threshold_max,
+        report = validate(est, table, labels, **_validation_args(cfg, scene_of_poly),
+                          repeats=cfg.model.cv_repeats, max_threshold=cfg.model.threshold_max,
                           min_threshold=cfg.model.threshold_min)
         t1 = time.perf_counter()
         fit_balanced(est, table.X, table.y, cfg.model.seed)
@@ -348,6 +343,14 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
     return report
 
 
+def _validation_args(cfg: SurveyConfig, scene_of_poly: np.ndarray) -> dict:
+    """The cross-validation settings the main and the missing-phase models share."""
+    m = cfg.model
+    return {"n_folds": m.cv_folds, "block_m": m.cv_block_m, "target_recall": m.target_recall,
+            "seed": m.seed, "min_plot_px": m.threshold_min_plot_px,
+            "scene_of_polygon": scene_of_poly, "hold_out_scenes": m.cv_hold_out_scenes}
+
+
 def fit_missing_phase_models(table: Table, labels: Labels, scene_of_poly: np.ndarray,
                              report: dict, cfg: SurveyConfig) -> list[tuple[dict, Any]]:
     """One model per combination of the non-flowering phases left out, on the same training
@@ -367,11 +370,8 @@ def fit_missing_phase_models(table: Table, labels: Labels, scene_of_poly: np.nda
             sub = dataclasses.replace(table, X=np.ascontiguousarray(table.X[:, cols]),
                                       feature_names=[names[i] for i in cols])
             m = cfg.model
-            rep = validate(make_estimator(m), sub, labels, n_folds=m.cv_folds,
-                           block_m=m.cv_block_m, target_recall=m.target_recall, seed=m.seed,
-                           min_plot_px=m.threshold_min_plot_px, repeats=1,
-                           scene_of_polygon=scene_of_poly,
-                           hold_out_scenes=m.cv_hold_out_scenes,
+            rep = validate(make_estimator(m), sub, labels,
+                           **_validation_args(cfg, scene_of_poly), repeats=1,
                            threshold=report["threshold"])
             est = fit_balanced(make_estimator(m), sub.X, sub.y, m.seed)
             spec = {"missing": list(missing), "n_features": len(cols),
@@ -412,7 +412,7 @@ class TileContext:
     slope: xr.DataArray | None       # lazy, degrees (with a DEM)
     aspect: xr.DataArray | None
     dem: xr.DataArray | None
-    shift: xr.DataArray | None       # lazy, days: a calendar that moves with elevation
+    calendar: Calendar               # its elevation shift needs the tile's DEM
     terrain: Any                     # indices.terrain.TerrainFit or None
     cfg: SurveyConfig
     plan: FeaturePlan
@@ -456,8 +456,9 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
         slope = ctx.slope[fys, fxs].compute(scheduler="sync")
     if ctx.terrain is not None and ctx.aspect is not None:
         aspect = ctx.aspect[fys, fxs].compute(scheduler="sync")
-    shift = None if ctx.shift is None else \
-        np.asarray(ctx.shift[fys, fxs].compute(scheduler="sync").values, "float32")
+    shift = None                     # the calendar's shift per pixel of the feature window
+    if ctx.plan.phase_windows and dem is not None:
+        shift = np.asarray(ctx.calendar.shift_days(dem.values), "float32")
     t1 = time.perf_counter()
     t["read"] = t1 - t0
     fwin = (slice(fys.start - hy0, fys.stop - hy0), slice(fxs.start - hx0, fxs.stop - hx0))
@@ -755,7 +756,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
         from indices.terrain import slope_aspect
         slope, aspect = slope_aspect(dem_da)
     halo = cfg.masks.max_flower_px if "scl" in scene["band"].values else 0
-    ctx = TileContext(scene, slope, aspect, dem_da, shift, terrain, cfg, plan, art.estimator,
+    ctx = TileContext(scene, slope, aspect, dem_da, calendar, terrain, cfg, plan, art.estimator,
                       art.meta["calibration"], art.reduced, pixel_threshold(art.threshold, cfg),
                       stride, halo, art.threshold, exclusion is None)
     import rasterio
