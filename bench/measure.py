@@ -184,9 +184,22 @@ def run_naive(scene: Path, model: Path, out: Path) -> dict:
     X = feats.reshape(n, -1).T
     valid = ~np.all(np.isnan(X), axis=1)
     prob = np.full(H * W, np.nan, dtype="float32")
+    # each pixel without a clear image in some phases: that phase set's missing-phase model
+    gone = {p: (allf[n + i] == 0).ravel() for i, p in enumerate(plan.phases)}
+    which = np.zeros(H * W, dtype="int8")
+    for k, r in enumerate(art.reduced, start=1):
+        which[valid & np.logical_and.reduce(
+            [g if p in r.missing else ~g for p, g in gone.items()])] = k
     with threadpool_limits(2, user_api="openmp"):      # n_jobs=2
-        raw_p = art.estimator.predict_proba(X[valid])[:, 1]
-    prob[valid] = apply_platt(raw_p, art.meta["calibration"]["a"], art.meta["calibration"]["b"])
+        main = valid & (which == 0)
+        raw_p = art.estimator.predict_proba(X[main])[:, 1]
+        prob[main] = apply_platt(raw_p, art.meta["calibration"]["a"],
+                                 art.meta["calibration"]["b"])
+        for k, r in enumerate(art.reduced, start=1):
+            sel = which == k
+            if sel.any():
+                raw_p = r.estimator.predict_proba(X[sel][:, list(r.columns)])[:, 1]
+                prob[sel] = apply_platt(raw_p, r.a, r.b)
     prob[blind.ravel()] = np.nan
     out.mkdir(parents=True, exist_ok=True)
     with rasterio.open(out / "probability.tif", "w", driver="GTiff", height=H, width=W,
