@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from classifiers.artifact import Artifact, ReducedModel
+from classifiers.artifact import Artifact, ReducedModel, feature_phases
 from classifiers.model import apply_platt
 from indices.catalogue import load_catalogue
 from indices.texture import LEAF_INDEX, split_var
@@ -62,7 +62,7 @@ def check_phases(art: Artifact, phase_dates: dict[str, list[str]], calendar: Cal
     them missing under a cloud: on the independent simulator, a full-season model surveying
     scenes that end on 20 May flagged a quarter of the ground or found 15 % of the plots
     (docs/classifier.md, "A survey before the post phase")."""
-    named = {q for n in art.feature_names for q in n.split(".", 1)[0].split("-")}
+    named = set().union(*map(feature_phases, art.feature_names))
     used = {p for scene in art.meta.get("phase_dates", []) for p, d in scene.items() if d}
     used &= named
     absent = tuple(p for p in PHASES if p in used and not phase_dates.get(p))
