@@ -176,9 +176,11 @@ def run_naive(scene: Path, model: Path, out: Path) -> dict:
     n = len(plan.names)
     allf = block_features(m, plan)
     feats = allf[:n]
-    # no clear flowering observation: no probability (blind), as detect does
-    blind = allf[n + plan.phases.index("flowering")] == 0 if "flowering" in plan.phases \
-        else np.zeros(feats.shape[1:], bool)
+    # no clear flowering observation: no probability (blind), as detect does, unless a model
+    # trained without the flowering phase scores those pixels
+    scores_blind = any("flowering" in r.missing for r in art.reduced)
+    blind = allf[n + plan.phases.index("flowering")] == 0 \
+        if "flowering" in plan.phases and not scores_blind else np.zeros(feats.shape[1:], bool)
     del m
     H, W = feats.shape[1:]
     X = feats.reshape(n, -1).T

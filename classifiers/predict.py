@@ -66,7 +66,8 @@ def check_phases(art: Artifact, phase_dates: dict[str, list[str]], calendar: Cal
     used = {p for scene in art.meta.get("phase_dates", []) for p, d in scene.items() if d}
     used &= named
     absent = tuple(p for p in PHASES if p in used and not phase_dates.get(p))
-    if absent and any(set(r.missing) == set(absent) for r in art.reduced):
+    if absent and "flowering" not in absent and any(set(r.missing) == set(absent)
+                                                    for r in art.reduced):
         log.warning("no image in the %s phase: every pixel is scored by the model's "
                     "missing-phase model trained without it", " and ".join(absent))
         return

@@ -100,9 +100,9 @@ def chunk_pieces(prob: np.ndarray, evidence: np.ndarray, dem: np.ndarray | None,
                  transform, threshold: float) -> tuple[list[Piece], list[BaseGeometry]]:
     blind_mask = np.isfinite(evidence) & (evidence <= 0)
     with np.errstate(invalid="ignore"):
-        # a blind pixel (no clear flowering observation) is never a candidate: the model's
-        # output there rests on missing flowering features and means nothing
-        mask = np.isfinite(prob) & (prob >= threshold) & ~blind_mask
+        # a blind pixel (no clear flowering observation) has a probability only where a model
+        # trained without the flowering phase scored it (pipeline.survey.process_tile)
+        mask = np.isfinite(prob) & (prob >= threshold)
     geoms, lab = _polygons(mask, y0, x0, transform)
     pieces: list[Piece] = []
     # each piece's statistics from its bounding box only (a whole-tile mask per piece made

@@ -353,20 +353,22 @@ def _validation_args(cfg: SurveyConfig, scene_of_poly: np.ndarray) -> dict:
 
 def fit_missing_phase_models(table: Table, labels: Labels, scene_of_poly: np.ndarray,
                              report: dict, cfg: SurveyConfig) -> list[tuple[dict, Any]]:
-    """One model per combination of the non-flowering phases left out, on the same training
-    pixels without those phases' features, validated like the main model (one repeat of the
-    folds) and calibrated on its own out-of-fold scores, so that its probability means what
-    the main model's does and the main threshold applies. Adds each one's figures to
-    ``report``."""
+    """One model per combination of phases left out (at least one phase kept), on the same
+    training pixels without those phases' features, validated like the main model (one repeat
+    of the folds) and calibrated on its own out-of-fold scores, so that its probability means
+    what the main model's does and the main threshold applies. Adds each one's figures to
+    ``report``. The models without the flowering phase score the blind areas (no clear image
+    in bloom) from the other phases (docs/classifier.md, "Blind areas are scored")."""
     names = list(table.feature_names)
     phases = [p for p in PHASES if any(p in feature_phases(n) for n in names)]
-    if "flowering" not in phases:   # without a bloom a pixel is blind, not scored
+    if "flowering" not in phases:   # a drone flight: its one phase is all it has
         return []
-    optional = [p for p in phases if p != "flowering"]
     out = []
-    for k in range(1, len(optional) + 1):
-        for missing in itertools.combinations(optional, k):
+    for k in range(1, len(phases)):
+        for missing in itertools.combinations(phases, k):
             cols = columns_without(names, missing)
+            if not cols:
+                continue
             sub = dataclasses.replace(table, X=np.ascontiguousarray(table.X[:, cols]),
                                       feature_names=[names[i] for i in cols])
             m = cfg.model
@@ -484,8 +486,11 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
     ev = evidence[fl] if fl is not None else np.zeros(prob.shape, "float32")
     valid = np.isfinite(prob)
     ev = np.where(valid | (ev > 0), ev, np.nan)  # outside the data: not a blind area
-    # no clear flowering observation: blind, not a probability (nor a candidate)
-    prob = np.where(ev > 0, prob, np.nan).astype("float32")
+    # no clear flowering observation: a blind area. Its pixels keep a probability only from a
+    # model trained without the flowering phase (the main model's would rest on missing
+    # flowering features); they stay in the blind areas either way
+    if not any("flowering" in r.missing for r in ctx.reduced):
+        prob = np.where(ev > 0, prob, np.nan).astype("float32")
     transform = ctx.scene.rio.transform()
     pieces, blind = chunk_pieces(prob, ev, None if dem is None else dem.values,
                                  None if slope is None else slope.values, cand,

@@ -77,6 +77,12 @@ def test_a_survey_without_a_phase_is_scored_when_a_model_lacks_exactly_it(caplog
     assert "every pixel is scored by the model's missing-phase model" in caplog.text
     with pytest.raises(ModelError, match="pre phase"):    # no model without pre and post
         check_phases(art, dict(no_post, pre=[]), cal, ["2024-04-20"])
+    # a model without the flowering phase scores blind areas under clouds, but a survey
+    # with no image dated in bloom is refused all the same: the dates are wrong
+    art = artifact.Artifact(None, art.meta, (ReducedModel(("flowering",), (0, 2, 5), None,
+                                                          1.0, 0.0),))
+    with pytest.raises(ModelError, match="poppy is found in bloom"):
+        check_phases(art, dict(full, flowering=[]), cal, ["2024-03-15", "2024-06-05"])
 
 
 @pytest.fixture(scope="module")
@@ -91,15 +97,17 @@ def test_training_stores_one_model_per_combination_of_optional_phases(trained):
     d, _ = trained
     meta = json.loads((d / "model" / "model.json").read_text())
     specs = meta["missing_phase_models"]
-    assert [s["missing"] for s in specs] == [["pre"], ["post"], ["pre", "post"]]
+    assert [s["missing"] for s in specs] == [["pre"], ["flowering"], ["post"],
+                                             ["pre", "flowering"], ["pre", "post"],
+                                             ["flowering", "post"]]
     for s in specs:
         assert 0 < s["threshold_recall_rule"] < 1 and set(s["calibration"]) >= {"a", "b"}
         assert 0 <= s["polygon_recall_min_plot"] <= 1
         assert s["n_features"] == len(columns_without(meta["feature_names"], s["missing"]))
     art = artifact.load(d / "model")
-    assert [r.missing for r in art.reduced] == [("pre",), ("post",), ("pre", "post")]
+    assert [r.missing for r in art.reduced] == [tuple(s["missing"]) for s in specs]
     report = json.loads((d / "model" / "train_report.json").read_text())
-    assert len(report["missing_phase_models"]) == 3
+    assert len(report["missing_phase_models"]) == 6
     assert "model without pre and post" in (d / "model" / "train_report.txt").read_text()
     # the estimators live in reduced.skops, loaded under the same trusted-type check
     (d / "copy").mkdir()

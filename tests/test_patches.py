@@ -78,18 +78,25 @@ def test_stitched_patches_are_the_same_at_any_chunk_size() -> None:
         assert blind[0].equals(blind_whole[0])
 
 
-def test_blind_pixels_are_never_candidates() -> None:
+def test_blind_pixels_are_candidates_only_where_they_have_a_probability() -> None:
+    """A blind pixel (no clear flowering observation) has a probability only where a model
+    trained without the flowering phase scored it (detect leaves the rest NaN); either way
+    it stays in the blind areas, and a patch over it has no flowering observation."""
     prob = np.full((10, 10), 0.95, "float32")                # the model says poppy everywhere
     ev = np.ones((10, 10), "float32")
     ev[:, :6] = 0                                            # but saw no flowering there
+    prob[:, :3] = np.nan                                     # and scored only cols 3-5 of it
     ev[0, 9] = np.nan                                        # outside the data: not blind
     prob[0, 9] = np.nan
     pieces, blind = chunk_pieces(prob, ev, None, None, None, 0, 0, TF, 0.5)
     [piece] = pieces
-    assert piece.n == 4 * 10 - 1 and piece.min_ev == 1
-    assert piece.geometry.bounds == (500060.0, 3339900.0, 500100.0, 3340000.0)   # cols 6-9
+    assert piece.n == 7 * 10 - 1 and piece.min_ev == 0
+    assert piece.geometry.bounds == (500030.0, 3339900.0, 500100.0, 3340000.0)   # cols 3-9
     [gap] = blind
     assert gap.area == pytest.approx(6 * 10 * 100)
+    pieces, _ = chunk_pieces(np.where(ev > 0, prob, np.nan), ev, None, None, None, 0, 0, TF,
+                             0.5)
+    assert [p.n for p in pieces] == [4 * 10 - 1] and pieces[0].min_ev == 1
 
 
 def test_feature_means_come_from_the_candidate_pixels_of_each_patch() -> None:
@@ -229,9 +236,14 @@ def test_cloud_gap_over_half_the_flowering_phase(model, tmp_path: Path) -> None:
     clear_plot = _plot_box(36, 36, 4)
     [found] = [f for f in tg if _utm(f["geometry"]).intersects(clear_plot)]
     assert found["properties"]["flowering_obs"] == 1
-    # no target under the cloud: there the model has no flowering features to judge by
-    assert not any(_utm(f["geometry"]).intersection(gap).area > 1.0 for f in tg)
-    assert all(f["properties"]["flowering_obs"] >= 1 for f in tg)
+    # under the cloud the model trained without the flowering phase judges
+    under = [f for f in tg if _utm(f["geometry"]).intersection(gap).area > 1.0]
+    # (the plot there, from its March and June images), with no flowering observation, so
+    # it ranks below the plot seen in bloom; the blind area is still reported around it
+    [hidden] = under
+    assert _utm(hidden["geometry"]).intersects(_plot_box(6, 6, 4))
+    assert hidden["properties"]["flowering_obs"] == 0
+    assert hidden["properties"]["rank"] > found["properties"]["rank"]
 
 
 def test_fully_clouded_flowering_phase_reports_blind_areas(model, tmp_path: Path,
@@ -289,8 +301,10 @@ def test_the_matching_rule(runs, tiny, tmp_path: Path) -> None:
                     elements=st.integers(0, 5)),
        cs=st.integers(2, 12))
 def test_property_stitching_is_chunk_independent(cells: np.ndarray, cs: int) -> None:
-    # 0-1: below threshold, 2-4: candidate with distinct scores, 5: blind (no flowering obs)
+    # 0-1: below threshold, 2-4: candidate with distinct scores, 5: blind (no flowering obs,
+    # no probability: a model without a missing-flowering model, as detect leaves it)
     prob = np.where(cells >= 2, 0.5 + cells / 10, 0.2).astype("float32")
+    prob[cells == 5] = np.nan
     ev = np.where(cells == 5, 0, 1 + cells % 2).astype("float32")
     whole, blind_whole = _pieces_by_chunks(prob, ev, max(prob.shape))
     got, blind = _pieces_by_chunks(prob, ev, cs)
