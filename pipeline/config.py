@@ -129,9 +129,9 @@ class ModelConfig(_Frozen):
     #: ``seed``), sampled like the original: a model less tied to its training flight's
     #: levels and sharpness (classifiers/augment.py, docs/drone.md). 0 = none
     augment_copies: int = Field(0, ge=0, le=5)
-    #: also train a model without each combination of the non-flowering phases, for pixels a
-    #: cloud or the swath edge leaves without a clear image in them (and surveys that end
-    #: before a phase); about twice the training time (docs/classifier.md)
+    #: also train a model without each combination of phases (at least one kept), for pixels
+    #: a cloud or the swath edge leaves without a clear image in them (blind areas included)
+    #: and surveys that end before a phase; about twice the training time (docs/classifier.md)
     missing_phase_models: bool = True
 
     @model_validator(mode="after")
