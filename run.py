@@ -149,6 +149,10 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     root.setLevel(logging.WARNING if not verbose else logging.DEBUG)
     for name in (PROG, "pipeline", "indices", "classifiers", "outputs"):
         logging.getLogger(name).setLevel(level)
+    # library warnings (numpy, shapely, rasterio) are for developers: shown with -v only, so a
+    # user error stays one line
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.WARNING if verbose else logging.ERROR)
 
 
 def _progress(quiet: bool):
@@ -256,6 +260,7 @@ def _print_detect(res) -> None:
 
 def cmd_demo(a, quiet: bool) -> int:
     from pipeline.demo import run_demo
+    _fresh_out(a.out)
     run_demo(a.out, progress=_progress(quiet))
     return 0
 

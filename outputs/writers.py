@@ -30,12 +30,16 @@ _WRITERS: dict[str, tuple[str, Callable[[TargetList, Path], Path]]] = {
 }
 FORMATS = tuple(_WRITERS)
 DEFAULT_FORMATS = FORMATS
+#: every target file a run can write (the formats and their GCJ-02 copies)
+TARGET_FILES = frozenset([name for name, _ in _WRITERS.values()]
+                         + ["targets_gcj02.csv", "targets_gcj02.kml"])
 
 
 def write_targets(targets: TargetList, out_dir: Path,
                   formats: Sequence[str] = DEFAULT_FORMATS, *, gcj02: bool = False
                   ) -> list[Path]:
-    """Write ``targets.<fmt>`` for each format (plus GCJ-02 CSV/KML copies if ``gcj02``).
+    """Write ``targets.<fmt>`` for each format (plus GCJ-02 copies of the CSV and KML among
+    them if ``gcj02``).
 
     Returns the written paths in the order written. Unknown formats raise ConfigError before
     anything is written.
@@ -52,8 +56,13 @@ def write_targets(targets: TargetList, out_dir: Path,
         name, writer = _WRITERS[fmt]
         written.append(writer(targets, out_dir / name))
     if gcj02:
-        written.append(write_csv(targets, out_dir / "targets_gcj02.csv", gcj02=True))
-        written.append(write_kml(targets, out_dir / "targets_gcj02.kml", gcj02=True))
+        # copies of the CSV and KML asked for (their texts point at the WGS84 originals)
+        copies = [(f, w) for f, w in (("csv", write_csv), ("kml", write_kml)) if f in wanted]
+        if not copies:
+            log.warning("outputs.gcj02 makes GCJ-02 copies of targets.csv and targets.kml, "
+                        "but neither format is asked for: no copy written")
+        for fmt, writer in copies:
+            written.append(writer(targets, out_dir / f"targets_gcj02.{fmt}", gcj02=True))
     log.debug("wrote %d targets to %s (%s)", len(targets.targets), out_dir,
              ", ".join(p.name for p in written))
     return written

@@ -41,9 +41,8 @@ def run_demo(out: Path, *, progress=None) -> dict:
           f"plots found {m.found}/{m.plots} (recall {m.recall:.2f}; plots >= 4 px "
           f"{m4.found}/{m4.plots}, recall {m4.recall:.2f}); correct targets "
           f"{m.correct}/{m.targets} (precision {m.precision:.2f})")
-    print(f"demo: files in {out}: targets.geojson, targets.gpkg, targets.csv, targets.gpx, "
-          f"targets.kml, probability.tif, evidence.tif, quicklook.png, map.html, report.json;"
-          f" model in {out / 'model'}; scenes in {scenes}  ({elapsed:.0f} s)")
+    print(f"demo: files in {out}: {', '.join(p.name for p in res.files)}; model in "
+          f"{out / 'model'}; scenes in {scenes}  ({elapsed:.0f} s)")
     print("demo: simulated scenes are a test instrument, not evidence about real fields")
     return {"targets": res.n_targets, "recall": m.recall, "precision": m.precision,
             "recall_4px": m4.recall, "seconds": elapsed}

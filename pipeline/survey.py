@@ -71,15 +71,18 @@ from pipeline.config import (
     load_config,
     load_yaml,
 )
-from pipeline.errors import InputError
+from pipeline.errors import InputError, PoppyscanError
 from pipeline.grid import Grid
-from pipeline.ingest import first_image_facts, open_scene, read_dem
+from pipeline.ingest import expand_paths, first_image_facts, open_scene, read_dem
 from pipeline.masks import apply_masks
-from pipeline.scheduler import open_runner, run_tiles
+from pipeline.scheduler import open_runner, parse_spec, run_tiles
 
 log = logging.getLogger(__name__)
 
 STATE_DIR = ".poppyscan"
+#: the files detect writes into --out (some by --formats and outputs.gcj02)
+DELIVERABLES = writers.TARGET_FILES | {"probability.tif", "evidence.tif", "blind_areas.geojson",
+                                       "quicklook.png", "map.html", "report.json"}
 STAGES = ("read", "mask", "features", "predict", "patches", "write")
 TILE_GDAL_CACHE_MB = 64
 #: share of the seen pixels at the threshold above which detect warns that the model does
@@ -170,10 +173,12 @@ def calendar_shift(calendar: Calendar, dem: xr.DataArray | None) -> xr.DataArray
     return calendar.shift_days(dem)
 
 
-def _digest_inputs(paths: Sequence[Path]) -> dict[str, str]:
+def _digest_inputs(images: Sequence[Path], dem: Path | None) -> dict[str, str]:
+    """Hashes of the files a run reads: the image products (a folder a reader claims, such as
+    a .SAFE, with every file in it), not whatever else shares their folder (labels, earlier
+    outputs), and the DEM."""
     out = {}
-    for p in paths:
-        p = Path(p)
+    for p in [*expand_paths(images, dem), *([Path(dem)] if dem is not None else [])]:
         files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
         for f in files:
             out[str(f)] = file_digest(f)
@@ -235,6 +240,9 @@ def train_manifest(manifest: Path, model_dir: Path, cfg: SurveyConfig) -> dict:
 
 def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfig) -> dict:
     """Sample every scene in its own season, validate with spatial folds, fit, save."""
+    model_dir = Path(model_dir)
+    if model_dir.exists() and not model_dir.is_dir():
+        raise InputError(f"{model_dir}: exists and is not a folder; choose another --model")
     parts = []
     sensors = set()
     # classes of the labelled (and drawn unlabelled) polygons, augmented copies not counted
@@ -314,7 +322,7 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
     })
     hashes: dict[str, str] = {}
     for sc in scenes:
-        hashes.update(_digest_inputs(sc.images))
+        hashes.update(_digest_inputs(sc.images, sc.dem))
         hashes[str(sc.labels)] = file_digest(sc.labels)
     meta = {
         "feature_names": list(names),
@@ -730,17 +738,35 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
         geoms, _ = read_polygons(exclude, scene.rio.crs, what="exclusion file")
         exclusion = shapely.union_all(geoms)
     formats = tuple(formats or cfg.outputs.formats)
+    parse_spec(cfg.run.scheduler)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder; choose another --out")
+    created = not out.exists()
+    try:
+        return _run_detect(images, model_dir, out, cfg, dem=dem, aoi=aoi, exclude=exclude,
+                           formats=formats, progress=progress, t_start=t_start,
+                           calendar=calendar, art=art, scene=scene, dem_da=dem_da, plan=plan,
+                           exclusion=exclusion)
+    except PoppyscanError:
+        # a user error met while running (a damaged file, an unreachable scheduler): no
+        # half-written folder. An interruption or a crash keeps the run state to resume.
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
+
+def _run_detect(images, model_dir, out: Path, cfg: SurveyConfig, *, dem, aoi, exclude,
+                formats, progress, t_start: float, calendar, art, scene, dem_da, plan,
+                exclusion) -> DetectResult:
+    """detect's tiles, assembly and writing, once its inputs are checked."""
     # ---- run tiles (resumable)
     H, W = scene.sizes["y"], scene.sizes["x"]
     cs = cfg.run.chunk_size
     stride = max(1, int(np.ceil(max(H, W) / 1024)))
     state = out / STATE_DIR
     tdir = state / "tiles"
-    digests = _digest_inputs(images)        # read once: the inputs can be GBs
+    digests = _digest_inputs(images, dem)   # read once: the inputs can be GBs
     fp = _fingerprint(digests, model_dir, cfg, {"dem": str(dem), "aoi": str(aoi), "H": H,
                                                 "W": W, "tile_format": TILE_FORMAT})
     run_file = state / "run.json"
@@ -884,6 +910,10 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     report["timings_s"]["total"] = round(time.perf_counter() - t_start, 3)
     write_json_atomic(stage / "report.json", report)
     files = [stage / "probability.tif", stage / "evidence.tif", *files, stage / "report.json"]
+    # deliverables of an earlier run into the same folder that this one does not write (other
+    # --formats, no GCJ-02 copies) would sit beside a report that does not describe them
+    for old in DELIVERABLES - {f.name for f in files}:
+        (out / old).unlink(missing_ok=True)
     final = []
     for f in files:
         dst = out / f.name

@@ -147,6 +147,25 @@ def test_corrupt_raster_is_a_user_error(trained, tmp_path):
     assert not out.exists()
 
 
+def test_model_or_demo_folder_that_is_a_file_is_refused_before_any_work(trained, tmp_path,
+                                                                       monkeypatch):
+    import run as cli
+    from pipeline import survey
+    _, scene = trained
+    taken = tmp_path / "taken"
+    taken.write_text("a file, not a folder")
+    line = _one_line_error(run("train", "--images", *map(str, scene.images), "--labels",
+                               str(scene.labels), "--model", str(taken)))
+    assert "taken: exists and is not a folder" in line
+    line = _one_line_error(run("demo", "--out", str(taken)))
+    assert "taken: exists and is not a folder" in line
+    # in-process: refused before the scene is even read
+    monkeypatch.setattr(survey, "prepare_scene", lambda *a, **k: pytest.fail("read"))
+    assert cli.main(["train", "--images", *map(str, scene.images), "--labels",
+                     str(scene.labels), "--model", str(taken)]) == 2
+    assert taken.read_text() == "a file, not a folder"
+
+
 def test_labels_without_poppy_are_refused(trained, tmp_path):
     _, scene = trained
     labels = json.loads(scene.labels.read_text())

@@ -390,3 +390,44 @@ def test_blind_area_is_in_square_metres_on_a_geographic_grid(model, tmp_path: Pa
     res = _detect(sorted(geo.glob("*.tif")), model, tmp_path / "out", **{"run.chunk_size": 32})
     # the warped grid is a little larger than the scene; its no-data margin is not blind
     assert res.report["counts"]["blind_area_m2"] == pytest.approx(SIZE * SIZE * 100, rel=0.05)
+
+
+# --- the output folder ---------------------------------------------------------------------
+def test_a_rerun_with_other_formats_leaves_no_earlier_target_files(model, tiny,
+                                                                   tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    detect(tiny.images, model, out, with_overrides(CFG, **{"outputs.gcj02": True}),
+           formats=("geojson", "csv"))
+    assert {"targets.geojson", "targets.csv", "targets_gcj02.csv"} <= \
+        {p.name for p in out.iterdir()}
+    assert not (out / "targets_gcj02.kml").exists()      # a copy only of the formats asked
+    (out / "notes.txt").write_text("the analyst's own file")
+    res = detect(tiny.images, model, out, CFG, formats=("gpx",))
+    names = {p.name for p in out.iterdir()}
+    # the report describes every target file in the folder, and nothing else was touched
+    assert names & {"targets.geojson", "targets.csv", "targets_gcj02.csv"} == set()
+    assert {"targets.gpx", "report.json", "notes.txt"} <= names
+    assert {p.name for p in res.files} == names - {"notes.txt", ".poppyscan"}
+    # the inputs hashed are the images read, not the other files in their folder
+    assert set(res.report["inputs"]) == {str(p) for p in tiny.images}
+
+
+def test_a_user_error_while_running_leaves_no_folder_it_created(model, tiny, tmp_path: Path,
+                                                                monkeypatch) -> None:
+    from pipeline import survey
+    from pipeline.errors import InputError
+
+    def damaged(*args, **kwargs):
+        raise InputError("S2_20240420.tif: the raster data cannot be read")
+    monkeypatch.setattr(survey, "run_tiles", damaged)
+    with pytest.raises(InputError):
+        detect(tiny.images, model, tmp_path / "new", CFG, formats=("geojson",))
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()                          # a folder the user made: kept
+    with pytest.raises(InputError):
+        detect(tiny.images, model, tmp_path / "mine", CFG, formats=("geojson",))
+    assert (tmp_path / "mine").is_dir()
+    with pytest.raises(Exception, match="not one of threads"):   # checked before any folder
+        detect(tiny.images, model, tmp_path / "sched",
+               with_overrides(CFG, **{"run.scheduler": "bogus"}), formats=("geojson",))
+    assert not (tmp_path / "sched").exists()
