@@ -71,8 +71,9 @@ class FeatureConfig(_Frozen):
     @field_validator("spatial_radii_px")
     @classmethod
     def _radii(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if any(r < 1 or r > 64 for r in v):
-            raise ValueError("radii must be 1-64 pixels")
+        bad = [r for r in v if r < 1 or r > 64]
+        if bad:
+            raise ValueError(f"radii must be 1-64 pixels, not {bad}")
         return v
 
     @property
@@ -279,7 +280,12 @@ def _format_error(where: Path | str, exc: ValidationError,
     if "expected" in ctx:
         return f"{where}: key '{key}': {err.get('input')!r} is not allowed; allowed: " \
                f"{ctx['expected']}"
-    return f"{where}: key '{key}': {err['msg']} (got {err.get('input')!r})"
+    msg, given = err["msg"], err.get("input")
+    if err["type"] == "value_error":   # our validators' own words, which name the value
+        msg = msg.removeprefix("Value error, ")
+        if isinstance(given, (dict, list, tuple)):
+            return f"{where}: key '{key}': {msg}"
+    return f"{where}: key '{key}': {msg} (got {given!r})"
 
 
 def load_yaml(path: Path, what: str = "config file", error: type[Exception] = ConfigError
@@ -308,8 +314,11 @@ def load_config(path: Path | None = None) -> SurveyConfig:
     """Load and validate a survey config (default: configs/survey-sentinel2.yaml)."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
     data = _read_yaml(path)
+    if "source" in data:   # set by the loader, not a key of the file
+        raise ConfigError(f"{path}: unknown key 'source'; allowed: "
+                          f"{', '.join(_allowed_keys(SurveyConfig, ('source',)))}")
     try:
-        cfg = SurveyConfig(**data, source=str(path))
+        cfg = SurveyConfig.model_validate({**data, "source": str(path)})
     except ValidationError as exc:
         raise ConfigError(_format_error(path, exc, SurveyConfig)) from None
     check_names(cfg, path)
@@ -330,7 +339,7 @@ def default_config_for(pixel_m: float, bands: Sequence[str]) -> Path:
 def config_from_dict(data: dict[str, Any], where: str) -> SurveyConfig:
     """A config stored as a dict (a model's training config), validated like a file."""
     try:
-        cfg = SurveyConfig(**{**data, "source": where})
+        cfg = SurveyConfig.model_validate({**data, "source": where})
     except ValidationError as exc:
         raise ConfigError(_format_error(where, exc, SurveyConfig)) from None
     check_names(cfg, where)
@@ -363,7 +372,7 @@ def load_calendar(name_or_path: str | Path) -> Calendar:
                 f"unknown calendar '{name_or_path}'; known: {', '.join(known_calendars())}")
     data = _read_yaml(p)
     try:
-        return Calendar(**data)
+        return Calendar.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_error(p, exc, Calendar)) from None
 

@@ -227,3 +227,15 @@ def test_phases_wrap_the_year_end_and_move_with_elevation(tmp_path: Path) -> Non
     held = dict(phase_membership(dates, cal, ["pre", "flowering"], shifts=(0, 20)))
     assert (3, 15, 20) in held["pre"] and (3, 0, 14) in held["flowering"]
     assert (5, 15, 20) in held["flowering"] and (4, 1, 20) in held["flowering"]
+
+
+@pytest.mark.parametrize("text,needle", [
+    # the loader sets 'source' itself: a file's own one was a TypeError traceback
+    ("source: mine\n", "unknown key 'source'; allowed: sensor, calendar"),
+    # YAML allows keys that are not strings (a TypeError traceback before)
+    ("1: x\n", "key '1': Keys should be strings"),
+    ("features:\n  spatial_radii_px: [2, 99]\n", "key 'features.spatial_radii_px': radii must "
+     "be 1-64 pixels, not [99]"),
+])
+def test_keys_the_loader_could_not_take_are_config_errors(tmp_path, text, needle) -> None:
+    assert needle in _error(tmp_path, text)
