@@ -241,6 +241,14 @@ class Calendar(_Frozen):
     elevation_shift_days_per_100m: float = 0.0
     reference_elevation_m: float = 0.0
 
+    @field_validator("phases")
+    @classmethod
+    def _flowering(cls, v: dict[str, Phase]) -> dict[str, Phase]:
+        if "flowering" not in v:   # features, the threshold and detect all need the bloom
+            raise ValueError("no 'flowering' phase: poppy is found in bloom; add "
+                             "flowering: {start: 'MM-DD', end: 'MM-DD'}")
+        return v
+
     @property
     def shifts_with_elevation(self) -> bool:
         """Whether the phases move with height (features then need a DEM)."""
@@ -351,6 +359,8 @@ def check_names(cfg: SurveyConfig, where: Path | str) -> None:
     if not Path(cfg.calendar).suffix and cfg.calendar not in known_calendars():
         raise ConfigError(f"{where}: key 'calendar': unknown calendar '{cfg.calendar}'; "
                           f"allowed: {', '.join(known_calendars())} (or a calendar file path)")
+    if Path(cfg.calendar).suffix and not Path(cfg.calendar).is_file():
+        raise ConfigError(f"{where}: key 'calendar': {_no_calendar_file(cfg.calendar)}")
     load_calendar(cfg.calendar)
     from pipeline.sensors import known_sensors
     if not Path(cfg.sensor).suffix and cfg.sensor not in known_sensors():
@@ -362,6 +372,11 @@ def known_calendars() -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / "calendars").glob("*.yaml"))
 
 
+def _no_calendar_file(path: str | Path) -> str:
+    return (f"calendar file not found: {path}; give an existing calendar file or a built-in "
+            f"calendar: {', '.join(known_calendars())}")
+
+
 def load_calendar(name_or_path: str | Path) -> Calendar:
     """Load a regional calendar by name (configs/calendars/NAME.yaml) or path."""
     p = Path(name_or_path)
@@ -370,6 +385,8 @@ def load_calendar(name_or_path: str | Path) -> Calendar:
         if not p.is_file():
             raise ConfigError(
                 f"unknown calendar '{name_or_path}'; known: {', '.join(known_calendars())}")
+    elif not p.is_file():
+        raise ConfigError(_no_calendar_file(p))
     data = _read_yaml(p)
     try:
         return Calendar.model_validate(data)

@@ -239,3 +239,26 @@ def test_phases_wrap_the_year_end_and_move_with_elevation(tmp_path: Path) -> Non
 ])
 def test_keys_the_loader_could_not_take_are_config_errors(tmp_path, text, needle) -> None:
     assert needle in _error(tmp_path, text)
+
+
+def test_a_calendar_without_flowering_is_refused_where_it_is_named(tmp_path: Path) -> None:
+    """Poppy is found in bloom: a calendar without a flowering phase was accepted by train (a
+    model without bloom) and a KeyError traceback in detect."""
+    cal = _calendar(tmp_path, "  pre: {start: '03-01', end: '03-31'}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_calendar(cal)
+    msg = str(exc.value)
+    assert msg.startswith(f"{cal}: key 'phases': no 'flowering' phase") and "\n" not in msg
+    # named by a config, the config's loading refuses it, naming the calendar file
+    with pytest.raises(ConfigError, match=f"^{cal}: key 'phases': no 'flowering' phase"):
+        load_config(_cfg(tmp_path, f"calendar: {cal}\n"))
+
+
+def test_a_missing_calendar_file_is_not_a_missing_config(tmp_path: Path) -> None:
+    missing = tmp_path / "nocal.yaml"
+    msg = _error(tmp_path, f"calendar: {missing}\n")
+    assert f"key 'calendar': calendar file not found: {missing}" in msg
+    assert "config file not found" not in msg and "east-china" in msg
+    with pytest.raises(ConfigError, match=f"^calendar file not found: {missing}; .*east-china"):
+        load_calendar(missing)
+
