@@ -262,3 +262,17 @@ def test_a_missing_calendar_file_is_not_a_missing_config(tmp_path: Path) -> None
     with pytest.raises(ConfigError, match=f"^calendar file not found: {missing}; .*east-china"):
         load_calendar(missing)
 
+
+def test_detect_with_a_calendar_lacking_a_phase_the_model_used_is_a_model_error() -> None:
+    """A calendar of flowering and post, a model that learnt from pre: a ModelError naming
+    the phase and the calendar (a KeyError traceback before)."""
+    from classifiers.artifact import Artifact
+    from classifiers.predict import check_phases
+    from pipeline.config import Calendar
+    from pipeline.errors import ModelError
+    cal = Calendar(name="short", phases={"flowering": {"start": "04-01", "end": "05-20"},
+                                         "post": {"start": "05-21", "end": "06-30"}})
+    art = Artifact(None, {"feature_names": ["pre.median.NDVI", "flowering.median.NDVI"],
+                          "phase_dates": [{"pre": ["2024-03-15"], "flowering": ["2024-04-20"]}]})
+    with pytest.raises(ModelError, match="uses the pre phase but calendar short has none"):
+        check_phases(art, {"flowering": ["2024-04-20"], "post": []}, cal, ["2024-04-20"])
