@@ -68,6 +68,42 @@ class FeatureConfig(_Frozen):
     spatial_stats: tuple[Literal["mean", "std", "max", "min", "dev"], ...] = (
         "mean", "std", "max")
 
+    @field_validator("bands")
+    @classmethod
+    def _bands(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from pipeline.bands import CANONICAL_BANDS
+        _refuse_unknown(v, CANONICAL_BANDS, "band", "allowed (canonical band names): "
+                        f"{', '.join(CANONICAL_BANDS)}")
+        return v
+
+    @field_validator("indices")
+    @classmethod
+    def _indices(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from indices.catalogue import load_catalogue
+        cat = list(load_catalogue())
+        _refuse_unknown(v, cat, "index", f"the index catalogue has: {', '.join(cat)}")
+        return v
+
+    @field_validator("spatial_vars")
+    @classmethod
+    def _spatial_vars(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from indices.catalogue import load_catalogue
+        from indices.texture import split_var
+        from pipeline.bands import CANONICAL_BANDS
+        cat = list(load_catalogue())
+        _refuse_unknown([split_var(x)[0] for x in v], list(CANONICAL_BANDS) + cat, "variable",
+                        f"allowed: the bands {', '.join(CANONICAL_BANDS)} and the indices "
+                        f"{', '.join(cat)}, each optionally + @leaf and/or @rel", given=v)
+        return v
+
+    @field_validator("phases")
+    @classmethod
+    def _phases(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if "flowering" not in v:
+            raise ValueError(f"{list(v)} lacks 'flowering': poppy is found in bloom, so the "
+                             "flowering phase always gets features")
+        return v
+
     @field_validator("spatial_radii_px")
     @classmethod
     def _radii(cls, v: tuple[int, ...]) -> tuple[int, ...]:
@@ -80,6 +116,17 @@ class FeatureConfig(_Frozen):
     def spatial_px(self) -> int:
         """Halo (pixels) a tile must read around itself for the spatial features."""
         return max(self.spatial_radii_px) if self.spatial_vars and self.spatial_radii_px else 0
+
+
+def _refuse_unknown(values: Sequence[str], known: Sequence[str], what: str, allowed: str,
+                    given: Sequence[str] | None = None) -> None:
+    """A ValueError naming the first of ``values`` not in ``known`` (as written: ``given``),
+    with its spelling in ``known`` when only the case differs, and what is ``allowed``."""
+    for x, shown in zip(values, given or values):
+        if x not in known:
+            same = [k for k in known if k.lower() == x.lower()]
+            hint = f" (did you mean '{same[0]}'?)" if same else ""
+            raise ValueError(f"unknown {what} '{shown}'{hint}; {allowed}")
 
 
 class ModelConfig(_Frozen):

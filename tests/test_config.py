@@ -276,3 +276,32 @@ def test_detect_with_a_calendar_lacking_a_phase_the_model_used_is_a_model_error(
                           "phase_dates": [{"pre": ["2024-03-15"], "flowering": ["2024-04-20"]}]})
     with pytest.raises(ModelError, match="uses the pre phase but calendar short has none"):
         check_phases(art, {"flowering": ["2024-04-20"], "post": []}, cal, ["2024-04-20"])
+
+
+@pytest.mark.parametrize("text,key,needle", [
+    # these loaded and failed later as "the model's features do not fit"
+    ("features:\n  bands: [red, ultraviolet]\n", "features.bands",
+     "unknown band 'ultraviolet'; allowed (canonical band names): coastal, blue"),
+    ("features:\n  spatial_vars: [NDVI, FOO]\n  spatial_radii_px: [1]\n",
+     "features.spatial_vars", "unknown variable 'FOO'; allowed: the bands coastal"),
+    ("features:\n  spatial_vars: [NDVI@rel, ndyi@leaf]\n", "features.spatial_vars",
+     "unknown variable 'ndyi@leaf' (did you mean 'NDYI'?)"),
+    # refused before only when the features were planned, without the file or the key
+    ("features:\n  indices: [NDVI, FOOBAR]\n", "features.indices",
+     "unknown index 'FOOBAR'; the index catalogue has: NDVI"),
+    # poppy is found in bloom: no model without flowering features
+    ("features:\n  phases: [pre, post]\n", "features.phases", "['pre', 'post'] lacks 'flowering'"),
+])
+def test_unknown_feature_names_are_refused_at_load(tmp_path, text, key, needle) -> None:
+    msg = _error(tmp_path, text)
+    assert f"key '{key}': {needle}" in msg
+
+
+def test_every_band_index_and_spatial_variable_form_loads() -> None:
+    from indices.catalogue import load_catalogue
+    from pipeline.bands import CANONICAL_BANDS
+    cat = tuple(load_catalogue())
+    cfg = with_overrides(load_config(), **{
+        "features.bands": CANONICAL_BANDS, "features.indices": cat,
+        "features.spatial_vars": ("nir@rel", "NDYI@leaf", "red@leaf@rel", *cat)})
+    assert cfg.features.indices == cat
