@@ -232,8 +232,46 @@ class OutputConfig(_Frozen):
 
 class RunConfig(_Frozen):
     chunk_size: int = Field(512, ge=16, le=8192)
+    #: memory limit of each ``local:N`` worker, as dask.distributed reads it: a size ("3GB",
+    #: "512MiB"), "auto", a share of the machine's memory (0.5) or 0 for no limit
     memory_per_worker: str = "3GB"
+    #: threads | processes | sync | local:N | a dask scheduler address (pipeline/scheduler.py)
     scheduler: str = "threads"
+
+    @field_validator("memory_per_worker", mode="before")
+    @classmethod
+    def _memory_number(cls, v: Any) -> Any:
+        """A bare number in the YAML (4000000000, 0.5) is a size as dask reads it."""
+        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+    @field_validator("memory_per_worker")
+    @classmethod
+    def _memory(cls, v: str) -> str:
+        if v.strip() == "auto":
+            return v
+        try:
+            size = float(v)
+        except ValueError:
+            from dask.utils import parse_bytes
+            try:
+                size = parse_bytes(v) if v.strip() else -1
+            except ValueError:
+                size = -1
+        if not size >= 0:   # also NaN
+            raise ValueError(f"'{v}' is not a memory size; write e.g. 3GB, 512MiB, auto, a "
+                             "share of the machine's memory such as 0.5, or 0 for no limit")
+        return v
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler(cls, v: str) -> str:
+        from pipeline.errors import PoppyscanError
+        from pipeline.scheduler import parse_spec
+        try:
+            parse_spec(v)
+        except PoppyscanError as exc:
+            raise ValueError(str(exc).removeprefix("--scheduler ")) from None
+        return v
 
 
 class SurveyConfig(_Frozen):
@@ -338,7 +376,7 @@ def _format_error(where: Path | str, exc: ValidationError,
     msg, given = err["msg"], err.get("input")
     if err["type"] == "value_error":   # our validators' own words, which name the value
         msg = msg.removeprefix("Value error, ")
-        if isinstance(given, (dict, list, tuple)):
+        if isinstance(given, (dict, list, tuple)) or str(given) in msg:
             return f"{where}: key '{key}': {msg}"
     return f"{where}: key '{key}': {msg} (got {given!r})"
 

@@ -305,3 +305,27 @@ def test_every_band_index_and_spatial_variable_form_loads() -> None:
         "features.bands": CANONICAL_BANDS, "features.indices": cat,
         "features.spatial_vars": ("nir@rel", "NDYI@leaf", "red@leaf@rel", *cat)})
     assert cfg.features.indices == cat
+
+
+@pytest.mark.parametrize("text,needle", [
+    # 'lots' loaded and failed in dask.distributed with a traceback
+    ("run:\n  memory_per_worker: lots\n", "key 'run.memory_per_worker': 'lots' is not a "
+     "memory size; write e.g. 3GB"),
+    ("run:\n  memory_per_worker: -2GB\n", "'-2GB' is not a memory size"),
+    ("run:\n  scheduler: thread\n", "key 'run.scheduler': 'thread' is not one of threads, "
+     "processes"),
+    ("run:\n  scheduler: local:0\n", "key 'run.scheduler': local:N needs N >= 1"),
+])
+def test_run_values_are_checked_at_load(tmp_path, text, needle) -> None:
+    assert needle in _error(tmp_path, text)
+
+
+@pytest.mark.parametrize("memory", ["3GB", "512 MiB", "auto", "0.5", "0", "4000000000"])
+def test_memory_sizes_dask_reads_load(tmp_path, memory) -> None:
+    cfg = load_config(_cfg(tmp_path, f"run:\n  memory_per_worker: {memory}\n"))
+    assert cfg.run.memory_per_worker == memory
+
+
+def test_a_bad_scheduler_option_is_refused_with_the_config(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="^option.s. run.scheduler over .*'tcp:/x' is not one"):
+        with_overrides(load_config(), **{"run.scheduler": "tcp:/x"})
