@@ -30,7 +30,8 @@ PHASES = ("pre", "flowering", "post")
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    #: no .nan or .inf: every number of a config is a size, a share or a count
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class MaskConfig(_Frozen):
@@ -142,7 +143,9 @@ class ModelConfig(_Frozen):
     #: specks chain into targets the size of a field (docs/drone.md); the default is the
     #: recall rule's own floor
     threshold_min: float = Field(0.01, gt=0, lt=1)
-    seed: int = 0
+    #: at most 4e6: cross-validation shuffles use seed * 1000 + repeat, which scikit-learn
+    #: takes up to 2**32 - 1
+    seed: int = Field(0, ge=0, le=4_000_000)
     #: boosting iterations and tree depth: small trees transferred as well as big ones to
     #: held-out scenes and predict 2x faster (docs/classifier.md)
     max_iter: int = Field(100, ge=10, le=2000)
@@ -217,16 +220,16 @@ class PatchConfig(_Frozen):
 
 class RankingConfig(_Frozen):
     """priority = w_score*score + w_area*area_term + w_evidence*evidence_term (documented in docs/)."""
-    w_score: float = 0.7
-    w_area: float = 0.2
-    w_evidence: float = 0.1
+    w_score: float = Field(0.7, ge=0)
+    w_area: float = Field(0.2, ge=0)
+    w_evidence: float = Field(0.1, ge=0)
     #: area at which the area term saturates (m^2)
     area_saturation_m2: float = Field(2000.0, gt=0)
 
 
 class OutputConfig(_Frozen):
-    formats: tuple[Literal["geojson", "gpkg", "csv", "gpx", "kml"], ...] = (
-        "geojson", "gpkg", "csv", "gpx", "kml")
+    formats: tuple[Literal["geojson", "gpkg", "csv", "gpx", "kml"], ...] = Field(
+        ("geojson", "gpkg", "csv", "gpx", "kml"), min_length=1)
     gcj02: bool = False
 
 
@@ -440,17 +443,23 @@ def config_from_dict(data: dict[str, Any], where: str) -> SurveyConfig:
 
 
 def check_names(cfg: SurveyConfig, where: Path | str) -> None:
-    """Fail early, naming the file and the key, on an unknown calendar or sensor."""
+    """Fail early, naming the file and the key, on an unknown calendar or sensor (or a
+    calendar or sensor file that is missing or invalid)."""
     if not Path(cfg.calendar).suffix and cfg.calendar not in known_calendars():
         raise ConfigError(f"{where}: key 'calendar': unknown calendar '{cfg.calendar}'; "
                           f"allowed: {', '.join(known_calendars())} (or a calendar file path)")
     if Path(cfg.calendar).suffix and not Path(cfg.calendar).is_file():
         raise ConfigError(f"{where}: key 'calendar': {_no_calendar_file(cfg.calendar)}")
     load_calendar(cfg.calendar)
-    from pipeline.sensors import known_sensors
+    from pipeline.sensors import known_sensors, load_sensor
     if not Path(cfg.sensor).suffix and cfg.sensor not in known_sensors():
         raise ConfigError(f"{where}: key 'sensor': unknown sensor '{cfg.sensor}'; allowed: "
                           f"{', '.join(known_sensors())} (or a sensor file path)")
+    if Path(cfg.sensor).suffix:   # a sensor file: it must exist and parse
+        try:
+            load_sensor(cfg.sensor)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: key 'sensor': {exc}") from None
 
 
 def known_calendars() -> list[str]:

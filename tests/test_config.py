@@ -329,3 +329,32 @@ def test_memory_sizes_dask_reads_load(tmp_path, memory) -> None:
 def test_a_bad_scheduler_option_is_refused_with_the_config(tmp_path) -> None:
     with pytest.raises(ConfigError, match="^option.s. run.scheduler over .*'tcp:/x' is not one"):
         with_overrides(load_config(), **{"run.scheduler": "tcp:/x"})
+
+
+@pytest.mark.parametrize("text,needle", [
+    # these loaded and were only met (or not) later: a NaN priority, an inverted ranking, a
+    # detect that writes no target file, a scikit-learn traceback for the seed
+    ("ranking:\n  w_score: .nan\n", "key 'ranking.w_score': Input should be a finite number"),
+    ("patches:\n  merge_distance_m: .inf\n", "key 'patches.merge_distance_m': Input should be "
+     "a finite number"),
+    ("ranking:\n  w_area: -0.2\n", "key 'ranking.w_area': Input should be greater than or "
+     "equal to 0"),
+    ("outputs:\n  formats: []\n", "key 'outputs.formats': Tuple should have at least 1 item"),
+    ("model:\n  seed: -1\n", "key 'model.seed': Input should be greater than or equal to 0"),
+    ("model:\n  seed: 20240501\n", "key 'model.seed': Input should be less than or equal to "
+     "4000000"),
+])
+def test_numbers_that_only_failed_later_are_refused_at_load(tmp_path, text, needle) -> None:
+    assert needle in _error(tmp_path, text)
+
+
+def test_a_sensor_file_must_exist_and_be_a_sensor_file(tmp_path: Path) -> None:
+    """cfg.sensor is not read again after loading: a missing sensor file passed silently."""
+    missing = tmp_path / "cam.yaml"
+    assert f"key 'sensor': {missing}: sensor file not found" in _error(
+        tmp_path, f"sensor: {missing}\n")
+    missing.write_text("name: cam\nkind: drone\n")
+    assert "key 'sensor': " in _error(tmp_path, f"sensor: {missing}\n")
+    from pipeline.sensors import SENSORS_DIR
+    assert load_config(_cfg(tmp_path, f"sensor: {SENSORS_DIR / 'p4m.yaml'}\n")).sensor.endswith(
+        "p4m.yaml")
