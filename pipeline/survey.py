@@ -201,6 +201,13 @@ def read_manifest(path: Path) -> list[TrainScene]:
     if not isinstance(entries, list) or not entries:
         raise InputError(f"{path}: expected a list of scenes (images, labels, dem, calendar)")
     base = path.parent
+
+    def text(where: str, key: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise InputError(f"{where}: '{key}' must be a path (text), not {value!r}; quote "
+                             "it if it looks like a number or a date")
+        return value
+
     out = []
     for i, e in enumerate(entries):
         where = f"{path}: scene {i + 1}"
@@ -211,18 +218,12 @@ def read_manifest(path: Path) -> list[TrainScene]:
             raise InputError(f"{path}: scene {i + 1} has unknown keys {sorted(unknown)}; "
                              "allowed: images, labels, dem, calendar")
 
-        def text(key: str, value: Any) -> str:
-            if not isinstance(value, str):
-                raise InputError(f"{where}: '{key}' must be a path (text), not {value!r}; "
-                                 "quote it if it looks like a number or a date")
-            return value
-
         imgs = e["images"] if isinstance(e["images"], list) else [e["images"]]
         if not [x for x in imgs if x not in (None, "")]:
             raise InputError(f"{where} has no images; list its image files, folders or "
                              "patterns under 'images'")
         files: list[Path] = []
-        for x in (text("images", x) for x in imgs):
+        for x in (text(where, "images", x) for x in imgs):
             if glob.has_magic(x):   # the manifest's own folder name is not a pattern
                 found = sorted(glob.glob(os.path.join(glob.escape(str(base)), x)))
                 if not found:
@@ -234,12 +235,12 @@ def read_manifest(path: Path) -> list[TrainScene]:
                 files.append(base / x)
         if e["labels"] in (None, ""):
             raise InputError(f"{where} has no labels; give its labelled polygon file")
-        labels = base / text("labels", e["labels"])
+        labels = base / text(where, "labels", e["labels"])
         if not labels.exists():
             raise InputError(f"{where}: labels '{e['labels']}': no such file")
         dem = None
         if e.get("dem") not in (None, ""):
-            dem = base / text("dem", e["dem"])
+            dem = base / text(where, "dem", e["dem"])
             if not dem.exists():
                 raise InputError(f"{where}: dem '{e['dem']}': no such file")
         calendar = e.get("calendar")
