@@ -73,9 +73,11 @@ def check_phases(art: Artifact, phase_dates: dict[str, list[str]], calendar: Cal
         return
     for p in PHASES:
         if p in used and not phase_dates.get(p):
-            ph = calendar.phases[p]
+            ph = calendar.phases.get(p)
             what = (f"the model uses the {p} phase ({ph.start} to {ph.end} in calendar "
-                    f"{calendar.name}) but no image falls in it (dates: {', '.join(dates)})")
+                    f"{calendar.name}) but no image falls in it (dates: {', '.join(dates)})"
+                    if ph is not None else
+                    f"the model uses the {p} phase but calendar {calendar.name} has none")
             if p == "flowering":
                 raise ModelError(f"{what}; poppy is found in bloom: give images from that "
                                  "window, or a calendar whose flowering phase covers them")

@@ -30,7 +30,8 @@ PHASES = ("pre", "flowering", "post")
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    #: no .nan or .inf: every number of a config is a size, a share or a count
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class MaskConfig(_Frozen):
@@ -68,17 +69,65 @@ class FeatureConfig(_Frozen):
     spatial_stats: tuple[Literal["mean", "std", "max", "min", "dev"], ...] = (
         "mean", "std", "max")
 
+    @field_validator("bands")
+    @classmethod
+    def _bands(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from pipeline.bands import CANONICAL_BANDS
+        _refuse_unknown(v, CANONICAL_BANDS, "band", "allowed (canonical band names): "
+                        f"{', '.join(CANONICAL_BANDS)}")
+        return v
+
+    @field_validator("indices")
+    @classmethod
+    def _indices(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from indices.catalogue import load_catalogue
+        cat = list(load_catalogue())
+        _refuse_unknown(v, cat, "index", f"the index catalogue has: {', '.join(cat)}")
+        return v
+
+    @field_validator("spatial_vars")
+    @classmethod
+    def _spatial_vars(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from indices.catalogue import load_catalogue
+        from indices.texture import split_var
+        from pipeline.bands import CANONICAL_BANDS
+        cat = list(load_catalogue())
+        _refuse_unknown([split_var(x)[0] for x in v], list(CANONICAL_BANDS) + cat, "variable",
+                        f"allowed: the bands {', '.join(CANONICAL_BANDS)} and the indices "
+                        f"{', '.join(cat)}, each optionally + @leaf and/or @rel", given=v)
+        return v
+
+    @field_validator("phases")
+    @classmethod
+    def _phases(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if "flowering" not in v:
+            raise ValueError(f"{list(v)} lacks 'flowering': poppy is found in bloom, so the "
+                             "flowering phase always gets features")
+        return v
+
     @field_validator("spatial_radii_px")
     @classmethod
     def _radii(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if any(r < 1 or r > 64 for r in v):
-            raise ValueError("radii must be 1-64 pixels")
+        bad = [r for r in v if r < 1 or r > 64]
+        if bad:
+            raise ValueError(f"radii must be 1-64 pixels, not {bad}")
         return v
 
     @property
     def spatial_px(self) -> int:
         """Halo (pixels) a tile must read around itself for the spatial features."""
         return max(self.spatial_radii_px) if self.spatial_vars and self.spatial_radii_px else 0
+
+
+def _refuse_unknown(values: Sequence[str], known: Sequence[str], what: str, allowed: str,
+                    given: Sequence[str] | None = None) -> None:
+    """A ValueError naming the first of ``values`` not in ``known`` (as written: ``given``),
+    with its spelling in ``known`` when only the case differs, and what is ``allowed``."""
+    for x, shown in zip(values, given or values):
+        if x not in known:
+            same = [k for k in known if k.lower() == x.lower()]
+            hint = f" (did you mean '{same[0]}'?)" if same else ""
+            raise ValueError(f"unknown {what} '{shown}'{hint}; {allowed}")
 
 
 class ModelConfig(_Frozen):
@@ -94,7 +143,9 @@ class ModelConfig(_Frozen):
     #: specks chain into targets the size of a field (docs/drone.md); the default is the
     #: recall rule's own floor
     threshold_min: float = Field(0.01, gt=0, lt=1)
-    seed: int = 0
+    #: at most 4e6: cross-validation shuffles use seed * 1000 + repeat, which scikit-learn
+    #: takes up to 2**32 - 1
+    seed: int = Field(0, ge=0, le=4_000_000)
     #: boosting iterations and tree depth: small trees transferred as well as big ones to
     #: held-out scenes and predict 2x faster (docs/classifier.md)
     max_iter: int = Field(100, ge=10, le=2000)
@@ -169,23 +220,61 @@ class PatchConfig(_Frozen):
 
 class RankingConfig(_Frozen):
     """priority = w_score*score + w_area*area_term + w_evidence*evidence_term (documented in docs/)."""
-    w_score: float = 0.7
-    w_area: float = 0.2
-    w_evidence: float = 0.1
+    w_score: float = Field(0.7, ge=0)
+    w_area: float = Field(0.2, ge=0)
+    w_evidence: float = Field(0.1, ge=0)
     #: area at which the area term saturates (m^2)
     area_saturation_m2: float = Field(2000.0, gt=0)
 
 
 class OutputConfig(_Frozen):
-    formats: tuple[Literal["geojson", "gpkg", "csv", "gpx", "kml"], ...] = (
-        "geojson", "gpkg", "csv", "gpx", "kml")
+    formats: tuple[Literal["geojson", "gpkg", "csv", "gpx", "kml"], ...] = Field(
+        ("geojson", "gpkg", "csv", "gpx", "kml"), min_length=1)
     gcj02: bool = False
 
 
 class RunConfig(_Frozen):
     chunk_size: int = Field(512, ge=16, le=8192)
+    #: memory limit of each ``local:N`` worker, as dask.distributed reads it: a size ("3GB",
+    #: "512MiB"), "auto", a share of the machine's memory (0.5) or 0 for no limit
     memory_per_worker: str = "3GB"
+    #: threads | processes | sync | local:N | a dask scheduler address (pipeline/scheduler.py)
     scheduler: str = "threads"
+
+    @field_validator("memory_per_worker", mode="before")
+    @classmethod
+    def _memory_number(cls, v: Any) -> Any:
+        """A bare number in the YAML (4000000000, 0.5) is a size as dask reads it."""
+        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+    @field_validator("memory_per_worker")
+    @classmethod
+    def _memory(cls, v: str) -> str:
+        if v.strip() == "auto":
+            return v
+        try:
+            size = float(v)
+        except ValueError:
+            from dask.utils import parse_bytes
+            try:
+                size = parse_bytes(v) if v.strip() else -1
+            except ValueError:
+                size = -1
+        if not size >= 0:   # also NaN
+            raise ValueError(f"'{v}' is not a memory size; write e.g. 3GB, 512MiB, auto, a "
+                             "share of the machine's memory such as 0.5, or 0 for no limit")
+        return v
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler(cls, v: str) -> str:
+        from pipeline.errors import PoppyscanError
+        from pipeline.scheduler import parse_spec
+        try:
+            parse_spec(v)
+        except PoppyscanError as exc:
+            raise ValueError(str(exc).removeprefix("--scheduler ")) from None
+        return v
 
 
 class SurveyConfig(_Frozen):
@@ -240,6 +329,14 @@ class Calendar(_Frozen):
     elevation_shift_days_per_100m: float = 0.0
     reference_elevation_m: float = 0.0
 
+    @field_validator("phases")
+    @classmethod
+    def _flowering(cls, v: dict[str, Phase]) -> dict[str, Phase]:
+        if "flowering" not in v:   # features, the threshold and detect all need the bloom
+            raise ValueError("no 'flowering' phase: poppy is found in bloom; add "
+                             "flowering: {start: 'MM-DD', end: 'MM-DD'}")
+        return v
+
     @property
     def shifts_with_elevation(self) -> bool:
         """Whether the phases move with height (features then need a DEM)."""
@@ -279,7 +376,12 @@ def _format_error(where: Path | str, exc: ValidationError,
     if "expected" in ctx:
         return f"{where}: key '{key}': {err.get('input')!r} is not allowed; allowed: " \
                f"{ctx['expected']}"
-    return f"{where}: key '{key}': {err['msg']} (got {err.get('input')!r})"
+    msg, given = err["msg"], err.get("input")
+    if err["type"] == "value_error":   # our validators' own words, which name the value
+        msg = msg.removeprefix("Value error, ")
+        if isinstance(given, (dict, list, tuple)) or str(given) in msg:
+            return f"{where}: key '{key}': {msg}"
+    return f"{where}: key '{key}': {msg} (got {given!r})"
 
 
 def load_yaml(path: Path, what: str = "config file", error: type[Exception] = ConfigError
@@ -308,8 +410,11 @@ def load_config(path: Path | None = None) -> SurveyConfig:
     """Load and validate a survey config (default: configs/survey-sentinel2.yaml)."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
     data = _read_yaml(path)
+    if "source" in data:   # set by the loader, not a key of the file
+        raise ConfigError(f"{path}: unknown key 'source'; allowed: "
+                          f"{', '.join(_allowed_keys(SurveyConfig, ('source',)))}")
     try:
-        cfg = SurveyConfig(**data, source=str(path))
+        cfg = SurveyConfig.model_validate({**data, "source": str(path)})
     except ValidationError as exc:
         raise ConfigError(_format_error(path, exc, SurveyConfig)) from None
     check_names(cfg, path)
@@ -330,7 +435,7 @@ def default_config_for(pixel_m: float, bands: Sequence[str]) -> Path:
 def config_from_dict(data: dict[str, Any], where: str) -> SurveyConfig:
     """A config stored as a dict (a model's training config), validated like a file."""
     try:
-        cfg = SurveyConfig(**{**data, "source": where})
+        cfg = SurveyConfig.model_validate({**data, "source": where})
     except ValidationError as exc:
         raise ConfigError(_format_error(where, exc, SurveyConfig)) from None
     check_names(cfg, where)
@@ -338,19 +443,32 @@ def config_from_dict(data: dict[str, Any], where: str) -> SurveyConfig:
 
 
 def check_names(cfg: SurveyConfig, where: Path | str) -> None:
-    """Fail early, naming the file and the key, on an unknown calendar or sensor."""
+    """Fail early, naming the file and the key, on an unknown calendar or sensor (or a
+    calendar or sensor file that is missing or invalid)."""
     if not Path(cfg.calendar).suffix and cfg.calendar not in known_calendars():
         raise ConfigError(f"{where}: key 'calendar': unknown calendar '{cfg.calendar}'; "
                           f"allowed: {', '.join(known_calendars())} (or a calendar file path)")
+    if Path(cfg.calendar).suffix and not Path(cfg.calendar).is_file():
+        raise ConfigError(f"{where}: key 'calendar': {_no_calendar_file(cfg.calendar)}")
     load_calendar(cfg.calendar)
-    from pipeline.sensors import known_sensors
+    from pipeline.sensors import known_sensors, load_sensor
     if not Path(cfg.sensor).suffix and cfg.sensor not in known_sensors():
         raise ConfigError(f"{where}: key 'sensor': unknown sensor '{cfg.sensor}'; allowed: "
                           f"{', '.join(known_sensors())} (or a sensor file path)")
+    if Path(cfg.sensor).suffix:   # a sensor file: it must exist and parse
+        try:
+            load_sensor(cfg.sensor)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: key 'sensor': {exc}") from None
 
 
 def known_calendars() -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / "calendars").glob("*.yaml"))
+
+
+def _no_calendar_file(path: str | Path) -> str:
+    return (f"calendar file not found: {path}; give an existing calendar file or a built-in "
+            f"calendar: {', '.join(known_calendars())}")
 
 
 def load_calendar(name_or_path: str | Path) -> Calendar:
@@ -361,9 +479,11 @@ def load_calendar(name_or_path: str | Path) -> Calendar:
         if not p.is_file():
             raise ConfigError(
                 f"unknown calendar '{name_or_path}'; known: {', '.join(known_calendars())}")
+    elif not p.is_file():
+        raise ConfigError(_no_calendar_file(p))
     data = _read_yaml(p)
     try:
-        return Calendar(**data)
+        return Calendar.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_error(p, exc, Calendar)) from None
 

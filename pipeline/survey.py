@@ -196,35 +196,72 @@ class TrainScene:
 
 def read_manifest(path: Path) -> list[TrainScene]:
     """A YAML list (or ``scenes:`` list) of {images, labels, dem?, calendar?}; relative paths
-    are taken from the manifest's folder. ``images`` are files, folders or glob patterns
-    (``scene/S2_*.tif``), one or a list."""
+    (a calendar file's too) are taken from the manifest's folder. ``images`` are files,
+    folders or glob patterns (``scene/S2_*.tif``), one or a list. Every entry is checked here,
+    before any scene is read: a later scene's mistake must not cost the earlier scenes' work."""
+    from pipeline.errors import ConfigError
     path = Path(path)
     doc = load_yaml(path, "manifest", InputError)
     entries = doc.get("scenes") if isinstance(doc, dict) else doc
     if not isinstance(entries, list) or not entries:
         raise InputError(f"{path}: expected a list of scenes (images, labels, dem, calendar)")
     base = path.parent
+
+    def text(where: str, key: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise InputError(f"{where}: '{key}' must be a path (text), not {value!r}; quote "
+                             "it if it looks like a number or a date")
+        return value
+
     out = []
     for i, e in enumerate(entries):
+        where = f"{path}: scene {i + 1}"
         if not isinstance(e, dict) or "images" not in e or "labels" not in e:
             raise InputError(f"{path}: scene {i + 1} needs 'images' and 'labels'")
         unknown = set(e) - {"images", "labels", "dem", "calendar"}
         if unknown:
             raise InputError(f"{path}: scene {i + 1} has unknown keys {sorted(unknown)}; "
                              "allowed: images, labels, dem, calendar")
+
         imgs = e["images"] if isinstance(e["images"], list) else [e["images"]]
+        if not [x for x in imgs if x not in (None, "")]:
+            raise InputError(f"{where} has no images; list its image files, folders or "
+                             "patterns under 'images'")
         files: list[Path] = []
-        for x in map(str, imgs):
+        for x in (text(where, "images", x) for x in imgs):
             if glob.has_magic(x):   # the manifest's own folder name is not a pattern
                 found = sorted(glob.glob(os.path.join(glob.escape(str(base)), x)))
                 if not found:
                     raise InputError(f"{path}: scene {i + 1}: '{x}' matches no file")
                 files += map(Path, found)
+            elif not (base / x).exists():
+                raise InputError(f"{where}: image '{x}': no such file or folder")
             else:
                 files.append(base / x)
-        out.append(TrainScene(tuple(files), base / str(e["labels"]),
-                              base / str(e["dem"]) if e.get("dem") else None,
-                              e.get("calendar")))
+        if e["labels"] in (None, ""):
+            raise InputError(f"{where} has no labels; give its labelled polygon file")
+        labels = base / text(where, "labels", e["labels"])
+        if not labels.exists():
+            raise InputError(f"{where}: labels '{e['labels']}': no such file")
+        dem = None
+        if e.get("dem") not in (None, ""):
+            dem = base / text(where, "dem", e["dem"])
+            if not dem.exists():
+                raise InputError(f"{where}: dem '{e['dem']}': no such file")
+        calendar = e.get("calendar")
+        if calendar not in (None, ""):
+            if not isinstance(calendar, str):
+                raise InputError(f"{where}: 'calendar' must be a calendar name or file path "
+                                 f"(text), not {calendar!r}")
+            if Path(calendar).suffix:   # a file: from the manifest's folder, like the others
+                calendar = str(base / calendar)
+            try:
+                load_calendar(calendar)
+            except ConfigError as exc:
+                raise InputError(f"{where}: {exc}") from None
+        else:
+            calendar = None
+        out.append(TrainScene(tuple(files), labels, dem, calendar))
     return out
 
 

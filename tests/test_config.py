@@ -227,3 +227,132 @@ def test_phases_wrap_the_year_end_and_move_with_elevation(tmp_path: Path) -> Non
     held = dict(phase_membership(dates, cal, ["pre", "flowering"], shifts=(0, 20)))
     assert (3, 15, 20) in held["pre"] and (3, 0, 14) in held["flowering"]
     assert (5, 15, 20) in held["flowering"] and (4, 1, 20) in held["flowering"]
+
+
+@pytest.mark.parametrize("text,needle", [
+    # the loader sets 'source' itself: a file's own one was a TypeError traceback
+    ("source: mine\n", "unknown key 'source'; allowed: sensor, calendar"),
+    # YAML allows keys that are not strings (a TypeError traceback before)
+    ("1: x\n", "key '1': Keys should be strings"),
+    ("features:\n  spatial_radii_px: [2, 99]\n",
+     "key 'features.spatial_radii_px': radii must be 1-64 pixels, not [99]"),
+])
+def test_keys_the_loader_could_not_take_are_config_errors(tmp_path, text, needle) -> None:
+    assert needle in _error(tmp_path, text)
+
+
+def test_a_calendar_without_flowering_is_refused_where_it_is_named(tmp_path: Path) -> None:
+    """Poppy is found in bloom: a calendar without a flowering phase was accepted by train (a
+    model without bloom) and a KeyError traceback in detect."""
+    cal = _calendar(tmp_path, "  pre: {start: '03-01', end: '03-31'}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_calendar(cal)
+    msg = str(exc.value)
+    assert msg.startswith(f"{cal}: key 'phases': no 'flowering' phase") and "\n" not in msg
+    # named by a config, the config's loading refuses it, naming the calendar file
+    with pytest.raises(ConfigError, match=f"^{cal}: key 'phases': no 'flowering' phase"):
+        load_config(_cfg(tmp_path, f"calendar: {cal}\n"))
+
+
+def test_a_missing_calendar_file_is_not_a_missing_config(tmp_path: Path) -> None:
+    missing = tmp_path / "nocal.yaml"
+    msg = _error(tmp_path, f"calendar: {missing}\n")
+    assert f"key 'calendar': calendar file not found: {missing}" in msg
+    assert "config file not found" not in msg and "east-china" in msg
+    with pytest.raises(ConfigError, match=f"^calendar file not found: {missing}; .*east-china"):
+        load_calendar(missing)
+
+
+def test_detect_with_a_calendar_lacking_a_phase_the_model_used_is_a_model_error() -> None:
+    """A calendar of flowering and post, a model that learnt from pre: a ModelError naming
+    the phase and the calendar (a KeyError traceback before)."""
+    from classifiers.artifact import Artifact
+    from classifiers.predict import check_phases
+    from pipeline.config import Calendar
+    from pipeline.errors import ModelError
+    cal = Calendar(name="short", phases={"flowering": {"start": "04-01", "end": "05-20"},
+                                         "post": {"start": "05-21", "end": "06-30"}})
+    art = Artifact(None, {"feature_names": ["pre.median.NDVI", "flowering.median.NDVI"],
+                          "phase_dates": [{"pre": ["2024-03-15"], "flowering": ["2024-04-20"]}]})
+    with pytest.raises(ModelError, match="uses the pre phase but calendar short has none"):
+        check_phases(art, {"flowering": ["2024-04-20"], "post": []}, cal, ["2024-04-20"])
+
+
+@pytest.mark.parametrize("text,key,needle", [
+    # these loaded and failed later as "the model's features do not fit"
+    ("features:\n  bands: [red, ultraviolet]\n", "features.bands",
+     "unknown band 'ultraviolet'; allowed (canonical band names): coastal, blue"),
+    ("features:\n  spatial_vars: [NDVI, FOO]\n  spatial_radii_px: [1]\n",
+     "features.spatial_vars", "unknown variable 'FOO'; allowed: the bands coastal"),
+    ("features:\n  spatial_vars: [NDVI@rel, ndyi@leaf]\n", "features.spatial_vars",
+     "unknown variable 'ndyi@leaf' (did you mean 'NDYI'?)"),
+    # refused before only when the features were planned, without the file or the key
+    ("features:\n  indices: [NDVI, FOOBAR]\n", "features.indices",
+     "unknown index 'FOOBAR'; the index catalogue has: NDVI"),
+    # poppy is found in bloom: no model without flowering features
+    ("features:\n  phases: [pre, post]\n", "features.phases", "['pre', 'post'] lacks 'flowering'"),
+])
+def test_unknown_feature_names_are_refused_at_load(tmp_path, text, key, needle) -> None:
+    msg = _error(tmp_path, text)
+    assert f"key '{key}': {needle}" in msg
+
+
+def test_every_band_index_and_spatial_variable_form_loads() -> None:
+    from indices.catalogue import load_catalogue
+    from pipeline.bands import CANONICAL_BANDS
+    cat = tuple(load_catalogue())
+    cfg = with_overrides(load_config(), **{
+        "features.bands": CANONICAL_BANDS, "features.indices": cat,
+        "features.spatial_vars": ("nir@rel", "NDYI@leaf", "red@leaf@rel", *cat)})
+    assert cfg.features.indices == cat
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    # 'lots' loaded and failed in dask.distributed with a traceback
+    ("memory_per_worker", "lots", "'lots' is not a memory size; write e.g. 3GB"),
+    ("memory_per_worker", "-2GB", "'-2GB' is not a memory size"),
+    ("scheduler", "thread", "'thread' is not one of threads, processes"),
+    ("scheduler", "local:0", "local:N needs N >= 1"),
+])
+def test_run_values_are_checked_at_load(tmp_path, key, value, needle) -> None:
+    assert f"key 'run.{key}': {needle}" in _error(tmp_path, f"run:\n  {key}: {value}\n")
+
+
+@pytest.mark.parametrize("memory", ["3GB", "512 MiB", "auto", "0.5", "0", "4000000000"])
+def test_memory_sizes_dask_reads_load(tmp_path, memory) -> None:
+    cfg = load_config(_cfg(tmp_path, f"run:\n  memory_per_worker: {memory}\n"))
+    assert cfg.run.memory_per_worker == memory
+
+
+def test_a_bad_scheduler_option_is_refused_with_the_config(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="^option.s. run.scheduler over .*'tcp:/x' is not one"):
+        with_overrides(load_config(), **{"run.scheduler": "tcp:/x"})
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    # these loaded and were only met (or not) later: a NaN priority, an inverted ranking, a
+    # detect that writes no target file, a scikit-learn traceback for the seed
+    ("ranking.w_score", ".nan", "Input should be a finite number"),
+    ("patches.merge_distance_m", ".inf", "Input should be a finite number"),
+    ("ranking.w_area", "-0.2", "Input should be greater than or equal to 0"),
+    ("outputs.formats", "[]", "Tuple should have at least 1 item"),
+    ("model.seed", "-1", "Input should be greater than or equal to 0"),
+    ("model.seed", "20240501", "Input should be less than or equal to 4000000"),
+])
+def test_numbers_that_only_failed_later_are_refused_at_load(tmp_path, key, value,
+                                                            needle) -> None:
+    section, name = key.split(".")
+    msg = _error(tmp_path, f"{section}:\n  {name}: {value}\n")
+    assert f"key '{key}': {needle}" in msg
+
+
+def test_a_sensor_file_must_exist_and_be_a_sensor_file(tmp_path: Path) -> None:
+    """cfg.sensor is not read again after loading: a missing sensor file passed silently."""
+    missing = tmp_path / "cam.yaml"
+    assert f"key 'sensor': {missing}: sensor file not found" in _error(
+        tmp_path, f"sensor: {missing}\n")
+    missing.write_text("name: cam\nkind: drone\n")
+    assert "key 'sensor': " in _error(tmp_path, f"sensor: {missing}\n")
+    from pipeline.sensors import SENSORS_DIR
+    assert load_config(_cfg(tmp_path, f"sensor: {SENSORS_DIR / 'p4m.yaml'}\n")).sensor.endswith(
+        "p4m.yaml")

@@ -78,3 +78,54 @@ def test_a_label_file_of_poppy_plots_alone_trains_with_the_unlabelled_background
         train(sc.images, sc.labels, tmp_path / "model2",
               with_overrides(cfg, **{"model.background_sample_px": 0}))
     assert not (tmp_path / "model2").exists()
+
+
+@pytest.mark.parametrize("entry, msg", [
+    # a number passed on to Path() was a TypeError traceback in train
+    ("  calendar: 5\n", "scene 2: 'calendar' must be a calendar name or file path .text., not 5"),
+    ("  calendar: mars\n", "scene 2: unknown calendar 'mars'; known: .*east-china"),
+    ("  calendar: cal.yaml\n", "scene 2: calendar file not found: .*cal.yaml"),
+    ("  dem: [a.tif]\n", "scene 2: 'dem' must be a path .text., not \\['a.tif'\\]"),
+    ("  dem: nodem.tif\n", "scene 2: dem 'nodem.tif': no such file"),
+])
+def test_a_later_scenes_mistake_is_found_before_any_scene_is_read(tmp_path, entry, msg):
+    """Each entry's values are checked when the manifest is read, naming the manifest and the
+    scene: not after the first scenes' work, not as a traceback."""
+    (tmp_path / "x.tif").write_bytes(b"")
+    (tmp_path / "l.geojson").write_text("{}")
+    man = tmp_path / "m.yaml"
+    man.write_text("- images: x.tif\n  labels: l.geojson\n"
+                   "- images: x.tif\n  labels: l.geojson\n" + entry)
+    with pytest.raises(InputError, match=f"^{man}: {msg}"):
+        read_manifest(man)
+
+
+@pytest.mark.parametrize("text, msg", [
+    # 'images:' left empty said ".../None: no such file or folder"
+    ("- images:\n  labels: l.geojson\n", "scene 1 has no images"),
+    ("- images: []\n  labels: l.geojson\n", "scene 1 has no images"),
+    ("- images: [x.tif, {a: 1}]\n  labels: l.geojson\n", "scene 1: 'images' must be a path"),
+    ("- images: x.tif\n  labels:\n", "scene 1 has no labels"),
+    ("- images: nothere.tif\n  labels: l.geojson\n", "scene 1: image 'nothere.tif': no such file"),
+    ("- images: x.tif\n  labels: nolabels.geojson\n", "scene 1: labels 'nolabels.geojson': no such"),
+])
+def test_empty_or_missing_manifest_paths_are_named(tmp_path, text, msg):
+    (tmp_path / "x.tif").write_bytes(b"")
+    (tmp_path / "l.geojson").write_text("{}")
+    man = tmp_path / "m.yaml"
+    man.write_text(text)
+    with pytest.raises(InputError, match=f"^{man}: {msg}"):
+        read_manifest(man)
+
+
+def test_a_manifest_calendar_file_is_taken_from_the_manifests_folder(tmp_path):
+    from pipeline.config import CONFIG_DIR
+    (tmp_path / "x.tif").write_bytes(b"")
+    (tmp_path / "l.geojson").write_text("{}")
+    (tmp_path / "cal.yaml").write_text(
+        (CONFIG_DIR / "calendars" / "east-china.yaml").read_text(encoding="utf-8"))
+    man = tmp_path / "m.yaml"
+    man.write_text("- images: x.tif\n  labels: l.geojson\n  calendar: cal.yaml\n"
+                   "- images: x.tif\n  labels: l.geojson\n  calendar: east-china\n")
+    first, second = read_manifest(man)
+    assert first.calendar == str(tmp_path / "cal.yaml") and second.calendar == "east-china"
