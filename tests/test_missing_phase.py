@@ -4,6 +4,7 @@ features, not by the main model on NaN features (classifiers/artifact.ReducedMod
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,8 @@ def test_each_pixel_is_scored_by_the_model_for_the_phases_it_lacks():
 
 
 def test_a_survey_without_a_phase_is_scored_when_a_model_lacks_exactly_it(caplog):
+    # an in-process CLI run with -q earlier in the session leaves the package loggers at ERROR
+    caplog.set_level(logging.WARNING, logger="classifiers.predict")
     cal = load_calendar("east-china")
     full = {"pre": ["2024-03-15"], "flowering": ["2024-04-20"], "post": ["2024-06-05"]}
     art = artifact.Artifact(None, {"feature_names": NAMES, "phase_dates": [full]},
