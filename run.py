@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -265,6 +266,31 @@ def _fresh_out(out: Path) -> None:
         raise PoppyscanError(f"{out}: exists and is not a folder; choose another --out")
 
 
+#: the option naming the folder a command writes; a folder the run created is removed again
+#: when the run ends in a user error (fetch keeps its download cache for the rerun)
+OUTPUT_OPTION = {"simulate": "out", "detect": "out", "demo": "out", "train": "model"}
+
+
+def _dispatch(args) -> int:
+    if args.command in CAMPAIGN:
+        raise NotImplementedYet(f"'{args.command}' is not implemented yet (campaign "
+                                "issue); see `python run.py --help`")
+    if args.command == "detect":
+        return cmd_detect(args, args.quiet)
+    if args.command == "demo":
+        return cmd_demo(args, args.quiet)
+    return {"simulate": cmd_simulate, "inspect": cmd_inspect, "fetch": cmd_fetch,
+            "train": cmd_train}[args.command](args)
+
+
+def _as_user_error(exc: Exception) -> PoppyscanError | None:
+    if isinstance(exc, PoppyscanError):
+        return exc
+    # pixels are read lazily: a damaged file fails inside a dask compute, as a rasterio error
+    from pipeline.readers._raster import read_failure
+    return read_failure(exc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -272,18 +298,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     _setup_logging(args.verbose, args.quiet)
+    out = getattr(args, OUTPUT_OPTION.get(args.command, ""), None)
+    created = out is not None and not out.exists()
     try:
-        if args.command in CAMPAIGN:
-            raise NotImplementedYet(f"'{args.command}' is not implemented yet (campaign "
-                                    "issue); see `python run.py --help`")
-        if args.command == "detect":
-            return cmd_detect(args, args.quiet)
-        if args.command == "demo":
-            return cmd_demo(args, args.quiet)
-        return {"simulate": cmd_simulate, "inspect": cmd_inspect, "fetch": cmd_fetch,
-                "train": cmd_train}[args.command](args)
-    except PoppyscanError as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        return _dispatch(args)
+    except (PoppyscanError, OSError) as exc:
+        err = _as_user_error(exc)
+        if err is None:
+            raise
+        if created and out.is_dir():  # no half-written output folder
+            shutil.rmtree(out, ignore_errors=True)
+        msg = str(err).splitlines()[0] if str(err) else err.__class__.__name__
         sys.stderr.write(f"{PROG}: error: {msg}\n")
         return 2
     except KeyboardInterrupt:

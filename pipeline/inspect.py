@@ -11,6 +11,7 @@ from pyproj import CRS
 from pipeline.bands import CANONICAL_BANDS
 from pipeline.ingest import open_scene
 from pipeline.masks import apply_masks
+from pipeline.readers._raster import read_pixels
 
 
 def _crs_string(crs) -> str:
@@ -36,7 +37,8 @@ def inspect_images(images: Sequence[Path], *, sensor: str | None = None,
     valid = np.isfinite(scene.sel(band=refl)).any("band").any("time")
     clear_frac = clear.sum(("y", "x")) / np.maximum(valid.sum(), 1)
     means = m.where(clear).mean(("y", "x"))
-    clear_frac, means = dask.compute(clear_frac, means)
+    sources = [s for v in scene["source"].values for s in str(v).split("; ")]
+    clear_frac, means = read_pixels(lambda: dask.compute(clear_frac, means), sources)
     dates = [str(t)[:10] for t in scene["time"].values]
     return {
         "sensor": scene.attrs["sensor"],
