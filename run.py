@@ -52,9 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True, help="output folder")
     s.add_argument("--sensor", choices=("sentinel2", "drone", "drone-rgb"), default="sentinel2")
     s.add_argument("--size", type=int, default=256, help="scene side in pixels (default 256)")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default 0)")
     s.add_argument("--prevalence", type=float, default=0.01,
-                   help="share of poppy area, 0.0005-0.05 (default 0.01)")
+                   help="share of poppy area, 0-0.05; 0 gives a scene without poppy "
+                   "(default 0.01)")
 
     s = sub.add_parser("inspect", help="print what poppyscan reads from images, as JSON")
     s.add_argument("--images", type=Path, nargs="+", required=True, metavar="PATH")
