@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("simulate", help="write a seeded synthetic scene (a test instrument, "
                        "not evidence about real fields)")
-    s.add_argument("--out", type=Path, required=True, help="output folder")
+    s.add_argument("--out", type=Path, required=True, help="output folder, new or empty")
     s.add_argument("--sensor", choices=("sentinel2", "drone", "drone-rgb"), default="sentinel2")
     s.add_argument("--size", type=int, default=256, help="scene side in pixels (default 256)")
     s.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default 0)")
@@ -263,8 +263,13 @@ def cmd_demo(a, quiet: bool) -> int:
 
 
 def _fresh_out(out: Path) -> None:
+    """A scene is written whole: into a new or empty folder, never beside another scene (its
+    dates and labels would mix with the new ones)."""
     if out.exists() and not out.is_dir():
         raise PoppyscanError(f"{out}: exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        raise PoppyscanError(f"{out}: folder is not empty; give a new or empty --out (a "
+                             "scene written beside another would mix their dates and labels)")
 
 
 #: the option naming the folder a command writes; a folder the run created is removed again

@@ -281,3 +281,17 @@ def test_help_states_the_prevalence_range_simulate_checks(tmp_path: Path, capsys
     for bad in (lo - 1e-4, hi + 1e-4):
         with pytest.raises(InputError, match="prevalence"):
             simulate(tmp_path / str(bad), size=16, prevalence=bad)
+
+
+def test_simulate_refuses_a_folder_holding_a_scene(tmp_path: Path, capsys) -> None:
+    """A second scene written into the first one's folder would add its dates beside the old
+    ones and overwrite the labels: refused, and the first scene is left as it was."""
+    out = tmp_path / "scene"
+    assert _simulate_cli("--out", str(out), "--size", "16", "--seed", "1", capsys=capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, err = _simulate_cli("--out", str(out), "--size", "16", "--seed", "2", capsys=capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines() == [err.strip()] and "not empty" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (empty := tmp_path / "empty").mkdir()        # an empty folder is fine
+    assert _simulate_cli("--out", str(empty), "--size", "16", capsys=capsys)[0] == 0
