@@ -37,7 +37,8 @@ def inspect_json(*args: str, capsys) -> dict:
     code, out, err = inspect_cli(*args, capsys=capsys)
     assert code == 0, err
     doc = json.loads(out)                       # the whole of stdout is ONE JSON object
-    assert isinstance(doc, dict) and set(doc) == KEYS
+    # resolution_note: only where the metres are approximate (a geographic CRS)
+    assert isinstance(doc, dict) and set(doc) - {"resolution_note"} == KEYS
     n = doc["shape"][0]
     assert len(doc["dates"]) == len(doc["clear_fraction"]) == len(doc["mean_reflectance"]) == n
     assert doc["shape"][1] == len(doc["bands"])
@@ -210,3 +211,22 @@ def test_unsupported_file_type_names_the_file(tmp_path: Path, capsys) -> None:
     code, out, err = inspect_cli("--images", str(notes), capsys=capsys)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert "notes.txt: unsupported input" in err
+
+
+def test_resolution_is_metres_in_a_geographic_crs(tmp_path: Path, capsys) -> None:
+    """EPSG:4326 pixels of 1e-4 degree are ~9.6 m wide at 30 N: inspect reports metres (the
+    contract's unit), measured at the scene centre and noted as approximate, not 0.0001."""
+    from affine import Affine
+    from test_ingest import ramp, write_dn
+    img = write_dn(tmp_path / "S2_20240410.tif", ramp(),
+                   tf=Affine(1e-4, 0, 120.0, 0, -1e-4, 30.2), crs="EPSG:4326")
+    doc = inspect_json("--images", str(img), capsys=capsys)
+    lat = 30.2 - 16e-4                                           # the centre of 32 rows
+    expected = np.radians(1e-4) * 6378137.0 * np.cos(np.radians(lat))
+    assert doc["crs"] == "EPSG:4326"
+    assert doc["resolution"] == pytest.approx(expected, rel=0.005)
+    assert "approximate" in doc["resolution_note"] and "scene centre" in doc["resolution_note"]
+    (tmp_path / "utm").mkdir()
+    utm = write_dn(tmp_path / "utm" / "S2_20240410.tif", ramp())    # 10 m, EPSG:32650
+    doc = inspect_json("--images", str(utm), capsys=capsys)
+    assert doc["resolution"] == 10.0 and "resolution_note" not in doc
