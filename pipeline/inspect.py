@@ -13,6 +13,7 @@ import numpy as np
 from pyproj import CRS
 
 from pipeline.bands import CANONICAL_BANDS
+from pipeline.errors import InputError, SensorNeeded
 from pipeline.ingest import open_scene
 from pipeline.masks import apply_masks
 from pipeline.readers._raster import read_pixels
@@ -48,7 +49,12 @@ def inspect_images(images: Sequence[Path], *, sensor: str | None = None,
     if sensor:
         from pipeline.sensors import load_sensor
         spec = load_sensor(sensor)
-    scene = open_scene(images, spec, chunks=chunks)
+    try:
+        scene = open_scene(images, spec, chunks=chunks)
+    except SensorNeeded as exc:  # inspect, unlike train and detect, has --sensor
+        hint = ("the right --sensor" if spec is not None else
+                f"--sensor ({' | '.join(exc.sensors)})" if exc.sensors else "--sensor")
+        raise InputError(f"{exc}; or give {hint}") from None
     if aoi is not None:
         from pipeline.aoi import read_aoi
         scene = open_scene(images, spec, chunks=chunks, aoi=read_aoi(aoi, scene.rio.crs))
