@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """poppyscan command line: parse, load config, call a pipeline function, map errors to exits.
 
-Exit codes: 0 success; 2 user error (one line on stderr, nothing written); 130 Ctrl-C; any
-other code is a bug (with its traceback).
+Exit codes: 0 success; 2 user error (one line on stderr, nothing written); 130 Ctrl-C; 141
+stdout closed early (as by `| head`); any other code is a bug (with its traceback).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -32,10 +33,13 @@ class _Parser(argparse.ArgumentParser):
 
 def _formats(text: str) -> tuple[str, ...]:
     items = tuple(s.strip().lower() for s in text.split(",") if s.strip())
-    bad = [s for s in items if s not in FORMATS]
-    if bad or not items:
+    if not items:
         raise argparse.ArgumentTypeError(
-            f"unknown format(s) {bad or [text]}; allowed: {','.join(FORMATS)}")
+            f"no format given ({text!r}); give one or more of {','.join(FORMATS)}")
+    bad = [s for s in items if s not in FORMATS]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown format(s) {bad}; allowed: {','.join(FORMATS)}")
     return items
 
 
@@ -308,6 +312,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     created = out is not None and not out.exists()
     try:
         return _dispatch(args)
+    except BrokenPipeError:
+        # stdout closed early (`run.py inspect ... | head -1`): stop quietly, as `yes | head`
+        # does; stdout goes to /dev/null so the exit's own flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (PoppyscanError, OSError) as exc:
         err = _as_user_error(exc)
         if err is None:

@@ -204,6 +204,10 @@ def read_manifest(path: Path) -> list[TrainScene]:
     for i, e in enumerate(entries):
         if not isinstance(e, dict) or "images" not in e or "labels" not in e:
             raise InputError(f"{path}: scene {i + 1} needs 'images' and 'labels'")
+        empty = [k for k in ("images", "labels") if e[k] in (None, "", [])]
+        if empty:
+            raise InputError(f"{path}: scene {i + 1} has no {' and no '.join(empty)}; give "
+                             "its files, folders or patterns")
         unknown = set(e) - {"images", "labels", "dem", "calendar"}
         if unknown:
             raise InputError(f"{path}: scene {i + 1} has unknown keys {sorted(unknown)}; "
@@ -724,7 +728,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     plan = make_plan(masks(scene.isel(y=slice(0, 1), x=slice(0, 1)), cfg), calendar,
                      cfg.features, shifts)
     check_fit(art, plan.names, scene.attrs["sensor"], calendar.name,
-              json.loads(scene.attrs.get("dropped_bands", "{}")))
+              json.loads(scene.attrs.get("dropped_bands", "{}")), scene["band"].values.tolist())
     exclusion = None
     if exclude is not None:
         geoms, _ = read_polygons(exclude, scene.rio.crs, what="exclusion file")

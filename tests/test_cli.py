@@ -71,6 +71,14 @@ def test_bad_format_is_rejected(capsys):
     assert exc.value.code == 2 and "allowed" in capsys.readouterr().err
 
 
+def test_empty_format_list_says_no_format_was_given(capsys):
+    import run as cli
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["detect", "--images", "x.tif", "--model", "m", "--out", "o", "--formats", ","])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "no format given" in err and "unknown" not in err
+
+
 def _one_line_error(r: subprocess.CompletedProcess) -> str:
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr
@@ -295,3 +303,40 @@ def test_an_existing_out_folder_is_kept_on_a_user_error(trained, tmp_path):
     _one_line_error(run("detect", "--images", *images, "--model", str(d / "model"),
                         "--out", str(out)))
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_band_no_image_has_is_named(trained, tmp_path):
+    """Every date lacks the red band: nothing is dropped (no date has it), and the refusal
+    still names the band instead of listing the features it cannot compute."""
+    import rasterio
+    from scenes import S2_NAMES
+
+    from pipeline.geotiff import write_multiband
+    d, scene = trained
+    keep = [i for i, n in enumerate(S2_NAMES) if n != "B04"]
+    images = []
+    for src in scene.images:
+        with rasterio.open(src) as r:
+            data, tf, crs = r.read(), r.transform, r.crs
+            date = r.tags()["ACQUISITION_DATE"]
+        images.append(str(write_multiband(
+            tmp_path / src.name, data[keep], [S2_NAMES[i] for i in keep], tf, crs.to_string(),
+            acquisition_date=date, scales=[1e-4] * 11 + [1], offsets=[0] * 12)))
+    out = tmp_path / "out"
+    line = _one_line_error(run("detect", "--images", *images, "--model", str(d / "model"),
+                               "--out", str(out)))
+    assert "no image has band 'red' (B04)" in line
+    assert not out.exists()
+
+
+def test_stdout_closed_early_exits_quietly(trained):
+    """`run.py inspect ... | head -1`: the reader goes away before the JSON is printed."""
+    _, scene = trained
+    p = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "inspect", "--images",
+                          *map(str, scene.images)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, cwd=ROOT)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    p.stderr.close()
+    assert p.wait(timeout=300) == 141
+    assert err == ""

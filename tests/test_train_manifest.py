@@ -39,6 +39,10 @@ def test_manifest_trains_on_every_scene(tmp_path):
     ("- images: [x.tif]\n", "needs 'images' and 'labels'"),
     ("- images: [x.tif]\n  labels: l.geojson\n  colour: red\n", "unknown keys"),
     ("- images: nothere/S2_*.tif\n  labels: l.geojson\n", "'nothere/S2_\\*.tif' matches no file"),
+    # a key left empty is no file named 'None'
+    ("- images:\n  labels: l.geojson\n", "scene 1 has no images;"),
+    ("- images: []\n  labels: l.geojson\n", "scene 1 has no images;"),
+    ("- images: [x.tif]\n  labels:\n", "scene 1 has no labels;"),
 ])
 def test_bad_manifest_is_a_user_error(tmp_path, text, msg):
     man = tmp_path / "m.yaml"
