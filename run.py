@@ -293,12 +293,15 @@ def _dispatch(args) -> int:
             "train": cmd_train}[args.command](args)
 
 
-def _as_user_error(exc: Exception) -> PoppyscanError | None:
+def _as_user_error(exc: Exception, args) -> PoppyscanError | None:
     if isinstance(exc, PoppyscanError):
         return exc
     # pixels are read lazily: a damaged file fails inside a dask compute, as a rasterio error
+    # (GDAL names the file without its folder: the --images files give it back)
     from pipeline.readers._raster import read_failure
-    return read_failure(exc)
+    given = getattr(args, "images", None) or []
+    files = [f for p in given for f in (sorted(p.iterdir()) if p.is_dir() else [p])]
+    return read_failure(exc, files)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -318,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except (PoppyscanError, OSError) as exc:
-        err = _as_user_error(exc)
+        err = _as_user_error(exc, args)
         if err is None:
             raise
         if created and out.is_dir():  # no half-written output folder

@@ -289,7 +289,7 @@ def test_damaged_pixel_data_is_a_user_error_in_inspect_and_train(trained, tmp_pa
     assert str(bad) in line and "damaged or incomplete" in line
     line = _one_line_error(run("train", "--images", *images, "--labels", str(scene.labels),
                                "--model", str(tmp_path / "m")))
-    assert bad.name in line and "damaged or incomplete" in line
+    assert str(bad) in line and "damaged or incomplete" in line
     assert not (tmp_path / "m").exists()
 
 
