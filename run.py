@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """poppyscan command line: parse, load config, call a pipeline function, map errors to exits.
 
-Exit codes: 0 success; 2 user error (one line on stderr, nothing written); 130 Ctrl-C; any
-other code is a bug (with its traceback).
+Exit codes: 0 success; 2 user error (one line on stderr, nothing written); 130 Ctrl-C; 141
+stdout closed early (as by `| head`); any other code is a bug (with its traceback).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,10 +33,13 @@ class _Parser(argparse.ArgumentParser):
 
 def _formats(text: str) -> tuple[str, ...]:
     items = tuple(s.strip().lower() for s in text.split(",") if s.strip())
-    bad = [s for s in items if s not in FORMATS]
-    if bad or not items:
+    if not items:
         raise argparse.ArgumentTypeError(
-            f"unknown format(s) {bad or [text]}; allowed: {','.join(FORMATS)}")
+            f"no format given ({text!r}); give one or more of {','.join(FORMATS)}")
+    bad = [s for s in items if s not in FORMATS]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown format(s) {bad}; allowed: {','.join(FORMATS)}")
     return items
 
 
@@ -48,12 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("simulate", help="write a seeded synthetic scene (a test instrument, "
                        "not evidence about real fields)")
-    s.add_argument("--out", type=Path, required=True, help="output folder")
+    s.add_argument("--out", type=Path, required=True, help="output folder, new or empty")
     s.add_argument("--sensor", choices=("sentinel2", "drone", "drone-rgb"), default="sentinel2")
     s.add_argument("--size", type=int, default=256, help="scene side in pixels (default 256)")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default 0)")
     s.add_argument("--prevalence", type=float, default=0.01,
-                   help="share of poppy area, 0.0005-0.05 (default 0.01)")
+                   help="share of poppy area, 0-0.05; 0 gives a scene without poppy "
+                   "(default 0.01)")
 
     s = sub.add_parser("inspect", help="print what poppyscan reads from images, as JSON")
     s.add_argument("--images", type=Path, nargs="+", required=True, metavar="PATH")
@@ -260,14 +266,48 @@ def _print_detect(res) -> None:
 
 def cmd_demo(a, quiet: bool) -> int:
     from pipeline.demo import run_demo
-    _fresh_out(a.out)
+    if a.out.exists() and not a.out.is_dir():      # a rerun into its own folder is fine
+        raise PoppyscanError(f"{a.out}: exists and is not a folder; choose another --out")
     run_demo(a.out, progress=_progress(quiet))
     return 0
 
 
 def _fresh_out(out: Path) -> None:
+    """A scene is written whole: into a new or empty folder, never beside another scene (its
+    dates and labels would mix with the new ones)."""
     if out.exists() and not out.is_dir():
         raise PoppyscanError(f"{out}: exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        raise PoppyscanError(f"{out}: folder is not empty; give a new or empty --out (a "
+                             "scene written beside another would mix their dates and labels)")
+
+
+#: the option naming the folder a command writes; a folder the run created is removed again
+#: when the run ends in a user error (fetch keeps its download cache for the rerun)
+OUTPUT_OPTION = {"simulate": "out", "detect": "out", "demo": "out", "train": "model"}
+
+
+def _dispatch(args) -> int:
+    if args.command in CAMPAIGN:
+        raise NotImplementedYet(f"'{args.command}' is not implemented yet (campaign "
+                                "issue); see `python run.py --help`")
+    if args.command == "detect":
+        return cmd_detect(args, args.quiet)
+    if args.command == "demo":
+        return cmd_demo(args, args.quiet)
+    return {"simulate": cmd_simulate, "inspect": cmd_inspect, "fetch": cmd_fetch,
+            "train": cmd_train}[args.command](args)
+
+
+def _as_user_error(exc: Exception, args) -> PoppyscanError | None:
+    if isinstance(exc, PoppyscanError):
+        return exc
+    # pixels are read lazily: a damaged file fails inside a dask compute, as a rasterio error
+    # (GDAL names the file without its folder: the --images files give it back)
+    from pipeline.readers._raster import read_failure
+    given = getattr(args, "images", None) or []
+    files = [f for p in given for f in (sorted(p.iterdir()) if p.is_dir() else [p])]
+    return read_failure(exc, files)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -277,18 +317,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     _setup_logging(args.verbose, args.quiet)
+    out = getattr(args, OUTPUT_OPTION.get(args.command, ""), None)
+    created = out is not None and not out.exists()
     try:
-        if args.command in CAMPAIGN:
-            raise NotImplementedYet(f"'{args.command}' is not implemented yet (campaign "
-                                    "issue); see `python run.py --help`")
-        if args.command == "detect":
-            return cmd_detect(args, args.quiet)
-        if args.command == "demo":
-            return cmd_demo(args, args.quiet)
-        return {"simulate": cmd_simulate, "inspect": cmd_inspect, "fetch": cmd_fetch,
-                "train": cmd_train}[args.command](args)
-    except PoppyscanError as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        return _dispatch(args)
+    except BrokenPipeError:
+        # stdout closed early (`run.py inspect ... | head -1`): stop quietly, as `yes | head`
+        # does; stdout goes to /dev/null so the exit's own flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except (PoppyscanError, OSError) as exc:
+        err = _as_user_error(exc, args)
+        if err is None:
+            raise
+        if created and out.is_dir():  # no half-written output folder
+            shutil.rmtree(out, ignore_errors=True)
+        msg = str(err).splitlines()[0] if str(err) else err.__class__.__name__
         sys.stderr.write(f"{PROG}: error: {msg}\n")
         return 2
     except KeyboardInterrupt:

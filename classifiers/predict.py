@@ -18,6 +18,7 @@ from classifiers.artifact import Artifact, ReducedModel, feature_phases
 from classifiers.model import apply_platt
 from indices.catalogue import load_catalogue
 from indices.texture import LEAF_INDEX, split_var
+from pipeline.bands import ALL_BANDS, S2_BANDS
 from pipeline.config import PHASES, Calendar, SurveyConfig
 from pipeline.errors import ModelError
 
@@ -25,11 +26,13 @@ log = logging.getLogger(__name__)
 
 
 def check_fit(art: Artifact, feature_names: Sequence[str], sensor: str, calendar: str,
-              dropped_bands: dict[str, list[str]] | None = None) -> None:
+              dropped_bands: dict[str, list[str]] | None = None,
+              bands: Sequence[str] | None = None) -> None:
     """Refuse a model whose sensor, calendar or features do not fit the inputs.
 
     ``dropped_bands``: bands some images lack (band -> those images; a band must be on every
-    date), named in the refusal as the likely cause."""
+    date), named in the refusal as the likely cause; ``bands``: the scene's bands, so that a
+    band no image has is named too."""
     want, have = art.feature_names, list(feature_names)
     if art.meta["sensor"] != sensor:
         raise ModelError(f"the model was trained for sensor '{art.meta['sensor']}', the images "
@@ -46,6 +49,14 @@ def check_fit(art: Artifact, feature_names: Sequence[str], sensor: str, calendar
                 f"{files[0]} and {len(files) - 1} other image(s) lack"
             raise ModelError(f"{who} band '{band}', which the model uses on every date "
                              "(a band missing on one date is dropped from all); give images "
+                             "with every band the model was trained on")
+    if want != have and bands is not None:
+        absent = sorted(_bands_of([f for f in want if f not in have]) & set(ALL_BANDS)
+                        - set(bands), key=ALL_BANDS.index)
+        if absent:
+            s2 = {c: n for n, c in S2_BANDS.items()} if sensor == "sentinel2" else {}
+            named = ", ".join(f"'{b}'" + (f" ({s2[b]})" if b in s2 else "") for b in absent)
+            raise ModelError(f"no image has band {named}, which the model uses; give images "
                              "with every band the model was trained on")
     if want != have:
         missing = [f for f in want if f not in have][:3]

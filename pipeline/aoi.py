@@ -91,8 +91,9 @@ def read_features(path: Path, crs: Any | None = None, *,
                   what: str = "AOI file") -> tuple[list[Feature], CRS]:
     """Polygon features of ``path`` in ``crs`` (default: the file's), and that CRS.
 
-    A GeoJSON without a CRS is WGS84 (RFC 7946); any other file without one is refused
-    (a Shapefile without .prj could be in any projection). ``what`` names the file in errors.
+    A GeoJSON without a CRS is WGS84 (RFC 7946), and coordinates beyond longitude/latitude
+    in it (metres) are refused; any other file without one is refused (a Shapefile without
+    .prj could be in any projection). ``what`` names the file in errors.
     """
     path = Path(path)
     if not path.exists():
@@ -108,6 +109,8 @@ def read_features(path: Path, crs: Any | None = None, *,
     dst = _crs(crs, "requested AOI CRS") if crs is not None else src
     names = list(meta.get("fields", []))
     shapes = shapely.from_wkb(geoms) if geoms is not None else np.array([])
+    if src.is_geographic:
+        _check_lon_lat(path, shapes, src)
     transformer = None if src == dst else Transformer.from_crs(src, dst, always_xy=True)
     features: list[Feature] = []
     skipped = 0
@@ -131,6 +134,25 @@ def read_features(path: Path, crs: Any | None = None, *,
     if not features:
         raise InputError(f"{path}: no polygons; the {what} must hold at least one polygon")
     return features, dst
+
+
+def _check_lon_lat(path: Path, shapes: np.ndarray, crs: CRS) -> None:
+    """Refuse projected coordinates (metres) in a file read as longitude/latitude: a GeoJSON
+    without a ``crs`` member is WGS84, and metres read as degrees land nowhere."""
+    if not len(shapes):
+        return
+    minx, miny, maxx, maxy = shapely.total_bounds(shapes)
+    bad = next((f"{axis}={v:.0f}" for axis, v, limit in
+                (("x", minx, 180), ("x", maxx, 180), ("y", miny, 90), ("y", maxy, 90))
+                if np.isfinite(v) and abs(v) > limit), None)
+    if bad is None:
+        return
+    if path.suffix.lower() in (".geojson", ".json"):
+        raise InputError(f"{path}: coordinates are not longitude/latitude (e.g. {bad}): a "
+                         "GeoJSON without a `crs` member must be WGS84 (RFC 7946); reproject "
+                         "it or give it as GeoPackage with its CRS")
+    raise CRSError(f"{path}: coordinates are not longitude/latitude (e.g. {bad}) though its "
+                   f"CRS {crs.to_string()} is; save it with the CRS its coordinates are in")
 
 
 def _polygons(geom: BaseGeometry) -> BaseGeometry | None:

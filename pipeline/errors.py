@@ -5,6 +5,8 @@ exits 2. Subclasses also inherit the matching built-in so library callers can ca
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class PoppyscanError(Exception):
     """Root of all poppyscan errors that are the user's to fix (exit code 2)."""
@@ -23,6 +25,16 @@ class BandError(InputError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; we want plain text
         return str(self.args[0]) if self.args else ""
+
+
+class SensorNeeded(InputError):
+    """A file's bands cannot be named without knowing its sensor. The message says how to
+    name them in the file (what every command can use); ``sensors`` are the sensor names that
+    ``inspect --sensor`` would take instead."""
+
+    def __init__(self, message: str, sensors: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.sensors = tuple(sensors)
 
 
 class CRSError(InputError):

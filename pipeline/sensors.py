@@ -13,6 +13,9 @@ file, not new code. Schema (unknown keys are refused)::
     file_patterns: ["*.tif"]       # glob patterns of the files this sensor's products use
     stack_order: [blue, ...]       # optional: product band names in a stacked file's order
                                    # (default: the order of ``bands``)
+    classification_band: SCL       # optional: a categorical layer of the product (Sentinel-2
+                                   # L2A's scene classification) that a stacked file may carry
+                                   # as one more band after ``stack_order``
     bands:                         # one entry per band that is read
       - {name: blue, canonical: blue, wavelength_nm: 450, resolution_m: 0.05,
          aliases: [blue, b]}       # aliases: names in band descriptions / file-name suffixes
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from pipeline.bands import CANONICAL_BANDS, canonical_name
+from pipeline.bands import CANONICAL_BANDS, CATEGORICAL_BANDS, canonical_name
 from pipeline.config import load_yaml
 from pipeline.errors import ConfigError
 
@@ -40,7 +43,7 @@ KINDS = ("satellite", "drone")
 SCALINGS = ("auto", "float", "uint16_32768", "dn10000")
 
 _TOP_KEYS = {"name", "kind", "description", "resolution_m", "scaling", "file_patterns",
-             "stack_order", "bands", "dropped"}
+             "stack_order", "classification_band", "bands", "dropped"}
 _BAND_KEYS = {"name", "canonical", "wavelength_nm", "resolution_m", "aliases"}
 _DROPPED_KEYS = {"name", "wavelength_nm", "aliases", "reason", "resolution_m"}
 
@@ -66,6 +69,19 @@ class SensorSpec:
     stack_order: tuple[str, ...] = ()
     dropped: tuple[SensorBand, ...] = ()
     source: str = ""
+    classification_band: str | None = None
+
+    def stacked_names(self, count: int) -> list[str | None] | None:
+        """Canonical names of the bands of a stacked file of ``count`` bands without band
+        descriptions: ``band_order``, followed by the classification layer when the file has
+        one band more (as the input contract stacks Sentinel-2: B01..B12, then SCL); None when
+        ``count`` fits neither."""
+        order = list(self.band_order)
+        if count == len(order):
+            return order
+        if self.classification_band and count == len(order) + 1:
+            return [*order, canonical_name(self.classification_band)]
+        return None
 
     @property
     def canonical(self) -> dict[str, str]:
@@ -212,8 +228,14 @@ def _parse(raw: object, path: Path) -> SensorSpec:
     missing = [s for s in stack_order if normalise_band_name(s) not in known]
     if missing:
         raise fail(f"stack_order names unknown bands {missing}")
+    classification = raw.get("classification_band")
+    if classification is not None and canonical_name(str(classification)) \
+            not in CATEGORICAL_BANDS:
+        raise fail(f"classification_band {classification!r} is not a categorical layer "
+                   f"({', '.join(CATEGORICAL_BANDS)}; SCL for Sentinel-2)")
     return SensorSpec(
         name=str(raw["name"]), kind=kind, resolution_m=resolution, bands=bands,
         file_patterns=tuple(str(p) for p in raw.get("file_patterns") or ()), scaling=scaling,
         description=str(raw.get("description", "")), stack_order=stack_order,
-        dropped=dropped, source=str(path))
+        dropped=dropped, source=str(path),
+        classification_band=None if classification is None else str(classification))

@@ -1227,13 +1227,16 @@ def simulate(out: Path, *, sensor: str = "sentinel2", size: int = 256, seed: int
              year: int = 2024) -> SimResult:
     """Simulate one survey into ``out`` and return what was written.
 
-    ``prevalence`` is the share of the scene area covered by poppy plots (0.0005 .. 0.05);
-    ``n_dates`` defaults to 5-8 drawn from the seed (Sentinel-2 only; drones fly once).
+    ``prevalence`` is the share of the scene area covered by poppy plots (0 .. 0.05; 0 gives a
+    scene without poppy); ``n_dates`` defaults to 5-8 drawn from the seed (Sentinel-2 only;
+    drones fly once). Every argument is checked before anything is written.
     """
     if sensor not in SENSORS:
         raise InputError(f"unknown sensor {sensor!r}; choose one of {', '.join(SENSORS)}")
     if not 16 <= size <= 16384:
         raise InputError(f"size {size} px is out of range; use 16 to 16384")
+    if seed < 0:  # numpy's generators take no negative seed
+        raise InputError(f"seed {seed} is out of range; use a whole number >= 0")
     if not 0.0 <= prevalence <= 0.05:
         raise InputError(f"prevalence {prevalence} is out of range; use 0 to 0.05 (5 %)")
     if n_dates is not None and not 3 <= n_dates <= 12:

@@ -75,6 +75,7 @@ from pipeline.errors import InputError, PoppyscanError
 from pipeline.grid import Grid
 from pipeline.ingest import expand_paths, first_image_facts, open_scene, read_dem
 from pipeline.masks import apply_masks
+from pipeline.readers._raster import read_pixels
 from pipeline.scheduler import open_runner, parse_spec, run_tiles
 
 log = logging.getLogger(__name__)
@@ -496,10 +497,14 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
     fxs = slice(max(0, xs.start - sp), min(W, xs.stop + sp))
     inner = (slice(ys.start - fys.start, ys.stop - fys.start),
              slice(xs.start - fxs.start, xs.stop - fxs.start))
-    raw = ctx.scene[:, :, hy0:hy1, hx0:hx1].compute(scheduler="sync")
+    # a damaged file fails here, in the worker: an InputError naming it (rasterio's own error
+    # does not survive the trip back from a process)
+    sources = [s for v in ctx.scene["source"].values for s in str(v).split("; ")]
+    raw = read_pixels(lambda: ctx.scene[:, :, hy0:hy1, hx0:hx1].compute(scheduler="sync"),
+                      sources)
     dem = slope = aspect = None
     if ctx.dem is not None and ctx.slope is not None:
-        dem = ctx.dem[fys, fxs].compute(scheduler="sync")
+        dem = read_pixels(lambda: ctx.dem[fys, fxs].compute(scheduler="sync"))
         slope = ctx.slope[fys, fxs].compute(scheduler="sync")
     if ctx.terrain is not None and ctx.aspect is not None:
         aspect = ctx.aspect[fys, fxs].compute(scheduler="sync")
@@ -769,7 +774,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     plan = make_plan(masks(scene.isel(y=slice(0, 1), x=slice(0, 1)), cfg), calendar,
                      cfg.features, shifts)
     check_fit(art, plan.names, scene.attrs["sensor"], calendar.name,
-              json.loads(scene.attrs.get("dropped_bands", "{}")))
+              json.loads(scene.attrs.get("dropped_bands", "{}")), scene["band"].values.tolist())
     exclusion = None
     if exclude is not None:
         geoms, _ = read_polygons(exclude, scene.rio.crs, what="exclusion file")

@@ -99,3 +99,35 @@ def test_no_polygons_is_an_input_error(tmp_path: Path) -> None:
         read_aoi(empty)
     with pytest.raises(InputError, match="not found"):
         read_aoi(tmp_path / "missing.shp")
+
+
+def _utm_geojson(path: Path) -> Path:
+    """A GeoJSON in UTM metres with no ``crs`` member, as a GIS export easily produces."""
+    to_utm = Transformer.from_crs("EPSG:4326", "EPSG:32650", always_xy=True)
+    utm = shapely.transform(PLOTS[0], lambda xy: np.column_stack(
+        to_utm.transform(xy[:, 0], xy[:, 1])))
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [{
+        "type": "Feature", "properties": {"class": "poppy"},
+        "geometry": shapely.geometry.mapping(utm)}]}))
+    return path
+
+
+def test_geojson_in_metres_without_crs_is_refused(tmp_path: Path) -> None:
+    """Read as WGS84 the metres give nonsense (an empty AOI, a GEOS error in training, an
+    exclusion that removes nothing); the one reader refuses them for every caller."""
+    from classifiers.labels import read_labels, read_polygons
+    gj = _utm_geojson(tmp_path / "plots.geojson")
+    for call in (lambda: read_aoi(gj, "EPSG:32650"),
+                 lambda: read_polygons(gj, "EPSG:32650", what="exclusion file"),
+                 lambda: read_labels(gj, "EPSG:32650", require_both=False)):
+        with pytest.raises(InputError, match=r"plots\.geojson: coordinates are not "
+                           r"longitude/latitude \(e\.g\. x=\d{6}\).*RFC 7946"):
+            call()
+
+
+def test_geojson_in_lon_lat_without_crs_still_reads(tmp_path: Path) -> None:
+    gj = tmp_path / "plots.geojson"
+    gj.write_text(json.dumps({"type": "FeatureCollection", "features": [{
+        "type": "Feature", "properties": {}, "geometry": shapely.geometry.mapping(PLOTS[0])}]}))
+    features, crs = read_features(gj)
+    assert crs.to_epsg() == 4326 and features[0].geometry.equals(PLOTS[0])

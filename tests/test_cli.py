@@ -71,6 +71,14 @@ def test_bad_format_is_rejected(capsys):
     assert exc.value.code == 2 and "allowed" in capsys.readouterr().err
 
 
+def test_empty_format_list_says_no_format_was_given(capsys):
+    import run as cli
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["detect", "--images", "x.tif", "--model", "m", "--out", "o", "--formats", ","])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "no format given" in err and "unknown" not in err
+
+
 def _one_line_error(r: subprocess.CompletedProcess) -> str:
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr
@@ -249,3 +257,105 @@ def test_a_survey_before_the_post_phase_uses_the_model_without_it(trained, tmp_p
     assert "no image in the post phase: every pixel is scored by the model's missing-phase" \
         in r.stderr
     assert (tmp_path / "out" / "targets.geojson").is_file()
+
+
+def _damage_pixels(src: Path, dst: Path) -> Path:
+    """A copy of ``src`` whose header is intact but whose red band's compressed pixel data is
+    junk: it opens, and fails only when that band is read (inside a dask compute)."""
+    import numpy as np
+    import rasterio
+    with rasterio.open(src) as r:
+        off = int(r.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=4))
+        size = int(r.get_tag_item("BLOCK_SIZE_0_0", "TIFF", bidx=4))
+    data = bytearray(src.read_bytes())
+    data[off:off + size] = np.random.default_rng(0).bytes(size)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def _damaged_images(scene, tmp_path: Path) -> tuple[list[str], Path]:
+    src = scene.images[1]
+    bad = _damage_pixels(src, tmp_path / src.name)
+    return [str(bad) if p == src else str(p) for p in scene.images], bad
+
+
+def test_damaged_pixel_data_is_a_user_error_in_detect(trained, tmp_path):
+    d, scene = trained
+    images, bad = _damaged_images(scene, tmp_path)
+    out = tmp_path / "out"
+    line = _one_line_error(run("detect", "--images", *images, "--model", str(d / "model"),
+                               "--out", str(out)))
+    assert str(bad) in line and "damaged or incomplete" in line
+    assert not out.exists()
+
+
+def test_damaged_pixel_data_is_a_user_error_in_detect_on_processes(trained, tmp_path):
+    """GDAL's exceptions do not unpickle: the error must cross back from a worker process as
+    the InputError, not break the pool."""
+    d, scene = trained
+    images, bad = _damaged_images(scene, tmp_path)
+    out = tmp_path / "out"
+    line = _one_line_error(run("detect", "--images", *images, "--model", str(d / "model"),
+                               "--out", str(out), "--scheduler", "processes"))
+    assert str(bad) in line and "damaged or incomplete" in line
+    assert not out.exists()
+
+
+def test_damaged_pixel_data_is_a_user_error_in_inspect_and_train(trained, tmp_path):
+    _, scene = trained
+    images, bad = _damaged_images(scene, tmp_path)
+    line = _one_line_error(run("inspect", "--images", *images))
+    assert str(bad) in line and "damaged or incomplete" in line
+    line = _one_line_error(run("train", "--images", *images, "--labels", str(scene.labels),
+                               "--model", str(tmp_path / "m")))
+    assert str(bad) in line and "damaged or incomplete" in line
+    assert not (tmp_path / "m").exists()
+
+
+def test_an_existing_out_folder_is_kept_on_a_user_error(trained, tmp_path):
+    """Only a folder the failing run created is removed: the user's own folder stays."""
+    d, scene = trained
+    images, _ = _damaged_images(scene, tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    _one_line_error(run("detect", "--images", *images, "--model", str(d / "model"),
+                        "--out", str(out)))
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_band_no_image_has_is_named(trained, tmp_path):
+    """Every date lacks the red band: nothing is dropped (no date has it), and the refusal
+    still names the band instead of listing the features it cannot compute."""
+    import rasterio
+    from scenes import S2_NAMES
+
+    from pipeline.geotiff import write_multiband
+    d, scene = trained
+    keep = [i for i, n in enumerate(S2_NAMES) if n != "B04"]
+    images = []
+    for src in scene.images:
+        with rasterio.open(src) as r:
+            data, tf, crs = r.read(), r.transform, r.crs
+            date = r.tags()["ACQUISITION_DATE"]
+        images.append(str(write_multiband(
+            tmp_path / src.name, data[keep], [S2_NAMES[i] for i in keep], tf, crs.to_string(),
+            acquisition_date=date, scales=[1e-4] * 11 + [1], offsets=[0] * 12)))
+    out = tmp_path / "out"
+    line = _one_line_error(run("detect", "--images", *images, "--model", str(d / "model"),
+                               "--out", str(out)))
+    assert "no image has band 'red' (B04)" in line
+    assert not out.exists()
+
+
+def test_stdout_closed_early_exits_quietly(trained):
+    """`run.py inspect ... | head -1`: the reader goes away before the JSON is printed."""
+    _, scene = trained
+    p = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "inspect", "--images",
+                          *map(str, scene.images)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, cwd=ROOT)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    p.stderr.close()
+    assert p.wait(timeout=300) == 141
+    assert err == ""

@@ -11,7 +11,7 @@ from affine import Affine
 from rasterio.enums import ColorInterp
 
 from pipeline.bands import CANONICAL_BANDS
-from pipeline.errors import ConfigError, InputError
+from pipeline.errors import ConfigError, InputError, SensorNeeded
 from pipeline.readers import drone
 from pipeline.sensors import SensorSpec, known_sensors, load_sensor
 
@@ -107,6 +107,10 @@ def test_unknown_sensor_lists_known(tmp_path: Path) -> None:
         load_sensor(bad)
     bad.write_text("name: cam\nkind: drone\nresolution_m: 0.1\ncolour: red\nbands: []\n")
     with pytest.raises(ConfigError, match="colour"):
+        load_sensor(bad)
+    bad.write_text("name: cam\nkind: drone\nresolution_m: 0.1\nclassification_band: B04\n"
+                   "bands:\n  - {name: x, canonical: nir, wavelength_nm: 800}\n")
+    with pytest.raises(ConfigError, match="classification_band"):
         load_sensor(bad)
 
 
@@ -228,8 +232,11 @@ def test_ambiguous_camera_needs_sensor(tmp_path: Path) -> None:
     f = _write(tmp_path / "field_20250420.tif", np.nan_to_num(_refl(5), nan=-10000),
                nodata=-10000)
     assert drone.can_read(f)
-    with pytest.raises(InputError, match="--sensor"):
+    # the reader says what every command can do (train and detect have no --sensor);
+    # inspect adds its --sensor from the cameras listed
+    with pytest.raises(SensorNeeded, match="name the bands in the file") as exc:
         drone.read(f, None)
+    assert "--sensor" not in str(exc.value) and "p4m" in exc.value.sensors
     with pytest.raises(InputError, match="sentinel2"):
         drone.read(f, "sentinel2")
     [mx] = drone.read(f, "rededge-mx", chunks=16)   # band 5 is the red edge for the MX

@@ -37,7 +37,8 @@ def inspect_json(*args: str, capsys) -> dict:
     code, out, err = inspect_cli(*args, capsys=capsys)
     assert code == 0, err
     doc = json.loads(out)                       # the whole of stdout is ONE JSON object
-    assert isinstance(doc, dict) and set(doc) == KEYS
+    # resolution_note: only where the metres are approximate (a geographic CRS)
+    assert isinstance(doc, dict) and set(doc) - {"resolution_note"} == KEYS
     n = doc["shape"][0]
     assert len(doc["dates"]) == len(doc["clear_fraction"]) == len(doc["mean_reflectance"]) == n
     assert doc["shape"][1] == len(doc["bands"])
@@ -210,3 +211,76 @@ def test_unsupported_file_type_names_the_file(tmp_path: Path, capsys) -> None:
     code, out, err = inspect_cli("--images", str(notes), capsys=capsys)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert "notes.txt: unsupported input" in err
+
+
+def test_resolution_is_metres_in_a_geographic_crs(tmp_path: Path, capsys) -> None:
+    """EPSG:4326 pixels of 1e-4 degree are ~9.6 m wide at 30 N: inspect reports metres (the
+    contract's unit), measured at the scene centre and noted as approximate, not 0.0001."""
+    from affine import Affine
+    from test_ingest import ramp, write_dn
+    img = write_dn(tmp_path / "S2_20240410.tif", ramp(),
+                   tf=Affine(1e-4, 0, 120.0, 0, -1e-4, 30.2), crs="EPSG:4326")
+    doc = inspect_json("--images", str(img), capsys=capsys)
+    lat = 30.2 - 16e-4                                           # the centre of 32 rows
+    expected = np.radians(1e-4) * 6378137.0 * np.cos(np.radians(lat))
+    assert doc["crs"] == "EPSG:4326"
+    assert doc["resolution"] == pytest.approx(expected, rel=0.005)
+    assert "approximate" in doc["resolution_note"] and "scene centre" in doc["resolution_note"]
+    (tmp_path / "utm").mkdir()
+    utm = write_dn(tmp_path / "utm" / "S2_20240410.tif", ramp())    # 10 m, EPSG:32650
+    doc = inspect_json("--images", str(utm), capsys=capsys)
+    assert doc["resolution"] == 10.0 and "resolution_note" not in doc
+
+
+def _undescribed_s2(path: Path, count: int) -> Path:
+    """A Sentinel-2 stack of the input contract (B01..B12, then SCL when ``count`` is 13)
+    whose band descriptions were lost."""
+    from test_ingest import CRS, TF
+    rng = np.random.default_rng(0)
+    data = rng.integers(500, 3000, (count, 16, 16)).astype("uint16")
+    scales = [1e-4] * 12
+    if count == 13:
+        data[12] = 4                                             # SCL: vegetation
+        scales.append(1.0)
+    with rasterio.open(path, "w", driver="GTiff", width=16, height=16, count=count,
+                       dtype="uint16", crs=CRS, transform=TF, nodata=0) as dst:
+        dst.write(data)
+        dst.scales = scales
+        dst.update_tags(ACQUISITION_DATE="2024-04-10")
+    return path
+
+
+@pytest.mark.parametrize("count", [12, 13])
+def test_sentinel2_stack_without_descriptions_reads_with_sensor(tmp_path: Path, capsys,
+                                                                count: int) -> None:
+    """--sensor sentinel2 names 12 undescribed bands by the sensor's order, and 13 as that
+    order plus SCL (the contract's Sentinel-2 stack, as fetch and simulate write it)."""
+    f = _undescribed_s2(tmp_path / "S2_20240410.tif", count)
+    doc = inspect_json("--images", str(f), "--sensor", "sentinel2", capsys=capsys)
+    assert doc["bands"] == list(CANONICAL_BANDS) + (["scl"] if count == 13 else [])
+    code, _, err = inspect_cli("--images", str(f), capsys=capsys)   # no --sensor: asked for
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "name the bands in the file" in err and "--sensor (" in err and "sentinel2" in err
+
+
+def test_train_and_detect_do_not_ask_for_a_sensor_option_they_lack(tmp_path: Path,
+                                                                   capsys) -> None:
+    import run as cli
+    f = _undescribed_s2(tmp_path / "S2_20240410.tif", 13)
+    labels = tmp_path / "labels.geojson"
+    labels.write_text('{"type": "FeatureCollection", "features": []}')
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        for argv in (["train", "--images", str(f), "--labels", str(labels), "--model",
+                      str(tmp_path / "m")],
+                     ["detect", "--images", str(f), "--model", str(tmp_path / "m"), "--out",
+                      str(tmp_path / "o")]):
+            assert cli.main(["-q", *argv]) == 2
+            err = capsys.readouterr().err
+            assert len(err.strip().splitlines()) == 1 and "--sensor" not in err, err
+            assert "S2_20240410.tif" in err and "name the bands in the file" in err
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert not (tmp_path / "m").exists() and not (tmp_path / "o").exists()

@@ -240,3 +240,58 @@ def test_floor_raw_band_classifier_does_not_transfer(tmp_path: Path) -> None:
     assert _match(det_a, fpa, int(fpa.max()))[0] > 0.5
     precision, recall, _ = _match(det, fpb, n_b)
     assert recall > 0.05 and precision <= 0.5  # finds plots, but most patches are wrong
+
+
+def _simulate_cli(*args: str, capsys) -> tuple[int, str]:
+    """run.py main in this process; the root logger is restored."""
+    import logging
+
+    import run as cli
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        code = cli.main(["-q", "simulate", *args])
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    return code, capsys.readouterr().err
+
+
+def test_negative_seed_is_a_user_error_and_writes_nothing(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "x"
+    with pytest.raises(InputError, match="seed -1"):
+        simulate(out, seed=-1)
+    assert not out.exists()
+    code, err = _simulate_cli("--out", str(out), "--seed", "-1", capsys=capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines() == [err.strip()] and "seed -1" in err
+    assert not out.exists()
+
+
+def test_help_states_the_prevalence_range_simulate_checks(tmp_path: Path, capsys) -> None:
+    import re
+
+    import run as cli
+    with pytest.raises(SystemExit):
+        cli.main(["simulate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    lo, hi = map(float, re.search(r"share of poppy area, ([\d.]+)-([\d.]+)", text).groups())
+    for ok in (lo, hi):
+        simulate(tmp_path / str(ok), size=16, seed=1, prevalence=ok, n_dates=3)
+    for bad in (lo - 1e-4, hi + 1e-4):
+        with pytest.raises(InputError, match="prevalence"):
+            simulate(tmp_path / str(bad), size=16, prevalence=bad)
+
+
+def test_simulate_refuses_a_folder_holding_a_scene(tmp_path: Path, capsys) -> None:
+    """A second scene written into the first one's folder would add its dates beside the old
+    ones and overwrite the labels: refused, and the first scene is left as it was."""
+    out = tmp_path / "scene"
+    assert _simulate_cli("--out", str(out), "--size", "16", "--seed", "1", capsys=capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, err = _simulate_cli("--out", str(out), "--size", "16", "--seed", "2", capsys=capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines() == [err.strip()] and "not empty" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (empty := tmp_path / "empty").mkdir()        # an empty folder is fine
+    assert _simulate_cli("--out", str(empty), "--size", "16", capsys=capsys)[0] == 0

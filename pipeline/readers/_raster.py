@@ -1,14 +1,24 @@
-"""Opening one raster file lazily, with one error rule for every reader."""
+"""Opening one raster file lazily, with one error rule for every reader.
+
+Pixels are read lazily, inside a dask compute, so a file whose header is fine but whose
+compressed blocks are damaged fails only there: ``read_failure`` turns that rasterio error
+into an InputError naming the file, ``read_pixels`` does it for one compute.
+"""
 from __future__ import annotations
 
+import re
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 import rioxarray
 import xarray as xr
 from rasterio.errors import RasterioIOError
 
 from pipeline.errors import InputError
+
+T = TypeVar("T")
 
 
 def open_lazy(path: Path | str, chunks: int, what: str = "raster") -> xr.DataArray:
@@ -24,3 +34,43 @@ def open_lazy(path: Path | str, chunks: int, what: str = "raster") -> xr.DataArr
     if not isinstance(da, xr.DataArray):
         raise InputError(f"{path}: has subdatasets; expected one {what}")
     return da
+
+
+#: GDAL names the file in its block-read errors: "S2_20240401.tif, band 1: IReadBlock failed"
+_GDAL_FILE = re.compile(r"^(?P<file>[^\n]+?), band \d+: ")
+
+
+def read_failure(exc: BaseException, sources: Iterable[str | Path] = ()) -> InputError | None:
+    """The user error for a raster read that failed at compute time (damaged or truncated
+    pixel data), or None when ``exc`` is not one. GDAL gives the file's base name; ``sources``
+    (the input paths) turn it back into the path the user gave."""
+    if not isinstance(exc, RasterioIOError):
+        return None
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    # GDAL's messages, innermost last ("ZIPDecode:Decoding error at scanline 64")
+    texts = [str(e).strip() for e in chain[1:] if str(e).strip()]
+    name = next((m["file"] for t in texts if (m := _GDAL_FILE.match(t))), None)
+    if name is not None:
+        name = next((str(s) for s in sources if Path(s).name == Path(name).name), name)
+    detail = texts[-1].splitlines()[-1] if texts else str(exc)
+    return InputError(f"{name or 'an image'}: the raster data cannot be read ({detail}): the "
+                      "file is damaged or incomplete; download or copy it again")
+
+
+def read_pixels(compute: Callable[[], T], sources: Iterable[str | Path] = ()) -> T:
+    """``compute()``, its damaged-file rasterio error raised as ``read_failure``'s InputError.
+
+    Raised outside the ``except`` clause, so the InputError carries no chained rasterio
+    exception: GDAL's exceptions do not unpickle, and a process pool or a dask worker would
+    fail to send the error back (a broken pool instead of the message)."""
+    try:
+        return compute()
+    except RasterioIOError as exc:
+        err = read_failure(exc, sources)
+        if err is None:
+            raise
+    raise err

@@ -21,9 +21,10 @@ the file's tags (``TIFFTAG_MODEL``, ``TIFFTAG_SOFTWARE``, ...) and names (``p4m`
 ``rededge``, ``dual``), from band descriptions that are all canonical names (the input
 contract's; each shipped camera has its own set: blue, green, red, rededge2, nir is P4M), from
 ten bands (RedEdge-MX Dual), from the band set (no blue and a red edge: Mavic 3M; DJI Terra's
-``result_*`` with blue: P4M) or uint8 RGB. Otherwise the reader
-asks for ``--sensor``: a red edge at 717 nm (RedEdge-MX) and one at 730 nm (P4M) are different
-canonical bands, so the camera must be known.
+``result_*`` with blue: P4M) or uint8 RGB. Otherwise the reader raises SensorNeeded, asking
+for band names in the file (``inspect`` adds its ``--sensor``): a red edge at 717 nm
+(RedEdge-MX) and one at 730 nm (P4M) are different canonical bands, so the camera must be
+known.
 
 Reflectance
 -----------
@@ -55,7 +56,7 @@ from rasterio.errors import RasterioIOError
 
 from pipeline.bands import CATEGORICAL_BANDS, canonical_name, order_bands
 from pipeline.config import DRONE_PIXEL_M
-from pipeline.errors import InputError
+from pipeline.errors import InputError, SensorNeeded
 from pipeline.grid import pixel_metres
 from pipeline.readers._raster import open_lazy
 from pipeline.readers.multiband import acquisition_time
@@ -213,8 +214,10 @@ def _guess_sensor(path: Path, tags: dict[str, str], names: list[str], count: int
         return load_sensor("mavic3m")
     if path.name.lower().startswith("result") and has_blue and has_re:
         return load_sensor("p4m")  # DJI Terra's per-band names
-    raise InputError(f"{path}: cannot tell which camera took it; give the sensor "
-                     f"(--sensor {' | '.join(s.name for s in drone_cameras())})")
+    raise SensorNeeded(f"{path}: cannot tell which camera took it; name the bands in the "
+                       "file (band descriptions: the camera's band names or canonical names "
+                       "such as blue, green, red, rededge2, nir) or put the camera in the file "
+                       "name (p4m, m3m, rededge, dual)", [s.name for s in drone_cameras()])
 
 
 def _band_for(spec: SensorSpec, token: str) -> SensorBand | None:
@@ -295,9 +298,9 @@ def _read_stacked(path: Path, spec: SensorSpec | None, chunks: int) -> xr.DataAr
         data_bands = data_bands[:-1]
         bands = [spec.band(n) for n in spec.stack_order]
     else:
-        raise InputError(f"{path}: {len(data_bands)} bands do not match {spec.name} "
-                         f"({len(spec.stack_order)} bands: {', '.join(spec.stack_order)}); "
-                         "name the bands in the file or give the right --sensor")
+        raise SensorNeeded(f"{path}: {len(data_bands)} bands do not match {spec.name} "
+                           f"({len(spec.stack_order)} bands: {', '.join(spec.stack_order)}); "
+                           "name the bands in the file", [c.name for c in drone_cameras()])
     layers: dict[str, _Layer] = {}
     for i, b in zip(data_bands, bands, strict=True):
         if b is not None and b.canonical is not None:

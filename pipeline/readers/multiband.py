@@ -21,9 +21,9 @@ from rasterio.errors import RasterioIOError
 
 from pipeline.bands import CATEGORICAL_BANDS, canonical_name
 from pipeline.config import DRONE_PIXEL_M
-from pipeline.errors import InputError
+from pipeline.errors import InputError, SensorNeeded
 from pipeline.grid import pixel_metres
-from pipeline.sensors import drone_camera_for_names
+from pipeline.sensors import drone_camera_for_names, known_sensors
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +103,14 @@ def band_names(path: Path, descriptions: tuple[str | None, ...],
         if spec is not None:
             return [n if n is not None else spec.band(d).canonical  # type: ignore
                     for d, n in zip(descriptions, names)]
-    order = getattr(sensor, "band_order", None)
-    if order and len(order) == len(descriptions):
-        return list(order)
+    stacked = (sensor.stacked_names(len(descriptions)) if hasattr(sensor, "stacked_names")
+               else None)
+    if stacked:
+        return stacked  # type: ignore[return-value]
     missing = [i + 1 for i, n in enumerate(names) if n is None]
-    raise InputError(f"{path}: bands {missing} have no recognised description; name them "
-                     "(B01..B12, B8A, SCL or canonical names) or give --sensor")
+    raise SensorNeeded(f"{path}: bands {missing} have no recognised description; name the "
+                       "bands in the file (band descriptions B01..B12, B8A, SCL or canonical "
+                       "names)", known_sensors())
 
 
 def _sensor_of(names: list[str], pixel_m: float) -> str:
