@@ -278,6 +278,9 @@ class RunConfig(_Frozen):
 
 
 class SurveyConfig(_Frozen):
+    #: the sensor family the settings are tuned for (a name of configs/sensors/ or a sensor
+    #: file), for the record: the readers identify each image's sensor from its own metadata,
+    #: and detect checks the model's sensor against that, not against this key
     sensor: str = "sentinel2"
     calendar: str = "east-china"
     terrain_correction: Literal["none", "c", "scs+c"] = "none"

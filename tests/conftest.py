@@ -19,14 +19,20 @@ _CLI_LOGGERS = ("poppyscan", "pipeline", "indices", "classifiers", "outputs", "p
 
 
 @pytest.fixture(autouse=True)
-def _cli_logging_restored():
-    """An in-process ``run.main`` sets the package loggers' levels (ERROR with -q) and routes
-    warnings into logging; restore both after each test, so a later test's caplog sees its
-    records whichever tests ran before it."""
-    saved = {n: logging.getLogger(n).level for n in _CLI_LOGGERS}
-    root_handlers = list(logging.getLogger().handlers)
+def _cli_logging_reset():
+    """An in-process ``run.main`` (in a test or a module fixture) sets the package loggers'
+    levels (ERROR with -q), installs its stderr handler on the root logger and routes warnings
+    into logging. Each test starts from the pristine state, so its caplog sees its records
+    whichever tests or fixtures ran before it."""
+    def reset():
+        for n in _CLI_LOGGERS:
+            logging.getLogger(n).setLevel(logging.NOTSET)
+        root = logging.getLogger()
+        for h in list(root.handlers):
+            fmt = getattr(h.formatter, "_fmt", "") or ""
+            if type(h) is logging.StreamHandler and fmt.startswith("poppyscan:"):
+                root.removeHandler(h)
+        logging.captureWarnings(False)
+    reset()
     yield
-    for n, level in saved.items():
-        logging.getLogger(n).setLevel(level)
-    logging.getLogger().handlers[:] = root_handlers
-    logging.captureWarnings(False)
+    reset()
