@@ -62,13 +62,20 @@ def repeat_seed(seed: int, r: int) -> int:
 
 
 def out_of_fold(estimator, table: Table, groups: np.ndarray, n_folds: int,
-                seed: int, repeats: int = 1, group_name: str = "spatial blocks"
-                ) -> tuple[np.ndarray, str]:
+                seed: int, repeats: int = 1, group_name: str = "spatial blocks",
+                polygon_origin: np.ndarray | None = None,
+                scored: np.ndarray | None = None) -> tuple[np.ndarray, str]:
     """Out-of-fold scores, averaged over ``repeats`` differently shuffled group folds (each
     pixel is scored ``repeats`` times, always by models that did not see its group): the
-    threshold then depends less on which blocks happened to share a fold."""
+    threshold then depends less on which blocks happened to share a fold.
+
+    ``polygon_origin`` (per polygon: the polygon it copies, else itself) keeps an augmented
+    copy in its original's fold when the folds fall back to grouping by polygon; rows outside
+    ``scored`` (the copies) train the fold models but get no score (NaN)."""
     total = np.zeros(len(table.y))
     count = np.zeros(len(table.y))
+    by_polygon = table.polygon.astype("int64") if polygon_origin is None else \
+        polygon_origin[table.polygon].astype("int64")
     for r in range(repeats):
         splits = _splits(table, groups, n_folds, repeat_seed(seed, r))
         how = group_name
@@ -76,8 +83,7 @@ def out_of_fold(estimator, table: Table, groups: np.ndarray, n_folds: int,
             if r == 0:
                 log.warning("labelled polygons are too few or too clustered for folds by %s: "
                             "folds fall back to grouping by polygon", group_name)
-            splits = _splits(table, table.polygon.astype("int64"), n_folds,
-                             repeat_seed(seed, r))
+            splits = _splits(table, by_polygon, n_folds, repeat_seed(seed, r))
             how = "polygons"
         if splits is None:
             raise InputError("too few labelled polygons for honest validation: give at least "
@@ -85,8 +91,11 @@ def out_of_fold(estimator, table: Table, groups: np.ndarray, n_folds: int,
         for train, test in splits:
             est = fit_balanced(clone(estimator), table.X[train], table.y[train],
                                repeat_seed(seed, r))
-            total[test] += est.predict_proba(table.X[test])[:, 1]
-            count[test] += 1
+            if scored is not None:
+                test = test[scored[test]]
+            if len(test):
+                total[test] += est.predict_proba(table.X[test])[:, 1]
+                count[test] += 1
     with np.errstate(invalid="ignore"):
         oof = np.where(count > 0, total / np.maximum(count, 1), np.nan)
     if repeats > 1:
@@ -155,12 +164,18 @@ def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: 
              target_recall: float, seed: int, min_plot_px: float = 0.0, repeats: int = 1,
              scene_of_polygon: np.ndarray | None = None,
              hold_out_scenes: bool = True, max_threshold: float = 0.99,
-             min_threshold: float = 0.01, threshold: float | None = None) -> dict:
+             min_threshold: float = 0.01, threshold: float | None = None,
+             polygon_origin: np.ndarray | None = None,
+             scored_polygons: np.ndarray | None = None) -> dict:
     """Out-of-fold metrics and the threshold that flags ``target_recall`` of the poppy
     polygons of at least ``min_plot_px`` pixels (smaller plots are not required to be found:
     counting sub-pixel gardens would pull the threshold down to where noise passes), at most
     ``max_threshold`` and at least ``min_threshold``; or, given, ``threshold`` (the figures
-    are then those at it, and the recall rule's own value is still reported)."""
+    are then those at it, and the recall rule's own value is still reported).
+
+    Augmented copies (``polygon_origin``: per polygon, the polygon it copies, else itself;
+    ``scored_polygons``: False for copies) train the fold models, stay in their original's
+    fold and are not scored: every figure counts each labelled polygon once."""
     groups = spatial_groups(table, labels, block_m, scene_of_polygon)
     name = "spatial blocks"
     if hold_out_scenes and scene_of_polygon is not None and \
@@ -172,7 +187,9 @@ def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: 
         # (docs/classifier.md, "Scene shift"). The folds are fixed, so one repeat.
         groups = scene_of_polygon[table.polygon].astype("int64")
         name, repeats = "scenes (each scene held out whole)", 1
-    raw, grouped_by = out_of_fold(estimator, table, groups, n_folds, seed, repeats, name)
+    scored = None if scored_polygons is None else scored_polygons[table.polygon]
+    raw, grouped_by = out_of_fold(estimator, table, groups, n_folds, seed, repeats, name,
+                                  polygon_origin, scored)
     ok = np.isfinite(raw)
     a, b = fit_platt(raw[ok], table.y[ok])
     prob = np.full_like(raw, np.nan)

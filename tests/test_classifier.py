@@ -155,6 +155,39 @@ def test_out_of_fold_scores_come_from_models_that_did_not_see_the_polygon():
     assert roc_auc_score(leaky.y, oof) < 0.75
 
 
+def test_augmented_copies_stay_in_their_originals_fold_and_are_not_scored():
+    """Folds grouped by polygon (too few spatial blocks) with augmented copies: a copy has a
+    polygon id of its own, and a fold model that trained on it would score its original as
+    if it had seen it. A feature identifying each original polygon must give no skill, and
+    the copies count in no figure."""
+    table, labels = _table(n_poly=40)
+    rng = np.random.default_rng(1)
+    code = rng.normal(0, 1, int(table.polygon.max()) + 1)
+    X = np.column_stack([code[table.polygon], rng.normal(0, 1, len(table.y))])
+    n = len(labels.geometries)
+    # one copy of every polygon: same geometry and class, ids n..2n-1, the same code
+    both = Table(np.vstack([X, X]).astype("float32"), np.r_[table.y, table.y],
+                 np.r_[table.polygon, table.polygon + n], np.vstack([table.xy, table.xy]),
+                 ["id", "n"], 10.0)
+    labels2 = Labels(labels.geometries * 2, labels.classes * 2, "t")
+    origin = np.r_[np.arange(n), np.arange(n)]
+    scored = np.r_[np.ones(n, bool), np.zeros(n, bool)]
+    groups = both.polygon.astype("int64")         # as the fallback would group them
+    est = make_estimator(ModelConfig(max_iter=100, min_samples_leaf=5))   # can memorise
+    from sklearn.metrics import roc_auc_score
+    leak, _ = out_of_fold(est, both, groups, 4, 0)
+    assert roc_auc_score(both.y, leak) > 0.85        # without origins: the copy gives it away
+    oof, _ = out_of_fold(est, both, groups * 0 + 1, 4, 0, polygon_origin=origin,
+                         scored=scored[both.polygon])          # one block: polygon fallback
+    assert np.isnan(oof[len(table.y):]).all() and np.isfinite(oof[:len(table.y)]).all()
+    assert roc_auc_score(table.y, oof[:len(table.y)]) < 0.7
+    rep = validate(est, both, labels2, n_folds=4, block_m=1e6, target_recall=0.95, seed=0,
+                   polygon_origin=origin, scored_polygons=scored)
+    assert rep["polygon"]["poppy_polygons"] == 20
+    assert sum(c["polygons"] for c in rep["per_class_flagged"].values()) == n
+    assert "grouped by polygons" in rep["folds"]
+
+
 def test_training_seeds_never_share_a_cross_validation_shuffle():
     """The five-seed spread the report gives must come from independent validations: the
     shuffles of seeds 0-4 (3 repeats each, the default) are 15 different ones, and seed 0
