@@ -212,6 +212,12 @@ def cmd_fetch(a) -> int:
 
 def cmd_train(a) -> int:
     from pipeline.survey import default_config, read_manifest, train, train_manifest
+    # the arguments first: nothing is read before they are known to fit together
+    if a.manifest and (a.labels or a.dem):
+        raise PoppyscanError(f"{'--labels' if a.labels else '--dem'} goes with --images; a "
+                             "manifest names each scene's own labels and dem")
+    if not a.manifest and not a.labels:
+        raise PoppyscanError("--images needs --labels (a polygon file with 'class')")
     if a.config:
         cfg = _config(a.config)
     else:
@@ -219,12 +225,8 @@ def cmd_train(a) -> int:
         cfg = (default_config(first.images, dem=first.dem) if first else
                default_config(a.images, dem=a.dem))
     if a.manifest:
-        if a.labels:
-            raise PoppyscanError("--labels goes with --images; a manifest names its own labels")
         report = train_manifest(a.manifest, a.model, cfg)
     else:
-        if not a.labels:
-            raise PoppyscanError("--images needs --labels (a polygon file with 'class')")
         report = train(a.images, a.labels, a.model, cfg, dem=a.dem)
     from classifiers.validation import text_table
     print(text_table(report))
@@ -246,6 +248,12 @@ def cmd_detect(a, quiet: bool) -> int:
     return 0
 
 
+def _m2(v: float) -> str:
+    """An area for people: whole m^2 from 100 m^2 on, three significant digits below (a drone
+    blind area can be a fraction of a square metre)."""
+    return f"{v:.0f}" if v >= 100 else f"{v:.3g}"
+
+
 def _print_detect(res) -> None:
     c = res.report["counts"]
     if res.n_targets == 0:
@@ -254,13 +262,13 @@ def _print_detect(res) -> None:
                f"{c['patches']} patch(es) found, {c['excluded']} excluded, {c['below_mmu']} "
                "below the minimum mapping unit")
         print(f"no targets: {why}. Blind areas (no clear flowering observation): "
-              f"{c['blind_areas']} polygon(s), {c['blind_area_m2']:.0f} m^2 - an empty list "
+              f"{c['blind_areas']} polygon(s), {_m2(c['blind_area_m2'])} m^2 - an empty list "
               "there is not 'no poppy'.")
     else:
         share = c["candidate_share"]
         print(f"{res.n_targets} target(s); the model flags "
               f"{'n/a' if share is None else f'{100 * share:.1f}%'} of the area seen; blind "
-              f"areas: {c['blind_areas']} polygon(s), {c['blind_area_m2']:.0f} m^2")
+              f"areas: {c['blind_areas']} polygon(s), {_m2(c['blind_area_m2'])} m^2")
     print(f"outputs in {res.out}: " + ", ".join(p.name for p in res.files))
 
 

@@ -82,7 +82,7 @@ def check_phases(art: Artifact, phase_dates: dict[str, list[str]], calendar: Cal
         log.warning("no image in the %s phase: every pixel is scored by the model's "
                     "missing-phase model trained without it", " and ".join(absent))
         return
-    for p in PHASES:
+    for p in sorted(PHASES, key=lambda q: q != "flowering"):   # no bloom: say that first
         if p in used and not phase_dates.get(p):
             ph = calendar.phases.get(p)
             what = (f"the model uses the {p} phase ({ph.start} to {ph.end} in calendar "

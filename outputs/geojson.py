@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import shapely
-from pyproj import CRS, Transformer
+from pyproj import CRS, Geod, Transformer
 from pyproj.exceptions import CRSError as ProjCRSError
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
@@ -29,6 +29,8 @@ from shapely.geometry.polygon import orient
 from outputs.atomic import atomic_path, write_text_atomic
 from outputs.targets import Target, TargetList
 from pipeline.errors import CRSError
+
+_GEOD = Geod(ellps="WGS84")
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +149,11 @@ def blind_areas_feature_collection(targets: TargetList) -> dict:
         features.append({
             "type": "Feature", "id": i,
             "geometry": rounded_mapping(geom),
-            "properties": {"blind_id": i, "area_m2": round(float(g.area), 1)
-                           if not crs.is_geographic else None},
+            # m^2 in either CRS (geodesic for one in degrees); 3 decimals: a 5 cm drone pixel
+            # is 0.0025 m^2
+            "properties": {"blind_id": i, "area_m2": round(
+                abs(_GEOD.geometry_area_perimeter(geom)[0]) if crs.is_geographic
+                else float(g.area), 3)},
         })
     return {"type": "FeatureCollection", "features": features}
 

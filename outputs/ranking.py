@@ -131,7 +131,7 @@ def build_targets(patches: list[Patch], crs: str, *, patch_cfg: PatchConfig,
     for rank, ((p, a, lon, lat, _, _), tid) in enumerate(ranked, start=1):
         targets.append(Target(
             target_id=tid, rank=rank, geometry=p.geometry, score=round(p.score, 4),
-            score_max=round(p.score_max, 4), area_m2=round(a, 1), lon=round(lon, 7),
+            score_max=round(p.score_max, 4), area_m2=round(a, 3), lon=round(lon, 7),
             lat=round(lat, 7), flowering_obs=p.flowering_obs, dates=tuple(dates),
             sensor=sensor, reason=reason(p.feat_mean, feature_names, bg_mean, bg_std),
             elevation_m=None if p.elevation_m is None else round(p.elevation_m, 1),

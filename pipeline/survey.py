@@ -970,7 +970,7 @@ def _run_detect(images, model_dir, out: Path, cfg: SurveyConfig, *, dem, aoi, ex
                    "merged_nearby": merged,
                    "candidate_share": candidate_share,
                    "blind_areas": len(targets.blind_areas),
-                   "blind_area_m2": round(flowering_blind, 1)},
+                   "blind_area_m2": round(flowering_blind, 3)},
     }
     report["timings_s"]["total"] = round(time.perf_counter() - t_start, 3)
     write_json_atomic(stage / "report.json", report)

@@ -174,6 +174,21 @@ def test_model_or_demo_folder_that_is_a_file_is_refused_before_any_work(trained,
     assert taken.read_text() == "a file, not a folder"
 
 
+def test_train_arguments_that_do_not_fit_together_are_refused_before_reading(tmp_path,
+                                                                            capsys):
+    import run as cli
+    man = tmp_path / "m.yaml"
+    man.write_text("- images: nothere.tif\n  labels: l.geojson\n")
+    for argv, what in ((["--manifest", str(man), "--dem", "d.tif"], "--dem goes with --images"),
+                       (["--manifest", str(man), "--labels", "l.geojson"],
+                        "--labels goes with --images"),
+                       (["--images", "nothere.tif"], "--images needs --labels")):
+        assert cli.main(["train", *argv, "--model", str(tmp_path / "m")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and what in err[0], err     # nothing was read before it
+    assert not (tmp_path / "m").exists()
+
+
 def test_labels_without_poppy_are_refused(trained, tmp_path):
     _, scene = trained
     labels = json.loads(scene.labels.read_text())

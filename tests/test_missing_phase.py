@@ -86,6 +86,10 @@ def test_a_survey_without_a_phase_is_scored_when_a_model_lacks_exactly_it(caplog
                                                           1.0, 0.0),))
     with pytest.raises(ModelError, match="poppy is found in bloom"):
         check_phases(art, dict(full, flowering=[]), cal, ["2024-03-15", "2024-06-05"])
+    # June images only: the missing bloom is named, not the missing March (whose advice,
+    # a model without pre, would fail again)
+    with pytest.raises(ModelError, match="uses the flowering phase"):
+        check_phases(art, dict(full, pre=[], flowering=[]), cal, ["2024-06-05"])
 
 
 @pytest.fixture(scope="module")

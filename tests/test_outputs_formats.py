@@ -257,6 +257,19 @@ def test_blind_areas_geojson(written):
     assert len(kml_blind.findall(f"{KML}Placemark")) == 1
 
 
+def test_blind_area_sizes_in_square_metres_in_any_crs(tmp_path):
+    """A drone blind area of a few 5 cm pixels is not 0.0 m^2, and one in a geographic CRS
+    (an orthomosaic in EPSG:4326) has a geodesic area, not none."""
+    from shapely.geometry import box as sbox
+    small = TargetList((), CRS, (sbox(500000.0, 3340000.0, 500000.15, 3340000.10),))  # 6 px
+    fc = json.loads(write_blind_areas(small, tmp_path / "utm").read_text(encoding="utf-8"))
+    assert fc["features"][0]["properties"]["area_m2"] == pytest.approx(0.015)
+    # about 100 m x 100 m at 30 N in degrees
+    geo = TargetList((), "EPSG:4326", (sbox(117.0, 30.0, 117.0 + 100 / 96_490, 30.0 + 100 / 110_850),))
+    fc = json.loads(write_blind_areas(geo, tmp_path / "geo").read_text(encoding="utf-8"))
+    assert fc["features"][0]["properties"]["area_m2"] == pytest.approx(10_000, rel=0.01)
+
+
 def test_empty_target_list_writes_valid_empty_files(tmp_path):
     tl = TargetList((), CRS)
     paths = write_targets(tl, tmp_path, gcj02=True)
