@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("simulate", help="write a seeded synthetic scene (a test instrument, "
                        "not evidence about real fields)")
     s.add_argument("--out", type=Path, required=True, help="output folder, new or empty")
-    s.add_argument("--sensor", choices=("sentinel2", "drone", "drone-rgb"), default="sentinel2")
+    s.add_argument("--sensor", choices=("sentinel2", "drone", "drone-rgb"), default="sentinel2",
+                   help="Sentinel-2 L2A dates, a P4 Multispectral flight or an RGB flight "
+                   "(default sentinel2)")
     s.add_argument("--size", type=int, default=256, help="scene side in pixels (default 256)")
     s.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default 0)")
     s.add_argument("--prevalence", type=float, default=0.01,
@@ -146,10 +148,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Once(logging.Filter):
+    """Each message once per run: a stage that runs per tile or per training copy (a skipped
+    index, a scaling note) would otherwise repeat the same line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if msg in self.seen:
+            return False
+        self.seen.add(msg)
+        return True
+
+
 def _setup_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+    handler.addFilter(_Once())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING if not verbose else logging.DEBUG)

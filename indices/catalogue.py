@@ -32,8 +32,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-#: notices already logged in this process (a plan is computed more than once per run)
-_SAID: set[str] = set()
 
 #: The catalogue shipped with poppyscan.
 DEFAULT_CATALOGUE: Path = Path(__file__).with_name("catalogue.yaml")
@@ -202,11 +200,8 @@ def compute_indices(
     scene = scene.drop_vars(per_band)
     computable, skipped = _plan(scene["band"].values.tolist(), names, catalogue)
     if skipped:
-        msg = (f"skipping {len(skipped)} index(es) the scene's bands cannot give: "
-               + "; ".join(skipped))
-        if msg not in _SAID:          # once per run, not once per computation of the plan
-            _SAID.add(msg)
-            logger.info("%s", msg)
+        logger.info("skipping %d index(es) the scene's bands cannot give: %s",
+                    len(skipped), "; ".join(skipped))
     if not computable:
         empty = scene.isel(band=slice(0, 0)).assign_coords(band=np.array([], dtype=str))
         return empty.astype(np.float32).rename("indices")

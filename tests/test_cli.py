@@ -54,6 +54,32 @@ def test_campaign_commands_are_reserved(argv, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_repeated_log_line_is_printed_once(capsys):
+    """A notice logged per tile or per training copy (a skipped index, a scaling note) shows
+    once: the CLI's handler drops exact repeats."""
+    import logging
+
+    import run as cli
+    cli._setup_logging(verbose=False, quiet=False)
+    log = logging.getLogger("pipeline.test")
+    for _ in range(3):
+        log.info("skipping 2 index(es) the scene's bands cannot give")
+    log.info("another line")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["poppyscan: skipping 2 index(es) the scene's bands cannot give",
+                   "poppyscan: another line"]
+
+
+def test_ctrl_c_exits_130_with_the_resume_hint(monkeypatch, capsys):
+    import run as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "_dispatch", interrupted)
+    assert cli.main(["inspect", "--images", "x.tif"]) == 130
+    assert "interrupted; rerun the same command to resume" in capsys.readouterr().err
+
+
 def test_unknown_option_is_one_line_exit_2(capsys):
     import run as cli
     with pytest.raises(SystemExit) as exc:
