@@ -135,6 +135,7 @@ def drone_camera_for_names(names: Iterable[str], pixel_m: float | None = None
     camera. One set of names can fit two cameras (P4M and RedEdge-MX both call a band
     'rededge'): then the one whose nominal pixel size is nearest ``pixel_m`` is taken, and None
     without a clear one."""
+    names = list(names)
     want = [canonical_name(n) or n for n in names]   # Sentinel-2 names (B02) as canonical
     hits = []
     for spec in drone_cameras():
@@ -148,7 +149,13 @@ def drone_camera_for_names(names: Iterable[str], pixel_m: float | None = None
     if len(hits) > 1 and pixel_m is not None:
         hits.sort(key=lambda h: abs(h.resolution_m - pixel_m))
         gap = abs(hits[1].resolution_m - pixel_m) - abs(hits[0].resolution_m - pixel_m)
-        hits = hits[:1] if gap > 0 else hits
+        if gap > 0:
+            log.info("bands %s fit the %s and the %s; at %.3g m pixels the %s is taken "
+                     "(nominal %.3g m): name the bands as the camera does (e.g. rededge1 or "
+                     "rededge2) or put the camera in the file name if it is another",
+                     ", ".join(map(str, names)), hits[0].name, hits[1].name, pixel_m,
+                     hits[0].name, hits[0].resolution_m)
+            hits = hits[:1]
     return hits[0] if len(hits) == 1 else None
 
 

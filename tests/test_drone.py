@@ -340,3 +340,17 @@ def test_per_band_files_on_different_grids_are_aligned(tmp_path: Path) -> None:
     assert da.rio.transform() == TF
     v = da.sel(band="nir").values
     np.testing.assert_allclose(v[1:-1, 1:-1], 0.3, rtol=1e-5)
+
+
+def test_band_names_that_fit_two_cameras_pick_by_pixel_size_and_say_so(caplog):
+    """'RedEdge' is the P4M's 730 nm band and the RedEdge-MX's 717 nm one: the camera whose
+    nominal pixel size is nearest is taken, and the log says which and how to name it."""
+    import logging
+
+    from pipeline.sensors import drone_camera_for_names
+    names = ["Blue", "Green", "Red", "RedEdge", "NIR"]
+    caplog.set_level(logging.INFO, logger="pipeline.sensors")
+    assert drone_camera_for_names(names, 0.05).name == "p4m"
+    assert "the p4m is taken" in caplog.text and "rededge2" in caplog.text
+    assert drone_camera_for_names(names, 0.08).name == "rededge-mx"
+    assert drone_camera_for_names(names, None) is None       # no pixel size: no guess
