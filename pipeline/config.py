@@ -278,9 +278,10 @@ class RunConfig(_Frozen):
 
 
 class SurveyConfig(_Frozen):
-    #: the sensor family the settings are tuned for (a name of configs/sensors/ or a sensor
-    #: file), for the record: the readers identify each image's sensor from its own metadata,
-    #: and detect checks the model's sensor against that, not against this key
+    #: a name of configs/sensors/: the sensor family the settings are tuned for, for the
+    #: record (the readers identify each image's sensor from its own metadata, and detect
+    #: checks the model's sensor against that). A sensor *file* (.yaml) instead reads every
+    #: image with it: a camera of one's own, another reflectance scaling (docs/inputs.md)
     sensor: str = "sentinel2"
     calendar: str = "east-china"
     terrain_correction: Literal["none", "c", "scs+c"] = "none"

@@ -120,14 +120,18 @@ def default_config(images: Sequence[Path], model_dir: Path | None = None,
 def prepare_scene(images: Sequence[Path], cfg: SurveyConfig, *, dem: Path | None,
                   aoi: Path | None = None,
                   chunks: int | None = None) -> tuple[xr.DataArray, xr.DataArray | None]:
-    """Ingest the images (and DEM) lazily on one grid; nothing is computed."""
+    """Ingest the images (and DEM) lazily on one grid; nothing is computed. A sensor *file*
+    as the config's ``sensor`` (a camera of one's own, another reflectance scaling) reads
+    every image with it; a sensor name is for the record (the readers tell the sensor from
+    each file's metadata)."""
     chunks = chunks or cfg.run.chunk_size
+    sensor = cfg.sensor if Path(cfg.sensor).suffix.lower() in (".yaml", ".yml") else None
     aoi_geom = None
     if aoi is not None:
         from pipeline.aoi import read_aoi
-        first = open_scene(images, chunks=chunks, dem=dem)
+        first = open_scene(images, sensor, chunks=chunks, dem=dem)
         aoi_geom = read_aoi(aoi, first.rio.crs)
-    scene = open_scene(images, chunks=chunks, aoi=aoi_geom, dem=dem)
+    scene = open_scene(images, sensor, chunks=chunks, aoi=aoi_geom, dem=dem)
     dem_da = read_dem(dem, Grid.of(scene.isel(time=0, band=0)), chunks) if dem else None
     return scene, dem_da
 

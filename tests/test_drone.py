@@ -354,3 +354,25 @@ def test_band_names_that_fit_two_cameras_pick_by_pixel_size_and_say_so(caplog):
     assert "the p4m is taken" in caplog.text and "rededge2" in caplog.text
     assert drone_camera_for_names(names, 0.08).name == "rededge-mx"
     assert drone_camera_for_names(names, None) is None       # no pixel size: no guess
+
+
+def test_a_sensor_file_in_the_config_reads_the_images_with_it(tmp_path: Path) -> None:
+    """A P4M stack exported in x10000 units without band names: no reader can tell the
+    camera or the scaling, and train/detect have no --sensor; a sensor file as the config's
+    `sensor:` reads it (a shipped name stays for the record)."""
+    from pipeline.config import load_config, with_overrides
+    from pipeline.survey import prepare_scene
+    refl = _refl(5)
+    dn = np.where(np.isnan(refl), 0, np.round(refl * 10000)).astype("uint16")
+    f = _write(tmp_path / "ortho_2025-04-20.tif", dn, nodata=0)
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "survey-drone.yaml")
+    with pytest.raises(SensorNeeded):
+        prepare_scene([f], cfg, dem=None)
+    cam = tmp_path / "p4m-x10000.yaml"
+    cam.write_text((Path(__file__).resolve().parents[1] / "configs" / "sensors" / "p4m.yaml")
+                   .read_text().replace("name: p4m", "name: p4m-x10000")
+                   .replace("scaling: auto", "scaling: dn10000"))
+    scene, _ = prepare_scene([f], with_overrides(cfg, sensor=str(cam)), dem=None)
+    assert scene.attrs["sensor"] == "p4m-x10000"
+    assert scene["band"].values.tolist()[:5] == ["blue", "green", "red", "rededge2", "nir"]
+    np.testing.assert_allclose(scene.isel(time=0).sel(band="nir").values, refl[4], atol=1e-4)
