@@ -334,21 +334,21 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
             raise InputError(f"{labels.source}: its scene gives other features than the first "
                              "scene (other bands?); train one model per sensor")
     table, labels, scene_of_poly = combine(parts)
-    copies = _copy_origins(labels, scene_of_poly, np.concatenate(is_copy))
+    origin = _copy_origins(labels, scene_of_poly, np.concatenate(is_copy))
     check_classes(table.y, labels.source)
     t_sample = time.perf_counter() - t0
     est = make_estimator(cfg.model)
     # One OpenMP thread: on 2 cores, scikit-learn's threaded binning and tree building spin
     # and wait far more than they gain on training tables of this size (measured 5x slower).
     with threadpool_limits(1, user_api="openmp"):
-        report = validate(est, table, labels, **_validation_args(cfg, scene_of_poly, copies),
+        report = validate(est, table, labels, **_validation_args(cfg, scene_of_poly, origin),
                           repeats=cfg.model.cv_repeats, max_threshold=cfg.model.threshold_max,
                           min_threshold=cfg.model.threshold_min)
         t1 = time.perf_counter()
         fit_balanced(est, table.X, table.y, cfg.model.seed)
         t_fit = time.perf_counter() - t1
         t2 = time.perf_counter()
-        reduced = fit_missing_phase_models(table, labels, scene_of_poly, copies, report, cfg) \
+        reduced = fit_missing_phase_models(table, labels, scene_of_poly, origin, report, cfg) \
             if cfg.model.missing_phase_models else []
         t_reduced = time.perf_counter() - t2
     bg = table.X[table.y == 0]
@@ -399,10 +399,10 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
 
 
 def _copy_origins(labels: Labels, scene_of_poly: np.ndarray,
-                  is_copy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(origin, scored) per polygon: an augmented copy's origin is the polygon of the same
-    scene with the same geometry (a labelled polygon, or a background block on the draw's
-    grid), else itself; only polygons that are not copies are scored in validation."""
+                  is_copy: np.ndarray) -> np.ndarray:
+    """Per polygon, the polygon it copies: an augmented copy's origin is the polygon of the
+    same scene with the same geometry (a labelled polygon, or a background block on the
+    draw's grid), else itself."""
     first: dict[tuple[int, bytes], int] = {}
     for pid, (g, sc, cp) in enumerate(zip(labels.geometries, scene_of_poly, is_copy)):
         if not cp:
@@ -410,21 +410,21 @@ def _copy_origins(labels: Labels, scene_of_poly: np.ndarray,
     origin = np.array([first.get((int(sc), g.wkb), pid) if cp else pid
                        for pid, (g, sc, cp) in enumerate(zip(labels.geometries, scene_of_poly,
                                                              is_copy))], dtype="int64")
-    return origin, ~is_copy
+    return origin
 
 
 def _validation_args(cfg: SurveyConfig, scene_of_poly: np.ndarray,
-                     copies: tuple[np.ndarray, np.ndarray]) -> dict:
+                     origin: np.ndarray) -> dict:
     """The cross-validation settings the main and the missing-phase models share."""
     m = cfg.model
     return {"n_folds": m.cv_folds, "block_m": m.cv_block_m, "target_recall": m.target_recall,
             "seed": m.seed, "min_plot_px": m.threshold_min_plot_px,
             "scene_of_polygon": scene_of_poly, "hold_out_scenes": m.cv_hold_out_scenes,
-            "polygon_origin": copies[0], "scored_polygons": copies[1]}
+            "polygon_origin": origin}
 
 
 def fit_missing_phase_models(table: Table, labels: Labels, scene_of_poly: np.ndarray,
-                             copies: tuple[np.ndarray, np.ndarray], report: dict,
+                             origin: np.ndarray, report: dict,
                              cfg: SurveyConfig) -> list[tuple[dict, Any]]:
     """One model per combination of phases left out (at least one phase kept), on the same
     training pixels without those phases' features, validated like the main model (one repeat
@@ -446,7 +446,7 @@ def fit_missing_phase_models(table: Table, labels: Labels, scene_of_poly: np.nda
                                       feature_names=[names[i] for i in cols])
             m = cfg.model
             rep = validate(make_estimator(m), sub, labels,
-                           **_validation_args(cfg, scene_of_poly, copies), repeats=1,
+                           **_validation_args(cfg, scene_of_poly, origin), repeats=1,
                            threshold=report["threshold"])
             est = fit_balanced(make_estimator(m), sub.X, sub.y, m.seed)
             spec = {"missing": list(missing), "n_features": len(cols),

@@ -155,11 +155,11 @@ def test_out_of_fold_scores_come_from_models_that_did_not_see_the_polygon():
     assert roc_auc_score(leaky.y, oof) < 0.75
 
 
-def test_augmented_copies_stay_in_their_originals_fold_and_are_not_scored():
+def test_augmented_copies_stay_in_their_originals_fold():
     """Folds grouped by polygon (too few spatial blocks) with augmented copies: a copy has a
     polygon id of its own, and a fold model that trained on it would score its original as
-    if it had seen it. A feature identifying each original polygon must give no skill, and
-    the copies count in no figure."""
+    if it had seen it. With each copy's origin, a feature identifying each original polygon
+    gives no skill out of fold."""
     table, labels = _table(n_poly=40)
     rng = np.random.default_rng(1)
     code = rng.normal(0, 1, int(table.polygon.max()) + 1)
@@ -171,21 +171,25 @@ def test_augmented_copies_stay_in_their_originals_fold_and_are_not_scored():
                  ["id", "n"], 10.0)
     labels2 = Labels(labels.geometries * 2, labels.classes * 2, "t")
     origin = np.r_[np.arange(n), np.arange(n)]
-    scored = np.r_[np.ones(n, bool), np.zeros(n, bool)]
     groups = both.polygon.astype("int64")         # as the fallback would group them
     est = make_estimator(ModelConfig(max_iter=100, min_samples_leaf=5))   # can memorise
     from sklearn.metrics import roc_auc_score
     leak, _ = out_of_fold(est, both, groups, 4, 0)
     assert roc_auc_score(both.y, leak) > 0.85        # without origins: the copy gives it away
-    oof, _ = out_of_fold(est, both, groups * 0 + 1, 4, 0, polygon_origin=origin,
-                         scored=scored[both.polygon])          # one block: polygon fallback
-    assert np.isnan(oof[len(table.y):]).all() and np.isfinite(oof[:len(table.y)]).all()
-    assert roc_auc_score(table.y, oof[:len(table.y)]) < 0.7
-    rep = validate(est, both, labels2, n_folds=4, block_m=1e6, target_recall=0.95, seed=0,
-                   polygon_origin=origin, scored_polygons=scored)
-    assert rep["polygon"]["poppy_polygons"] == 20
-    assert sum(c["polygons"] for c in rep["per_class_flagged"].values()) == n
+    oof, how = out_of_fold(est, both, groups * 0 + 1, 4, 0, polygon_origin=origin)
+    assert how == "polygons"                          # one block: the polygon fallback
+    assert roc_auc_score(both.y, oof) < 0.7
+    # and two poppy polygons with a copy each are still too few for honest folds
+    few = np.isin(both.polygon % n, [0, 1, 2, 3])     # polygons 0, 2 poppy; 1, 3 background
+    sub = Table(both.X[few], both.y[few], both.polygon[few], both.xy[few], ["id", "n"], 10.0)
+    rep = validate(est, sub, labels2, n_folds=4, block_m=1e6, target_recall=0.95, seed=0,
+                   polygon_origin=origin)
     assert "grouped by polygons" in rep["folds"]
+    one = np.isin(both.polygon % n, [0, 1, 3])        # one poppy polygon and its copy: refused
+    sub = Table(both.X[one], both.y[one], both.polygon[one], both.xy[one], ["id", "n"], 10.0)
+    with pytest.raises(Exception, match="too few labelled polygons"):
+        validate(est, sub, labels2, n_folds=4, block_m=1e6, target_recall=0.95, seed=0,
+                 polygon_origin=origin)
 
 
 def test_training_seeds_never_share_a_cross_validation_shuffle():
