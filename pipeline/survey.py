@@ -71,12 +71,12 @@ from pipeline.config import (
     load_config,
     load_yaml,
 )
-from pipeline.errors import InputError, PoppyscanError
+from pipeline.errors import InputError
 from pipeline.grid import Grid
 from pipeline.ingest import expand_paths, first_image_facts, open_scene, read_dem
 from pipeline.masks import apply_masks
 from pipeline.readers._raster import read_pixels
-from pipeline.scheduler import open_runner, parse_spec, run_tiles
+from pipeline.scheduler import open_runner, run_tiles
 
 log = logging.getLogger(__name__)
 
@@ -807,28 +807,10 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
         geoms, _ = read_polygons(exclude, scene.rio.crs, what="exclusion file")
         exclusion = shapely.union_all(geoms)
     formats = tuple(formats or cfg.outputs.formats)
-    parse_spec(cfg.run.scheduler)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder; choose another --out")
-    created = not out.exists()
-    try:
-        return _run_detect(images, model_dir, out, cfg, dem=dem, aoi=aoi, exclude=exclude,
-                           formats=formats, progress=progress, t_start=t_start,
-                           calendar=calendar, art=art, scene=scene, dem_da=dem_da, plan=plan,
-                           exclusion=exclusion)
-    except PoppyscanError:
-        # a user error met while running (a damaged file, an unreachable scheduler): no
-        # half-written folder. An interruption or a crash keeps the run state to resume.
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
 
-
-def _run_detect(images, model_dir, out: Path, cfg: SurveyConfig, *, dem, aoi, exclude,
-                formats, progress, t_start: float, calendar, art, scene, dem_da, plan,
-                exclusion) -> DetectResult:
-    """detect's tiles, assembly and writing, once its inputs are checked."""
     # ---- run tiles (resumable)
     H, W = scene.sizes["y"], scene.sizes["x"]
     cs = cfg.run.chunk_size

@@ -215,6 +215,30 @@ def test_train_arguments_that_do_not_fit_together_are_refused_before_reading(tmp
     assert not (tmp_path / "m").exists()
 
 
+def test_a_user_error_while_running_leaves_no_folder_it_created(trained, tmp_path,
+                                                                monkeypatch, capsys):
+    """A damaged file met while the tiles run (after the inputs were checked and the run
+    state written): the --out folder the run created is removed; one the user made stays."""
+    import run as cli
+    from pipeline import survey
+    from pipeline.errors import InputError
+    d, scene = trained
+
+    def damaged(*args, **kwargs):
+        raise InputError("S2_20240420.tif: the raster data cannot be read")
+    monkeypatch.setattr(survey, "run_tiles", damaged)
+    argv = ["detect", "--images", *map(str, scene.images), "--model", str(d / "model")]
+    assert cli.main([*argv, "--out", str(tmp_path / "new")]) == 2
+    assert "cannot be read" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()
+    assert cli.main([*argv, "--out", str(tmp_path / "mine")]) == 2
+    assert (tmp_path / "mine").is_dir()
+    assert cli.main([*argv, "--out", str(tmp_path / "s"), "--scheduler", "bogus"]) == 2
+    assert "not one of threads" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
 def test_labels_without_poppy_are_refused(trained, tmp_path):
     _, scene = trained
     labels = json.loads(scene.labels.read_text())

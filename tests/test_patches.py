@@ -410,24 +410,3 @@ def test_a_rerun_with_other_formats_leaves_no_earlier_target_files(model, tiny,
     assert {p.name for p in res.files} == names - {"notes.txt", ".poppyscan"}
     # the inputs hashed are the images read, not the other files in their folder
     assert set(res.report["inputs"]) == {str(p) for p in tiny.images}
-
-
-def test_a_user_error_while_running_leaves_no_folder_it_created(model, tiny, tmp_path: Path,
-                                                                monkeypatch) -> None:
-    from pipeline import survey
-    from pipeline.errors import InputError
-
-    def damaged(*args, **kwargs):
-        raise InputError("S2_20240420.tif: the raster data cannot be read")
-    monkeypatch.setattr(survey, "run_tiles", damaged)
-    with pytest.raises(InputError):
-        detect(tiny.images, model, tmp_path / "new", CFG, formats=("geojson",))
-    assert not (tmp_path / "new").exists()
-    (tmp_path / "mine").mkdir()                          # a folder the user made: kept
-    with pytest.raises(InputError):
-        detect(tiny.images, model, tmp_path / "mine", CFG, formats=("geojson",))
-    assert (tmp_path / "mine").is_dir()
-    with pytest.raises(Exception, match="not one of threads"):   # checked before any folder
-        detect(tiny.images, model, tmp_path / "sched",
-               with_overrides(CFG, **{"run.scheduler": "bogus"}), formats=("geojson",))
-    assert not (tmp_path / "sched").exists()
