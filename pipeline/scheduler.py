@@ -85,9 +85,12 @@ def _quiet_distributed() -> Iterator[None]:
 def _distributed(spec: str, kind: str, arg: Any, memory_per_worker: str, Client: Any,
                  LocalCluster: Any) -> Iterator[Runner]:
     if kind == "local":
+        # a task's error reaches the client and is reported there (one line for a user
+        # error); the worker's own "Compute Failed" block would print a traceback before it
+        quiet = logging.ERROR if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL
         cluster = LocalCluster(n_workers=int(arg), threads_per_worker=1,  # type: ignore[arg-type]
                                memory_limit=memory_per_worker, processes=True,
-                               dashboard_address=":0", silence_logs=logging.ERROR)
+                               dashboard_address=":0", silence_logs=quiet)
         client = Client(cluster)
         try:
             yield Runner(spec, client, workers=int(arg))  # type: ignore[arg-type]
