@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=256, help="scene side in pixels (default 256)")
     s.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default 0)")
     s.add_argument("--prevalence", type=float, default=0.01,
-                   help="share of poppy area, 0-0.05; 0 gives a scene without poppy "
-                   "(default 0.01)")
+                   help="share of poppy area, 0-0.05; 0 gives a scene without poppy, and "
+                   "a drone scene holds at least one plot otherwise (default 0.01)")
 
     s = sub.add_parser("inspect", help="print what poppyscan reads from images, as JSON")
     s.add_argument("--images", type=Path, nargs="+", required=True, metavar="PATH")
