@@ -19,6 +19,7 @@ Everything except that small regression stays lazy.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -101,7 +102,8 @@ def _grid_spacing(arr: xr.DataArray, what: str) -> tuple[float, float]:
 
 
 def _gradient(dem: xr.DataArray, axis: int) -> Any:
-    func: Callable[[np.ndarray], np.ndarray] = lambda block: _horn(block, axis)  # noqa: E731
+    # a partial, not a closure: the graph is pickled to worker processes (--scheduler processes)
+    func: Callable[[np.ndarray], np.ndarray] = functools.partial(_horn, axis=axis)
     if isinstance(dem.data, da.Array):
         # 1-pixel halos between chunks; no halo at the outer border, where _horn pads each block
         # itself exactly as it pads a whole in-memory DEM: chunked and eager results agree.

@@ -7,6 +7,7 @@ pass) into one date, sorts by time and clips to an AOI. Nothing is computed here
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import warnings
@@ -101,14 +102,18 @@ def first_image_facts(paths: Sequence[Path], dem: Path | None = None) -> tuple[f
     return pixel_metres(first.rio.transform(), first.rio.crs), first["band"].values.tolist()
 
 
+def _aoi_block(transform, geom: BaseGeometry, block_info=None) -> np.ndarray:
+    (y0, y1), (x0, x1) = block_info[None]["array-location"]
+    tf = window_transform(Window(x0, y0, x1 - x0, y1 - y0), transform)
+    return rfeatures.geometry_mask([geom], out_shape=(y1 - y0, x1 - x0), transform=tf,
+                                   invert=True, all_touched=True)
+
+
 def aoi_mask(grid: Grid, geom: BaseGeometry, chunks: int) -> darr.Array:
-    """Lazy boolean (y, x) mask of ``geom`` (in the grid CRS), rasterised chunk by chunk."""
-    def block(block_info=None) -> np.ndarray:
-        (y0, y1), (x0, x1) = block_info[None]["array-location"]
-        tf = window_transform(Window(x0, y0, x1 - x0, y1 - y0), grid.transform)
-        return rfeatures.geometry_mask([geom], out_shape=(y1 - y0, x1 - x0), transform=tf,
-                                       invert=True, all_touched=True)
-    return darr.map_blocks(block, dtype=bool,
+    """Lazy boolean (y, x) mask of ``geom`` (in the grid CRS), rasterised chunk by chunk
+    (a module-level function with its arguments, not a closure: the graph is pickled to
+    worker processes with --scheduler processes)."""
+    return darr.map_blocks(functools.partial(_aoi_block, grid.transform, geom), dtype=bool,
                            chunks=darr.core.normalize_chunks(chunks, (grid.height, grid.width)))
 
 

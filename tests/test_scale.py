@@ -76,6 +76,42 @@ def test_processes_give_identical_outputs(setup, tmp_path):
     assert_same_outputs(ref, tmp_path / "proc")
 
 
+def test_processes_with_a_dem_and_an_aoi_give_identical_outputs(setup, tmp_path):
+    """The DEM's slope and the AOI mask enter the tile graph, which worker processes get by
+    pickle: no closure may sit in it (a lambda in the slope and a nested AOI block broke
+    --scheduler processes whenever --dem or --aoi was given)."""
+    from pyproj import Transformer
+
+    from pipeline.survey import detect
+    d, cfg, scene, _ = setup
+    with rasterio.open(scene.images[0]) as src:
+        prof, tf, crs, (h, w) = src.profile, src.transform, src.crs, src.shape
+    dem = tmp_path / "dem.tif"
+    prof.update(count=1, dtype="float32", nodata=None)
+    with rasterio.open(dem, "w", **prof) as dst:     # a slope rising to the north-east
+        dst.write((np.add.outer(np.arange(h)[::-1], np.arange(w)) * 2.0)
+                  .astype("float32")[None])
+    x0, y1 = tf * (8, 8)
+    x1, y0 = tf * (w - 30, h - 20)
+    to_wgs = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    ring = [list(to_wgs.transform(x, y)) for x, y in
+            ((x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0))]
+    aoi = tmp_path / "aoi.geojson"
+    aoi.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {},
+         "geometry": {"type": "Polygon", "coordinates": [ring]}}]}))
+    outs = {}
+    for sched in ("threads", "processes"):
+        outs[sched] = tmp_path / sched
+        detect(scene.images, d / "model", outs[sched],
+               with_overrides(cfg, **{"run.scheduler": sched}), dem=dem, aoi=aoi,
+               formats=["geojson"])
+    assert_same_outputs(outs["threads"], outs["processes"])
+    fc = json.loads((outs["processes"] / "targets.geojson").read_text())
+    assert fc["features"] and all(f["properties"]["slope_deg"] is not None
+                                  for f in fc["features"])
+
+
 def test_resume_after_a_crash_redoes_only_missing_tiles(setup, tmp_path, monkeypatch):
     import pipeline.survey as survey
     d, cfg, scene, ref = setup
