@@ -302,6 +302,13 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
         shift = calendar_shift(calendar, dem_da)
         masked = mask_and_correct(scene, dem_da, cfg)
         feats = window_features(masked, calendar, cfg.features, shift)
+        if "flowering" in feats.phase_dates and not feats.phase_dates["flowering"]:
+            ph = calendar.phases["flowering"]
+            dates = ", ".join(str(t)[:10] for t in scene["time"].values)
+            raise InputError(f"{sc.labels}: no image of its scene falls in the flowering "
+                             f"phase ({ph.start} to {ph.end} in calendar {calendar.name}; "
+                             f"dates: {dates}); poppy is learnt in bloom: give images from "
+                             "that window, or a calendar whose flowering phase covers them")
         # the scene's features, then those of its augmented copies (classifiers/augment.py)
         versions = [feats] + [
             window_features(mask_and_correct(augmented(

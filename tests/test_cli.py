@@ -239,6 +239,19 @@ def test_a_user_error_while_running_leaves_no_folder_it_created(trained, tmp_pat
     assert not (tmp_path / "s").exists()
 
 
+def test_training_without_a_bloom_image_is_refused(trained, tmp_path):
+    """A calendar whose flowering phase holds none of the scene's dates (another region's,
+    or the wrong year's images) is one line, not an error deep in the fit."""
+    _, scene = trained
+    cfg = tmp_path / "late.yaml"
+    cfg.write_text(f"calendar: {ROOT / 'configs' / 'calendars' / 'myanmar-laos.yaml'}\n")
+    line = _one_line_error(run("train", "--images", *map(str, scene.images), "--labels",
+                               str(scene.labels), "--model", str(tmp_path / "m"),
+                               "--config", str(cfg)))
+    assert "no image of its scene falls in the flowering phase" in line
+    assert not (tmp_path / "m").exists()
+
+
 def test_labels_without_poppy_are_refused(trained, tmp_path):
     _, scene = trained
     labels = json.loads(scene.labels.read_text())
