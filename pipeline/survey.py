@@ -178,12 +178,14 @@ def calendar_shift(calendar: Calendar, dem: xr.DataArray | None) -> xr.DataArray
     return calendar.shift_days(dem)
 
 
-def _digest_inputs(images: Sequence[Path], dem: Path | None) -> dict[str, str]:
+def _digest_inputs(images: Sequence[Path], dem: Path | None,
+                   others: Sequence[Path | None] = ()) -> dict[str, str]:
     """Hashes of the files a run reads: the image products (a folder a reader claims, such as
     a .SAFE, with every file in it), not whatever else shares their folder (labels, earlier
-    outputs), and the DEM."""
+    outputs), the DEM and ``others`` (an AOI, an exclusion file)."""
     out = {}
-    for p in [*expand_paths(images, dem), *([Path(dem)] if dem is not None else [])]:
+    extra = [Path(p) for p in (dem, *others) if p is not None]
+    for p in [*expand_paths(images, dem), *extra]:
         files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
         for f in files:
             out[str(f)] = file_digest(f)
@@ -824,7 +826,9 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     stride = max(1, int(np.ceil(max(H, W) / 1024)))
     state = out / STATE_DIR
     tdir = state / "tiles"
-    digests = _digest_inputs(images, dem)   # read once: the inputs can be GBs
+    # read once: the inputs can be GBs. The AOI and exclusion files count by content, so a
+    # rerun after one was edited in place starts afresh instead of resuming
+    digests = _digest_inputs(images, dem, (aoi, exclude))
     fp = _fingerprint(digests, model_dir, cfg, {"dem": str(dem), "aoi": str(aoi), "H": H,
                                                 "W": W, "tile_format": TILE_FORMAT})
     run_file = state / "run.json"

@@ -410,3 +410,24 @@ def test_a_rerun_with_other_formats_leaves_no_earlier_target_files(model, tiny,
     assert {p.name for p in res.files} == names - {"notes.txt", ".poppyscan"}
     # the inputs hashed are the images read, not the other files in their folder
     assert set(res.report["inputs"]) == {str(p) for p in tiny.images}
+
+
+def test_an_aoi_edited_in_place_is_a_new_run_not_a_resume(model, tiny, tmp_path: Path) -> None:
+    to_wgs = Transformer.from_crs("EPSG:32650", "EPSG:4326", always_xy=True)
+
+    def write_aoi(c0: int, c1: int) -> None:
+        (x0, y0), (x1, y1) = TF * (c0, SIZE), TF * (c1, 0)
+        ring = [list(to_wgs.transform(x, y)) for x, y in
+                ((x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0))]
+        aoi.write_text(json.dumps({"type": "FeatureCollection", "features": [
+            {"type": "Feature", "properties": {},
+             "geometry": {"type": "Polygon", "coordinates": [ring]}}]}))
+    aoi = tmp_path / "aoi.geojson"
+    write_aoi(0, SIZE - 8)
+    out = tmp_path / "out"
+    first = detect(tiny.images, model, out, CFG, aoi=aoi, formats=("geojson",))
+    assert str(aoi) in first.report["inputs"]
+    write_aoi(0, SIZE // 2)                            # same path, another area
+    again = detect(tiny.images, model, out, CFG, aoi=aoi, formats=("geojson",))
+    assert again.report["tiles_resumed"] == 0
+    assert again.report["inputs"][str(aoi)] != first.report["inputs"][str(aoi)]
