@@ -105,8 +105,10 @@ def first_image_facts(paths: Sequence[Path], dem: Path | None = None) -> tuple[f
 def _aoi_block(transform, geom: BaseGeometry, block_info=None) -> np.ndarray:
     (y0, y1), (x0, x1) = block_info[None]["array-location"]
     tf = window_transform(Window(x0, y0, x1 - x0, y1 - y0), transform)
+    # pixels whose centre is inside: a target over pixels the AOI only grazes would lie
+    # mostly outside it
     return rfeatures.geometry_mask([geom], out_shape=(y1 - y0, x1 - x0), transform=tf,
-                                   invert=True, all_touched=True)
+                                   invert=True, all_touched=False)
 
 
 def aoi_mask(grid: Grid, geom: BaseGeometry, chunks: int) -> darr.Array:

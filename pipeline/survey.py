@@ -892,7 +892,9 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     patches = [p for p in patches if p.score_max >= art.threshold]  # patch rule: the peak
     removed = 0
     if exclusion is not None:
-        kept = [p for p in patches if not p.geometry.intersects(exclusion)]
+        # on a site: sharing ground with it, not just an edge (a field beside a park)
+        kept = [p for p in patches if not (p.geometry.intersects(exclusion)
+                                           and not p.geometry.touches(exclusion))]
         removed = len(patches) - len(kept)
         patches = kept
         log.warning("--exclude removed %d candidate patch(es) on known ornamental sites",

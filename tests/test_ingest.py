@@ -324,6 +324,19 @@ def test_geopackage_aoi_in_cgcs2000_clips(tmp_path: Path) -> None:
     _check_clipped(s)
 
 
+def test_aoi_keeps_the_pixels_whose_centre_it_holds(tmp_path: Path) -> None:
+    """A pixel the AOI only grazes is outside: a target over it would lie mostly outside the
+    AOI ("detect inside them only")."""
+    a = write_dn(tmp_path / "a_20240401.tif", ramp())
+    x0, _ = TF * (4, 0)
+    _, y1 = TF * (0, 12)
+    x1, _ = TF * (10.3, 0)                # 0.3 of column 10, not its centre
+    _, y0 = TF * (0, 4)
+    s = open_scene([a], chunks=16, aoi=box(x0, y1, x1, y0)).isel(time=0, band=0).values
+    assert s.shape == (8, 7)               # the window still reaches column 10
+    assert np.isfinite(s[:, :6]).all() and np.isnan(s[:, 6]).all()
+
+
 def test_aoi_outside_the_images_is_an_input_error(tmp_path: Path) -> None:
     a = write_dn(tmp_path / "a_20240401.tif", ramp())
     far = box(600000, 3000000, 601000, 3001000)

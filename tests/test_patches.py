@@ -431,3 +431,24 @@ def test_an_aoi_edited_in_place_is_a_new_run_not_a_resume(model, tiny, tmp_path:
     again = detect(tiny.images, model, out, CFG, aoi=aoi, formats=("geojson",))
     assert again.report["tiles_resumed"] == 0
     assert again.report["inputs"][str(aoi)] != first.report["inputs"][str(aoi)]
+
+
+def test_exclude_removes_targets_on_a_site_not_beside_it(model, tiny, tmp_path: Path) -> None:
+    """A known ornamental site removes the patches that share ground with it; a field that
+    only shares an edge with it (a plot beside a park) stays."""
+    base = _features(_detect(tiny.images, model, tmp_path / "all").out / "targets.geojson")
+    (r, c, s), (r2, c2, _) = PLOTS[0], PLOTS[1]
+    beside = _plot_box(r, c + s, s)                 # the plot's east neighbour, edge shared
+    on = _plot_box(r2 + 1, c2 + 1, 2)               # inside the second plot
+    sites = tmp_path / "sites.gpkg"
+    import pyogrio
+    pyogrio.raw.write(sites, np.array([shapely.to_wkb(g) for g in (beside, on)], dtype=object),
+                      [np.array(["park", "flowers"], dtype=object)], ["name"],
+                      crs="EPSG:32650", geometry_type="Polygon")
+    res = detect(tiny.images, model, tmp_path / "ex", CFG, exclude=sites,
+                 formats=("geojson",))
+    got = _features(tmp_path / "ex" / "targets.geojson")
+    assert res.report["counts"]["excluded"] == 1
+    assert len(got) == len(base) - 1
+    assert any(_utm(f["geometry"]).intersects(_plot_box(r, c, s)) for f in got)
+    assert not any(_utm(f["geometry"]).intersects(on) for f in got)
