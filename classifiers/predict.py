@@ -27,8 +27,10 @@ log = logging.getLogger(__name__)
 
 def check_fit(art: Artifact, feature_names: Sequence[str], sensor: str, calendar: str,
               dropped_bands: dict[str, list[str]] | None = None,
-              bands: Sequence[str] | None = None) -> None:
-    """Refuse a model whose sensor, calendar or features do not fit the inputs.
+              bands: Sequence[str] | None = None,
+              terrain_correction: str | None = None) -> None:
+    """Refuse a model whose sensor, calendar, terrain correction or features do not fit the
+    inputs.
 
     ``dropped_bands``: bands some images lack (band -> those images; a band must be on every
     date), named in the refusal as the likely cause; ``bands``: the scene's bands, so that a
@@ -40,6 +42,12 @@ def check_fit(art: Artifact, feature_names: Sequence[str], sensor: str, calendar
     if art.meta["calendar"] != calendar:
         raise ModelError(f"the model was trained with calendar '{art.meta['calendar']}', the "
                          f"config uses '{calendar}'; use the same calendar or retrain")
+    trained_tc = art.meta.get("config", {}).get("terrain_correction")
+    if terrain_correction is not None and trained_tc is not None and \
+            trained_tc != terrain_correction:
+        # the features are reflectances after the correction: another one shifts all of them
+        raise ModelError(f"the model was trained with terrain_correction '{trained_tc}', the "
+                         f"config uses '{terrain_correction}'; use the same or retrain")
     if want != have and dropped_bands:
         needed = _bands_of([f for f in want if f not in have]) & set(dropped_bands)
         if needed:

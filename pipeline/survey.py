@@ -810,7 +810,8 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     plan = make_plan(masks(scene.isel(y=slice(0, 1), x=slice(0, 1)), cfg), calendar,
                      cfg.features, shifts)
     check_fit(art, plan.names, scene.attrs["sensor"], calendar.name,
-              json.loads(scene.attrs.get("dropped_bands", "{}")), scene["band"].values.tolist())
+              json.loads(scene.attrs.get("dropped_bands", "{}")), scene["band"].values.tolist(),
+              terrain_correction=cfg.terrain_correction)
     exclusion = None
     if exclude is not None:
         geoms, _ = read_polygons(exclude, scene.rio.crs, what="exclusion file")

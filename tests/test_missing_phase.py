@@ -173,3 +173,15 @@ def test_without_missing_phase_models_a_survey_without_a_phase_is_refused(traine
     r = _detect(tmp_path / "m", images, tmp_path / "out")
     assert r.returncode == 2 and "uses the post phase" in r.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_model_is_refused_under_another_terrain_correction():
+    """The features are reflectances after the terrain correction: a model trained without
+    one meets shifted features under SCS+C (and the other way round)."""
+    from classifiers.predict import check_fit
+    art = artifact.Artifact(None, {"feature_names": NAMES, "sensor": "sentinel2",
+                                   "calendar": "east-china",
+                                   "config": {"terrain_correction": "none"}}, ())
+    check_fit(art, NAMES, "sentinel2", "east-china", terrain_correction="none")
+    with pytest.raises(ModelError, match="terrain_correction 'none', the config uses 'scs"):
+        check_fit(art, NAMES, "sentinel2", "east-china", terrain_correction="scs+c")
