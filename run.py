@@ -225,7 +225,14 @@ def cmd_fetch(a) -> int:
     from pipeline.fetch import fetch
     doc = fetch(a.aoi, a.window, a.out, max_cloud=a.max_cloud, resolution=a.resolution,
                 dem=a.dem, base_url=a.sh_base_url, token_url=a.sh_token_url)
-    print(f"fetched {len(doc.get('written', []))} date(s) into {a.out}")
+    written, skipped = doc.get("written", []), doc.get("skipped", [])
+    if written:
+        print(f"fetched {len(written)} date(s) into {a.out}")
+    else:                          # exit 0, but say why there is nothing to survey
+        why = (f"{len(skipped)} found but skipped ({skipped[0]['reason']}"
+               + (", ..." if len(skipped) > 1 else "") + ")" if skipped else
+               "no acquisition in the window over the AOI")
+        print(f"fetched 0 dates into {a.out}: {why}; see {a.out / 'fetch.json'}")
     return 0
 
 

@@ -58,6 +58,10 @@ CDSE_TOKEN_URL = (
 MAX_TILE_PX = 2500
 #: Coarsest pixel (m) the Process API serves for Sentinel-2 L2A.
 MAX_RESOLUTION = 1500.0
+#: pixels of one date's grid: each date is mosaicked in memory at ~26 bytes per pixel (13
+#: uint16 bands), so 64 Mpx (an 80 km square at 10 m) is about 1.7 GB
+MAX_GRID_PX = 64_000_000
+BYTES_PER_PX = 26
 #: Retries of the sentinelhub client for 5xx and connection errors, and the first sleep (s).
 MAX_DOWNLOAD_ATTEMPTS = 4
 DOWNLOAD_SLEEP_TIME = 5.0
@@ -490,6 +494,13 @@ def fetch(aoi: Path, window: str, out: Path, *, max_cloud: float = 30.0, resolut
         raise InputError(f"--resolution {resolution} must be metres in (0, {MAX_RESOLUTION:g}]")
     geom, geom_crs = read_aoi(Path(aoi))
     grid, aoi_utm, aoi_wgs = make_grid(geom, geom_crs, float(resolution))
+    px = grid.width * grid.height
+    if px > MAX_GRID_PX:
+        raise InputError(f"{aoi}: at {float(resolution):g} m the AOI's grid is {grid.width} x "
+                         f"{grid.height} pixels ({px / 1e6:.0f} Mpx, about "
+                         f"{px * BYTES_PER_PX / 2**30:.1f} GB per date in memory; at most "
+                         f"{MAX_GRID_PX / 1e6:.0f} Mpx): split the AOI into smaller ones or use "
+                         "a coarser --resolution")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")

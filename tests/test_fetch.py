@@ -194,6 +194,32 @@ def test_bad_options_fail_before_anything(server, aoi, tmp_path, kw):
     assert not (tmp_path / "out").exists() and server.token_requests == 0
 
 
+def test_the_cli_says_why_nothing_was_fetched(server, aoi, tmp_path, capsys):
+    import run as cli
+    base = ["fetch", "--aoi", str(aoi), "--sh-base-url", server.base_url, "--sh-token-url",
+            server.token_url]
+    assert cli.main([*base, "--window", "2023-01-01/2023-01-31", "--out",
+                     str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "fetched 0 dates" in out and "no acquisition in the window" in out
+    assert cli.main([*base, "--window", WINDOW, "--max-cloud", "0", "--out",
+                     str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "fetched 0 dates" in out and "found but skipped (cloud cover" in out
+
+
+def test_an_aoi_too_large_to_mosaic_fails_before_anything(server, tmp_path):
+    """Each date is mosaicked in memory: a 2 x 2 degree AOI at 10 m (~480 Mpx, ~12 GB) is one
+    line before any request, not a memory error after the search."""
+    big = tmp_path / "big.geojson"
+    big.write_text(json.dumps({"type": "FeatureCollection", "features": [{
+        "type": "Feature", "properties": {},
+        "geometry": {"type": "Polygon", "coordinates": [_square(LON0, LAT0, 2.0, 2.0)]}}]}))
+    with pytest.raises(InputError, match=r"Mpx.*split the AOI"):
+        run(server, big, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and server.token_requests == 0
+
+
 def test_missing_credentials_raise_before_any_request(server, aoi, tmp_path, monkeypatch):
     monkeypatch.delenv("SH_CLIENT_ID")
     monkeypatch.delenv("SH_CLIENT_SECRET")
