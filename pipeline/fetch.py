@@ -568,6 +568,12 @@ def fetch(aoi: Path, window: str, out: Path, *, max_cloud: float = 30.0, resolut
             "cache": str(cache),
         }
         (staging / "fetch.json").write_text(json.dumps(result, indent=2) + "\n")
+        # an earlier run's dates or DEM that this one does not write (a stricter --max-cloud,
+        # another window, no --dem) would be read by inspect and detect beside the new ones
+        keep = {w["file"] for w in written} | ({dem_file} if dem_file else set())
+        for old in [*out.glob("S2_*.tif"), out / "dem.tif"]:
+            if old.name not in keep:
+                old.unlink(missing_ok=True)
         for item in sorted(staging.iterdir(), key=lambda p: p.name == "fetch.json"):
             os.replace(item, out / item.name)  # fetch.json last: it marks a complete run
     finally:

@@ -194,6 +194,17 @@ def test_bad_options_fail_before_anything(server, aoi, tmp_path, kw):
     assert not (tmp_path / "out").exists() and server.token_requests == 0
 
 
+def test_a_rerun_leaves_only_what_its_fetch_json_lists(server, aoi, tmp_path):
+    out = tmp_path / "out"
+    first = run(server, aoi, out, dem=True)
+    assert {w["file"] for w in first["written"]} == {"S2_20240503.tif", "S2_20240513.tif"}
+    assert (out / "dem.tif").is_file()
+    second = run(server, aoi, out, max_cloud=min(w["cloud_cover"] for w in first["written"]))
+    files = {p.name for p in out.glob("*.tif")}
+    assert files == {w["file"] for w in second["written"]} and second["dem"] is None
+    assert len(files) == 1
+
+
 def test_the_cli_says_why_nothing_was_fetched(server, aoi, tmp_path, capsys):
     import run as cli
     base = ["fetch", "--aoi", str(aoi), "--sh-base-url", server.base_url, "--sh-token-url",
