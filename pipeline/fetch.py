@@ -200,7 +200,9 @@ def _sh_config(base_url: str | None, token_url: str | None) -> Any:
         config.sh_base_url = base_url.rstrip("/")
     if token_url:
         config.sh_token_url = token_url
-    elif base_url and "dataspace.copernicus.eu" in base_url:
+    elif "dataspace.copernicus.eu" in (config.sh_base_url or "") and \
+            "dataspace.copernicus.eu" not in (config.sh_token_url or ""):
+        # a CDSE base URL, from the option or a profile, with Sentinel Hub's token URL
         config.sh_token_url = CDSE_TOKEN_URL
     config.max_download_attempts = MAX_DOWNLOAD_ATTEMPTS
     config.download_sleep_time = DOWNLOAD_SLEEP_TIME

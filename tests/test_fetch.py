@@ -253,6 +253,16 @@ def test_credentials_and_urls_from_a_sentinelhub_profile(server, aoi, tmp_path, 
     assert result["service"] == server.base_url and server.token_requests == 1
 
 
+def test_a_cdse_profile_without_a_token_url_gets_the_cdse_one(env, tmp_path, monkeypatch):
+    monkeypatch.setenv("SH_PROFILE", "cdse")
+    config = tmp_path / "config" / "sentinelhub" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('[cdse]\nsh_base_url = "https://sh.dataspace.copernicus.eu"\n')
+    assert F._sh_config(None, None).sh_token_url == F.CDSE_TOKEN_URL
+    assert F._sh_config(None, "https://example.org/token").sh_token_url == \
+        "https://example.org/token"
+
+
 def test_unknown_profile_raises_credentials_error(server, aoi, tmp_path, monkeypatch):
     monkeypatch.delenv("SH_CLIENT_ID")
     monkeypatch.delenv("SH_CLIENT_SECRET")
