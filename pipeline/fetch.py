@@ -218,6 +218,20 @@ def _status_of(exc: BaseException) -> int | None:
     return getattr(response, "status_code", None)
 
 
+def _service_says(exc: BaseException) -> str:
+    """The service's own reason for a failed request (Sentinel Hub and CDSE answer errors
+    with {"error": {"message" or "reason": ...}}), on one line; '' when there is none."""
+    response = getattr(getattr(exc, "request_exception", None), "response", None)
+    if response is None:
+        return ""
+    try:
+        err = response.json().get("error", {})
+        text = err.get("message") or err.get("reason") or ""
+    except (ValueError, AttributeError):
+        text = getattr(response, "text", "") or ""
+    return " ".join(str(text).split())[:200]
+
+
 def _translate(exc: BaseException, what: str, url: str) -> PoppyscanError:
     """Turn a sentinelhub/oauthlib/requests failure into one clear poppyscan error."""
     from oauthlib.oauth2.rfc6749.errors import OAuth2Error
@@ -234,7 +248,12 @@ def _translate(exc: BaseException, what: str, url: str) -> PoppyscanError:
     if isinstance(exc, DownloadFailedException):
         first = str(exc).strip().splitlines()
         reason = f"HTTP {status}" if status else (first[-1] if first else type(exc).__name__)
-        return FetchError(f"{what} failed at {url} ({reason}); check the URL and the network")
+        said = _service_says(exc)
+        if said:
+            reason += f": {said}"
+        advice = ("check the AOI, window and resolution" if status and 400 <= status < 500
+                  else "check the URL and the network")
+        return FetchError(f"{what} failed at {url} ({reason}); {advice}")
     detail = " ".join(str(exc).split())[:300]
     return FetchError(f"{what} failed at {url}: {type(exc).__name__}: {detail}")
 
