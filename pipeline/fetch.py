@@ -444,7 +444,13 @@ def _fetch_date(acq: Acquisition, grid: Grid, aoi_utm: Any, collection: Any, con
          "other_args": {"processing": {"harmonizeValues": True}}},
     )
     data = np.zeros((len(OUTPUT_BANDS), grid.height, grid.width), dtype=np.uint16)
-    sums, count = np.zeros(2), 0
+    # the valid share is of the AOI's pixels (centres inside), not of its bounding box
+    from rasterio.features import geometry_mask
+    in_aoi = geometry_mask([aoi_utm], out_shape=(grid.height, grid.width),
+                           transform=grid.transform, invert=True)
+    if not in_aoi.any():        # an AOI thinner than a pixel: its bounding box
+        in_aoi[:] = True
+    sums, count, count_aoi = np.zeros(2), 0, 0
     results, misses = _download([r for _, r in requests], session, config,
                                 f"process request for {acq.date}")
     for (tile, _), result in zip(requests, results):
@@ -459,8 +465,9 @@ def _fetch_date(acq: Acquisition, grid: Grid, aoi_utm: Any, collection: Any, con
         data[:, r:r + h, c:c + w] = np.moveaxis(block, -1, 0)
         sums += np.nansum(np.where(valid[:, :, None], angles, np.nan), axis=(0, 1))
         count += int(valid.sum())
+        count_aoi += int((valid & in_aoi[r:r + h, c:c + w]).sum())
     zenith, azimuth = (sums / count) if count else (math.nan, math.nan)
-    return data, float(zenith), float(azimuth), count / float(grid.width * grid.height), misses
+    return data, float(zenith), float(azimuth), count_aoi / float(in_aoi.sum()), misses
 
 
 def _fetch_dem(grid: Grid, aoi_utm: Any, config: Any, session: Any, cache: Path,

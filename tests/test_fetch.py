@@ -89,10 +89,15 @@ def test_cloud_filter_keeps_the_right_dates(server, aoi, tmp_path):
 
 
 def test_output_follows_the_input_contract(server, aoi, tmp_path):
-    grid, _, _ = F.make_grid(*F.read_aoi(aoi), 10.0)
+    grid, aoi_utm, _ = F.make_grid(*F.read_aoi(aoi), 10.0)
     server.nodata_west_of = grid.west + 50  # the 5 westmost columns are outside the swath
     result = run(server, aoi, tmp_path / "out")
-    assert result["written"][0]["valid_fraction"] == round((grid.width - 5) / grid.width, 4)
+    # the valid share of the AOI's pixels (the lon/lat rectangle is a little rotated in UTM)
+    from rasterio.features import geometry_mask
+    in_aoi = geometry_mask([aoi_utm], out_shape=(grid.height, grid.width),
+                           transform=grid.transform, invert=True)
+    assert 0 < in_aoi.sum() < grid.width * grid.height
+    assert result["written"][0]["valid_fraction"] == round(in_aoi[:, 5:].sum() / in_aoi.sum(), 4)
     with rasterio.open(tmp_path / "out" / "S2_20240503.tif") as src:
         assert src.descriptions == F.OUTPUT_BANDS
         assert set(src.descriptions) == {"B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08",
