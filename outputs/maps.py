@@ -199,7 +199,7 @@ def quicklook_image(rgb: np.ndarray, transform: Any, crs: Any, targets: TargetLi
     head = f"{len(ordered)} targets (rank" + (
         f", first {QUICKLOOK_MAX_LABELS} numbered)" if len(ordered) > QUICKLOOK_MAX_LABELS
         else ")")
-    lines = [head, "hatched: blind area", "grey: no clear view"]
+    lines = [head, "hatched: blind area", "grey: masked or outside the AOI"]
     lf = _font(max(11, min(16, max(size) // 70)))
     pad = 4
     boxes = [draw.textbbox((0, 0), s, font=lf) for s in lines]

@@ -546,8 +546,10 @@ def fetch(aoi: Path, window: str, out: Path, *, max_cloud: float = 30.0, resolut
                for a in acquisitions if a not in keep]
     LOGGER.info("found %d dates, %d kept (max cloud %s%%)", len(acquisitions), len(keep), max_cloud)
 
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     work = out / ".poppyscan"
+    work.mkdir(exist_ok=True)
     cache = Path(cache) if cache is not None else work / "sh-cache"
     cache.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="staging-", dir=work))
@@ -604,6 +606,11 @@ def fetch(aoi: Path, window: str, out: Path, *, max_cloud: float = 30.0, resolut
                 old.unlink(missing_ok=True)
         for item in sorted(staging.iterdir(), key=lambda p: p.name == "fetch.json"):
             os.replace(item, out / item.name)  # fetch.json last: it marks a complete run
+    except BaseException:
+        # a folder this run created that holds no download to resume from: not left behind
+        if created and not any(p.is_file() for p in cache.rglob("*")):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result

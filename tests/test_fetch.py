@@ -366,7 +366,12 @@ def test_a_failed_run_leaves_no_outputs(server, aoi, tmp_path):
     with pytest.raises(F.FetchError, match="HTTP 400: fake failure.*check the AOI"):
         run(server, aoi, tmp_path / "out")
     out = tmp_path / "out"
-    assert not list(out.glob("*.tif")) and not (out / "fetch.json").exists()
+    assert not out.exists()            # created by the run, nothing cached to resume from
+    (out / "mine").mkdir(parents=True)   # a folder the user made is kept
+    server.fail_process_with = [400]
+    with pytest.raises(F.FetchError):
+        run(server, aoi, out)
+    assert (out / "mine").is_dir() and not list(out.glob("*.tif"))
     assert not list((out / ".poppyscan").glob("staging-*"))
 
 
