@@ -188,11 +188,15 @@ def quicklook_image(rgb: np.ndarray, transform: Any, crs: Any, targets: TargetLi
         # the label beside the largest part: parts merged across a gap can span the image
         main = max(_polys(pg), key=lambda q: q.area, default=pg)
         y = main.representative_point().y
-        _, miny, maxx, _ = main.bounds
+        minx, miny, maxx, _ = main.bounds
         if t.rank <= QUICKLOOK_MAX_LABELS:
-            labels.append((str(t.rank), maxx + 3, miny - 3 if miny > 12 else y))
-    for text, x, y in labels:
-        draw.text((x, y), text, fill=TARGET_RGB, font=font, stroke_width=2,
+            labels.append((str(t.rank), minx, maxx, miny - 3 if miny > 12 else y))
+    img_w, img_h = draw.im.size
+    for text, minx, maxx, y in labels:
+        l, t_, r, _ = draw.textbbox((0, 0), text, font=font, stroke_width=2, anchor="lb")
+        # right of the target, or left of it where the image ends; never above the top
+        x = maxx + 3 if maxx + 3 + r <= img_w else max(0.0, minx - 3 - r)
+        draw.text((x, max(y, -t_)), text, fill=TARGET_RGB, font=font, stroke_width=2,
                   stroke_fill=(0, 0, 0), anchor="lb")
 
     # Legend, top-left.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from outputs_helpers import CRS, SIZE, make_targets, scene_rgb, scene_transform
+from outputs_helpers import CRS, PIXEL, SIZE, X0, Y0, make_targets, scene_rgb, scene_transform
 from PIL import Image
 
 from outputs.maps import (
@@ -124,6 +124,24 @@ def test_quicklook_draws_targets_and_hatched_blind_areas(tmp_path):
                             TargetList((), CRS))
     y0 = np.all(np.asarray(Image.open(empty).convert("RGB")) == TARGET_RGB, axis=-1)
     assert y0[60:].sum() == 0 and yellow[60:].sum() > 500
+
+
+def test_quicklook_numbers_a_target_at_the_image_edge_inside_the_image(tmp_path):
+    """A target against the right edge gets its number on its left, not cut off."""
+    from dataclasses import replace
+
+    from shapely.geometry import box
+    t = make_targets(1).targets[0]
+    edge = box(X0 + (SIZE - 4) * PIXEL, Y0 - 600, X0 + SIZE * PIXEL, Y0 - 560)
+    tl = TargetList((replace(t, rank=1, geometry=edge),), CRS)
+    path = write_quicklook(tmp_path / "q.png", scene_rgb(), scene_transform(), CRS, tl)
+    img = np.asarray(Image.open(path).convert("RGB"))
+    scale = 1000 // SIZE
+    yellow = np.all(img == TARGET_RGB, axis=-1)
+    c0, r0 = _px(edge.bounds[0], edge.bounds[3], scale)
+    _, r1 = _px(edge.bounds[2], edge.bounds[1], scale)
+    # the number's yellow strokes, left of the target near its rows
+    assert yellow[max(0, r0 - 40):r1, max(0, c0 - 60):c0 - 3].sum() >= 8
 
 
 def test_quicklook_large_scene_is_shrunk_to_1000px(tmp_path):
