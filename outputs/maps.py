@@ -191,9 +191,9 @@ def quicklook_image(rgb: np.ndarray, transform: Any, crs: Any, targets: TargetLi
         minx, miny, maxx, _ = main.bounds
         if t.rank <= QUICKLOOK_MAX_LABELS:
             labels.append((str(t.rank), minx, maxx, miny - 3 if miny > 12 else y))
-    img_w, img_h = draw.im.size
+    img_w = draw.im.size[0]
     for text, minx, maxx, y in labels:
-        l, t_, r, _ = draw.textbbox((0, 0), text, font=font, stroke_width=2, anchor="lb")
+        _, t_, r, _ = draw.textbbox((0, 0), text, font=font, stroke_width=2, anchor="lb")
         # right of the target, or left of it where the image ends; never above the top
         x = maxx + 3 if maxx + 3 + r <= img_w else max(0.0, minx - 3 - r)
         draw.text((x, max(y, -t_)), text, fill=TARGET_RGB, font=font, stroke_width=2,
