@@ -16,7 +16,7 @@ from pipeline.bands import CANONICAL_BANDS
 from pipeline.errors import InputError, SensorNeeded
 from pipeline.ingest import open_scene
 from pipeline.masks import apply_masks
-from pipeline.readers._raster import read_pixels
+from pipeline.readers._raster import read_pixels, scene_sources
 
 
 def _crs_string(crs) -> str:
@@ -66,8 +66,8 @@ def inspect_images(images: Sequence[Path], *, sensor: str | None = None,
     valid = np.isfinite(scene.sel(band=refl)).any("band").any("time")
     clear_frac = clear.sum(("y", "x")) / np.maximum(valid.sum(), 1)
     means = m.where(clear).mean(("y", "x"))
-    sources = [s for v in scene["source"].values for s in str(v).split("; ")]
-    clear_frac, means = read_pixels(lambda: dask.compute(clear_frac, means), sources)
+    clear_frac, means = read_pixels(lambda: dask.compute(clear_frac, means),
+                                    scene_sources(scene))
     dates = [str(t)[:10] for t in scene["time"].values]
     resolution, note = _resolution_m(scene)
     return {

@@ -75,7 +75,7 @@ from pipeline.errors import InputError
 from pipeline.grid import Grid
 from pipeline.ingest import expand_paths, first_image_facts, open_scene, read_dem
 from pipeline.masks import apply_masks
-from pipeline.readers._raster import read_pixels
+from pipeline.readers._raster import read_pixels, scene_sources
 from pipeline.scheduler import open_runner, run_tiles
 
 log = logging.getLogger(__name__)
@@ -535,9 +535,8 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
              slice(xs.start - fxs.start, xs.stop - fxs.start))
     # a damaged file fails here, in the worker: an InputError naming it (rasterio's own error
     # does not survive the trip back from a process)
-    sources = [s for v in ctx.scene["source"].values for s in str(v).split("; ")]
     raw = read_pixels(lambda: ctx.scene[:, :, hy0:hy1, hx0:hx1].compute(scheduler="sync"),
-                      sources)
+                      scene_sources(ctx.scene))
     dem = slope = aspect = None
     if ctx.dem is not None and ctx.slope is not None:
         dem = read_pixels(lambda: ctx.dem[fys, fxs].compute(scheduler="sync"))

@@ -61,6 +61,12 @@ def read_failure(exc: BaseException, sources: Iterable[str | Path] = ()) -> Inpu
                       "file is damaged or incomplete; download or copy it again")
 
 
+def scene_sources(scene: xr.DataArray) -> list[str]:
+    """The files behind a Scene's dates (its ``source`` coordinate, '; '-joined per date when
+    a date was mosaicked from several), for naming a damaged one."""
+    return [s for v in scene["source"].values for s in str(v).split("; ")]
+
+
 def read_pixels(compute: Callable[[], T], sources: Iterable[str | Path] = ()) -> T:
     """``compute()``, its damaged-file rasterio error raised as ``read_failure``'s InputError.
 
