@@ -176,6 +176,7 @@ def quicklook_image(rgb: np.ndarray, transform: Any, crs: Any, targets: TargetLi
     ordered = sorted(targets.targets, key=lambda t: t.rank)
     geoms = _geoms_to([polygonal(t.geometry) for t in ordered], target_crs, raster_crs)
     labels = []
+    drawn = []                                  # pixel bounds of every outline and number
     for t, g in zip(ordered, geoms):
         if g is None:
             continue
@@ -186,6 +187,7 @@ def quicklook_image(rgb: np.ndarray, transform: Any, crs: Any, targets: TargetLi
                 draw.line(pts, fill=(0, 0, 0), width=width + 2)
                 draw.line(pts, fill=TARGET_RGB, width=width)
         # the label beside the largest part: parts merged across a gap can span the image
+        drawn.append(pg.bounds)
         main = max(_polys(pg), key=lambda q: q.area, default=pg)
         y = main.representative_point().y
         minx, miny, maxx, _ = main.bounds
@@ -198,9 +200,10 @@ def quicklook_image(rgb: np.ndarray, transform: Any, crs: Any, targets: TargetLi
         x = maxx + 3 if maxx + 3 + r <= img_w else max(0.0, minx - 3 - r)
         draw.text((x, max(y, -t_)), text, fill=TARGET_RGB, font=font, stroke_width=2,
                   stroke_fill=(0, 0, 0), anchor="lb")
+        drawn.append((x, max(y, -t_) + t_, x + r, max(y, -t_)))
 
-    # Legend, top-left.
-    head = f"{len(ordered)} targets (rank" + (
+    # Legend in the corner where it hides the fewest targets (top-left when none).
+    head = f"{len(ordered)} target{'' if len(ordered) == 1 else 's'} (rank" + (
         f", first {QUICKLOOK_MAX_LABELS} numbered)" if len(ordered) > QUICKLOOK_MAX_LABELS
         else ")")
     lines = [head, "hatched: blind area", "grey: masked or outside the AOI"]
@@ -209,11 +212,29 @@ def quicklook_image(rgb: np.ndarray, transform: Any, crs: Any, targets: TargetLi
     boxes = [draw.textbbox((0, 0), s, font=lf) for s in lines]
     lh = max(b[3] - b[1] for b in boxes) + 3
     lw = max(b[2] - b[0] for b in boxes)
-    draw.rectangle([0, 0, lw + 2 * pad, lh * len(lines) + 2 * pad], fill=(0, 0, 0))
+    bw, bh = lw + 2 * pad, lh * len(lines) + 2 * pad
+    x0, y0 = _legend_corner(size, (bw, bh), drawn)
+    draw.rectangle([x0, y0, x0 + bw, y0 + bh], fill=(0, 0, 0))
     colours = [TARGET_RGB, BLIND_RGB, (NAN_GREY + 60,) * 3]
     for i, (s, c) in enumerate(zip(lines, colours)):
-        draw.text((pad, pad + i * lh), s, fill=c, font=lf)
+        draw.text((x0 + pad, y0 + pad + i * lh), s, fill=c, font=lf)
     return img
+
+
+def _legend_corner(size: tuple[int, int], box_size: tuple[int, int],
+                   drawn: list[tuple[float, float, float, float]]) -> tuple[int, int]:
+    """Top-left pixel of the legend box: the image corner (top-left, top-right, bottom-left,
+    bottom-right, in that order of preference) whose box overlaps the fewest drawn targets."""
+    (w, h), (bw, bh) = size, box_size
+    corners = [(0, 0), (max(0, w - bw - 1), 0), (0, max(0, h - bh - 1)),
+               (max(0, w - bw - 1), max(0, h - bh - 1))]
+
+    def hidden(corner: tuple[int, int]) -> int:
+        x0, y0 = corner
+        return sum(1 for minx, miny, maxx, maxy in drawn
+                   if minx <= x0 + bw and maxx >= x0 and miny <= y0 + bh and maxy >= y0)
+
+    return min(corners, key=hidden)
 
 
 def write_quicklook(path: Path, rgb: np.ndarray, transform: Any, crs: Any,

@@ -144,6 +144,24 @@ def test_quicklook_numbers_a_target_at_the_image_edge_inside_the_image(tmp_path)
     assert yellow[max(0, r0 - 40):r1, max(0, c0 - 60):c0 - 3].sum() >= 8
 
 
+def test_quicklook_legend_moves_off_a_target_in_the_top_left_corner(tmp_path):
+    from dataclasses import replace
+
+    from shapely.geometry import box
+    t = make_targets(1).targets[0]
+    corner = box(X0 + PIXEL, Y0 - 5 * PIXEL, X0 + 5 * PIXEL, Y0 - PIXEL)
+    tl = TargetList((replace(t, rank=1, geometry=corner),), CRS)
+    img = np.asarray(Image.open(write_quicklook(tmp_path / "q.png", scene_rgb(),
+                                                scene_transform(), CRS, tl)).convert("RGB"))
+    scale = 1000 // SIZE
+    yellow = np.all(img == TARGET_RGB, axis=-1)
+    c, r = _px(X0 + PIXEL, Y0 - 3 * PIXEL, scale)      # middle of the target's west edge
+    assert yellow[r - 2:r + 3, c - 2:c + 3].any()        # its outline is not under the legend
+    # the legend (black box with the yellow head line) is in the top-right corner instead
+    w = img.shape[1]
+    assert np.all(img[2, w - 10] == 0) and yellow[:40, w // 2:].sum() > 20
+
+
 def test_quicklook_large_scene_is_shrunk_to_1000px(tmp_path):
     rgb = np.random.default_rng(1).uniform(0, 0.3, (3, 1500, 600)).astype(np.float32)
     path = write_quicklook(tmp_path / "q.png", rgb, scene_transform(), CRS, make_targets())
