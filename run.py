@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pipeline.errors import NotImplementedYet, PoppyscanError  # noqa: E402
+from pipeline.errors import NotImplementedYet, PoppyscanError
 
 PROG = "poppyscan"
 log = logging.getLogger(PROG)

@@ -32,14 +32,14 @@ from threadpoolctl import threadpool_limits
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.cross_sim import _Truth, scene  # noqa: E402
-from bench.scenes_cache import score_map  # noqa: E402
-from classifiers.labels import read_labels  # noqa: E402
-from classifiers.model import fit_balanced, make_estimator  # noqa: E402
-from classifiers.sampling import join, sample, sample_background  # noqa: E402
-from indices.window import Features, window_features  # noqa: E402
-from pipeline.config import load_calendar, load_config  # noqa: E402
-from pipeline.survey import calendar_shift, mask_and_correct, prepare_scene  # noqa: E402
+from bench.cross_sim import _Truth, scene
+from bench.scenes_cache import score_map
+from classifiers.labels import read_labels
+from classifiers.model import fit_balanced, make_estimator
+from classifiers.sampling import join, sample, sample_background
+from indices.window import Features, window_features
+from pipeline.config import load_calendar, load_config
+from pipeline.survey import calendar_shift, mask_and_correct, prepare_scene
 
 #: probability quantiles scanned for the best recall at precision >= 0.7 (flagged shares
 #: from 15 % down to 0.05 %)

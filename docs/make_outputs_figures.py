@@ -20,8 +20,8 @@ from shapely.geometry import MultiPolygon, Polygon, box
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from outputs.maps import write_map_html, write_quicklook  # noqa: E402
-from outputs.targets import Target, TargetList  # noqa: E402
+from outputs.maps import write_map_html, write_quicklook
+from outputs.targets import Target, TargetList
 
 PATCH = ROOT / "tests/data/bigearthnet/S2A_MSIL2A_20170613T101031_87_48"
 

@@ -127,7 +127,7 @@ def slope_aspect(dem: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
     slope = np.degrees(np.arctan(np.hypot(dzdx, dzdy)))
     aspect = np.mod(np.degrees(np.arctan2(-dzdx, -dzdy)), 360.0)
     coords = {k: v for k, v in dem.coords.items() if set(v.dims) <= {"y", "x"}}
-    make = lambda data, name: xr.DataArray(  # noqa: E731
+    make = lambda data, name: xr.DataArray(
         data.astype(np.float32), dims=("y", "x"), coords=coords, name=name,
         attrs={"units": "degree"})
     return make(slope, "slope"), make(aspect, "aspect")

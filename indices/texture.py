@@ -53,8 +53,7 @@ REL_SUFFIX = "@rel"
 def split_var(name: str) -> tuple[str, bool]:
     """``"NDYI@leaf"`` -> ``("NDYI", True)``; ``"NDVI"`` -> ``("NDVI", False)``;
     ``"nir@rel"`` -> ``("nir", False)`` (see :func:`is_relative`)."""
-    if name.endswith(REL_SUFFIX):
-        name = name[:-len(REL_SUFFIX)]
+    name = name.removesuffix(REL_SUFFIX)
     if name.endswith(LEAF_SUFFIX):
         return name[:-len(LEAF_SUFFIX)], True
     return name, False

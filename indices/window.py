@@ -31,8 +31,14 @@ import pandas as pd
 import xarray as xr
 
 from indices.catalogue import compute_indices, load_catalogue
-from indices.texture import (LEAF_INDEX, LEAF_MIN, is_relative, spatial_block, spatial_names,
-                             split_var)
+from indices.texture import (
+    LEAF_INDEX,
+    LEAF_MIN,
+    is_relative,
+    spatial_block,
+    spatial_names,
+    split_var,
+)
 from pipeline.bands import check_scene
 from pipeline.config import PHASES, Calendar, FeatureConfig
 

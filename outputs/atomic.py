@@ -37,9 +37,8 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
 def write_text_atomic(path: Path | str, text: str) -> Path:
     """Write ``text`` as UTF-8 to ``path`` atomically; return the final path."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
     return path
 
 

@@ -173,8 +173,8 @@ def write_geojson(targets: TargetList, path: Path) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         f.write('{"type":"FeatureCollection","features":[')
-        for i, feat in enumerate(_target_features(targets)):
-            f.write(("," if i else "") + json.dumps(feat, **_JSON))
+        f.writelines(("," if i else "") + json.dumps(feat, **_JSON)
+                     for i, feat in enumerate(_target_features(targets)))
         f.write("]}\n")
     return path
 

@@ -38,7 +38,7 @@ def waypoint_desc(t: Target) -> str:
 def gpx_bytes(targets: TargetList) -> bytes:
     """The GPX 1.1 document as UTF-8 bytes."""
     ET.register_namespace("", GPX_NS)
-    q = lambda tag: f"{{{GPX_NS}}}{tag}"  # noqa: E731
+    q = lambda tag: f"{{{GPX_NS}}}{tag}"
     root = ET.Element(q("gpx"), {"version": "1.1", "creator": "poppyscan"})
     meta = ET.SubElement(root, q("metadata"))
     ET.SubElement(meta, q("name")).text = "poppyscan targets"

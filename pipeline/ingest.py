@@ -17,7 +17,7 @@ from typing import Any
 
 import dask.array as darr
 import numpy as np
-import rioxarray  # noqa: F401  (registers .rio)
+import rioxarray
 import xarray as xr
 from affine import Affine
 from rasterio import features as rfeatures

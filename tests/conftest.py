@@ -10,9 +10,9 @@ for p in (ROOT, ROOT / "tests"):
         sys.path.insert(0, str(p))
 
 
-import logging  # noqa: E402
+import logging
 
-import pytest  # noqa: E402
+import pytest
 
 #: loggers run.py's in-process main() sets levels on (and the warnings it captures)
 _CLI_LOGGERS = ("poppyscan", "pipeline", "indices", "classifiers", "outputs", "py.warnings")

@@ -291,8 +291,9 @@ def test_a_date_without_a_band_the_model_uses_is_named(trained, tmp_path):
     """One date lacks the red band: the scene keeps only the shared bands, so the model's
     features cannot be computed; the error names the image and the band, not 200 features."""
     import rasterio
-    from pipeline.geotiff import write_multiband
     from scenes import S2_NAMES
+
+    from pipeline.geotiff import write_multiband
     d, scene = trained
     src = scene.images[1]
     with rasterio.open(src) as r:

@@ -113,7 +113,7 @@ def test_processes_with_a_dem_and_an_aoi_give_identical_outputs(setup, tmp_path)
 
 
 def test_resume_after_a_crash_redoes_only_missing_tiles(setup, tmp_path, monkeypatch):
-    import pipeline.survey as survey
+    from pipeline import survey
     d, cfg, scene, ref = setup
     out = tmp_path / "out"
     real = survey.process_tile
@@ -267,6 +267,7 @@ def test_targets_closer_than_the_merge_distance_are_one_target(setup, tmp_path):
     are all more than 10 m apart; a distance wider than the scene joins every candidate into
     one target with the same pixels (area), and the report counts the joined ones."""
     import shapely
+
     from classifiers.labels import read_polygons
     from pipeline.survey import detect
     d, cfg, scene, ref = setup
