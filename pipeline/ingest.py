@@ -17,20 +17,23 @@ from typing import Any
 
 import dask.array as darr
 import numpy as np
+import rasterio
 import rioxarray
 import xarray as xr
 from affine import Affine
 from rasterio import features as rfeatures
+from rasterio.errors import RasterioIOError
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
-from pipeline.bands import SCENE_DIMS, check_scene, order_bands
+from pipeline.bands import SCENE_DIMS, canonical_name, check_scene, order_bands
 from pipeline.errors import InputError
 from pipeline.grid import Grid, align, pixel_metres
 from pipeline.readers import readers
+from pipeline.readers.multiband import date_in
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +63,21 @@ def expand_paths(paths: Sequence[Path], dem: Path | None = None) -> list[Path]:
             found = sorted(c for c in p.iterdir()
                            if c.suffix.lower() in _RASTER_SUFFIXES
                            and not c.name.startswith(".") and not is_dem(c))
+            side = {c: why for c in found if (why := _not_an_image(c))}
+            for c, why in side.items():
+                log.warning("%s: left out of the images (%s)", c, why)
+            found = [c for c in found if c not in side]
             if not found:
                 # a folder of product folders (e.g. per-band folders of several dates)
                 found = sorted(c for c in p.iterdir() if c.is_dir()
                                and not c.name.startswith(".")
                                and any(m.can_read(c) for m in mods))
+            if not found and side:
+                names = ", ".join(c.name for c in list(side)[:3]) + (", ..." if len(side) > 3
+                                                                   else "")
+                raise InputError(f"{p}: no image of the scene in the folder ({names}: no date "
+                                 "and no recognised band); put the date (YYYYMMDD) in the "
+                                 "file names or an ACQUISITION_DATE tag in the files")
             if not found:
                 raise InputError(f"{p}: folder holds no readable images (.tif, .jp2, .zip, "
                                  ".SAFE)")
@@ -72,6 +85,27 @@ def expand_paths(paths: Sequence[Path], dem: Path | None = None) -> list[Path]:
         else:
             out.append(p)
     return out
+
+
+def _not_an_image(path: Path) -> str | None:
+    """Why a GeoTIFF found in an images folder is not an image of the scene (a class map, a
+    slope or elevation raster beside the dates), else None. Only a raster without any date
+    (tag, file or folder name) *and* without one recognised band description is left out:
+    an image that lacks one of them is still read, and refused with its own reason."""
+    if path.suffix.lower() not in {".tif", ".tiff"}:
+        return None
+    try:
+        with rasterio.open(path) as src:
+            tags, descriptions = src.tags(), src.descriptions
+    except (OSError, RasterioIOError):
+        return None                      # damaged: the reader names the file
+    if "ACQUISITION_DATE" in tags or "TIFFTAG_DATETIME" in tags or any(
+            date_in(n) is not None for n in (path.stem, path.parent.name,
+                                               path.parent.parent.name)):
+        return None
+    if any(d and canonical_name(d) for d in descriptions):
+        return None
+    return "no date and no recognised band: not an image of the scene"
 
 
 def read_products(paths: Sequence[Path], sensor: Any | None = None,

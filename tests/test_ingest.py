@@ -403,6 +403,31 @@ def test_a_folder_of_product_folders_of_one_place_is_one_scene(tmp_path: Path) -
     np.testing.assert_array_equal(s.isel(time=0, band=3).values, s.isel(time=1, band=3).values)
 
 
+def test_a_class_map_beside_the_dates_is_left_out_of_a_folder(tmp_path: Path, caplog) -> None:
+    """A folder of dates may hold other rasters (a class map, an elevation or slope file):
+    without a date and without a recognised band they are not images and are left out; a
+    folder of nothing else says why."""
+    write_dn(tmp_path / "a_20240401.tif", ramp(), date="2024-04-01")
+    write_dn(tmp_path / "b_20240415.tif", ramp(), date="2024-04-15")
+    with rasterio.open(tmp_path / "classes.tif", "w", driver="GTiff", width=N, height=N,
+                       count=2, dtype="uint8", crs=CRS, transform=TF) as dst:
+        dst.write(np.ones((2, N, N), "uint8"))
+        dst.descriptions = ("dominant_class", "poppy_fraction_pct")
+    with caplog.at_level(logging.WARNING, logger="pipeline.ingest"):
+        s = open_scene([tmp_path], chunks=16)
+    assert s.sizes["time"] == 2
+    assert "classes.tif: left out of the images" in caplog.text
+    # given by name, it is still read and refused with the reader's reason
+    with pytest.raises(InputError, match="classes.tif"):
+        open_scene([tmp_path / "classes.tif"])
+    only = tmp_path / "only"
+    only.mkdir()
+    (tmp_path / "classes.tif").rename(only / "classes.tif")
+    with pytest.raises(InputError, match=r"only: no image of the scene in the folder "
+                                         r"\(classes.tif: no date"):
+        open_scene([only])
+
+
 def test_integer_bands_without_a_scale_are_refused(tmp_path: Path) -> None:
     """DN x 10000 without a GDAL scale would read as reflectance in the thousands."""
     dn = (ramp() * 10000).astype("uint16")

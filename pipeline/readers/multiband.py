@@ -43,10 +43,10 @@ def parse_date(value: str) -> np.datetime64 | None:
         return np.datetime64(stamp.replace(tzinfo=None), "ns")
     except ValueError:
         pass
-    return _date_in(value)
+    return date_in(value)
 
 
-def _date_in(text: str) -> np.datetime64 | None:
+def date_in(text: str) -> np.datetime64 | None:
     """The first valid YYYYMMDD / YYYY-MM-DD / YYYY_MM_DD in ``text``."""
     for m in _DATE_RE.finditer(text):
         try:
@@ -68,7 +68,7 @@ def acquisition_time(path: Path, tags: dict[str, str], *,
         return t
     names = (path.stem, path.parent.name, path.parent.parent.name) if folders else (path.stem,)
     for name in names:
-        t = _date_in(name)
+        t = date_in(name)
         if t is not None:
             return t
     if "TIFFTAG_DATETIME" in tags:
