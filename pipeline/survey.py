@@ -505,7 +505,7 @@ class TileContext:
     reduced: tuple                   # classifiers.artifact.ReducedModel (missing phases)
     threshold: float
     stride: int
-    halo: int                        # pixels read around a tile so masks judge clouds whole
+    halo: int                        # pixels read beyond the feature window: masks judge clouds whole
     patch_threshold: float           # a patch's peak must reach it (the model's threshold)
     drop_small: bool                 # no --exclude: pieces inside a tile below the MMU go
 
@@ -523,9 +523,10 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
     t = {s: 0.0 for s in STAGES}
     t0 = time.perf_counter()
     H, W = ctx.scene.sizes["y"], ctx.scene.sizes["x"]
-    # read halo: masks judge clouds whole (ctx.halo), spatial features need context (sp)
+    # read halo: spatial features need context (sp) and the masks, over that feature window,
+    # judge clouds whole (ctx.halo beyond it)
     sp = ctx.plan.halo
-    h = max(ctx.halo, sp)
+    h = ctx.halo + sp  # the masks judge the whole feature window, so their halo lies outside it
     hy0, hy1 = max(0, ys.start - h), min(H, ys.stop + h)
     hx0, hx1 = max(0, xs.start - h), min(W, xs.stop + h)
     # the feature window: the tile plus the spatial halo

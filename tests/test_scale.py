@@ -262,6 +262,43 @@ def test_one_tile_and_nine_tiles_give_the_same_targets_and_counts(setup, tmp_pat
         assert runs[64].report["counts"]["below_mmu"] < alone.report["counts"]["below_mmu"]
 
 
+def test_a_cloud_cut_by_the_read_halo_is_masked_as_in_the_whole_scene(setup, tmp_path,
+                                                                      monkeypatch):
+    """The masks judge a flagged patch over the whole feature window of a tile (the tile plus
+    the spatial halo), so their halo lies beyond it: a 52 px SCL "cloud" starting just outside
+    a 64 px tile's feature window is masked in that window as in the whole scene (a read halo
+    of max(mask, spatial) instead of their sum saw 47 px of it and rescued it as a flower
+    field, so the tile's neighbourhood features differed from the whole scene's)."""
+    import shutil
+
+    from pipeline import survey
+    d, cfg, scene, _ = setup
+    folder = Path(shutil.copytree(scene.images[0].parent, tmp_path / "scene"))
+    images = sorted(folder.glob("S2_*.tif"))
+    with rasterio.open(images[2], "r+") as ds:                 # a flowering date
+        data = ds.read()
+        data[12, 67:119, 10] = 8                               # SCL cloud, rows 67-118: 52 px
+        data[1:9, 67:119, 10] = 6000                           # bright in the visible and NIR,
+        data[2, 67:119, 10] = 2000                             # magenta (not snow: NDSI low),
+        data[[0, 9, 10, 11], 67:119, 10] = 1000                # dark in coastal and SWIR: a
+        ds.write(data)                                         # flower field, were it small
+        x10, y67 = ds.transform * (10.5, 67.5)
+    seen = []
+    real = survey.masks
+
+    def keep(scene_, cfg_, **kw):
+        out = real(scene_, cfg_, **kw)
+        if kw.get("window") is not None and y67 in out["y"] and x10 in out["x"]:
+            seen.append(out.sel(y=y67, x=x10, band="red").isel(time=2).compute())
+        return out
+
+    monkeypatch.setattr(survey, "masks", keep)
+    survey.detect(images, d / "model", tmp_path / "out",
+                  with_overrides(cfg, **{"run.chunk_size": 64}), formats=["geojson"])
+    assert len(seen) >= 2                  # the tile holding row 67 and the one above it
+    assert all(np.isnan(v.item()) for v in seen)
+
+
 def test_targets_closer_than_the_merge_distance_are_one_target(setup, tmp_path):
     """patches.merge_distance_m reaches detect across tile borders: the default run's targets
     are all more than 10 m apart; a distance wider than the scene joins every candidate into
