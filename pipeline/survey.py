@@ -77,6 +77,7 @@ from pipeline.ingest import expand_paths, first_image_facts, open_scene, read_de
 from pipeline.masks import apply_masks
 from pipeline.readers._raster import read_pixels, scene_sources
 from pipeline.scheduler import open_runner, run_tiles
+from pipeline.sensors import load_sensor
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,8 @@ def prepare_scene(images: Sequence[Path], cfg: SurveyConfig, *, dem: Path | None
     every image with it; a sensor name is for the record (the readers tell the sensor from
     each file's metadata)."""
     chunks = chunks or cfg.run.chunk_size
-    sensor = cfg.sensor if Path(cfg.sensor).suffix.lower() in (".yaml", ".yml") else None
+    sensor = (load_sensor(cfg.sensor) if Path(cfg.sensor).suffix.lower() in (".yaml", ".yml")
+              else None)
     aoi_geom = None
     if aoi is not None:
         from pipeline.aoi import read_aoi

@@ -376,3 +376,28 @@ def test_a_sensor_file_in_the_config_reads_the_images_with_it(tmp_path: Path) ->
     assert scene.attrs["sensor"] == "p4m-x10000"
     assert scene["band"].values.tolist()[:5] == ["blue", "green", "red", "rededge2", "nir"]
     np.testing.assert_allclose(scene.isel(time=0).sel(band="nir").values, refl[4], atol=1e-4)
+
+
+def test_a_sensor_file_in_the_config_names_a_contract_files_bands(tmp_path: Path) -> None:
+    """The multi-band reader (contract GeoTIFFs with an ACQUISITION_DATE tag) takes the band
+    order from a sensor file in the config as the drone reader does (it got the file's path
+    and ignored it)."""
+    from affine import Affine
+
+    from pipeline.config import load_config, with_overrides
+    from pipeline.sensors import load_sensor
+    from pipeline.survey import prepare_scene
+    root = Path(__file__).resolve().parents[1]
+    spec = load_sensor(root / "configs" / "sensors" / "sentinel2.yaml")
+    n = len(spec.band_order)
+    p = tmp_path / "S2_20240410.tif"
+    with rasterio.open(p, "w", driver="GTiff", height=32, width=32, count=n, dtype="float32",
+                       crs="EPSG:32650", transform=Affine(10, 0, 5e5, 0, -10, 3.3e6)) as dst:
+        dst.write(np.full((n, 32, 32), 0.2, "float32"))
+        dst.update_tags(ACQUISITION_DATE="2024-04-10")
+    cfg = load_config()
+    with pytest.raises(SensorNeeded):
+        prepare_scene([p], cfg, dem=None)
+    scene, _ = prepare_scene([p], with_overrides(
+        cfg, sensor=str(root / "configs" / "sensors" / "sentinel2.yaml")), dem=None)
+    assert scene["band"].values.tolist()[:4] == ["coastal", "blue", "green", "red"]
