@@ -205,6 +205,18 @@ def test_half_pixel_shift_is_aligned_onto_the_first_grid(tmp_path: Path) -> None
     assert np.isnan(v[0, :, -1, :]).all()                     # beyond a's edge: NaN, not 0
 
 
+def test_grids_in_degrees_pixels_apart_are_not_the_same() -> None:
+    """5 cm drone pixels in EPSG:4326 are 4.5e-7 degrees: two grids two pixels apart differ,
+    a thousandth of a pixel apart they are the same."""
+    px = 4.5e-7
+    a = Grid(ProjCRS.from_epsg(4326), Affine(px, 0, 120.0, 0, -px, 30.0), 100, 100)
+    two = Grid(a.crs, Affine(px, 0, 120.0 + 2 * px, 0, -px, 30.0), 100, 100)
+    tiny = Grid(a.crs, Affine(px, 0, 120.0 + 1e-4 * px, 0, -px, 30.0), 100, 100)
+    assert not a.same_as(two) and a.same_as(tiny)
+    wider = Grid(a.crs, Affine(px * 1.001, 0, 120.0, 0, -px, 30.0), 100, 100)
+    assert not a.same_as(wider)                    # 0.1 pixel off at the far edge
+
+
 def test_a_date_in_another_utm_zone_is_aligned(tmp_path: Path) -> None:
     refl = ramp(64)
     a = write_dn(tmp_path / "a_20240401.tif", refl, date="2024-04-01")
