@@ -180,15 +180,23 @@ def calendar_shift(calendar: Calendar, dem: xr.DataArray | None) -> xr.DataArray
     return calendar.shift_days(dem)
 
 
+#: the files of a Shapefile that change what it says (geometry, attributes, CRS, encoding)
+_SHAPEFILE_PARTS = {".shp", ".shx", ".dbf", ".prj", ".cpg"}
+
+
 def _digest_inputs(images: Sequence[Path], dem: Path | None,
                    others: Sequence[Path | None] = ()) -> dict[str, str]:
     """Hashes of the files a run reads: the image products (a folder a reader claims, such as
     a .SAFE, with every file in it), not whatever else shares their folder (labels, earlier
-    outputs), the DEM and ``others`` (an AOI, an exclusion file)."""
+    outputs), the DEM and ``others`` (an AOI, an exclusion file; a Shapefile with its .dbf,
+    .prj and .cpg)."""
     out = {}
     extra = [Path(p) for p in (dem, *others) if p is not None]
     for p in [*expand_paths(images, dem), *extra]:
-        files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+        files = (sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else
+                 sorted(q for q in p.parent.glob(f"{glob.escape(p.stem)}.*")
+                        if q.suffix.lower() in _SHAPEFILE_PARTS)
+                 if p.suffix.lower() == ".shp" else [p])
         for f in files:
             out[str(f)] = file_digest(f)
     return out
@@ -734,7 +742,10 @@ def _fingerprint(digests: dict[str, str], model_dir: Path, cfg: SurveyConfig,
     h = hashlib.sha256()
     for k, v in sorted(digests.items()):
         h.update(f"{k}={v}".encode())
-    h.update(file_digest(Path(model_dir) / model_artifact.MODEL_FILE).encode())
+    for name in (model_artifact.MODEL_FILE, model_artifact.SIDECAR_FILE,
+                 model_artifact.REDUCED_FILE):   # the threshold and calibration are in the json
+        if (Path(model_dir) / name).is_file():
+            h.update(file_digest(Path(model_dir) / name).encode())
     h.update(json.dumps(cfg.model_dump(mode="json", exclude={"run": {"scheduler"}}),
                         sort_keys=True).encode())
     h.update(json.dumps(extra, sort_keys=True, default=str).encode())

@@ -433,6 +433,36 @@ def test_an_aoi_edited_in_place_is_a_new_run_not_a_resume(model, tiny, tmp_path:
     assert again.report["inputs"][str(aoi)] != first.report["inputs"][str(aoi)]
 
 
+def test_a_shapefile_aoi_is_hashed_with_its_sidecars_and_the_model_whole(
+        model, tiny, tmp_path: Path) -> None:
+    """A Shapefile's .prj or .dbf edited, or the model's threshold in model.json, is another
+    run: saved tiles are not resumed (only the .shp and model.skops were hashed)."""
+    import shutil
+
+    import pyogrio
+    aoi = tmp_path / "aoi.shp"
+    ring = box(*(TF * (0, SIZE)), *(TF * (SIZE - 8, 0)))
+    pyogrio.raw.write(aoi, np.array([shapely.to_wkb(ring)], dtype=object),
+                      [np.array(["a"], dtype=object)], ["name"], crs="EPSG:32650",
+                      geometry_type="Polygon")
+    m = Path(shutil.copytree(model, tmp_path / "model"))
+    out = tmp_path / "out"
+    first = detect(tiny.images, m, out, CFG, aoi=aoi, formats=("geojson",))
+    assert {str(aoi.with_suffix(x)) for x in (".shp", ".dbf", ".prj")} <= set(
+        first.report["inputs"])
+    with open(aoi.with_suffix(".dbf"), "ab") as f:     # the attributes changed
+        f.write(b" ")
+    assert detect(tiny.images, m, out, CFG, aoi=aoi,
+                  formats=("geojson",)).report["tiles_resumed"] == 0
+    assert detect(tiny.images, m, out, CFG, aoi=aoi,
+                  formats=("geojson",)).report["tiles_resumed"] > 0
+    doc = json.loads((m / "model.json").read_text())
+    doc["threshold"] = min(0.99, doc["threshold"] + 0.01)
+    (m / "model.json").write_text(json.dumps(doc))
+    assert detect(tiny.images, m, out, CFG, aoi=aoi,
+                  formats=("geojson",)).report["tiles_resumed"] == 0
+
+
 def test_exclude_removes_targets_on_a_site_not_beside_it(model, tiny, tmp_path: Path) -> None:
     """A known ornamental site removes the patches that share ground with it; a field that
     only shares an edge with it (a plot beside a park) stays."""
