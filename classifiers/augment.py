@@ -12,6 +12,8 @@ on one flight's levels and sharpness. Per copy, drawn once (seeded):
 - a sub-pixel shift per band, uniform in +-0.4 px on each axis;
 - a Gaussian blur of sigma uniform in 0-0.7 px.
 
+A class layer (Sentinel-2's SCL) is copied unchanged, so the copy is masked as the original.
+
 Lazy: the copy is a dask graph over the scene's chunks with a halo of ``HALO_PX`` pixels, so
 training memory stays bounded as with the original scene.
 """
@@ -21,6 +23,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 from scipy import ndimage
+
+from pipeline.bands import CATEGORICAL_BANDS
 
 GAIN_SD, BAND_GAIN_SD, MAX_SHIFT_PX, MAX_BLUR_PX = 0.1, 0.05, 0.4, 0.7
 #: halo read around each chunk: the shift (< 1 px) plus the blur's kernel (4 sigma)
@@ -59,4 +63,9 @@ def augmented(scene: xr.DataArray, seed: int) -> xr.DataArray:
     out = data.map_overlap(_planes, depth={0: 0, 1: 0, 2: HALO_PX, 3: HALO_PX},
                            boundary="none", dtype=data.dtype, gains=gains, shifts=shifts,
                            sigma=sigma)
+    if "band" in scene.coords:
+        # a class layer (SCL) is copied as it is: scaled or blurred, its codes mask nothing
+        cat = np.isin(scene["band"].values, CATEGORICAL_BANDS)
+        if cat.any():
+            out = da.where(cat[None, :, None, None], data, out)
     return scene.copy(data=out)

@@ -68,6 +68,23 @@ def test_augmented_copy_is_seeded_lazy_chunk_independent_and_keeps_the_mask() ->
     np.testing.assert_allclose(augmented(flat, seed=3).values[0].std(axis=(1, 2)), 0, atol=1e-5)
 
 
+def test_augmented_copy_keeps_the_scl_codes_so_it_is_masked_as_the_original() -> None:
+    from classifiers.augment import augmented
+    from pipeline.masks import apply_masks
+    rng = np.random.default_rng(0)
+    refl = rng.uniform(0.05, 0.3, (1, 4, 40, 40)).astype("float32")
+    scl = np.full((1, 1, 40, 40), 4, "float32")
+    scl[0, 0, 10:30, 10:30] = 3                                # a cloud shadow, 400 px
+    scene = xr.DataArray(np.concatenate([refl, scl], axis=1), dims=("time", "band", "y", "x"),
+                         coords={"band": ["blue", "green", "red", "nir", "scl"]}
+                         ).chunk({"y": 16, "x": 16})
+    copy = augmented(scene, seed=1)
+    np.testing.assert_array_equal(copy.sel(band="scl").values, scl[:, 0])
+    assert not np.allclose(copy.sel(band="red").values, refl[:, 2])
+    masked = apply_masks(copy).sel(band="red").values
+    assert np.isnan(masked[0, 10:30, 10:30]).all() and np.isfinite(masked[0, :10]).all()
+
+
 def test_relative_spatial_stats_are_the_statistics_over_the_window_mean() -> None:
     """``<var>@rel``: each statistic divided by the window's mean, so a shadow or a gain that
     scales a neighbourhood's brightness leaves it unchanged (the pixel itself for ``mean``)."""
