@@ -37,6 +37,7 @@ class Piece:
     sum_elev: float = 0.0
     n_elev: int = 0
     sum_slope: float = 0.0
+    n_slope: int = 0         # slope is NaN next to a DEM void or edge, where elevation is not
     feat_sum: np.ndarray | None = None
     n_feat: np.ndarray | None = None
 
@@ -64,6 +65,8 @@ class Patch:
     elevation_m: float | None
     slope_deg: float | None
     feat_mean: np.ndarray | None = field(default=None)
+    n_elev: int = 0          # pixels behind elevation_m and slope_deg, to weight a merge
+    n_slope: int = 0
 
 
 def _polygons(mask: np.ndarray, y0: int, x0: int,
@@ -119,7 +122,10 @@ def chunk_pieces(prob: np.ndarray, evidence: np.ndarray, dem: np.ndarray | None,
             e = dem[bb][sel]
             ok = np.isfinite(e)
             piece.sum_elev, piece.n_elev = float(e[ok].sum(dtype=np.float64)), int(ok.sum())
-            piece.sum_slope = float(np.nansum(slope[bb][sel], dtype=np.float64))
+            sl = slope[bb][sel]
+            sl_ok = np.isfinite(sl)
+            piece.sum_slope = float(sl[sl_ok].sum(dtype=np.float64))
+            piece.n_slope = int(sl_ok.sum())
         if feats is not None:
             f = feats.of(bb, sel)
             piece.feat_sum = np.nansum(f, axis=1, dtype=np.float64)
@@ -177,6 +183,7 @@ def merge_pieces(pieces: list[Piece]) -> list[Patch]:
 def _patch(geometry: BaseGeometry, members: list[Piece]) -> Patch:
     n = sum(m.n for m in members)
     n_elev = sum(m.n_elev for m in members)
+    n_slope = sum(m.n_slope for m in members)
     feat_mean = None
     if members[0].feat_sum is not None:
         fs = np.sum([m.feat_sum for m in members], axis=0, dtype=np.float64)
@@ -192,8 +199,10 @@ def _patch(geometry: BaseGeometry, members: list[Piece]) -> Patch:
         score_max=max(m.max_p for m in members),
         flowering_obs=int(min(m.min_ev for m in members)),
         elevation_m=(math.fsum(m.sum_elev for m in members) / n_elev) if n_elev else None,
-        slope_deg=(math.fsum(m.sum_slope for m in members) / n_elev) if n_elev else None,
+        slope_deg=(math.fsum(m.sum_slope for m in members) / n_slope) if n_slope else None,
         feat_mean=feat_mean,
+        n_elev=n_elev,
+        n_slope=n_slope,
     )
 
 
@@ -225,7 +234,8 @@ def merged(members: list[Patch]) -> Patch:
 def _merged(members: list[Patch]) -> Patch:
     n = sum(m.n for m in members)
     with_elev = [m for m in members if m.elevation_m is not None]
-    n_elev = sum(m.n for m in with_elev)
+    with_slope = [m for m in members if m.slope_deg is not None]
+    n_elev, n_slope = sum(m.n_elev for m in with_elev), sum(m.n_slope for m in with_slope)
     feat_mean = None
     if all(m.feat_mean is not None for m in members):
         fm = np.array([m.feat_mean for m in members], dtype=np.float64)
@@ -238,12 +248,14 @@ def _merged(members: list[Patch]) -> Patch:
         score=math.fsum(m.score * m.n for m in members) / n,
         score_max=max(m.score_max for m in members),
         flowering_obs=min(m.flowering_obs for m in members),
-        # elevation and slope come from the DEM together: both set or both None
-        elevation_m=(math.fsum(m.elevation_m * m.n for m in with_elev) / n_elev  # type: ignore
-                     if n_elev else None),
-        slope_deg=(math.fsum(m.slope_deg * m.n for m in with_elev) / n_elev  # type: ignore
-                   if n_elev else None),
+        # weighted by the pixels each mean rests on
+        elevation_m=(math.fsum(m.elevation_m * m.n_elev for m in with_elev)  # type: ignore
+                     / n_elev if n_elev else None),
+        slope_deg=(math.fsum(m.slope_deg * m.n_slope for m in with_slope)  # type: ignore
+                   / n_slope if n_slope else None),
         feat_mean=feat_mean,
+        n_elev=n_elev,
+        n_slope=n_slope,
     )
 
 

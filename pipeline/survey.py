@@ -93,7 +93,7 @@ TILE_GDAL_CACHE_MB = 64
 #: (docs/drone.md "How much ground the targets cover")
 CANDIDATE_SHARE_WARN = 0.10
 #: version of the saved tile results: a run saved by another version starts afresh
-TILE_FORMAT = 4
+TILE_FORMAT = 5
 
 
 # ----------------------------------------------------------------------------- shared
@@ -766,7 +766,7 @@ def _save_tile(tdir: Path, key: str, res: dict) -> None:
     os.replace(tdir / f".{key}.npz", tdir / f"{key}.npz")
     docs = [{"wkb": p.geometry.wkb_hex, "n": p.n, "sum_p": p.sum_p, "max_p": p.max_p,
              "min_ev": p.min_ev, "sum_elev": p.sum_elev, "n_elev": p.n_elev,
-             "sum_slope": p.sum_slope} for p in pieces]
+             "sum_slope": p.sum_slope, "n_slope": p.n_slope} for p in pieces]
     doc = {"pieces": docs, "blind": [g.wkb_hex for g in res["blind"]],
            "timings": res["timings"], "counts": res["counts"]}
     tmp = tdir / f".{key}.json"
@@ -780,7 +780,7 @@ def _load_tile_doc(tdir: Path, key: str) -> tuple[list[Piece], list, dict, dict]
         feat_sum, n_feat = z["feat_sum"], z["n_feat"]
     has = len(feat_sum) == len(doc["pieces"]) and len(feat_sum) > 0
     pieces = [Piece(shapely.from_wkb(bytes.fromhex(d["wkb"])), d["n"], d["sum_p"], d["max_p"],
-                    d["min_ev"], d["sum_elev"], d["n_elev"], d["sum_slope"],
+                    d["min_ev"], d["sum_elev"], d["n_elev"], d["sum_slope"], d["n_slope"],
                     feat_sum[i] if has else None, n_feat[i] if has else None)
               for i, d in enumerate(doc["pieces"])]
     blind = [shapely.from_wkb(bytes.fromhex(h)) for h in doc["blind"]]

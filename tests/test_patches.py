@@ -99,6 +99,24 @@ def test_blind_pixels_are_candidates_only_where_they_have_a_probability() -> Non
     assert [p.n for p in pieces] == [4 * 10 - 1] and pieces[0].min_ev == 1
 
 
+def test_slope_is_the_mean_of_the_pixels_that_have_one() -> None:
+    """Slope is NaN next to a DEM void where elevation is not: a patch's slope is the mean of
+    the pixels with a slope (they counted as 0 degrees), also after a merge across chunks."""
+    prob = np.zeros((6, 8), "float32")
+    prob[1:5, 1:7] = 0.9                                       # one 4 x 6 patch
+    ev = np.full_like(prob, 2.0)
+    dem = np.full_like(prob, 100.0)
+    slope = np.full_like(prob, 10.0)
+    slope[1:5, 1] = np.nan                                     # beside a void: no slope
+    whole = merge_pieces(chunk_pieces(prob, ev, dem, slope, None, 0, 0, TF, 0.5)[0])
+    assert len(whole) == 1 and whole[0].slope_deg == pytest.approx(10.0)
+    assert whole[0].elevation_m == pytest.approx(100.0)
+    left = chunk_pieces(prob[:, :4], ev[:, :4], dem[:, :4], slope[:, :4], None, 0, 0, TF, 0.5)
+    right = chunk_pieces(prob[:, 4:], ev[:, 4:], dem[:, 4:], slope[:, 4:], None, 0, 4, TF, 0.5)
+    split = merge_pieces(left[0] + right[0])
+    assert len(split) == 1 and split[0].slope_deg == pytest.approx(10.0)
+
+
 def test_feature_means_come_from_the_candidate_pixels_of_each_patch() -> None:
     """Tiles keep the features of candidate pixels only (CandidateFeatures); each patch's
     feature sums must be those of its own pixels, as from the dense tile, across chunks."""
