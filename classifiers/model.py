@@ -21,8 +21,8 @@ from pipeline.config import ModelConfig
 EPS = 1e-6
 
 
-def make_estimator(cfg: ModelConfig, seed: int | None = None):
-    seed = cfg.seed if seed is None else seed
+def make_estimator(cfg: ModelConfig):
+    seed = cfg.seed
     if cfg.kind == "hgb":
         return HistGradientBoostingClassifier(
             max_iter=cfg.max_iter, learning_rate=cfg.learning_rate, max_depth=cfg.max_depth,

@@ -3,7 +3,8 @@
 The detect orchestration hands each tile's feature block to :func:`predict_block`; the
 estimator travels inside the run's tile context, which enters the dask graph once as a single
 delayed object, so a distributed scheduler ships the model to each worker once, not per task.
-Pixels whose features are all missing (no data, or masked on every date) get NaN probability.
+Pixels without a clear image in any phase (no data, or masked on every date) get NaN
+probability, also where neighbourhood features of their surroundings are finite (drone).
 """
 from __future__ import annotations
 
@@ -222,10 +223,13 @@ def predict_block(block: np.ndarray, estimator, calibration: dict,
                   reduced: Sequence[ReducedModel] = ()) -> np.ndarray:
     """Calibrated P(poppy) of a feature block (feature, y, x). ``missing``: per phase, the
     pixels (y, x) without any clear image in it; a pixel missing exactly the phases of one of
-    the ``reduced`` models is scored by that model, every other pixel by ``estimator``."""
+    the ``reduced`` models is scored by that model, every other pixel by ``estimator``; a
+    pixel missing every phase is not scored (NaN)."""
     nf, ny, nx = block.shape
     Xt = block.reshape(nf, -1)
     valid = ~np.all(np.isnan(Xt), axis=0)
+    if missing:
+        valid &= ~np.logical_and.reduce([m.reshape(-1) for m in missing.values()])
     out = np.full(ny * nx, np.nan, dtype="float32")
     if not valid.any():
         return out.reshape(ny, nx)

@@ -29,14 +29,13 @@ _WRITERS: dict[str, tuple[str, Callable[[TargetList, Path], Path]]] = {
     "kml": ("targets.kml", write_kml),
 }
 FORMATS = tuple(_WRITERS)
-DEFAULT_FORMATS = FORMATS
 #: every target file a run can write (the formats and their GCJ-02 copies)
 TARGET_FILES = frozenset([name for name, _ in _WRITERS.values()]
                          + ["targets_gcj02.csv", "targets_gcj02.kml"])
 
 
 def write_targets(targets: TargetList, out_dir: Path,
-                  formats: Sequence[str] = DEFAULT_FORMATS, *, gcj02: bool = False
+                  formats: Sequence[str] = FORMATS, *, gcj02: bool = False
                   ) -> list[Path]:
     """Write ``targets.<fmt>`` for each format (plus GCJ-02 copies of the CSV and KML among
     them if ``gcj02``).

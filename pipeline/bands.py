@@ -20,8 +20,6 @@ ALL_BANDS: tuple[str, ...] = CANONICAL_BANDS + CATEGORICAL_BANDS
 
 #: Dimension order of a Scene.
 SCENE_DIMS: tuple[str, ...] = ("time", "band", "y", "x")
-#: Dimension order of a feature stack.
-FEATURE_DIMS: tuple[str, ...] = ("feature", "y", "x")
 
 #: Sentinel-2 band name -> canonical name.
 S2_BANDS: dict[str, str] = {
@@ -33,11 +31,6 @@ S2_BANDS: dict[str, str] = {
 S2_BAND_ID: dict[str, int] = {
     "B01": 0, "B02": 1, "B03": 2, "B04": 3, "B05": 4, "B06": 5, "B07": 6, "B08": 7,
     "B8A": 8, "B09": 9, "B10": 10, "B11": 11, "B12": 12,
-}
-#: Native resolution (m) of each Sentinel-2 band.
-S2_RESOLUTION: dict[str, int] = {
-    "B01": 60, "B02": 10, "B03": 10, "B04": 10, "B05": 20, "B06": 20, "B07": 20, "B08": 10,
-    "B8A": 20, "B09": 60, "B10": 60, "B11": 20, "B12": 20, "SCL": 20,
 }
 
 

@@ -45,9 +45,8 @@ from pipeline.geotiff import write_multiband
 
 LOGGER = logging.getLogger(__name__)
 
-#: Sentinel Hub (default) service and token URLs.
+#: Sentinel Hub (default) service URL (sentinelhub's own default token URL goes with it).
 SH_BASE_URL = "https://services.sentinel-hub.com"
-SH_TOKEN_URL = "https://services.sentinel-hub.com/auth/realms/main/protocol/openid-connect/token"
 #: Copernicus Data Space Ecosystem service and token URLs.
 CDSE_BASE_URL = "https://sh.dataspace.copernicus.eu"
 CDSE_TOKEN_URL = (

@@ -55,7 +55,6 @@ log = logging.getLogger(__name__)
 SCL_ALWAYS: tuple[int, ...] = (0, 1, 3, 10)
 #: SCL classes masked unless rescued as small, SWIR-dark flowering fields: cloud med/high, snow.
 SCL_BRIGHT: tuple[int, ...] = (8, 9, 11)
-SCL_MASKED: tuple[int, ...] = tuple(sorted(SCL_ALWAYS + SCL_BRIGHT))
 
 CLOUD_BLUE_MIN = 0.25
 CLOUD_SWIR16_MIN = 0.30

@@ -2,8 +2,9 @@
 
 detect: ingest -> mask -> (terrain) -> features -> predict -> patches -> targets -> files.
 The scene is cut into tiles (the chunk size of the config); each tile runs every pixel stage
-on its own and its result is saved in ``OUT/.poppyscan/tiles/`` before the next is started, so
-memory is bounded by the tiles in flight and a rerun after a crash redoes only what is missing.
+on its own and its result is saved in ``OUT/.poppyscan/tiles/`` as soon as it finishes (a
+bounded number of tiles is in flight at once, two per worker), so memory is bounded by the
+tiles in flight and a rerun after a crash redoes only what is missing.
 The deliverables are assembled from the tile results and moved into OUT at the very end.
 """
 from __future__ import annotations

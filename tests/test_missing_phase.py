@@ -66,6 +66,10 @@ def test_each_pixel_is_scored_by_the_model_for_the_phases_it_lacks():
     # a pixel lacking pre and post where only a model without pre exists: the main model
     p = predict_block(block, main, {"a": 1.0, "b": 0.0}, missing, reduced[:1])
     assert p[1, 0] == pytest.approx(0.2) and p[0, 0] == pytest.approx(0.6)
+    # a pixel seen in no phase is not scored, though its neighbourhood features are finite
+    none = {ph: m | np.array([[0, 0, 1], [0, 0, 0]], bool) for ph, m in missing.items()}
+    p = predict_block(block, main, {"a": 1.0, "b": 0.0}, none, reduced)
+    assert np.isnan(p[0, 2]) and p[0, 1] == pytest.approx(0.2)
 
 
 def test_a_survey_without_a_phase_is_scored_when_a_model_lacks_exactly_it(caplog):
