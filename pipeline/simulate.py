@@ -1180,7 +1180,9 @@ def _render_s2(out: Path, lay: _Layout, units: _Units, d: date, k: int, transfor
     scales = [1e-4] * 12 + [1.0]
     offsets = [-0.1 if add else 0.0] * 12 + [0.0]
     path = out / f"S2_{d:%Y%m%d}.tif"
-    with rasterio.Env(GDAL_CACHEMAX=128):  # MB; the default 5 % of RAM only inflates memory
+    # 128 BYTES (rasterio passes an integer to GDALSetCacheMax64): practically no block cache,
+    # which a whole-array write does not need; the default 5 % of RAM only inflates memory
+    with rasterio.Env(GDAL_CACHEMAX=128):
         write_multiband(path, data, list(S2_FILE_BANDS) + ["SCL"], transform, crs,
                         acquisition_date=d.isoformat(), scales=scales, offsets=offsets,
                         nodata=0, tags={"SENSOR": "sentinel2", "SUN_ZENITH": f"{zen:.3f}",

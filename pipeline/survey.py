@@ -28,6 +28,7 @@ from typing import Any
 
 import dask
 import numpy as np
+import rasterio
 import shapely
 import xarray as xr
 from pyproj import CRS, Transformer
@@ -87,7 +88,12 @@ STATE_DIR = ".poppyscan"
 DELIVERABLES = writers.TARGET_FILES | {"probability.tif", "evidence.tif", "blind_areas.geojson",
                                        "quicklook.png", "map.html", "report.json"}
 STAGES = ("read", "mask", "features", "predict", "patches", "write")
-TILE_GDAL_CACHE_MB = 64
+#: GDAL's block cache while tiles read, in BYTES (rasterio hands an integer GDAL_CACHEMAX to
+#: GDALSetCacheMax64, which takes bytes; until the fifteenth session this was meant as 64 MB
+#: and was 64 bytes). Effectively no cache: each tile reads its chunks once, and a 64 MB cache
+#: measured no faster at 2048 px (read stage 24-28 s against 15-27 s, under load) for 50-170 MB
+#: more memory; the default (5 % of RAM) only grows.
+TILE_GDAL_CACHE_BYTES = 64
 #: share of the seen pixels at the threshold above which detect warns that the model does
 #: not transfer: poppy is rare, and on the independent drone simulator (0.3-1.4 % poppy)
 #: flights where a model trained on another flagged 10-26 % came out as field-sized targets
@@ -547,8 +553,10 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
              slice(xs.start - fxs.start, xs.stop - fxs.start))
     # a damaged file fails here, in the worker: an InputError naming it (rasterio's own error
     # does not survive the trip back from a process)
-    raw = read_pixels(lambda: ctx.scene[:, :, hy0:hy1, hx0:hx1].compute(scheduler="sync"),
-                      scene_sources(ctx.scene))
+    # in a worker process (--scheduler processes, local:N) detect's own setting is not there
+    with rasterio.Env(GDAL_CACHEMAX=TILE_GDAL_CACHE_BYTES):
+        raw = read_pixels(lambda: ctx.scene[:, :, hy0:hy1, hx0:hx1].compute(scheduler="sync"),
+                          scene_sources(ctx.scene))
     dem = slope = aspect = None
     if ctx.dem is not None and ctx.slope is not None:
         dem = read_pixels(lambda: ctx.dem[fys, fxs].compute(scheduler="sync"))
@@ -867,11 +875,10 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     ctx = TileContext(scene, slope, aspect, dem_da, calendar, terrain, cfg, plan, art.estimator,
                       art.meta["calibration"], art.reduced, pixel_threshold(art.threshold, cfg),
                       stride, halo, art.threshold, exclusion is None)
-    import rasterio
     # Each tile is read once (only its halo is shared), so GDAL's block cache (default 5 % of
-    # RAM) only grows: at 2048 px it added ~80 MB per two tiles. 64 MB keeps memory flat.
+    # RAM) only grows: at 2048 px it added ~80 MB per two tiles (TILE_GDAL_CACHE_BYTES).
     with open_runner(cfg.run.scheduler, memory_per_worker=cfg.run.memory_per_worker) as runner, \
-            rasterio.Env(GDAL_CACHEMAX=TILE_GDAL_CACHE_MB):
+            rasterio.Env(GDAL_CACHEMAX=TILE_GDAL_CACHE_BYTES):
         if runner.dashboard:
             log.warning("dask dashboard: %s", runner.dashboard)
         # traverse=False: the context is one opaque object; traversed, dask would compute its
