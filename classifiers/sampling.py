@@ -5,6 +5,7 @@ Mixed edge pixels: each polygon is eroded by ``erode_m`` metres before it is ras
 would empty (a sub-pixel garden plot) is kept unreduced with ``all_touched`` so small poppy
 plots still contribute. Poppy polygons are burned last so they win where polygons overlap.
 At most ``max_pixels`` pixels are kept per polygon (seeded), so big fields do not drown plots.
+Distances in metres are metres on a grid in degrees too (``Grid.metres_per_unit``).
 """
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ import numpy as np
 from rasterio import features as rfeatures
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
+from shapely import affinity
 from shapely.geometry import box
 
 from classifiers.labels import Labels
 from indices.window import Features
 from pipeline.errors import InputError
+from pipeline.grid import Grid
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,17 @@ def _extract(fblock: np.ndarray, y0: int, x0: int, transform, shapes_small, shap
     return X, ids[rows, cols] - 1, np.column_stack([xs, ys])
 
 
+def buffer_metres(geom, metres: float, scale: tuple[float, float]):
+    """``geom`` grown by ``metres`` (shrunk where negative) on a grid of ``scale`` metres
+    per CRS unit along x and y (``Grid.metres_per_unit``): the buffer is drawn in local
+    metres, so it is as wide east-west as north-south on a grid in degrees too."""
+    sx, sy = scale
+    if sx == sy:
+        return geom.buffer(metres / sx)
+    local = affinity.scale(geom, sx, sy, origin=(0, 0))
+    return affinity.scale(local.buffer(metres), 1 / sx, 1 / sy, origin=(0, 0))
+
+
 def check_classes(y: np.ndarray, source: str) -> None:
     if y.sum() == 0:
         raise InputError(f"{source}: no 'poppy' polygon overlaps clear pixels of the "
@@ -60,12 +74,13 @@ def sample(features: Features, labels: Labels, *, erode_m: float, max_pixels: in
     fda = features.data
     transform = fda.rio.transform()
     res = abs(transform.a)
+    scale = Grid.of(fda).metres_per_unit()
     order = np.argsort(labels.is_target, kind="stable")  # background first, poppy last
     small, big = [], []
     for i in order:
         g = labels.geometries[i]
-        shrunk = g.buffer(-erode_m) if erode_m > 0 else g
-        if shrunk.is_empty or shrunk.area < res * res:
+        shrunk = buffer_metres(g, -erode_m, scale) if erode_m > 0 else g
+        if shrunk.is_empty or shrunk.area < abs(transform.a * transform.e):  # a pixel
             small.append((g, int(i) + 1))
         else:
             big.append((shrunk, int(i) + 1))
@@ -151,7 +166,8 @@ def sample_background(features: Features, labels: Labels, *, n_pixels: int, buff
     res = abs(transform.a)
     H, W = fda.shape[1:]
     rate = min(1.0, n_pixels / float(H * W))
-    exclude = [(g.buffer(buffer_m) if t else g, 1)
+    scale = Grid.of(fda).metres_per_unit()
+    exclude = [(buffer_metres(g, buffer_m, scale) if t else g, 1)
                for g, t in zip(labels.geometries, labels.is_target)]
     blocks = fda.data.to_delayed()
     tasks, y0 = [], 0

@@ -3,13 +3,14 @@
 With several training scenes that each hold poppy and background polygons, the folds hold
 out whole scenes instead: the threshold is then chosen on scenes the fold's model did not see,
 as detect meets them. Otherwise (one scene):
-every polygon belongs to the square block (``cv_block_m``) that holds its centroid; all pixels
-of a polygon, and all polygons of a block, fall in the same fold. Metrics are computed on the
-out-of-fold probabilities: per-class precision, recall and F1 and the confusion matrix (pixels),
-polygon-level recall and precision (a labelled polygon is flagged when any of its sampled
-pixels reaches the threshold: the same peak rule detect applies to patches), the flagged share
-per background class, and the threshold that reaches the configured target recall of the poppy
-polygons of at least ``min_plot_px`` pixels (sub-pixel plots are not required to be found).
+every polygon belongs to the square block (``cv_block_m`` metres, on a grid in degrees too)
+that holds its centroid; all pixels of a polygon, and all polygons of a block, fall in the
+same fold. Metrics are computed on the out-of-fold probabilities: per-class precision,
+recall and F1 and the confusion matrix (pixels), polygon-level recall and precision (a
+labelled polygon is flagged when any of its sampled pixels reaches the threshold: the same
+peak rule detect applies to patches), the flagged share per background class, and the
+threshold that reaches the configured target recall of the poppy polygons of at least
+``min_plot_px`` pixels (sub-pixel plots are not required to be found).
 No kappa (Pontius & Millones 2011).
 """
 from __future__ import annotations
@@ -31,8 +32,15 @@ log = logging.getLogger(__name__)
 
 
 def spatial_groups(table: Table, labels: Labels, block_m: float,
-                   scene_of_polygon: np.ndarray | None = None) -> np.ndarray:
+                   scene_of_polygon: np.ndarray | None = None,
+                   unit_m: np.ndarray | None = None) -> np.ndarray:
+    """Per pixel of ``table``, the square block of ``block_m`` metres that holds its
+    polygon's centroid (and the polygon's scene). ``unit_m`` (n_polygons, 2): metres per CRS
+    unit along x and y of each polygon's scene (``Grid.metres_per_unit``); None: the labels'
+    CRS unit is the metre."""
     cent = np.array([[g.centroid.x, g.centroid.y] for g in labels.geometries])
+    if unit_m is not None:
+        cent = cent * unit_m
     blk = np.floor(cent / block_m).astype("int64")
     keys = blk[:, 0] * 1_000_003 + blk[:, 1]
     if scene_of_polygon is not None:
@@ -162,7 +170,8 @@ def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: 
              scene_of_polygon: np.ndarray | None = None,
              hold_out_scenes: bool = True, max_threshold: float = 0.99,
              min_threshold: float = 0.01, threshold: float | None = None,
-             polygon_origin: np.ndarray | None = None) -> dict:
+             polygon_origin: np.ndarray | None = None,
+             unit_m: np.ndarray | None = None) -> dict:
     """Out-of-fold metrics and the threshold that flags ``target_recall`` of the poppy
     polygons of at least ``min_plot_px`` pixels (smaller plots are not required to be found:
     counting sub-pixel gardens would pull the threshold down to where noise passes), at most
@@ -174,8 +183,11 @@ def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: 
     the threshold see the scene as other flights' gains and blur would show it (scoring the
     originals alone moved the calibration so that a drone model at its threshold flagged
     more: precision 0.62 -> 0.57 on the independent simulator, docs/drone.md). The polygon
-    figures count each copy as a polygon; the report says how many are copies."""
-    groups = spatial_groups(table, labels, block_m, scene_of_polygon)
+    figures count each copy as a polygon; the report says how many are copies.
+
+    ``unit_m``: metres per CRS unit of each polygon's scene, for blocks of ``block_m`` metres
+    on grids in degrees (:func:`spatial_groups`)."""
+    groups = spatial_groups(table, labels, block_m, scene_of_polygon, unit_m)
     name = "spatial blocks"
     if hold_out_scenes and scene_of_polygon is not None and \
             len(np.unique(scene_of_polygon[labels.is_target])) >= 2 and \

@@ -8,7 +8,9 @@ a tile of features needs only the same tile of the Scene (no halo), which keeps 
 independent for resume and distribution. The feature list depends only on the calendar and
 the sensor's bands, never on which dates happen to be clear: a phase with no clear observation
 gives NaN features (missing, never a silent zero) and evidence 0. Evidence is the count of
-clear observations per phase and pixel.
+clear observations per phase and pixel: dates whose masked reflectance is there (every band
+finite), whether or not every index is defined (a zero denominator leaves NaN in that
+index's features only).
 
 Feature names: ``<phase>.<stat>.<var>`` and ``<phaseA>-<phaseB>.median.<var>``.
 
@@ -39,7 +41,7 @@ from indices.texture import (
     spatial_names,
     split_var,
 )
-from pipeline.bands import check_scene
+from pipeline.bands import CATEGORICAL_BANDS, check_scene
 from pipeline.config import PHASES, Calendar, FeatureConfig
 
 log = logging.getLogger(__name__)
@@ -136,14 +138,19 @@ def nanmedian0(a: np.ndarray) -> np.ndarray:
 def _block_features(block: np.ndarray, phase_idx: tuple[tuple[int, ...], ...],
                     plan_codes: tuple[tuple[int, int, int, int], ...], n_feat: int,
                     n_phase: int, shift: np.ndarray | None = None,
-                    windows: tuple[tuple[tuple[int, int], ...], ...] = ()) -> np.ndarray:
+                    windows: tuple[tuple[tuple[int, int], ...], ...] = (),
+                    clear: np.ndarray | None = None) -> np.ndarray:
     """numpy kernel: (time, var, y, x) -> (n_feat + n_phase, y, x) float32.
 
+    ``clear`` (time, y, x): the dates observed at each pixel, which the evidence counts (its
+    masked reflectance is there); None: where every variable is finite.
     With ``windows`` (per phase, per date of ``phase_idx``: the lowest and highest shift at
     which the phase holds it) and ``shift`` (y, x: each pixel's shift in days), a date enters
     a pixel's phase only where its shift lies in the date's window; elsewhere it counts as not
     observed. One phase's dates are held at a time."""
     _, _, ny, nx = block.shape
+    if clear is None:
+        clear = np.isfinite(block).all(axis=1)
     out = np.full((n_feat + n_phase, ny, nx), np.nan, dtype="float32")
     med: dict[int, np.ndarray] = {}
     for p, idx in enumerate(phase_idx):
@@ -151,12 +158,14 @@ def _block_features(block: np.ndarray, phase_idx: tuple[tuple[int, ...], ...],
             out[n_feat + p] = 0
             continue
         sub = block[list(idx)]
+        seen = clear[list(idx)]
         if windows:
             lo = np.array([w[0] for w in windows[p]], "float32")[:, None, None]
             hi = np.array([w[1] for w in windows[p]], "float32")[:, None, None]
             held = (shift[None] >= lo) & (shift[None] <= hi)
             sub = np.where(held[:, None], sub, np.float32(np.nan))
-        out[n_feat + p] = np.isfinite(sub).all(axis=1).sum(axis=0)
+            seen = seen & held
+        out[n_feat + p] = seen.sum(axis=0)
         # one date (a drone flight): the composite is that date, no sort needed
         med[p] = sub[0] if len(idx) == 1 else nanmedian0(sub)
         for f, (stat, var, pa, _) in enumerate(plan_codes):
@@ -310,16 +319,22 @@ def make_plan(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig,
 def block_features(block: xr.DataArray, plan: FeaturePlan,
                    shift: np.ndarray | None = None) -> np.ndarray:
     """A masked Scene block (time, band, y, x) -> (features + evidence per phase, y, x).
-    ``shift`` (y, x): each pixel's calendar shift in days, for a plan with phase windows."""
+    ``shift`` (y, x): each pixel's calendar shift in days, for a plan with phase windows.
+    The evidence counts the dates whose reflectance bands are all finite at a pixel (the
+    masks blank every band of a masked pixel); an index undefined there (a zero denominator:
+    VARI where blue = green + red) is NaN in its own features, the date still observed."""
     if plan.phase_windows and shift is None:
         raise ValueError("the plan's calendar moves with elevation: give each pixel's shift")
     idx = compute_indices(block, list(plan.indices))
     stack = xr.concat([block.sel(band=list(plan.bands)), idx], dim="band") if plan.bands \
         else idx
     arr = np.asarray(stack.transpose("time", "band", "y", "x").values, dtype="float32")
+    refl = [i for i, b in enumerate(block["band"].values.tolist()) if b not in CATEGORICAL_BANDS]
+    values = np.asarray(block.transpose("time", "band", "y", "x").values)
+    clear = np.isfinite(values if len(refl) == values.shape[1] else values[:, refl]).all(axis=1)
     n_rows = len(plan.codes)        # the pixel features, then rows only the spatial ones use
     out = _block_features(arr, plan.phase_idx, plan.codes, n_rows, len(plan.phases),
-                          shift, plan.phase_windows)
+                          shift, plan.phase_windows, clear)
     if not plan.spatial_src:
         return out
     images = out[list(plan.spatial_src)]

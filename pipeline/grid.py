@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyproj
 import xarray as xr
 from affine import Affine
 from odc.geo.geobox import GeoBox
@@ -39,6 +40,24 @@ class Grid:
     @property
     def resolution(self) -> float:
         return float(abs(self.transform.a))
+
+    def metres_per_unit(self) -> tuple[float, float]:
+        """Metres per CRS unit along x and y, to turn settings in metres into the grid's
+        units: a projected CRS's unit (the metre, a foot) both ways; in a geographic CRS a
+        degree of longitude and one of latitude, measured on the CRS's ellipsoid at the grid's
+        centre (a local scale for the metres to kilometres of buffers and validation blocks
+        over one scene, not a geodesic measure). No CRS: metres."""
+        if self.crs is None:
+            return 1.0, 1.0
+        crs = pyproj.CRS.from_user_input(self.crs)
+        if not crs.is_geographic:
+            unit = float(crs.axis_info[0].unit_conversion_factor) if crs.axis_info else 1.0
+            return unit, unit
+        lon, lat = self.transform * (self.width / 2, self.height / 2)
+        geod, d = crs.get_geod(), 0.01      # degrees
+        east = geod.inv(lon - d / 2, lat, lon + d / 2, lat)[2] / d
+        north = geod.inv(lon, lat - d / 2, lon, lat + d / 2)[2] / d
+        return float(east), float(north)
 
     def geobox(self) -> GeoBox:
         return GeoBox((self.height, self.width), self.transform, self.crs.to_wkt())

@@ -376,3 +376,108 @@ def test_binned_prediction_equals_predict_proba_exactly():
     assert np.allclose(p[1:], want[1:], atol=1e-6)
     rf = RandomForestClassifier(n_estimators=5, random_state=0).fit(np.nan_to_num(X), y)
     assert not isinstance(scorer(rf), BinnedHGB)
+
+
+def test_metre_settings_are_metres_on_a_grid_in_degrees():
+    """A drone orthomosaic exported in WGS84 (EPSG:4326): the erosion, the background buffer
+    and the CV blocks are metres there too, so the same ground and labels sample and group as
+    on the UTM grid (they were taken as degrees: no erosion, nothing drawn, one block)."""
+    import dask.array as da
+    import rioxarray  # noqa: F401  (registers .rio)
+    import xarray as xr
+    from affine import Affine
+    from pyproj import Transformer
+    from shapely import distance, points, transform
+
+    from classifiers.sampling import sample, sample_background
+    from indices.window import Features
+    from pipeline.grid import Grid
+
+    H = W = 200                               # 2 km of ground at 10 m
+    x0, y0 = 499_000.0, 3_321_000.0           # UTM 50N beside its central meridian, ~30 N
+    to_deg = Transformer.from_crs("EPSG:32650", "EPSG:4326", always_xy=True).transform
+    lon0, lat0 = to_deg(x0, y0)
+    lon1, lat1 = to_deg(x0 + 10 * W, y0 - 10 * H)
+    grids = {"EPSG:32650": Affine(10, 0, x0, 0, -10, y0),    # the same ground on both
+             "EPSG:4326": Affine((lon1 - lon0) / W, 0, lon0, 0, (lat1 - lat0) / H, lat0)}
+    # nine 62.5 m plots 700 m apart (each in a 500 m block of its own), off the pixel edges
+    plots = [box(x0 + cx + 2.5, y0 - cy - 65, x0 + cx + 65, y0 - cy - 2.5)
+             for cy in (300, 1000, 1700) for cx in (300, 1000, 1700)]
+    classes = tuple("poppy" if i % 2 == 0 else "wheat" for i in range(len(plots)))
+    vals = np.random.default_rng(0).random((2, H, W)).astype("float32")
+    got = {}
+    for crs, tf in grids.items():
+        fda = xr.DataArray(da.from_array(vals, chunks=(2, 64, 64)), dims=("feature", "y", "x"),
+                           coords={"feature": ["a", "b"],
+                                   "y": tf.f + tf.e * (np.arange(H) + 0.5),
+                                   "x": tf.c + tf.a * (np.arange(W) + 0.5)})
+        fda = fda.rio.write_crs(crs).rio.write_transform(tf)
+        feats = Features(fda, fda[:1], {})
+        geoms = plots if crs == "EPSG:32650" else \
+            [transform(g, lambda xy: np.column_stack(to_deg(xy[:, 0], xy[:, 1]))) for g in plots]
+        labels = Labels(tuple(geoms), classes, "t")
+        t = sample(feats, labels, erode_m=5.0, max_pixels=10**6, seed=0)
+        tb, _ = sample_background(feats, labels, n_pixels=10_000, buffer_m=30.0, seed=0)
+        unit_m = np.tile(Grid.of(fda).metres_per_unit(), (len(geoms), 1))
+        groups = spatial_groups(t, labels, 500.0, unit_m=unit_m)
+        got[crs] = int((t.y == 1).sum()), len(tb.y), len(np.unique(groups))
+        if crs == "EPSG:4326":   # no drawn pixel within 30 m of a poppy plot, on the ground
+            to_utm = Transformer.from_crs(crs, "EPSG:32650", always_xy=True)
+            xs, ys = to_utm.transform(tb.xy[:, 0], tb.xy[:, 1])
+            near = min(distance(points(xs, ys), g).min() for g, c in zip(plots, classes)
+                       if c == "poppy")
+            assert near > 30.0
+    utm, deg = got["EPSG:32650"], got["EPSG:4326"]
+    assert utm[0] == 5 * 25                   # 5 m erosion: 5 x 5 pixel centres per plot
+    assert deg[0] == utm[0]
+    assert abs(deg[1] - utm[1]) <= 0.01 * utm[1] and utm[1] > 9000
+    assert deg[2] == utm[2] == 9
+
+
+def test_training_on_a_scene_in_degrees_is_training_on_the_same_ground_in_metres(tmp_path):
+    """End to end (train): the tiny scene reprojected to EPSG:4326 samples and validates as on
+    its UTM grid. In degrees it had no erosion (every touched pixel of a plot), no unlabelled
+    background (a 30-degree buffer) and one CV block (folds by polygon)."""
+    import rasterio
+    from affine import Affine
+    from pyproj import Transformer
+    from rasterio.warp import Resampling, reproject
+    from scenes import CRS, S2_NAMES, make_tiny_scene
+
+    from pipeline.config import load_config, with_overrides
+    from pipeline.geotiff import write_multiband
+    from pipeline.survey import train
+
+    n = 64
+    utm = make_tiny_scene(tmp_path / "utm", seed=1, size=n)
+    to_deg = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True).transform
+    tf = utm.transform
+    lon0, lat0 = to_deg(tf.c, tf.f)
+    lon1, lat1 = to_deg(tf.c + tf.a * n, tf.f + tf.e * n)
+    dtf = Affine((lon1 - lon0) / n, 0, lon0, 0, (lat1 - lat0) / n, lat0)
+    deg = []
+    for p in utm.images:
+        with rasterio.open(p) as src:
+            data = src.read()
+            out = np.zeros_like(data)
+            reproject(data, out, src_transform=src.transform, src_crs=src.crs,
+                      dst_transform=dtf, dst_crs="EPSG:4326", resampling=Resampling.nearest)
+        q = tmp_path / "deg" / p.name
+        q.parent.mkdir(exist_ok=True)
+        d = p.stem[3:]
+        write_multiband(q, out, S2_NAMES, dtf, "EPSG:4326",
+                        acquisition_date=f"{d[:4]}-{d[4:6]}-{d[6:]}", scales=[1e-4] * 12 + [1],
+                        offsets=[0] * 13, nodata=0, tags={"SENSOR": "sentinel2"})
+        deg.append(q)
+    cfg = with_overrides(load_config(), **{"run.chunk_size": 64, "model.max_iter": 20,
+                                           "model.cv_repeats": 1,
+                                           "model.missing_phase_models": False})
+    a = train(utm.images, utm.labels, tmp_path / "m-utm", cfg)
+    b = train(deg, utm.labels, tmp_path / "m-deg", cfg)
+    assert a["folds"].startswith("StratifiedGroupKFold grouped by spatial blocks")
+    assert b["folds"] == a["folds"]
+    sa, sb = a["samples"], b["samples"]
+    assert sa["classes"]["unlabelled"] > 0
+    assert sb["classes"].get("unlabelled", 0) >= 0.9 * sa["classes"]["unlabelled"]
+    assert abs(sb["poppy_pixels"] - sa["poppy_pixels"]) <= 2
+    assert abs(sb["pixels"] - sa["pixels"]) <= 0.05 * sa["pixels"]

@@ -228,6 +228,36 @@ def test_a_nan_pixel_on_every_date_is_nan_everywhere() -> None:
     assert np.isfinite(f.data.values[:, 1:, 1:]).all()
 
 
+def test_an_index_undefined_at_a_clear_pixel_leaves_the_date_observed() -> None:
+    """VARI has no value where blue = green + red (an RGB uint8 triple can be exactly that;
+    MTCI and S2REP have the same on some Sentinel-2 pixels). The pixel is clear: its date is
+    evidence (it counted as unobserved, so detect took the pixel for blind and scored it with
+    a missing-phase model, while training had sampled it as seen), and only VARI's features
+    are NaN there."""
+    cfg = FeatureConfig(bands=("blue", "green", "red", "nir"), indices=("NDVI", "VARI"))
+    refl = random_refl(len(DATES), seed=7)
+    b, g, r = (BANDS.index(x) for x in ("blue", "green", "red"))
+    refl[:, [b, g, r], 1, 1] = (0.375, 0.25, 0.125)      # VARI 0/0 on every date (exact)
+    refl[3, [b, g, r], 2, 2] = (0.375, 0.25, 0.125)      # on one flowering date only
+    f = window_features(make_scene(refl, DATES), CAL, cfg)
+    feats, ev = f.data.compute(), f.evidence.compute()
+    np.testing.assert_array_equal(ev.sel(phase="pre"), 2)
+    np.testing.assert_array_equal(ev.sel(phase="flowering"), 3)
+    np.testing.assert_array_equal(ev.sel(phase="post"), 1)
+    vari = [n for n in f.names if n.endswith(".VARI")]
+    rest = [n for n in f.names if n not in vari]
+    assert vari and np.isnan(feats.sel(feature=vari).values[:, 1, 1]).all()
+    assert np.isfinite(feats.sel(feature=rest).values).all()
+    # one undefined date: the VARI composites are those of the other flowering dates
+    red, green, blue = (refl[[2, 4], k, 2, 2] for k in (r, g, b))
+    v = (green - red) / (green + red - blue)
+    np.testing.assert_allclose(feats.sel(feature="flowering.median.VARI")[2, 2], np.median(v),
+                               rtol=1e-5)
+    np.testing.assert_allclose(feats.sel(feature="flowering.max.VARI")[2, 2], v.max(),
+                               rtol=1e-5)
+    assert np.isfinite(feats.sel(feature=vari).values[:, 2, 2]).all()
+
+
 def test_feature_names_follow_the_documented_pattern() -> None:
     f = window_features(make_scene(random_refl(len(DATES)), DATES), CAL, CFG)
     for n in f.names:
