@@ -3,9 +3,9 @@
 For a regional calendar with phases ``pre``, ``flowering`` and ``post``, every reflectance band
 and index listed in the config is composited over the clear observations of each phase
 (median; max and min for indices; a date in two overlapping phases serves both), and contrasts
-between phases are added (flowering - pre, post - flowering). Every feature is pixel-local, so
-a tile of features needs only the same tile of the Scene (no halo), which keeps tiles
-independent for resume and distribution. The feature list depends only on the calendar and
+between phases are added (flowering - pre, post - flowering). These pixel features need only
+the same tile of the Scene; the spatial context below needs a halo around it. Tiles stay
+independent for resume and distribution either way. The feature list depends only on the calendar and
 the sensor's bands, never on which dates happen to be clear: a phase with no clear observation
 gives NaN features (missing, never a silent zero) and evidence 0. Evidence is the count of
 clear observations per phase and pixel: dates whose masked reflectance is there (every band
@@ -14,10 +14,10 @@ index's features only).
 
 Feature names: ``<phase>.<stat>.<var>`` and ``<phaseA>-<phaseB>.median.<var>``.
 
-Spatial context (drone resolution, ``features.spatial_vars``/``spatial_radii_px``): local
+Spatial context (``features.spatial_vars``/``spatial_radii_px``; the Sentinel-2 contrasts and
+the drone neighbourhood statistics): local
 statistics of the per-phase medians (indices/texture.py), named ``<phase>.<stat>_r<r>.<var>``,
-appended after the pixel features. They are the one exception to pixel-locality: a tile needs
-a halo of ``features.spatial_px`` pixels (process_tile reads it; window_features overlaps its
+appended after the pixel features. A tile needs a halo of ``features.spatial_px`` pixels (process_tile reads it; window_features overlaps its
 dask blocks by it, padding the scene edge with NaN, which the statistics ignore).
 """
 from __future__ import annotations
