@@ -15,10 +15,10 @@ index's features only).
 Feature names: ``<phase>.<stat>.<var>`` and ``<phaseA>-<phaseB>.median.<var>``.
 
 Spatial context (``features.spatial_vars``/``spatial_radii_px``; the Sentinel-2 contrasts and
-the drone neighbourhood statistics): local
-statistics of the per-phase medians (indices/texture.py), named ``<phase>.<stat>_r<r>.<var>``,
-appended after the pixel features. A tile needs a halo of ``features.spatial_px`` pixels (process_tile reads it; window_features overlaps its
-dask blocks by it, padding the scene edge with NaN, which the statistics ignore).
+the drone neighbourhood statistics): local statistics of the per-phase medians
+(indices/texture.py), named ``<phase>.<stat>_r<r>.<var>``, appended after the pixel features.
+A tile needs a halo of ``features.spatial_px`` pixels (process_tile reads it; window_features
+overlaps its dask blocks by it, padding the scene edge with NaN, which the statistics ignore).
 """
 from __future__ import annotations
 
