@@ -35,11 +35,13 @@ class Table:
     pixel_m: float = 10.0    # pixel side in the scene CRS units (polygon sizes in pixels)
 
 
-def _extract(fblock: np.ndarray, y0: int, x0: int, transform, shapes_small, shapes_big):
+def _extract(fblock: np.ndarray, y0: int, x0: int, transform, passes):
+    """Pixels of the polygons, burned in the order of ``passes`` ((shapes, all_touched), the
+    later winning where they overlap)."""
     _, ny, nx = fblock.shape
     tf = window_transform(Window(x0, y0, nx, ny), transform)
     ids = np.zeros((ny, nx), dtype="int32")
-    for shapes, touched in ((shapes_big, False), (shapes_small, True)):
+    for shapes, touched in passes:
         if shapes:
             burned = rfeatures.rasterize(shapes, out_shape=(ny, nx), transform=tf,
                                          fill=0, all_touched=touched, dtype="int32")
@@ -75,16 +77,17 @@ def sample(features: Features, labels: Labels, *, erode_m: float, max_pixels: in
     transform = fda.rio.transform()
     res = abs(transform.a)
     scale = Grid.of(fda).metres_per_unit()
-    order = np.argsort(labels.is_target, kind="stable")  # background first, poppy last
-    small, big = [], []
-    for i in order:
-        g = labels.geometries[i]
+    # (target, small) -> shapes; small: erosion would leave less than a pixel, so every
+    # touched pixel is kept (sub-pixel garden plots)
+    shapes: dict[tuple[bool, bool], list] = {(t, sm): [] for t in (False, True)
+                                            for sm in (False, True)}
+    for i, g in enumerate(labels.geometries):
         shrunk = buffer_metres(g, -erode_m, scale) if erode_m > 0 else g
-        if shrunk.is_empty or shrunk.area < abs(transform.a * transform.e):  # a pixel
-            small.append((g, int(i) + 1))
-        else:
-            big.append((shrunk, int(i) + 1))
-    # poppy last within each pass: sub-pixel plots rasterised all_touched after the fields
+        small = shrunk.is_empty or shrunk.area < abs(transform.a * transform.e)
+        shapes[(bool(labels.is_target[i]), small)].append((g if small else shrunk, i + 1))
+    # poppy wins where polygons overlap: the background first (fields, then small ones with
+    # every touched pixel), then poppy the same way
+    passes = [(shapes[(t, sm)], sm) for t in (False, True) for sm in (False, True)]
     blocks = fda.data.to_delayed()
     ychunks, xchunks = fda.data.chunks[1], fda.data.chunks[2]
     tasks = []
@@ -93,7 +96,7 @@ def sample(features: Features, labels: Labels, *, erode_m: float, max_pixels: in
         x0 = 0
         for bj, nx in enumerate(xchunks):
             tasks.append(dask.delayed(_extract)(blocks[0, bi, bj], y0, x0, transform,
-                                                small, big))
+                                                passes))
             x0 += nx
         y0 += ny
     parts = dask.compute(*tasks)

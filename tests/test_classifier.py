@@ -378,6 +378,34 @@ def test_binned_prediction_equals_predict_proba_exactly():
     assert not isinstance(scorer(rf), BinnedHGB)
 
 
+def test_poppy_wins_where_a_small_background_polygon_lies_in_a_poppy_field():
+    """A sub-pixel background polygon (a tree, a well) inside a poppy field: its pixel is
+    burned with every touched pixel, yet stays poppy (it was burned after the fields and took
+    the field's pixel)."""
+    import dask.array as da
+    import rioxarray  # noqa: F401  (registers .rio)
+    import xarray as xr
+    from affine import Affine
+
+    from classifiers.sampling import sample
+    from indices.window import Features
+    tf = Affine(10, 0, 500_000.0, 0, -10, 3_300_000.0)
+    vals = np.random.default_rng(0).random((2, 20, 20)).astype("float32")
+    fda = xr.DataArray(da.from_array(vals, chunks=(2, 10, 10)), dims=("feature", "y", "x"),
+                       coords={"feature": ["a", "b"], "y": tf.f - 10 * (np.arange(20) + 0.5),
+                               "x": tf.c + 10 * (np.arange(20) + 0.5)})
+    fda = fda.rio.write_crs("EPSG:32650").rio.write_transform(tf)
+    field = box(tf.c + 20, tf.f - 120, tf.c + 120, tf.f - 20)        # 10 x 10 px of poppy
+    tree = box(tf.c + 62, tf.f - 68, tf.c + 66, tf.f - 64)           # inside pixel (6, 6)
+    wheat = box(tf.c + 140, tf.f - 190, tf.c + 190, tf.f - 140)
+    t = sample(Features(fda, fda[:1], {}), Labels((field, tree, wheat),
+                                                  ("poppy", "tree", "wheat"), "t"),
+               erode_m=5.0, max_pixels=10**6, seed=0)
+    at = np.all(np.isclose(t.xy, [tf.c + 65, tf.f - 65], rtol=0, atol=0.01), axis=1)
+    assert at.sum() == 1 and t.y[at][0] == 1 and t.polygon[at][0] == 0
+    assert (t.polygon == 1).sum() == 0 and (t.polygon == 2).sum() > 0
+
+
 def test_metre_settings_are_metres_on_a_grid_in_degrees():
     """A drone orthomosaic exported in WGS84 (EPSG:4326): the erosion, the background buffer
     and the CV blocks are metres there too, so the same ground and labels sample and group as
