@@ -16,6 +16,7 @@ import shapely
 from pyproj import CRS
 
 from classifiers.labels import read_polygons
+from pipeline.grid import utm_epsg
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,6 @@ class Match:
         return 2 * r * p / (r + p) if r + p > 0 else 0.0
 
 
-def utm_for(lon: float, lat: float) -> CRS:
-    zone = int((lon + 180) // 6) + 1
-    return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
-
-
 def match(targets: list, plots: list, pixel_m: float) -> Match:
     """``targets`` and ``plots``: shapely polygons in one projected CRS (metres)."""
     if not plots:
@@ -64,7 +60,7 @@ def read_pair(targets_path: Path, truth_path: Path) -> tuple[list, list]:
     when the file is missing or empty."""
     truth_wgs, _ = read_polygons(truth_path, "EPSG:4326", what="truth file")
     c = shapely.union_all(truth_wgs).centroid
-    crs = utm_for(c.x, c.y)
+    crs = CRS.from_epsg(utm_epsg(c.x, c.y))
     plots, _ = read_polygons(truth_path, crs, what="truth file")
     tgts: list = []
     if Path(targets_path).is_file() and json.loads(Path(targets_path).read_text())["features"]:

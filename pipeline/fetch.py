@@ -42,6 +42,7 @@ from pipeline.aoi import read_features
 from pipeline.bands import S2_BANDS
 from pipeline.errors import CredentialsError, CRSError, InputError, PoppyscanError
 from pipeline.geotiff import write_multiband
+from pipeline.grid import utm_epsg
 
 LOGGER = logging.getLogger(__name__)
 
@@ -111,12 +112,6 @@ def read_aoi(path: Path) -> tuple[Any, str]:
     if aoi.is_empty or aoi.area <= 0:
         raise InputError(f"{path}: the AOI polygons are empty (zero area)")
     return aoi, crs.to_wkt()
-
-
-def utm_epsg(lon: float, lat: float) -> int:
-    """EPSG code of the WGS 84 / UTM zone holding (lon, lat)."""
-    zone = min(max(int(math.floor((lon + 180.0) / 6.0)) + 1, 1), 60)
-    return (32600 if lat >= 0 else 32700) + zone
 
 
 @dataclass(frozen=True)

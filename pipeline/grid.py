@@ -75,6 +75,12 @@ class Grid:
                 and max(abs(a), abs(b), abs(d), abs(e)) * max(self.width, self.height) <= tol)
 
 
+def utm_epsg(lon: float, lat: float) -> int:
+    """EPSG code of the WGS 84 / UTM zone holding (lon, lat) (longitude 180 in zone 60)."""
+    zone = min(max(int(np.floor((lon + 180.0) / 6.0)) + 1, 1), 60)
+    return (32600 if lat >= 0 else 32700) + zone
+
+
 def _reproject(da: xr.DataArray, grid: Grid, resampling: str) -> xr.DataArray:
     src = da.odc.assign_crs(da.rio.crs.to_wkt()) if hasattr(da, "odc") else da
     out = xr_reproject(src, grid.geobox(), resampling=resampling, dst_nodata=np.nan)

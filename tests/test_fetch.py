@@ -414,3 +414,9 @@ def test_outputs_read_back_through_the_multiband_reader(server, aoi, tmp_path):
     assert float(values.sel(band="blue")[0, 3]) == pytest.approx((1100 + col) * 1e-4)
     assert float(values.sel(band="scl")[0, 3]) == 4.0
     assert values.attrs["sun_zenith"] == pytest.approx(SUN_ZENITH)
+
+
+def test_utm_zone_of_the_antimeridian_and_the_equator() -> None:
+    from pipeline.grid import utm_epsg
+    assert utm_epsg(117.0, 32.0) == 32650 and utm_epsg(117.0, -0.001) == 32750
+    assert utm_epsg(180.0, 10.0) == 32660 and utm_epsg(-180.0, 10.0) == 32601
