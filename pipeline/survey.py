@@ -205,7 +205,7 @@ def _digest_inputs(images: Sequence[Path], dem: Path | None,
                         if q.suffix.lower() in _SHAPEFILE_PARTS)
                  if p.suffix.lower() == ".shp" else [p])
         for f in files:
-            out[str(f)] = file_digest(f)
+            out[str(f.resolve())] = file_digest(f)   # absolute: provenance, wherever run from
     return out
 
 
@@ -341,6 +341,11 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
             tl = (sample(f, labels, erode_m=cfg.model.erode_m,
                          max_pixels=cfg.model.max_pixels_per_polygon, seed=seed,
                          require_both=both and not drawn), labels)
+            if c == 0 and len(tl[0].y) == 0:
+                # else a manifest entry whose labels miss its images trains silently on its
+                # drawn background alone, plots and all
+                raise InputError(f"{sc.labels}: no label polygon overlaps clear pixels of "
+                                 "its images; check the labels' CRS and extent")
             if cfg.model.background_sample_px:
                 tl = join(tl, sample_background(
                     f, labels, n_pixels=cfg.model.background_sample_px,
@@ -400,7 +405,7 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
     hashes: dict[str, str] = {}
     for sc in scenes:
         hashes.update(_digest_inputs(sc.images, sc.dem))
-        hashes[str(sc.labels)] = file_digest(sc.labels)
+        hashes[str(Path(sc.labels).resolve())] = file_digest(sc.labels)
     meta = {
         "feature_names": list(names),
         "sensor": sensors.pop(),

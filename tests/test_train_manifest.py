@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from scenes import make_tiny_scene
@@ -11,7 +12,7 @@ from pipeline.errors import InputError
 from pipeline.survey import read_manifest, train_manifest
 
 
-def test_manifest_trains_on_every_scene(tmp_path):
+def test_manifest_trains_on_every_scene(tmp_path, monkeypatch):
     a = make_tiny_scene(tmp_path / "a", seed=1)
     b = make_tiny_scene(tmp_path / "b", seed=2, x0=520000.0,
                         plots=[(5, 40, 3), (40, 10, 2), (20, 20, 2)])
@@ -24,7 +25,8 @@ def test_manifest_trains_on_every_scene(tmp_path):
         "    labels: b/labels.geojson\n"
         "    calendar: east-china\n")
     cfg = with_overrides(load_config(), **{"run.chunk_size": 64})
-    report = train_manifest(man, tmp_path / "model", cfg)
+    monkeypatch.chdir(tmp_path)                  # a manifest path relative to where one is
+    report = train_manifest(Path("manifest.yaml"), tmp_path / "model", cfg)
     assert report["samples"]["scenes"] == 2
     # two scenes with plots: the threshold comes from folds that hold out whole scenes
     assert report["folds"].startswith("StratifiedGroupKFold grouped by scenes")
@@ -32,6 +34,31 @@ def test_manifest_trains_on_every_scene(tmp_path):
     meta = json.loads((tmp_path / "model" / "model.json").read_text())
     assert len(meta["phase_dates"]) == 2
     assert any("b/labels.geojson" in k for k in meta["data_hashes"])
+    assert all(Path(k).is_absolute() for k in meta["data_hashes"])     # provenance
+
+
+def test_an_entry_whose_labels_miss_its_images_is_refused(tmp_path):
+    """The second scene's labels lie 1 degree away: it would have trained on its drawn
+    background alone, its own plots included (single-scene training already refused this)."""
+    a = make_tiny_scene(tmp_path / "a", seed=1)
+    b = make_tiny_scene(tmp_path / "b", seed=2, x0=520000.0)
+    doc = json.loads(b.labels.read_text())
+    for f in doc["features"]:
+        f["geometry"]["coordinates"] = [[[x + 1.0, y] for x, y in ring]
+                                        for ring in f["geometry"]["coordinates"]]
+    far = tmp_path / "b" / "far.geojson"
+    far.write_text(json.dumps(doc))
+    man = tmp_path / "manifest.yaml"
+    man.write_text(
+        "scenes:\n"
+        f"  - images: [{', '.join(p.relative_to(tmp_path).as_posix() for p in a.images)}]\n"
+        "    labels: a/labels.geojson\n"
+        f"  - images: [{', '.join(p.relative_to(tmp_path).as_posix() for p in b.images)}]\n"
+        "    labels: b/far.geojson\n")
+    cfg = with_overrides(load_config(), **{"run.chunk_size": 64})
+    with pytest.raises(InputError, match="far.geojson: no label polygon overlaps clear pixels"):
+        train_manifest(man, tmp_path / "model", cfg)
+    assert not (tmp_path / "model").exists()
 
 
 @pytest.mark.parametrize("text, msg", [
