@@ -757,6 +757,17 @@ def _quicklook(masked: xr.DataArray, plan: FeaturePlan, inner: tuple[slice, slic
     return arr[0] if len(arr) == 1 else nanmedian0(arr)
 
 
+def _check_out_apart(out: Path, images: Sequence[Path]) -> None:
+    """--out may not be an images folder nor hold an image given by name: the outputs
+    (probability.tif, evidence.tif) would be read back as images on the documented rerun."""
+    o = out.resolve()
+    for p in map(Path, images):
+        r = p.resolve()
+        if r == o or (p.is_file() and r.parent == o):
+            raise InputError(f"{out}: holds the images read; give detect another --out (the "
+                             "outputs would be read back as images when the run is repeated)")
+
+
 def _fingerprint(digests: dict[str, str], model_dir: Path, cfg: SurveyConfig,
                  extra: dict) -> str:
     h = hashlib.sha256()
@@ -822,6 +833,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     """Find candidate patches; writes the deliverables into ``out`` (see the output contract)."""
     t_start = time.perf_counter()
     # ---- validate everything before anything is written
+    _check_out_apart(Path(out), images)
     calendar = load_calendar(cfg.calendar)
     art = model_artifact.load(model_dir)
     # Read in half-tile chunks: a tile and its halo read 4 x 4 of them (2 x 2 tiles' worth of

@@ -408,6 +408,20 @@ def test_an_existing_out_folder_is_kept_on_a_user_error(trained, tmp_path):
     assert (out / "notes.txt").read_text() == "mine"
 
 
+def test_out_may_not_be_the_images_folder(trained, tmp_path):
+    """probability.tif and evidence.tif written among the dates would be read as images when
+    the run is repeated (as the README says to, to resume): refused before anything."""
+    import shutil
+    d, scene = trained
+    folder = Path(shutil.copytree(scene.images[0].parent, tmp_path / "flight"))
+    before = sorted(p.name for p in folder.iterdir())
+    for images in ([str(folder)], [str(p) for p in sorted(folder.glob("S2_*.tif"))]):
+        line = _one_line_error(run("detect", "--images", *images, "--model",
+                                   str(d / "model"), "--out", str(folder)))
+        assert "holds the images read; give detect another --out" in line
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
 def test_a_band_no_image_has_is_named(trained, tmp_path):
     """Every date lacks the red band: nothing is dropped (no date has it), and the refusal
     still names the band instead of listing the features it cannot compute."""
