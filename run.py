@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "and drone imagery and export ranked target lists for ground teams.")
     g = p.add_mutually_exclusive_group()
     g.add_argument("-v", "--verbose", action="store_true", help="more detail (debug log)")
-    g.add_argument("-q", "--quiet", action="store_true", help="only errors; no progress bars")
+    g.add_argument("-q", "--quiet", action="store_true", help="log only errors, no progress bars; the "
+                   "command's result (a summary or report table on stdout) is still printed")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     s = sub.add_parser("simulate", help="write a seeded synthetic scene (a test instrument, "

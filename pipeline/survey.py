@@ -379,6 +379,7 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
                           **_validation_args(cfg, scene_of_poly, origin, unit_m),
                           repeats=cfg.model.cv_repeats, max_threshold=cfg.model.threshold_max,
                           min_threshold=cfg.model.threshold_min)
+        _warn_weak(report)
         t1 = time.perf_counter()
         fit_balanced(est, table.X, table.y, cfg.model.seed)
         t_fit = time.perf_counter() - t1
@@ -755,6 +756,24 @@ def _quicklook(masked: xr.DataArray, plan: FeaturePlan, inner: tuple[slice, slic
     arr = np.asarray(sub.sel(band=quicklook_bands(masked["band"].values.tolist())).values,
                      dtype="float32")
     return arr[0] if len(arr) == 1 else nanmedian0(arr)
+
+
+#: out-of-fold polygon recall under which train warns that the model is not to be relied on
+WEAK_RECALL = 0.5
+
+
+def _warn_weak(report: dict) -> None:
+    """A model that finds few of its own labelled plots out of fold is still written (a first
+    model to verify targets with), with a warning that says so."""
+    pg = report["polygon"]
+    big = pg["poppy_polygons_min_plot"] > 0
+    recall = pg["recall_min_plot"] if big else pg["recall"]
+    n = pg["poppy_polygons_min_plot"] if big else pg["poppy_polygons"]
+    if recall < WEAK_RECALL:
+        log.warning("out of fold the model finds %.0f%% of its %d labelled poppy polygon(s)%s: "
+                    "too few or too unlike plots to learn from; label more plots (several "
+                    "scenes: --manifest) before relying on its targets", 100 * recall, n,
+                    f" >= {report['min_plot_px']:g} px" if big else "")
 
 
 def _check_out_apart(out: Path, images: Sequence[Path]) -> None:

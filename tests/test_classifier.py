@@ -1,6 +1,7 @@
 """Classifier stages: sampling, leak-free validation, threshold rule, model, artifact safety."""
 from __future__ import annotations
 
+import logging
 import json
 
 import numpy as np
@@ -509,3 +510,17 @@ def test_training_on_a_scene_in_degrees_is_training_on_the_same_ground_in_metres
     assert sb["classes"].get("unlabelled", 0) >= 0.9 * sa["classes"]["unlabelled"]
     assert abs(sb["poppy_pixels"] - sa["poppy_pixels"]) <= 2
     assert abs(sb["pixels"] - sa["pixels"]) <= 0.05 * sa["pixels"]
+
+
+def test_train_warns_when_the_model_finds_few_of_its_own_plots(caplog):
+    from pipeline.survey import _warn_weak
+    rep = {"min_plot_px": 4.0, "polygon": {"recall": 0.0, "poppy_polygons": 2,
+                                           "recall_min_plot": 0.0, "poppy_polygons_min_plot": 0}}
+    with caplog.at_level(logging.WARNING, logger="pipeline.survey"):
+        _warn_weak(rep)
+        assert "finds 0% of its 2 labelled poppy polygon(s): too few" in caplog.text
+        caplog.clear()
+        _warn_weak({"min_plot_px": 4.0, "polygon": {"recall": 0.3, "poppy_polygons": 40,
+                                                    "recall_min_plot": 0.9,
+                                                    "poppy_polygons_min_plot": 20}})
+        assert caplog.text == ""
