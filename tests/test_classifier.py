@@ -1,8 +1,8 @@
 """Classifier stages: sampling, leak-free validation, threshold rule, model, artifact safety."""
 from __future__ import annotations
 
-import logging
 import json
+import logging
 
 import numpy as np
 import pytest
