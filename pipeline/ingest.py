@@ -199,16 +199,16 @@ def open_scene(paths: Sequence[Path], sensor: Any | None = None, *, chunks: int 
     # band -> the images that lack it (detect names them when a model needs the band)
     lacking = {b: [str(p.attrs.get("source", "an image")) for p in products
                    if b not in p["band"].values.tolist()] for b in sorted(dropped)}
-    if dropped:
-        log.info("bands not present on every date are dropped: %s", sorted(dropped))
-    if not shared:
-        raise InputError("the images share no band; check that they come from one sensor")
-    bands = order_bands(list(shared))
-    check_overlap(products, grid)
     sensors = {p.attrs.get("sensor") for p in products}
     if len(sensors) > 1:
         raise InputError(f"images come from different sensors {sorted(map(str, sensors))}; "
                          "survey one sensor at a time")
+    if not shared:
+        raise InputError("the images share no band; check that they come from one sensor")
+    check_overlap(products, grid)
+    if dropped:
+        log.info("bands not present on every date are dropped: %s", sorted(dropped))
+    bands = order_bands(list(shared))
     aligned = [align(p.sel(band=bands), grid).drop_vars("spatial_ref", errors="ignore")
                for p in products]
     times = np.array([p.attrs["time"] for p in products], dtype="datetime64[ns]")
