@@ -19,6 +19,7 @@ from classifiers.artifact import Artifact, ReducedModel, feature_phases
 from classifiers.model import apply_platt
 from indices.catalogue import load_catalogue
 from indices.texture import LEAF_INDEX, split_var
+from indices.window import phase_window
 from pipeline.bands import ALL_BANDS, S2_BANDS
 from pipeline.config import PHASES, Calendar, SurveyConfig
 from pipeline.errors import ModelError
@@ -74,9 +75,11 @@ def check_fit(art: Artifact, feature_names: Sequence[str], sensor: str, calendar
 
 
 def check_phases(art: Artifact, phase_dates: dict[str, list[str]], calendar: Calendar,
-                 dates: Sequence[str]) -> None:
+                 dates: Sequence[str], shifts: tuple[int, int] | None = None) -> None:
     """Refuse inputs without a date in a phase the model learnt from, unless the model holds
     a missing-phase model trained without exactly the absent phases (then a warning).
+    ``shifts``: the calendar's shift over the scene (a calendar that moves with elevation),
+    so that the refusal quotes the dates the phase takes there.
 
     Its features of that phase would be missing on every pixel, where the model only ever saw
     them missing under a cloud: on the independent simulator, a full-season model surveying
@@ -93,10 +96,10 @@ def check_phases(art: Artifact, phase_dates: dict[str, list[str]], calendar: Cal
         return
     for p in sorted(PHASES, key=lambda q: q != "flowering"):   # no bloom: say that first
         if p in used and not phase_dates.get(p):
-            ph = calendar.phases.get(p)
-            what = (f"the model uses the {p} phase ({ph.start} to {ph.end} in calendar "
-                    f"{calendar.name}) but no image falls in it (dates: {', '.join(dates)})"
-                    if ph is not None else
+            what = (f"the model uses the {p} phase ({phase_window(calendar, p, shifts)} in "
+                    f"calendar {calendar.name}) but no image falls in it (dates: "
+                    f"{', '.join(dates)})"
+                    if p in calendar.phases else
                     f"the model uses the {p} phase but calendar {calendar.name} has none")
             if p == "flowering":
                 raise ModelError(f"{what}; poppy is found in bloom: give images from that "

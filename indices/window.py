@@ -261,15 +261,14 @@ def make_plan(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig,
     windows = tuple(tuple((lo, hi) for _, lo, hi in member[p]) for p in phases) \
         if shifts is not None else ()
     if shifts is not None:
-        log.info("calendar %s moves with elevation: phases %d to %d days later over this "
-                 "scene", calendar.name, *shifts)
+        log.info("calendar %s moves with elevation: phases %s over this scene",
+                 calendar.name, shift_words(*shifts))
     phase_dates = {p: [str(times[i])[:10] for i in ix] for p, ix in zip(phases, phase_idx)}
     for p, ix in zip(phases, phase_idx):
         if not ix:
-            ph = calendar.phases[p]
-            log.warning("no acquisition in the %s phase (%s to %s, calendar %s): its features "
+            log.warning("no acquisition in the %s phase (%s, calendar %s): its features "
                         "are missing (a model trained on these images does not use them)", p,
-                        ph.start, ph.end, calendar.name)
+                        phase_window(calendar, p, shifts), calendar.name)
     rows = feature_plan(bands, indices, phases, cfg.band_medians)
     stat_code = {"median": 0, "max": 1, "min": 2, "contrast": 3}
     codes = []
@@ -350,6 +349,33 @@ def _absorb_thin(chunks: tuple[int, ...], h: int) -> tuple[int, ...]:
     while len(out) > 1 and out[-1] < h:
         out[-2] += out.pop()
     return tuple(out)
+
+
+def shift_words(lo: int, hi: int) -> str:
+    """A calendar's shift over a scene in words: '17 days earlier', '3 to 10 days later'."""
+    def one(d: int) -> str:
+        return f"{abs(d)} day{'' if abs(d) == 1 else 's'} {'earlier' if d < 0 else 'later'}"
+    if lo == hi:
+        return "unshifted" if lo == 0 else one(lo)
+    if lo >= 0:
+        return f"{lo} to {hi} days later"
+    if hi <= 0:
+        return f"{-hi} to {-lo} days earlier"
+    return f"from {one(lo)} to {one(hi)}"
+
+
+def phase_window(calendar: Calendar, phase: str,
+                 shifts: tuple[int, int] | None = None) -> str:
+    """'04-01 to 05-05', or with the elevation shifts '03-15 to 04-18 (elevation: 17 days
+    earlier)': the dates the phase takes over the scene."""
+    ph = calendar.phases[phase]
+    if not shifts or shifts == (0, 0):
+        return f"{ph.start} to {ph.end}"
+    lo, hi = shifts
+
+    def md(mmdd: str, d: int) -> str:
+        return (dt.date.fromisoformat(f"2001-{mmdd}") + dt.timedelta(days=d)).strftime("%m-%d")
+    return f"{md(ph.start, lo)} to {md(ph.end, hi)} (elevation: {shift_words(lo, hi)})"
 
 
 def shift_range(shift: xr.DataArray | None) -> tuple[int, int] | None:

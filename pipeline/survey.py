@@ -48,6 +48,7 @@ from indices.window import (
     dates_in_phases,
     make_plan,
     nanmedian0,
+    phase_window,
     shift_range,
     window_features,
 )
@@ -323,10 +324,10 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
         masked = mask_and_correct(scene, dem_da, cfg)
         feats = window_features(masked, calendar, cfg.features, shift)
         if "flowering" in feats.phase_dates and not feats.phase_dates["flowering"]:
-            ph = calendar.phases["flowering"]
+            window = phase_window(calendar, "flowering", shift_range(shift))
             dates = ", ".join(str(t)[:10] for t in scene["time"].values)
             raise InputError(f"{sc.labels}: no image of its scene falls in the flowering "
-                             f"phase ({ph.start} to {ph.end} in calendar {calendar.name}; "
+                             f"phase ({window} in calendar {calendar.name}; "
                              f"dates: {dates}); poppy is learnt in bloom: give images from "
                              "that window, or a calendar whose flowering phase covers them")
         # the scene's features, then those of its augmented copies (classifiers/augment.py)
@@ -870,7 +871,8 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     dates = [str(t)[:10] for t in scene["time"].values]
     held = dates_in_phases(scene["time"].values, calendar, list(calendar.phases),
                            shifts or (0, 0))
-    check_phases(art, {p: [dates[i] for i in ix] for p, ix in held.items()}, calendar, dates)
+    check_phases(art, {p: [dates[i] for i in ix] for p, ix in held.items()}, calendar, dates,
+                 shifts)
     plan = make_plan(masks(scene.isel(y=slice(0, 1), x=slice(0, 1)), cfg), calendar,
                      cfg.features, shifts)
     check_fit(art, plan.names, scene.attrs["sensor"], calendar.name,

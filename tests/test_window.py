@@ -384,3 +384,17 @@ def test_a_plan_that_moves_with_elevation_refuses_features_without_shifts() -> N
     assert plan.phase_windows
     with pytest.raises(ValueError, match="shift"):
         block_features(scene.compute(), plan)
+
+
+def test_a_shifted_calendar_is_said_in_words_with_its_dates() -> None:
+    from indices.window import phase_window, shift_words
+    cal = load_calendar("east-china")
+    ph = cal.phases["flowering"]
+    assert phase_window(cal, "flowering") == f"{ph.start} to {ph.end}"
+    assert shift_words(-17, -17) == "17 days earlier" and shift_words(3, 10) == "3 to 10 days later"
+    assert shift_words(-5, 3) == "from 5 days earlier to 3 days later"
+    assert shift_words(1, 1) == "1 day later" and shift_words(-9, -2) == "2 to 9 days earlier"
+    import datetime as dt
+    start = (dt.date.fromisoformat(f"2001-{ph.start}") - dt.timedelta(days=17)).strftime("%m-%d")
+    assert phase_window(cal, "flowering", (-17, -17)).startswith(f"{start} to ")
+    assert phase_window(cal, "flowering", (-17, -17)).endswith("(elevation: 17 days earlier)")
