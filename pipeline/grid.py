@@ -81,6 +81,41 @@ def utm_epsg(lon: float, lat: float) -> int:
     return (32600 if lat >= 0 else 32700) + zone
 
 
+#: a projected CRS whose scale at the scene centre differs from 1 by more than this is not
+#: worked in: Web Mercator (1 / cos(latitude): +15 % per axis, +33 % in area at 30 N)
+MAX_SCALE_ERROR = 0.01
+
+
+def true_scale_grid(grid: Grid) -> tuple[Grid, float] | None:
+    """For a grid in a projected CRS whose units are far from ground metres at its centre
+    (Web Mercator), the UTM grid of the same ground with the same ground pixel size, and the
+    CRS's scale factor there; None for any other grid (geographic grids are measured
+    geodesically, UTM and national grids are within a percent)."""
+    if grid.crs is None:
+        return None
+    crs = pyproj.CRS.from_user_input(grid.crs)
+    if crs.is_geographic:
+        return None
+    x, y = grid.transform * (grid.width / 2, grid.height / 2)
+    lon, lat = pyproj.Transformer.from_crs(crs, 4326, always_xy=True).transform(x, y)
+    try:
+        f = pyproj.Proj(crs).get_factors(lon, lat)
+        unit = float(crs.axis_info[0].unit_conversion_factor) if crs.axis_info else 1.0
+        scale = max(f.parallel_scale, f.meridional_scale) / unit
+    except Exception:  # noqa: BLE001 - a CRS pyproj cannot take factors of: leave it
+        return None
+    if not np.isfinite(scale) or abs(scale - 1) <= MAX_SCALE_ERROR:
+        return None
+    from rasterio.transform import array_bounds
+    from rasterio.warp import calculate_default_transform
+    dst = CRS.from_epsg(utm_epsg(lon, lat))
+    pixel = abs(grid.transform.a) / scale
+    tf, w, h = calculate_default_transform(grid.crs, dst, grid.width, grid.height,
+                                           *array_bounds(grid.height, grid.width,
+                                                         grid.transform), resolution=pixel)
+    return Grid(dst, tf, int(h), int(w)), float(scale)
+
+
 def _reproject(da: xr.DataArray, grid: Grid, resampling: str) -> xr.DataArray:
     src = da.odc.assign_crs(da.rio.crs.to_wkt()) if hasattr(da, "odc") else da
     out = xr_reproject(src, grid.geobox(), resampling=resampling, dst_nodata=np.nan)

@@ -31,7 +31,7 @@ from shapely.geometry.base import BaseGeometry
 
 from pipeline.bands import SCENE_DIMS, canonical_name, check_scene, order_bands
 from pipeline.errors import InputError
-from pipeline.grid import Grid, align, pixel_metres
+from pipeline.grid import Grid, align, pixel_metres, true_scale_grid
 from pipeline.readers import readers
 from pipeline.readers.multiband import date_in
 
@@ -191,7 +191,15 @@ def open_scene(paths: Sequence[Path], sensor: Any | None = None, *, chunks: int 
     listed among ``paths``, is left out.
     """
     products = read_products(paths, sensor, chunks, dem)
-    grid = grid or Grid.of(products[0])
+    if grid is None:
+        grid = Grid.of(products[0])
+        regrid = true_scale_grid(grid)
+        if regrid is not None:
+            grid, scale = regrid
+            log.warning("images in %s: its units are %.3f ground metres at the scene centre "
+                        "(areas %.0f %% too large); aligned onto %s at %.3g m pixels instead",
+                        products[0].rio.crs.to_string(), 1 / scale, 100 * (scale ** 2 - 1),
+                        grid.crs.to_string(), grid.resolution)
     shared = set(products[0]["band"].values.tolist())
     for p in products[1:]:
         shared &= set(p["band"].values.tolist())

@@ -217,6 +217,29 @@ def test_grids_in_degrees_pixels_apart_are_not_the_same() -> None:
     assert not a.same_as(wider)                    # 0.1 pixel off at the far edge
 
 
+def test_images_in_web_mercator_are_aligned_onto_utm_at_their_ground_pixel(caplog) -> None:
+    """Web Mercator units are 1 / cos(latitude) ground metres (+33 % in area at 30 N): every
+    metric setting and target area would be off, so the scene is worked on its UTM grid."""
+    import tempfile
+    cos30 = np.cos(np.radians(30.0))
+    tf = Affine(10 / cos30, 0, 13_380_000.0, 0, -10 / cos30, 3_503_549.0)   # ~120.2 E, 30 N
+    with tempfile.TemporaryDirectory() as d, caplog.at_level(logging.WARNING):
+        p = write_dn(Path(d) / "m_20240410.tif", ramp(), tf=tf, crs="EPSG:3857")
+        s = open_scene([p], chunks=16).compute()
+    assert s.rio.crs.to_epsg() == 32651
+    assert abs(s.rio.transform().a) == pytest.approx(10.0, rel=0.01)
+    assert s.sizes["y"] == pytest.approx(N, abs=2) and s.sizes["x"] == pytest.approx(N, abs=2)
+    assert np.isfinite(s.values).mean() > 0.8
+    assert "EPSG:3857" in caplog.text and "aligned onto EPSG:32651" in caplog.text
+
+
+def test_a_projected_grid_at_true_scale_is_kept() -> None:
+    from pipeline.grid import true_scale_grid
+    assert true_scale_grid(Grid(ProjCRS.from_user_input(CRS), TF, N, N)) is None
+    assert true_scale_grid(Grid(ProjCRS.from_epsg(4326), Affine(1e-4, 0, 120, 0, -1e-4, 30),
+                                N, N)) is None
+
+
 def test_a_date_in_another_utm_zone_is_aligned(tmp_path: Path) -> None:
     refl = ramp(64)
     a = write_dn(tmp_path / "a_20240401.tif", refl, date="2024-04-01")
