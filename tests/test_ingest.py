@@ -238,6 +238,10 @@ def test_a_projected_grid_at_true_scale_is_kept() -> None:
     assert true_scale_grid(Grid(ProjCRS.from_user_input(CRS), TF, N, N)) is None
     assert true_scale_grid(Grid(ProjCRS.from_epsg(4326), Affine(1e-4, 0, 120, 0, -1e-4, 30),
                                 N, N)) is None
+    # a grid in US survey feet: areas would be in square feet; worked in metres on UTM
+    feet = Grid(ProjCRS.from_epsg(2227), Affine(10, 0, 6_100_000, 0, -10, 2_000_000), N, N)
+    utm, scale = true_scale_grid(feet)
+    assert utm.crs.to_epsg() == 32610 and abs(utm.transform.a) == pytest.approx(3.048, rel=1e-3)
 
 
 def test_a_date_in_another_utm_zone_is_aligned(tmp_path: Path) -> None:
