@@ -213,6 +213,119 @@ def test_rgb_without_alpha_black_collar(tmp_path: Path) -> None:
     assert np.isfinite(da.values[:, 4:, :]).all() and da.sel(band="red").values[10, 10] == 0
 
 
+def _rgb8(seed: int = 7) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(1, 255, size=(3, H, W), dtype="uint8")
+    rgb[:, 5, 5] = 255                # white: a colour, not saturation to mask
+    rgb[0, 6, 6] = 0                  # no red: a colour, not no data
+    return rgb
+
+
+@pytest.mark.parametrize("layout", ["named", "bgr-named", "unnamed", "photometric", "alpha",
+                                    "rgba"])
+def test_uint16_rgb_is_display_brightness_like_uint8(tmp_path: Path, layout: str) -> None:
+    """A 16-bit RGB export (65535 = white) is display brightness / 65535, as uint8 is / 255:
+    read as Metashape's 32768 = 1.0 it doubled in brightness and lost its bright pixels to
+    the > 1.5 mask; without band names it could not be read at all."""
+    rgb8 = _rgb8()
+    rgb16 = rgb8.astype("uint16") * 257
+    f = tmp_path / "ortho_2025-04-22.tif"
+    if layout == "named":
+        _write(f, rgb16, descriptions=["Red", "Green", "Blue"])
+    elif layout == "bgr-named":
+        _write(f, rgb16[::-1].copy(), descriptions=["blue", "green", "red"])
+    elif layout == "unnamed":
+        _write(f, rgb16)
+    else:
+        alpha = np.full((1, H, W), 65535, dtype="uint16")
+        alpha[0, -5:, :] = 0
+        if layout == "alpha":    # named bands and a band described as alpha
+            _write(f, np.concatenate([rgb16, alpha]),
+                   descriptions=["red", "green", "blue", "alpha"])
+        else:                    # photometric RGB: unnamed bands, alpha as an extra sample
+            count = 3 if layout == "photometric" else 4
+            with rasterio.open(f, "w", driver="GTiff", width=W, height=H, count=count,
+                               dtype="uint16", crs=CRS, transform=TF, photometric="RGB",
+                               **({"alpha": "YES"} if count == 4 else {})) as dst:
+                dst.write(np.concatenate([rgb16, alpha])[:count])
+    assert drone.can_read(f)
+    [da] = drone.read(f, None, chunks=16)
+    assert da.attrs["sensor"] == "rgb"
+    masked = layout in ("alpha", "rgba")
+    rows = slice(None, -5) if masked else slice(None)
+    for k, band in enumerate(["red", "green", "blue"]):
+        np.testing.assert_allclose(da.sel(band=band).values[rows], rgb8[k][rows] / 255.0,
+                                   rtol=1e-6)
+    if masked:
+        assert np.isnan(da.values[:, -5:, :]).all()
+    u8 = _write(tmp_path / "ortho8_2025-04-22.tif", rgb8)
+    [da8] = drone.read(u8, None, chunks=16)
+    np.testing.assert_allclose(da.values[:, rows], da8.values[:, rows], rtol=1e-6)
+
+
+def test_four_unnamed_uint16_bands_are_not_taken_for_rgb(tmp_path: Path) -> None:
+    """Four unnamed uint16 bands may be RGB + alpha or a Mavic 3M stack: not guessed; the
+    hint names the RGB case too."""
+    dn = np.full((4, H, W), 9000, dtype="uint16")
+    with pytest.raises(SensorNeeded, match="red, green, blue") as exc:
+        drone.read(_write(tmp_path / "ortho_2025-04-22.tif", dn), None)
+    assert "rgb" in exc.value.sensors
+
+
+def _ms_uint16(tmp_path: Path, factor: float, name: str, tags: dict | None = None,
+               scales: bool = False) -> tuple[Path, np.ndarray]:
+    refl = _refl(5, seed=8)
+    dn = np.where(np.isnan(refl), 0, np.round(refl * factor)).astype("uint16")
+    f = _write(tmp_path / name, dn, descriptions=["blue", "green", "red", "rededge2", "nir"],
+               tags=tags)
+    if scales:
+        with rasterio.open(f, "r+") as dst:
+            dst.scales = [1 / factor] * 5
+    return f, refl
+
+
+def test_uint16_multispectral_beyond_metashape_range_is_refused(tmp_path: Path) -> None:
+    """uint16 reflectance without a GDAL scale or a Metashape software tag whose values
+    exceed what 32768 = 1.0 allows (reflectance 1.5) is not Metashape's: one line saying what
+    to set, instead of a reading the masks then throw away."""
+    f, _ = _ms_uint16(tmp_path, 65535 / 0.6, "raw_20250420.tif")
+    with pytest.raises(InputError) as exc:
+        drone.read(f, None, chunks=16)
+    msg = str(exc.value)
+    assert "\n" not in msg and "raw_20250420.tif" in msg and "Metashape" in msg
+    assert "scaling" in msg and "dn10000" in msg and "docs/inputs.md" in msg
+    # a sensor file that says how the file is scaled reads it without a question
+    import dataclasses
+    [da] = drone.read(f, dataclasses.replace(load_sensor("p4m"), scaling="dn10000"), chunks=16)
+    assert da.attrs["sensor"] == "p4m"
+
+
+def test_uint16_multispectral_without_metashape_tag_warns(tmp_path: Path, caplog) -> None:
+    """Within Metashape's range the file is read as Metashape's, with a warning (not an info
+    line) that says how it reads either way and how to change the scaling."""
+    import logging
+    f, refl = _ms_uint16(tmp_path, 10000, "x10000_20250420.tif")
+    with caplog.at_level(logging.INFO, logger="pipeline.readers.drone"):
+        [da] = drone.read(f, None, chunks=16)
+    np.testing.assert_allclose(da.values, np.round(refl * 10000) / 32768, rtol=1e-6)
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1, caplog.text
+    text = warned[0].getMessage()
+    assert "x10000_20250420.tif" in text and "32768" in text and "dn10000" in text
+    assert "docs/inputs.md" in text
+    # Metashape's own files and files with a GDAL scale: as before, nothing to warn about
+    caplog.clear()
+    ms, _ = _ms_uint16(tmp_path, 32768, "ms_20250420.tif",
+                       tags={"TIFFTAG_SOFTWARE": "Agisoft Metashape 2.1.0"})
+    sc, _ = _ms_uint16(tmp_path, 10000, "scaled_20250420.tif", scales=True)
+    with caplog.at_level(logging.INFO, logger="pipeline.readers.drone"):
+        [a] = drone.read(ms, None, chunks=16)
+        [b] = drone.read(sc, None, chunks=16)
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO], caplog.text
+    np.testing.assert_allclose(a.values, refl, atol=0.5 / 32768)
+    np.testing.assert_allclose(b.values, refl, atol=0.5 / 10000)
+
+
 def test_dual_stacked_by_descriptions(tmp_path: Path) -> None:
     names = ["Blue", "Green", "Red", "NIR", "Red edge", "Blue-444", "Green-531", "Red-650",
              "Red edge-705", "Red edge-740"]

@@ -480,6 +480,26 @@ def test_integer_bands_without_a_scale_are_refused(tmp_path: Path) -> None:
     np.testing.assert_allclose(open_scene([f]).values[0], ramp(), rtol=1e-6)
 
 
+def test_float_fill_below_minus_half_is_no_data_without_a_nodata_value(tmp_path: Path) -> None:
+    """A float contract file whose -10000 fill is not declared as nodata: those pixels are no
+    data (as in the drone reader), not reflectance -10000 averaged into the means."""
+    refl = ramp().astype("float32")
+    filled = refl.copy()
+    filled[:, :, :8] = -10000
+    filled[1, 20, 20] = -32767
+    p = write_multiband(tmp_path / "fill_20240410.tif", filled, S2, TF, CRS,
+                        acquisition_date="2024-04-10", nodata=None)
+    [da] = multiband.read(p)
+    v = da.values
+    assert np.isnan(v[:, :, :8]).all() and np.isnan(v[1, 20, 20])
+    keep = np.ones(v.shape, bool)
+    keep[:, :, :8] = False
+    keep[1, 20, 20] = False
+    np.testing.assert_allclose(v[keep], refl[keep], rtol=1e-6)
+    scene = open_scene([p], chunks=16)
+    assert np.nanmin(scene.values) > 0
+
+
 def test_dem_elsewhere_is_refused_and_partial_dem_warned(tmp_path: Path, caplog) -> None:
     grid = Grid(ProjCRS.from_user_input(CRS), TF, N, N)
 

@@ -149,6 +149,29 @@ def test_metashape_uint16_without_sensor_is_a_clear_error(tmp_path: Path, capsys
     assert len(err.strip().splitlines()) == 1 and "--sensor" in err
 
 
+def test_uint16_drone_files_the_metashape_rule_does_not_fit(tmp_path: Path, capsys) -> None:
+    """A 16-bit RGB orthomosaic without band names reads as the same RGB in 8 bits (it was
+    refused, and read as Metashape's 32768 = 1.0 when named); a multispectral uint16 file whose
+    values cannot be Metashape's is exit 2 with one line saying what to set."""
+    from test_drone import _refl, _rgb8, _write
+    rgb8 = _rgb8()
+    u8 = _write(tmp_path / "ortho8_2025-04-22.tif", rgb8)
+    u16 = _write(tmp_path / "ortho16_2025-04-22.tif", rgb8.astype("uint16") * 257)
+    a = inspect_json("--images", str(u8), capsys=capsys)
+    b = inspect_json("--images", str(u16), capsys=capsys)
+    assert a["sensor"] == b["sensor"] == "rgb" and a["bands"] == b["bands"]
+    assert a["clear_fraction"] == b["clear_fraction"] == [1.0]
+    for k, v in a["mean_reflectance"][0].items():
+        assert b["mean_reflectance"][0][k] == pytest.approx(v, abs=1e-6)
+    dn = np.where(np.isnan(r := _refl(5)), 0, np.round(r * 65535 / 0.6)).astype("uint16")
+    raw = _write(tmp_path / "raw_20250420.tif", dn,
+                 descriptions=["blue", "green", "red", "rededge2", "nir"])
+    code, out, err = inspect_cli("--images", str(raw), capsys=capsys)
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "raw_20250420.tif" in lines[0] and "scaling" in lines[0], err
+
+
 @pytest.mark.parametrize("content", [b"II*\x00not really a tiff", b"", b"GIF89a"])
 def test_unreadable_input_exit_2_one_line_naming_the_file(tmp_path: Path, capsys,
                                                           content: bytes) -> None:

@@ -11,8 +11,9 @@ Inputs
   alias; files are grouped by the stem before it, one acquisition per group. A per-band file
   with two bands (Pix4D) is value + alpha.
 * plain RGB orthomosaics: 3 or 4 bands of uint8 (the 4th is alpha: 0 = no data; without
-  alpha, pixels 0 in all three bands are the black collar, no data). Visible only, and display
-  brightness / 255, not reflectance.
+  alpha, pixels 0 in all three bands are the black collar, no data), or of uint16 when the file
+  says it is RGB (``_rgb_layout``: bands named red, green, blue or unnamed, an alpha band
+  marked as one). Visible only, and display brightness (/ 255, / 65535), not reflectance.
 
 Sensor
 ------
@@ -29,10 +30,13 @@ known.
 Reflectance
 -----------
 ``scaling`` of the sensor file: ``float`` as is; ``uint16_32768`` / 32768; ``dn10000`` / 10000;
-``auto`` decides by the data type: float (DJI Terra, Pix4D) as is, uint16 (Agisoft Metashape,
-which writes 32768 = 1.0) / 32768, uint8 / 255. A GDAL scale/offset in the file wins over all of
-these. No data: the file's nodata value, NaN, alpha 0, integer 0, uint16 65535 (saturated) and
-float values below -0.5 (the -10000 / -32767 fill of some tools) become NaN.
+``auto`` decides by the data type: float (DJI Terra, Pix4D) as is, uint8 / 255, uint16 RGB
+/ 65535 (display brightness), other integers by ``_integer_scaling``: Agisoft Metashape's
+32768 = 1.0 when its software tag says so; without it a file whose values exceed Metashape's
+range is refused, else read as Metashape's with a warning. A GDAL scale/offset in the file wins
+over all of these. No data: the file's nodata value, NaN, alpha 0, float values below -0.5 (the
+-10000 / -32767 fill of some tools) and, outside RGB, integer 0 and uint16 65535 (saturated)
+become NaN.
 
 Date
 ----
@@ -53,12 +57,13 @@ import rasterio
 import xarray as xr
 from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
 
 from pipeline.bands import CATEGORICAL_BANDS, canonical_name, order_bands
 from pipeline.config import DRONE_PIXEL_M
 from pipeline.errors import InputError, SensorNeeded
 from pipeline.grid import pixel_metres
-from pipeline.readers._raster import open_lazy
+from pipeline.readers._raster import open_lazy, read_failure
 from pipeline.readers.multiband import acquisition_time
 from pipeline.sensors import (
     SensorBand,
@@ -80,6 +85,12 @@ _CAMERA_HINTS: tuple[tuple[str, str], ...] = (
     ("micasense", "rededge-mx"),
 )
 _FLOAT_FILL_BELOW = -0.5
+#: The bands of a plain RGB orthomosaic (the rgb sensor's).
+_VISIBLE = frozenset({"red", "green", "blue"})
+_RGB_INTERP = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+#: Metashape writes reflectance x 32768. A 99th percentile above reflectance 1.5 (the drone
+#: masks' bound for an implausible value) cannot be that: the file holds something else.
+_METASHAPE_P99_MAX = 1.5 * 32768
 
 
 @functools.cache
@@ -217,7 +228,8 @@ def _guess_sensor(path: Path, tags: dict[str, str], names: list[str], count: int
     raise SensorNeeded(f"{path}: cannot tell which camera took it; name the bands in the "
                        "file (band descriptions: the camera's band names or canonical names "
                        "such as blue, green, red, rededge2, nir) or put the camera in the file "
-                       "name (p4m, m3m, rededge, dual)", [s.name for s in drone_cameras()])
+                       "name (p4m, m3m, rededge, dual); a plain RGB orthomosaic (the rgb sensor): "
+                       "bands red, green, blue", [s.name for s in drone_cameras()])
 
 
 def _band_for(spec: SensorSpec, token: str) -> SensorBand | None:
@@ -276,16 +288,20 @@ def _read_stacked(path: Path, spec: SensorSpec | None, chunks: int) -> xr.DataAr
             count, dtypes = src.count, src.dtypes
             descriptions = list(src.descriptions)
             alpha = _alpha_index(src) if count > 2 else None
+            rgb, alpha = _rgb_layout(src, alpha)
             if src.crs is None:
                 raise InputError(f"{path}: no CRS; georeference the orthomosaic")
             pixel_m = pixel_metres(src.transform, src.crs)
     except RasterioIOError as exc:
         raise InputError(f"{path}: not a readable raster ({exc})") from None
-    rgb = count in (3, 4) and all(d == "uint8" for d in dtypes)
-    if rgb and count == 4 and alpha is None:
-        alpha = 4
-    if spec is None or (rgb and spec.name != "rgb" and not any(descriptions)):
+    # a sensor for every image (the config's sensor file) does not make an RGB orthomosaic
+    # among them multispectral; a 16-bit file keeps a sensor of three bands (its own camera)
+    if spec is None or (rgb and spec.name != "rgb" and not any(descriptions)
+                        and (dtypes[0] == "uint8" or len(spec.stack_order) != 3)):
         spec = _guess_sensor(path, tags, [d for d in descriptions if d], count, rgb, pixel_m)
+    if rgb and dtypes[0] == "uint16" and not any(descriptions) and _visible_only(spec):
+        log.info("%s: three unnamed 16-bit bands read as red, green, blue display brightness "
+                 "(65535 = white); name the bands in the file if they are not", path)
     data_bands = [i for i in range(1, count + 1) if i != alpha]
     named = [_band_for(spec, descriptions[i - 1]) if descriptions[i - 1] else None
              for i in data_bands]
@@ -308,12 +324,56 @@ def _read_stacked(path: Path, spec: SensorSpec | None, chunks: int) -> xr.DataAr
     return _assemble(path, layers, spec, tags, chunks)
 
 
+def _rgb_layout(src: rasterio.DatasetReader, alpha: int | None) -> tuple[bool, int | None]:
+    """(whether a stacked file is a plain RGB orthomosaic, its alpha band).
+
+    uint8 with three bands, or four (the fourth is alpha), as before. uint16 only when the file
+    says so: three data bands named red, green and blue (any order, the rgb sensor's names) or
+    not named at all, plus at most an alpha band marked as one (colour interpretation or the
+    description ``alpha``; in a photometric-RGB file the fourth band), last. Four unnamed
+    uint16 bands are not guessed: a Mavic 3M stack has four bands too."""
+    count, dtypes = src.count, src.dtypes
+    if count not in (3, 4):
+        return False, alpha
+    if all(d == "uint8" for d in dtypes):
+        return True, 4 if count == 4 and alpha is None else alpha
+    if not all(d == "uint16" for d in dtypes):
+        return False, alpha
+    if alpha is not None and alpha != count:
+        return False, alpha
+    descriptions, interp = list(src.descriptions), tuple(src.colorinterp)
+    rgb_alpha = alpha
+    if count == 4 and rgb_alpha is None:
+        if (descriptions[3] and normalise_band_name(descriptions[3]) == "alpha") \
+                or interp[:3] == _RGB_INTERP:
+            rgb_alpha = 4
+        else:
+            return False, alpha
+    names = [descriptions[i - 1] for i in range(1, count + 1) if i != rgb_alpha]
+    if len(names) != 3:
+        return False, alpha
+    if not any(names):
+        return True, rgb_alpha
+    rgb = next(c for c in drone_cameras() if c.name == "rgb")
+    bands = [_band_for(rgb, n) if n else None for n in names]
+    if all(b is not None for b in bands) and {b.canonical for b in bands} == _VISIBLE:
+        return True, rgb_alpha
+    return False, alpha
+
+
+def _visible_only(spec: SensorSpec) -> bool:
+    """A camera of visible bands only (the rgb sensor, or one's own RGB camera file)."""
+    return set(spec.canonical.values()) <= _VISIBLE
+
+
 def _open(path: Path, chunks: int) -> xr.DataArray:
     return open_lazy(path, chunks, "orthomosaic GeoTIFF")
 
 
-def _scale(raw: xr.DataArray, spec: SensorSpec, path: Path, tags: dict[str, str],
-           nodata: float | None, alpha: xr.DataArray | None) -> xr.DataArray:
+def _scale(raw: xr.DataArray, mode: str, nodata: float | None,
+           alpha: xr.DataArray | None) -> xr.DataArray:
+    """Reflectance (or display brightness) of one band read as ``mode`` (``_mode``), no data
+    NaN; a GDAL scale/offset in the file wins over the mode."""
     dtype = np.dtype(raw.dtype)
     data = raw.astype("float32")
     valid = xr.ones_like(raw, dtype=bool)
@@ -323,8 +383,8 @@ def _scale(raw: xr.DataArray, spec: SensorSpec, path: Path, tags: dict[str, str]
         valid &= alpha != 0
     if np.issubdtype(dtype, np.floating):
         valid &= np.isfinite(data) & (data >= _FLOAT_FILL_BELOW)
-    elif dtype == np.uint8:
-        pass  # 0 is a colour in RGB; no data comes from alpha or nodata
+    elif dtype == np.uint8 or mode == "uint16_65535":
+        pass  # 0 is a colour in RGB (65535 is white); no data comes from alpha or nodata
     else:
         valid &= raw != 0
         if dtype == np.uint16:
@@ -333,27 +393,124 @@ def _scale(raw: xr.DataArray, spec: SensorSpec, path: Path, tags: dict[str, str]
     scale_f, offset_f = raw.attrs.get("scale_factor", 1.0), raw.attrs.get("add_offset", 0.0)
     if (scale_f, offset_f) != (1.0, 0.0):
         return data * np.float32(scale_f) + np.float32(offset_f)
-    mode = spec.scaling
-    if mode == "auto":
-        if np.issubdtype(dtype, np.floating):
-            mode = "float"
-        elif dtype == np.uint8:
-            mode = "uint8_255"
-        else:
-            mode = "uint16_32768"
-            software = tags.get("TIFFTAG_SOFTWARE", "")
-            if "metashape" not in software.lower() and "agisoft" not in software.lower():
-                log.info("%s: integer %s reflectance taken as Metashape's (32768 = 1.0); set "
-                         "scaling in the sensor file if it is not", path, dtype)
     divisor = {"float": 1.0, "uint16_32768": 32768.0, "dn10000": 10000.0,
-               "uint8_255": 255.0}[mode]
+               "uint8_255": 255.0, "uint16_65535": 65535.0}[mode]
     return data / np.float32(divisor) if divisor != 1.0 else data
+
+
+def _mode(dtype: np.dtype, spec: SensorSpec, integer_mode: str | None) -> str:
+    """The sensor file's scaling, or for ``auto`` by the data type: float as is, uint8 / 255,
+    other integers as ``_integer_scaling`` decided for the product."""
+    if spec.scaling != "auto":
+        return spec.scaling
+    if np.issubdtype(dtype, np.floating):
+        return "float"
+    if dtype == np.uint8:
+        return "uint8_255"
+    assert integer_mode is not None
+    return integer_mode
+
+
+def _integer_scaling(layers: dict[str, _Layer], spec: SensorSpec,
+                     tags: dict[str, str]) -> str | None:
+    """How ``scaling: auto`` reads the integer (not uint8) bands of one product; None when it
+    has none.
+
+    * a camera of visible bands only (RGB): display brightness, 65535 = 1.0, as uint8 is / 255;
+    * a ``TIFFTAG_SOFTWARE`` naming Agisoft Metashape, or a GDAL scale on every integer band:
+      Metashape's 32768 = 1.0 (a GDAL scale is applied instead where there is one);
+    * otherwise the unit is not written in the file. Values a few windows spread over the file
+      hold: a 99th percentile above 1.5 x 32768 (reflectance 1.5) cannot be Metashape's, and
+      the file is refused with what to set; below it, the file is read as Metashape's with a
+      warning saying how it reads and how to change the scaling."""
+    files: dict[Path, list[_Layer]] = {}
+    for layer in layers.values():
+        files.setdefault(layer.path, []).append(layer)
+    unscaled: list[tuple[Path, list[int], int | None]] = []
+    dtype = None
+    for path, group in files.items():
+        with rasterio.open(path) as src:
+            ints = [g.band_index for g in group
+                    if np.issubdtype(np.dtype(src.dtypes[g.band_index - 1]), np.integer)
+                    and src.dtypes[g.band_index - 1] != "uint8"]
+            if ints:
+                dtype = np.dtype(src.dtypes[ints[0] - 1])
+            bare = [b for b in ints if (src.scales[b - 1], src.offsets[b - 1]) == (1.0, 0.0)]
+            if bare:
+                unscaled.append((path, bare, group[0].alpha_index))
+    if dtype is None:
+        return None
+    if _visible_only(spec) and dtype == np.uint16:
+        return "uint16_65535"
+    software = tags.get("TIFFTAG_SOFTWARE", "").lower()
+    if not unscaled or "metashape" in software or "agisoft" in software:
+        return "uint16_32768"
+    first = unscaled[0][0]
+    where = (str(first) if len(files) == 1 else
+             f"{first} (and {len(files) - 1} more band files)")
+    p99 = max((v for f, b, a in unscaled if (v := _high_percentile(f, b, a)) is not None),
+              default=None)
+    if p99 is not None and p99 > _METASHAPE_P99_MAX:
+        raise InputError(
+            f"{where}: {dtype} values up to {p99:.0f} (99th percentile) cannot be Metashape "
+            "reflectance (32768 = 1.0) and the file has no GDAL scale: give it one "
+            "(gdal_edit.py -scale 0.0001 for reflectance x 10000) or read it with a sensor "
+            "file whose `scaling` names the unit (dn10000 or uint16_32768; the config's "
+            "`sensor:`), see docs/inputs.md (Reflectance scaling); raw camera DN must be "
+            "calibrated to reflectance first")
+    seen = ("" if p99 is None else f" (99th percentile {p99 / 32768:.2f}; "
+            f"{p99 / 10000:.2f} if the unit is reflectance x 10000)")
+    log.warning("%s: %s without a GDAL scale or a Metashape TIFFTAG_SOFTWARE, read as "
+                "Metashape's reflectance x 32768%s; if it is not Metashape's, read it with a "
+                "sensor file whose `scaling` names the unit (dn10000: x 10000; the config's "
+                "`sensor:`) or give it a GDAL scale, see docs/inputs.md (Reflectance scaling)",
+                where, dtype, seen)
+    return "uint16_32768"
+
+
+def _high_percentile(path: Path, bands: list[int], alpha: int | None, grid: int = 8,
+                     size: int = 64) -> float | None:
+    """The largest per-band 99th percentile of the valid values (not 0, 65535, nodata or
+    alpha 0) in ``grid`` x ``grid`` windows of ``size`` pixels spread over the file, each at
+    the corner of a block of the file (a tiled file decodes one block per window and band): a
+    bounded read however large the orthomosaic; None without valid values."""
+    try:
+        with rasterio.open(path) as src:
+            hs, ws = min(size, src.height), min(size, src.width)
+            bh, bw = src.block_shapes[bands[0] - 1]
+
+            def starts(extent: int, block: int, win: int) -> np.ndarray:
+                origins = np.arange(0, extent - win + 1, block)   # block corners that fit
+                pick = np.linspace(0, len(origins) - 1, grid).round().astype(int)
+                return np.unique(origins[pick])
+
+            rows, cols = starts(src.height, bh, hs), starts(src.width, bw, ws)
+            nodata = [src.nodatavals[b - 1] for b in bands]
+            values: list[list[np.ndarray]] = [[] for _ in bands]
+            for r in rows:
+                for c in cols:
+                    win = Window(int(c), int(r), ws, hs)
+                    block = src.read(bands, window=win)
+                    ok = block != 0
+                    if block.dtype == np.uint16:
+                        ok &= block != 65535
+                    if alpha is not None:
+                        ok &= src.read(alpha, window=win)[None] != 0
+                    for k, nd in enumerate(nodata):
+                        keep = ok[k] if nd is None or np.isnan(nd) else ok[k] & (block[k] != nd)
+                        values[k].append(block[k][keep])
+    except RasterioIOError as exc:
+        raise (read_failure(exc, [path])
+               or InputError(f"{path}: not a readable raster ({exc})")) from None
+    tops = [float(np.percentile(v, 99)) for vs in values if (v := np.concatenate(vs)).size]
+    return max(tops) if tops else None
 
 
 def _assemble(label: Path, layers: dict[str, _Layer], spec: SensorSpec, tags: dict[str, str],
               chunks: int) -> xr.DataArray:
     opened: dict[Path, xr.DataArray] = {}
     out: dict[str, xr.DataArray] = {}
+    integer_mode = _integer_scaling(layers, spec, tags) if spec.scaling == "auto" else None
     ref: xr.DataArray | None = None
     for canonical in order_bands(list(layers)):
         layer = layers[canonical]
@@ -367,7 +524,8 @@ def _assemble(label: Path, layers: dict[str, _Layer], spec: SensorSpec, tags: di
         raw = da.isel(band=layer.band_index - 1, drop=True)
         alpha = (da.isel(band=layer.alpha_index - 1, drop=True)
                  if layer.alpha_index else None)
-        refl = _scale(raw, spec, layer.path, tags, nodata, alpha).astype("float32")
+        mode = _mode(np.dtype(raw.dtype), spec, integer_mode)
+        refl = _scale(raw, mode, nodata, alpha).astype("float32")
         refl.attrs = {}
         if ref is None:
             ref = refl

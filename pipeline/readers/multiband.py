@@ -1,7 +1,8 @@
 """Reader for the multi-band GeoTIFF of the input contract (see pipeline/geotiff.py).
 
 Band descriptions name the bands (Sentinel-2 or canonical names); GDAL scale/offset are applied
-after nodata is masked; the date comes from the ACQUISITION_DATE tag, else a YYYYMMDD or
+after nodata is masked; reflectance below -0.5 (an undeclared -10000 / -32767 fill, as the drone
+reader also masks) is no data; the date comes from the ACQUISITION_DATE tag, else a YYYYMMDD or
 YYYY-MM-DD in the file name, else TIFFTAG_DATETIME (with a warning: often the processing date).
 """
 from __future__ import annotations
@@ -28,6 +29,9 @@ from pipeline.sensors import drone_camera_for_names, known_sensors
 log = logging.getLogger(__name__)
 
 _SUFFIXES = {".tif", ".tiff"}
+#: Reflectance below this is a fill value (-10000, -32767, ...), not a reading: no data even
+#: when the file declares no nodata value (the drone reader's rule for float values).
+_FILL_BELOW = -0.5
 _DATE_RE = re.compile(r"(?<!\d)((?:19|20)\d{2})[-_]?(\d{2})[-_]?(\d{2})(?!\d)")
 
 
@@ -166,6 +170,10 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
     offset = xr.DataArray(np.where(categorical, 0.0, offsets).astype("float32"), dims="band",
                           coords={"band": names})
     data = (data * scale + offset).astype("float32")
+    if not categorical.all():
+        fill = (data < _FILL_BELOW) & xr.DataArray(~categorical, dims="band",
+                                                    coords={"band": names})
+        data = data.where(~fill)
     data = data.rio.write_crs(raw.rio.crs).rio.write_transform(raw.rio.transform())
     data.attrs = {
         "time": acquisition_time(path, tags),
