@@ -500,6 +500,23 @@ def test_float_fill_below_minus_half_is_no_data_without_a_nodata_value(tmp_path:
     assert np.nanmin(scene.values) > 0
 
 
+def test_integer_dn_0_is_no_data_without_a_nodata_value(tmp_path: Path) -> None:
+    """uint16 DN with a scale and the -0.1 offset but no declared nodata: DN 0 (a swath's
+    edge) is no data, not reflectance -0.1; SCL 0 stays a class code."""
+    dn = np.round((ramp() + 0.1) * 10000).astype("uint16")
+    dn[:, :, :5] = 0
+    scl = np.full((1, N, N), 4, "uint16")
+    scl[0, 0, 0] = 0
+    p = write_multiband(tmp_path / "edge_20240410.tif", np.concatenate([dn, scl]),
+                        S2 + ["SCL"], TF, CRS, acquisition_date="2024-04-10",
+                        scales=[1e-4] * 4 + [1], offsets=[-0.1] * 4 + [0], nodata=None)
+    [da] = multiband.read(p)
+    v = da.values
+    assert np.isnan(v[:4, :, :5]).all() and np.isfinite(v[:4, :, 5:]).all()
+    np.testing.assert_allclose(v[:4, :, 5:], ramp()[:, :, 5:], atol=1e-4)
+    assert v[4, 0, 0] == 0
+
+
 def test_dem_elsewhere_is_refused_and_partial_dem_warned(tmp_path: Path, caplog) -> None:
     grid = Grid(ProjCRS.from_user_input(CRS), TF, N, N)
 

@@ -161,10 +161,18 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
                                       mask_and_scale=False, lock=False)
     raw = raw.assign_coords(band=names)
     data = raw.astype("float32")
+    categorical = np.isin(names, CATEGORICAL_BANDS)
     if nodata is not None:
         invalid = np.isnan(data) if np.isnan(nodata) else (raw == nodata)
         data = data.where(~invalid)
-    categorical = np.isin(names, CATEGORICAL_BANDS)
+    else:
+        # no declared nodata: DN 0 of an integer reflectance band is no data, as in Sentinel-2
+        # products and drone exports (reflectance 0 is no surface; with the -0.1 offset of
+        # baseline >= 04.00 it would read as -0.1)
+        dn = np.array([np.issubdtype(np.dtype(d), np.integer) for d in dtypes]) & ~categorical
+        if dn.any():
+            data = data.where(~((raw == 0) & xr.DataArray(dn, dims="band",
+                                                           coords={"band": names})))
     scale = xr.DataArray(np.where(categorical, 1.0, scales).astype("float32"), dims="band",
                          coords={"band": names})
     offset = xr.DataArray(np.where(categorical, 0.0, offsets).astype("float32"), dims="band",
