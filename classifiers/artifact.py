@@ -4,13 +4,13 @@ missing-phase models also ``reduced.skops`` (their estimators, in ``model.json``
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import skops.io as sio
 
+from outputs.atomic import atomic_path, write_text_atomic
 from pipeline.errors import ModelError
 
 #: Types beyond skops' defaults that a poppyscan model may contain. Anything else is refused.
@@ -62,12 +62,6 @@ class Artifact:
         return float(self.meta["threshold"])
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def save(model_dir: Path, estimator: Any, meta: dict, report: dict,
          reduced: list[Any] | None = None) -> None:
     """``reduced``: the estimators of ``meta["missing_phase_models"]``, in that order."""
@@ -76,11 +70,10 @@ def save(model_dir: Path, estimator: Any, meta: dict, report: dict,
         if obj is None:
             (model_dir / name).unlink(missing_ok=True)
             continue
-        tmp = model_dir / f".{name}.tmp"
-        sio.dump(obj, tmp)
-        os.replace(tmp, model_dir / name)
-    _atomic_write(model_dir / SIDECAR_FILE, json.dumps(meta, indent=2, sort_keys=True))
-    _atomic_write(model_dir / REPORT_FILE, json.dumps(report, indent=2, sort_keys=True))
+        with atomic_path(model_dir / name) as tmp:
+            sio.dump(obj, tmp)
+    write_text_atomic(model_dir / SIDECAR_FILE, json.dumps(meta, indent=2, sort_keys=True))
+    write_text_atomic(model_dir / REPORT_FILE, json.dumps(report, indent=2, sort_keys=True))
 
 
 def load(model_dir: Path) -> Artifact:

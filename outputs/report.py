@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 from importlib import metadata
 from pathlib import Path
+
+from outputs.atomic import write_text_atomic
 
 PACKAGES = ("numpy", "rasterio", "xarray", "dask", "rioxarray", "scikit-learn", "skops",
             "shapely", "pyogrio", "pyproj", "odc-geo", "sentinelhub")
@@ -31,7 +32,4 @@ def environment() -> dict[str, str]:
 
 
 def write_json_atomic(path: Path, doc: dict) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(doc, indent=2, sort_keys=True, default=str))
