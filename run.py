@@ -113,8 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "Shapefile; any CRS): detect inside them only")
     s.add_argument("--exclude", type=Path, help="polygons of known ornamental-poppy sites")
     s.add_argument("--formats", type=_formats, help="comma list of " + ",".join(FORMATS))
-    s.add_argument("--scheduler", help="threads (default), processes, local:N or a dask "
-                   "scheduler address")
+    s.add_argument("--scheduler", help="where the tiles run: threads (default), processes, local:N (a dask "
+                   "cluster of N worker processes here, N at most 4 per CPU) or a running dask "
+                   "scheduler, tcp://HOST:PORT or HOST:PORT (plain tcp, no TLS; the scheduler "
+                   "listens on 8786 by default, 8787 is its dashboard), which must answer "
+                   "within 10 s")
     s.add_argument("--history", type=Path, help="earlier targets (campaign issue; reserved)")
 
     s = sub.add_parser("assign", help="assign targets to units and teams (not implemented yet)")

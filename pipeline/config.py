@@ -238,7 +238,8 @@ class RunConfig(_Frozen):
     #: memory limit of each ``local:N`` worker, as dask.distributed reads it: a size ("3GB",
     #: "512MiB"), "auto", a share of the machine's memory (0.5) or 0 for no limit
     memory_per_worker: str = "3GB"
-    #: threads | processes | sync | local:N | a dask scheduler address (pipeline/scheduler.py)
+    #: threads | processes | sync | local:N | tcp://HOST:PORT of a dask scheduler
+    #: (pipeline/scheduler.py)
     scheduler: str = "threads"
 
     @field_validator("memory_per_worker", mode="before")

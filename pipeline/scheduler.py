@@ -1,16 +1,23 @@
 """Where the graph runs: ``--scheduler threads | processes | local:N | ADDRESS``.
 
 ``threads`` (default) and ``processes`` use dask's local schedulers; ``local:N`` starts a
-``dask.distributed.LocalCluster`` of N workers; anything else is taken as the address of an
-existing ``dask.distributed`` scheduler (``tcp://host:8786``). The run is split into tiles
-and ``run_tiles`` keeps a bounded number of them in flight, handing each finished tile to a
-callback in the main process, so memory stays flat whatever the scene size.
+``dask.distributed.LocalCluster`` of N workers (at most :data:`LOCAL_WORKERS_PER_CPU` per CPU
+of the machine); anything else is taken as the address of an existing ``dask.distributed``
+scheduler, over plain TCP (``tcp://host:8786`` or ``host:8786``: poppyscan takes no TLS
+settings). Before a client is made the address must answer as a dask scheduler within
+:data:`CONNECT_TIMEOUT_S` (an HTTP server, such as the scheduler's dashboard on 8787, would
+leave dask's handshake waiting for ever). The run is split into tiles and ``run_tiles`` keeps a
+bounded number of them in flight, handing each finished tile to a callback in the main process,
+so memory stays flat whatever the scene size.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
+import socket
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +27,18 @@ import dask
 from pipeline.errors import PoppyscanError
 
 log = logging.getLogger(__name__)
+
+#: seconds a scheduler address has to accept a connection, and then again to answer dask's
+#: handshake as a scheduler; also the dask client's own connect timeout
+#: (run.py's --help and docs/design.md state it)
+CONNECT_TIMEOUT_S = 10.0
+#: ``local:N`` starts N worker processes of one thread each: beyond this many per CPU they only
+#: queue for the cores (each holding its own ``run.memory_per_worker``), and a typo such as
+#: local:100000 would start workers until the machine gives out
+#: (run.py's --help and docs/design.md state it)
+LOCAL_WORKERS_PER_CPU = 4
+#: how to connect instead, in the messages
+_USE = "give the scheduler's address, e.g. tcp://host:8786, or use --scheduler threads"
 
 
 @dataclass
@@ -34,6 +53,8 @@ class Runner:
 
 
 def parse_spec(spec: str) -> tuple[str, int | str | None]:
+    """The kind of runner a ``--scheduler`` value names, by its form alone (the same on any
+    machine, so a config loads anywhere; :func:`check_runner` adds what depends on this one)."""
     if spec in ("threads", "processes", "sync"):
         return spec, None
     m = re.fullmatch(r"local:(\d+)", spec)
@@ -42,19 +63,137 @@ def parse_spec(spec: str) -> tuple[str, int | str | None]:
         if n < 1:
             raise PoppyscanError("--scheduler local:N needs N >= 1")
         return "local", n
-    if re.fullmatch(r"(tcp|tls|inproc|ucx)://\S+|\S+:\d+", spec):
+    m = re.fullmatch(r"([A-Za-z][\w+.-]*)://.*", spec)
+    if m and m[1] != "tcp":
+        raise PoppyscanError(f"--scheduler '{spec}': poppyscan connects to a dask scheduler "
+                             "over plain tcp only (it takes no TLS or other comm settings); "
+                             "give tcp://host:8786")
+    m = re.fullmatch(r"(?:tcp://)?(?:\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5})", spec)
+    if m and 1 <= int(m[1]) <= 65535:
         return "address", spec
     raise PoppyscanError(f"--scheduler '{spec}' is not one of threads, processes, local:N or "
                          "a scheduler address such as tcp://host:8786")
+
+
+def max_local_workers() -> int:
+    """The largest N ``local:N`` takes on this machine."""
+    return LOCAL_WORKERS_PER_CPU * (os.cpu_count() or 1)
+
+
+def check_runner(spec: str) -> None:
+    """Refuse, before anything is written, what :func:`open_runner` could not start: local:N
+    above :func:`max_local_workers`, an address where no dask scheduler answers."""
+    kind, arg = parse_spec(spec)
+    if kind == "local" and int(arg) > max_local_workers():  # type: ignore[arg-type]
+        cpus = os.cpu_count() or 1
+        raise PoppyscanError(
+            f"--scheduler {spec}: at most {max_local_workers()} workers on this machine "
+            f"({LOCAL_WORKERS_PER_CPU} per CPU, {cpus} CPUs); each worker is a process with "
+            f"its own memory limit, and one per CPU (local:{cpus}) is usually fastest")
+    if kind == "address":
+        _ask_scheduler(str(arg))
+
+
+def _ask_scheduler(address: str) -> int:
+    """Connect to ``address`` and ask it who it is, each step within CONNECT_TIMEOUT_S; the
+    number of workers the scheduler has. Anything but a dask scheduler answering is a
+    PoppyscanError: dask's own client waits for ever on a server that does not answer its
+    handshake (an HTTP server waits for the end of a request that never comes), or reads an
+    HTTP reply's first bytes as a frame size (exabytes)."""
+    timeout = float(CONNECT_TIMEOUT_S)
+    state: dict[str, Any] = {"step": "connect"}
+    # its own thread and event loop: bounded whatever happens inside (a DNS lookup cannot be
+    # cancelled), and usable from a program whose own event loop runs
+    t = threading.Thread(target=_ask_in_loop, args=(address, timeout, state),
+                         name="poppyscan-scheduler-probe", daemon=True)
+    t.start()
+    t.join(2 * timeout + 5)
+    step, error = state["step"], state.get("error")
+    if step == "connect":
+        if isinstance(error, socket.gaierror):
+            why = f"its host name does not resolve: {error.strerror or error}"
+        elif isinstance(error, ConnectionRefusedError):
+            why = f"connection refused: nothing listened on that port for {timeout:g} s"
+        elif isinstance(error, OSError) and not isinstance(error, TimeoutError):
+            why = _one_line(error)
+        else:
+            why = f"nothing accepted a connection within {timeout:g} s"
+        raise PoppyscanError(f"cannot reach the dask scheduler at {address} ({why}); start it, "
+                             "check the host and port, or use --scheduler threads")
+    if step == "answer":
+        raise PoppyscanError(
+            f"no dask scheduler answered at {address} within {timeout:g} s (something listens "
+            "there but does not speak dask's protocol; the scheduler listens on 8786 by "
+            f"default, 8787 is its dashboard); {_USE}")
+    reply = state.get("reply")
+    if not isinstance(reply, dict) or "n_workers" not in reply:
+        what = reply.get("type") if isinstance(reply, dict) else None
+        raise PoppyscanError(f"a dask {what or 'server'} listens at {address}, not the "
+                             f"scheduler; {_USE}")
+    return int(reply["n_workers"])
+
+
+def _ask_in_loop(address: str, timeout: float, state: dict[str, Any]) -> None:
+    """The steps of :func:`_ask_scheduler`, recorded in ``state`` as they pass: ``step`` is
+    "connect" until a TCP connection is made, "answer" until the peer answered dask's
+    handshake and an identity request, then "answered" (with the ``reply``)."""
+    import asyncio
+
+    from distributed.comm import connect
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    async def reach() -> None:
+        """A TCP connection, retried until the timeout (a scheduler may be starting; a host
+        name that does not resolve is a typo more often than a passing DNS failure)."""
+        host, port = parse_host_port(parse_address(address)[1])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port),
+                                                   max(0.01, deadline - loop.time()))
+                writer.close()
+                return
+            except OSError as exc:       # TimeoutError included
+                state["error"] = exc
+                if isinstance(exc, socket.gaierror) or loop.time() + 0.2 >= deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+    async def identity() -> Any:
+        comm = await connect(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    async def main() -> None:
+        await reach()
+        state["step"], state["error"] = "answer", None
+        state["reply"] = await asyncio.wait_for(identity(), timeout)
+        state["step"] = "answered"
+
+    try:
+        asyncio.run(main())
+    except Exception as exc:  # noqa: BLE001  (anything but an answer: a MemoryError for a
+        # frame size read from an HTTP reply, a closed comm, a timeout)
+        if state.get("error") is None:
+            state["error"] = exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else exc.__class__.__name__
 
 
 @contextlib.contextmanager
 def open_runner(spec: str, *, memory_per_worker: str = "3GB") -> Iterator[Runner]:
     kind, arg = parse_spec(spec)
     if kind in ("threads", "processes", "sync"):
-        import os
         yield Runner(spec, None, workers=max(1, min(os.cpu_count() or 1, 8)))
         return
+    check_runner(spec)
     from dask.distributed import Client, LocalCluster
     with _quiet_distributed():
         with _distributed(spec, kind, arg, memory_per_worker, Client, LocalCluster) as runner:
@@ -98,13 +237,23 @@ def _distributed(spec: str, kind: str, arg: Any, memory_per_worker: str, Client:
             client.close()
             cluster.close()
         return
+    # check_runner has seen a scheduler answer; whatever still goes wrong making the client
+    # (the scheduler gone since, a version mismatch it refuses) is one line too
+    client = None
     try:
-        client = Client(str(arg), timeout="10s")
-    except OSError as exc:
-        raise PoppyscanError(f"cannot reach the dask scheduler at {arg} ({exc}); start it or "
-                             "use --scheduler threads") from None
+        client = Client(str(arg), timeout=f"{CONNECT_TIMEOUT_S:g}s")
+        workers = len(client.scheduler_info()["workers"])
+    except Exception as exc:  # noqa: BLE001  (whatever it is, the run cannot start)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+        raise PoppyscanError(f"cannot connect to the dask scheduler at {arg} "
+                             f"({_one_line(exc)}); {_USE}") from None
+    if not workers:
+        log.warning("the dask scheduler at %s has no workers yet: the tiles wait until one "
+                    "joins", arg)
     try:
-        yield Runner(spec, client, workers=max(1, len(client.scheduler_info()["workers"])))
+        yield Runner(spec, client, workers=max(1, workers))
     finally:
         client.close()
 

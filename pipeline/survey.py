@@ -79,7 +79,7 @@ from pipeline.grid import Grid
 from pipeline.ingest import expand_paths, first_image_facts, open_scene, read_dem
 from pipeline.masks import apply_masks
 from pipeline.readers._raster import read_pixels, scene_sources
-from pipeline.scheduler import open_runner, run_tiles
+from pipeline.scheduler import check_runner, open_runner, run_tiles
 from pipeline.sensors import load_sensor
 
 log = logging.getLogger(__name__)
@@ -854,6 +854,9 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     t_start = time.perf_counter()
     # ---- validate everything before anything is written
     _check_out_apart(Path(out), images)
+    # --scheduler first (local:N within the machine's cap; an address answers as a dask
+    # scheduler: one round trip, the connect timeout when nothing answers)
+    check_runner(cfg.run.scheduler)
     calendar = load_calendar(cfg.calendar)
     art = model_artifact.load(model_dir)
     # Read in half-tile chunks: a tile and its halo read 4 x 4 of them (2 x 2 tiles' worth of

@@ -203,6 +203,60 @@ def test_scheduler_specs():
     assert parse_spec("tcp://127.0.0.1:8786") == ("address", "tcp://127.0.0.1:8786")
     with pytest.raises(PoppyscanError, match="not one of"):
         parse_spec("gpu")
+    with pytest.raises(PoppyscanError, match="plain tcp only"):     # more in test_scheduler.py
+        parse_spec("tls://127.0.0.1:8786")
+
+
+@pytest.fixture
+def http_port():
+    """An HTTP server on 127.0.0.1, as dask's dashboard (8787) is one."""
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    class Server(http.server.ThreadingHTTPServer):
+        block_on_close = False
+
+    srv = Server(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv.server_address[1]
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.mark.parametrize("where", ["before the run state", "at the tiles"])
+def test_detect_given_an_http_server_as_scheduler_stops_with_one_line(
+        setup, tmp_path, capsys, monkeypatch, http_port, where):
+    """It waited for ever in dask's handshake and left OUT/.poppyscan. Now: exit 2, one line,
+    within the connect timeout, no output folder; also when only the runner finds it (after
+    the run state was written: run.py removes the folder it created)."""
+    import threading
+
+    import run as cli
+    from pipeline import scheduler, survey
+    d, _, scene, _ = setup
+    monkeypatch.setattr(scheduler, "CONNECT_TIMEOUT_S", 2.0, raising=False)
+    if where == "at the tiles":
+        monkeypatch.setattr(survey, "check_runner", lambda spec: None, raising=False)
+    address = f"tcp://127.0.0.1:{http_port}"
+    out = tmp_path / "out"
+    box = {}
+    t = threading.Thread(target=lambda: box.update(rc=cli.main(
+        ["-q", "detect", "--images", *map(str, scene.images), "--model", str(d / "model"),
+         "--out", str(out), "--formats", "geojson", "--scheduler", address])), daemon=True)
+    t0 = time.monotonic()
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "detect still waits for the 'scheduler' after 60 s"
+    assert time.monotonic() - t0 < 30
+    err = capsys.readouterr().err.splitlines()
+    assert box.get("rc") == 2 and len(err) == 1, err
+    assert err[0].startswith(f"poppyscan: error: no dask scheduler answered at {address} "
+                             "within 2 s"), err
+    assert not out.exists()
 
 
 def test_run_tiles_hands_each_tile_over_as_it_finishes():
