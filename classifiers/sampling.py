@@ -9,6 +9,7 @@ Distances in metres are metres on a grid in degrees too (``Grid.metres_per_unit`
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import dask
@@ -32,7 +33,8 @@ class Table:
     polygon: np.ndarray      # (n,) int32 polygon index into Labels
     xy: np.ndarray           # (n, 2) float64 pixel centres in the scene CRS
     feature_names: list[str]
-    pixel_m: float = 10.0    # pixel side in the scene CRS units (polygon sizes in pixels)
+    pixel_m: float = 10.0    # side of a square of one pixel's area, in CRS units (polygon sizes
+    #                          in pixels; degree pixels are not square)
 
 
 def _extract(fblock: np.ndarray, y0: int, x0: int, transform, passes):
@@ -75,7 +77,7 @@ def sample(features: Features, labels: Labels, *, erode_m: float, max_pixels: in
            seed: int, require_both: bool = True) -> Table:
     fda = features.data
     transform = fda.rio.transform()
-    res = abs(transform.a)
+    res = math.sqrt(abs(transform.a * transform.e))  # square side of a pixel's area
     scale = Grid.of(fda).metres_per_unit()
     # (target, small) -> shapes; small: erosion would leave less than a pixel, so every
     # touched pixel is kept (sub-pixel garden plots)
@@ -166,7 +168,7 @@ def sample_background(features: Features, labels: Labels, *, n_pixels: int, buff
     cross-validation and the per-class report treat them like labelled polygons."""
     fda = features.data
     transform = fda.rio.transform()
-    res = abs(transform.a)
+    res = math.sqrt(abs(transform.a * transform.e))  # square side of a pixel's area
     H, W = fda.shape[1:]
     rate = min(1.0, n_pixels / float(H * W))
     scale = Grid.of(fda).metres_per_unit()

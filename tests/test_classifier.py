@@ -446,6 +446,8 @@ def test_metre_settings_are_metres_on_a_grid_in_degrees():
             [transform(g, lambda xy: np.column_stack(to_deg(xy[:, 0], xy[:, 1]))) for g in plots]
         labels = Labels(tuple(geoms), classes, "t")
         t = sample(feats, labels, erode_m=5.0, max_pixels=10**6, seed=0)
+        # plot sizes in pixels: a pixel's area (degree pixels are not square)
+        assert t.pixel_m ** 2 == pytest.approx(abs(tf.a * tf.e))
         tb, _ = sample_background(feats, labels, n_pixels=10_000, buffer_m=30.0, seed=0)
         unit_m = np.tile(Grid.of(fda).metres_per_unit(), (len(geoms), 1))
         groups = spatial_groups(t, labels, 500.0, unit_m=unit_m)
