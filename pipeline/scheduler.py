@@ -227,9 +227,14 @@ def _distributed(spec: str, kind: str, arg: Any, memory_per_worker: str, Client:
         # a task's error reaches the client and is reported there (one line for a user
         # error); the worker's own "Compute Failed" block would print a traceback before it
         quiet = logging.ERROR if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL
-        cluster = LocalCluster(n_workers=int(arg), threads_per_worker=1,  # type: ignore[arg-type]
-                               memory_limit=memory_per_worker, processes=True,
-                               dashboard_address=":0", silence_logs=quiet)
+        try:
+            cluster = LocalCluster(n_workers=int(arg), threads_per_worker=1,  # type: ignore
+                                   memory_limit=memory_per_worker, processes=True,
+                                   dashboard_address=":0", silence_logs=quiet)
+        except Exception as exc:  # noqa: BLE001  (whatever it is, the run cannot start)
+            raise PoppyscanError(f"could not start a local dask cluster of {arg} worker(s) "
+                                 f"({_one_line(exc)}); try fewer (local:N) or --scheduler "
+                                 "threads") from None
         client = Client(cluster)
         try:
             yield Runner(spec, client, workers=int(arg))  # type: ignore[arg-type]
