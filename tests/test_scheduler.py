@@ -228,6 +228,6 @@ def test_a_local_cluster_that_cannot_start_is_one_line(monkeypatch):
         raise OSError("[Errno 11] Resource temporarily unavailable")
     monkeypatch.setattr(distributed, "LocalCluster", refuse)
     with pytest.raises(PoppyscanError, match=r"could not start a local dask cluster of 1 "
-                                             r"worker\(s\) \(.*Resource temporarily"):
-        with open_runner("local:1"):
-            pass
+                                             r"worker\(s\) \(.*Resource temporarily"), \
+            open_runner("local:1"):
+        pass
