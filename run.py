@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -168,9 +169,44 @@ class _Once(logging.Filter):
         return True
 
 
+class _Held(logging.StreamHandler):
+    """stderr, held for the first ``HOLD_S`` seconds of a command (or until its first
+    progress bar): a user error met in that time, while checking the inputs or in the first
+    tiles (a damaged block), is then the only line on stderr, as the CLI contract asks, and
+    the held lines are dropped with it; otherwise they are shown, in order, when the time is
+    up, at the next line or at the end."""
+
+    HOLD_S = 30.0
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.held: list[logging.LogRecord] | None = []
+        self.t0 = time.monotonic()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.held is None:
+            super().emit(record)
+            return
+        self.held.append(record)
+        if time.monotonic() - self.t0 > self.HOLD_S:   # a long check: show what it said
+            self.show_held()
+
+    def show_held(self) -> None:             # (not ``release``: a Handler's lock method)
+        held, self.held = self.held, None
+        for r in held or ():
+            super().emit(r)
+
+    def drop_held(self) -> None:
+        self.held = None
+
+
+_HANDLER: _Held | None = None
+
+
 def _setup_logging(verbose: bool, quiet: bool) -> None:
+    global _HANDLER
     level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _HANDLER = _Held()
     handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
     handler.addFilter(_Once())
     root = logging.getLogger()
@@ -191,6 +227,7 @@ def _progress(quiet: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     def factory(stage: str, total: int):
+        _show_held_log()                   # a progress bar: show what was said before it
         prog = Progress("[bold]{task.description}", BarColumn(), MofNCompleteColumn(),
                         TimeRemainingColumn(), transient=True)
         prog.start()
@@ -306,6 +343,7 @@ def cmd_demo(a, quiet: bool) -> int:
     from pipeline.demo import run_demo
     if a.out.exists() and not a.out.is_dir():      # a rerun into its own folder is fine
         raise PoppyscanError(f"{a.out}: exists and is not a folder; choose another --out")
+    _show_held_log()          # the demo narrates its steps as they happen
     run_demo(a.out, progress=_progress(quiet))
     return 0
 
@@ -367,15 +405,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PoppyscanError, OSError) as exc:
         err = _as_user_error(exc, args)
         if err is None:
+            _show_held_log()
             raise
         if created and out.is_dir():  # no half-written output folder
             shutil.rmtree(out, ignore_errors=True)
+        if _HANDLER is not None:      # the error is the line to read: the held ones go
+            _HANDLER.drop_held()
         msg = str(err).splitlines()[0] if str(err) else err.__class__.__name__
         sys.stderr.write(f"{PROG}: error: {msg}\n")
         return 2
     except KeyboardInterrupt:
+        _show_held_log()
         sys.stderr.write(f"{PROG}: interrupted; rerun the same command to resume\n")
         return 130
+    except BaseException:
+        _show_held_log()
+        raise
+    finally:
+        _show_held_log()
+
+
+def _show_held_log() -> None:
+    if _HANDLER is not None:
+        _HANDLER.show_held()
 
 
 if __name__ == "__main__":

@@ -65,6 +65,8 @@ def test_a_repeated_log_line_is_printed_once(capsys):
     for _ in range(3):
         log.info("skipping 2 index(es) the scene's bands cannot give")
     log.info("another line")
+    assert capsys.readouterr().err == ""       # held for the first seconds of a command
+    cli._show_held_log()
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["poppyscan: skipping 2 index(es) the scene's bands cannot give",
                    "poppyscan: another line"]
@@ -108,8 +110,9 @@ def test_empty_format_list_says_no_format_was_given(capsys):
 def _one_line_error(r: subprocess.CompletedProcess) -> str:
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("poppyscan: error")]
-    assert len(lines) == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    # the contract: one line on stderr (log lines held until the inputs are validated go)
+    assert len(lines) == 1 and lines[0].startswith("poppyscan: error"), r.stderr
     return lines[0]
 
 

@@ -219,14 +219,14 @@ def test_a_worker_address_is_not_taken_for_the_scheduler(cluster, short_timeout)
 
 def test_a_local_cluster_that_cannot_start_is_one_line(monkeypatch):
     """Whatever stops LocalCluster (process limits, a port) ends the run with one line."""
-    import distributed
+    import dask.distributed
 
     from pipeline.errors import PoppyscanError
     from pipeline.scheduler import open_runner
 
     def refuse(*a, **k):
         raise OSError("[Errno 11] Resource temporarily unavailable")
-    monkeypatch.setattr(distributed, "LocalCluster", refuse)
+    monkeypatch.setattr(dask.distributed, "LocalCluster", refuse)
     with pytest.raises(PoppyscanError, match=r"could not start a local dask cluster of 1 "
                                              r"worker\(s\) \(.*Resource temporarily"), \
             open_runner("local:1"):
