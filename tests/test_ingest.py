@@ -241,6 +241,7 @@ def test_a_projected_grid_at_true_scale_is_kept() -> None:
     # a grid in US survey feet: areas would be in square feet; worked in metres on UTM
     feet = Grid(ProjCRS.from_epsg(2227), Affine(10, 0, 6_100_000, 0, -10, 2_000_000), N, N)
     utm, scale = true_scale_grid(feet)
+    assert scale == pytest.approx(1 / 0.3048, rel=1e-3)
     assert utm.crs.to_epsg() == 32610 and abs(utm.transform.a) == pytest.approx(3.048, rel=1e-3)
 
 
@@ -515,6 +516,26 @@ def test_integer_dn_0_is_no_data_without_a_nodata_value(tmp_path: Path) -> None:
     assert np.isnan(v[:4, :, :5]).all() and np.isfinite(v[:4, :, 5:]).all()
     np.testing.assert_allclose(v[:4, :, 5:], ramp()[:, :, 5:], atol=1e-4)
     assert v[4, 0, 0] == 0
+
+
+@pytest.mark.parametrize("keep", [600, 1000, 0.5])
+def test_a_file_cut_short_is_damaged_not_ungeoreferenced(tmp_path: Path, keep: float) -> None:
+    """A copy that stopped early loses the end of the file and, with it, often the GeoKeys:
+    the error says the file is incomplete or unreadable (it said "no CRS; georeference the
+    orthomosaic" when the header survived without them)."""
+    import rasterio.shutil
+    refl = np.random.default_rng(0).uniform(0.02, 0.5, (4, 256, 256))
+    full = write_dn(tmp_path / "full_20240410.tif", refl)
+    cog = tmp_path / "cog_20240410.tif"              # header first, as many tools write
+    rasterio.shutil.copy(full, cog, driver="COG")
+    data = cog.read_bytes()
+    cut = tmp_path / "cut_20240410.tif"
+    cut.write_bytes(data[:int(keep * len(data)) if keep < 1 else int(keep)])
+    with pytest.raises(InputError) as e:
+        open_scene([cut])
+    msg = str(e.value)
+    assert msg.startswith(str(cut)) and "no CRS" not in msg
+    assert "damaged or incomplete" in msg or "not a readable raster" in msg
 
 
 def test_dem_elsewhere_is_refused_and_partial_dem_warned(tmp_path: Path, caplog) -> None:

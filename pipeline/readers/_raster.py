@@ -36,16 +36,26 @@ def open_lazy(path: Path | str, chunks: int, what: str = "raster") -> xr.DataArr
     return da
 
 
+def check_ends(src, path: Path | str) -> None:
+    """Read the first and the last pixel of an open dataset: a file cut short (a download or
+    copy that stopped, which loses the end and often the georeferencing with it) is an
+    InputError saying so, before any other check takes it for something it is not."""
+    try:
+        src.read(1, window=((0, 1), (0, 1)))
+        src.read(src.count, window=((src.height - 1, src.height),
+                                    (src.width - 1, src.width)))
+    except RasterioIOError as exc:
+        _, detail = _gdal_says(exc)
+        raise InputError(f"{path}: the raster data cannot be read ({detail}): the file is "
+                         "damaged or incomplete; download or copy it again") from None
+
+
 #: GDAL names the file in its block-read errors: "S2_20240401.tif, band 1: IReadBlock failed"
 _GDAL_FILE = re.compile(r"^(?P<file>[^\n]+?), band \d+: ")
 
 
-def read_failure(exc: BaseException, sources: Iterable[str | Path] = ()) -> InputError | None:
-    """The user error for a raster read that failed at compute time (damaged or truncated
-    pixel data), or None when ``exc`` is not one. GDAL gives the file's base name; ``sources``
-    (the input paths) turn it back into the path the user gave."""
-    if not isinstance(exc, RasterioIOError):
-        return None
+def _gdal_says(exc: BaseException) -> tuple[str | None, str]:
+    """(the file GDAL names, GDAL's innermost message) of a failed rasterio read."""
     chain: list[BaseException] = []
     seen: BaseException | None = exc
     while seen is not None and seen not in chain:
@@ -54,9 +64,18 @@ def read_failure(exc: BaseException, sources: Iterable[str | Path] = ()) -> Inpu
     # GDAL's messages, innermost last ("ZIPDecode:Decoding error at scanline 64")
     texts = [str(e).strip() for e in chain[1:] if str(e).strip()]
     name = next((m["file"] for t in texts if (m := _GDAL_FILE.match(t))), None)
+    return name, (texts[-1].splitlines()[-1] if texts else str(exc))
+
+
+def read_failure(exc: BaseException, sources: Iterable[str | Path] = ()) -> InputError | None:
+    """The user error for a raster read that failed at compute time (damaged or truncated
+    pixel data), or None when ``exc`` is not one. GDAL gives the file's base name; ``sources``
+    (the input paths) turn it back into the path the user gave."""
+    if not isinstance(exc, RasterioIOError):
+        return None
+    name, detail = _gdal_says(exc)
     if name is not None:
         name = next((str(s) for s in sources if Path(s).name == Path(name).name), name)
-    detail = texts[-1].splitlines()[-1] if texts else str(exc)
     return InputError(f"{name or 'an image'}: the raster data cannot be read ({detail}): the "
                       "file is damaged or incomplete; download or copy it again")
 

@@ -63,7 +63,7 @@ from pipeline.bands import CATEGORICAL_BANDS, canonical_name, order_bands
 from pipeline.config import DRONE_PIXEL_M
 from pipeline.errors import InputError, SensorNeeded
 from pipeline.grid import pixel_metres
-from pipeline.readers._raster import open_lazy, read_failure
+from pipeline.readers._raster import check_ends, open_lazy, read_failure
 from pipeline.readers.multiband import acquisition_time
 from pipeline.sensors import (
     SensorBand,
@@ -289,6 +289,7 @@ def _read_stacked(path: Path, spec: SensorSpec | None, chunks: int) -> xr.DataAr
             descriptions = list(src.descriptions)
             alpha = _alpha_index(src) if count > 2 else None
             rgb, alpha = _rgb_layout(src, alpha)
+            check_ends(src, path)                 # cut short: say so, not "no CRS"
             if src.crs is None:
                 raise InputError(f"{path}: no CRS; georeference the orthomosaic")
             pixel_m = pixel_metres(src.transform, src.crs)

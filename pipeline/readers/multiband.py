@@ -24,6 +24,7 @@ from pipeline.bands import CATEGORICAL_BANDS, canonical_name
 from pipeline.config import DRONE_PIXEL_M
 from pipeline.errors import InputError, SensorNeeded
 from pipeline.grid import pixel_metres
+from pipeline.readers._raster import check_ends
 from pipeline.sensors import drone_camera_for_names, known_sensors
 
 log = logging.getLogger(__name__)
@@ -135,14 +136,12 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
             scales, offsets, nodata = src.scales, src.offsets, src.nodata
             dtypes = src.dtypes
             pixel_m = pixel_metres(src.transform, src.crs)
+            # the first and the last block: a corrupt or truncated file fails here with the
+            # file's name, not deep in a compute (nor as "no CRS": a cut loses the GeoKeys)
+            check_ends(src, path)
             if src.crs is None:
                 raise InputError(f"{path}: no CRS; georeference the file (e.g. gdal_edit.py "
                                  "-a_srs EPSG:nnnn)")
-            # touch the first and the last block so corrupt or truncated files (a download
-            # cut short loses the end) fail here with the file's name, not deep in a compute
-            src.read(1, window=((0, 1), (0, 1)))
-            src.read(src.count, window=((src.height - 1, src.height), (src.width - 1,
-                                                                        src.width)))
     except RasterioIOError as exc:
         raise InputError(f"{path}: not a readable raster ({exc})") from None
     names = band_names(path, descriptions, sensor, pixel_m)
