@@ -12,18 +12,22 @@ from pipeline.errors import InputError
 from pipeline.survey import read_manifest, train_manifest
 
 
+def _two_scenes(tmp_path, a, b, b_labels: str, extra: str = ""):
+    """A manifest of scenes ``a`` (its labels) and ``b`` (``b_labels``), paths relative."""
+    def images(sc):
+        return ", ".join(p.relative_to(tmp_path).as_posix() for p in sc.images)
+    man = tmp_path / "manifest.yaml"
+    man.write_text("scenes:\n"
+                   f"  - images: [{images(a)}]\n    labels: a/labels.geojson\n"
+                   f"  - images: [{images(b)}]\n    labels: {b_labels}\n" + extra)
+    return man
+
+
 def test_manifest_trains_on_every_scene(tmp_path, monkeypatch):
     a = make_tiny_scene(tmp_path / "a", seed=1)
     b = make_tiny_scene(tmp_path / "b", seed=2, x0=520000.0,
                         plots=[(5, 40, 3), (40, 10, 2), (20, 20, 2)])
-    man = tmp_path / "manifest.yaml"
-    man.write_text(
-        "scenes:\n"
-        f"  - images: [{', '.join(p.relative_to(tmp_path).as_posix() for p in a.images)}]\n"
-        "    labels: a/labels.geojson\n"
-        f"  - images: [{', '.join(p.relative_to(tmp_path).as_posix() for p in b.images)}]\n"
-        "    labels: b/labels.geojson\n"
-        "    calendar: east-china\n")
+    man = _two_scenes(tmp_path, a, b, "b/labels.geojson", "    calendar: east-china\n")
     cfg = with_overrides(load_config(), **{"run.chunk_size": 64})
     monkeypatch.chdir(tmp_path)                  # a manifest path relative to where one is
     report = train_manifest(Path("manifest.yaml"), tmp_path / "model", cfg)
@@ -48,13 +52,7 @@ def test_an_entry_whose_labels_miss_its_images_is_refused(tmp_path):
                                         for ring in f["geometry"]["coordinates"]]
     far = tmp_path / "b" / "far.geojson"
     far.write_text(json.dumps(doc))
-    man = tmp_path / "manifest.yaml"
-    man.write_text(
-        "scenes:\n"
-        f"  - images: [{', '.join(p.relative_to(tmp_path).as_posix() for p in a.images)}]\n"
-        "    labels: a/labels.geojson\n"
-        f"  - images: [{', '.join(p.relative_to(tmp_path).as_posix() for p in b.images)}]\n"
-        "    labels: b/far.geojson\n")
+    man = _two_scenes(tmp_path, a, b, "b/far.geojson")
     cfg = with_overrides(load_config(), **{"run.chunk_size": 64})
     with pytest.raises(InputError, match="far.geojson: no label polygon overlaps clear pixels"):
         train_manifest(man, tmp_path / "model", cfg)
