@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import sys
-import time
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -170,34 +170,49 @@ class _Once(logging.Filter):
 
 
 class _Held(logging.StreamHandler):
-    """stderr, held for the first ``HOLD_S`` seconds of a command (or until its first
-    progress bar): a user error met in that time, while checking the inputs or in the first
-    tiles (a damaged block), is then the only line on stderr, as the CLI contract asks, and
-    the held lines are dropped with it; otherwise they are shown, in order, when the time is
-    up, at the next line or at the end."""
+    """stderr, held for the first ``HOLD_S`` seconds of a command (a timer), until its first
+    progress bar or until it prints its result: a user error met in that time, while checking
+    the inputs or in the first tiles (a damaged block), is then the only line on stderr, as
+    the CLI contract asks, and the held lines are dropped with it. Not held with -v."""
 
     HOLD_S = 30.0
 
-    def __init__(self) -> None:
+    def __init__(self, hold: bool = True) -> None:
         super().__init__(sys.stderr)
-        self.held: list[logging.LogRecord] | None = []
-        self.t0 = time.monotonic()
+        self.held: list[logging.LogRecord] | None = [] if hold else None
+        self.timer: threading.Timer | None = None
+        if hold:
+            self.timer = threading.Timer(self.HOLD_S, self.show_held)
+            self.timer.daemon = True
+            self.timer.start()
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.held is None:
             super().emit(record)
-            return
-        self.held.append(record)
-        if time.monotonic() - self.t0 > self.HOLD_S:   # a long check: show what it said
-            self.show_held()
+        else:
+            self.held.append(record)
 
     def show_held(self) -> None:             # (not ``release``: a Handler's lock method)
-        held, self.held = self.held, None
-        for r in held or ():
-            super().emit(r)
+        self.acquire()
+        try:
+            held, self.held = self.held, None
+            for r in held or ():
+                super().emit(r)
+        finally:
+            self.release()
+        self._stop_timer()
 
     def drop_held(self) -> None:
-        self.held = None
+        self.acquire()
+        try:
+            self.held = None
+        finally:
+            self.release()
+        self._stop_timer()
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None and self.timer is not threading.current_thread():
+            self.timer.cancel()
 
 
 _HANDLER: _Held | None = None
@@ -206,7 +221,9 @@ _HANDLER: _Held | None = None
 def _setup_logging(verbose: bool, quiet: bool) -> None:
     global _HANDLER
     level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
-    handler = _HANDLER = _Held()
+    if _HANDLER is not None:                        # an earlier run in this process
+        _HANDLER.show_held()
+    handler = _HANDLER = _Held(hold=not verbose)   # -v: every line as it comes
     handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
     handler.addFilter(_Once())
     root = logging.getLogger()
@@ -251,14 +268,14 @@ def cmd_simulate(a) -> int:
     from pipeline.simulate import simulate
     _fresh_out(a.out)
     res = simulate(a.out, sensor=a.sensor, size=a.size, seed=a.seed, prevalence=a.prevalence)
-    print(f"simulated {a.sensor} scene, {len(res.images)} image(s), {len(res.dates)} date(s): "
+    _say(f"simulated {a.sensor} scene, {len(res.images)} image(s), {len(res.dates)} date(s): "
           f"{a.out}  (synthetic: not evidence about real fields)")
     return 0
 
 
 def cmd_inspect(a) -> int:
     from pipeline.inspect import inspect_images
-    print(json.dumps(inspect_images(a.images, sensor=a.sensor, aoi=a.aoi), indent=2))
+    _say(json.dumps(inspect_images(a.images, sensor=a.sensor, aoi=a.aoi), indent=2))
     return 0
 
 
@@ -268,12 +285,12 @@ def cmd_fetch(a) -> int:
                 dem=a.dem, base_url=a.sh_base_url, token_url=a.sh_token_url)
     written, skipped = doc.get("written", []), doc.get("skipped", [])
     if written:
-        print(f"fetched {len(written)} date(s) into {a.out}")
+        _say(f"fetched {len(written)} date(s) into {a.out}")
     else:                          # exit 0, but say why there is nothing to survey
         why = (f"{len(skipped)} found but skipped ({skipped[0]['reason']}"
                + (", ..." if len(skipped) > 1 else "") + ")" if skipped else
                "no acquisition in the window over the AOI")
-        print(f"fetched 0 dates into {a.out}: {why}; see {a.out / 'fetch.json'}")
+        _say(f"fetched 0 dates into {a.out}: {why}; see {a.out / 'fetch.json'}")
     return 0
 
 
@@ -296,8 +313,8 @@ def cmd_train(a) -> int:
     else:
         report = train(a.images, a.labels, a.model, cfg, dem=a.dem)
     from classifiers.validation import text_table
-    print(text_table(report))
-    print(f"model written to {a.model}")
+    _say(text_table(report))
+    _say(f"model written to {a.model}")
     return 0
 
 
@@ -328,15 +345,15 @@ def _print_detect(res) -> None:
                if c["patches"] == 0 else
                f"{c['patches']} patch(es) found, {c['excluded']} excluded, {c['below_mmu']} "
                "below the minimum mapping unit")
-        print(f"no targets: {why}. Blind areas (no clear flowering observation): "
+        _say(f"no targets: {why}. Blind areas (no clear flowering observation): "
               f"{c['blind_areas']} polygon(s), {_m2(c['blind_area_m2'])} m^2 - an empty list "
               "there is not 'no poppy'.")
     else:
         share = c["candidate_share"]
-        print(f"{res.n_targets} target(s); the model flags "
+        _say(f"{res.n_targets} target(s); the model flags "
               f"{'n/a' if share is None else f'{100 * share:.1f}%'} of the area seen; blind "
               f"areas: {c['blind_areas']} polygon(s), {_m2(c['blind_area_m2'])} m^2")
-    print(f"outputs in {res.out}: " + ", ".join(p.name for p in res.files))
+    _say(f"outputs in {res.out}: " + ", ".join(p.name for p in res.files))
 
 
 def cmd_demo(a, quiet: bool) -> int:
@@ -418,9 +435,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         _show_held_log()
         sys.stderr.write(f"{PROG}: interrupted; rerun the same command to resume\n")
         return 130
-    except BaseException:
-        _show_held_log()
-        raise
     finally:
         _show_held_log()
 
@@ -428,6 +442,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _show_held_log() -> None:
     if _HANDLER is not None:
         _HANDLER.show_held()
+
+
+def _say(*parts: object) -> None:
+    """A command's result on stdout, after the notes held on stderr (they came first)."""
+    _show_held_log()
+    print(*parts)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,34 @@ def test_a_repeated_log_line_is_printed_once(capsys):
                    "poppyscan: another line"]
 
 
+def test_held_log_lines_come_out_on_time_before_the_result_and_live_with_v(capsys,
+                                                                            monkeypatch):
+    """Lines are held for the first seconds (a timer shows them even if nothing else is
+    logged), shown before a command's result, and not held at all with -v."""
+    import logging
+    import time
+
+    import run as cli
+    log = logging.getLogger("pipeline.test")
+    monkeypatch.setattr(cli._Held, "HOLD_S", 0.2)
+    cli._setup_logging(verbose=False, quiet=False)
+    log.warning("a note while checking")
+    assert capsys.readouterr().err == ""
+    time.sleep(0.6)
+    assert capsys.readouterr().err == "poppyscan: a note while checking\n"
+    log.warning("a live note")
+    assert capsys.readouterr().err == "poppyscan: a live note\n"
+    monkeypatch.setattr(cli._Held, "HOLD_S", 30.0)
+    cli._setup_logging(verbose=False, quiet=False)
+    log.warning("said before the result")
+    cli._say("the result")
+    out = capsys.readouterr()
+    assert out.err == "poppyscan: said before the result\n" and out.out == "the result\n"
+    cli._setup_logging(verbose=True, quiet=False)
+    log.debug("a debug line")
+    assert capsys.readouterr().err == "poppyscan: a debug line\n"
+
+
 def test_ctrl_c_exits_130_with_the_resume_hint(monkeypatch, capsys):
     import run as cli
 
