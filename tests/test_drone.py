@@ -300,6 +300,46 @@ def test_uint16_multispectral_beyond_metashape_range_is_refused(tmp_path: Path) 
     assert da.attrs["sensor"] == "p4m"
 
 
+def test_the_metashape_range_check_samples_a_striped_file_across_its_width(tmp_path) -> None:
+    """A striped GeoTIFF (GDAL's default) has blocks a row wide: windows at block corners all
+    sat in the first columns, here the mosaic's no-data collar, and the check saw nothing."""
+    from affine import Affine
+    dn = np.full((5, 400, 600), 60000, "uint16")
+    dn[:, :, :150] = 0                                         # the collar
+    f = tmp_path / "striped_20250420.tif"
+    with rasterio.open(f, "w", driver="GTiff", width=600, height=400, count=5, dtype="uint16",
+                       crs="EPSG:32650", transform=Affine(0.05, 0, 500000, 0, -0.05, 3300000),
+                       tiled=False) as dst:
+        dst.write(dn)
+        dst.descriptions = ("blue", "green", "red", "rededge2", "nir")
+    with rasterio.open(f) as src:
+        assert src.block_shapes[0][1] == 600                   # a strip spans the width
+    with pytest.raises(InputError, match="Metashape"):
+        drone.read(f, None, chunks=64)
+
+
+def test_a_fourth_band_is_alpha_only_when_the_file_says_so(tmp_path) -> None:
+    """A photometric-RGB uint16 file with a fourth band that is not marked alpha (an RGB +
+    NIR stack) is not taken for RGB + alpha: its NIR would have become a mask."""
+    from affine import Affine
+    from rasterio.enums import ColorInterp
+
+    from pipeline.readers.drone import _alpha_index, _rgb_layout
+    layouts = {"nir": ColorInterp.undefined, "alpha": ColorInterp.alpha}
+    got = {}
+    for name, fourth in layouts.items():
+        f = tmp_path / f"{name}.tif"
+        with rasterio.open(f, "w", driver="GTiff", width=8, height=8, count=4, dtype="uint16",
+                           crs="EPSG:32650", transform=Affine(0.05, 0, 5e5, 0, -0.05, 3.3e6),
+                           photometric="RGB",
+                           **({"alpha": "YES"} if fourth == ColorInterp.alpha else {})) as dst:
+            dst.write(np.full((4, 8, 8), 1000, "uint16"))
+            dst.colorinterp = (ColorInterp.red, ColorInterp.green, ColorInterp.blue, fourth)
+        with rasterio.open(f) as src:
+            got[name] = _rgb_layout(src, _alpha_index(src))
+    assert got == {"nir": (False, None), "alpha": (True, 4)}
+
+
 def test_uint16_multispectral_without_metashape_tag_warns(tmp_path: Path, caplog) -> None:
     """Within Metashape's range the file is read as Metashape's, with a warning (not an info
     line) that says how it reads either way and how to change the scaling."""

@@ -345,8 +345,10 @@ def _rgb_layout(src: rasterio.DatasetReader, alpha: int | None) -> tuple[bool, i
     descriptions, interp = list(src.descriptions), tuple(src.colorinterp)
     rgb_alpha = alpha
     if count == 4 and rgb_alpha is None:
+        # band 4 is alpha only when the file says so (an RGB + NIR stack in photometric RGB
+        # would otherwise lose its NIR to a mask)
         if (descriptions[3] and normalise_band_name(descriptions[3]) == "alpha") \
-                or interp[:3] == _RGB_INTERP:
+                or (interp[:3] == _RGB_INTERP and interp[3] == ColorInterp.alpha):
             rgb_alpha = 4
         else:
             return False, alpha
@@ -481,6 +483,10 @@ def _high_percentile(path: Path, bands: list[int], alpha: int | None, grid: int 
             bh, bw = src.block_shapes[bands[0] - 1]
 
             def starts(extent: int, block: int, win: int) -> np.ndarray:
+                if block >= extent or block < win:
+                    # a strip spans this axis (or blocks are smaller than a window): spread
+                    # the windows evenly over the pixels, not over one block's corner
+                    return np.unique(np.linspace(0, extent - win, grid).round().astype(int))
                 origins = np.arange(0, extent - win + 1, block)   # block corners that fit
                 pick = np.linspace(0, len(origins) - 1, grid).round().astype(int)
                 return np.unique(origins[pick])
@@ -541,7 +547,7 @@ def _assemble(label: Path, layers: dict[str, _Layer], spec: SensorSpec, tags: di
     stacked = xr.concat([out[n] for n in names], dim="band", join="override")
     stacked = stacked.assign_coords(band=names).transpose("band", "y", "x")
     stacked = stacked.chunk({"band": -1, "y": chunks, "x": chunks}).astype("float32")
-    if spec.name == "rgb" and not any(layer.alpha_index for layer in layers.values()):
+    if _visible_only(spec) and not any(layer.alpha_index for layer in layers.values()):
         # RGB without alpha: the black collar (0 in every band) is no data
         stacked = stacked.where((stacked != 0).any("band"))
     stacked = stacked.rio.write_crs(ref.rio.crs).rio.write_transform(ref.rio.transform())
