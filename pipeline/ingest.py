@@ -196,9 +196,9 @@ def open_scene(paths: Sequence[Path], sensor: Any | None = None, *, chunks: int 
         regrid = true_scale_grid(grid)
         if regrid is not None:
             grid, scale = regrid
-            log.warning("images in %s: its units are %.3f ground metres at the scene centre "
-                        "(areas %.0f %% too large); aligned onto %s at %.3g m pixels instead",
-                        products[0].rio.crs.to_string(), 1 / scale, 100 * (scale ** 2 - 1),
+            log.warning("images in %s: one of its units is %.3f ground metres at the scene "
+                        "centre, not 1; aligned onto %s at %.3g m pixels so that areas and "
+                        "distances are in metres", products[0].rio.crs.to_string(), 1 / scale,
                         grid.crs.to_string(), grid.resolution)
     shared = set(products[0]["band"].values.tolist())
     for p in products[1:]:
