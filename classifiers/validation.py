@@ -160,10 +160,11 @@ def threshold_for_recall(poly_max: dict[int, float], labels: Labels,
     return float(max(min(smooth, order), 0.01))
 
 
-def big_polygons(labels: Labels, pixel_m: float, min_px: float) -> set[int]:
-    """Indices of polygons of at least ``min_px`` pixels of ``pixel_m`` side."""
-    px = pixel_m * pixel_m
-    return {i for i, g in enumerate(labels.geometries) if g.area / px >= min_px - 1e-9}
+def big_polygons(labels: Labels, pixel_m: float | np.ndarray, min_px: float) -> set[int]:
+    """Indices of polygons of at least ``min_px`` pixels of ``pixel_m`` side (one value, or
+    one per polygon: its scene's)."""
+    px = np.broadcast_to(np.asarray(pixel_m, dtype="float64") ** 2, (len(labels.geometries),))
+    return {i for i, g in enumerate(labels.geometries) if g.area / px[i] >= min_px - 1e-9}
 
 
 def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: float,
@@ -172,7 +173,8 @@ def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: 
              hold_out_scenes: bool = True, max_threshold: float = 0.99,
              min_threshold: float = 0.01, threshold: float | None = None,
              polygon_origin: np.ndarray | None = None,
-             unit_m: np.ndarray | None = None) -> dict:
+             unit_m: np.ndarray | None = None,
+             pixel_m: np.ndarray | None = None) -> dict:
     """Out-of-fold metrics and the threshold that flags ``target_recall`` of the poppy
     polygons of at least ``min_plot_px`` pixels (smaller plots are not required to be found:
     counting sub-pixel gardens would pull the threshold down to where noise passes), at most
@@ -187,7 +189,9 @@ def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: 
     figures count each copy as a polygon; the report says how many are copies.
 
     ``unit_m``: metres per CRS unit of each polygon's scene, for blocks of ``block_m`` metres
-    on grids in degrees (:func:`spatial_groups`)."""
+    on grids in degrees (:func:`spatial_groups`); ``pixel_m``: each polygon's scene's pixel
+    side (``Table.pixel_m``), so that several scenes of other pixel sizes or CRSs count their
+    plots of ``min_plot_px`` each in its own pixels (default: the table's one value)."""
     groups = spatial_groups(table, labels, block_m, scene_of_polygon, unit_m)
     name = "spatial blocks"
     if hold_out_scenes and scene_of_polygon is not None and \
@@ -206,7 +210,7 @@ def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: 
     prob = np.full_like(raw, np.nan)
     prob[ok] = apply_platt(raw[ok], a, b)
     poly_max = polygon_scores(prob, table)
-    counted = big_polygons(labels, table.pixel_m, min_plot_px)
+    counted = big_polygons(labels, table.pixel_m if pixel_m is None else pixel_m, min_plot_px)
     thr_recall = threshold_for_recall(poly_max, labels, target_recall, counted)
     thr = min(max(thr_recall, min_threshold), max_threshold) if threshold is None else threshold
     pred = (prob[ok] >= thr).astype(int)

@@ -370,6 +370,7 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
     table, labels, scene_of_poly = combine(parts)
     origin = _copy_origins(labels, scene_of_poly, np.concatenate(is_copy))
     unit_m = np.array(units)[scene_of_poly]
+    pixel_m = np.array([p[0].pixel_m for p in parts])[scene_of_poly]
     check_classes(table.y, labels.source)
     t_sample = time.perf_counter() - t0
     est = make_estimator(cfg.model)
@@ -377,7 +378,7 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
     # and wait far more than they gain on training tables of this size (measured 5x slower).
     with threadpool_limits(1, user_api="openmp"):
         report = validate(est, table, labels,
-                          **_validation_args(cfg, scene_of_poly, origin, unit_m),
+                          **_validation_args(cfg, scene_of_poly, origin, unit_m, pixel_m),
                           repeats=cfg.model.cv_repeats, max_threshold=cfg.model.threshold_max,
                           min_threshold=cfg.model.threshold_min)
         _warn_weak(report)
@@ -386,7 +387,8 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
         t_fit = time.perf_counter() - t1
         t2 = time.perf_counter()
         reduced = fit_missing_phase_models(table, labels, scene_of_poly, origin, report, cfg,
-                                           unit_m) if cfg.model.missing_phase_models else []
+                                           unit_m, pixel_m) \
+            if cfg.model.missing_phase_models else []
         t_reduced = time.perf_counter() - t2
     bg = table.X[table.y == 0]
     with warnings.catch_warnings():  # all-NaN feature columns give NaN on purpose
@@ -451,20 +453,22 @@ def _copy_origins(labels: Labels, scene_of_poly: np.ndarray,
 
 
 def _validation_args(cfg: SurveyConfig, scene_of_poly: np.ndarray, origin: np.ndarray,
-                     unit_m: np.ndarray | None = None) -> dict:
+                     unit_m: np.ndarray | None = None,
+                     pixel_m: np.ndarray | None = None) -> dict:
     """The cross-validation settings the main and the missing-phase models share.
     ``unit_m``: per polygon, metres per CRS unit of its scene (blocks in metres on grids in
-    degrees too)."""
+    degrees too); ``pixel_m``: per polygon, its scene's pixel side (plot sizes in pixels)."""
     m = cfg.model
     return {"n_folds": m.cv_folds, "block_m": m.cv_block_m, "target_recall": m.target_recall,
             "seed": m.seed, "min_plot_px": m.threshold_min_plot_px,
             "scene_of_polygon": scene_of_poly, "hold_out_scenes": m.cv_hold_out_scenes,
-            "polygon_origin": origin, "unit_m": unit_m}
+            "polygon_origin": origin, "unit_m": unit_m, "pixel_m": pixel_m}
 
 
 def fit_missing_phase_models(table: Table, labels: Labels, scene_of_poly: np.ndarray,
                              origin: np.ndarray, report: dict, cfg: SurveyConfig,
-                             unit_m: np.ndarray | None = None) -> list[tuple[dict, Any]]:
+                             unit_m: np.ndarray | None = None,
+                             pixel_m: np.ndarray | None = None) -> list[tuple[dict, Any]]:
     """One model per combination of phases left out (at least one phase kept), on the same
     training pixels without those phases' features, validated like the main model (one repeat
     of the folds) and calibrated on its own out-of-fold scores, so that its probability means
@@ -485,7 +489,8 @@ def fit_missing_phase_models(table: Table, labels: Labels, scene_of_poly: np.nda
                                       feature_names=[names[i] for i in cols])
             m = cfg.model
             rep = validate(make_estimator(m), sub, labels,
-                           **_validation_args(cfg, scene_of_poly, origin, unit_m), repeats=1,
+                           **_validation_args(cfg, scene_of_poly, origin, unit_m, pixel_m),
+                           repeats=1,
                            threshold=report["threshold"])
             est = fit_balanced(make_estimator(m), sub.X, sub.y, m.seed)
             spec = {"missing": list(missing), "n_features": len(cols),

@@ -526,3 +526,13 @@ def test_train_warns_when_the_model_finds_few_of_its_own_plots(caplog):
                                                     "recall_min_plot": 0.9,
                                                     "poppy_polygons_min_plot": 20}})
         assert caplog.text == ""
+
+
+def test_plot_sizes_count_in_each_polygons_own_pixels():
+    """Several scenes of other pixel sizes (a manifest of 3 and 5 cm flights, or one in
+    degrees): a plot is >= min_plot_px in its own scene's pixels, not the first scene's."""
+    from classifiers.validation import big_polygons
+    plots = (box(0, 0, 0.3, 0.3), box(0, 0, 0.3, 0.3))        # 0.09 m^2 each
+    labels = Labels(plots, ("poppy", "poppy"), "t")
+    assert big_polygons(labels, 0.05, 36) == {0, 1}             # 36 px of 5 cm each
+    assert big_polygons(labels, np.array([0.05, 0.1]), 36) == {0}   # 9 px of 10 cm
