@@ -33,7 +33,7 @@ from pipeline.bands import SCENE_DIMS, canonical_name, check_scene, order_bands
 from pipeline.errors import InputError
 from pipeline.grid import Grid, align, pixel_metres, true_scale_grid
 from pipeline.readers import readers
-from pipeline.readers.multiband import date_in
+from pipeline.readers.multiband import has_date
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,7 @@ def _not_an_image(path: Path) -> str | None:
             tags, descriptions = src.tags(), src.descriptions
     except (OSError, RasterioIOError):
         return None                      # damaged: the reader names the file
-    if "ACQUISITION_DATE" in tags or "TIFFTAG_DATETIME" in tags or any(
-            date_in(n) is not None for n in (path.stem, path.parent.name,
-                                               path.parent.parent.name)):
+    if has_date(path, tags):
         return None
     if any(d and canonical_name(d) for d in descriptions):
         return None

@@ -48,10 +48,10 @@ def parse_date(value: str) -> np.datetime64 | None:
         return np.datetime64(stamp.replace(tzinfo=None), "ns")
     except ValueError:
         pass
-    return date_in(value)
+    return _date_in(value)
 
 
-def date_in(text: str) -> np.datetime64 | None:
+def _date_in(text: str) -> np.datetime64 | None:
     """The first valid YYYYMMDD / YYYY-MM-DD / YYYY_MM_DD in ``text``."""
     for m in _DATE_RE.finditer(text):
         try:
@@ -59,6 +59,17 @@ def date_in(text: str) -> np.datetime64 | None:
         except ValueError:
             continue
     return None
+
+
+def _dated_names(path: Path, folders: bool) -> tuple[str, ...]:
+    """The names a date is looked for in: the file's, and with ``folders`` its two folders'."""
+    return (path.stem, path.parent.name, path.parent.parent.name) if folders else (path.stem,)
+
+
+def has_date(path: Path, tags: dict[str, str]) -> bool:
+    """Whether :func:`acquisition_time` (with ``folders``) has anything to read a date from."""
+    return ("ACQUISITION_DATE" in tags or "TIFFTAG_DATETIME" in tags
+            or any(_date_in(n) is not None for n in _dated_names(path, True)))
 
 
 def acquisition_time(path: Path, tags: dict[str, str], *,
@@ -71,9 +82,8 @@ def acquisition_time(path: Path, tags: dict[str, str], *,
             raise InputError(f"{path}: ACQUISITION_DATE tag {tags['ACQUISITION_DATE']!r} "
                              "is not an ISO date; fix the tag (YYYY-MM-DD)")
         return t
-    names = (path.stem, path.parent.name, path.parent.parent.name) if folders else (path.stem,)
-    for name in names:
-        t = date_in(name)
+    for name in _dated_names(path, folders):
+        t = _date_in(name)
         if t is not None:
             return t
     if "TIFFTAG_DATETIME" in tags:
