@@ -14,7 +14,7 @@ from pyproj import CRS
 
 from pipeline.bands import CANONICAL_BANDS
 from pipeline.errors import InputError, SensorNeeded
-from pipeline.ingest import open_scene
+from pipeline.ingest import clip_to_aoi, open_scene
 from pipeline.masks import apply_masks
 from pipeline.readers._raster import read_pixels, scene_sources
 
@@ -57,7 +57,7 @@ def inspect_images(images: Sequence[Path], *, sensor: str | None = None,
         raise InputError(f"{exc}; or give {hint}") from None
     if aoi is not None:
         from pipeline.aoi import read_aoi
-        scene = open_scene(images, spec, chunks=chunks, aoi=read_aoi(aoi, scene.rio.crs))
+        scene = clip_to_aoi(scene, read_aoi(aoi, scene.rio.crs), chunks)
     masked = apply_masks(scene)
     refl = [b for b in masked["band"].values.tolist() if b in CANONICAL_BANDS]
     m = masked.sel(band=refl)

@@ -76,7 +76,7 @@ from pipeline.config import (
 )
 from pipeline.errors import InputError
 from pipeline.grid import Grid
-from pipeline.ingest import expand_paths, first_image_facts, open_scene, read_dem
+from pipeline.ingest import clip_to_aoi, expand_paths, first_image_facts, open_scene, read_dem
 from pipeline.masks import apply_masks
 from pipeline.readers._raster import read_pixels, scene_sources
 from pipeline.scheduler import check_runner, open_runner, run_tiles
@@ -136,12 +136,10 @@ def prepare_scene(images: Sequence[Path], cfg: SurveyConfig, *, dem: Path | None
     chunks = chunks or cfg.run.chunk_size
     sensor = (load_sensor(cfg.sensor) if Path(cfg.sensor).suffix.lower() in (".yaml", ".yml")
               else None)
-    aoi_geom = None
-    if aoi is not None:
+    scene = open_scene(images, sensor, chunks=chunks, dem=dem)
+    if aoi is not None:               # read in the scene's CRS, so the scene is opened first
         from pipeline.aoi import read_aoi
-        first = open_scene(images, sensor, chunks=chunks, dem=dem)
-        aoi_geom = read_aoi(aoi, first.rio.crs)
-    scene = open_scene(images, sensor, chunks=chunks, aoi=aoi_geom, dem=dem)
+        scene = clip_to_aoi(scene, read_aoi(aoi, scene.rio.crs), chunks)
     dem_da = read_dem(dem, Grid.of(scene.isel(time=0, band=0)), chunks) if dem else None
     return scene, dem_da
 
