@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "and drone imagery and export ranked target lists for ground teams.")
     g = p.add_mutually_exclusive_group()
     g.add_argument("-v", "--verbose", action="store_true", help="more detail (debug log)")
-    g.add_argument("-q", "--quiet", action="store_true", help="log only errors, no progress bars; the "
-                   "command's result (a summary or report table on stdout) is still printed")
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="log only errors, no progress bars; the command's result (a summary "
+                   "or report table on stdout) is still printed")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     s = sub.add_parser("simulate", help="write a seeded synthetic scene (a test instrument, "
@@ -114,9 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "Shapefile; any CRS): detect inside them only")
     s.add_argument("--exclude", type=Path, help="polygons of known ornamental-poppy sites")
     s.add_argument("--formats", type=_formats, help="comma list of " + ",".join(FORMATS))
-    s.add_argument("--scheduler", help="where the tiles run: threads (default), processes, local:N (a dask "
-                   "cluster of N worker processes here, N at most 4 per CPU) or a running dask "
-                   "scheduler, tcp://HOST:PORT or HOST:PORT (plain tcp, no TLS; the scheduler "
+    s.add_argument("--scheduler", help="where the tiles run: threads (default), processes, "
+                   "local:N (a dask cluster of N worker processes here, N at most 4 per "
+                   "CPU) or a running dask scheduler, tcp://HOST:PORT or HOST:PORT (plain tcp, no TLS; the scheduler "
                    "listens on 8786 by default, 8787 is its dashboard), which must answer "
                    "within 10 s")
     s.add_argument("--history", type=Path, help="earlier targets (campaign issue; reserved)")

@@ -5,9 +5,9 @@ and index listed in the config is composited over the clear observations of each
 (median; max and min for indices; a date in two overlapping phases serves both), and contrasts
 between phases are added (flowering - pre, post - flowering). These pixel features need only
 the same tile of the Scene; the spatial context below needs a halo around it. Tiles stay
-independent for resume and distribution either way. The feature list depends only on the calendar and
-the sensor's bands, never on which dates happen to be clear: a phase with no clear observation
-gives NaN features (missing, never a silent zero) and evidence 0. Evidence is the count of
+independent for resume and distribution either way. The feature list depends only on the
+calendar and the sensor's bands, never on which dates happen to be clear: a phase with no
+clear observation gives NaN features (missing, never a silent zero) and evidence 0. Evidence is the count of
 clear observations per phase and pixel: dates whose masked reflectance is there (every band
 finite), whether or not every index is defined (a zero denominator leaves NaN in that
 index's features only).

@@ -538,7 +538,7 @@ class TileContext:
     reduced: tuple                   # classifiers.artifact.ReducedModel (missing phases)
     threshold: float
     stride: int
-    halo: int                        # pixels read beyond the feature window: masks judge clouds whole
+    halo: int                        # read beyond the feature window: masks see clouds whole
     patch_threshold: float           # a patch's peak must reach it (the model's threshold)
     drop_small: bool                 # no --exclude: pieces inside a tile below the MMU go
 
