@@ -67,16 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "a drone scene holds at least one plot otherwise (default 0.01)")
 
     s = sub.add_parser("inspect", help="print what poppyscan reads from images, as JSON")
-    s.add_argument("--images", type=Path, nargs="+", required=True, metavar="PATH")
-    s.add_argument("--sensor", help="sensor name (configs/sensors/) for files without band "
-                   "descriptions")
+    s.add_argument("--images", type=Path, nargs="+", required=True, metavar="PATH",
+                   help="image files or folders of one scene (as for train)")
+    s.add_argument("--sensor", help="sensor name (configs/sensors/) or sensor YAML file, for "
+                   "files without band descriptions")
     s.add_argument("--aoi", type=Path, help="clip to this polygon file")
 
     s = sub.add_parser("fetch", help="download Sentinel-2 L2A scenes for an AOI and season "
                        "(Sentinel Hub or Copernicus Data Space)")
     s.add_argument("--aoi", type=Path, required=True, help="AOI polygon file")
     s.add_argument("--window", required=True, help="START/END, ISO dates")
-    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True, help="folder for the scenes "
+                   "(S2_YYYYMMDD.tif, dem.tif, fetch.json; download cache in .poppyscan/)")
     s.add_argument("--max-cloud", type=float, default=30.0, help="max cloud cover %% "
                    "(default 30)")
     s.add_argument("--resolution", type=float, default=10.0, help="metres (default 10)")
@@ -114,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--aoi", type=Path, help="survey area polygons (GeoJSON, GeoPackage, "
                    "Shapefile; any CRS): detect inside them only")
     s.add_argument("--exclude", type=Path, help="polygons of known ornamental-poppy sites")
-    s.add_argument("--formats", type=_formats, help="comma list of " + ",".join(FORMATS))
+    s.add_argument("--formats", type=_formats, help="comma list of " + ",".join(FORMATS)
+                   + " (default: the config's outputs.formats)")
     s.add_argument("--scheduler", help="where the tiles run: threads (default), processes, "
                    "local:N (a dask cluster of N worker processes here, N at most 4 per "
                    "CPU) or a running dask scheduler, tcp://HOST:PORT or HOST:PORT (plain tcp, no TLS; the scheduler "
@@ -150,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True)
 
     s = sub.add_parser("demo", help="simulate two scenes, train on one, detect on the other")
-    s.add_argument("--out", type=Path, default=Path("demo-out"))
+    s.add_argument("--out", type=Path, default=Path("demo-out"),
+                   help="output folder (default demo-out)")
     return p
 
 
@@ -385,6 +389,9 @@ def _dispatch(args) -> int:
     if args.command in CAMPAIGN:
         raise NotImplementedYet(f"'{args.command}' is not implemented yet (campaign "
                                 "issue); see `python run.py --help`")
+    if getattr(args, "images", None):   # patterns the shell left alone ('S2_*.tif' quoted)
+        from pipeline.ingest import expand_patterns
+        args.images = expand_patterns(args.images)
     if args.command == "detect":
         return cmd_detect(args, args.quiet)
     if args.command == "demo":

@@ -8,6 +8,7 @@ pass) into one date, sorts by time and clips to an AOI. Nothing is computed here
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import logging
 import warnings
@@ -39,6 +40,22 @@ log = logging.getLogger(__name__)
 
 _SKIP_STEMS = ("dem",)
 _RASTER_SUFFIXES = {".tif", ".tiff", ".jp2", ".zip", ".safe"}
+
+
+def expand_patterns(paths: Sequence[Path]) -> list[Path]:
+    """Paths with glob patterns expanded (a quoted ``'scene/S2_*.tif'``, or a shell that does
+    not expand them); a path that exists is taken as it is, whatever its characters."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.exists() or not glob.has_magic(str(p)):
+            out.append(p)
+            continue
+        found = sorted(glob.glob(str(p)))
+        if not found:
+            raise InputError(f"{p}: the pattern matches no file; check the folder and the "
+                             "file names")
+        out += map(Path, found)
+    return out
 
 
 def expand_paths(paths: Sequence[Path], dem: Path | None = None) -> list[Path]:

@@ -488,3 +488,17 @@ def test_stdout_closed_early_exits_quietly(trained):
     p.stderr.close()
     assert p.wait(timeout=300) == 141
     assert err == ""
+
+
+def test_a_pattern_the_shell_left_alone_is_expanded(trained):
+    """`--images 'scene/S2_*.tif'` (quoted, or a shell that does not expand patterns) reads
+    the files it matches; a pattern that matches nothing is one line naming it."""
+    _, scene = trained
+    folder = scene.images[0].parent
+    listed = run("inspect", "--images", *map(str, scene.images))
+    pattern = run("inspect", "--images", str(folder / "*.tif"))
+    assert listed.returncode == 0 and pattern.returncode == 0, pattern.stderr
+    assert json.loads(pattern.stdout)["dates"] == json.loads(listed.stdout)["dates"]
+    assert len(json.loads(pattern.stdout)["dates"]) == len(scene.images) > 1
+    line = _one_line_error(run("inspect", "--images", str(folder / "nothing_*.tif")))
+    assert "nothing_*.tif" in line and "matches no file" in line
