@@ -49,6 +49,10 @@ def read_labels(path: Path, crs: CRS | str, *, require_both: bool = True,
         raise InputError(f"{path}: some polygons have an empty 'class'; give every polygon a "
                          "class name")
     classes = [str(c).strip().lower() for c in classes]
+    # a MultiPolygon feature is its parts: each plot is eroded, counted and kept in one
+    # validation fold on its own (25 plots as one feature were one 'polygon' to validate)
+    parts = [(part, c) for g, c in zip(geoms, classes) for part in getattr(g, "geoms", [g])]
+    geoms, classes = [g for g, _ in parts], [c for _, c in parts]
     if require_both and TARGET_CLASS not in classes:
         raise InputError(f"{path}: no polygon of class '{TARGET_CLASS}'; the model needs "
                          f"examples of it (classes found: {sorted(set(classes))})")

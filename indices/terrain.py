@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
+from pyproj import CRS as ProjCRS
 
 from pipeline.bands import CANONICAL_BANDS, SCENE_DIMS, check_scene
 from pipeline.errors import ConfigError, CRSError, InputError
@@ -91,13 +92,17 @@ def _grid_spacing(arr: xr.DataArray, what: str) -> tuple[float, float]:
         if dim not in arr.dims or arr.sizes[dim] < 2:
             raise InputError(f"{what} needs 'y' and 'x' dimensions with at least 2 pixels each")
     crs = arr.rio.crs if hasattr(arr, "rio") else None
-    if crs is not None and crs.is_geographic:
-        raise CRSError(f"{what} is in geographic CRS {crs}; reproject the DEM to the scene's "
-                       "projected (metre) grid first")
     x, y = arr["x"].values.astype(float), arr["y"].values.astype(float)
     dx, dy = (x[-1] - x[0]) / (x.size - 1), (y[-1] - y[0]) / (y.size - 1)
     if dx == 0 or dy == 0 or not (np.isfinite(dx) and np.isfinite(dy)):
         raise InputError(f"{what} has degenerate x/y coordinates; give it a regular grid")
+    if crs is not None and crs.is_geographic:
+        # a grid in degrees (images in EPSG:4326): one step's ground length at the centre
+        geod = ProjCRS.from_user_input(crs.to_wkt()).get_geod()
+        lon, lat = float(np.mean(x)), float(np.mean(y))
+        mx = geod.inv(lon, lat, lon + abs(dx), lat)[2]
+        my = geod.inv(lon, lat, lon, lat + abs(dy))[2]
+        dx, dy = float(np.copysign(mx, dx)), float(np.copysign(my, dy))
     return dx, dy
 
 

@@ -106,9 +106,10 @@ def expand_paths(paths: Sequence[Path], dem: Path | None = None) -> list[Path]:
 
 def _not_an_image(path: Path) -> str | None:
     """Why a GeoTIFF found in an images folder is not an image of the scene (a class map, a
-    slope or elevation raster beside the dates), else None. Only a raster without any date
-    (tag, file or folder name) *and* without one recognised band description is left out:
-    an image that lacks one of them is still read, and refused with its own reason."""
+    cloud mask, a slope or elevation raster beside the dates), else None. Left out: a raster
+    without one recognised band description that has fewer than three bands (dated or not)
+    or no date (tag, file or folder name); an image that lacks only one of them is still
+    read, and refused with its own reason."""
     if path.suffix.lower() not in {".tif", ".tiff"}:
         return None
     try:
@@ -116,9 +117,11 @@ def _not_an_image(path: Path) -> str | None:
             tags, descriptions = src.tags(), src.descriptions
     except (OSError, RasterioIOError):
         return None                      # damaged: the reader names the file
-    if has_date(path, tags):
-        return None
     if any(d and canonical_name(d) for d in descriptions):
+        return None
+    if len(descriptions) < 3:   # no camera has fewer bands: a mask, a DEM, a class map
+        return f"{len(descriptions)} band(s), none with a recognised name: not an image"
+    if has_date(path, tags):
         return None
     return "no date and no recognised band: not an image of the scene"
 
@@ -215,6 +218,12 @@ def open_scene(paths: Sequence[Path], sensor: Any | None = None, *, chunks: int 
                         "centre, not 1; aligned onto %s at %.3g m pixels so that areas and "
                         "distances are in metres", products[0].rio.crs.to_string(), 1 / scale,
                         grid.crs.to_string(), grid.resolution)
+    no_scl = [i for i, p in enumerate(products) if "scl" not in p["band"].values]
+    if no_scl and len(no_scl) < len(products):
+        # SCL where a date has it; the dates without it are masked by the spectral test
+        log.info("%d of %d images have no SCL layer; their clouds are found by the spectral "
+                 "test", len(no_scl), len(products))
+        products = [_without_scl(p) if i in no_scl else p for i, p in enumerate(products)]
     shared = set(products[0]["band"].values.tolist())
     for p in products[1:]:
         shared &= set(p["band"].values.tolist())
@@ -224,8 +233,12 @@ def open_scene(paths: Sequence[Path], sensor: Any | None = None, *, chunks: int 
                    if b not in p["band"].values.tolist()] for b in sorted(dropped)}
     sensors = {p.attrs.get("sensor") for p in products}
     if len(sensors) > 1:
-        raise InputError(f"images come from different sensors {sorted(map(str, sensors))}; "
-                         "survey one sensor at a time")
+        first = {}
+        for p in products:
+            first.setdefault(str(p.attrs.get("sensor")), p.attrs.get("source", "an image"))
+        which = ", ".join(f"{k} ({v})" for k, v in sorted(first.items()))
+        raise InputError(f"images come from different sensors: {which}; survey one sensor at "
+                         "a time")
     if not shared:
         raise InputError("the images share no band; check that they come from one sensor")
     check_overlap(products, grid)
@@ -256,6 +269,12 @@ def open_scene(paths: Sequence[Path], sensor: Any | None = None, *, chunks: int 
         scene = clip_to_aoi(scene, aoi, chunks)
     check_scene(scene, "ingest")
     return scene
+
+
+def _without_scl(product: xr.DataArray) -> xr.DataArray:
+    """``product`` with an empty (NaN) SCL layer, for a date whose file has none."""
+    empty = xr.full_like(product.isel(band=[0]), np.nan).assign_coords(band=["scl"])
+    return xr.concat([product, empty], dim="band", combine_attrs="override")
 
 
 def same_day_groups(times: np.ndarray) -> list[list[int]]:
@@ -336,11 +355,14 @@ def clip_to_aoi(scene: xr.DataArray, aoi: BaseGeometry, chunks: int) -> xr.DataA
 
 
 def read_dem(path: Path, grid: Grid, chunks: int = 1024) -> xr.DataArray:
-    """A single-band DEM (metres, any CRS) on ``grid``, lazy, float32, NaN where no data."""
+    """A single-band DEM (metres after its GDAL scale/offset, any CRS) on ``grid``, lazy,
+    float32, NaN where no data."""
     try:
         with warnings.catch_warnings():  # a multi-band file (refused below) warns on scales
             warnings.simplefilter("ignore", UserWarning)
-            dem = rioxarray.open_rasterio(path, chunks={"y": chunks, "x": chunks}, masked=True)
+            # mask_and_scale: GDAL scale/offset applied (a decimetre DEM stored as uint16)
+            dem = rioxarray.open_rasterio(path, chunks={"y": chunks, "x": chunks},
+                                          mask_and_scale=True)
     except Exception as exc:
         raise InputError(f"{path}: not a readable DEM raster ({exc})") from None
     if dem.rio.crs is None:
@@ -353,7 +375,7 @@ def read_dem(path: Path, grid: Grid, chunks: int = 1024) -> xr.DataArray:
         raise InputError(f"{path}: the DEM does not cover the images; give a DEM of the same "
                          "area")
     if covered < 0.999:
-        log.warning("%s: the DEM covers %.0f%% of the images; elsewhere elevation is missing",
+        log.warning("%s: the DEM covers %.3g%% of the images; elsewhere elevation is missing",
                     path, 100 * covered)
     out = align(dem, grid)
     return out.chunk({"y": chunks, "x": chunks})

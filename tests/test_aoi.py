@@ -131,3 +131,27 @@ def test_geojson_in_lon_lat_without_crs_still_reads(tmp_path: Path) -> None:
         "type": "Feature", "properties": {}, "geometry": shapely.geometry.mapping(PLOTS[0])}]}))
     features, crs = read_features(gj)
     assert crs.to_epsg() == 4326 and features[0].geometry.equals(PLOTS[0])
+
+
+def test_a_multipolygon_label_is_its_parts(tmp_path: Path) -> None:
+    """Plots delivered as one MultiPolygon feature per class are plots: each part is a
+    polygon of its own (eroded, counted and validated alone), with the feature's class."""
+    from classifiers.labels import read_labels
+    to_utm = Transformer.from_crs("EPSG:32650", "EPSG:4326", always_xy=True)
+    plots = [box(500000 + 40 * i, 3340000, 500000 + 40 * i + 15, 3340015) for i in range(3)]
+    field = box(500000, 3340100, 500200, 3340300)
+
+    def lonlat(g):
+        return shapely.transform(g, lambda xy: np.column_stack(
+            to_utm.transform(xy[:, 0], xy[:, 1])))
+    gj = tmp_path / "labels.geojson"
+    gj.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"class": "poppy"},
+         "geometry": shapely.geometry.mapping(lonlat(shapely.MultiPolygon(plots)))},
+        {"type": "Feature", "properties": {"class": "wheat"},
+         "geometry": shapely.geometry.mapping(lonlat(field))}]}))
+    labels = read_labels(gj, "EPSG:32650")
+    assert labels.classes == ("poppy", "poppy", "poppy", "wheat")
+    assert [g.geom_type for g in labels.geometries] == ["Polygon"] * 4
+    for got, want in zip(labels.geometries, plots):
+        assert abs(got.area - want.area) < 1 and got.centroid.distance(want.centroid) < 0.5

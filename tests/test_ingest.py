@@ -622,3 +622,89 @@ def test_aoi_partly_outside_the_grid_is_warned(tmp_path: Path, caplog) -> None:
         s = open_scene([a], chunks=16, aoi=half_out)
     assert s.shape[2:] == (32, 16)
     assert any("50% of the AOI lies outside" in r.getMessage() for r in caplog.records)
+
+
+# --- contract variants found by an outside-style audit (session 16) ---------------------------
+def test_b10_is_dropped_not_refused(tmp_path: Path) -> None:
+    """The contract names B01..B12: a file with B10 (cirrus, which poppyscan does not use)
+    reads as the same file without it."""
+    refl = np.concatenate([ramp(), ramp()[:1] * 0 + 0.01])
+    with_b10 = write_dn(tmp_path / "a_20240410.tif", refl, names=[*S2, "B10"])
+    plain = write_dn(tmp_path / "b_20240410.tif", ramp())
+    [a], [b] = multiband.read(with_b10), multiband.read(plain)
+    assert a["band"].values.tolist() == CANON
+    np.testing.assert_array_equal(a.values, b.values)
+
+
+@pytest.mark.parametrize("tag,sensor", [("Sentinel-2A", "sentinel2"), ("SENTINEL-2B", "sentinel2"),
+                                        ("S2C", "sentinel2"), ("MSI", "sentinel2"),
+                                        ("sentinel2", "sentinel2"),
+                                        ("some processor 1.2", "sentinel2")])
+def test_a_sensor_tag_names_sentinel2_in_any_spelling(tmp_path: Path, tag, sensor) -> None:
+    """A SENSOR tag is not part of the contract: Sentinel-2A and -2B dates are one sensor,
+    and a value that names no sensor leaves the bands to decide."""
+    p = write_dn(tmp_path / "a_20240410.tif", ramp(), tags={"SENSOR": tag})
+    [da] = multiband.read(p)
+    assert da.attrs["sensor"] == sensor
+    q = write_dn(tmp_path / "b.tif", ramp(), date="2024-04-20", tags={"SENSOR": "Sentinel-2B"})
+    assert open_scene([p, q], chunks=16).sizes["time"] == 2
+
+
+@pytest.mark.parametrize("value", ["2024:05:03 02:31:00", "2024/05/03", "2024.05.03"])
+def test_acquisition_date_in_tiff_and_slash_forms(tmp_path: Path, value) -> None:
+    p = write_dn(tmp_path / "scene.tif", ramp(), date=None, tags={"ACQUISITION_DATE": value})
+    [da] = multiband.read(p)
+    assert da.attrs["time"].astype("datetime64[D]") == np.datetime64("2024-05-03")
+
+
+def test_mixed_separators_are_not_a_date() -> None:
+    assert multiband.parse_date("2024-05_03") is None
+    assert multiband.parse_date("v2024.05-03") is None
+
+
+def test_dated_single_band_rasters_in_a_folder_are_left_out(tmp_path: Path, caplog) -> None:
+    """A cloud mask or a DEM copy carrying a date (cloudmask_20240421.tif, elevation.tif with
+    an ACQUISITION_DATE tag) is not an image: under three bands, none recognised."""
+    write_dn(tmp_path / "a_20240401.tif", ramp(), date="2024-04-01")
+    for name in ("cloudmask_20240421.tif", "elevation.tif"):
+        with rasterio.open(tmp_path / name, "w", driver="GTiff", width=N, height=N, count=1,
+                           dtype="float32", crs=CRS, transform=TF) as dst:
+            dst.write(np.ones((1, N, N), "float32"))
+            dst.update_tags(ACQUISITION_DATE="2024-04-21")
+    with caplog.at_level(logging.WARNING, logger="pipeline.ingest"):
+        s = open_scene([tmp_path], chunks=16)
+    assert s.sizes["time"] == 1
+    assert "cloudmask_20240421.tif: left out" in caplog.text
+    assert "elevation.tif: left out" in caplog.text
+
+
+def test_scl_on_some_dates_masks_those_dates(tmp_path: Path) -> None:
+    """SCL present on some dates only: kept where it is (its clouds masked), the other dates
+    masked by the spectral test; before, SCL was dropped from every date."""
+    from pipeline.masks import apply_masks
+    refl = ramp()
+    with_scl = np.concatenate([refl, np.full((1, N, N), 4.0)])
+    with_scl[4, :8, :8] = 9                                   # a cloud SCL marks (large: 64 px)
+    a = write_dn(tmp_path / "a_20240401.tif", refl)           # no SCL
+    dn = np.round(with_scl * np.array([1e4] * 4 + [1])[:, None, None]).astype("uint16")
+    b = write_multiband(tmp_path / "b_20240415.tif", dn, [*S2, "SCL"], TF, CRS,
+                        acquisition_date="2024-04-15", scales=[1e-4] * 4 + [1.0],
+                        offsets=[0.0] * 5, nodata=0)
+    s = open_scene([a, b], chunks=16)
+    assert "scl" in s["band"].values.tolist()
+    assert np.isnan(s.sel(band="scl").values[0]).all()
+    m = apply_masks(s, max_flower_px=50).values
+    assert np.isnan(m[1, :, :8, :8]).all() and np.isfinite(m[1, :, 8:, 8:]).all()
+    assert np.isfinite(m[0]).all()                            # spectral test: clear ramp
+
+
+def test_dem_scale_and_offset_are_applied(tmp_path: Path) -> None:
+    s = open_scene([write_dn(tmp_path / "a_20240401.tif", ramp())], chunks=16)
+    elev_dm = np.full((N, N), 2500, "uint16")                 # 250 m in decimetres
+    p = tmp_path / "dem.tif"
+    with rasterio.open(p, "w", driver="GTiff", width=N, height=N, count=1, dtype="uint16",
+                       crs=CRS, transform=TF, nodata=0) as dst:
+        dst.write(elev_dm, 1)
+        dst.scales, dst.offsets = (0.1,), (5.0,)
+    dem = read_dem(p, Grid.of(s), chunks=16)
+    np.testing.assert_allclose(dem.values, 255.0, atol=1e-3)

@@ -141,11 +141,22 @@ def test_slope_aspect_dask_equals_numpy_and_is_lazy(hilly):
     assert 20 < float(s_np.max()) < 60  # real hills
 
 
-def test_slope_aspect_refuses_geographic_dem():
-    x, y = np.linspace(116, 117, 10), np.linspace(30, 29, 10)
-    dem = xr.DataArray(np.zeros((10, 10)), dims=("y", "x"), coords={"y": y, "x": x})
-    with pytest.raises(CRSError, match="geographic"):
-        slope_aspect(dem.rio.write_crs("EPSG:4326"))
+def test_slope_aspect_on_a_grid_in_degrees_uses_ground_metres():
+    """Images in EPSG:4326 put the DEM on a grid in degrees: a plane rising 0.1 m per metre
+    northward and 0.2 m per metre eastward has the same slope and aspect there as on a metre
+    grid (steps measured on the ellipsoid at the grid's centre)."""
+    lat0, lon0, step = 30.0, 116.0, 0.0001        # ~11 m x ~9.6 m pixels at 30 N
+    n = 21
+    x = lon0 + step * (np.arange(n) - n // 2)
+    y = lat0 - step * (np.arange(n) - n // 2)
+    m_per_deg_x, m_per_deg_y = 96_486.0, 110_861.0      # WGS84 at 30 N (pyproj.Geod)
+    xx, yy = np.meshgrid((x - lon0) * m_per_deg_x, (y - lat0) * m_per_deg_y)
+    dem = xr.DataArray(0.2 * xx + 0.1 * yy, dims=("y", "x"), coords={"y": y, "x": x})
+    slope_deg, aspect_deg = slope_aspect(dem.rio.write_crs("EPSG:4326"))
+    np.testing.assert_allclose(slope_deg.values, np.degrees(np.arctan(np.hypot(0.2, 0.1))),
+                               atol=0.1)
+    diff = (aspect_deg.values - np.degrees(np.arctan2(-0.2, -0.1)) % 360 + 180) % 360 - 180
+    np.testing.assert_allclose(diff, 0, atol=0.2)
 
 
 # --- illumination and sun ------------------------------------------------------------------------

@@ -33,7 +33,14 @@ _SUFFIXES = {".tif", ".tiff"}
 #: Reflectance below this is a fill value (-10000, -32767, ...), not a reading: no data even
 #: when the file declares no nodata value (the drone reader's rule for float values).
 _FILL_BELOW = -0.5
-_DATE_RE = re.compile(r"(?<!\d)((?:19|20)\d{2})[-_]?(\d{2})[-_]?(\d{2})(?!\d)")
+#: YYYYMMDD, YYYY-MM-DD, YYYY_MM_DD, and the TIFF/EXIF YYYY:MM:DD, YYYY/MM/DD, YYYY.MM.DD (one
+#: separator throughout)
+_DATE_RE = re.compile(r"(?<!\d)((?:19|20)\d{2})([-_:/.]?)(\d{2})\2(\d{2})(?!\d)")
+#: Sentinel-2 bands of the contract's B01..B12 that poppyscan does not use: B10 (cirrus, 1375
+#: nm, a top-of-atmosphere band L2A products leave out) is dropped, not refused
+_UNUSED_BANDS = {"B10"}
+#: SENSOR tag values that name Sentinel-2 (a platform, the instrument), any case
+_S2_TAG = re.compile(r"(sentinel[-_ ]?2[a-d]?|s2[a-d]?|msi)\b.*", re.IGNORECASE)
 
 
 def can_read(path: Path) -> bool:
@@ -55,7 +62,7 @@ def _date_in(text: str) -> np.datetime64 | None:
     """The first valid YYYYMMDD / YYYY-MM-DD / YYYY_MM_DD in ``text``."""
     for m in _DATE_RE.finditer(text):
         try:
-            return np.datetime64(dt.date(int(m[1]), int(m[2]), int(m[3])), "ns")
+            return np.datetime64(dt.date(int(m[1]), int(m[3]), int(m[4])), "ns")
         except ValueError:
             continue
     return None
@@ -138,6 +145,22 @@ def _sensor_of(names: list[str], pixel_m: float) -> str:
     return spec.name if spec is not None else "drone"
 
 
+def _sensor_tag(path: Path, tags: dict[str, str]) -> str | None:
+    """The sensor a SENSOR tag names: a shipped sensor file's name, or 'sentinel2' for any
+    Sentinel-2 spelling (Sentinel-2A, S2B, MSI); another value is not the input contract's and
+    is left aside (the sensor then comes from the bands)."""
+    tag = tags.get("SENSOR", "").strip()
+    if not tag:
+        return None
+    if tag.lower() in known_sensors():
+        return tag.lower()
+    if _S2_TAG.fullmatch(tag):
+        return "sentinel2"
+    log.info("%s: SENSOR tag %r names no known sensor; the sensor is judged from the bands",
+             path, tag)
+    return None
+
+
 def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.DataArray]:
     try:
         with rasterio.open(path) as src:
@@ -154,6 +177,12 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
                                  "-a_srs EPSG:nnnn)")
     except RasterioIOError as exc:
         raise InputError(f"{path}: not a readable raster ({exc})") from None
+    keep = [i for i, d in enumerate(descriptions)
+            if not (d and d.strip().upper() in _UNUSED_BANDS)]
+    if len(keep) < len(descriptions):
+        log.info("band B10 (cirrus, top of atmosphere) is not used")
+        descriptions, dtypes = tuple(descriptions[i] for i in keep), [dtypes[i] for i in keep]
+        scales, offsets = [scales[i] for i in keep], [offsets[i] for i in keep]
     names = band_names(path, descriptions, sensor, pixel_m)
     if len(set(names)) != len(names):
         raise InputError(f"{path}: duplicate band names {names}")
@@ -168,6 +197,8 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
         warnings.simplefilter("ignore", UserWarning)
         raw = rioxarray.open_rasterio(path, chunks={"band": -1, "y": chunks, "x": chunks},
                                       mask_and_scale=False, lock=False)
+    if len(keep) < raw.sizes["band"]:
+        raw = raw.isel(band=keep)
     raw = raw.assign_coords(band=names)
     data = raw.astype("float32")
     categorical = np.isin(names, CATEGORICAL_BANDS)
@@ -194,8 +225,8 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
     data = data.rio.write_crs(raw.rio.crs).rio.write_transform(raw.rio.transform())
     data.attrs = {
         "time": acquisition_time(path, tags),
-        "sensor": tags.get("SENSOR") or getattr(sensor, "name", None) or _sensor_of(names,
-                                                                                   pixel_m),
+        "sensor": _sensor_tag(path, tags) or getattr(sensor, "name", None)
+                  or _sensor_of(names, pixel_m),
         "sun_zenith": _float_tag(tags, "SUN_ZENITH"),
         "sun_azimuth": _float_tag(tags, "SUN_AZIMUTH"),
         "source": str(path),
