@@ -96,13 +96,15 @@ class SensorSpec:
 
     def band(self, name: str) -> SensorBand:
         """The band (kept or dropped) with product name or alias ``name`` (any case), else the
-        kept band with canonical name ``name`` (files of the input contract name bands so)."""
+        kept band with canonical or Sentinel-2 name ``name`` (files of the input contract
+        name bands so)."""
         key = normalise_band_name(name)
         for b in self.bands + self.dropped:
             if key in {normalise_band_name(a) for a in (b.name, *b.aliases)}:
                 return b
+        canonical = canonical_name(name)         # canonical or Sentinel-2 name (B06)
         for b in self.bands:
-            if b.canonical == key:
+            if canonical is not None and b.canonical == canonical:
                 return b
         raise KeyError(name)
 

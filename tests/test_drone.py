@@ -554,3 +554,82 @@ def test_a_sensor_file_in_the_config_names_a_contract_files_bands(tmp_path: Path
     scene, _ = prepare_scene([p], with_overrides(
         cfg, sensor=str(root / "configs" / "sensors" / "sentinel2.yaml")), dem=None)
     assert scene["band"].values.tolist()[:4] == ["coastal", "blue", "green", "red"]
+
+
+# --- contract variants found by an outside-style audit (session 16) ---------------------------
+P4M_CANON = ["blue", "green", "red", "rededge2", "nir"]
+
+
+def _flight(tmp_path: Path, name: str, descriptions: list[str], order: list[int],
+            tags: dict | None = None, data: np.ndarray | None = None,
+            **kw) -> tuple[Path, np.ndarray]:
+    refl = _refl(5, seed=5) if data is None else data
+    sub = tmp_path / name
+    sub.parent.mkdir(parents=True, exist_ok=True)
+    return _write(sub, refl[order], descriptions=[descriptions[k] for k in order], tags=tags,
+                  **kw), refl
+
+
+def _read_bands(path: Path) -> tuple[dict[str, np.ndarray], str]:
+    from pipeline.ingest import open_scene
+    s = open_scene([path], chunks=16).isel(time=0)
+    return {b: s.sel(band=b).values for b in s["band"].values.tolist()}, s.attrs["sensor"]
+
+
+@pytest.mark.parametrize("names", [["B02", "B03", "B04", "B06", "B08"], P4M_CANON])
+def test_named_bands_in_any_order_without_a_date_tag(tmp_path: Path, names) -> None:
+    """Sentinel-2 or canonical names, shuffled, date only in the file name (the drone
+    reader's path): each band is read by its name, never by the camera's stack order."""
+    path, refl = _flight(tmp_path, "flight_20240502.tif", names, [4, 2, 0, 3, 1])
+    bands, sensor = _read_bands(path)
+    assert sensor == "p4m"
+    for k, b in enumerate(P4M_CANON):
+        np.testing.assert_allclose(bands[b], refl[k])
+
+
+def test_a_band_name_the_camera_lacks_is_refused_not_read_in_stack_order(tmp_path) -> None:
+    path, _ = _flight(tmp_path, "p4m_flight_20240502.tif",
+                      ["Blue", "Green", "Red", "RedEdge", "Thermal"], [0, 1, 2, 3, 4])
+    with pytest.raises(SensorNeeded, match=r"\['Thermal'\] are not p4m bands"):
+        _read_bands(path)
+
+
+@pytest.mark.parametrize("where,tags", [("individual_flights/flight_20240502.tif", None),
+                                        ("flight_20240502.tif",
+                                         {"NOTE": "bands: blue green red rededge nir"})])
+def test_camera_words_inside_other_words_or_notes_do_not_pick_the_camera(
+        tmp_path: Path, where, tags) -> None:
+    """Contract band names decide the camera; a folder 'individual_flights' is no Dual and a
+    NOTE tag listing 'rededge' no RedEdge-MX."""
+    path, refl = _flight(tmp_path, where, P4M_CANON, [0, 1, 2, 3, 4], tags=tags)
+    bands, sensor = _read_bands(path)
+    assert sensor == "p4m" and list(bands) == P4M_CANON
+    np.testing.assert_allclose(bands["nir"], refl[4])
+
+
+def test_per_band_gdal_scale_and_offset_without_a_date_tag(tmp_path: Path) -> None:
+    """uint16 with a different scale or offset per band: each band's own (rioxarray drops
+    them when they differ, and the reader fell back to Metashape's 32768)."""
+    refl = _refl(5, seed=5)
+    scales, offsets = [1e-4] * 3 + [2e-4] * 2, [-0.1] * 3 + [0.0] * 2
+    dn = np.stack([np.where(np.isnan(r), 0, np.round((r - o) / s)) for r, s, o
+                   in zip(refl, scales, offsets)]).astype("uint16")
+    path = tmp_path / "flight_20240502.tif"
+    _write(path, dn, nodata=0, descriptions=P4M_CANON)
+    with rasterio.open(path, "r+") as dst:
+        dst.scales, dst.offsets = scales, offsets
+    bands, _ = _read_bands(path)
+    for k, b in enumerate(P4M_CANON):
+        np.testing.assert_allclose(bands[b], refl[k], atol=2e-4)
+
+
+@pytest.mark.parametrize("tags", [None, {"ACQUISITION_DATE": "2024-05-02"}])
+def test_an_alpha_band_named_alpha_masks_in_both_readers(tmp_path: Path, tags) -> None:
+    refl = np.concatenate([_refl(5, seed=5), np.full((1, H, W), 255, "float32")])
+    refl[5, :, :4] = 0                                   # the collar: transparent
+    refl[:5, :, :4] = 0
+    path, _ = _flight(tmp_path, "flight_20240502.tif", [*P4M_CANON, "alpha"],
+                      [0, 1, 2, 3, 4, 5], tags=tags, data=refl)
+    bands, _ = _read_bands(path)
+    assert list(bands) == P4M_CANON
+    assert np.isnan(bands["red"][:, :4]).all() and np.isfinite(bands["red"][3:, 4:]).all()

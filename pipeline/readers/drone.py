@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,9 @@ _CAMERA_HINTS: tuple[tuple[str, str], ...] = (
     ("mavic 3m", "mavic3m"), ("mavic 3 multispectral", "mavic3m"), ("rededge", "rededge-mx"),
     ("micasense", "rededge-mx"),
 )
+#: tags whose values may name the camera (EXIF/XMP-style Model, Make, Camera, Sensor, ...)
+_CAMERA_TAG = re.compile(r"model|make|camera|sensor|platform|device|software|product",
+                         re.IGNORECASE)
 _FLOAT_FILL_BELOW = -0.5
 #: The bands of a plain RGB orthomosaic (the rgb sensor's).
 _VISIBLE = frozenset({"red", "green", "blue"})
@@ -206,13 +210,21 @@ def _guess_sensor(path: Path, tags: dict[str, str], names: list[str], count: int
                   rgb: bool, pixel_m: float | None = None) -> SensorSpec:
     if rgb:
         return load_sensor("rgb")
-    text = " ".join([*tags.values(), path.name, path.parent.name]).lower()
-    for hint, name in _CAMERA_HINTS:
-        if hint in text:
-            return load_sensor(name)
     data = [n for n in names if normalise_band_name(n) != "alpha"
             and canonical_name(n) not in CATEGORICAL_BANDS]
-    if data:  # named by the camera's own band names or as the input contract names bands
+    contract = bool(data) and all(canonical_name(n) for n in data)
+    if contract:  # bands named as the input contract names them: the names decide
+        spec = drone_camera_for_names(data, pixel_m)
+        if spec is not None:
+            return spec
+    # a camera named in the file name, its folder's, or a tag that describes the camera (a
+    # whole word: 'individual_flights' is no Dual, a NOTE listing band names no RedEdge)
+    text = " ".join([*(v for k, v in tags.items() if _CAMERA_TAG.search(k)), path.name,
+                     path.parent.name]).lower()
+    for hint, name in _CAMERA_HINTS:
+        if re.search(rf"(?<![a-z0-9]){re.escape(hint)}(?![a-z0-9])", text):
+            return load_sensor(name)
+    if data and not contract:  # named by the camera's own band names
         spec = drone_camera_for_names(data, pixel_m)
         if spec is not None:
             return spec
@@ -263,8 +275,9 @@ def _read_group(label: Path, files: dict[str, Path], spec: SensorSpec | None,
 
 
 def _alpha_index(src: rasterio.DatasetReader) -> int | None:
-    for i, ci in enumerate(src.colorinterp, start=1):
-        if ci == ColorInterp.alpha:
+    """The band marked alpha: by colour interpretation or by its description ``alpha``."""
+    for i, (ci, d) in enumerate(zip(src.colorinterp, src.descriptions), start=1):
+        if ci == ColorInterp.alpha or (d and normalise_band_name(d) == "alpha"):
             return i
     if src.count == 2:
         return 2
@@ -303,9 +316,19 @@ def _read_stacked(path: Path, spec: SensorSpec | None, chunks: int) -> xr.DataAr
     if rgb and dtypes[0] == "uint16" and not any(descriptions) and _visible_only(spec):
         log.info("%s: three unnamed 16-bit bands read as red, green, blue display brightness "
                  "(65535 = white); name the bands in the file if they are not", path)
-    data_bands = [i for i in range(1, count + 1) if i != alpha]
+    data_bands = [i for i in range(1, count + 1) if i != alpha
+                  and canonical_name(descriptions[i - 1] or "") not in CATEGORICAL_BANDS]
     named = [_band_for(spec, descriptions[i - 1]) if descriptions[i - 1] else None
              for i in data_bands]
+    unknown = [descriptions[i - 1] for i, b in zip(data_bands, named)
+               if descriptions[i - 1] and b is None]
+    if unknown and len(unknown) < len(named):
+        # some bands are named and others are not this camera's: never fall back to the
+        # camera's stack order (the named bands would be read as whatever sits there)
+        raise SensorNeeded(f"{path}: bands {unknown} are not {spec.name} bands; name every "
+                           f"band by the camera's band names or canonical names "
+                           f"({', '.join(c for c in spec.band_order if c)})",
+                           [c.name for c in drone_cameras()])
     if all(b is not None for b in named):
         bands = named
     elif len(data_bands) == len(spec.stack_order):
@@ -374,9 +397,9 @@ def _open(path: Path, chunks: int) -> xr.DataArray:
 
 
 def _scale(raw: xr.DataArray, mode: str, nodata: float | None,
-           alpha: xr.DataArray | None) -> xr.DataArray:
+           alpha: xr.DataArray | None, gdal: tuple[float, float] = (1.0, 0.0)) -> xr.DataArray:
     """Reflectance (or display brightness) of one band read as ``mode`` (``_mode``), no data
-    NaN; a GDAL scale/offset in the file wins over the mode."""
+    NaN; the band's GDAL scale/offset ``gdal``, when it has one, wins over the mode."""
     dtype = np.dtype(raw.dtype)
     data = raw.astype("float32")
     valid = xr.ones_like(raw, dtype=bool)
@@ -393,7 +416,7 @@ def _scale(raw: xr.DataArray, mode: str, nodata: float | None,
         if dtype == np.uint16:
             valid &= raw != 65535
     data = data.where(valid)
-    scale_f, offset_f = raw.attrs.get("scale_factor", 1.0), raw.attrs.get("add_offset", 0.0)
+    scale_f, offset_f = gdal
     if (scale_f, offset_f) != (1.0, 0.0):
         return data * np.float32(scale_f) + np.float32(offset_f)
     divisor = {"float": 1.0, "uint16_32768": 32768.0, "dn10000": 10000.0,
@@ -526,13 +549,14 @@ def _assemble(label: Path, layers: dict[str, _Layer], spec: SensorSpec, tags: di
         da = opened[layer.path]
         if da.rio.crs is None:
             raise InputError(f"{layer.path}: no CRS; georeference the orthomosaic")
-        with rasterio.open(layer.path) as src:
+        with rasterio.open(layer.path) as src:   # per band: rioxarray drops unequal ones
             nodata = src.nodatavals[layer.band_index - 1]
+            gdal = (src.scales[layer.band_index - 1], src.offsets[layer.band_index - 1])
         raw = da.isel(band=layer.band_index - 1, drop=True)
         alpha = (da.isel(band=layer.alpha_index - 1, drop=True)
                  if layer.alpha_index else None)
         mode = _mode(np.dtype(raw.dtype), spec, integer_mode)
-        refl = _scale(raw, mode, nodata, alpha).astype("float32")
+        refl = _scale(raw, mode, nodata, alpha, gdal).astype("float32")
         refl.attrs = {}
         if ref is None:
             ref = refl

@@ -18,6 +18,7 @@ import numpy as np
 import rasterio
 import rioxarray
 import xarray as xr
+from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
 
 from pipeline.bands import CATEGORICAL_BANDS, canonical_name
@@ -168,6 +169,9 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
             descriptions = src.descriptions
             scales, offsets, nodata = src.scales, src.offsets, src.nodata
             dtypes = src.dtypes
+            alpha = next((i for i, (ci, d) in enumerate(zip(src.colorinterp, descriptions))
+                          if ci == ColorInterp.alpha or (d or "").strip().lower() == "alpha"),
+                         None)
             pixel_m = pixel_metres(src.transform, src.crs)
             # the first and the last block: a corrupt or truncated file fails here with the
             # file's name, not deep in a compute (nor as "no CRS": a cut loses the GeoKeys)
@@ -178,9 +182,10 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
     except RasterioIOError as exc:
         raise InputError(f"{path}: not a readable raster ({exc})") from None
     keep = [i for i, d in enumerate(descriptions)
-            if not (d and d.strip().upper() in _UNUSED_BANDS)]
-    if len(keep) < len(descriptions):
+            if not (d and d.strip().upper() in _UNUSED_BANDS) and i != alpha]
+    if len(keep) + (alpha is not None) < len(descriptions):
         log.info("band B10 (cirrus, top of atmosphere) is not used")
+    if len(keep) < len(descriptions):
         descriptions, dtypes = tuple(descriptions[i] for i in keep), [dtypes[i] for i in keep]
         scales, offsets = [scales[i] for i in keep], [offsets[i] for i in keep]
     names = band_names(path, descriptions, sensor, pixel_m)
@@ -197,6 +202,7 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
         warnings.simplefilter("ignore", UserWarning)
         raw = rioxarray.open_rasterio(path, chunks={"band": -1, "y": chunks, "x": chunks},
                                       mask_and_scale=False, lock=False)
+    opaque = None if alpha is None else raw.isel(band=alpha, drop=True) != 0  # alpha 0: no data
     if len(keep) < raw.sizes["band"]:
         raw = raw.isel(band=keep)
     raw = raw.assign_coords(band=names)
@@ -218,6 +224,8 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
     offset = xr.DataArray(np.where(categorical, 0.0, offsets).astype("float32"), dims="band",
                           coords={"band": names})
     data = (data * scale + offset).astype("float32")
+    if opaque is not None:
+        data = data.where(opaque)
     if not categorical.all():
         fill = (data < _FILL_BELOW) & xr.DataArray(~categorical, dims="band",
                                                     coords={"band": names})
