@@ -60,7 +60,7 @@ def parse_date(value: str) -> np.datetime64 | None:
 
 
 def _date_in(text: str) -> np.datetime64 | None:
-    """The first valid YYYYMMDD / YYYY-MM-DD / YYYY_MM_DD in ``text``."""
+    """The first valid date in ``text`` in one of the forms of ``_DATE_RE``."""
     for m in _DATE_RE.finditer(text):
         try:
             return np.datetime64(dt.date(int(m[1]), int(m[3]), int(m[4])), "ns")
@@ -146,7 +146,7 @@ def _sensor_of(names: list[str], pixel_m: float) -> str:
     return spec.name if spec is not None else "drone"
 
 
-def _sensor_tag(path: Path, tags: dict[str, str]) -> str | None:
+def _sensor_tag(tags: dict[str, str]) -> str | None:
     """The sensor a SENSOR tag names: a shipped sensor file's name, or 'sentinel2' for any
     Sentinel-2 spelling (Sentinel-2A, S2B, MSI); another value is not the input contract's and
     is left aside (the sensor then comes from the bands)."""
@@ -157,8 +157,7 @@ def _sensor_tag(path: Path, tags: dict[str, str]) -> str | None:
         return tag.lower()
     if _S2_TAG.fullmatch(tag):
         return "sentinel2"
-    log.info("%s: SENSOR tag %r names no known sensor; the sensor is judged from the bands",
-             path, tag)
+    log.info("SENSOR tag %r names no known sensor; the sensor is judged from the bands", tag)
     return None
 
 
@@ -181,10 +180,10 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
                                  "-a_srs EPSG:nnnn)")
     except RasterioIOError as exc:
         raise InputError(f"{path}: not a readable raster ({exc})") from None
-    keep = [i for i, d in enumerate(descriptions)
-            if not (d and d.strip().upper() in _UNUSED_BANDS) and i != alpha]
-    if len(keep) + (alpha is not None) < len(descriptions):
+    unused = [i for i, d in enumerate(descriptions) if d and d.strip().upper() in _UNUSED_BANDS]
+    if unused:
         log.info("band B10 (cirrus, top of atmosphere) is not used")
+    keep = [i for i in range(len(descriptions)) if i not in unused and i != alpha]
     if len(keep) < len(descriptions):
         descriptions, dtypes = tuple(descriptions[i] for i in keep), [dtypes[i] for i in keep]
         scales, offsets = [scales[i] for i in keep], [offsets[i] for i in keep]
@@ -233,7 +232,7 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
     data = data.rio.write_crs(raw.rio.crs).rio.write_transform(raw.rio.transform())
     data.attrs = {
         "time": acquisition_time(path, tags),
-        "sensor": _sensor_tag(path, tags) or getattr(sensor, "name", None)
+        "sensor": _sensor_tag(tags) or getattr(sensor, "name", None)
                   or _sensor_of(names, pixel_m),
         "sun_zenith": _float_tag(tags, "SUN_ZENITH"),
         "sun_azimuth": _float_tag(tags, "SUN_AZIMUTH"),
