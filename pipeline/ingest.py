@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 _SKIP_STEMS = ("dem",)
 _RASTER_SUFFIXES = {".tif", ".tiff", ".jp2", ".zip", ".safe"}
+#: the reader of the input contract's multi-band GeoTIFFs (any other reader that claims a
+#: file knows it for an image of its kind: a per-band file, a drone orthomosaic)
+_CONTRACT = "pipeline.readers.multiband"
 
 
 def expand_patterns(paths: Sequence[Path]) -> list[Path]:
@@ -62,9 +65,12 @@ def expand_paths(paths: Sequence[Path], dem: Path | None = None) -> list[Path]:
     """Files and folders -> the products to read (a folder a reader claims stays whole).
 
     A DEM among them (the ``dem`` file, or one named ``dem.*``, as in ``--images scene/*.tif``
-    with the DEM in the scene's folder) is not an image and is left out."""
+    with the DEM in the scene's folder) is not an image and is left out; so is a multi-band
+    GeoTIFF that is not an image (``_not_an_image``: a class map, a cloud mask) when it came
+    with images, as ``scene/*.tif`` brings it."""
     mods = readers()
     out: list[Path] = []
+    named_side: dict[Path, str] = {}
     dem_file = Path(dem).resolve() if dem is not None else None
 
     def is_dem(f: Path) -> bool:
@@ -75,6 +81,10 @@ def expand_paths(paths: Sequence[Path], dem: Path | None = None) -> list[Path]:
             raise InputError(f"{p}: no such file or folder")
         if p.is_file() and is_dem(p):
             log.info("%s: a DEM, not an image; left out of the images", p)
+            continue
+        if p.is_file() and not any(m.can_read(p) for m in mods if m.__name__ != _CONTRACT) \
+                and (why := _not_an_image(p)):
+            named_side[p] = why
             continue
         if p.is_dir() and not any(m.can_read(p) for m in mods):
             found = sorted(c for c in p.iterdir()
@@ -90,10 +100,10 @@ def expand_paths(paths: Sequence[Path], dem: Path | None = None) -> list[Path]:
                                and not c.name.startswith(".")
                                and any(m.can_read(c) for m in mods))
             if not found and side:
-                names = ", ".join(c.name for c in list(side)[:3]) + (", ..." if len(side) > 3
-                                                                   else "")
-                raise InputError(f"{p}: no image of the scene in the folder ({names}: no date "
-                                 "and no recognised band); put the date (YYYYMMDD) in the "
+                first = next(iter(side))
+                raise InputError(f"{p}: no image of the scene in the folder ({first.name}: "
+                                 f"{side[first]}{', ...' if len(side) > 1 else ''}); name the "
+                                 "bands (band descriptions) and put the date (YYYYMMDD) in the "
                                  "file names or an ACQUISITION_DATE tag in the files")
             if not found:
                 raise InputError(f"{p}: folder holds no readable images (.tif, .jp2, .zip, "
@@ -101,6 +111,10 @@ def expand_paths(paths: Sequence[Path], dem: Path | None = None) -> list[Path]:
             out.extend(found)
         else:
             out.append(p)
+    if named_side and not out:   # nothing else given: the reader says what is wrong with it
+        return list(named_side)
+    for c, why in named_side.items():
+        log.warning("%s: left out of the images (%s)", c, why)
     return out
 
 

@@ -275,8 +275,11 @@ def test_a_dem_among_the_images_is_left_out(tmp_path: Path) -> None:
     s = open_scene([a, tmp_path / "dem.tif", tmp_path / "elevation.tif"], chunks=16,
                    dem=tmp_path / "elevation.tif")
     assert s.sizes["time"] == 1 and s["band"].values.tolist() == CANON
+    # not given as the DEM: one band, no recognised name, so not an image either
+    s = open_scene([a, tmp_path / "elevation.tif"], chunks=16)
+    assert s.sizes["time"] == 1 and s["band"].values.tolist() == CANON
     with pytest.raises(InputError, match="elevation.tif: bands \\[1\\] have no recognised"):
-        open_scene([a, tmp_path / "elevation.tif"], chunks=16)   # not given as the DEM
+        open_scene([tmp_path / "elevation.tif"], chunks=16)      # alone: the reader's reason
     with pytest.raises(InputError, match="no images given"):
         open_scene([tmp_path / "dem.tif"], chunks=16)
     s = open_scene([tmp_path], chunks=16, dem=tmp_path / "elevation.tif")   # the folder
@@ -457,14 +460,20 @@ def test_a_class_map_beside_the_dates_is_left_out_of_a_folder(tmp_path: Path, ca
         s = open_scene([tmp_path], chunks=16)
     assert s.sizes["time"] == 2
     assert "classes.tif: left out of the images" in caplog.text
-    # given by name, it is still read and refused with the reader's reason
+    # given by name with the dates (--images scene/*.tif), it is left out the same way
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pipeline.ingest"):
+        s = open_scene(sorted(tmp_path.glob("*.tif")), chunks=16)
+    assert s.sizes["time"] == 2 and "classes.tif: left out of the images" in caplog.text
+    # given alone, it is read and refused with the reader's reason
     with pytest.raises(InputError, match="classes.tif"):
         open_scene([tmp_path / "classes.tif"])
     only = tmp_path / "only"
     only.mkdir()
     (tmp_path / "classes.tif").rename(only / "classes.tif")
     with pytest.raises(InputError, match=r"only: no image of the scene in the folder "
-                                         r"\(classes.tif: no date"):
+                                         r"\(classes.tif: 2 band\(s\), none with a "
+                                         r"recognised name"):
         open_scene([only])
 
 
