@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import rioxarray
 import xarray as xr
+from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
 
 from pipeline.errors import InputError
@@ -34,6 +35,15 @@ def open_lazy(path: Path | str, chunks: int, what: str = "raster") -> xr.DataArr
     if not isinstance(da, xr.DataArray):
         raise InputError(f"{path}: has subdatasets; expected one {what}")
     return da
+
+
+def marked_alpha(src) -> int | None:
+    """The 1-based band an open dataset marks as alpha, by colour interpretation or by the
+    description ``alpha``, else None."""
+    for i, (ci, d) in enumerate(zip(src.colorinterp, src.descriptions), start=1):
+        if ci == ColorInterp.alpha or (d or "").strip().lower() == "alpha":
+            return i
+    return None
 
 
 def check_ends(src, path: Path | str) -> None:

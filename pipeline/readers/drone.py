@@ -64,7 +64,7 @@ from pipeline.bands import CATEGORICAL_BANDS, canonical_name, order_bands
 from pipeline.config import DRONE_PIXEL_M
 from pipeline.errors import InputError, SensorNeeded
 from pipeline.grid import pixel_metres
-from pipeline.readers._raster import check_ends, open_lazy, read_failure
+from pipeline.readers._raster import check_ends, marked_alpha, open_lazy, read_failure
 from pipeline.readers.multiband import acquisition_time
 from pipeline.sensors import (
     SensorBand,
@@ -275,10 +275,10 @@ def _read_group(label: Path, files: dict[str, Path], spec: SensorSpec | None,
 
 
 def _alpha_index(src: rasterio.DatasetReader) -> int | None:
-    """The band marked alpha: by colour interpretation or by its description ``alpha``."""
-    for i, (ci, d) in enumerate(zip(src.colorinterp, src.descriptions), start=1):
-        if ci == ColorInterp.alpha or (d and normalise_band_name(d) == "alpha"):
-            return i
+    """The band marked alpha (``marked_alpha``), else the second of two bands."""
+    marked = marked_alpha(src)
+    if marked is not None:
+        return marked
     if src.count == 2:
         return 2
     return None

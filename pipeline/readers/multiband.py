@@ -18,14 +18,13 @@ import numpy as np
 import rasterio
 import rioxarray
 import xarray as xr
-from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
 
 from pipeline.bands import CATEGORICAL_BANDS, canonical_name
 from pipeline.config import DRONE_PIXEL_M
 from pipeline.errors import InputError, SensorNeeded
 from pipeline.grid import pixel_metres
-from pipeline.readers._raster import check_ends
+from pipeline.readers._raster import check_ends, marked_alpha
 from pipeline.sensors import drone_camera_for_names, known_sensors
 
 log = logging.getLogger(__name__)
@@ -168,9 +167,8 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
             descriptions = src.descriptions
             scales, offsets, nodata = src.scales, src.offsets, src.nodata
             dtypes = src.dtypes
-            alpha = next((i for i, (ci, d) in enumerate(zip(src.colorinterp, descriptions))
-                          if ci == ColorInterp.alpha or (d or "").strip().lower() == "alpha"),
-                         None)
+            alpha = marked_alpha(src)
+            alpha = None if alpha is None else alpha - 1     # 0-based, as ``keep``
             pixel_m = pixel_metres(src.transform, src.crs)
             # the first and the last block: a corrupt or truncated file fails here with the
             # file's name, not deep in a compute (nor as "no CRS": a cut loses the GeoKeys)
