@@ -23,8 +23,23 @@ from indices.window import phase_window
 from pipeline.bands import ALL_BANDS, S2_BANDS
 from pipeline.config import PHASES, Calendar, SurveyConfig
 from pipeline.errors import ModelError
+from pipeline.sensors import drone_cameras
 
 log = logging.getLogger(__name__)
+
+
+def _sensor_mismatch(trained: str, read: str) -> str:
+    """The refusal for a model of another sensor; between two drone cameras it says how the
+    camera was told (band names, file name, pixel size) and how to name a flight's bands."""
+    cameras = {c.name: c for c in drone_cameras()}
+    if trained in cameras and read in cameras:
+        names = ", ".join(b.name for b in cameras[trained].bands)
+        return (f"the model was trained for camera '{trained}', the images were read as "
+                f"'{read}' (from their band names, file name or pixel size); if they are "
+                f"{trained} flights, name the bands as the {trained} does ({names}) or put "
+                f"'{trained}' in the file name, else use a model trained on {read}")
+    return (f"the model was trained for sensor '{trained}', the images are '{read}'; use a "
+            "model trained on this sensor")
 
 
 def check_fit(art: Artifact, feature_names: Sequence[str], sensor: str, calendar: str,
@@ -39,8 +54,7 @@ def check_fit(art: Artifact, feature_names: Sequence[str], sensor: str, calendar
     band no image has is named too."""
     want, have = art.feature_names, list(feature_names)
     if art.meta["sensor"] != sensor:
-        raise ModelError(f"the model was trained for sensor '{art.meta['sensor']}', the images "
-                         f"are '{sensor}'; use a model trained on this sensor")
+        raise ModelError(_sensor_mismatch(art.meta["sensor"], sensor))
     if art.meta["calendar"] != calendar:
         raise ModelError(f"the model was trained with calendar '{art.meta['calendar']}', the "
                          f"config uses '{calendar}'; use the same calendar or retrain")

@@ -141,7 +141,8 @@ def _not_an_image(path: Path) -> str | None:
 
 
 def read_products(paths: Sequence[Path], sensor: Any | None = None,
-                  chunks: int = 1024, dem: Path | None = None) -> list[xr.DataArray]:
+                  chunks: int = 1024, dem: Path | None = None,
+                  prefer: str | None = None) -> list[xr.DataArray]:
     mods = readers()
     arrays: list[xr.DataArray] = []
     for p in expand_paths(paths, dem):
@@ -149,7 +150,7 @@ def read_products(paths: Sequence[Path], sensor: Any | None = None,
         if mod is None:
             raise InputError(f"{p}: unsupported input; give multi-band GeoTIFFs, Sentinel-2 "
                              ".SAFE/.zip products, per-band folders or drone orthomosaics")
-        new = mod.read(p, sensor, chunks)
+        new = mod.read(p, sensor, chunks, prefer=prefer)
         arrays.extend(new)
         if arrays:  # fail fast on another place, before reading the rest
             check_overlap([arrays[0], *new], Grid.of(arrays[0]))
@@ -216,13 +217,14 @@ def check_overlap(products: Sequence[xr.DataArray], grid: Grid) -> None:
 
 def open_scene(paths: Sequence[Path], sensor: Any | None = None, *, chunks: int = 1024,
                aoi: BaseGeometry | None = None, grid: Grid | None = None,
-               dem: Path | None = None) -> xr.DataArray:
+               dem: Path | None = None, prefer: str | None = None) -> xr.DataArray:
     """Read ``paths`` into one lazy Scene (time, band, y, x), float32, NaN where no data.
 
     ``aoi`` must be in the CRS of the grid (see ``pipeline.aoi.read_aoi``); ``dem``, when
-    listed among ``paths``, is left out.
+    listed among ``paths``, is left out; ``prefer``: the drone camera to take where a file's
+    band names fit more than one (P4M and RedEdge-MX both call a band 'rededge').
     """
-    products = read_products(paths, sensor, chunks, dem)
+    products = read_products(paths, sensor, chunks, dem, prefer)
     if grid is None:
         grid = Grid.of(products[0])
         regrid = true_scale_grid(grid)

@@ -129,14 +129,14 @@ def drone_cameras() -> tuple[SensorSpec, ...]:
     return tuple(s for s in (load_sensor(n) for n in known_sensors()) if s.kind == "drone")
 
 
-def drone_camera_for_names(names: Iterable[str], pixel_m: float | None = None
-                           ) -> SensorSpec | None:
+def drone_camera_for_names(names: Iterable[str], pixel_m: float | None = None,
+                           prefer: str | None = None) -> SensorSpec | None:
     """The shipped drone camera whose kept bands are exactly the bands these names give (the
     camera's band names or aliases, canonical or Sentinel-2 names; any case), else None. The
     band sets of the shipped cameras differ, so a file named by its bands identifies its
     camera. One set of names can fit two cameras (P4M and RedEdge-MX both call a band
-    'rededge'): then the one whose nominal pixel size is nearest ``pixel_m`` is taken, and None
-    without a clear one."""
+    'rededge'): then ``prefer`` if it is one of them (the camera a model was trained on), else
+    the one whose nominal pixel size is nearest ``pixel_m``, and None without a clear one."""
     names = list(names)
     want = [canonical_name(n) or n for n in names]   # Sentinel-2 names (B02) as canonical
     hits = []
@@ -148,6 +148,10 @@ def drone_camera_for_names(names: Iterable[str], pixel_m: float | None = None
         if None not in got and len(set(got)) == len(got) and \
                 set(got) == set(spec.canonical.values()):
             hits.append(spec)
+    if len(hits) > 1 and prefer in {h.name for h in hits}:
+        log.info("bands %s fit the %s; the model's camera, %s, is taken",
+                 ", ".join(map(str, names)), " and the ".join(h.name for h in hits), prefer)
+        hits = [h for h in hits if h.name == prefer]
     if len(hits) > 1 and pixel_m is not None:
         hits.sort(key=lambda h: abs(h.resolution_m - pixel_m))
         gap = abs(hits[1].resolution_m - pixel_m) - abs(hits[0].resolution_m - pixel_m)

@@ -127,16 +127,18 @@ def default_config(images: Sequence[Path], model_dir: Path | None = None,
 
 
 def prepare_scene(images: Sequence[Path], cfg: SurveyConfig, *, dem: Path | None,
-                  aoi: Path | None = None,
-                  chunks: int | None = None) -> tuple[xr.DataArray, xr.DataArray | None]:
+                  aoi: Path | None = None, chunks: int | None = None,
+                  camera: str | None = None) -> tuple[xr.DataArray, xr.DataArray | None]:
     """Ingest the images (and DEM) lazily on one grid; nothing is computed. A sensor *file*
     as the config's ``sensor`` (a camera of one's own, another reflectance scaling) reads
     every image with it; a sensor name is for the record (the readers tell the sensor from
-    each file's metadata)."""
+    each file's metadata). ``camera``: the drone camera to take where a file's band names fit
+    more than one (detect: the model's, so a P4M model reads a P4M flight flown higher as P4M,
+    not by its pixel size as the RedEdge-MX it would otherwise resemble)."""
     chunks = chunks or cfg.run.chunk_size
     sensor = (load_sensor(cfg.sensor) if Path(cfg.sensor).suffix.lower() in (".yaml", ".yml")
               else None)
-    scene = open_scene(images, sensor, chunks=chunks, dem=dem)
+    scene = open_scene(images, sensor, chunks=chunks, dem=dem, prefer=camera)
     if aoi is not None:               # read in the scene's CRS, so the scene is opened first
         from pipeline.aoi import read_aoi
         scene = clip_to_aoi(scene, read_aoi(aoi, scene.rio.crs), chunks)
@@ -868,7 +870,8 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     # and 21.4 s with 128 px (task overhead, concatenation, and GeoTIFF blocks, commonly
     # 256 px, decoded again for every chunk that cuts them).
     scene, dem_da = prepare_scene(images, cfg, dem=dem, aoi=aoi,
-                                  chunks=max(64, cfg.run.chunk_size // 2))
+                                  chunks=max(64, cfg.run.chunk_size // 2),
+                                  camera=art.meta["sensor"])
     if cfg.terrain_correction != "none" and dem_da is None:
         raise InputError(f"terrain_correction is '{cfg.terrain_correction}' but no --dem was "
                          "given; give a DEM or set terrain_correction: none")

@@ -326,6 +326,51 @@ def test_drone_flights_train_and_detect_above_the_measured_floors(p4m_run) -> No
     assert report["samples"]["classes"]["poppy"] == poppy
 
 
+def _as_higher_flight(path, out, names, pixel_m):
+    """The flight as a camera tool writes it, band names ``names`` and the pixel size
+    ``pixel_m`` (a flight flown higher): the date in the name only, no camera hint."""
+    import rasterio
+    from affine import Affine
+    with rasterio.open(path) as src:
+        refl, profile = src.read(), src.profile
+    t = profile["transform"]
+    profile.update(transform=Affine(pixel_m, 0, t.c, 0, -pixel_m, t.f))
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(refl)
+        dst.descriptions = tuple(names)
+    return out
+
+
+def test_a_p4m_model_reads_a_higher_p4m_flight_as_p4m_and_says_how_to_name_bands(
+        p4m_run, tmp_path) -> None:
+    """'Blue, Green, Red, RedEdge, NIR' fit the P4M and the RedEdge-MX; at 8 cm pixels (a P4M
+    flown at 150 m) the pixel size alone says RedEdge-MX. detect takes the model's camera for
+    such names; a flight whose names say RedEdge-MX (rededge1 = 717 nm) is refused with the
+    way to name its bands."""
+    root, sims, _, _ = p4m_run
+    src = sims[DETECT_SEEDS[1]].images[0]
+    date = src.name.split("_")[-1]
+    (tmp_path / "flights").mkdir()   # not in the test's folder: its name holds 'p4m'
+    ambiguous = _as_higher_flight(src, tmp_path / "flights" / f"flight_{date}",
+                                  ["Blue", "Green", "Red", "RedEdge", "NIR"], 0.08)
+    from pipeline.ingest import open_scene
+    assert open_scene([ambiguous], chunks=64).attrs["sensor"] == "rededge-mx"  # pixel size
+    assert _cli(["-q", "detect", "--images", str(ambiguous), "--model", str(root / "model"),
+                 "--out", str(tmp_path / "out"), "--formats", "geojson"]) == 0
+    assert (tmp_path / "out" / "targets.geojson").is_file()   # a camera mismatch exits 2
+    mx = tmp_path / "mx"
+    mx.mkdir()
+    named = _as_higher_flight(src, mx / f"flight_{date}",
+                              ["blue", "green", "red", "rededge1", "nir"], 0.08)
+    from pipeline.errors import ModelError
+    from pipeline.survey import detect
+    cfg = _fast(load_config(DRONE_CFG))
+    with pytest.raises(ModelError, match=r"read as 'rededge-mx'.*name the bands as the p4m "
+                                         r"does \(blue, green, red, rededge, nir\)"):
+        detect([named], root / "model", tmp_path / "out2", cfg, formats=["geojson"])
+    assert not (tmp_path / "out2").exists()
+
+
 def test_drone_targets_respect_the_metric_mapping_unit(p4m_run) -> None:
     root, _, cfg, _ = p4m_run
     for s in DETECT_SEEDS:

@@ -1,7 +1,8 @@
 """Product readers. Each module exposes ``can_read(path) -> bool`` and
-``read(path, sensor, chunks) -> list[xr.DataArray]`` (one (band, y, x) float32 reflectance
+``read(path, sensor, chunks, *, prefer) -> list[xr.DataArray]`` (one (band, y, x) float32 reflectance
 array per acquisition, NaN where no data, canonical band names, attrs ``time``, ``sensor``,
-``sun_zenith``, ``sun_azimuth``). ``pipeline.ingest`` asks them in the order of ``READERS``.
+``sun_zenith``, ``sun_azimuth``; ``prefer`` names the camera to take where a file's band
+names fit more than one, e.g. a model's). ``pipeline.ingest`` asks them in the order of ``READERS``.
 """
 from __future__ import annotations
 

@@ -163,7 +163,9 @@ def can_read(path: Path) -> bool:
         return False
 
 
-def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.DataArray]:
+def read(path: Path, sensor: Any | None = None, chunks: int = 1024, *,
+         prefer: str | None = None) -> list[xr.DataArray]:
+    """``prefer``: the camera to take where the band names fit more than one (a model's)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
@@ -177,15 +179,15 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
         groups = _per_band_groups(path, aliases)
         if not groups:
             raise InputError(f"{path}: no per-band orthomosaics (*_blue.tif, *_nir.tif, ...)")
-        return [_read_group(path / (prefix or "result"), files, spec, chunks)
+        return [_read_group(path / (prefix or "result"), files, spec, chunks, prefer)
                 for prefix, files in sorted(groups.items())]
     hit = _split_band_stem(path.stem, aliases)
     if hit is not None:
         groups = _per_band_groups(path.parent, aliases)
         if hit[0] in groups:
             return [_read_group(path.parent / (hit[0] or "result"), groups[hit[0]], spec,
-                                chunks)]
-    return [_read_stacked(path, spec, chunks)]
+                                chunks, prefer)]
+    return [_read_stacked(path, spec, chunks, prefer)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,14 +209,15 @@ class _Layer:
 
 
 def _guess_sensor(path: Path, tags: dict[str, str], names: list[str], count: int,
-                  rgb: bool, pixel_m: float | None = None) -> SensorSpec:
+                  rgb: bool, pixel_m: float | None = None,
+                  prefer: str | None = None) -> SensorSpec:
     if rgb:
         return load_sensor("rgb")
     data = [n for n in names if normalise_band_name(n) != "alpha"
             and canonical_name(n) not in CATEGORICAL_BANDS]
     contract = bool(data) and all(canonical_name(n) for n in data)
     if contract:  # bands named as the input contract names them: the names decide
-        spec = drone_camera_for_names(data, pixel_m)
+        spec = drone_camera_for_names(data, pixel_m, prefer)
         if spec is not None:
             return spec
     # a camera named in the file name, its folder's, or a tag that describes the camera (a
@@ -225,7 +228,7 @@ def _guess_sensor(path: Path, tags: dict[str, str], names: list[str], count: int
         if re.search(rf"(?<![a-z0-9]){re.escape(hint)}(?![a-z0-9])", text):
             return load_sensor(name)
     if data and not contract:  # named by the camera's own band names
-        spec = drone_camera_for_names(data, pixel_m)
+        spec = drone_camera_for_names(data, pixel_m, prefer)
         if spec is not None:
             return spec
     normed = {normalise_band_name(n) for n in names}
@@ -252,11 +255,12 @@ def _band_for(spec: SensorSpec, token: str) -> SensorBand | None:
 
 
 def _read_group(label: Path, files: dict[str, Path], spec: SensorSpec | None,
-                chunks: int) -> xr.DataArray:
+                chunks: int, prefer: str | None) -> xr.DataArray:
     first = next(iter(files.values()))
     tags, pixel_m = _tags(first)
     if spec is None:
-        spec = _guess_sensor(label, tags, list(files), len(files), rgb=False, pixel_m=pixel_m)
+        spec = _guess_sensor(label, tags, list(files), len(files), rgb=False, pixel_m=pixel_m,
+                             prefer=prefer)
     layers: dict[str, _Layer] = {}
     for token, f in files.items():
         band = _band_for(spec, token)
@@ -294,7 +298,8 @@ def _tags(path: Path) -> tuple[dict[str, str], float]:
         raise InputError(f"{path}: not a readable raster ({exc})") from None
 
 
-def _read_stacked(path: Path, spec: SensorSpec | None, chunks: int) -> xr.DataArray:
+def _read_stacked(path: Path, spec: SensorSpec | None, chunks: int,
+                  prefer: str | None) -> xr.DataArray:
     try:
         with rasterio.open(path) as src:
             tags = {k: str(v) for k, v in src.tags().items()}
@@ -312,7 +317,8 @@ def _read_stacked(path: Path, spec: SensorSpec | None, chunks: int) -> xr.DataAr
     # among them multispectral; a 16-bit file keeps a sensor of three bands (its own camera)
     if spec is None or (rgb and spec.name != "rgb" and not any(descriptions)
                         and (dtypes[0] == "uint8" or len(spec.stack_order) != 3)):
-        spec = _guess_sensor(path, tags, [d for d in descriptions if d], count, rgb, pixel_m)
+        spec = _guess_sensor(path, tags, [d for d in descriptions if d], count, rgb, pixel_m,
+                             prefer)
     if rgb and dtypes[0] == "uint16" and not any(descriptions) and _visible_only(spec):
         log.info("%s: three unnamed 16-bit bands read as red, green, blue display brightness "
                  "(65535 = white); name the bands in the file if they are not", path)

@@ -112,7 +112,8 @@ def _float_tag(tags: dict[str, str], key: str) -> float:
 
 
 def band_names(path: Path, descriptions: tuple[str | None, ...],
-               sensor: Any | None = None, pixel_m: float | None = None) -> list[str]:
+               sensor: Any | None = None, pixel_m: float | None = None,
+               prefer: str | None = None) -> list[str]:
     """Canonical names of the file's bands from descriptions, else (drone pixels) from a
     shipped camera's own band names (P4M 'Blue, Green, Red, RedEdge, NIR'), else from the
     sensor's order."""
@@ -121,7 +122,7 @@ def band_names(path: Path, descriptions: tuple[str | None, ...],
         return names  # type: ignore[return-value]
     if pixel_m is not None and pixel_m < DRONE_PIXEL_M and all(descriptions):
         data = [d for d in descriptions if d and canonical_name(d) not in CATEGORICAL_BANDS]
-        spec = drone_camera_for_names(data, pixel_m)
+        spec = drone_camera_for_names(data, pixel_m, prefer)
         if spec is not None:
             return [n if n is not None else spec.band(d).canonical  # type: ignore
                     for d, n in zip(descriptions, names)]
@@ -135,13 +136,14 @@ def band_names(path: Path, descriptions: tuple[str | None, ...],
                        "names)", known_sensors())
 
 
-def _sensor_of(names: list[str], pixel_m: float) -> str:
+def _sensor_of(names: list[str], pixel_m: float, prefer: str | None = None) -> str:
     """The sensor a contract file without a SENSOR tag comes from: a drone camera when its
     pixels are finer than 2 m (the shipped camera with exactly these bands, else 'drone'),
     else 'sentinel2'."""
     if pixel_m >= DRONE_PIXEL_M:
         return "sentinel2"
-    spec = drone_camera_for_names([n for n in names if n not in CATEGORICAL_BANDS], pixel_m)
+    spec = drone_camera_for_names([n for n in names if n not in CATEGORICAL_BANDS], pixel_m,
+                                  prefer)
     return spec.name if spec is not None else "drone"
 
 
@@ -160,7 +162,9 @@ def _sensor_tag(tags: dict[str, str]) -> str | None:
     return None
 
 
-def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.DataArray]:
+def read(path: Path, sensor: Any | None = None, chunks: int = 1024, *,
+         prefer: str | None = None) -> list[xr.DataArray]:
+    """``prefer``: the drone camera to take where the band names fit more than one."""
     try:
         with rasterio.open(path) as src:
             tags = src.tags()
@@ -185,7 +189,7 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
     if len(keep) < len(descriptions):
         descriptions, dtypes = tuple(descriptions[i] for i in keep), [dtypes[i] for i in keep]
         scales, offsets = [scales[i] for i in keep], [offsets[i] for i in keep]
-    names = band_names(path, descriptions, sensor, pixel_m)
+    names = band_names(path, descriptions, sensor, pixel_m, prefer)
     if len(set(names)) != len(names):
         raise InputError(f"{path}: duplicate band names {names}")
     unscaled = [n for n, d, sc, off in zip(names, dtypes, scales, offsets)
@@ -231,7 +235,7 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.D
     data.attrs = {
         "time": acquisition_time(path, tags),
         "sensor": _sensor_tag(tags) or getattr(sensor, "name", None)
-                  or _sensor_of(names, pixel_m),
+                  or _sensor_of(names, pixel_m, prefer),
         "sun_zenith": _float_tag(tags, "SUN_ZENITH"),
         "sun_azimuth": _float_tag(tags, "SUN_AZIMUTH"),
         "source": str(path),

@@ -155,8 +155,10 @@ def can_read(path: Path) -> bool:
     return False
 
 
-def read(path: Path, sensor: Any | None = None, chunks: int = 1024) -> list[xr.DataArray]:
-    """One (band, y, x) float32 reflectance array per acquisition (granule) in ``path``."""
+def read(path: Path, sensor: Any | None = None, chunks: int = 1024, *,
+         prefer: str | None = None) -> list[xr.DataArray]:
+    """One (band, y, x) float32 reflectance array per acquisition (granule) in ``path``
+    (``prefer``, a drone camera, does not apply)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
