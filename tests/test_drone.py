@@ -188,6 +188,20 @@ def test_mavic3m_pix4d_per_band_with_alpha(tmp_path: Path) -> None:
     np.testing.assert_allclose(da.values, refl, rtol=1e-6)
 
 
+@pytest.mark.parametrize("edge,camera", [("rededge2", "p4m"), ("rededge1", "rededge-mx")])
+def test_per_band_files_named_by_canonical_bands(tmp_path: Path, edge: str, camera: str) -> None:
+    """Per-band files named as the input contract names bands (the P4M's red edge is
+    'rededge2', the RedEdge-MX's 'rededge1'): one flight of that camera, not 'no images'."""
+    refl = _refl(5, seed=4)
+    for i, name in enumerate(["blue", "green", "red", edge, "nir"]):
+        _write(tmp_path / f"flight_20250420_{name}.tif", refl[i:i + 1])
+    assert drone.can_read(tmp_path)
+    [da] = drone.read(tmp_path, None, chunks=16)
+    assert da.attrs["sensor"] == camera
+    assert sorted(da["band"].values.tolist()) == sorted(["blue", "green", "red", edge, "nir"])
+    np.testing.assert_allclose(da.sel(band=edge).values, refl[3], rtol=1e-6)
+
+
 def test_rgb_alpha_is_mask(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     rgb = rng.integers(0, 256, size=(3, H, W), dtype="uint8")

@@ -99,11 +99,16 @@ _METASHAPE_P99_MAX = 1.5 * 32768
 
 @functools.cache
 def _shipped_aliases() -> frozenset[str]:
+    """Band tokens of per-band file names: the shipped cameras' band names and aliases, and
+    the canonical names of their bands (``flight_rededge2.tif``, as the input contract names
+    the P4M's red edge)."""
     out: set[str] = set()
     for spec in drone_cameras():
         for b in spec.bands + spec.dropped:
             out.add(normalise_band_name(b.name))
             out.update(normalise_band_name(a) for a in b.aliases)
+            if b.canonical:
+                out.add(b.canonical)
     return frozenset(out)
 
 
