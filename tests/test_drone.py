@@ -202,6 +202,41 @@ def test_per_band_files_named_by_canonical_bands(tmp_path: Path, edge: str, came
     np.testing.assert_allclose(da.sel(band=edge).values, refl[3], rtol=1e-6)
 
 
+def test_a_gdal_mask_band_is_no_data_in_both_readers(tmp_path: Path) -> None:
+    """No data given as a GDAL mask band (an internal TIFF mask, as gdalwarp writes with
+    GDAL_TIFF_INTERNAL_MASK), the collar 0.0 in every band: NaN, not reflectance 0, whether
+    the file has an ACQUISITION_DATE tag (the contract reader), the date in its name (the
+    drone reader) or is one of per-band files; across chunk borders."""
+    from pipeline.ingest import open_scene
+    refl = np.nan_to_num(_refl(5, seed=8), nan=0.3)
+    yy, xx = np.mgrid[0:H, 0:W]
+    collar = (yy + xx) < 30                              # crosses the 16 px chunks
+    refl[:, collar] = 0.0
+    names = ["blue", "green", "red", "rededge2", "nir"]
+
+    def write(path: Path, data: np.ndarray, descriptions, tags=None) -> Path:
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(
+                path, "w", driver="GTiff", width=W, height=H, count=len(data), dtype="float32",
+                crs=CRS, transform=TF) as dst:
+            dst.write(data)
+            dst.write_mask(np.where(collar, 0, 255).astype("uint8"))
+            for i, d in enumerate(descriptions, start=1):
+                dst.set_band_description(i, d)
+            if tags:
+                dst.update_tags(**tags)
+        return path
+
+    (tmp_path / "bands").mkdir()
+    for i, n in enumerate(names):
+        write(tmp_path / "bands" / f"flight_20250420_{n}.tif", refl[i:i + 1], [n])
+    for path in (write(tmp_path / "tagged.tif", refl, names, {"ACQUISITION_DATE": "2025-04-20"}),
+                 write(tmp_path / "flight_20250420.tif", refl, names), tmp_path / "bands"):
+        scene = open_scene([path], chunks=16)
+        got = scene.isel(time=0).sel(band=names).values
+        assert np.isnan(got[:, collar]).all(), path
+        np.testing.assert_allclose(got[:, ~collar], refl[:, ~collar], rtol=1e-6)
+
+
 def test_rgb_alpha_is_mask(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     rgb = rng.integers(0, 256, size=(3, H, W), dtype="uint8")

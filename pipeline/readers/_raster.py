@@ -12,10 +12,14 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
+import dask.array as darr
+import numpy as np
+import rasterio
 import rioxarray
 import xarray as xr
-from rasterio.enums import ColorInterp
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
 
 from pipeline.errors import InputError
 
@@ -44,6 +48,30 @@ def marked_alpha(src) -> int | None:
         if ci == ColorInterp.alpha or (d or "").strip().lower() == "alpha":
             return i
     return None
+
+
+def has_mask_band(src) -> bool:
+    """Whether an open dataset's no data is a GDAL mask band of its own (an internal TIFF mask
+    or a ``.msk`` file: what ``gdalwarp``/``gdal_translate`` write with
+    ``GDAL_TIFF_INTERNAL_MASK``), not a nodata value or an alpha band (read as such)."""
+    flags = src.mask_flag_enums[0] if src.count else []
+    return (MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags
+            and MaskFlags.nodata not in flags)
+
+
+def mask_band(path: Path | str, like: xr.DataArray) -> xr.DataArray:
+    """The file's mask band as a lazy boolean 'has data' (y, x) array on the chunks and
+    coordinates of ``like`` (a band of the same file, read with ``open_lazy``)."""
+    path = str(path)
+
+    def block(block_info=None) -> np.ndarray:
+        (r0, r1), (c0, c1) = block_info[None]["array-location"][-2:]
+        with rasterio.open(path) as src:
+            return src.read_masks(1, window=Window(c0, r0, c1 - c0, r1 - r0)) != 0
+
+    arr = darr.map_blocks(block, dtype=bool, chunks=like.chunks[-2:],
+                          meta=np.empty((0, 0), dtype=bool))
+    return xr.DataArray(arr, dims=("y", "x"), coords={"y": like["y"], "x": like["x"]})
 
 
 def check_ends(src, path: Path | str) -> None:

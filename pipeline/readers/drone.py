@@ -64,7 +64,14 @@ from pipeline.bands import CATEGORICAL_BANDS, canonical_name, order_bands
 from pipeline.config import DRONE_PIXEL_M
 from pipeline.errors import InputError, SensorNeeded
 from pipeline.grid import pixel_metres
-from pipeline.readers._raster import check_ends, marked_alpha, open_lazy, read_failure
+from pipeline.readers._raster import (
+    check_ends,
+    has_mask_band,
+    marked_alpha,
+    mask_band,
+    open_lazy,
+    read_failure,
+)
 from pipeline.readers.multiband import acquisition_time
 from pipeline.sensors import (
     SensorBand,
@@ -563,11 +570,14 @@ def _assemble(label: Path, layers: dict[str, _Layer], spec: SensorSpec, tags: di
         with rasterio.open(layer.path) as src:   # per band: rioxarray drops unequal ones
             nodata = src.nodatavals[layer.band_index - 1]
             gdal = (src.scales[layer.band_index - 1], src.offsets[layer.band_index - 1])
+            masked = has_mask_band(src)
         raw = da.isel(band=layer.band_index - 1, drop=True)
         alpha = (da.isel(band=layer.alpha_index - 1, drop=True)
                  if layer.alpha_index else None)
         mode = _mode(np.dtype(raw.dtype), spec, integer_mode)
         refl = _scale(raw, mode, nodata, alpha, gdal).astype("float32")
+        if masked:
+            refl = refl.where(mask_band(layer.path, raw))
         refl.attrs = {}
         if ref is None:
             ref = refl
@@ -583,7 +593,8 @@ def _assemble(label: Path, layers: dict[str, _Layer], spec: SensorSpec, tags: di
     stacked = stacked.assign_coords(band=names).transpose("band", "y", "x")
     stacked = stacked.chunk({"band": -1, "y": chunks, "x": chunks}).astype("float32")
     if _visible_only(spec) and not any(layer.alpha_index for layer in layers.values()):
-        # RGB without alpha: the black collar (0 in every band) is no data
+        # RGB without alpha: the black collar (0 in every band) is no data (a mask band, too,
+        # is read above)
         stacked = stacked.where((stacked != 0).any("band"))
     stacked = stacked.rio.write_crs(ref.rio.crs).rio.write_transform(ref.rio.transform())
     stacked.attrs = {

@@ -24,7 +24,7 @@ from pipeline.bands import CATEGORICAL_BANDS, canonical_name
 from pipeline.config import DRONE_PIXEL_M
 from pipeline.errors import InputError, SensorNeeded
 from pipeline.grid import pixel_metres
-from pipeline.readers._raster import check_ends, marked_alpha
+from pipeline.readers._raster import check_ends, has_mask_band, marked_alpha, mask_band
 from pipeline.sensors import drone_camera_for_names, known_sensors
 
 log = logging.getLogger(__name__)
@@ -173,6 +173,7 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024, *,
             dtypes = src.dtypes
             alpha = marked_alpha(src)
             alpha = None if alpha is None else alpha - 1     # 0-based, as ``keep``
+            masked = has_mask_band(src)
             pixel_m = pixel_metres(src.transform, src.crs)
             # the first and the last block: a corrupt or truncated file fails here with the
             # file's name, not deep in a compute (nor as "no CRS": a cut loses the GeoKeys)
@@ -227,6 +228,8 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024, *,
     data = (data * scale + offset).astype("float32")
     if opaque is not None:
         data = data.where(opaque)
+    if masked:
+        data = data.where(mask_band(path, raw))
     if not categorical.all():
         fill = (data < _FILL_BELOW) & xr.DataArray(~categorical, dims="band",
                                                     coords={"band": names})
