@@ -63,11 +63,30 @@ def _encodings(path: Path) -> list[str | None]:
     return ["UTF-8", "GB18030"]
 
 
+def _layer(path: Path, what: str) -> str | None:
+    """The one layer with geometry of a file that holds several (a GeoPackage from QGIS
+    keeps its styles in a table without geometry), else None (the file's only layer)."""
+    try:
+        layers = pyogrio.list_layers(path)
+    except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError):
+        return None                     # not readable: pyogrio.raw.read says why
+    if len(layers) < 2:
+        return None
+    spatial = [str(name) for name, geometry in layers if geometry is not None]
+    if len(spatial) == 1:
+        return spatial[0]
+    raise InputError(f"{path}: holds {len(spatial)} layers with geometry "
+                     f"({', '.join(spatial)}); which one is the {what}? Keep it in a file of "
+                     f"its own (e.g. ogr2ogr {path.stem}_{spatial[-1]}{path.suffix} {path} "
+                     f"{spatial[-1]})")
+
+
 def _read_raw(path: Path, what: str) -> tuple[dict, np.ndarray, list[np.ndarray]]:
     errors = []
+    layer = _layer(path, what)
     for enc in _encodings(path):
         try:
-            meta, _fids, geoms, fields = pyogrio.raw.read(path, encoding=enc)
+            meta, _fids, geoms, fields = pyogrio.raw.read(path, encoding=enc, layer=layer)
         except UnicodeDecodeError as exc:
             errors.append(f"{enc}: {exc.reason}")
             continue
@@ -87,17 +106,23 @@ def _looks_garbled(value: Any) -> bool:
     return isinstance(value, str) and "\ufffd" in value
 
 
-def read_features(path: Path, crs: Any | None = None, *,
-                  what: str = "AOI file") -> tuple[list[Feature], CRS]:
+def read_features(path: Path, crs: Any | None = None, *, what: str = "AOI file",
+                  skipped: list[dict] | None = None) -> tuple[list[Feature], CRS]:
     """Polygon features of ``path`` in ``crs`` (default: the file's), and that CRS.
 
     A GeoJSON without a CRS is WGS84 (RFC 7946), and coordinates beyond longitude/latitude
     in it (metres) are refused; any other file without one is refused (a Shapefile without
-    .prj could be in any projection). ``what`` names the file in errors.
+    .prj could be in any projection). Rings left open are closed; features without polygon
+    area (points, lines, a ring of two points) are left out, their properties appended to
+    ``skipped`` when given. A file of several layers with geometry is refused (which one?).
+    ``what`` names the file in errors.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: {what} not found")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give the {what} itself (e.g. "
+                         f"{path / 'labels.gpkg'})")
     meta, geoms, fields = _read_raw(path, what)
     if meta.get("crs"):
         src = _crs(meta["crs"], str(path))
@@ -108,29 +133,33 @@ def read_features(path: Path, crs: Any | None = None, *,
                        "give a .prj beside a Shapefile")
     dst = _crs(crs, "requested AOI CRS") if crs is not None else src
     names = list(meta.get("fields", []))
-    shapes = shapely.from_wkb(geoms) if geoms is not None else np.array([])
+    try:   # GDAL reads a ring that is not closed (QGIS and hand edits write them)
+        shapes = (shapely.from_wkb(geoms, on_invalid="fix") if geoms is not None
+                  else np.array([]))
+    except shapely.errors.GEOSException as exc:
+        raise InputError(f"{path}: {what} has a geometry that cannot be read ({exc}); fix "
+                         "it in a GIS (e.g. QGIS 'Fix geometries')") from None
     if src.is_geographic:
         _check_lon_lat(path, shapes, src)
     transformer = None if src == dst else Transformer.from_crs(src, dst, always_xy=True)
     features: list[Feature] = []
-    skipped = 0
+    left_out: list[dict] = []
     for i, geom in enumerate(shapes):
-        if geom is None or geom.is_empty:
-            skipped += 1
+        props = {n: _plain(col[i]) for n, col in zip(names, fields, strict=True)}
+        polys = None if geom is None or geom.is_empty else _polygons(geom)
+        if polys is not None and not polys.is_valid:
+            polys = _polygons(shapely.make_valid(polys))   # a bow-tie: its two parts
+        if polys is None or polys.is_empty or polys.area == 0:
+            left_out.append(props)
             continue
-        polys = _polygons(geom)
-        if polys is None:
-            skipped += 1
-            continue
-        if not polys.is_valid:
-            polys = _polygons(shapely.make_valid(polys)) or polys
         if transformer is not None:
             polys = shapely.transform(polys, lambda xy: np.column_stack(
                 transformer.transform(xy[:, 0], xy[:, 1])))
-        props = {n: _plain(col[i]) for n, col in zip(names, fields, strict=True)}
         features.append(Feature(polys, props))
-    if skipped:
-        log.info("%s: %d features without polygon geometry skipped", path, skipped)
+    if left_out:
+        log.info("%s: %d features without polygon geometry skipped", path, len(left_out))
+        if skipped is not None:
+            skipped.extend(left_out)
     if not features:
         raise InputError(f"{path}: no polygons; the {what} must hold at least one polygon")
     return features, dst

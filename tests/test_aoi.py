@@ -155,3 +155,83 @@ def test_a_multipolygon_label_is_its_parts(tmp_path: Path) -> None:
     assert [g.geom_type for g in labels.geometries] == ["Polygon"] * 4
     for got, want in zip(labels.geometries, plots):
         assert abs(got.area - want.area) < 1 and got.centroid.distance(want.centroid) < 0.5
+
+
+def _feature(coords, cls: str = "poppy", kind: str = "Polygon") -> dict:
+    return {"type": "Feature", "properties": {"class": cls},
+            "geometry": {"type": kind, "coordinates": coords}}
+
+
+def test_an_open_ring_is_closed_and_a_ring_without_area_left_out(tmp_path: Path) -> None:
+    """GDAL reads a ring whose last point is not its first (hand edits, some exports); it
+    was a GEOSException traceback. It is closed; a two-point 'ring' has no area: left out."""
+    ring = list(PLOTS[0].exterior.coords)[:-1]          # not closed
+    gj = tmp_path / "labels.geojson"
+    gj.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        _feature([ring]), _feature([ring[:2]], "wheat"), _feature(
+            [list(PLOTS[1].exterior.coords)], "wheat")]}))
+    skipped: list[dict] = []
+    features, _ = read_features(gj, skipped=skipped)
+    assert len(features) == 2 and features[0].geometry.equals(PLOTS[0])
+    assert skipped == [{"class": "wheat"}]
+
+
+def test_a_folder_given_as_a_vector_file_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """A folder holding a Shapefile was read by GDAL and failed only after training, when its
+    inputs were hashed (IsADirectoryError)."""
+    folder = tmp_path / "plots"
+    folder.mkdir()
+    _write(folder / "labels.shp", PLOTS, NAMES, "EPSG:4490")
+    with pytest.raises(InputError, match="plots: is a folder; give the labels file itself"):
+        read_features(folder, what="labels file")
+
+
+def test_a_geopackage_of_several_layers_names_them_instead_of_reading_the_first(
+        tmp_path: Path) -> None:
+    """QGIS keeps several layers in one GeoPackage: the first was read silently (a draft
+    layer of 5 plots, not the final one of 18). Several layers with geometry are refused,
+    naming them; one layer with geometry beside tables without (QGIS styles) is read."""
+    gpkg = tmp_path / "labels.gpkg"
+    for layer, geoms in (("labels_draft", PLOTS[:1]), ("labels_final", PLOTS)):
+        pyogrio.raw.write(gpkg, np.array(shapely.to_wkb(geoms), dtype=object),
+                          [np.array(["poppy"] * len(geoms), dtype=object)], ["class"],
+                          crs=CRS("EPSG:4326").to_wkt(), geometry_type="Polygon",
+                          layer=layer, append=layer != "labels_draft")
+    with pytest.raises(InputError, match=r"holds 2 layers with geometry \(labels_draft, "
+                                         r"labels_final\).*ogr2ogr"):
+        read_features(gpkg, what="labels file")
+    one = tmp_path / "one.gpkg"
+    pyogrio.raw.write(one, None, [np.array(["{}"], dtype=object)], ["styleQML"],
+                      layer="layer_styles")
+    pyogrio.raw.write(one, np.array(shapely.to_wkb(PLOTS), dtype=object),
+                      [np.array(["poppy"] * 2, dtype=object)], ["class"],
+                      crs=CRS("EPSG:4326").to_wkt(), geometry_type="Polygon",
+                      layer="plots", append=True)
+    features, _ = read_features(one, what="labels file")
+    assert len(features) == 2 and features[1].geometry.equals(PLOTS[1])
+
+
+def test_poppy_points_and_poppy_lookalike_classes_are_said(tmp_path: Path, caplog) -> None:
+    """Plots recorded as GPS points: the refusal said the file had no poppy; now it says the
+    poppy features are points. A class such as 'opium_poppy' is background (the target is
+    'poppy'): trained silently as background, now with a warning; ornamental poppy is not
+    warned about."""
+    import logging
+
+    from classifiers.labels import read_labels
+    gj = tmp_path / "labels.geojson"
+    field = [list(PLOTS[1].exterior.coords)]
+    gj.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        _feature([120.1, 30.2], kind="Point"), _feature([120.101, 30.2], kind="Point"),
+        _feature(field, "wheat")]}))
+    with pytest.raises(InputError, match="its 2 'poppy' features are points or lines, not "
+                                         "polygons; outline each plot"):
+        read_labels(gj, "EPSG:32650")
+    gj.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        _feature([list(PLOTS[0].exterior.coords)]), _feature(field, "Opium_Poppy"),
+        _feature(field, "ornamental_poppy"), _feature(field, "wheat")]}))
+    with caplog.at_level(logging.WARNING, logger="classifiers.labels"):
+        labels = read_labels(gj, "EPSG:32650")
+    assert labels.classes == ("poppy", "opium_poppy", "ornamental_poppy", "wheat")
+    assert "class 'opium_poppy' (1 polygons) is trained as background" in caplog.text
+    assert "ornamental" not in caplog.text
