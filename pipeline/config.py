@@ -8,6 +8,7 @@ never raw dicts.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -396,8 +399,18 @@ def load_yaml(path: Path, what: str = "config file", error: type[Exception] = Co
     path = Path(path)
     if not path.is_file():
         raise error(f"{path}: {what} not found")
+    raw = path.read_bytes()
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        try:   # saved as "ANSI" on a Chinese Windows: GBK, of which GB18030 is a superset
+            text = raw.decode("gb18030")
+        except UnicodeDecodeError:
+            raise error(f"{path}: {what} is not text (neither UTF-8 nor GBK); save it as "
+                        "UTF-8") from None
+        log.info("%s: read as GBK (not UTF-8)", path)
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise error(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
 

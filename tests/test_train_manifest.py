@@ -154,3 +154,53 @@ def test_a_manifest_calendar_file_is_taken_from_the_manifests_folder(tmp_path):
                    "- images: x.tif\n  labels: l.geojson\n  calendar: east-china\n")
     first, second = read_manifest(man)
     assert first.calendar == str(tmp_path / "cal.yaml") and second.calendar == "east-china"
+
+
+def test_manifest_keys_beside_scenes_and_a_labels_folder_are_refused(tmp_path):
+    """'calendar:' and 'dem:' beside 'scenes:' were ignored silently (the model used the
+    config's calendar and no DEM); a labels folder failed after training (IsADirectoryError
+    while hashing the inputs)."""
+    (tmp_path / "x.tif").write_bytes(b"")
+    (tmp_path / "plots").mkdir()
+    man = tmp_path / "m.yaml"
+    man.write_text("calendar: afghanistan-east\ndem: dem.tif\nscenes:\n"
+                   "  - images: x.tif\n    labels: plots\n")
+    with pytest.raises(InputError, match=r"unknown top-level keys \['calendar', 'dem'\]; .*"
+                                         "inside each scene"):
+        read_manifest(man)
+    man.write_text("scenes:\n  - images: x.tif\n    labels: plots\n")
+    with pytest.raises(InputError, match="scene 1: labels 'plots' is a folder"):
+        read_manifest(man)
+
+
+def test_a_manifest_saved_as_gbk_is_read(tmp_path):
+    """A manifest saved as 'ANSI' on a Chinese Windows (GBK) was a UnicodeDecodeError
+    traceback; binary garbage is one line."""
+    (tmp_path / "地块").mkdir()
+    (tmp_path / "地块" / "x.tif").write_bytes(b"")
+    (tmp_path / "l.geojson").write_text("{}")
+    man = tmp_path / "m.yaml"
+    man.write_bytes("# 春季普查\n- images: 地块/x.tif\n  labels: l.geojson\n".encode("gbk"))
+    [scene] = read_manifest(man)
+    assert scene.images == (tmp_path / "地块" / "x.tif",)
+    man.write_bytes(b"\x00\xff\xfe\x81\x00")
+    with pytest.raises(InputError, match="m.yaml: "):
+        read_manifest(man)
+
+
+def test_a_scene_listed_twice_is_refused_before_any_work(tmp_path):
+    """The same images twice (another spelling, or a copy of the folder): validated on a
+    copy of itself, the threshold went to the 0.99 cap and another scene's detect found 2 of
+    43 plots, with no warning."""
+    import shutil
+    make_tiny_scene(tmp_path / "a", seed=1)
+    shutil.copytree(tmp_path / "a", tmp_path / "a_copy")
+    for other in ("a/S2_*.tif", "a_copy"):
+        man = tmp_path / "m.yaml"
+        man.write_text(f"- images: a\n  labels: a/labels.geojson\n"
+                       f"- images: {other}\n  labels: a/labels.geojson\n")
+        same = r"S2_\d{8}\.tif" if other.startswith("a/") else r"\S+/a/S2_\S+ = \S+/a_copy/S2_\S+"
+        with pytest.raises(InputError, match=rf"training scenes 1 and 2 hold the same image "
+                                             rf"\({same}\); list each scene once"):
+            train_manifest(man, tmp_path / "model", load_config())
+        assert not (tmp_path / "model").exists()
