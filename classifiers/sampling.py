@@ -3,9 +3,11 @@
 Mixed edge pixels: each polygon is eroded by ``erode_m`` metres before it is rasterised
 (pixel centres only), so a sample pixel is not half road, half field; a polygon that erosion
 would empty (a sub-pixel garden plot) is kept unreduced with ``all_touched`` so small poppy
-plots still contribute. Poppy polygons are burned last so they win where polygons overlap.
-At most ``max_pixels`` pixels are kept per polygon (seeded), so big fields do not drown plots.
-Distances in metres are metres on a grid in degrees too (``Grid.metres_per_unit``).
+plots still contribute, and a poppy polygon that erosion leaves between two rows of pixel
+centres (a strip) is sampled by its own centres, so no labelled plot goes unused. Poppy polygons
+are burned last so they win where polygons overlap. At most ``max_pixels`` pixels are kept
+per polygon (seeded), so big fields do not drown plots. Distances in metres are metres on a
+grid in degrees too (``Grid.metres_per_unit``).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 import dask
 import numpy as np
+import shapely
 from rasterio import features as rfeatures
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
@@ -65,6 +68,21 @@ def buffer_metres(geom, metres: float, scale: tuple[float, float]):
     return affinity.scale(local.buffer(metres), 1 / sx, 1 / sy, origin=(0, 0))
 
 
+def holds_pixel_centre(geom, transform, max_centres: int = 1_000_000) -> bool:
+    """Whether ``geom`` holds the centre of a pixel of the grid (what rasterising it without
+    ``all_touched`` burns); a shape whose box spans more than ``max_centres`` is taken to."""
+    minx, miny, maxx, maxy = geom.bounds
+    cols, rows = ~transform * (np.array([minx, maxx, minx, maxx]),
+                               np.array([miny, miny, maxy, maxy]))
+    c0, c1 = math.floor(cols.min() - 0.5), math.ceil(cols.max() - 0.5)
+    r0, r1 = math.floor(rows.min() - 0.5), math.ceil(rows.max() - 0.5)
+    if (c1 - c0 + 1) * (r1 - r0 + 1) > max_centres:
+        return True
+    cc, rr = np.meshgrid(np.arange(c0, c1 + 1) + 0.5, np.arange(r0, r1 + 1) + 0.5)
+    xs, ys = transform * (cc.ravel(), rr.ravel())
+    return bool(shapely.contains_xy(geom, xs, ys).any())
+
+
 def check_classes(y: np.ndarray, source: str) -> None:
     if y.sum() == 0:
         raise InputError(f"{source}: no 'poppy' polygon overlaps clear pixels of the "
@@ -86,7 +104,12 @@ def sample(features: Features, labels: Labels, *, erode_m: float, max_pixels: in
     for i, g in enumerate(labels.geometries):
         shrunk = buffer_metres(g, -erode_m, scale) if erode_m > 0 else g
         small = shrunk.is_empty or shrunk.area < abs(transform.a * transform.e)
-        shapes[(bool(labels.is_target[i]), small)].append((g if small else shrunk, i + 1))
+        shape = g if small else shrunk
+        if not small and labels.is_target[i] and not holds_pixel_centre(shrunk, transform):
+            # a plot that erosion leaves between two rows of pixel centres: its own centres,
+            # else every touched pixel (it gave no sample at all)
+            shape, small = g, not holds_pixel_centre(g, transform)
+        shapes[(bool(labels.is_target[i]), small)].append((shape, i + 1))
     # poppy wins where polygons overlap: the background first (fields, then small ones with
     # every touched pixel), then poppy the same way
     passes = [(shapes[(t, sm)], sm) for t in (False, True) for sm in (False, True)]

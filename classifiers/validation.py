@@ -211,6 +211,13 @@ def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: 
     prob[ok] = apply_platt(raw[ok], a, b)
     poly_max = polygon_scores(prob, table)
     counted = big_polygons(labels, table.pixel_m if pixel_m is None else pixel_m, min_plot_px)
+    if min_plot_px > 0 and not any(labels.is_target[i] for i in counted if i in poly_max):
+        # only small plots: the rule counts them all rather than fall back to a fixed value
+        say = log.warning if threshold is None else log.debug   # once, not per sub-model
+        say("no labelled poppy plot of at least %g px has clear pixels: the threshold is set "
+            "to find %g of all %d poppy polygons, sub-pixel ones included", min_plot_px,
+            target_recall, sum(bool(labels.is_target[i]) for i in poly_max))
+        counted, min_plot_px = set(range(len(labels.geometries))), 0.0
     thr_recall = threshold_for_recall(poly_max, labels, target_recall, counted)
     thr = min(max(thr_recall, min_threshold), max_threshold) if threshold is None else threshold
     pred = (prob[ok] >= thr).astype(int)

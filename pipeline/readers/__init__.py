@@ -1,8 +1,9 @@
 """Product readers. Each module exposes ``can_read(path) -> bool`` and
-``read(path, sensor, chunks, *, prefer) -> list[xr.DataArray]`` (one (band, y, x) float32 reflectance
-array per acquisition, NaN where no data, canonical band names, attrs ``time``, ``sensor``,
-``sun_zenith``, ``sun_azimuth``; ``prefer`` names the camera to take where a file's band
-names fit more than one, e.g. a model's). ``pipeline.ingest`` asks them in the order of ``READERS``.
+``read(path, sensor, chunks, *, prefer) -> list[xr.DataArray]`` (one (band, y, x) float32
+reflectance array per acquisition, NaN where no data, canonical band names, attrs ``time``,
+``sensor``, ``sun_zenith``, ``sun_azimuth``; ``prefer`` names the camera to take where a
+file's band names fit more than one, e.g. a model's). ``pipeline.ingest`` asks them in the
+order of ``READERS``.
 """
 from __future__ import annotations
 
