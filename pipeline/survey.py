@@ -235,6 +235,10 @@ def read_manifest(path: Path) -> list[TrainScene]:
     if not isinstance(entries, list) or not entries:
         raise InputError(f"{path}: expected a list of scenes (images, labels, dem, calendar)")
     base = path.parent
+    def looked(x: Any) -> str:
+        """Where a relative path that is not there was looked for."""
+        return ("" if Path(str(x)).is_absolute() else
+                f" in {base.resolve()} (paths are taken from the manifest's folder)")
 
     def text(where: str, key: str, value: Any) -> str:
         if not isinstance(value, str):
@@ -261,17 +265,18 @@ def read_manifest(path: Path) -> list[TrainScene]:
             if glob.has_magic(x):   # the manifest's own folder name is not a pattern
                 found = sorted(glob.glob(os.path.join(glob.escape(str(base)), x)))
                 if not found:
-                    raise InputError(f"{path}: scene {i + 1}: '{x}' matches no file")
+                    raise InputError(f"{path}: scene {i + 1}: '{x}' matches no file{looked(x)}")
                 files += map(Path, found)
             elif not (base / x).exists():
-                raise InputError(f"{where}: image '{x}': no such file or folder")
+                raise InputError(f"{where}: image '{x}': no such file or folder{looked(x)}")
             else:
                 files.append(base / x)
         if e["labels"] in (None, ""):
             raise InputError(f"{where} has no labels; give its labelled polygon file")
         labels = base / text(where, "labels", e["labels"])
         if not labels.exists():
-            raise InputError(f"{where}: labels '{e['labels']}': no such file")
+            raise InputError(f"{where}: labels '{e['labels']}': no such file"
+                             f"{looked(e['labels'])}")
         if labels.is_dir():
             raise InputError(f"{where}: labels '{e['labels']}' is a folder; give the labels "
                              "file in it")
@@ -279,7 +284,8 @@ def read_manifest(path: Path) -> list[TrainScene]:
         if e.get("dem") not in (None, ""):
             dem = base / text(where, "dem", e["dem"])
             if not dem.exists():
-                raise InputError(f"{where}: dem '{e['dem']}': no such file")
+                raise InputError(f"{where}: dem '{e['dem']}': no such file"
+                                 f"{looked(e['dem'])}")
         calendar = e.get("calendar")
         if calendar not in (None, ""):
             if not isinstance(calendar, str):

@@ -204,3 +204,16 @@ def test_a_scene_listed_twice_is_refused_before_any_work(tmp_path):
                                              rf"\({same}\); list each scene once"):
             train_manifest(man, tmp_path / "model", load_config())
         assert not (tmp_path / "model").exists()
+
+
+def test_a_missing_relative_path_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    """Relative paths are the manifest's folder's: one written relative to where the user
+    stands was 'no such file or folder' without saying where it was looked for."""
+    (tmp_path / "man").mkdir()
+    (tmp_path / "s1").mkdir()
+    man = tmp_path / "man" / "m.yaml"
+    man.write_text("- images: s1\n  labels: s1/labels.geojson\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=r"image 's1': no such file or folder in "
+                                         rf"{tmp_path / 'man'} \(paths are taken from"):
+        read_manifest(Path("man/m.yaml"))
