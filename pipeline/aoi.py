@@ -63,6 +63,9 @@ def _encodings(path: Path) -> list[str | None]:
     return ["UTF-8", "GB18030"]
 
 
+_VECTOR_SUFFIXES = {".geojson", ".json", ".gpkg", ".shp", ".fgb", ".zip"}
+
+
 def _layer(path: Path, what: str) -> str | None:
     """The one layer with geometry of a file that holds several (a GeoPackage from QGIS
     keeps its styles in a table without geometry), else None (the file's only layer)."""
@@ -121,8 +124,9 @@ def read_features(path: Path, crs: Any | None = None, *, what: str = "AOI file",
     if not path.exists():
         raise InputError(f"{path}: {what} not found")
     if path.is_dir():
-        raise InputError(f"{path}: is a folder; give the {what} itself (e.g. "
-                         f"{path / 'labels.gpkg'})")
+        inside = sorted(p for p in path.iterdir() if p.suffix.lower() in _VECTOR_SUFFIXES)
+        raise InputError(f"{path}: is a folder; give the {what} itself"
+                         + (f" (e.g. {inside[0]})" if inside else ""))
     meta, geoms, fields = _read_raw(path, what)
     if meta.get("crs"):
         src = _crs(meta["crs"], str(path))
