@@ -32,6 +32,14 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _path(text: str) -> Path:
+    """A path argument; an empty one (an unset shell variable) would mean the current
+    folder, where detect would write its deliverables among the user's files."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path (an unset variable?)")
+    return Path(text)
+
+
 def _formats(text: str) -> tuple[str, ...]:
     items = tuple(s.strip().lower() for s in text.split(",") if s.strip())
     if not items:
@@ -56,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("simulate", help="write a seeded synthetic scene (a test instrument, "
                        "not evidence about real fields)")
-    s.add_argument("--out", type=Path, required=True, help="output folder, new or empty")
+    s.add_argument("--out", type=_path, required=True, help="output folder, new or empty")
     s.add_argument("--sensor", choices=("sentinel2", "drone", "drone-rgb"), default="sentinel2",
                    help="Sentinel-2 L2A dates, a P4 Multispectral flight or an RGB flight "
                    "(default sentinel2)")
@@ -67,17 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "a drone scene holds at least one plot otherwise (default 0.01)")
 
     s = sub.add_parser("inspect", help="print what poppyscan reads from images, as JSON")
-    s.add_argument("--images", type=Path, nargs="+", required=True, metavar="PATH",
+    s.add_argument("--images", type=_path, nargs="+", required=True, metavar="PATH",
                    help="image files or folders of one scene (as for train)")
     s.add_argument("--sensor", help="sensor name (configs/sensors/) or sensor YAML file, for "
                    "files without band descriptions")
-    s.add_argument("--aoi", type=Path, help="clip to this polygon file")
+    s.add_argument("--aoi", type=_path, help="clip to this polygon file")
 
     s = sub.add_parser("fetch", help="download Sentinel-2 L2A scenes for an AOI and season "
                        "(Sentinel Hub or Copernicus Data Space)")
-    s.add_argument("--aoi", type=Path, required=True, help="AOI polygon file")
+    s.add_argument("--aoi", type=_path, required=True, help="AOI polygon file")
     s.add_argument("--window", required=True, help="START/END, ISO dates")
-    s.add_argument("--out", type=Path, required=True, help="folder for the scenes "
+    s.add_argument("--out", type=_path, required=True, help="folder for the scenes "
                    "(S2_YYYYMMDD.tif, dem.tif, fetch.json; download cache in .poppyscan/)")
     s.add_argument("--max-cloud", type=float, default=30.0, help="max cloud cover %% "
                    "(default 30)")
@@ -89,33 +97,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="train a model from labelled polygons")
     src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--images", type=Path, nargs="+", metavar="PATH",
+    src.add_argument("--images", type=_path, nargs="+", metavar="PATH",
                      help="image files or folders of one scene: a GeoTIFF per date, "
                      ".SAFE/.zip products, per-band folders, drone orthomosaics")
-    src.add_argument("--manifest", type=Path, help="YAML list of scenes (images: files, "
+    src.add_argument("--manifest", type=_path, help="YAML list of scenes (images: files, "
                      "folders or patterns like 2023/S2_*.tif; labels; optional dem and "
                      "calendar), paths relative to the manifest")
-    s.add_argument("--labels", type=Path, help="labelled polygons (class in property "
+    s.add_argument("--labels", type=_path, help="labelled polygons (class in property "
                    "'class', target class 'poppy')")
-    s.add_argument("--model", type=Path, required=True, help="model folder to write")
-    s.add_argument("--config", type=Path, help="survey config YAML (default by pixel size "
+    s.add_argument("--model", type=_path, required=True, help="model folder to write")
+    s.add_argument("--config", type=_path, help="survey config YAML (default by pixel size "
                    "and bands: below 2 m configs/survey-drone.yaml, or without a nir band "
                    "configs/survey-drone-rgb.yaml; else configs/survey-sentinel2.yaml)")
-    s.add_argument("--dem", type=Path, help="DEM GeoTIFF (metres)")
+    s.add_argument("--dem", type=_path, help="DEM GeoTIFF (metres)")
 
     s = sub.add_parser("detect", help="find candidate poppy patches and write target lists")
-    s.add_argument("--images", type=Path, nargs="+", required=True, metavar="PATH",
+    s.add_argument("--images", type=_path, nargs="+", required=True, metavar="PATH",
                    help="image files or folders of the survey scene (as for train)")
-    s.add_argument("--model", type=Path, required=True, help="model folder written by train")
-    s.add_argument("--out", type=Path, required=True, help="output folder (created; a rerun "
+    s.add_argument("--model", type=_path, required=True, help="model folder written by train")
+    s.add_argument("--out", type=_path, required=True, help="output folder (created; a rerun "
                    "of the same command resumes)")
-    s.add_argument("--config", type=Path, help="survey config YAML (default: the one the "
+    s.add_argument("--config", type=_path, help="survey config YAML (default: the one the "
                    "model was trained with)")
-    s.add_argument("--dem", type=Path, help="DEM GeoTIFF (metres, any CRS) for terrain "
+    s.add_argument("--dem", type=_path, help="DEM GeoTIFF (metres, any CRS) for terrain "
                    "correction and target elevation/slope")
-    s.add_argument("--aoi", type=Path, help="survey area polygons (GeoJSON, GeoPackage, "
+    s.add_argument("--aoi", type=_path, help="survey area polygons (GeoJSON, GeoPackage, "
                    "Shapefile; any CRS): detect inside them only")
-    s.add_argument("--exclude", type=Path, help="polygons of known ornamental-poppy sites")
+    s.add_argument("--exclude", type=_path, help="polygons of known ornamental-poppy sites")
     s.add_argument("--formats", type=_formats, help="comma list of " + ",".join(FORMATS)
                    + " (default: the config's outputs.formats)")
     s.add_argument("--scheduler", help="where the tiles run: threads (default), processes, "
@@ -123,37 +131,37 @@ def build_parser() -> argparse.ArgumentParser:
                    "CPU) or a running dask scheduler, tcp://HOST:PORT or HOST:PORT (plain tcp, no TLS; the scheduler "
                    "listens on 8786 by default, 8787 is its dashboard), which must answer "
                    "within 10 s")
-    s.add_argument("--history", type=Path, help="earlier targets (campaign issue; reserved)")
+    s.add_argument("--history", type=_path, help="earlier targets (campaign issue; reserved)")
 
     s = sub.add_parser("assign", help="assign targets to units and teams (not implemented yet)")
-    s.add_argument("--targets", type=Path, required=True)
-    s.add_argument("--units", type=Path, required=True)
-    s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--teams", type=Path)
+    s.add_argument("--targets", type=_path, required=True)
+    s.add_argument("--units", type=_path, required=True)
+    s.add_argument("--out", type=_path, required=True)
+    s.add_argument("--teams", type=_path)
     s.add_argument("--sample", type=int)
     s = sub.add_parser("verify", help="take field verification results back in "
                        "(not implemented yet)")
-    s.add_argument("--targets", type=Path, required=True)
-    s.add_argument("--field", type=Path, required=True)
-    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--targets", type=_path, required=True)
+    s.add_argument("--field", type=_path, required=True)
+    s.add_argument("--out", type=_path, required=True)
     s = sub.add_parser("recheck", help="reprocess areas flagged by national monitoring "
                        "(not implemented yet)")
-    s.add_argument("--flags", type=Path, required=True)
-    s.add_argument("--images", type=Path, nargs="+", required=True, metavar="PATH")
-    s.add_argument("--model", type=Path, required=True)
-    s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--targets", type=Path)
+    s.add_argument("--flags", type=_path, required=True)
+    s.add_argument("--images", type=_path, nargs="+", required=True, metavar="PATH")
+    s.add_argument("--model", type=_path, required=True)
+    s.add_argument("--out", type=_path, required=True)
+    s.add_argument("--targets", type=_path)
     s = sub.add_parser("history", help="compare seasons, find repeat planting "
                        "(not implemented yet)")
-    s.add_argument("--targets", type=Path, nargs="+", required=True)
-    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--targets", type=_path, nargs="+", required=True)
+    s.add_argument("--out", type=_path, required=True)
     s = sub.add_parser("summary", help="campaign summary per unit (not implemented yet)")
-    s.add_argument("--verified", type=Path, required=True)
-    s.add_argument("--units", type=Path, required=True)
-    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--verified", type=_path, required=True)
+    s.add_argument("--units", type=_path, required=True)
+    s.add_argument("--out", type=_path, required=True)
 
     s = sub.add_parser("demo", help="simulate two scenes, train on one, detect on the other")
-    s.add_argument("--out", type=Path, default=Path("demo-out"),
+    s.add_argument("--out", type=_path, default=Path("demo-out"),
                    help="output folder (default demo-out)")
     return p
 

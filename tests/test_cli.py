@@ -231,6 +231,32 @@ def test_model_or_demo_folder_that_is_a_file_is_refused_before_any_work(trained,
     assert taken.read_text() == "a file, not a folder"
 
 
+def test_an_out_or_model_that_cannot_be_created_is_refused_before_any_work(trained, tmp_path,
+                                                                          monkeypatch):
+    """A file on the way to --out or --model was a traceback at the first write (after the
+    work, for train); an empty --out (an unset variable) wrote into the current folder."""
+    import run as cli
+    from pipeline import survey
+    d, scene = trained
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    monkeypatch.setattr(survey, "prepare_scene", lambda *a, **k: pytest.fail("read"))
+    images = ["--images", *map(str, scene.images)]
+    assert cli.main(["train", *images, "--labels", str(scene.labels),
+                     "--model", str(blocker / "model")]) == 2
+    assert cli.main(["detect", *images, "--model", str(d / "model"),
+                     "--out", str(blocker / "survey")]) == 2
+    line = _one_line_error(run("detect", *images, "--model", str(d / "model"), "--out",
+                               str(blocker / "survey")))
+    assert "blocker is a file, not a folder; choose another --out" in line
+    monkeypatch.chdir(tmp_path)
+    line = _one_line_error(run("detect", *images, "--model", str(d / "model"), "--out", ""))
+    assert "argument --out: an empty path" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
+    survey.check_can_create(tmp_path / "new" / "deeper", "--out")   # possible: no trace left
+    assert not (tmp_path / "new").exists()
+
+
 def test_train_arguments_that_do_not_fit_together_are_refused_before_reading(tmp_path,
                                                                             capsys):
     import run as cli
