@@ -354,8 +354,9 @@ def _m2(v: float) -> str:
 def _print_detect(res) -> None:
     c = res.report["counts"]
     if res.n_targets == 0:
-        why = ("no pixel reached the model's threshold"
-               if c["patches"] == 0 else
+        why = ("nothing was seen: every pixel is clouded, shadowed or without data on every "
+               "date" if c["candidate_share"] is None else
+               "no pixel reached the model's threshold" if c["patches"] == 0 else
                f"{c['patches']} patch(es) found, {c['excluded']} excluded, {c['below_mmu']} "
                "below the minimum mapping unit")
         _say(f"no targets: {why}. Blind areas (no clear flowering observation): "

@@ -627,6 +627,10 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
     t1 = time.perf_counter()
     t["read"] = t1 - t0
     fwin = (slice(fys.start - hy0, fys.stop - hy0), slice(fxs.start - hx0, fxs.stop - hx0))
+    # pixels inside the images (a reflectance on some date, clear or not): what the survey
+    # was given to look at, so a pixel clouded on every date is blind, not outside the data
+    refl = [i for i, b in enumerate(raw["band"].values.tolist()) if b != "scl"]
+    has_data = np.isfinite(raw.values[:, refl, fwin[0], fwin[1]]).any(axis=(0, 1))
     raw = raw.chunk({"y": -1, "x": -1})  # a copy: rebinding frees the computed one
     masked = masks(raw, ctx.cfg, window=fwin)  # the halo informs the masks, is not kept
     if ctx.terrain is not None:
@@ -647,7 +651,7 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
     t4 = time.perf_counter()
     fl = ctx.plan.phases.index("flowering") if "flowering" in ctx.plan.phases else None
     ev = evidence[fl] if fl is not None else np.zeros(prob.shape, "float32")
-    valid = np.isfinite(prob)
+    valid = np.isfinite(prob) | has_data[inner]
     ev = np.where(valid | (ev > 0), ev, np.nan)  # outside the data: not a blind area
     # no clear flowering observation: a blind area. Its pixels keep a probability only from a
     # model trained without the flowering phase (the main model's would rest on missing

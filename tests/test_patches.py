@@ -264,6 +264,31 @@ def test_cloud_gap_over_half_the_flowering_phase(model, tmp_path: Path) -> None:
     assert hidden["properties"]["rank"] > found["properties"]["rank"]
 
 
+def test_ground_clouded_on_every_date_is_blind(model, tmp_path: Path, capsys) -> None:
+    """A cloud over the top half on every date leaves those pixels without any phase, so
+    without a probability: they were taken for 'outside the data' and left out of the blind
+    areas, so a survey that saw nothing there read as one that found nothing (an audit)."""
+    sc = make_tiny_scene(tmp_path / "scene", seed=5, size=SIZE, dates=ONE_FLOWERING,
+                         plots=[(36, 36, 4)])
+    for image in sc.images:
+        _cloud(image, slice(0, 24))
+    res = _detect(sc.images, model, tmp_path / "out", **{"run.chunk_size": 32})
+    blind = [_utm(f["geometry"]) for f in _features(tmp_path / "out" / "blind_areas.geojson")]
+    gap = box(*(TF * (0, 24)), *(TF * (SIZE, 0)))
+    assert shapely.union_all(blind).symmetric_difference(gap).area < 10.0
+    assert res.report["counts"]["blind_area_m2"] == pytest.approx(gap.area, rel=1e-3)
+    # every date clouded everywhere: the whole scene is blind, and the CLI says nothing was
+    # seen (it said no pixel reached the threshold, with 0 m^2 blind)
+    for image in sc.images:
+        _cloud(image, slice(0, SIZE))
+    res = _detect(sc.images, model, tmp_path / "all", **{"run.chunk_size": 32})
+    assert res.report["counts"]["blind_area_m2"] == pytest.approx(SIZE * SIZE * 100, rel=1e-3)
+    import run as cli
+    cli._print_detect(res)
+    out = capsys.readouterr().out
+    assert "no targets: nothing was seen" in out
+
+
 def test_fully_clouded_flowering_phase_reports_blind_areas(model, tmp_path: Path,
                                                            capsys) -> None:
     sc = make_tiny_scene(tmp_path / "scene", seed=6, size=SIZE, dates=ONE_FLOWERING,
