@@ -691,7 +691,10 @@ def _settle_inner_pieces(pieces: list[Piece], ctx: TileContext, ys: slice, xs: s
     tile. At 4096 px, 70k of 122k patches were single pixels below the MMU, held in memory
     until the assembly dropped them."""
     crs = CRS.from_user_input(ctx.scene.rio.crs.to_wkt())
-    group_d = crs_distance(ctx.cfg.patches.group_distance_m, crs)
+    # on a grid in degrees, the latitude farthest from the equator: the widest distance in
+    # degrees, so a piece the assembly could still group is never settled here
+    lat = float(np.abs(ctx.scene["y"].values[[0, -1]]).max()) if crs.is_geographic else 0.0
+    group_d = crs_distance(ctx.cfg.patches.group_distance_m, crs, lat)
     x0, y0 = transform * (xs.start, ys.start)
     x1, y1 = transform * (xs.stop, ys.stop)
     lo_x, hi_x, lo_y, hi_y = min(x0, x1), max(x0, x1), min(y0, y1), max(y0, y1)

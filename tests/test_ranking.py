@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 from pyproj import Geod, Transformer
 from shapely.geometry import box
@@ -190,3 +191,26 @@ def test_the_point_a_team_walks_to_lies_on_the_target() -> None:
     assert big.geometry.buffer(0.01).contains(Point(x, y))
     [s] = build([big])[0].targets
     assert (s.lon, s.lat) == pytest.approx(TO_WGS.transform(X0 + 15, Y0 + 15), abs=1e-7)
+
+
+def test_on_a_grid_in_degrees_patches_a_pixel_apart_east_west_are_one_target() -> None:
+    """Images in EPSG:4326: the merge distance was taken in degrees of latitude, so at 30 N
+    two patches 9.3 m apart east-west (a one-pixel gap) stayed two targets at a 10 m merge
+    distance. A degree of longitude at the patches' latitude is the unit now."""
+    from pyproj import CRS as ProjCRS
+
+    from outputs.ranking import crs_distance
+    geo = ProjCRS("EPSG:4326")
+    lon0, lat0 = 120.0, 30.0
+    dx = 9.34 / (111_320.0 * np.cos(np.radians(lat0)))              # 9.34 m in longitude
+    side = 2 * dx
+    a = Patch(box(lon0, lat0, lon0 + side, lat0 + side / 2), 4, 0.8, 0.9, 2, None, None)
+    b = Patch(box(lon0 + side + dx, lat0, lon0 + 2 * side + dx, lat0 + side / 2), 4, 0.8, 0.9,
+              2, None, None)
+    cfg = PatchConfig(min_mapping_unit_m2=100.0, merge_distance_m=10.0)
+    tl, _ = build_targets([a, b], "EPSG:4326", patch_cfg=cfg, rank_cfg=RANK,
+                          dates=("2024-04-20",), sensor="sentinel2")
+    assert len(tl.targets) == 1
+    # north-south the same distance in degrees is 1 / cos(lat) wider, never narrower
+    assert crs_distance(10.0, geo, lat0) * 111_320.0 == pytest.approx(10.0 / np.cos(
+        np.radians(lat0)))
