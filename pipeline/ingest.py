@@ -346,6 +346,14 @@ def aoi_window(grid: Grid, aoi: BaseGeometry) -> tuple[slice, slice] | None:
     return slice(r0, r1), slice(c0, c1)
 
 
+def _at_least(win: slice, n: int, size: int) -> slice:
+    """``win`` widened about its middle to ``n`` pixels, within ``0..size``."""
+    if win.stop - win.start >= n or size < n:
+        return win
+    start = min(max(0, win.start - (n - (win.stop - win.start) + 1) // 2), size - n)
+    return slice(start, start + n)
+
+
 def clip_to_aoi(scene: xr.DataArray, aoi: BaseGeometry, chunks: int) -> xr.DataArray:
     """Crop to the AOI's bounding box and set pixels outside the polygon to NaN (lazily)."""
     if aoi.is_empty:
@@ -358,6 +366,9 @@ def clip_to_aoi(scene: xr.DataArray, aoi: BaseGeometry, chunks: int) -> xr.DataA
         log.warning("%.0f%% of the AOI lies outside the first image's extent (the survey grid) "
                     "and is not surveyed; give an image covering it first, or split the AOI",
                     100 * outside)
+    # a corridor narrower than 3 px: widened (the pixels outside the polygon stay NaN), so
+    # slope has neighbours (a 10 m wide AOI with --dem was refused as a DEM of 1 px)
+    win = tuple(_at_least(w, 3, scene.sizes[d]) for w, d in zip(win, ("y", "x")))
     clipped = scene.isel(y=win[0], x=win[1])
     tf = scene.rio.transform() * Affine.translation(win[1].start, win[0].start)
     clipped = clipped.rio.write_transform(tf)

@@ -380,6 +380,27 @@ def test_aoi_keeps_the_pixels_whose_centre_it_holds(tmp_path: Path) -> None:
     assert np.isfinite(s[:, :6]).all() and np.isnan(s[:, 6]).all()
 
 
+def test_a_corridor_aoi_one_pixel_wide_keeps_neighbours_for_the_slope(tmp_path: Path) -> None:
+    """A 10 m wide corridor (one pixel): the scene was one pixel wide, and a DEM on it was
+    refused ('DEM needs ... at least 2 pixels'), blaming the DEM. The window is widened to 3
+    pixels; the pixels beside the corridor stay NaN."""
+    from indices.terrain import slope_aspect
+    a = write_dn(tmp_path / "a_20240401.tif", ramp())
+    x0, y0 = TF * (10.2, 2)
+    x1, y1 = TF * (10.8, 20)
+    s = open_scene([a], chunks=16, aoi=box(x0, y1, x1, y0))
+    v = s.isel(time=0, band=0).values
+    assert v.shape == (18, 3)
+    assert np.isfinite(v[:, 1]).all() and np.isnan(v[:, [0, 2]]).all()
+    dem = tmp_path / "dem.tif"
+    with rasterio.open(dem, "w", driver="GTiff", width=N, height=N, count=1, dtype="float32",
+                       crs=CRS, transform=TF) as dst:
+        dst.write(np.tile(np.arange(N, dtype="float32") * 5.0, (N, 1))[None])
+    d = read_dem(dem, Grid.of(s.isel(time=0, band=0)), chunks=16)
+    slope, _ = slope_aspect(d)
+    assert np.isfinite(slope.values).any()
+
+
 def test_aoi_outside_the_images_is_an_input_error(tmp_path: Path) -> None:
     a = write_dn(tmp_path / "a_20240401.tif", ramp())
     far = box(600000, 3000000, 601000, 3001000)
