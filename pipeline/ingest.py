@@ -20,6 +20,7 @@ import dask.array as darr
 import numpy as np
 import rasterio
 import rioxarray
+import shapely
 import xarray as xr
 from affine import Affine
 from rasterio import features as rfeatures
@@ -204,6 +205,29 @@ def _coverage(da: xr.DataArray, grid: Grid) -> float:
     return float(box(*bounds).intersection(target).area / target.area)
 
 
+def _outside_grid(products: Sequence[xr.DataArray], grid: Grid) -> float:
+    """Share of the ground the images cover that lies outside the grid (the first image's
+    extent), warned about: adjacent tiles given together were cut to the first, silently."""
+    target = _footprint(grid)
+    shapes = []
+    for p in products:
+        try:
+            shapes.append(box(*transform_bounds(p.rio.crs, grid.crs, *p.rio.bounds(),
+                                                densify_pts=21)))
+        except Exception:  # noqa: BLE001, S112  (check_overlap has refused other places)
+            continue
+    union = shapely.union_all(shapes) if shapes else target
+    share = float(union.difference(target).area / union.area) if union.area else 0.0
+    if share > 0.001:
+        worst = max(zip(shapes, products), key=lambda sp: sp[0].difference(target).area)[1]
+        log.warning("%.0f%% of the ground the images cover lies outside the survey grid (the "
+                    "first image's extent, %s) and is not surveyed, e.g. part of %s; survey "
+                    "one tile at a time, or give the tile that covers the rest first",
+                    100 * share, products[0].attrs.get("source", "the first image"),
+                    worst.attrs.get("source", "an image"))
+    return round(share, 4)
+
+
 def check_overlap(products: Sequence[xr.DataArray], grid: Grid) -> None:
     """Refuse products that do not overlap the grid: they show another place, and aligning
     them would give a date of nothing but NaN."""
@@ -258,6 +282,7 @@ def open_scene(paths: Sequence[Path], sensor: Any | None = None, *, chunks: int 
     if not shared:
         raise InputError("the images share no band; check that they come from one sensor")
     check_overlap(products, grid)
+    outside = _outside_grid(products, grid)
     if dropped:
         log.info("bands not present on every date are dropped: %s", sorted(dropped))
     bands = order_bands(list(shared))
@@ -280,7 +305,8 @@ def open_scene(paths: Sequence[Path], sensor: Any | None = None, *, chunks: int 
     ).transpose(*SCENE_DIMS)
     scene = scene.rio.write_crs(grid.crs).rio.write_transform(grid.transform)
     # a JSON string, not a dict: attrs must stay writable as raster tags or netCDF attributes
-    scene.attrs = {"sensor": sensors.pop(), "dropped_bands": json.dumps(lacking)}
+    scene.attrs = {"sensor": sensors.pop(), "dropped_bands": json.dumps(lacking),
+                   "unsurveyed": json.dumps({"images_outside_grid_share": outside})}
     if aoi is not None:
         scene = clip_to_aoi(scene, aoi, chunks)
     check_scene(scene, "ingest")
@@ -378,6 +404,9 @@ def clip_to_aoi(scene: xr.DataArray, aoi: BaseGeometry, chunks: int) -> xr.DataA
     out = clipped.where(inside).astype("float32")
     out = out.chunk({"time": -1, "band": -1, "y": chunks, "x": chunks})
     out.attrs = dict(scene.attrs)
+    unsurveyed = json.loads(scene.attrs.get("unsurveyed", "{}"))
+    unsurveyed["aoi_outside_grid_share"] = round(float(outside), 4)
+    out.attrs["unsurveyed"] = json.dumps(unsurveyed)
     return out.rio.write_crs(grid.crs).rio.write_transform(grid.transform)
 
 

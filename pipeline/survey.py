@@ -1108,6 +1108,8 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
         "config": cfg.model_dump(mode="json"),
         "versions": environment(),
         "grid": {"crs": crs.to_string(), "shape": [H, W], "resolution": abs(transform.a)},
+        # ground given (images, AOI) outside the survey grid: not surveyed, not blind either
+        "unsurveyed": json.loads(scene.attrs.get("unsurveyed", "{}")),
         "dates": dates, "phase_dates": plan.phase_dates,
         "scheduler": cfg.run.scheduler, "tiles": len(tiles), "tiles_resumed": resumed,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},

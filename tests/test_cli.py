@@ -189,6 +189,7 @@ def test_detect_writes_the_output_contract(trained, tmp_path):
     assert all(v.startswith("sha256:") for v in rep["inputs"].values())
     share = rep["counts"]["candidate_share"]
     assert 0 < share < 0.1
+    assert rep["unsurveyed"] == {"images_outside_grid_share": 0.0}
     assert f"3 target(s); the model flags {100 * share:.1f}% of the area seen" in r.stdout
 
 

@@ -652,6 +652,25 @@ def test_aoi_partly_outside_the_grid_is_warned(tmp_path: Path, caplog) -> None:
         s = open_scene([a], chunks=16, aoi=half_out)
     assert s.shape[2:] == (32, 16)
     assert any("50% of the AOI lies outside" in r.getMessage() for r in caplog.records)
+    # and the share travels with the scene into detect's report.json
+    assert json.loads(s.attrs["unsurveyed"])["aoi_outside_grid_share"] == pytest.approx(0.5)
+
+
+def test_an_adjacent_tile_beyond_the_first_is_warned_and_recorded(tmp_path: Path,
+                                                                 caplog) -> None:
+    """Two tiles of one date, the second half beyond the first: the survey grid is the
+    first image's, so a third of the ground given was cut away without a word."""
+    a = write_dn(tmp_path / "a_20240401.tif", ramp())
+    b = write_dn(tmp_path / "b_20240401.tif", ramp(), tf=TF * Affine.translation(N // 2, 0))
+    with caplog.at_level(logging.WARNING, logger="pipeline.ingest"):
+        s = open_scene([a, b], chunks=16)
+    assert s.sizes["time"] == 1 and s.shape[2:] == (N, N)
+    assert json.loads(s.attrs["unsurveyed"])["images_outside_grid_share"] == pytest.approx(
+        1 / 3, abs=1e-3)
+    assert any("33% of the ground the images cover lies outside the survey grid" in
+               r.getMessage() and "b_20240401.tif" in r.getMessage() for r in caplog.records)
+    assert json.loads(open_scene([a], chunks=16).attrs["unsurveyed"]) == {
+        "images_outside_grid_share": 0.0}
 
 
 # --- contract variants found by an outside-style audit (session 16) ---------------------------
