@@ -1048,11 +1048,14 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
         log.warning("--exclude removed %d candidate patch(es) on known ornamental sites",
                     removed)
     dates = [str(t)[:10] for t in scene["time"].values]
+    # a target's dates: the acquisitions its features used (a phase holds them), not an
+    # image dated outside the calendar, which is left out
+    used = sorted({d for ds in plan.phase_dates.values() for d in ds})
     bg_mean = [np.nan if v is None else v for v in art.meta.get("background_mean", [])]
     bg_std = [np.nan if v is None else v for v in art.meta.get("background_std", [])]
     targets, below_mmu = build_targets(
         patches, scene.rio.crs.to_wkt(), patch_cfg=cfg.patches, rank_cfg=cfg.ranking,
-        dates=dates, sensor=scene.attrs["sensor"], feature_names=plan.names,
+        dates=used, sensor=scene.attrs["sensor"], feature_names=plan.names,
         bg_mean=bg_mean, bg_std=bg_std, blind_areas=merge_blind(blind))
     merged = len(patches) - below_mmu - len(targets.targets)   # joined a nearby target
     below_mmu += in_tiles["below_mmu"]

@@ -193,6 +193,29 @@ def test_detect_writes_the_output_contract(trained, tmp_path):
     assert f"3 target(s); the model flags {100 * share:.1f}% of the area seen" in r.stdout
 
 
+def test_a_targets_dates_are_the_acquisitions_its_features_used(trained, tmp_path):
+    """An image dated outside the calendar (August) is left out of the features ('not
+    used'), but was listed in every target's `dates` as if it had been."""
+    import shutil
+
+    import rasterio
+    d, scene = trained
+    august = tmp_path / "S2_20240815.tif"
+    shutil.copy(scene.images[-1], august)
+    with rasterio.open(august, "r+") as dst:
+        dst.update_tags(ACQUISITION_DATE="2024-08-15")
+    out = tmp_path / "out"
+    r = run("-q", "detect", "--images", *map(str, scene.images), str(august), "--model",
+            str(d / "model"), "--out", str(out), "--formats", "geojson")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((out / "report.json").read_text())
+    assert "2024-08-15" in rep["dates"]
+    used = sorted({x for ds in rep["phase_dates"].values() for x in ds})
+    feats = json.loads((out / "targets.geojson").read_text())["features"]
+    assert feats and all(f["properties"]["dates"] == used for f in feats)
+    assert "2024-08-15" not in used
+
+
 def test_detect_with_missing_model_writes_nothing(trained, tmp_path):
     _, scene = trained
     out = tmp_path / "out"
