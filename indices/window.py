@@ -225,6 +225,11 @@ class FeaturePlan:
         return max(self.spatial_radii) if self.spatial_src else 0
 
 
+#: no calendar's season (first phase start to last phase end) is this long: images spread
+#: over more come from several seasons
+SEASON_MAX_DAYS = 300
+
+
 def make_plan(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig,
               shifts: tuple[int, int] | None = None) -> FeaturePlan:
     """The features of ``scene``'s bands and dates. ``shifts``: the lowest and highest shift
@@ -256,6 +261,13 @@ def make_plan(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig,
     unused = [str(t)[:10] for i, t in enumerate(times) if i not in in_some]
     if unused:
         log.info("dates outside the %s calendar are not used: %s", calendar.name, unused)
+    used = sorted(times[i] for i in in_some)
+    if used and (used[-1] - used[0]) > np.timedelta64(SEASON_MAX_DAYS, "D"):
+        # the phases are month-day windows: every year's April is 'April'
+        log.warning("the images used span %s to %s, more than one season; the calendar's "
+                    "phases take month and day only, so they are read as one: give one "
+                    "season's images per survey (several seasons: train --manifest)",
+                    str(used[0])[:10], str(used[-1])[:10])
     phases = [p for p in PHASES if p in calendar.phases and p in cfg.phases]
     phase_idx = tuple(held[p] for p in phases)
     windows = tuple(tuple((lo, hi) for _, lo, hi in member[p]) for p in phases) \

@@ -398,3 +398,19 @@ def test_a_shifted_calendar_is_said_in_words_with_its_dates() -> None:
     start = (dt.date.fromisoformat(f"2001-{ph.start}") - dt.timedelta(days=17)).strftime("%m-%d")
     assert phase_window(cal, "flowering", (-17, -17)).startswith(f"{start} to ")
     assert phase_window(cal, "flowering", (-17, -17)).endswith("(elevation: 17 days earlier)")
+
+
+def test_images_from_two_seasons_are_warned_about(caplog) -> None:
+    """The phases are month-day windows, so last year's April image among this year's March
+    and June images served as this season's bloom, silently (an audit)."""
+    import logging
+
+    from indices.window import make_plan
+    mixed = ["2023-04-16", "2024-03-10", "2024-06-05"]
+    with caplog.at_level(logging.WARNING, logger="indices.window"):
+        make_plan(make_scene(random_refl(3), mixed), CAL, CFG)
+    assert "span 2023-04-16 to 2024-06-05, more than one season" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="indices.window"):
+        make_plan(make_scene(random_refl(len(DATES)), DATES), CAL, CFG)
+    assert "more than one season" not in caplog.text
