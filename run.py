@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """poppyscan command line: parse, load config, call a pipeline function, map errors to exits.
 
-Exit codes: 0 success; 2 user error (one line on stderr, nothing written); 130 Ctrl-C; 141
-stdout closed early (as by `| head`); any other code is a bug (with its traceback).
+Exit codes: 0 success; 2 user error (one line on stderr, nothing written); 130 Ctrl-C; 143
+SIGTERM (detect resumes on a rerun after either); 141 stdout closed early (as by `| head`);
+any other code is a bug (with its traceback).
 """
 from __future__ import annotations
 
