@@ -379,23 +379,28 @@ def test_binned_prediction_equals_predict_proba_exactly():
     assert not isinstance(scorer(rf), BinnedHGB)
 
 
-def test_poppy_wins_where_a_small_background_polygon_lies_in_a_poppy_field():
-    """A sub-pixel background polygon (a tree, a well) inside a poppy field: its pixel is
-    burned with every touched pixel, yet stays poppy (it was burned after the fields and took
-    the field's pixel)."""
+def _features_20px():
+    """(transform, features): 2 random features on a 20 x 20 grid of 10 m pixels, 10 px
+    chunks, UTM 50N."""
     import dask.array as da
     import rioxarray  # noqa: F401  (registers .rio)
     import xarray as xr
     from affine import Affine
-
-    from classifiers.sampling import sample
-    from indices.window import Features
     tf = Affine(10, 0, 500_000.0, 0, -10, 3_300_000.0)
     vals = np.random.default_rng(0).random((2, 20, 20)).astype("float32")
     fda = xr.DataArray(da.from_array(vals, chunks=(2, 10, 10)), dims=("feature", "y", "x"),
                        coords={"feature": ["a", "b"], "y": tf.f - 10 * (np.arange(20) + 0.5),
                                "x": tf.c + 10 * (np.arange(20) + 0.5)})
-    fda = fda.rio.write_crs("EPSG:32650").rio.write_transform(tf)
+    return tf, fda.rio.write_crs("EPSG:32650").rio.write_transform(tf)
+
+
+def test_poppy_wins_where_a_small_background_polygon_lies_in_a_poppy_field():
+    """A sub-pixel background polygon (a tree, a well) inside a poppy field: its pixel is
+    burned with every touched pixel, yet stays poppy (it was burned after the fields and took
+    the field's pixel)."""
+    from classifiers.sampling import sample
+    from indices.window import Features
+    tf, fda = _features_20px()
     field = box(tf.c + 20, tf.f - 120, tf.c + 120, tf.f - 20)        # 10 x 10 px of poppy
     tree = box(tf.c + 62, tf.f - 68, tf.c + 66, tf.f - 64)           # inside pixel (6, 6)
     wheat = box(tf.c + 140, tf.f - 190, tf.c + 190, tf.f - 140)
@@ -543,19 +548,9 @@ def test_a_strip_eroded_between_rows_of_pixel_centres_still_trains():
     between two rows of pixel centres, no centre: it was silently left without a training
     pixel (an audit: 9 of 18 such plots lost). It is now sampled by its own pixel centres
     (every touched pixel only when it holds none)."""
-    import dask.array as da
-    import rioxarray  # noqa: F401  (registers .rio)
-    import xarray as xr
-    from affine import Affine
-
     from classifiers.sampling import holds_pixel_centre, sample
     from indices.window import Features
-    tf = Affine(10, 0, 500_000.0, 0, -10, 3_300_000.0)
-    vals = np.random.default_rng(0).random((2, 20, 20)).astype("float32")
-    fda = xr.DataArray(da.from_array(vals, chunks=(2, 10, 10)), dims=("feature", "y", "x"),
-                       coords={"feature": ["a", "b"], "y": tf.f - 10 * (np.arange(20) + 0.5),
-                               "x": tf.c + 10 * (np.arange(20) + 0.5)})
-    fda = fda.rio.write_crs("EPSG:32650").rio.write_transform(tf)
+    tf, fda = _features_20px()
     # rows of centres at y = f - 5, f - 15, ...: the strip's core (5 m in) spans f-33 .. f-29
     strip = box(tf.c + 43, tf.f - 38, tf.c + 93, tf.f - 24)
     assert not holds_pixel_centre(strip.buffer(-5.0), tf)
