@@ -235,6 +235,7 @@ def read_manifest(path: Path) -> list[TrainScene]:
     if not isinstance(entries, list) or not entries:
         raise InputError(f"{path}: expected a list of scenes (images, labels, dem, calendar)")
     base = path.parent
+
     def looked(x: Any) -> str:
         """Where a relative path that is not there was looked for."""
         return ("" if Path(str(x)).is_absolute() else
@@ -444,7 +445,8 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
                       "missing_phase_models": round(t_reduced, 2)},
         "model": cfg.model.model_dump(),
         "edge_pixels": f"polygons eroded by {cfg.model.erode_m} m before sampling; sub-pixel "
-                       "polygons kept whole (all touched pixels)",
+                       "polygons kept whole (all touched pixels); a poppy polygon that erosion "
+                       "leaves between rows of pixel centres: its own centres",
     })
     hashes: dict[str, str] = {}
     for sc, digest in zip(scenes, digests):
