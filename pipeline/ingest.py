@@ -62,13 +62,22 @@ def expand_patterns(paths: Sequence[Path]) -> list[Path]:
     return out
 
 
+#: files that are never images (vector, table, text, preview): left out of a list of images
+#: given with images, as ``scene/*`` brings them
+_NOT_RASTER_SUFFIXES = frozenset({
+    ".geojson", ".json", ".gpkg", ".shp", ".shx", ".dbf", ".prj", ".cpg", ".kml", ".kmz",
+    ".fgb", ".csv", ".txt", ".md", ".yaml", ".yml", ".html", ".pdf", ".png", ".jpg", ".jpeg",
+    ".xml", ".ovr", ".log"})
+
+
 def expand_paths(paths: Sequence[Path], dem: Path | None = None) -> list[Path]:
     """Files and folders -> the products to read (a folder a reader claims stays whole).
 
     A DEM among them (the ``dem`` file, or one named ``dem.*``, as in ``--images scene/*.tif``
-    with the DEM in the scene's folder) is not an image and is left out; so is a multi-band
-    GeoTIFF that is not an image (``_not_an_image``: a class map, a cloud mask) when it came
-    with images, as ``scene/*.tif`` brings it."""
+    with the DEM in the scene's folder) is not an image and is left out; so is, when it came
+    with images (as ``scene/*`` brings them), a GeoTIFF that is not an image
+    (``_not_an_image``: a class map, a cloud mask) or a file that is never one (labels,
+    truth, notes: ``_NOT_RASTER_SUFFIXES``)."""
     mods = readers()
     out: list[Path] = []
     named_side: dict[Path, str] = {}
@@ -82,6 +91,10 @@ def expand_paths(paths: Sequence[Path], dem: Path | None = None) -> list[Path]:
             raise InputError(f"{p}: no such file or folder")
         if p.is_file() and is_dem(p):
             log.info("%s: a DEM, not an image; left out of the images", p)
+            continue
+        if p.is_file() and p.suffix.lower() in _NOT_RASTER_SUFFIXES:
+            # `--images scene/*` brings the scene's labels, truth and notes along
+            named_side[p] = f"a {p.suffix.lower()} file, not a raster image"
             continue
         if p.is_file() and not any(m.can_read(p) for m in mods if m.__name__ != _CONTRACT) \
                 and (why := _not_an_image(p)):

@@ -552,3 +552,11 @@ def test_a_pattern_the_shell_left_alone_is_expanded(trained):
     assert len(json.loads(pattern.stdout)["dates"]) == len(scene.images) > 1
     line = _one_line_error(run("inspect", "--images", str(folder / "nothing_*.tif")))
     assert "nothing_*.tif" in line and "matches no file" in line
+    # `scene/*` brings the labels and the truth along: left out, with a warning (it was
+    # "labels.geojson: unsupported input"); given alone, a vector file is still refused
+    every = run("-v", "inspect", "--images", str(folder / "*"))
+    assert every.returncode == 0, every.stderr
+    assert json.loads(every.stdout)["dates"] == json.loads(listed.stdout)["dates"]
+    assert "labels.geojson: left out of the images (a .geojson file" in every.stderr
+    line = _one_line_error(run("inspect", "--images", str(folder / "labels.geojson")))
+    assert "labels.geojson: unsupported input" in line
