@@ -54,7 +54,7 @@ def expand_patterns(paths: Sequence[Path]) -> list[Path]:
         if p.exists() or not glob.has_magic(str(p)):
             out.append(p)
             continue
-        found = sorted(glob.glob(str(p)))
+        found = sorted(glob.glob(str(p), recursive=True))   # ** : any depth
         if not found:
             raise InputError(f"{p}: the pattern matches no file; check the folder and the "
                              "file names")

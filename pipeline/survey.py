@@ -264,7 +264,8 @@ def read_manifest(path: Path) -> list[TrainScene]:
         files: list[Path] = []
         for x in (text(where, "images", x) for x in imgs):
             if glob.has_magic(x):   # the manifest's own folder name is not a pattern
-                found = sorted(glob.glob(os.path.join(glob.escape(str(base)), x)))
+                found = sorted(glob.glob(os.path.join(glob.escape(str(base)), x),
+                                         recursive=True))   # ** : any depth
                 if not found:
                     raise InputError(f"{path}: scene {i + 1}: '{x}' matches no file{looked(x)}")
                 files += map(Path, found)

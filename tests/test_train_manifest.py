@@ -84,6 +84,12 @@ def test_manifest_images_may_be_glob_patterns(tmp_path):
     first, second = read_manifest(man)
     assert list(first.images) == sorted(a.images)
     assert list(second.images) == [a.images[0]]
+    # '**' is any depth, as in a shell with globstar (it was one level: the nested dates
+    # were not found)
+    up = tmp_path / "m.yaml"                      # the dates two folders down from it
+    up.write_text("- images: '**/S2_*.tif'\n  labels: 'survey [2023]/a/labels.geojson'\n")
+    [nested] = read_manifest(up)
+    assert list(nested.images) == sorted(a.images)
 
 
 def test_a_label_file_of_poppy_plots_alone_trains_with_the_unlabelled_background(tmp_path):
