@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from outputs.atomic import check_can_create
 from pipeline.errors import NotImplementedYet, PoppyscanError
 
 PROG = "poppyscan"
@@ -373,8 +374,7 @@ def _print_detect(res) -> None:
 
 def cmd_demo(a, quiet: bool) -> int:
     from pipeline.demo import run_demo
-    if a.out.exists() and not a.out.is_dir():      # a rerun into its own folder is fine
-        raise PoppyscanError(f"{a.out}: exists and is not a folder; choose another --out")
+    check_can_create(a.out, "--out")               # a rerun into its own folder is fine
     _show_held_log()          # the demo narrates its steps as they happen
     run_demo(a.out, progress=_progress(quiet))
     return 0
@@ -383,8 +383,7 @@ def cmd_demo(a, quiet: bool) -> int:
 def _fresh_out(out: Path) -> None:
     """A scene is written whole: into a new or empty folder, never beside another scene (its
     dates and labels would mix with the new ones)."""
-    if out.exists() and not out.is_dir():
-        raise PoppyscanError(f"{out}: exists and is not a folder; choose another --out")
+    check_can_create(out, "--out")
     if out.is_dir() and any(out.iterdir()):
         raise PoppyscanError(f"{out}: folder is not empty; give a new or empty --out (a "
                              "scene written beside another would mix their dates and labels)")

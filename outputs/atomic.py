@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.errors import InputError
+
 # Side files some writers (SQLite/GDAL) may leave next to the temporary file on failure.
 _SIDECAR_SUFFIXES = ("-journal", "-wal", "-shm")
 
@@ -48,3 +50,31 @@ def write_bytes_atomic(path: Path | str, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return path
+
+
+def check_can_create(folder: Path, flag: str) -> None:
+    """Refuse, before any work, a folder that cannot be created or written: a file on its
+    path, a parent without write permission, a file system that refuses (it was a traceback
+    at the first write, after the work), a file where it should be. A folder made to find
+    out is removed again."""
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise InputError(f"{folder}: exists and is not a folder; choose another {flag}")
+    folder = Path(folder).absolute()
+    parent = folder
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{folder}: {parent} is a file, not a folder; choose another {flag}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{folder}: cannot write in {parent}; choose another {flag}")
+    if parent == folder:
+        return
+    try:
+        folder.mkdir(parents=True)
+    except OSError as exc:
+        raise InputError(f"{folder}: cannot create it ({exc.strerror}); choose another "
+                         f"{flag}") from None
+    made = folder
+    while made != parent:              # leave no trace: the run makes it when it writes
+        made.rmdir()
+        made = made.parent

@@ -206,33 +206,32 @@ def _footprint(grid: Grid):
     return box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
 
 
-def _coverage(da: xr.DataArray, grid: Grid) -> float:
-    """Share of the grid's footprint inside ``da``'s bounds (0 when they do not overlap)."""
-    target = _footprint(grid)
+def _bounds_on(da: xr.DataArray, grid: Grid):
+    """``da``'s bounds as a box in the grid's CRS, None without a transformation between the
+    CRSs (another place)."""
     try:
         bounds = transform_bounds(da.rio.crs, grid.crs, *da.rio.bounds(), densify_pts=21)
     except Exception:  # noqa: BLE001  (no transformation between the CRSs: another place)
-        return 0.0
-    if not all(np.isfinite(bounds)):
-        return 0.0
-    return float(box(*bounds).intersection(target).area / target.area)
+        return None
+    return box(*bounds) if all(np.isfinite(bounds)) else None
+
+
+def _coverage(da: xr.DataArray, grid: Grid) -> float:
+    """Share of the grid's footprint inside ``da``'s bounds (0 when they do not overlap)."""
+    target = _footprint(grid)
+    bounds = _bounds_on(da, grid)
+    return 0.0 if bounds is None else float(bounds.intersection(target).area / target.area)
 
 
 def _outside_grid(products: Sequence[xr.DataArray], grid: Grid) -> float:
     """Share of the ground the images cover that lies outside the grid (the first image's
     extent), warned about: adjacent tiles given together were cut to the first, silently."""
     target = _footprint(grid)
-    shapes = []
-    for p in products:
-        try:
-            shapes.append(box(*transform_bounds(p.rio.crs, grid.crs, *p.rio.bounds(),
-                                                densify_pts=21)))
-        except Exception:  # noqa: BLE001, S112  (check_overlap has refused other places)
-            continue
-    union = shapely.union_all(shapes) if shapes else target
+    placed = [(b, p) for p in products if (b := _bounds_on(p, grid)) is not None]
+    union = shapely.union_all([b for b, _ in placed]) if placed else target
     share = float(union.difference(target).area / union.area) if union.area else 0.0
     if share > 0.001:
-        worst = max(zip(shapes, products), key=lambda sp: sp[0].difference(target).area)[1]
+        worst = max(placed, key=lambda bp: bp[0].difference(target).area)[1]
         log.warning("%.0f%% of the ground the images cover lies outside the survey grid (the "
                     "first image's extent, %s) and is not surveyed, e.g. part of %s; survey "
                     "one tile at a time, or give the tile that covers the rest first",

@@ -53,6 +53,7 @@ from indices.window import (
     window_features,
 )
 from outputs import maps, writers
+from outputs.atomic import check_can_create
 from outputs.patches import (
     CandidateFeatures,
     Piece,
@@ -340,8 +341,6 @@ def train_manifest(manifest: Path, model_dir: Path, cfg: SurveyConfig) -> dict:
 def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfig) -> dict:
     """Sample every scene in its own season, validate with spatial folds, fit, save."""
     model_dir = Path(model_dir)
-    if model_dir.exists() and not model_dir.is_dir():
-        raise InputError(f"{model_dir}: exists and is not a folder; choose another --model")
     check_can_create(model_dir, "--model")
     # hashed first (the model records them): a scene listed twice, by another path or as a
     # copy, is refused before any work
@@ -832,31 +831,6 @@ def _warn_weak(report: dict) -> None:
                     f" >= {report['min_plot_px']:g} px" if big else "")
 
 
-def check_can_create(folder: Path, flag: str) -> None:
-    """Refuse, before any work, a folder that cannot be created or written: a file on its
-    path, a parent without write permission, a file system that refuses (it was a traceback
-    at the first write, after the work). A folder made to find out is removed again."""
-    folder = Path(folder).absolute()
-    parent = folder
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise InputError(f"{folder}: {parent} is a file, not a folder; choose another {flag}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{folder}: cannot write in {parent}; choose another {flag}")
-    if parent == folder:
-        return
-    try:
-        folder.mkdir(parents=True)
-    except OSError as exc:
-        raise InputError(f"{folder}: cannot create it ({exc.strerror}); choose another "
-                         f"{flag}") from None
-    made = folder
-    while made != parent:              # leave no trace: the run makes it when it writes
-        made.rmdir()
-        made = made.parent
-
-
 def _check_out_apart(out: Path, images: Sequence[Path]) -> None:
     """--out may not be an images folder nor hold an image given by name: the outputs
     (probability.tif, evidence.tif) would be read back as images on the documented rerun."""
@@ -969,8 +943,6 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
         exclusion = shapely.union_all(geoms)
     formats = tuple(formats or cfg.outputs.formats)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder; choose another --out")
 
     # ---- run tiles (resumable)
     H, W = scene.sizes["y"], scene.sizes["x"]

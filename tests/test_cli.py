@@ -260,6 +260,7 @@ def test_an_out_or_model_that_cannot_be_created_is_refused_before_any_work(train
     """A file on the way to --out or --model was a traceback at the first write (after the
     work, for train); an empty --out (an unset variable) wrote into the current folder."""
     import run as cli
+    from outputs.atomic import check_can_create
     from pipeline import survey
     d, scene = trained
     blocker = tmp_path / "blocker"
@@ -277,7 +278,7 @@ def test_an_out_or_model_that_cannot_be_created_is_refused_before_any_work(train
     line = _one_line_error(run("detect", *images, "--model", str(d / "model"), "--out", ""))
     assert "argument --out: an empty path" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
-    survey.check_can_create(tmp_path / "new" / "deeper", "--out")   # possible: no trace left
+    check_can_create(tmp_path / "new" / "deeper", "--out")   # possible: no trace left
     assert not (tmp_path / "new").exists()
 
 

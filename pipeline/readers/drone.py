@@ -557,6 +557,7 @@ def _high_percentile(path: Path, bands: list[int], alpha: int | None, grid: int 
 def _assemble(label: Path, layers: dict[str, _Layer], spec: SensorSpec, tags: dict[str, str],
               chunks: int) -> xr.DataArray:
     opened: dict[Path, xr.DataArray] = {}
+    mask_of: dict[Path, xr.DataArray] = {}
     out: dict[str, xr.DataArray] = {}
     integer_mode = _integer_scaling(layers, spec, tags) if spec.scaling == "auto" else None
     ref: xr.DataArray | None = None
@@ -576,8 +577,10 @@ def _assemble(label: Path, layers: dict[str, _Layer], spec: SensorSpec, tags: di
                  if layer.alpha_index else None)
         mode = _mode(np.dtype(raw.dtype), spec, integer_mode)
         refl = _scale(raw, mode, nodata, alpha, gdal).astype("float32")
-        if masked:
-            refl = refl.where(mask_band(layer.path, raw))
+        if masked:   # one mask per file, whichever of its bands asks (a stack: all of them)
+            if layer.path not in mask_of:
+                mask_of[layer.path] = mask_band(layer.path, raw)
+            refl = refl.where(mask_of[layer.path])
         refl.attrs = {}
         if ref is None:
             ref = refl
