@@ -1,6 +1,7 @@
 """One grid: every acquisition (and a DEM) aligned onto a common grid, lazily.
 
-The target grid is the first product's (CRS, transform, shape). Arrays already on it pass
+The target grid (``pipeline.ingest.survey_grid``) has the first product's CRS and pixel
+lattice over the ground all the products cover. Arrays already on it pass
 through untouched; others are reprojected with odc-geo's dask-aware ``xr_reproject``
 (bilinear for reflectance and DEMs, nearest for categorical layers such as SCL).
 """

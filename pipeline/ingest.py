@@ -1,8 +1,9 @@
 """Ingest: files -> one lazy Scene (time, band, y, x) on one grid.
 
 ``open_scene`` expands the paths, asks each reader in ``pipeline.readers`` whether it can read
-a path, aligns every acquisition onto the first one's grid, keeps the bands all dates share,
-refuses products of another place, mosaics products of the same day (adjacent tiles of one
+a path, aligns every acquisition onto one survey grid (the first one's CRS and pixels, over the
+ground all of them cover), keeps the bands all dates share, refuses products of another place,
+mosaics products of the same day (adjacent tiles of one
 pass) into one date, sorts by time and clips to an AOI. Nothing is computed here.
 """
 from __future__ import annotations
@@ -166,8 +167,6 @@ def read_products(paths: Sequence[Path], sensor: Any | None = None,
                              ".SAFE/.zip products, per-band folders or drone orthomosaics")
         new = mod.read(p, sensor, chunks, prefer=prefer)
         arrays.extend(new)
-        if arrays:  # fail fast on another place, before reading the rest
-            check_overlap([arrays[0], *new], Grid.of(arrays[0]))
     if not arrays:
         raise InputError("no images given")
     return arrays
@@ -223,37 +222,72 @@ def _coverage(da: xr.DataArray, grid: Grid) -> float:
     return 0.0 if bounds is None else float(bounds.intersection(target).area / target.area)
 
 
+def survey_grid(products: Sequence[xr.DataArray]) -> Grid:
+    """The grid the images are surveyed on: the first image's CRS and pixel lattice, over the
+    ground all of them cover (adjacent tiles given together are surveyed together; a date
+    covering part of it is no data elsewhere). A pixel belongs to it when its centre lies
+    inside an image's bounds, so a date misregistered by half a pixel adds no column."""
+    first = Grid.of(products[0])
+    tf = first.transform
+    if tf.b or tf.d:          # a rotated grid: its own extent
+        return first
+    boxes = [b for p in products if (b := _bounds_on(p, first)) is not None]
+    x0, y0, x1, y1 = shapely.union_all(boxes).bounds
+    inv, eps = ~tf, 1e-6
+    cols = sorted(c for c, _ in (inv * (x0, y0), inv * (x1, y1)))
+    rows = sorted(r for _, r in (inv * (x0, y0), inv * (x1, y1)))
+    c0, c1 = int(np.ceil(cols[0] - 0.5 + eps)), int(np.floor(cols[1] - 0.5 - eps))
+    r0, r1 = int(np.ceil(rows[0] - 0.5 + eps)), int(np.floor(rows[1] - 0.5 - eps))
+    c0, r0 = min(c0, 0), min(r0, 0)                   # never smaller than the first image
+    c1, r1 = max(c1, first.width - 1), max(r1, first.height - 1)
+    return Grid(first.crs, tf * Affine.translation(c0, r0), r1 - r0 + 1, c1 - c0 + 1)
+
+
 def _outside_grid(products: Sequence[xr.DataArray], grid: Grid) -> float:
-    """Share of the ground the images cover that lies outside the grid (the first image's
-    extent), warned about: adjacent tiles given together were cut to the first, silently."""
-    target = _footprint(grid)
+    """Share of the ground the images cover that lies outside the grid, warned about (only a
+    rotated first grid, which is not extended, leaves any; the half pixel beyond the last
+    pixel centre is inside)."""
+    target = _footprint(grid).buffer(grid.resolution / 2, join_style="mitre")
     placed = [(b, p) for p in products if (b := _bounds_on(p, grid)) is not None]
     union = shapely.union_all([b for b, _ in placed]) if placed else target
     share = float(union.difference(target).area / union.area) if union.area else 0.0
     if share > 0.001:
         worst = max(placed, key=lambda bp: bp[0].difference(target).area)[1]
         log.warning("%.0f%% of the ground the images cover lies outside the survey grid (the "
-                    "first image's extent, %s) and is not surveyed, e.g. part of %s; survey "
-                    "one tile at a time, or give the tile that covers the rest first",
-                    100 * share, products[0].attrs.get("source", "the first image"),
+                    "extent of %s, a rotated grid) and is not surveyed, e.g. part of %s; "
+                    "survey one tile at a time", 100 * share,
+                    products[0].attrs.get("source", "the first image"),
                     worst.attrs.get("source", "an image"))
     return round(share, 4)
 
 
-def check_overlap(products: Sequence[xr.DataArray], grid: Grid) -> None:
-    """Refuse products that do not overlap the grid: they show another place, and aligning
-    them would give a date of nothing but NaN."""
-    first = products[0].attrs.get("source", "the first image")
-    for p in products:
-        if _coverage(p, grid) <= 0:
-            raise InputError(f"{p.attrs.get('source', 'an image')} does not overlap {first}: "
-                             "the images show different places; give the images of one place "
-                             "(e.g. one product or patch folder) at a time")
+def check_one_place(products: Sequence[xr.DataArray]) -> None:
+    """Refuse images of more than one place: each must overlap or touch the ground of the
+    others (adjacent tiles chain: A-B-C with C apart from A is one place). Aligning another
+    place would give a date of nothing but NaN and a survey grid spanning both."""
+    first = Grid.of(products[0])
+    touch = first.resolution / 2        # tiles that abut, up to rounding
+    places: list[tuple[BaseGeometry, list[int]]] = []
+    for i, p in enumerate(products):
+        b = _bounds_on(p, first)
+        b = b.buffer(touch, join_style="mitre") if b is not None else None
+        hit = [k for k, (g, _) in enumerate(places) if b is not None and g.intersects(b)]
+        merged = ([b] if b is not None else []) + [places[k][0] for k in hit]
+        members = [i] + [m for k in hit for m in places[k][1]]
+        places = [pl for k, pl in enumerate(places) if k not in hit]
+        places.append((shapely.union_all(merged) if merged else box(0, 0, 0, 0), members))
+    if len(places) > 1:
+        other = min(min(m) for _, m in places if 0 not in m)
+        name = products[0].attrs.get("source", "the first image")
+        raise InputError(f"{products[other].attrs.get('source', 'an image')} does not overlap "
+                         f"{name} (nor an image touching it): the images show different "
+                         "places; give the images of one place (e.g. one product or patch "
+                         "folder, or adjacent tiles) at a time")
 
 
 def open_scene(paths: Sequence[Path], sensor: Any | None = None, *, chunks: int = 1024,
-               aoi: BaseGeometry | None = None, grid: Grid | None = None,
-               dem: Path | None = None, prefer: str | None = None) -> xr.DataArray:
+               aoi: BaseGeometry | None = None, dem: Path | None = None,
+               prefer: str | None = None) -> xr.DataArray:
     """Read ``paths`` into one lazy Scene (time, band, y, x), float32, NaN where no data.
 
     ``aoi`` must be in the CRS of the grid (see ``pipeline.aoi.read_aoi``); ``dem``, when
@@ -261,15 +295,15 @@ def open_scene(paths: Sequence[Path], sensor: Any | None = None, *, chunks: int 
     band names fit more than one (P4M and RedEdge-MX both call a band 'rededge').
     """
     products = read_products(paths, sensor, chunks, dem, prefer)
-    if grid is None:
-        grid = Grid.of(products[0])
-        regrid = true_scale_grid(grid)
-        if regrid is not None:
-            grid, scale = regrid
-            log.warning("images in %s: one of its units is %.3f ground metres at the scene "
-                        "centre, not 1; aligned onto %s at %.3g m pixels so that areas and "
-                        "distances are in metres", products[0].rio.crs.to_string(), 1 / scale,
-                        grid.crs.to_string(), grid.resolution)
+    check_one_place(products)
+    grid = survey_grid(products)
+    regrid = true_scale_grid(grid)
+    if regrid is not None:
+        grid, scale = regrid
+        log.warning("images in %s: one of its units is %.3f ground metres at the scene "
+                    "centre, not 1; aligned onto %s at %.3g m pixels so that areas and "
+                    "distances are in metres", products[0].rio.crs.to_string(), 1 / scale,
+                    grid.crs.to_string(), grid.resolution)
     no_scl = [i for i, p in enumerate(products) if "scl" not in p["band"].values]
     if no_scl and len(no_scl) < len(products):
         # SCL where a date has it; the dates without it are masked by the spectral test
@@ -293,7 +327,6 @@ def open_scene(paths: Sequence[Path], sensor: Any | None = None, *, chunks: int 
                          "a time")
     if not shared:
         raise InputError("the images share no band; check that they come from one sensor")
-    check_overlap(products, grid)
     outside = _outside_grid(products, grid)
     if dropped:
         log.info("bands not present on every date are dropped: %s", sorted(dropped))
@@ -401,8 +434,8 @@ def clip_to_aoi(scene: xr.DataArray, aoi: BaseGeometry, chunks: int) -> xr.DataA
         raise InputError("the AOI does not overlap the images; check its CRS and extent")
     outside = aoi.difference(_footprint(Grid.of(scene))).area / aoi.area
     if outside > 0.001:
-        log.warning("%.0f%% of the AOI lies outside the first image's extent (the survey grid) "
-                    "and is not surveyed; give an image covering it first, or split the AOI",
+        log.warning("%.0f%% of the AOI lies outside the images (the survey grid) and is not "
+                    "surveyed; give images covering it too, or split the AOI",
                     100 * outside)
     # a corridor narrower than 3 px: widened (the pixels outside the polygon stay NaN), so
     # slope has neighbours (a 10 m wide AOI with --dem was refused as a DEM of 1 px)

@@ -193,6 +193,46 @@ def test_detect_writes_the_output_contract(trained, tmp_path):
     assert f"3 target(s); the model flags {100 * share:.1f}% of the area seen" in r.stdout
 
 
+def _halves(images: list[Path], folder: Path) -> list[Path]:
+    """Each date cut into two overlapping tiles (columns 0-39 and 24-63), as adjacent
+    Sentinel-2 tiles are, with the contract's metadata."""
+    import rasterio
+    from rasterio.windows import Window
+
+    folder.mkdir()
+    out = []
+    for p in images:
+        with rasterio.open(p) as src:
+            for name, col in (("west", 0), ("east", 24)):
+                win = Window(col, 0, 40, src.height)
+                q = folder / f"{name}_{p.name}"
+                prof = dict(src.profile, width=40, transform=src.window_transform(win))
+                with rasterio.open(q, "w", **prof) as dst:
+                    dst.write(src.read(window=win))
+                    dst.update_tags(**src.tags())
+                    dst.descriptions, dst.scales, dst.offsets = (src.descriptions,
+                                                                 src.scales, src.offsets)
+                out.append(q)
+    return out
+
+
+def test_adjacent_tiles_given_together_are_surveyed_as_one(trained, tmp_path):
+    """The scene as two overlapping tiles per date gives the targets of the whole scene: the
+    survey grid spans both tiles (it was the first tile's; the second's ground was cut
+    away)."""
+    d, _ = trained
+    other = make_tiny_scene(tmp_path / "other", seed=4)
+    tiles = _halves(other.images, tmp_path / "tiles")
+    ids = []
+    for name, images in (("whole", other.images), ("tiles", tiles)):
+        r = run("-q", "detect", "--images", *map(str, images), "--model", str(d / "model"),
+                "--out", str(tmp_path / f"out_{name}"))
+        assert r.returncode == 0, r.stderr
+        fc = json.loads((tmp_path / f"out_{name}" / "targets.geojson").read_text())
+        ids.append(sorted(f["id"] for f in fc["features"]))
+    assert len(ids[0]) == 3 and ids[1] == ids[0]
+
+
 def test_a_targets_dates_are_the_acquisitions_its_features_used(trained, tmp_path):
     """An image dated outside the calendar (August) is left out of the features ('not
     used'), but was listed in every target's `dates` as if it had been."""
