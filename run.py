@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -244,6 +245,9 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING if not verbose else logging.DEBUG)
+    # their debug lines hold the OAuth client secret and tokens (fetch -v printed them)
+    for name in ("oauthlib", "requests_oauthlib"):
+        logging.getLogger(name).setLevel(logging.INFO)
     for name in (PROG, "pipeline", "indices", "classifiers", "outputs"):
         logging.getLogger(name).setLevel(level)
     # library warnings (numpy, shapely, rasterio) are for developers: shown with -v only, so a
@@ -429,6 +433,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose, args.quiet)
     out = getattr(args, OUTPUT_OPTION.get(args.command, ""), None)
     created = out is not None and not out.exists()
+    # SIGTERM (kill, timeout, a batch scheduler) unwinds like Ctrl-C, so that the cleanup a
+    # command does on an interrupt runs (fetch's staging folder was left behind)
+    previous = (signal.signal(signal.SIGTERM, _terminate)
+                if threading.current_thread() is threading.main_thread() else None)
     try:
         return _dispatch(args)
     except BrokenPipeError:
@@ -448,12 +456,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = str(err).splitlines()[0] if str(err) else err.__class__.__name__
         sys.stderr.write(f"{PROG}: error: {msg}\n")
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         _show_held_log()
-        sys.stderr.write(f"{PROG}: interrupted; rerun the same command to resume\n")
-        return 130
+        what = "stopped (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
+        sys.stderr.write(f"{PROG}: {what}; rerun the same command to resume\n")
+        return 143 if isinstance(exc, _Terminated) else 130
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         _show_held_log()
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is (a KeyboardInterrupt, so every cleanup an
+    interrupt runs, runs)."""
+
+
+def _terminate(signum, frame) -> None:
+    raise _Terminated()
 
 
 def _show_held_log() -> None:

@@ -38,6 +38,7 @@ import rasterio
 import shapely
 from affine import Affine
 
+from outputs.atomic import check_can_create
 from pipeline.aoi import read_features
 from pipeline.bands import S2_BANDS
 from pipeline.errors import CredentialsError, CRSError, InputError, PoppyscanError
@@ -54,14 +55,18 @@ CDSE_TOKEN_URL = (
     "https://identity.dataspace.copernicus.eu/auth/realms/CDSE/protocol/openid-connect/token"
 )
 
-#: Largest tile side (pixels) of one Process API request (the API's limit is 2500).
-MAX_TILE_PX = 2500
+#: Largest tile side (pixels) of one Process API request (the API's limit is 2500): 1024
+#: keeps the tiles in flight small (at 2500, four tiles of one date were held as bytes and
+#: decoded arrays besides the mosaic, ~100 bytes per pixel of the date in all).
+MAX_TILE_PX = 1024
 #: Coarsest pixel (m) the Process API serves for Sentinel-2 L2A.
 MAX_RESOLUTION = 1500.0
 #: pixels of one date's grid: each date is mosaicked in memory at ~26 bytes per pixel (13
-#: uint16 bands), so 64 Mpx (an 80 km square at 10 m) is about 1.7 GB
+#: uint16 bands) besides ~0.7 GB for the interpreter and the tiles in flight (measured,
+#: docs/fetch.md), so 64 Mpx (an 80 km square at 10 m) needs about 2.4 GB
 MAX_GRID_PX = 64_000_000
 BYTES_PER_PX = 26
+FIXED_BYTES = 0.7 * 2**30
 #: Retries of the sentinelhub client for 5xx and connection errors, and the first sleep (s).
 MAX_DOWNLOAD_ATTEMPTS = 4
 DOWNLOAD_SLEEP_TIME = 5.0
@@ -164,6 +169,10 @@ def make_grid(aoi: Any, aoi_crs: str, resolution: float) -> tuple[Grid, Any, Any
     centroid = aoi_wgs.centroid
     if not (-180 <= centroid.x <= 180 and -90 <= centroid.y <= 90):
         raise CRSError(f"AOI centroid {centroid.x:.2f},{centroid.y:.2f} is off Earth; fix its CRS")
+    west, _, east, _ = aoi_wgs.bounds
+    if east - west > 180:
+        raise InputError("the AOI crosses the 180th meridian (longitudes from "
+                         f"{west:.2f} to {east:.2f}); split it into one AOI on each side")
     epsg = utm_epsg(centroid.x, centroid.y)
     to_utm = Transformer.from_crs(CRS.from_epsg(4326), CRS.from_epsg(epsg), always_xy=True)
     # densify so long straight edges in lon/lat stay right in UTM
@@ -190,6 +199,10 @@ def _sh_config(base_url: str | None, token_url: str | None) -> Any:
     except KeyError as exc:
         raise CredentialsError(
             f"sentinelhub profile not found ({exc.args[0]}); {_CREDENTIALS_HINT}") from None
+    except (ValueError, OSError) as exc:   # a damaged config.toml (TOMLDecodeError)
+        where = SHConfig.get_config_location()
+        raise InputError(f"{where}: the sentinelhub configuration file cannot be read "
+                         f"({' '.join(str(exc).split())[:120]}); repair or remove it") from None
     if base_url:
         config.sh_base_url = base_url.rstrip("/")
     if token_url:
@@ -231,9 +244,11 @@ def _translate(exc: BaseException, what: str, url: str) -> PoppyscanError:
     from oauthlib.oauth2.rfc6749.errors import OAuth2Error
     from sentinelhub.exceptions import DownloadFailedException, OutOfRequestsException
 
+    status = _status_of(exc)
+    if _rate_limited(exc):
+        return FetchError(f"{what}: rate limit still hit after retries at {url}; try again later")
     if isinstance(exc, OAuth2Error):
         return CredentialsError(f"credentials rejected by {url} ({exc.error}); {_CREDENTIALS_HINT}")
-    status = _status_of(exc)
     if status in (401, 403):
         return CredentialsError(
             f"credentials rejected by {url} (HTTP {status}); {_CREDENTIALS_HINT}")
@@ -245,7 +260,8 @@ def _translate(exc: BaseException, what: str, url: str) -> PoppyscanError:
         said = _service_says(exc)
         if said:
             reason += f": {said}"
-        advice = ("check the AOI, window and resolution" if status and 400 <= status < 500
+        advice = ("check the service URL (--sh-base-url): it has no such API" if status == 404
+                  else "check the AOI, window and resolution" if status and 400 <= status < 500
                   else "check the URL and the network")
         return FetchError(f"{what} failed at {url} ({reason}); {advice}")
     detail = " ".join(str(exc).split())[:300]
@@ -261,18 +277,48 @@ def _service_errors() -> tuple[type[BaseException], ...]:
     return (requests.RequestException, OAuth2Error, BaseSentinelHubException, KeyError, ValueError)
 
 
+def _rate_limited(exc: BaseException) -> bool:
+    """HTTP 429 (from a download, or oauthlib's ``too_many_requests`` from the token URL)."""
+    return (_status_of(exc) == 429 or getattr(exc, "status_code", None) == 429
+            or getattr(exc, "error", None) == "too_many_requests")
+
+
+def _retry_after(exc: BaseException) -> float:
+    """Seconds the service asks to wait (Retry-After), else the first download sleep."""
+    for response in (getattr(getattr(exc, "request_exception", None), "response", None),
+                     getattr(exc, "response", None)):
+        try:
+            return min(float(response.headers["Retry-After"]), 600.0)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            continue
+    return DOWNLOAD_SLEEP_TIME
+
+
 def _session(config: Any) -> Any:
+    """An authenticated session; a rate-limited token request (429) is retried after the
+    service's Retry-After, like downloads are (it was reported as rejected credentials)."""
+    import time
+
     from sentinelhub import SentinelHubSession
 
-    try:
-        return SentinelHubSession(config=config)
-    except _service_errors() as exc:
-        err = _translate(exc, "authentication", config.sh_token_url)
-        if isinstance(err, FetchError) and 400 <= (_status_of(exc) or 0) < 500:
-            err = CredentialsError(
-                f"credentials rejected by {config.sh_token_url} (HTTP {_status_of(exc)}); "
-                f"{_CREDENTIALS_HINT}")
-        raise err from None
+    for attempt in range(1, MAX_DOWNLOAD_ATTEMPTS + 1):
+        try:
+            return SentinelHubSession(config=config)
+        except _service_errors() as exc:
+            limited = _rate_limited(exc)
+            if limited and attempt < MAX_DOWNLOAD_ATTEMPTS:
+                wait = _retry_after(exc)
+                LOGGER.warning("the token service asks to slow down (HTTP 429); retrying in "
+                               "%.0f s", wait)
+                time.sleep(wait)
+                continue
+            err = _translate(exc, "authentication", config.sh_token_url)
+            status = _status_of(exc) or 0
+            if isinstance(err, FetchError) and not limited and 400 <= status < 500:
+                err = CredentialsError(f"credentials rejected by {config.sh_token_url} "
+                                       f"(HTTP {status}); {_CREDENTIALS_HINT}")
+            raise err from None
+    raise AssertionError("unreachable")
 
 
 def _collection(base: Any, prefix: str, base_url: str) -> Any:
@@ -402,16 +448,49 @@ def _tile_requests(grid: Grid, aoi_utm: Any, collection: Any, evalscript: str,
     return out
 
 
-def _download(requests: list[Any], session: Any, config: Any, what: str) -> tuple[list[Any], int]:
-    """Download (or read from the cache) decoded responses; also count cache misses."""
-    from sentinelhub import SentinelHubDownloadClient
-
-    misses = sum(1 for r in requests if not os.path.exists(r.get_storage_paths()[1]))
-    client = SentinelHubDownloadClient(session=session, config=config)
+def _raw(client: Any, requests: list[Any], config: Any, what: str) -> list[Any]:
     try:
-        return client.download(requests, max_threads=MAX_THREADS), misses
+        return client.download(requests, max_threads=MAX_THREADS, decode_data=False)
     except _service_errors() as exc:
         raise _translate(exc, what, config.sh_base_url) from None
+
+
+def _responses(requests: list[Any], session: Any, config: Any, what: str,
+               check: Any) -> Any:
+    """``check(i, decoded)`` of each request's response, in order, downloading (or reading from
+    the cache) MAX_THREADS at a time, so that a date's tiles are not all held in memory. A
+    damaged response (cut short, not a TIFF or tar, the wrong size: decoding or ``check``
+    raises) is removed from the cache and downloaded once more; damaged again, the run stops
+    with one line (a damaged file left in the cache failed every rerun)."""
+    from sentinelhub import SentinelHubDownloadClient
+
+    client = SentinelHubDownloadClient(session=session, config=config)
+    for start in range(0, len(requests), MAX_THREADS):
+        batch = requests[start:start + MAX_THREADS]
+        for k, (request, response) in enumerate(zip(batch, _raw(client, batch, config,
+                                                                    what))):
+            for attempt in (1, 2):
+                try:
+                    value = check(start + k, response.decode())
+                    break
+                except Exception as exc:  # noqa: BLE001 - any failure to decode the bytes
+                    Path(request.get_storage_paths()[1]).unlink(missing_ok=True)
+                    if attempt == 2:
+                        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+                        raise FetchError(
+                            f"{what}: the service's answer from {config.sh_base_url} was "
+                            f"damaged twice ({reason}); it is not kept: run the same command "
+                            "again later") from None
+                    LOGGER.warning("%s: a damaged answer (%s); downloading it again", what,
+                                   type(exc).__name__)
+                    [response] = _raw(client, [request], config, what)
+            yield value
+            del response, value
+
+
+def _misses(requests: list[Any]) -> int:
+    """Requests whose response is not in the cache (downloads to come)."""
+    return sum(1 for r in requests if not os.path.exists(r.get_storage_paths()[1]))
 
 
 def _as_hwc(array: np.ndarray, bands: int) -> np.ndarray:
@@ -421,6 +500,14 @@ def _as_hwc(array: np.ndarray, bands: int) -> np.ndarray:
     if array.shape[-1] != bands and array.shape[0] == bands:  # planar TIFF
         array = np.moveaxis(array, 0, -1)
     return array
+
+
+def _sized(array: Any, bands: int, h: int, w: int) -> np.ndarray:
+    """``array`` as (h, w, bands), or an error naming the size the service answered with."""
+    out = _as_hwc(array, bands)
+    if out.shape != (h, w, bands):
+        raise ValueError(f"an image of shape {out.shape}, expected {(h, w, bands)}")
+    return out
 
 
 def _fetch_date(acq: Acquisition, grid: Grid, aoi_utm: Any, collection: Any, config: Any,
@@ -445,21 +532,27 @@ def _fetch_date(acq: Acquisition, grid: Grid, aoi_utm: Any, collection: Any, con
     if not in_aoi.any():        # an AOI thinner than a pixel: its bounding box
         in_aoi[:] = True
     sums, count, count_aoi = np.zeros(2), 0, 0
-    results, misses = _download([r for _, r in requests], session, config,
-                                f"process request for {acq.date}")
-    for (tile, _), result in zip(requests, results):
+    misses = _misses([r for _, r in requests])
+    tiles = [tile for tile, _ in requests]
+
+    def decoded(i: int, result: Any) -> tuple[np.ndarray, np.ndarray]:
+        _, _, w, h = tiles[i]
+        return (_sized(result["default.tif"], len(OUTPUT_BANDS), h, w),
+                _sized(result["angles.tif"], 2, h, w))
+
+    # one tile's arrays at a time besides the mosaic
+    for tile, (dn, angles) in zip(tiles, _responses([r for _, r in requests], session, config,
+                                                    f"process request for {acq.date}",
+                                                    decoded)):
         c, r, w, h = tile
-        dn = _as_hwc(result["default.tif"], len(OUTPUT_BANDS))
-        angles = _as_hwc(result["angles.tif"], 2).astype(np.float64)
-        if dn.shape[:2] != (h, w) or angles.shape[:2] != (h, w):
-            raise FetchError(f"process response for {acq.date} has shape {dn.shape}, "
-                             f"expected {(h, w)}; the service answered with the wrong size")
         valid = np.isfinite(angles[:, :, 0]) & (dn[:, :, :len(REFLECTANCE_BANDS)] > 0).any(axis=2)
-        block = np.where(valid[:, :, None], dn, 0).astype(np.uint16)
-        data[:, r:r + h, c:c + w] = np.moveaxis(block, -1, 0)
-        sums += np.nansum(np.where(valid[:, :, None], angles, np.nan), axis=(0, 1))
+        view = data[:, r:r + h, c:c + w]
+        view[:] = np.moveaxis(dn, -1, 0)
+        view[:, ~valid] = 0
+        sums += np.nansum(angles[valid], axis=0, dtype=np.float64)
         count += int(valid.sum())
         count_aoi += int((valid & in_aoi[r:r + h, c:c + w]).sum())
+        del dn, angles, valid
     zenith, azimuth = (sums / count) if count else (math.nan, math.nan)
     return data, float(zenith), float(azimuth), count_aoi / float(in_aoi.sum()), misses
 
@@ -477,13 +570,16 @@ def _fetch_dem(grid: Grid, aoi_utm: Any, config: Any, session: Any, cache: Path,
         {"upsampling": ResamplingType.BILINEAR, "downsampling": ResamplingType.BILINEAR},
     )
     dem = np.full((grid.height, grid.width), np.nan, dtype=np.float32)
-    results, misses = _download([r for _, r in requests], session, config, "DEM request")
-    for (tile, _), result in zip(requests, results):
-        c, r, w, h = tile
-        block = _as_hwc(result, 1)[:, :, 0]
-        if block.shape != (h, w):
-            raise FetchError(f"DEM response has shape {block.shape}, expected {(h, w)}")
-        dem[r:r + h, c:c + w] = block.astype(np.float32)
+    tiles = [tile for tile, _ in requests]
+    misses = _misses([r for _, r in requests])
+
+    def decoded(i: int, result: Any) -> np.ndarray:
+        _, _, w, h = tiles[i]
+        return _sized(result, 1, h, w)[:, :, 0]
+
+    for (c, r, w, h), block in zip(tiles, _responses([r for _, r in requests], session, config,
+                                                     "DEM request", decoded)):
+        dem[r:r + h, c:c + w] = block
     return dem, misses
 
 
@@ -503,6 +599,27 @@ def _write_dem(path: Path, dem: np.ndarray, grid: Grid) -> Path:
 # --------------------------------------------------------------------------- entry point
 
 
+def _earlier_files(out: Path) -> set[str]:
+    """The dates and DEM an earlier fetch wrote into ``out`` (its fetch.json), which this run
+    replaces. Files of those names that no fetch wrote (the analyst's own DEM, last season's
+    dates) are refused before any request, not overwritten or deleted."""
+    ours = {"S2_*.tif", "dem.tif"}
+    present = {p.name for pattern in ours for p in out.glob(pattern)} if out.is_dir() else set()
+    earlier: set[str] = set()
+    try:
+        doc = json.loads((out / "fetch.json").read_text())
+        earlier = {w["file"] for w in doc.get("written", [])} | (
+            {doc["dem"]} if doc.get("dem") else set())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass                                   # no earlier fetch (or not one of ours)
+    foreign = sorted(present - earlier)
+    if foreign:
+        raise InputError(f"--out {out} holds {', '.join(foreign[:3])}"
+                         f"{' ...' if len(foreign) > 3 else ''}, which fetch did not write "
+                         "there; give fetch an empty folder or the folder of an earlier fetch")
+    return earlier & present
+
+
 def fetch(aoi: Path, window: str, out: Path, *, max_cloud: float = 30.0, resolution: float = 10.0,
           dem: bool = False, base_url: str | None = None, token_url: str | None = None,
           cache: Path | None = None) -> dict:
@@ -520,12 +637,12 @@ def fetch(aoi: Path, window: str, out: Path, *, max_cloud: float = 30.0, resolut
     if px > MAX_GRID_PX:
         raise InputError(f"{aoi}: at {float(resolution):g} m the AOI's grid is {grid.width} x "
                          f"{grid.height} pixels ({px / 1e6:.0f} Mpx, about "
-                         f"{px * BYTES_PER_PX / 2**30:.1f} GB per date in memory; at most "
+                         f"{(px * BYTES_PER_PX + FIXED_BYTES) / 2**30:.1f} GB in memory; at most "
                          f"{MAX_GRID_PX / 1e6:.0f} Mpx): split the AOI into smaller ones or use "
                          "a coarser --resolution")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a folder")
+    check_can_create(out, "--out")
+    earlier = _earlier_files(out)
 
     config = _sh_config(base_url, token_url)
     service_url = config.sh_base_url.rstrip("/")
@@ -546,6 +663,8 @@ def fetch(aoi: Path, window: str, out: Path, *, max_cloud: float = 30.0, resolut
     work.mkdir(exist_ok=True)
     cache = Path(cache) if cache is not None else work / "sh-cache"
     cache.mkdir(parents=True, exist_ok=True)
+    for stale in work.glob("staging-*"):    # of a run killed without a chance to clean up
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix="staging-", dir=work))
     written: list[dict] = []
     downloads = 0
@@ -595,9 +714,8 @@ def fetch(aoi: Path, window: str, out: Path, *, max_cloud: float = 30.0, resolut
         # an earlier run's dates or DEM that this one does not write (a stricter --max-cloud,
         # another window, no --dem) would be read by inspect and detect beside the new ones
         keep = {w["file"] for w in written} | ({dem_file} if dem_file else set())
-        for old in [*out.glob("S2_*.tif"), out / "dem.tif"]:
-            if old.name not in keep:
-                old.unlink(missing_ok=True)
+        for name in earlier - keep:
+            (out / name).unlink(missing_ok=True)
         for item in sorted(staging.iterdir(), key=lambda p: p.name == "fetch.json"):
             os.replace(item, out / item.name)  # fetch.json last: it marks a complete run
     except BaseException:

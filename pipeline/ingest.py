@@ -82,6 +82,7 @@ def expand_paths(paths: Sequence[Path], dem: Path | None = None) -> list[Path]:
     mods = readers()
     out: list[Path] = []
     named_side: dict[Path, str] = {}
+    dems: list[Path] = []
     dem_file = Path(dem).resolve() if dem is not None else None
 
     def is_dem(f: Path) -> bool:
@@ -92,6 +93,7 @@ def expand_paths(paths: Sequence[Path], dem: Path | None = None) -> list[Path]:
             raise InputError(f"{p}: no such file or folder")
         if p.is_file() and is_dem(p):
             log.info("%s: a DEM, not an image; left out of the images", p)
+            dems.append(p)
             continue
         if p.is_file() and p.suffix.lower() in _NOT_RASTER_SUFFIXES:
             # `--images scene/*` brings the scene's labels, truth and notes along
@@ -128,6 +130,9 @@ def expand_paths(paths: Sequence[Path], dem: Path | None = None) -> list[Path]:
             out.append(p)
     if named_side and not out:   # nothing else given: the reader says what is wrong with it
         return list(named_side)
+    if dems and not out:
+        raise InputError(f"{dems[0]}: a DEM (named dem.* or given as --dem), not an image; "
+                         "give the images too")
     for c, why in named_side.items():
         log.warning("%s: left out of the images (%s)", c, why)
     return out
@@ -301,7 +306,7 @@ def open_scene(paths: Sequence[Path], sensor: Any | None = None, *, chunks: int 
     if regrid is not None:
         grid, scale = regrid
         log.warning("images in %s: one of its units is %.3f ground metres at the scene "
-                    "centre, not 1; aligned onto %s at %.3g m pixels so that areas and "
+                    "centre, not 1; aligned onto %s at %.4g m pixels so that areas and "
                     "distances are in metres", products[0].rio.crs.to_string(), 1 / scale,
                     grid.crs.to_string(), grid.resolution)
     no_scl = [i for i, p in enumerate(products) if "scl" not in p["band"].values]

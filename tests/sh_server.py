@@ -20,6 +20,7 @@ import json
 import re
 import tarfile
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
@@ -41,6 +42,9 @@ class FakeSentinelHub:
     features: list[dict] = field(default_factory=list)
     page_size: int = 2
     fail_process_with: list[int] = field(default_factory=list)  # statuses to answer first
+    fail_token_with: list[int] = field(default_factory=list)    # statuses to answer first
+    damage_process: list[str] = field(default_factory=list)     # "cut" or "garbage" bodies first
+    process_delay_s: float = 0.0                                # a slow service
     retry_after_ms: int = 20
     nodata_west_of: float | None = None
     token_requests: int = 0
@@ -95,6 +99,12 @@ class FakeSentinelHub:
 
     def _token(self, h: BaseHTTPRequestHandler, body: bytes) -> None:
         self.token_requests += 1
+        if self.fail_token_with:
+            status = self.fail_token_with.pop(0)
+            error = "too_many_requests" if status == 429 else "temporarily_unavailable"
+            headers = {"Retry-After": "0"} if status == 429 else {}
+            return _send(h, status, {"error": error, "error_description": "fake failure"},
+                         headers=headers)
         form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
         if form.get("client_id") != CLIENT_ID or form.get("client_secret") != CLIENT_SECRET:
             return _send(h, 401, {"error": "invalid_client",
@@ -116,6 +126,8 @@ class FakeSentinelHub:
 
     def _process(self, h: BaseHTTPRequestHandler, payload: dict) -> None:
         self.process_attempts += 1
+        if self.process_delay_s:
+            time.sleep(self.process_delay_s)
         if self.fail_process_with:
             status = self.fail_process_with.pop(0)
             headers = {"Retry-After": str(self.retry_after_ms)} if status == 429 else {}
@@ -150,15 +162,19 @@ class FakeSentinelHub:
             files["default"], files["angles"] = dn, angles
         responses = [r["identifier"] for r in out["responses"]]
         if len(responses) == 1:
-            return _send_bytes(h, 200, _tiff(files[responses[0]]), "image/tiff")
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            for ident in responses:
-                blob = _tiff(files[ident])
-                info = tarfile.TarInfo(f"{ident}.tif")
-                info.size = len(blob)
-                tar.addfile(info, io.BytesIO(blob))
-        return _send_bytes(h, 200, buf.getvalue(), "application/x-tar")
+            blob, ctype = _tiff(files[responses[0]]), "image/tiff"
+        else:
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as tar:
+                for ident in responses:
+                    part = _tiff(files[ident])
+                    info = tarfile.TarInfo(f"{ident}.tif")
+                    info.size = len(part)
+                    tar.addfile(info, io.BytesIO(part))
+            blob, ctype = buf.getvalue(), "application/x-tar"
+        if self.damage_process:      # a body cut short, or not what it says it is
+            blob = blob[:len(blob) // 3] if self.damage_process.pop(0) == "cut" else b"x" * 999
+        return _send_bytes(h, 200, blob, ctype)
 
 
 _LOCK = threading.Lock()

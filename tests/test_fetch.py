@@ -420,3 +420,119 @@ def test_utm_zone_of_the_antimeridian_and_the_equator() -> None:
     from pipeline.grid import utm_epsg
     assert utm_epsg(117.0, 32.0) == 32650 and utm_epsg(117.0, -0.001) == 32750
     assert utm_epsg(180.0, 10.0) == 32660 and utm_epsg(-180.0, 10.0) == 32601
+
+
+# --- found by an outside-style audit (session 18) --------------------------------------------
+def test_a_damaged_answer_is_downloaded_again_and_never_kept(server, aoi, tmp_path, caplog):
+    """A body cut short or garbage (a proxy, a dropped connection) was a traceback, and the
+    client had cached it, so every rerun failed the same way."""
+    server.damage_process = ["cut"]
+    result = run(server, aoi, tmp_path / "out")
+    assert len(result["written"]) == 2 and "damaged answer" in caplog.text
+    assert server.process_attempts == 3                 # two dates, the damaged one again
+    with rasterio.open(tmp_path / "out" / "S2_20240503.tif") as src:
+        assert src.read(1).min() >= 1000                                  # the good answer
+    server.damage_process = ["garbage", "garbage"]
+    with pytest.raises(F.FetchError, match="damaged twice.*run the same command again"):
+        run(server, aoi, tmp_path / "again")
+    assert len(run(server, aoi, tmp_path / "again")["written"]) == 2     # not kept
+
+
+def test_files_fetch_did_not_write_are_refused_not_deleted(server, aoi, tmp_path):
+    """The analyst's own dem.tif and last season's dates in --out were deleted silently."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "dem.tif").write_bytes(b"my dem")
+    (out / "S2_20230420.tif").write_bytes(b"last season")
+    with pytest.raises(InputError, match="S2_20230420.tif, dem.tif, which fetch did not"):
+        run(server, aoi, out)
+    assert server.token_requests == 0
+    assert (out / "dem.tif").read_bytes() == b"my dem"
+    assert (out / "S2_20230420.tif").read_bytes() == b"last season"
+
+
+def test_a_verbose_log_holds_no_secret_or_token(server, aoi, tmp_path, capsys):
+    import run as cli
+
+    rc = cli.main(["-v", "fetch", "--aoi", str(aoi), "--out", str(tmp_path / "out"),
+                   "--window", WINDOW, "--sh-base-url", server.base_url,
+                   "--sh-token-url", server.token_url])
+    err = capsys.readouterr().err
+    assert rc == 0 and "searching" in err
+    from sh_server import TOKEN
+    assert CLIENT_SECRET not in err and TOKEN not in err
+
+
+def test_a_rate_limited_token_request_is_retried(server, aoi, tmp_path, monkeypatch):
+    """A 429 from the token URL was 'credentials rejected ... set SH_CLIENT_ID'."""
+    server.fail_token_with = [429]
+    assert len(run(server, aoi, tmp_path / "out")["written"]) == 2
+    assert server.token_requests >= 2
+    monkeypatch.setattr(F, "MAX_DOWNLOAD_ATTEMPTS", 2)
+    server.fail_token_with = [429] * 5
+    with pytest.raises(F.FetchError, match="rate limit"):
+        run(server, aoi, tmp_path / "other")
+
+
+def test_a_killed_runs_staging_folder_is_removed_by_the_next(server, aoi, tmp_path):
+    out = tmp_path / "out"
+    (out / ".poppyscan" / "staging-abc").mkdir(parents=True)
+    (out / ".poppyscan" / "staging-abc" / "S2_20240503.tif").write_bytes(b"x" * 1000)
+    run(server, aoi, out)
+    assert not list((out / ".poppyscan").glob("staging-*"))
+
+
+def test_sigterm_stops_fetch_cleanly(server, aoi, tmp_path):
+    """kill / timeout / a batch scheduler: exit 143 and the staging folder removed (it was
+    left for good, a date's worth of files each time)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    server.process_delay_s = 2.0
+    out = tmp_path / "out"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, str(root / "run.py"), "fetch", "--aoi", str(aoi), "--out", str(out),
+         "--window", WINDOW, "--sh-base-url", server.base_url, "--sh-token-url",
+         server.token_url], stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    deadline = time.time() + 60
+    while server.process_attempts == 0 and time.time() < deadline:
+        time.sleep(0.05)
+    assert list((out / ".poppyscan").glob("staging-*"))        # the run is in its downloads
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "rerun the same command" in err and "Traceback" not in err
+    assert not list((out / ".poppyscan").glob("staging-*"))
+
+
+def test_an_unusable_out_or_a_damaged_config_fails_before_any_request(server, aoi, tmp_path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(InputError, match="is a file, not a folder; choose another --out"):
+        run(server, aoi, tmp_path / "afile" / "scenes")
+    cfg = tmp_path / "config" / "sentinelhub" / "config.toml"
+    cfg.parent.mkdir(parents=True)
+    cfg.write_text('[default-profile]\nsh_client_id = "unclosed\n')
+    with pytest.raises(InputError, match="config.toml: the sentinelhub configuration file"):
+        run(server, aoi, tmp_path / "out")
+    assert server.token_requests == 0
+
+
+def test_a_wrong_service_url_says_so(server, aoi, tmp_path):
+    with pytest.raises(F.FetchError, match="HTTP 404.*check the service URL"):
+        F.fetch(aoi, WINDOW, tmp_path / "out", base_url=server.base_url + "/api/v1",
+                token_url=server.token_url)
+
+
+def test_an_aoi_across_the_antimeridian_is_refused_with_the_reason(server, tmp_path):
+    """A 200 m field on the 180th meridian was refused as a grid of 131 187 GB."""
+    p = tmp_path / "aoi.geojson"
+    ring = [[179.999, -17.0], [-179.999, -17.0], [-179.999, -16.998], [179.999, -16.998],
+            [179.999, -17.0]]
+    p.write_text(json.dumps({"type": "Feature", "properties": {},
+                             "geometry": {"type": "Polygon", "coordinates": [ring]}}))
+    with pytest.raises(InputError, match="crosses the 180th meridian"):
+        run(server, p, tmp_path / "out")

@@ -288,8 +288,8 @@ def test_a_dem_among_the_images_is_left_out(tmp_path: Path) -> None:
     assert s.sizes["time"] == 1 and s["band"].values.tolist() == CANON
     with pytest.raises(InputError, match="elevation.tif: bands \\[1\\] have no recognised"):
         open_scene([tmp_path / "elevation.tif"], chunks=16)      # alone: the reader's reason
-    with pytest.raises(InputError, match="no images given"):
-        open_scene([tmp_path / "dem.tif"], chunks=16)
+    with pytest.raises(InputError, match="dem.tif: a DEM .*not an image; give the images"):
+        open_scene([tmp_path / "dem.tif"], chunks=16)          # it was "no images given"
     s = open_scene([tmp_path], chunks=16, dem=tmp_path / "elevation.tif")   # the folder
     assert s.sizes["time"] == 1 and s["band"].values.tolist() == CANON
 
