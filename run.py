@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from outputs.atomic import check_can_create
-from pipeline.errors import NotImplementedYet, PoppyscanError
+from pipeline.errors import NotImplementedYet, PoppyscanError, StoppedMidRun
 
 PROG = "poppyscan"
 log = logging.getLogger(PROG)
@@ -449,7 +449,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if err is None:
             _show_held_log()
             raise
-        if created and out.is_dir():  # no half-written output folder
+        if created and out.is_dir() and not isinstance(err, StoppedMidRun):
+            # no half-written output folder (a run stopped mid-way keeps its finished tiles,
+            # in .poppyscan only, as after Ctrl-C)
             shutil.rmtree(out, ignore_errors=True)
         if _HANDLER is not None:      # the error is the line to read: the held ones go
             _HANDLER.drop_held()

@@ -4,13 +4,14 @@ missing-phase models also ``reduced.skops`` (their estimators, in ``model.json``
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import skops.io as sio
 
-from outputs.atomic import atomic_path, write_text_atomic
+from outputs.atomic import temp_path_for, uninterrupted
 from pipeline.errors import ModelError
 
 #: Types beyond skops' defaults that a poppyscan model may contain. Anything else is refused.
@@ -66,14 +67,24 @@ def save(model_dir: Path, estimator: Any, meta: dict, report: dict,
          reduced: list[Any] | None = None) -> None:
     """``reduced``: the estimators of ``meta["missing_phase_models"]``, in that order."""
     model_dir.mkdir(parents=True, exist_ok=True)
-    for obj, name in ((estimator, MODEL_FILE), (reduced, REDUCED_FILE)):
-        if obj is None:
-            (model_dir / name).unlink(missing_ok=True)
-            continue
-        with atomic_path(model_dir / name) as tmp:
-            sio.dump(obj, tmp)
-    write_text_atomic(model_dir / SIDECAR_FILE, json.dumps(meta, indent=2, sort_keys=True))
-    write_text_atomic(model_dir / REPORT_FILE, json.dumps(report, indent=2, sort_keys=True))
+    # every file under a temporary name first, then all swapped in at once: an interrupted
+    # save never pairs a new model.skops with an old model.json (threshold, features)
+    ready: dict[str, Path] = {}
+    try:
+        for obj, name in ((estimator, MODEL_FILE), (reduced, REDUCED_FILE)):
+            if obj is not None:
+                sio.dump(obj, ready.setdefault(name, temp_path_for(model_dir / name)))
+        for doc, name in ((meta, SIDECAR_FILE), (report, REPORT_FILE)):
+            ready.setdefault(name, temp_path_for(model_dir / name)).write_text(
+                json.dumps(doc, indent=2, sort_keys=True), encoding="utf-8")
+        with uninterrupted():
+            if reduced is None:
+                (model_dir / REDUCED_FILE).unlink(missing_ok=True)
+            for name, tmp in ready.items():
+                os.replace(tmp, model_dir / name)
+    finally:
+        for tmp in ready.values():
+            tmp.unlink(missing_ok=True)
 
 
 def load(model_dir: Path) -> Artifact:

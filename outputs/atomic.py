@@ -7,6 +7,8 @@ fails, the temporary file is removed and any earlier file of that name is left u
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +36,27 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         for p in (tmp, *(tmp.with_name(tmp.name + s) for s in _SIDECAR_SUFFIXES)):
             if p.exists():
                 p.unlink()
+
+
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held back while a set of finished files is swapped into a folder,
+    and delivered right after: an interrupt between two moves left a folder mixing two runs
+    (the new targets.geojson beside the old targets.csv and report.json; a new model.skops
+    beside the old model.json). Python-level handlers, as only the main thread runs them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def write_text_atomic(path: Path | str, text: str) -> Path:

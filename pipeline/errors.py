@@ -49,5 +49,11 @@ class CredentialsError(PoppyscanError, PermissionError):
     """Sentinel Hub / CDSE credentials are missing or rejected."""
 
 
+class StoppedMidRun(PoppyscanError, RuntimeError):
+    """A run stopped by its surroundings after work had been done (a worker killed for
+    memory): ``run.py`` keeps the output folder's finished tiles for the rerun, as after
+    Ctrl-C."""
+
+
 class NotImplementedYet(PoppyscanError, NotImplementedError):
     """A command whose issue has not landed yet."""

@@ -38,7 +38,7 @@ import rasterio
 import shapely
 from affine import Affine
 
-from outputs.atomic import check_can_create
+from outputs.atomic import check_can_create, uninterrupted
 from pipeline.aoi import read_features
 from pipeline.bands import S2_BANDS
 from pipeline.errors import CredentialsError, CRSError, InputError, PoppyscanError
@@ -714,10 +714,11 @@ def fetch(aoi: Path, window: str, out: Path, *, max_cloud: float = 30.0, resolut
         # an earlier run's dates or DEM that this one does not write (a stricter --max-cloud,
         # another window, no --dem) would be read by inspect and detect beside the new ones
         keep = {w["file"] for w in written} | ({dem_file} if dem_file else set())
-        for name in earlier - keep:
-            (out / name).unlink(missing_ok=True)
-        for item in sorted(staging.iterdir(), key=lambda p: p.name == "fetch.json"):
-            os.replace(item, out / item.name)  # fetch.json last: it marks a complete run
+        with uninterrupted():
+            for name in earlier - keep:
+                (out / name).unlink(missing_ok=True)
+            for item in sorted(staging.iterdir(), key=lambda p: p.name == "fetch.json"):
+                os.replace(item, out / item.name)  # fetch.json last: a complete run
     except BaseException:
         # a folder this run created that holds no download to resume from: not left behind
         if created and not any(p.is_file() for p in cache.rglob("*")):

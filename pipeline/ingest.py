@@ -170,7 +170,9 @@ def read_products(paths: Sequence[Path], sensor: Any | None = None,
         if mod is None:
             raise InputError(f"{p}: unsupported input; give multi-band GeoTIFFs, Sentinel-2 "
                              ".SAFE/.zip products, per-band folders or drone orthomosaics")
-        new = mod.read(p, sensor, chunks, prefer=prefer)
+        # absolute: the pixels are read where the graph runs (a cluster's workers do not
+        # start in this folder)
+        new = mod.read(p.absolute(), sensor, chunks, prefer=prefer)
         arrays.extend(new)
     if not arrays:
         raise InputError("no images given")
@@ -467,7 +469,8 @@ def read_dem(path: Path, grid: Grid, chunks: int = 1024) -> xr.DataArray:
         with warnings.catch_warnings():  # a multi-band file (refused below) warns on scales
             warnings.simplefilter("ignore", UserWarning)
             # mask_and_scale: GDAL scale/offset applied (a decimetre DEM stored as uint16)
-            dem = rioxarray.open_rasterio(path, chunks={"y": chunks, "x": chunks},
+            dem = rioxarray.open_rasterio(Path(path).absolute(),
+                                          chunks={"y": chunks, "x": chunks},
                                           mask_and_scale=True)
     except Exception as exc:
         raise InputError(f"{path}: not a readable DEM raster ({exc})") from None

@@ -24,7 +24,7 @@ from typing import Any
 
 import dask
 
-from pipeline.errors import PoppyscanError
+from pipeline.errors import PoppyscanError, StoppedMidRun
 
 log = logging.getLogger(__name__)
 
@@ -271,6 +271,7 @@ def run_tiles(runner: Runner, tasks: Sequence[tuple[Any, Any]],
     in_flight = in_flight or max(2, 2 * runner.workers)
     if runner.client is not None:
         from dask.distributed import as_completed
+        from distributed.scheduler import KilledWorker
         pending = list(tasks)
         futs = {}
         ac = as_completed()
@@ -281,7 +282,15 @@ def run_tiles(runner: Runner, tasks: Sequence[tuple[Any, Any]],
             ac.add(f)
         for fut in ac:
             key = futs.pop(fut)
-            on_result(key, fut.result())
+            try:
+                value = fut.result()
+            except KilledWorker:
+                raise StoppedMidRun(
+                    f"a dask worker died computing tile {key} (most often out of memory: "
+                    "its run.memory_per_worker is too small for run.chunk_size); finished "
+                    "tiles are kept: raise run.memory_per_worker or lower run.chunk_size in "
+                    "the config and rerun the same command") from None
+            on_result(key, value)
             fut.release()
             if progress:
                 progress(1)

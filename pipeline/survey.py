@@ -53,7 +53,7 @@ from indices.window import (
     window_features,
 )
 from outputs import maps, writers
-from outputs.atomic import check_can_create
+from outputs.atomic import check_can_create, uninterrupted
 from outputs.patches import (
     CandidateFeatures,
     Piece,
@@ -851,8 +851,10 @@ def _fingerprint(digests: dict[str, str], model_dir: Path, cfg: SurveyConfig,
                  model_artifact.REDUCED_FILE):   # the threshold and calibration are in the json
         if (Path(model_dir) / name).is_file():
             h.update(file_digest(Path(model_dir) / name).encode())
-    h.update(json.dumps(cfg.model_dump(mode="json", exclude={"run": {"scheduler"}}),
-                        sort_keys=True).encode())
+    # where and how much memory it runs with, and which file the settings came from (the
+    # settings are here), do not change a tile: a rerun after raising the memory resumes
+    h.update(json.dumps(cfg.model_dump(mode="json", exclude={
+        "run": {"scheduler", "memory_per_worker"}, "source": True}), sort_keys=True).encode())
     h.update(json.dumps(extra, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
@@ -953,8 +955,9 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     # read once: the inputs can be GBs. The AOI and exclusion files count by content, so a
     # rerun after one was edited in place starts afresh instead of resuming
     digests = _digest_inputs(images, dem, (aoi, exclude))
-    fp = _fingerprint(digests, model_dir, cfg, {"dem": str(dem), "aoi": str(aoi), "H": H,
-                                                "W": W, "tile_format": TILE_FORMAT})
+    roles = {k: str(Path(v).resolve()) if v else None for k, v in (("dem", dem), ("aoi", aoi))}
+    fp = _fingerprint(digests, model_dir, cfg, {**roles, "H": H, "W": W,
+                                                "tile_format": TILE_FORMAT})
     run_file = state / "run.json"
     if run_file.is_file() and json.loads(run_file.read_text()).get("fingerprint") != fp:
         log.info("%s holds a run with other inputs or settings: starting afresh", state)
@@ -1102,15 +1105,15 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     report["timings_s"]["total"] = round(time.perf_counter() - t_start, 3)
     write_json_atomic(stage / "report.json", report)
     files = [stage / "probability.tif", stage / "evidence.tif", *files, stage / "report.json"]
-    # deliverables of an earlier run into the same folder that this one does not write (other
-    # --formats, no GCJ-02 copies) would sit beside a report that does not describe them
-    for old in DELIVERABLES - {f.name for f in files}:
-        (out / old).unlink(missing_ok=True)
-    final = []
-    for f in files:
-        dst = out / f.name
-        os.replace(f, dst)
-        final.append(dst)
+    final = [out / f.name for f in files]
+    with uninterrupted():
+        # deliverables of an earlier run into the same folder that this one does not write
+        # (other --formats, no GCJ-02 copies) would sit beside a report that does not
+        # describe them
+        for old in DELIVERABLES - {f.name for f in files}:
+            (out / old).unlink(missing_ok=True)
+        for f, dst in zip(files, final):
+            os.replace(f, dst)
     shutil.rmtree(stage, ignore_errors=True)
     return DetectResult(out, len(targets.targets), final, report)
 

@@ -27,10 +27,14 @@ def _cli_logging_reset():
     def reset():
         for n in _CLI_LOGGERS:
             logging.getLogger(n).setLevel(logging.NOTSET)
+        for n in ("oauthlib", "requests_oauthlib"):      # capped by -v
+            logging.getLogger(n).setLevel(logging.NOTSET)
         root = logging.getLogger()
+        root.setLevel(logging.WARNING)                    # -v sets DEBUG
         for h in list(root.handlers):
             fmt = getattr(h.formatter, "_fmt", "") or ""
-            if type(h) is logging.StreamHandler and fmt.startswith("poppyscan:"):
+            # run.py's handler (a StreamHandler subclass) on the stderr of a finished test
+            if isinstance(h, logging.StreamHandler) and fmt.startswith("poppyscan:"):
                 root.removeHandler(h)
         logging.captureWarnings(False)
     reset()

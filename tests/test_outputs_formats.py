@@ -321,6 +321,32 @@ def test_failed_write_leaves_previous_file_and_no_temp(tmp_path, monkeypatch):
     assert pyogrio.read_info(tmp_path / "targets.gpkg")["features"] == 3
 
 
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_waits_until_a_set_of_files_is_swapped_in(tmp_path, sig):
+    """Ctrl-C between two moves of detect's final swap left the new targets.geojson beside
+    the old targets.csv and report.json: held back, then delivered."""
+    import os
+    import signal
+    number = getattr(signal, sig)
+    got: list[str] = []
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(sig)
+    previous = signal.signal(number, handler)
+    try:
+        with pytest.raises(KeyboardInterrupt, match=sig):
+            with atomic.uninterrupted():
+                for name in ("targets.geojson", "targets.csv", "report.json"):
+                    if name == "targets.csv":
+                        os.kill(os.getpid(), number)        # mid-way
+                    (tmp_path / name).write_text("new")
+                    got.append(name)
+        assert got == ["targets.geojson", "targets.csv", "report.json"]
+        assert signal.getsignal(number) is handler            # restored
+    finally:
+        signal.signal(number, previous)
+
+
 def test_atomic_path_replaces_in_place(tmp_path):
     target = tmp_path / "a.txt"
     target.write_text("old")

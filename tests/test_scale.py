@@ -400,3 +400,84 @@ def test_report_gives_the_share_of_the_area_flagged_and_warns_when_it_is_large(
                      formats=["geojson"])
     assert low.report["counts"]["candidate_share"] > CANDIDATE_SHARE_WARN
     assert any("does not transfer" in r.getMessage() for r in caplog.records)
+
+
+def test_a_rerun_resumes_whatever_the_paths_or_the_memory_setting(setup, tmp_path,
+                                                                  monkeypatch):
+    """Finished tiles were thrown away ('other inputs or settings: starting afresh') when the
+    DEM was given by another path to the same file, the config was an identical copy
+    elsewhere, or only run.memory_per_worker changed (the fix after a worker ran out)."""
+    import shutil
+
+    import run as cli
+    d, cfg, scene, ref = setup
+    dem = tmp_path / "dem.tif"
+    with rasterio.open(scene.images[0]) as src:
+        prof = dict(src.profile, count=1, dtype="float32", nodata=None)
+        with rasterio.open(dem, "w", **prof) as dst:
+            dst.write(np.full((1, src.height, src.width), 800, "float32"))
+    default = (ROOT / "configs" / "survey-sentinel2.yaml").read_text()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    conf_a, conf_b = tmp_path / "a" / "conf.yaml", tmp_path / "b" / "conf.yaml"
+    conf_a.write_text(default.replace("chunk_size: 512", "chunk_size: 64"))
+    conf_b.write_text(default.replace("chunk_size: 512", "chunk_size: 64")
+                      .replace("memory_per_worker: 3GB", "memory_per_worker: 5GB"))
+    assert conf_a.read_text() != conf_b.read_text()
+    out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)
+
+    def detect(dem_arg: str, conf: Path) -> dict:
+        assert cli.main(["-q", "detect", "--images", *map(str, scene.images), "--model",
+                         str(d / "model"), "--out", str(out), "--config", str(conf),
+                         "--dem", dem_arg, "--formats", "geojson"]) == 0
+        return json.loads((out / "report.json").read_text())
+
+    assert detect("dem.tif", conf_a)["tiles_resumed"] == 0
+    assert detect(str(dem), conf_b)["tiles_resumed"] == 9      # absolute path, 5GB, elsewhere
+    shutil.copy(conf_a, tmp_path / "conf.yaml")
+    assert detect("./dem.tif", tmp_path / "conf.yaml")["tiles_resumed"] == 9
+
+
+def test_images_given_by_relative_paths_are_read_from_anywhere(setup, tmp_path, monkeypatch):
+    """A cluster's workers do not start in the folder the command ran in: relative image
+    paths failed there as 'the file is damaged or incomplete; download it again'."""
+    from pipeline.ingest import open_scene
+    _, _, scene, _ = setup
+    monkeypatch.chdir(scene.folder)
+    s = open_scene([Path(p.name) for p in scene.images], chunks=64)
+    monkeypatch.chdir(tmp_path)                    # where a worker runs
+    assert np.isfinite(s.isel(time=0, band=0).values).any()
+
+
+def test_sigterm_stops_process_workers_too(setup, tmp_path):
+    """SIGTERM (a job's time limit) killed the main process only: the pool's workers lived
+    on (about 330 MB each) and held the run's stdout open."""
+    psutil = pytest.importorskip("psutil")
+    d, cfg, scene, ref = setup
+    conf = tmp_path / "conf.yaml"
+    default = (ROOT / "configs" / "survey-sentinel2.yaml").read_text()
+    conf.write_text(default.replace("chunk_size: 512", "chunk_size: 64"))
+    out = tmp_path / "out"
+    argv = [sys.executable, str(ROOT / "run.py"), "-q", "detect", "--images",
+            *map(str, scene.images), "--model", str(d / "model"), "--out", str(out),
+            "--config", str(conf), "--formats", "geojson", "--scheduler", "processes"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    parent = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 120
+    children: list = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        children = [c for c in parent.children(recursive=True)
+                    if "resource_tracker" not in " ".join(c.cmdline())]
+        if len(children) >= 2:
+            break
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        pytest.skip("the run finished before its workers started")
+    everyone = parent.children(recursive=True)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    _, alive = psutil.wait_procs(everyone, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]

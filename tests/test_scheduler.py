@@ -231,3 +231,47 @@ def test_a_local_cluster_that_cannot_start_is_one_line(monkeypatch):
                                              r"worker\(s\) \(.*Resource temporarily"), \
             open_runner("local:1"):
         pass
+
+
+def test_a_worker_killed_for_memory_is_one_line_and_keeps_the_tiles(cluster):
+    """dask's KilledWorker (a worker over run.memory_per_worker) was a 25-line traceback,
+    exit 1; now a StoppedMidRun naming the settings (run.py keeps the finished tiles)."""
+    from types import SimpleNamespace
+
+    import dask
+    from distributed.scheduler import KilledWorker
+
+    from pipeline.errors import StoppedMidRun
+
+    def boom(v: int) -> int:
+        if v == 2:
+            raise KilledWorker("tile-2", SimpleNamespace(address="tcp://10.0.0.9:40001"), 3)
+        return v
+
+    got: list = []
+
+    def go() -> None:
+        with open_runner(cluster.scheduler_address) as runner:
+            run_tiles(runner, [(k, dask.delayed(boom)(k)) for k in range(4)],
+                      lambda k, v: got.append(k), in_flight=1)
+    res = _within(go)
+    err = res.get("error")
+    assert isinstance(err, StoppedMidRun), res
+    assert "run.memory_per_worker" in str(err) and "tile 2" in str(err)
+    assert got == [0, 1]                         # the tiles before it were handed over
+
+
+def test_a_run_stopped_mid_way_keeps_its_output_folder(tmp_path, monkeypatch, capsys):
+    import run as cli
+
+    from pipeline.errors import StoppedMidRun
+
+    out = tmp_path / "out"
+
+    def stopped(args):
+        (out / ".poppyscan" / "tiles").mkdir(parents=True)
+        raise StoppedMidRun("a dask worker died computing tile 3")
+    monkeypatch.setattr(cli, "_dispatch", stopped)
+    rc, lines = _cli(_detect_argv(tmp_path, "threads"), capsys)
+    assert rc == 2 and lines == ["poppyscan: error: a dask worker died computing tile 3"]
+    assert (out / ".poppyscan" / "tiles").is_dir()        # the finished tiles, for the rerun

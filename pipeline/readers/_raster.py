@@ -114,6 +114,11 @@ def read_failure(exc: BaseException, sources: Iterable[str | Path] = ()) -> Inpu
     name, detail = _gdal_says(exc)
     if name is not None:
         name = next((str(s) for s in sources if Path(s).name == Path(name).name), name)
+    if "No such file or directory" in detail:   # gone, or not where a worker runs
+        return InputError(f"{name or 'an image'}: not found where the pixels are read ("
+                          f"{detail}): the file was moved or deleted during the run, or the "
+                          "workers of --scheduler ADDRESS do not see this path; give paths "
+                          "they can open (a shared folder)")
     return InputError(f"{name or 'an image'}: the raster data cannot be read ({detail}): the "
                       "file is damaged or incomplete; download or copy it again")
 
