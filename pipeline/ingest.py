@@ -165,6 +165,7 @@ def read_products(paths: Sequence[Path], sensor: Any | None = None,
                   prefer: str | None = None) -> list[xr.DataArray]:
     mods = readers()
     arrays: list[xr.DataArray] = []
+    seen: set[tuple[Path, Any]] = set()
     for p in expand_paths(paths, dem):
         mod = next((m for m in mods if m.can_read(p)), None)
         if mod is None:
@@ -172,8 +173,14 @@ def read_products(paths: Sequence[Path], sensor: Any | None = None,
                              ".SAFE/.zip products, per-band folders or drone orthomosaics")
         # absolute: the pixels are read where the graph runs (a cluster's workers do not
         # start in this folder)
-        new = mod.read(p.absolute(), sensor, chunks, prefer=prefer)
-        arrays.extend(new)
+        for product in mod.read(p.absolute(), sensor, chunks, prefer=prefer):
+            # a drone flight's per-band files given one by one (flight/result_*.tif) each
+            # read the whole flight: one product (it was the flight N times, mosaicked)
+            key = (Path(str(product.attrs.get("source", p))).resolve(),
+                   product.attrs.get("time"))
+            if key not in seen:
+                seen.add(key)
+                arrays.append(product)
     if not arrays:
         raise InputError("no images given")
     return arrays

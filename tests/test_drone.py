@@ -159,6 +159,22 @@ def test_p4m_dji_terra_per_band_float(tmp_path: Path) -> None:
     np.testing.assert_allclose(named.values, da.values, rtol=1e-6)
 
 
+def test_a_flights_band_files_given_one_by_one_are_one_product(tmp_path: Path) -> None:
+    """--images flight/result_*.tif: each file read the whole flight, which was then
+    'mosaicked' with itself five times (five times the reading, and a log line saying so)."""
+    from pipeline.ingest import open_scene, read_products
+    folder = tmp_path / "flight_2025-04-20"
+    folder.mkdir()
+    refl = _refl(5)
+    for i, name in enumerate(["Blue", "Green", "Red", "RedEdge", "NIR"]):
+        band = np.where(np.isnan(refl[i]), -10000, refl[i]).astype("float32")[None]
+        _write(folder / f"result_{name}.tif", band, nodata=-10000)
+    files = sorted(folder.glob("result_*.tif"))
+    assert len(read_products(files, chunks=16)) == 1
+    s = open_scene(files, chunks=16)
+    assert s.sizes["time"] == 1 and s["source"].values.tolist() == [str(folder)]
+
+
 def test_metashape_uint16_equals_float(tmp_path: Path) -> None:
     refl = _refl(5, seed=1)
     flt = _write(tmp_path / "terra_20250420.tif", np.nan_to_num(refl, nan=-10000),
