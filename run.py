@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "calendar), paths relative to the manifest")
     s.add_argument("--labels", type=_path, help="labelled polygons (class in property "
                    "'class', target class 'poppy')")
-    s.add_argument("--model", type=_path, required=True, help="model folder to write")
+    s.add_argument("--model", type=_path, required=True,
+                   help="model folder to write (a model there is replaced)")
     s.add_argument("--config", type=_path, help="survey config YAML (default by pixel size "
                    "and bands: below 2 m configs/survey-drone.yaml, or without a nir band "
                    "configs/survey-drone-rgb.yaml; else configs/survey-sentinel2.yaml)")

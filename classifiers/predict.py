@@ -9,6 +9,7 @@ probability, also where neighbourhood features of their surroundings are finite 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import weakref
 from collections.abc import Sequence
@@ -42,12 +43,38 @@ def _sensor_mismatch(trained: str, read: str) -> str:
             "model trained on this sensor")
 
 
-def check_fit(art: Artifact, feature_names: Sequence[str], sensor: str, calendar: str,
+def _season(definition: dict) -> str:
+    """A calendar's phases and elevation rule, without its name and notes."""
+    keep = ("phases", "elevation_shift_days_per_100m", "reference_elevation_m")
+    return json.dumps({k: definition.get(k) for k in keep}, sort_keys=True)
+
+
+def check_calendar(art: Artifact, calendar: Calendar) -> None:
+    """Refuse a calendar of another region than the ones the model's scenes were sampled
+    with. A calendar fits by its name (the region's calendar, its dates perhaps shifted to
+    this year's spring, as docs/classifier.md advises: said in the log) or by its phases (a
+    copy of a training calendar under another name). Checked before the images are read, so
+    the refusal names the calendar, not a phase without images."""
+    trained = art.meta.get("calendars") or {art.meta["calendar"]: None}
+    season = _season(calendar.model_dump(mode="json"))
+    if any(d is not None and _season(d) == season for d in trained.values()):
+        return
+    if calendar.name in trained:
+        if trained[calendar.name] is not None:
+            log.info("calendar '%s' has other phases than at training (shifted to this "
+                     "season?): the features are taken in the config's phases", calendar.name)
+        return
+    names = ", ".join(f"'{n}'" for n in trained)
+    raise ModelError(f"the model was trained with calendar {names}, the config uses "
+                     f"'{calendar.name}'; use the same calendar or retrain")
+
+
+def check_fit(art: Artifact, feature_names: Sequence[str], sensor: str,
               dropped_bands: dict[str, list[str]] | None = None,
               bands: Sequence[str] | None = None,
               terrain_correction: str | None = None) -> None:
-    """Refuse a model whose sensor, calendar, terrain correction or features do not fit the
-    inputs.
+    """Refuse a model whose sensor, terrain correction or features do not fit the inputs
+    (the calendar: :func:`check_calendar`).
 
     ``dropped_bands``: bands some images lack (band -> those images; a band must be on every
     date), named in the refusal as the likely cause; ``bands``: the scene's bands, so that a
@@ -55,9 +82,6 @@ def check_fit(art: Artifact, feature_names: Sequence[str], sensor: str, calendar
     want, have = art.feature_names, list(feature_names)
     if art.meta["sensor"] != sensor:
         raise ModelError(_sensor_mismatch(art.meta["sensor"], sensor))
-    if art.meta["calendar"] != calendar:
-        raise ModelError(f"the model was trained with calendar '{art.meta['calendar']}', the "
-                         f"config uses '{calendar}'; use the same calendar or retrain")
     trained_tc = art.meta.get("config", {}).get("terrain_correction")
     if terrain_correction is not None and trained_tc is not None and \
             trained_tc != terrain_correction:

@@ -39,7 +39,13 @@ from classifiers.artifact import columns_without, feature_phases
 from classifiers.augment import augmented
 from classifiers.labels import Labels, read_labels, read_polygons
 from classifiers.model import fit_balanced, make_estimator
-from classifiers.predict import check_fit, check_phases, pixel_threshold, predict_block
+from classifiers.predict import (
+    check_calendar,
+    check_fit,
+    check_phases,
+    pixel_threshold,
+    predict_block,
+)
 from classifiers.sampling import Table, check_classes, join, sample, sample_background
 from classifiers.validation import text_table, validate
 from indices.window import (
@@ -74,6 +80,7 @@ from pipeline.config import (
     load_calendar,
     load_config,
     load_yaml,
+    with_overrides,
 )
 from pipeline.errors import InputError
 from pipeline.grid import Grid
@@ -448,6 +455,13 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
                        "polygons kept whole (all touched pixels); a poppy polygon that erosion "
                        "leaves between rows of pixel centres: its own centres",
     })
+    # the scenes' calendar when they share one (a manifest's calendar: myseason on every
+    # scene gave a model of east-china, the config's, which detect then asked for)
+    scene_calendars = [load_calendar(sc.calendar or cfg.calendar) for sc in scenes]
+    shared = len({c.name for c in scene_calendars}) == 1
+    trained_calendar = scene_calendars[0] if shared else load_calendar(cfg.calendar)
+    saved_cfg = (with_overrides(cfg, calendar=str(scenes[0].calendar))
+                 if shared and scenes[0].calendar else cfg)
     hashes: dict[str, str] = {}
     for sc, digest in zip(scenes, digests):
         hashes.update(digest)
@@ -455,7 +469,10 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
     meta = {
         "feature_names": list(names),
         "sensor": sensors.pop(),
-        "calendar": load_calendar(cfg.calendar).name,
+        "calendar": trained_calendar.name,
+        # every calendar the scenes were sampled with, whole: detect compares the phases,
+        # not only the name (a copy of east-china with other phases passed as east-china)
+        "calendars": {c.name: c.model_dump(mode="json") for c in scene_calendars},
         "scene_calendars": [sc.calendar or cfg.calendar for sc in scenes],
         "classes": ["other", "poppy"],
         "label_classes": sorted(set(labels.classes)),
@@ -470,12 +487,13 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
         "missing_phase_models": [spec for spec, _ in reduced],
         "versions": environment(),
         "data_hashes": hashes,
-        "config": cfg.model_dump(mode="json"),
+        "config": saved_cfg.model_dump(mode="json"),
     }
+    if (Path(model_dir) / model_artifact.SIDECAR_FILE).is_file():
+        log.warning("%s: replacing the model there", model_dir)
     model_artifact.save(model_dir, est, meta, report,
-                        [e for _, e in reduced] if reduced else None)
-    (Path(model_dir) / "train_report.txt").write_text(text_table(report) + "\n",
-                                                      encoding="utf-8")
+                        [e for _, e in reduced] if reduced else None,
+                        report_text=text_table(report) + "\n")
     return report
 
 
@@ -818,8 +836,9 @@ WEAK_RECALL = 0.5
 
 
 def _warn_weak(report: dict) -> None:
-    """A model that finds few of its own labelled plots out of fold is still written (a first
-    model to verify targets with), with a warning that says so."""
+    """A model that finds few of its own labelled plots out of fold, or flags much of the
+    background, is still written (a first model to verify targets with), with a warning that
+    says so."""
     pg = report["polygon"]
     big = pg["poppy_polygons_min_plot"] > 0
     recall = pg["recall_min_plot"] if big else pg["recall"]
@@ -829,6 +848,15 @@ def _warn_weak(report: dict) -> None:
                     "too few or too unlike plots to learn from; label more plots (several "
                     "scenes: --manifest) before relying on its targets", 100 * recall, n,
                     f" >= {report['min_plot_px']:g} px" if big else "")
+    # the other side: a threshold that reaches the recall only by flagging the background
+    # (detect warns of the same above 10 % of a scene; train said nothing at 62-100 %)
+    (tn, fp), _ = report["pixel"]["confusion_matrix"]
+    flagged = fp / (tn + fp) if tn + fp else 0.0
+    if flagged > CANDIDATE_SHARE_WARN:
+        log.warning("out of fold the model's threshold flags %.0f%% of the background pixels "
+                    "sampled: in a survey its targets would cover whole fields; label the "
+                    "other crops and covers of the scene (several scenes: --manifest) before "
+                    "relying on it", 100 * flagged)
 
 
 def _check_out_apart(out: Path, images: Sequence[Path]) -> None:
@@ -916,6 +944,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     check_runner(cfg.run.scheduler)
     calendar = load_calendar(cfg.calendar)
     art = model_artifact.load(model_dir)
+    check_calendar(art, calendar)
     # Read in half-tile chunks: a tile and its halo read 4 x 4 of them (2 x 2 tiles' worth of
     # pixels) where tile-sized chunks read 3 x 3 whole tiles. Smaller chunks read fewer pixels
     # but cost more than they save: at 2048 px, 16 tiles read in 11.3 s with 256 px chunks
@@ -936,7 +965,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
                  shifts)
     plan = make_plan(masks(scene.isel(y=slice(0, 1), x=slice(0, 1)), cfg), calendar,
                      cfg.features, shifts)
-    check_fit(art, plan.names, scene.attrs["sensor"], calendar.name,
+    check_fit(art, plan.names, scene.attrs["sensor"],
               json.loads(scene.attrs.get("dropped_bands", "{}")), scene["band"].values.tolist(),
               terrain_correction=cfg.terrain_correction)
     exclusion = None

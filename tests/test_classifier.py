@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import logging
 
 import numpy as np
@@ -241,19 +242,96 @@ def test_feature_plan_without_band_medians():
 def test_artifact_round_trip_and_refuses_untrusted(tmp_path):
     table, _ = _table()
     est = make_estimator(ModelConfig(max_iter=20)).fit(table.X, table.y)
-    meta = {"feature_names": table.feature_names, "threshold": 0.7, "sensor": "sentinel2",
-            "calendar": "east-china", "calibration": {"a": 1.0, "b": 0.0}}
-    artifact.save(tmp_path / "m", est, meta, {"ok": True})
+    artifact.save(tmp_path / "m", est, _meta(table), {"ok": True})
     art = artifact.load(tmp_path / "m")
     np.testing.assert_array_equal(art.estimator.predict_proba(table.X),
                                   est.predict_proba(table.X))
     assert art.threshold == 0.7
-    # a model holding a type outside the trusted list is refused, not loaded
+    # a model holding a type outside the trusted list is refused, not loaded: first as not
+    # the file model.json was written with, and without that record by its types
     import skops.io as sio
     from sklearn.pipeline import FunctionTransformer
     sio.dump(FunctionTransformer(func=json.loads), tmp_path / "m" / artifact.MODEL_FILE)
+    with pytest.raises(ModelError, match="not the file model.json was written with"):
+        artifact.load(tmp_path / "m")
+    _edit_meta(tmp_path / "m", lambda m: m.pop(artifact.SHA_KEY))
     with pytest.raises(ModelError, match="does not trust"):
         artifact.load(tmp_path / "m")
+
+
+def _meta(table, **kw) -> dict:
+    return {"feature_names": table.feature_names, "threshold": 0.7, "sensor": "sentinel2",
+            "calendar": "east-china", "calibration": {"a": 1.0, "b": 0.0}, "config": {},
+            "missing_phase_models": [], **kw}
+
+
+def _edit_meta(model: Path, change) -> None:
+    f = model / artifact.SIDECAR_FILE
+    meta = json.loads(f.read_text())
+    change(meta)
+    f.write_text(json.dumps(meta))
+
+
+def test_a_model_file_from_another_model_is_refused(tmp_path):
+    """A drone model.skops (48 features) copied into a Sentinel-2 model folder (326) was run:
+    the fast path read the first 48 features of each pixel. Refused by the hash model.json
+    records, and without one (an older model) by the feature count."""
+    import shutil
+    table, _ = _table()
+    est = make_estimator(ModelConfig(max_iter=20)).fit(table.X, table.y)
+    few = make_estimator(ModelConfig(max_iter=20)).fit(table.X[:, :3], table.y)
+    artifact.save(tmp_path / "a", est, _meta(table), {})
+    artifact.save(tmp_path / "b", few, _meta(table, feature_names=table.feature_names[:3]), {})
+    shutil.copy(tmp_path / "b" / artifact.MODEL_FILE, tmp_path / "a" / artifact.MODEL_FILE)
+    with pytest.raises(ModelError, match="model.skops: not the file model.json was written"):
+        artifact.load(tmp_path / "a")
+    _edit_meta(tmp_path / "a", lambda m: m.pop(artifact.SHA_KEY))
+    with pytest.raises(ModelError, match=f"a model of 3 features, model.json lists "
+                                         f"{len(table.feature_names)}"):
+        artifact.load(tmp_path / "a")
+
+
+@pytest.mark.parametrize("key,value,says", [
+    ("threshold", 1.5, "threshold 1.5 is not a probability"),
+    ("threshold", -0.2, "threshold -0.2 is not a probability"),
+    ("threshold", "high", "threshold 'high' is not a probability"),
+    ("threshold", None, "threshold None is not a probability"),
+    ("calibration", None, "'calibration' is not two numbers"),
+    ("calibration", {"a": "x", "b": 0}, "'calibration' is not two numbers"),
+    ("config", None, "'config' is not the settings"),
+    ("missing_phase_models", [{"missing": ["winter"], "calibration": {"a": 1, "b": 0}}],
+     "'missing_phase_models' is not a list of phases"),
+    ("feature_names", "flowering.median.NDVI", "'feature_names' is not a list"),
+])
+def test_an_edited_sidecar_is_refused_with_its_reason(tmp_path, key, value, says):
+    """A threshold of 1.5 gave a silent empty target list, -0.2 one target over the whole
+    scene, 'high' or null a traceback."""
+    table, _ = _table()
+    est = make_estimator(ModelConfig(max_iter=20)).fit(table.X, table.y)
+    artifact.save(tmp_path / "m", est, _meta(table), {})
+    _edit_meta(tmp_path / "m", lambda m: m.__setitem__(key, value))
+    with pytest.raises(ModelError, match=re.escape(says)):
+        artifact.load(tmp_path / "m")
+    _edit_meta(tmp_path / "m", lambda m: m.pop(key))
+    with pytest.raises(ModelError, match=f"missing '{key}'"):
+        artifact.load(tmp_path / "m")
+
+
+def test_an_estimator_poppyscan_does_not_train_is_refused(tmp_path):
+    """An 'always poppy' DummyClassifier ran with exit 0; a regressor or an unfitted model
+    was a traceback."""
+    from sklearn.dummy import DummyClassifier
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestRegressor
+    table, _ = _table()
+    cases = [(DummyClassifier(strategy="constant", constant=1).fit(table.X, table.y),
+              "holds a DummyClassifier"),
+             (RandomForestRegressor(n_estimators=2).fit(table.X, table.y),
+              "holds a RandomForestRegressor"),
+             (HistGradientBoostingClassifier(), "not a fitted poppy-versus-rest model")]
+    for est, says in cases:
+        artifact.save(tmp_path / "m", est, _meta(table), {})
+        with pytest.raises(ModelError, match=says):
+            artifact.load(tmp_path / "m")
 
 
 def test_a_phase_is_required_only_when_the_model_learnt_from_it():
@@ -521,15 +599,18 @@ def test_training_on_a_scene_in_degrees_is_training_on_the_same_ground_in_metres
 
 def test_train_warns_when_the_model_finds_few_of_its_own_plots(caplog):
     from pipeline.survey import _warn_weak
+    fine = {"confusion_matrix": [[990, 10], [5, 95]]}            # 1 % background flagged
     rep = {"min_plot_px": 4.0, "polygon": {"recall": 0.0, "poppy_polygons": 2,
-                                           "recall_min_plot": 0.0, "poppy_polygons_min_plot": 0}}
+                                           "recall_min_plot": 0.0, "poppy_polygons_min_plot": 0},
+           "pixel": fine}
     with caplog.at_level(logging.WARNING, logger="pipeline.survey"):
         _warn_weak(rep)
         assert "finds 0% of its 2 labelled poppy polygon(s): too few" in caplog.text
         caplog.clear()
         _warn_weak({"min_plot_px": 4.0, "polygon": {"recall": 0.3, "poppy_polygons": 40,
                                                     "recall_min_plot": 0.9,
-                                                    "poppy_polygons_min_plot": 20}})
+                                                    "poppy_polygons_min_plot": 20},
+                   "pixel": fine})
         assert caplog.text == ""
 
 

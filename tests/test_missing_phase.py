@@ -186,6 +186,6 @@ def test_a_model_is_refused_under_another_terrain_correction():
     art = artifact.Artifact(None, {"feature_names": NAMES, "sensor": "sentinel2",
                                    "calendar": "east-china",
                                    "config": {"terrain_correction": "none"}}, ())
-    check_fit(art, NAMES, "sentinel2", "east-china", terrain_correction="none")
+    check_fit(art, NAMES, "sentinel2", terrain_correction="none")
     with pytest.raises(ModelError, match="terrain_correction 'none', the config uses 'scs"):
-        check_fit(art, NAMES, "sentinel2", "east-china", terrain_correction="scs+c")
+        check_fit(art, NAMES, "sentinel2", terrain_correction="scs+c")

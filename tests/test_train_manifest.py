@@ -223,3 +223,67 @@ def test_a_missing_relative_path_says_where_it_was_looked_for(tmp_path, monkeypa
     with pytest.raises(InputError, match=r"image 's1': no such file or folder in "
                                          rf"{tmp_path / 'man'} \(paths are taken from"):
         read_manifest(Path("man/m.yaml"))
+
+
+def test_a_manifest_models_calendar_is_its_scenes_and_detect_compares_phases(tmp_path, caplog):
+    """Both scenes sampled with 'myseason' gave a model of 'east-china' (the config's), which
+    detect then asked for; a renamed copy of the training calendar (the same phases) was
+    refused. A calendar of the training name with other phases (shifted to this year's
+    spring, as the docs advise) is taken, and the log says so."""
+    import logging
+
+    from classifiers import artifact
+    from classifiers.predict import check_calendar
+    from pipeline.config import CONFIG_DIR, load_calendar
+    from pipeline.errors import ModelError
+    east = (CONFIG_DIR / "calendars" / "east-china.yaml").read_text(encoding="utf-8")
+    mine = east.replace("name: east-china", "name: myseason").replace(
+        'post:      {start: "05-21"', 'post:      {start: "05-25"')
+    assert mine.count("myseason") == 1 and '"05-25"' in mine
+    (tmp_path / "myseason.yaml").write_text(mine, encoding="utf-8")
+    a = make_tiny_scene(tmp_path / "a", seed=1)
+    b = make_tiny_scene(tmp_path / "b", seed=2, x0=520000.0,
+                        plots=[(5, 40, 3), (40, 10, 2), (20, 20, 2)])
+    man = _two_scenes(tmp_path, a, b, "b/labels.geojson", "    calendar: myseason.yaml\n")
+    man.write_text(man.read_text().replace("    labels: a/labels.geojson\n",
+                                           "    labels: a/labels.geojson\n"
+                                           "    calendar: myseason.yaml\n"))
+    cfg = with_overrides(load_config(), **{"run.chunk_size": 64})
+    train_manifest(man, tmp_path / "model", cfg)
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert meta["calendar"] == "myseason" and list(meta["calendars"]) == ["myseason"]
+    assert meta["config"]["calendar"] == str(tmp_path / "myseason.yaml")
+    art = artifact.load(tmp_path / "model")
+    check_calendar(art, load_calendar(tmp_path / "myseason.yaml"))            # taken
+    renamed = tmp_path / "renamed.yaml"                    # the same season, another name
+    renamed.write_text(mine.replace("name: myseason", "name: our-valley"), encoding="utf-8")
+    check_calendar(art, load_calendar(renamed))
+    with pytest.raises(ModelError, match="trained with calendar 'myseason', the config uses "
+                                         "'east-china'"):
+        check_calendar(art, load_calendar("east-china"))
+    shifted = tmp_path / "shifted.yaml"                    # myseason's name, other phases
+    shifted.write_text(east.replace("name: east-china", "name: myseason"), encoding="utf-8")
+    with caplog.at_level(logging.INFO, logger="classifiers.predict"):
+        check_calendar(art, load_calendar(shifted))
+    assert "'myseason' has other phases than at training" in caplog.text
+    # training again into the folder says it replaces the model there
+    with caplog.at_level(logging.WARNING, logger="pipeline.survey"):
+        train_manifest(man, tmp_path / "model", cfg)
+    assert "model: replacing the model there" in caplog.text
+
+
+@pytest.mark.parametrize("false_alarms,warned", [(700, True), (10, False)])
+def test_train_warns_when_its_threshold_flags_the_background(caplog, false_alarms, warned):
+    """Out of fold 62-100 % of each background class flagged, and train said nothing (detect
+    then flagged 79 % of a training scene)."""
+    import logging
+
+    from pipeline.survey import _warn_weak
+    report = {"polygon": {"poppy_polygons_min_plot": 5, "recall_min_plot": 1.0,
+                          "poppy_polygons": 5, "recall": 1.0},
+              "min_plot_px": 4,
+              "pixel": {"confusion_matrix": [[1000 - false_alarms, false_alarms], [5, 95]]}}
+    with caplog.at_level(logging.WARNING, logger="pipeline.survey"):
+        _warn_weak(report)
+    assert ("threshold flags 70% of the background pixels" in caplog.text) is warned
+    assert ("background" in caplog.text) is warned
