@@ -195,8 +195,15 @@ def sun_position(date: datetime, lon: float, lat: float) -> tuple[float, float]:
 
 def overpass_sun_position(day: date_type | datetime | np.datetime64, lon: float, lat: float,
                           solar_hour: float = OVERPASS_SOLAR_HOUR) -> tuple[float, float]:
-    """Sun zenith/azimuth on ``day`` at ``solar_hour`` local mean solar time (default 10:30)."""
+    """Sun zenith/azimuth at ``day``'s time of day (UTC) when it has one (a drone flight at
+    15:00 local was given the 10:30 sun: the correction then found no dependence on cos(i)
+    and did nothing), else on ``day`` at ``solar_hour`` local mean solar time (default 10:30,
+    Sentinel-2's descending node)."""
     ts = pd.Timestamp(day)
+    if ts.tzinfo is not None:
+        ts = ts.tz_convert("UTC").tz_localize(None)
+    if ts != ts.normalize():
+        return sun_position(ts.to_pydatetime(), lon, lat)
     midnight = datetime(ts.year, ts.month, ts.day)
     return sun_position(midnight + timedelta(hours=solar_hour - lon / 15.0), lon, lat)
 
@@ -225,8 +232,9 @@ def _sun_angles(scene: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
         lon, lat = _scene_centre_lonlat(scene)
         for t in np.flatnonzero(missing):
             sz[t], saz[t] = overpass_sun_position(scene["time"].values[t], lon, lat)
-        logger.info("sun angles missing for %d date(s); using the %02d:%02d local solar time "
-                    "sun position at lon %.3f lat %.3f", int(missing.sum()),
+        logger.info("sun angles missing for %d date(s); using the sun position at the "
+                    "acquisition time, or at %02d:%02d local solar time for a date without "
+                    "one, at lon %.3f lat %.3f", int(missing.sum()),
                     int(OVERPASS_SOLAR_HOUR), int(OVERPASS_SOLAR_HOUR % 1 * 60), lon, lat)
     return sz, saz
 

@@ -43,6 +43,7 @@ from indices.texture import (
 )
 from pipeline.bands import CATEGORICAL_BANDS, check_scene
 from pipeline.config import PHASES, Calendar, FeatureConfig
+from pipeline.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -157,14 +158,14 @@ def _block_features(block: np.ndarray, phase_idx: tuple[tuple[int, ...], ...],
         if not idx:
             out[n_feat + p] = 0
             continue
-        sub = block[list(idx)]
         seen = clear[list(idx)]
         if windows:
             lo = np.array([w[0] for w in windows[p]], "float32")[:, None, None]
             hi = np.array([w[1] for w in windows[p]], "float32")[:, None, None]
-            held = (shift[None] >= lo) & (shift[None] <= hi)
-            sub = np.where(held[:, None], sub, np.float32(np.nan))
-            seen = seen & held
+            seen = seen & (shift[None] >= lo) & (shift[None] <= hi)
+        # the composites take exactly the observations the evidence counts (a date whose
+        # 60 m band was missing at a swath edge entered the medians but not the evidence)
+        sub = np.where(seen[:, None], block[list(idx)], np.float32(np.nan))
         out[n_feat + p] = seen.sum(axis=0)
         # one date (a drone flight): the composite is that date, no sort needed
         med[p] = sub[0] if len(idx) == 1 else nanmedian0(sub)
@@ -225,9 +226,22 @@ class FeaturePlan:
         return max(self.spatial_radii) if self.spatial_src else 0
 
 
-#: no calendar's season (first phase start to last phase end) is this long: images spread
-#: over more come from several seasons
-SEASON_MAX_DAYS = 300
+def seasons_of(times: np.ndarray, calendar: Calendar,
+               member: dict[str, tuple[tuple[int, int, int], ...]]) -> dict[int, list[int]]:
+    """The dates the phases hold, by the season they belong to (the year its first phase
+    starts in): the phases are month-day windows, so last year's June is 'post' too. A date
+    is placed at the lowest calendar shift that holds it."""
+    first = next(p for p in PHASES if p in calendar.phases)
+    start = tuple(int(v) for v in calendar.phases[first].start.split("-"))
+    out: dict[int, list[int]] = {}
+    for held in member.values():
+        for i, lo, _ in held:
+            t = pd.Timestamp(times[i])
+            d = dt.date(t.year, t.month, t.day) - dt.timedelta(days=lo)
+            year = d.year if (d.month, d.day) >= start else d.year - 1
+            if i not in out.setdefault(year, []):
+                out[year].append(i)
+    return {y: sorted(ix) for y, ix in sorted(out.items())}
 
 
 def make_plan(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig,
@@ -261,13 +275,16 @@ def make_plan(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig,
     unused = [str(t)[:10] for i, t in enumerate(times) if i not in in_some]
     if unused:
         log.info("dates outside the %s calendar are not used: %s", calendar.name, unused)
-    used = sorted(times[i] for i in in_some)
-    if used and (used[-1] - used[0]) > np.timedelta64(SEASON_MAX_DAYS, "D"):
-        # the phases are month-day windows: every year's April is 'April'
-        log.warning("the images used span %s to %s, more than one season; the calendar's "
-                    "phases take month and day only, so they are read as one: give one "
-                    "season's images per survey (several seasons: train --manifest)",
-                    str(used[0])[:10], str(used[-1])[:10])
+    seasons = seasons_of(times, calendar, member)
+    if len(seasons) > 1:
+        # the phases are month-day windows: every year's April is 'April' (June 2023 served
+        # as the post phase of a 2024 season, before its pre phase, silently)
+        which = "; ".join(f"{y}: {', '.join(str(times[i])[:10] for i in ix)}"
+                          for y, ix in seasons.items())
+        raise InputError(f"the images come from {len(seasons)} seasons of calendar "
+                         f"{calendar.name} ({which}); its phases take month and day only: "
+                         "give one season's images per run (several seasons: train "
+                         "--manifest, one entry per season)")
     phases = [p for p in PHASES if p in calendar.phases and p in cfg.phases]
     phase_idx = tuple(held[p] for p in phases)
     windows = tuple(tuple((lo, hi) for _, lo, hi in member[p]) for p in phases) \
@@ -403,7 +420,14 @@ def window_features(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig,
                     shift: xr.DataArray | None = None) -> Features:
     """Lazy features (feature, y, x) and evidence (phase, y, x) from a masked Scene.
     ``shift`` (y, x, on the scene's grid): each pixel's calendar shift in days
-    (``Calendar.shift_days`` of the DEM) for a calendar that moves with elevation."""
+    (``Calendar.shift_days`` of the DEM) for a calendar that moves with elevation (required
+    then: without it every pixel would take the reference elevation's phases, silently). An
+    in-memory scene is chunked (one block)."""
+    if calendar.shifts_with_elevation and shift is None:
+        raise InputError(f"calendar {calendar.name} moves with elevation: give each pixel's "
+                         "shift (Calendar.shift_days of a DEM on the scene's grid)")
+    if not isinstance(scene.data, darr.Array):
+        scene = scene.chunk()
     plan = make_plan(scene, calendar, cfg, shift_range(shift))
     coords = {"y": scene["y"], "x": scene["x"]}
     template = scene.isel(time=0, band=0, drop=True)

@@ -292,3 +292,15 @@ def test_none_method_and_bad_inputs(hilly):
         correct_terrain(scene, dem, "minnaert")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="resample the DEM"):
         correct_terrain(scene, dem.isel(x=slice(0, 100)), "c")
+
+
+def test_the_sun_fallback_uses_the_acquisition_time_when_there_is_one():
+    """A flight at 07:00 UTC (15:00 local at 117 E) was given the 10:30 sun (zenith 30.8,
+    azimuth 131): an afternoon sun in the west is the opposite illumination (an audit)."""
+    zen, az = overpass_sun_position(np.datetime64("2024-04-10T07:00"), 117.0, 31.0)
+    assert (zen, az) == sun_position(datetime(2024, 4, 10, 7, 0), 117.0, 31.0)
+    assert 40 < zen < 50 and 240 < az < 260                   # NOAA: 44.6, 249.7
+    # a date alone: the 10:30 local solar time position, as before
+    morning = overpass_sun_position(np.datetime64("2024-04-10"), 117.0, 31.0)
+    assert morning == overpass_sun_position(np.datetime64("2024-04-10T00:00"), 117.0, 31.0)
+    assert 100 < morning[1] < 170

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from indices.window import _block_features, window_features
 from pipeline.config import FeatureConfig, load_calendar
+from pipeline.errors import InputError
 
 BANDS = ["blue", "green", "red", "nir"]
 CFG = FeatureConfig(bands=("blue", "green", "red", "nir", "swir16"), indices=("NDVI",))
@@ -400,17 +401,61 @@ def test_a_shifted_calendar_is_said_in_words_with_its_dates() -> None:
     assert phase_window(cal, "flowering", (-17, -17)).endswith("(elevation: 17 days earlier)")
 
 
-def test_images_from_two_seasons_are_warned_about(caplog) -> None:
+def test_images_from_two_seasons_are_refused() -> None:
     """The phases are month-day windows, so last year's April image among this year's March
-    and June images served as this season's bloom, silently (an audit)."""
-    import logging
-
+    and June images served as this season's bloom, silently (an audit); June 2023 among
+    March and April 2024 (295 days, under the warning's 300) was the post phase of 2024,
+    before its pre phase (a second audit)."""
     from indices.window import make_plan
-    mixed = ["2023-04-16", "2024-03-10", "2024-06-05"]
-    with caplog.at_level(logging.WARNING, logger="indices.window"):
-        make_plan(make_scene(random_refl(3), mixed), CAL, CFG)
-    assert "span 2023-04-16 to 2024-06-05, more than one season" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="indices.window"):
-        make_plan(make_scene(random_refl(len(DATES)), DATES), CAL, CFG)
-    assert "more than one season" not in caplog.text
+    for mixed, said in ((["2023-04-16", "2024-03-10", "2024-06-05"],
+                         "2023: 2023-04-16; 2024: 2024-03-10, 2024-06-05"),
+                        (["2023-06-20", "2024-03-15", "2024-04-10"],
+                         "2023: 2023-06-20; 2024: 2024-03-15, 2024-04-10")):
+        with pytest.raises(InputError, match=f"2 seasons of calendar east-china .{said}."):
+            make_plan(make_scene(random_refl(3), mixed), CAL, CFG)
+    make_plan(make_scene(random_refl(len(DATES)), DATES), CAL, CFG)      # one season
+
+
+def test_a_season_across_the_new_year_is_one_season() -> None:
+    """Myanmar/Laos: the season starts in autumn and ends in spring."""
+    from indices.window import make_plan, phase_membership, seasons_of
+    from pipeline.config import load_calendar
+    cal = load_calendar("myanmar-laos")
+    starts = {p: ph.start for p, ph in cal.phases.items()}
+    y0 = 2023 if starts["pre"] > starts["post"] else 2024
+    dates = [f"{y0}-{starts['pre']}", f"2024-{starts['post']}"]
+    times = np.array(dates, dtype="datetime64[ns]")
+    member = phase_membership(times, cal, list(cal.phases))
+    assert list(seasons_of(times, cal, member)) == [y0]
+    make_plan(make_scene(random_refl(2), dates), cal, CFG)
+
+
+def test_composites_take_the_observations_the_evidence_counts() -> None:
+    """A date whose coastal band is missing at a pixel (a 60 m band at a swath edge) is not
+    an observation there: the evidence did not count it, but the medians used its red (an
+    audit: evidence 1, flowering.median.red 0.09 from both dates instead of 0.04)."""
+    refl = np.full((2, 5, 4, 4), 0.04)
+    refl[1, :4] = 0.14                              # the second date: other values
+    refl[1, 4, 0, 0] = np.nan                       # its coastal band missing at (0, 0)
+    dates = ["2024-04-10", "2024-04-25"]
+    f = window_features(make_scene(refl, dates, bands=["blue", "green", "red", "nir",
+                                                       "coastal"]), CAL, CFG)
+    ev = f.evidence.sel(phase="flowering").values
+    red = f.data.sel(feature="flowering.median.red").values
+    assert ev[0, 0] == 1 and red[0, 0] == pytest.approx(0.04)     # the one observation
+    assert ev[1, 1] == 2 and red[1, 1] == pytest.approx(0.09)     # both
+
+
+def test_an_in_memory_scene_and_an_elevation_calendar_without_shifts() -> None:
+    """window_features on an in-memory scene crashed ('numpy.ndarray' has no 'chunks');
+    a calendar that moves with elevation, given no shift, took the reference elevation's
+    phases for every pixel silently."""
+    from pipeline.config import load_calendar
+    refl = random_refl(len(DATES))
+    lazy = make_scene(refl, DATES)
+    eager = window_features(lazy.compute(), CAL, CFG)
+    np.testing.assert_array_equal(eager.data.values, window_features(lazy, CAL, CFG).data.values)
+    moving = load_calendar("afghanistan-east")
+    assert moving.shifts_with_elevation
+    with pytest.raises(InputError, match="afghanistan-east moves with elevation: give each"):
+        window_features(lazy, moving, CFG)
