@@ -8,6 +8,7 @@ any other code is a bug (with its traceback).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -417,6 +418,10 @@ def _dispatch(args) -> int:
 def _as_user_error(exc: Exception, args) -> PoppyscanError | None:
     if isinstance(exc, PoppyscanError):
         return exc
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return PoppyscanError(f"no space left on the disk{where}; free some space or write "
+                              "the outputs elsewhere")
     # pixels are read lazily: a damaged file fails inside a dask compute, as a rasterio error
     # (GDAL names the file without its folder: the --images files give it back)
     from pipeline.readers._raster import read_failure
@@ -462,12 +467,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         _show_held_log()
         what = "stopped (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
-        sys.stderr.write(f"{PROG}: {what}; rerun the same command to resume\n")
+        if args.command in _NOT_RESUMED and created and out.is_dir():
+            # half a scene looks like a whole one, and the rerun refused the folder
+            shutil.rmtree(out, ignore_errors=True)
+            sys.stderr.write(f"{PROG}: {what}; {out} removed: rerun the same command\n")
+        else:
+            sys.stderr.write(f"{PROG}: {what}; rerun the same command to resume\n")
         return 143 if isinstance(exc, _Terminated) else 130
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         _show_held_log()
+
+
+#: commands whose interrupted output is not resumed (simulate writes a scene from scratch)
+_NOT_RESUMED = {"simulate"}
 
 
 class _Terminated(KeyboardInterrupt):

@@ -295,3 +295,71 @@ def test_simulate_refuses_a_folder_holding_a_scene(tmp_path: Path, capsys) -> No
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     (empty := tmp_path / "empty").mkdir()        # an empty folder is fine
     assert _simulate_cli("--out", str(empty), "--size", "16", capsys=capsys)[0] == 0
+
+
+# --- found by an outside-style audit (session 18) --------------------------------------------
+def _truth_utm(r: SimResult) -> list:
+    from pyproj import Transformer
+    to_utm = Transformer.from_crs("EPSG:4326", "EPSG:32650", always_xy=True)
+    return [shapely.transform(shape(f["geometry"]), lambda c: np.column_stack(
+        to_utm.transform(c[:, 0], c[:, 1]))) for f in json.loads(r.truth.read_text())["features"]]
+
+
+def test_truth_plots_never_overlap_and_a_short_share_is_said(tmp_path: Path, caplog) -> None:
+    """Past 200 plots garden lots were reused: plots inside other plots (686 pairs at 5 %),
+    each counted by recall. At 5 % a 128 px scene runs out of room: it said nothing."""
+    import logging
+    with caplog.at_level(logging.WARNING, logger="pipeline.simulate"):
+        r = simulate(tmp_path / "s", size=128, seed=2, prevalence=0.05, n_dates=5)
+    plots = _truth_utm(r)
+    assert len(plots) > 200
+    tree = shapely.STRtree(plots)
+    left, right = tree.query(plots, predicate="intersects")
+    assert not (left != right).any(), "truth plots overlap"
+    share = sum(p.area for p in plots) / 1280.0 ** 2
+    assert share < 0.045                                    # this scene is short of room
+    assert f"the scene holds {100 * share:.2f}% poppy, short of the 5.00% asked" in caplog.text
+
+
+@pytest.mark.parametrize("sensor,size,seed", [("drone", 64, 0), ("drone", 128, 0),
+                                              ("drone", 16, 4), ("drone-rgb", 16, 5)])
+def test_every_drone_flight_holds_a_plot(tmp_path: Path, sensor: str, size: int,
+                                         seed: int) -> None:
+    """Small flights at 5 % had no plot at all (train then refused the labels), and 16 px
+    flights of some seeds were an OverflowError traceback."""
+    r = simulate(tmp_path / "f", sensor=sensor, size=size, seed=seed, prevalence=0.05)
+    assert json.loads(r.truth.read_text())["features"]
+
+
+def test_an_interrupted_simulate_leaves_no_half_scene(tmp_path: Path) -> None:
+    """SIGTERM left dem.tif, labels and two dates (a scene that looks whole), and the
+    documented rerun was refused as 'folder is not empty'."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "scene"
+    proc = subprocess.Popen([sys.executable, str(root / "run.py"), "simulate", "--out",
+                             str(out), "--size", "1024", "--seed", "3"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and \
+            not (out / "labels.geojson").is_file():
+        time.sleep(0.02)
+    if proc.poll() is not None:
+        pytest.skip("the scene was written before it could be stopped")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert not out.exists() and "removed: rerun the same command" in err
+
+
+def test_a_full_disk_is_one_line(tmp_path: Path) -> None:
+    import errno
+    import os
+
+    import run as cli
+    err = cli._as_user_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC),
+                                     str(tmp_path / "truth.geojson")), None)
+    assert str(err).startswith("no space left on the disk writing ") and "truth.geojson" in str(err)

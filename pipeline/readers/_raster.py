@@ -114,6 +114,9 @@ def read_failure(exc: BaseException, sources: Iterable[str | Path] = ()) -> Inpu
     name, detail = _gdal_says(exc)
     if name is not None:
         name = next((str(s) for s in sources if Path(s).name == Path(name).name), name)
+    if "No space left on device" in detail:      # a write (GDAL reports it the same way)
+        return InputError(f"no space left on the disk ({name or 'writing a raster'}); free "
+                          "some space or write the outputs elsewhere")
     if "No such file or directory" in detail:   # gone, or not where a worker runs
         return InputError(f"{name or 'an image'}: not found where the pixels are read ("
                           f"{detail}): the file was moved or deleted during the run, or the "
