@@ -129,13 +129,20 @@ def test_custom_sensor_file(tmp_path: Path) -> None:
 
 
 # --- orthomosaics ------------------------------------------------------------------------------
-def test_p4m_dji_terra_per_band_float(tmp_path: Path) -> None:
-    folder = tmp_path / "flight_2025-04-20"
+def _terra_flight(folder: Path) -> np.ndarray:
+    """A DJI Terra P4M flight: result_<band>.tif float32 files, nodata -10000; its
+    reflectance."""
     folder.mkdir()
     refl = _refl(5)
     for i, name in enumerate(["Blue", "Green", "Red", "RedEdge", "NIR"]):
         band = np.where(np.isnan(refl[i]), -10000, refl[i]).astype("float32")[None]
         _write(folder / f"result_{name}.tif", band, nodata=-10000)
+    return refl
+
+
+def test_p4m_dji_terra_per_band_float(tmp_path: Path) -> None:
+    folder = tmp_path / "flight_2025-04-20"
+    refl = _terra_flight(folder)
     assert drone.can_read(folder)
     [da] = drone.read(folder, None, chunks=16)
     assert da.attrs["sensor"] == "p4m"
@@ -164,11 +171,7 @@ def test_a_flights_band_files_given_one_by_one_are_one_product(tmp_path: Path) -
     'mosaicked' with itself five times (five times the reading, and a log line saying so)."""
     from pipeline.ingest import open_scene, read_products
     folder = tmp_path / "flight_2025-04-20"
-    folder.mkdir()
-    refl = _refl(5)
-    for i, name in enumerate(["Blue", "Green", "Red", "RedEdge", "NIR"]):
-        band = np.where(np.isnan(refl[i]), -10000, refl[i]).astype("float32")[None]
-        _write(folder / f"result_{name}.tif", band, nodata=-10000)
+    _terra_flight(folder)
     files = sorted(folder.glob("result_*.tif"))
     assert len(read_products(files, chunks=16)) == 1
     s = open_scene(files, chunks=16)
