@@ -3,7 +3,6 @@ never ``trusted=True``), ``model.json`` (sidecar) and ``train_report.json``; wit
 missing-phase models also ``reduced.skops`` (their estimators, in ``model.json`` order)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -14,6 +13,7 @@ from typing import Any
 import skops.io as sio
 
 from outputs.atomic import temp_path_for, uninterrupted
+from outputs.report import file_digest
 from pipeline.errors import ModelError
 
 #: Types beyond skops' defaults that a poppyscan model may contain. Anything else is refused.
@@ -87,7 +87,7 @@ def save(model_dir: Path, estimator: Any, meta: dict, report: dict,
                 sio.dump(obj, ready.setdefault(name, temp_path_for(model_dir / name)))
         # model.json names the skops files it goes with: a model.skops copied in from another
         # model was used silently (48 drone features read as the first 48 of 326)
-        meta = {**meta, SHA_KEY: {name: _sha256(tmp) for name, tmp in ready.items()}}
+        meta = {**meta, SHA_KEY: {name: file_digest(tmp) for name, tmp in ready.items()}}
         for doc, name in ((meta, SIDECAR_FILE), (report, REPORT_FILE)):
             ready.setdefault(name, temp_path_for(model_dir / name)).write_text(
                 json.dumps(doc, indent=2, sort_keys=True), encoding="utf-8")
@@ -141,14 +141,6 @@ def load(model_dir: Path) -> Artifact:
     return Artifact(estimator, meta, tuple(reduced))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -193,7 +185,7 @@ def _check_hash(meta: dict, path: Path, jfile: Path) -> None:
     want = (meta.get(SHA_KEY) or {}).get(path.name)
     if want is None:        # a model written before the hashes were recorded
         return
-    if _sha256(path) != want:
+    if file_digest(path) != want:
         raise ModelError(f"{path}: not the file {jfile.name} was written with (copied from "
                          "another model, or damaged); copy the whole model folder or retrain")
 

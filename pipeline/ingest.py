@@ -289,7 +289,8 @@ def check_one_place(products: Sequence[xr.DataArray]) -> None:
         merged = ([b] if b is not None else []) + [places[k][0] for k in hit]
         members = [i] + [m for k in hit for m in places[k][1]]
         places = [pl for k, pl in enumerate(places) if k not in hit]
-        places.append((shapely.union_all(merged) if merged else box(0, 0, 0, 0), members))
+        # no bounds in the first image's CRS (no transformation): a place of its own
+        places.append((shapely.union_all(merged) if merged else shapely.Polygon(), members))
     if len(places) > 1:
         other = min(min(m) for _, m in places if 0 not in m)
         name = products[0].attrs.get("source", "the first image")
