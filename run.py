@@ -90,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--aoi", type=_path, required=True, help="AOI polygon file")
     s.add_argument("--window", required=True, help="START/END, ISO dates")
     s.add_argument("--out", type=_path, required=True, help="folder for the scenes "
-                   "(S2_YYYYMMDD.tif, dem.tif, fetch.json; download cache in .poppyscan/)")
+                   "(S2_YYYYMMDD.tif, dem.tif, fetch.json; download cache in .poppyscan/): "
+                   "a new folder or an earlier fetch's; S2_*.tif or dem.tif that no fetch "
+                   "wrote there are refused, never replaced")
     s.add_argument("--max-cloud", type=float, default=30.0, help="max cloud cover %% "
                    "(default 30)")
     s.add_argument("--resolution", type=float, default=10.0, help="metres (default 10)")
