@@ -455,11 +455,11 @@ def _raw(client: Any, requests: list[Any], config: Any, what: str) -> list[Any]:
         raise _translate(exc, what, config.sh_base_url) from None
 
 
-def _responses(requests: list[Any], session: Any, config: Any, what: str,
+def _responses(requests: list[tuple[Any, Any]], session: Any, config: Any, what: str,
                check: Any) -> Any:
-    """``check(i, decoded)`` of each request's response, in order, downloading (or reading from
-    the cache) MAX_THREADS at a time, so that a date's tiles are not all held in memory. A
-    damaged response (cut short, not a TIFF or tar, the wrong size: decoding or ``check``
+    """``(tile, check(tile, decoded))`` for each ``(tile, request)`` of ``requests``, in
+    order, downloading (or reading from the cache) MAX_THREADS at a time, so that a date's
+    tiles are not all held in memory. A damaged response (cut short, not a TIFF or tar, the wrong size: decoding or ``check``
     raises) is removed from the cache and downloaded once more; damaged again, the run stops
     with one line (a damaged file left in the cache failed every rerun)."""
     from sentinelhub import SentinelHubDownloadClient
@@ -467,11 +467,11 @@ def _responses(requests: list[Any], session: Any, config: Any, what: str,
     client = SentinelHubDownloadClient(session=session, config=config)
     for start in range(0, len(requests), MAX_THREADS):
         batch = requests[start:start + MAX_THREADS]
-        for k, (request, response) in enumerate(zip(batch, _raw(client, batch, config,
-                                                                    what))):
+        answers = _raw(client, [request for _, request in batch], config, what)
+        for (tile, request), response in zip(batch, answers):
             for attempt in (1, 2):
                 try:
-                    value = check(start + k, response.decode())
+                    value = check(tile, response.decode())
                     break
                 except Exception as exc:  # noqa: BLE001 - any failure to decode the bytes
                     Path(request.get_storage_paths()[1]).unlink(missing_ok=True)
@@ -484,13 +484,13 @@ def _responses(requests: list[Any], session: Any, config: Any, what: str,
                     LOGGER.warning("%s: a damaged answer (%s); downloading it again", what,
                                    type(exc).__name__)
                     [response] = _raw(client, [request], config, what)
-            yield value
+            yield tile, value
             del response, value
 
 
-def _misses(requests: list[Any]) -> int:
-    """Requests whose response is not in the cache (downloads to come)."""
-    return sum(1 for r in requests if not os.path.exists(r.get_storage_paths()[1]))
+def _misses(requests: list[tuple[Any, Any]]) -> int:
+    """``(tile, request)`` pairs whose response is not in the cache (downloads to come)."""
+    return sum(1 for _, r in requests if not os.path.exists(r.get_storage_paths()[1]))
 
 
 def _as_hwc(array: np.ndarray, bands: int) -> np.ndarray:
@@ -532,19 +532,16 @@ def _fetch_date(acq: Acquisition, grid: Grid, aoi_utm: Any, collection: Any, con
     if not in_aoi.any():        # an AOI thinner than a pixel: its bounding box
         in_aoi[:] = True
     sums, count, count_aoi = np.zeros(2), 0, 0
-    misses = _misses([r for _, r in requests])
-    tiles = [tile for tile, _ in requests]
+    misses = _misses(requests)
 
-    def decoded(i: int, result: Any) -> tuple[np.ndarray, np.ndarray]:
-        _, _, w, h = tiles[i]
+    def decoded(tile: tuple[int, int, int, int], result: Any) -> tuple[np.ndarray, np.ndarray]:
+        _, _, w, h = tile
         return (_sized(result["default.tif"], len(OUTPUT_BANDS), h, w),
                 _sized(result["angles.tif"], 2, h, w))
 
     # one tile's arrays at a time besides the mosaic
-    for tile, (dn, angles) in zip(tiles, _responses([r for _, r in requests], session, config,
-                                                    f"process request for {acq.date}",
-                                                    decoded)):
-        c, r, w, h = tile
+    for (c, r, w, h), (dn, angles) in _responses(requests, session, config,
+                                                 f"process request for {acq.date}", decoded):
         valid = np.isfinite(angles[:, :, 0]) & (dn[:, :, :len(REFLECTANCE_BANDS)] > 0).any(axis=2)
         view = data[:, r:r + h, c:c + w]
         view[:] = np.moveaxis(dn, -1, 0)
@@ -570,15 +567,13 @@ def _fetch_dem(grid: Grid, aoi_utm: Any, config: Any, session: Any, cache: Path,
         {"upsampling": ResamplingType.BILINEAR, "downsampling": ResamplingType.BILINEAR},
     )
     dem = np.full((grid.height, grid.width), np.nan, dtype=np.float32)
-    tiles = [tile for tile, _ in requests]
-    misses = _misses([r for _, r in requests])
+    misses = _misses(requests)
 
-    def decoded(i: int, result: Any) -> np.ndarray:
-        _, _, w, h = tiles[i]
+    def decoded(tile: tuple[int, int, int, int], result: Any) -> np.ndarray:
+        _, _, w, h = tile
         return _sized(result, 1, h, w)[:, :, 0]
 
-    for (c, r, w, h), block in zip(tiles, _responses([r for _, r in requests], session, config,
-                                                     "DEM request", decoded)):
+    for (c, r, w, h), block in _responses(requests, session, config, "DEM request", decoded):
         dem[r:r + h, c:c + w] = block
     return dem, misses
 
