@@ -56,8 +56,17 @@ def balanced_index(y: np.ndarray, seed: int) -> np.ndarray:
 
 
 def fit_balanced(estimator, X: np.ndarray, y: np.ndarray, seed: int):
+    """Fit on the balanced rows. A feature without a single value there (a phase no training
+    image falls in, or none of this fold's rows) is fitted as a constant: no split can use it,
+    which is what a column of missing values meant, but scikit-learn 1.9's gradient boosting
+    fails on a column that is entirely NaN. Prediction is unchanged: the trees never read it."""
     idx = balanced_index(y, seed)
-    return estimator.fit(X[idx], y[idx])
+    Xb = X[idx]
+    empty = np.isnan(Xb).all(axis=0) if len(Xb) else np.zeros(Xb.shape[1], bool)
+    if empty.any():
+        Xb = Xb.copy()
+        Xb[:, empty] = 0
+    return estimator.fit(Xb, y[idx])
 
 
 def logit(p: np.ndarray) -> np.ndarray:

@@ -189,3 +189,22 @@ def test_a_model_is_refused_under_another_terrain_correction():
     check_fit(art, NAMES, "sentinel2", terrain_correction="none")
     with pytest.raises(ModelError, match="terrain_correction 'none', the config uses 'scs"):
         check_fit(art, NAMES, "sentinel2", terrain_correction="scs+c")
+
+
+def test_training_images_without_a_phase_train_a_model_that_detects(tmp_path):
+    """No training image in March: every pre-phase feature is NaN in the training table.
+    scikit-learn 1.9's gradient boosting fails on an all-NaN column (a traceback from train);
+    such a column is fitted as a constant no split uses, and the model still finds the plots
+    of a survey scene that has all phases."""
+    train = make_tiny_scene(tmp_path / "train", seed=3, dates=DATES_NO_PRE)
+    survey.train(train.images, train.labels, tmp_path / "m", load_config())
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert any(n.startswith("pre.") for n in meta["feature_names"])
+    scene = make_tiny_scene(tmp_path / "survey", seed=4)
+    r = _detect(tmp_path / "m", scene.images, tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    found = json.loads((tmp_path / "out" / "targets.geojson").read_text())["features"]
+    assert len(found) >= 2
+
+
+DATES_NO_PRE = ["2024-04-12", "2024-04-28", "2024-05-12", "2024-06-05"]
