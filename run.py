@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from outputs.atomic import check_can_create
+from outputs.targets import area_text
 from pipeline.errors import NotImplementedYet, PoppyscanError, StoppedMidRun
 
 PROG = "poppyscan"
@@ -355,12 +356,6 @@ def cmd_detect(a, quiet: bool) -> int:
     return 0
 
 
-def _m2(v: float) -> str:
-    """An area for people: whole m^2 from 100 m^2 on, three significant digits below (a drone
-    blind area can be a fraction of a square metre)."""
-    return f"{v:.0f}" if v >= 100 else f"{v:.3g}"
-
-
 def _print_detect(res) -> None:
     c = res.report["counts"]
     if res.n_targets == 0:
@@ -370,13 +365,13 @@ def _print_detect(res) -> None:
                f"{c['patches']} patch(es) found, {c['excluded']} excluded, {c['below_mmu']} "
                "below the minimum mapping unit")
         _say(f"no targets: {why}. Blind areas (no clear flowering observation): "
-              f"{c['blind_areas']} polygon(s), {_m2(c['blind_area_m2'])} m^2 - an empty list "
-              "there is not 'no poppy'.")
+              f"{c['blind_areas']} polygon(s), {area_text(c['blind_area_m2'])} m^2 - an empty "
+              "list there is not 'no poppy'.")
     else:
         share = c["candidate_share"]
         _say(f"{res.n_targets} target(s); the model flags "
               f"{'n/a' if share is None else f'{100 * share:.1f}%'} of the area seen; blind "
-              f"areas: {c['blind_areas']} polygon(s), {_m2(c['blind_area_m2'])} m^2")
+              f"areas: {c['blind_areas']} polygon(s), {area_text(c['blind_area_m2'])} m^2")
     _say(f"outputs in {res.out}: " + ", ".join(p.name for p in res.files))
 
 

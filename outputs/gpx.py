@@ -2,8 +2,11 @@
 
 One ``wpt`` per target at its WGS84 anchor point (centroid, or inside its largest part), in
 rank order. ``name`` is at most 14 characters
-(older Garmin units truncate beyond that): ``T001-`` plus the start of the target id, so the
-rank sorts and the id still identifies the plot. ``desc`` carries score, area and the full id.
+(older Garmin units truncate beyond that): ``T001-`` plus the start of the id's geohash (9
+characters, a cell of about 5 m: the id's ``ps-`` would leave 6, a cell of about 1 km, and
+adjacent flights surveyed apart gave the same name to different places, which a GPS unit that
+keeps one waypoint per name merges), so the rank sorts and the name still tells places apart.
+``desc`` carries score, area and the full id.
 Child elements follow the order the GPX 1.1 schema requires (ele, name, desc, sym, type).
 """
 from __future__ import annotations
@@ -13,21 +16,23 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from outputs.atomic import write_bytes_atomic
-from outputs.targets import Target, TargetList
+from outputs.ranking import ID_PREFIX
+from outputs.targets import Target, TargetList, area_text
 
 GPX_NS = "http://www.topografix.com/GPX/1/1"
 NAME_MAX = 14
 
 
 def waypoint_name(t: Target) -> str:
-    """``T{rank:03d}-{id prefix}``, at most 14 characters."""
-    return f"T{t.rank:03d}-{t.target_id}"[:NAME_MAX]
+    """``T{rank:03d}-`` and the start of the id's geohash, at most 14 characters."""
+    head = f"T{t.rank:03d}-"
+    return head + t.target_id.removeprefix(ID_PREFIX)[:max(NAME_MAX - len(head), 0)]
 
 
 def waypoint_desc(t: Target) -> str:
     """Human-readable one-liner: score, area and full target id."""
     parts = [f"rank {t.rank}", f"score {t.score:.2f} (max {t.score_max:.2f})",
-             f"area {t.area_m2:.0f} m2", f"id {t.target_id}"]
+             f"area {area_text(t.area_m2)} m2", f"id {t.target_id}"]
     if t.flowering_obs:
         parts.append(f"{t.flowering_obs} clear flowering obs")
     if t.reason:

@@ -26,6 +26,8 @@ from pipeline.config import PatchConfig, RankingConfig
 
 _B32 = "0123456789bcdefghjkmnpqrstuvwxyz"
 _GEOD = Geod(ellps="WGS84")
+#: what every target id starts with (the geohash follows)
+ID_PREFIX = "ps-"
 
 
 def geohash(lat: float, lon: float, precision: int = 10) -> str:
@@ -135,7 +137,7 @@ def build_targets(patches: list[Patch], crs: str, *, patch_cfg: PatchConfig,
     for r in rows:
         k = seen.get(r[5], 0) + 1
         seen[r[5]] = k
-        ids.append(f"ps-{r[5]}" + (f"-{k}" if k > 1 else ""))
+        ids.append(f"{ID_PREFIX}{r[5]}" + (f"-{k}" if k > 1 else ""))
     ranked = sorted(zip(rows, ids), key=lambda t: (-round(t[0][4], 9),
                                                    -round(t[0][0].score_max, 9), t[1]))
     targets = []

@@ -10,6 +10,12 @@ from dataclasses import dataclass, field
 from shapely.geometry.base import BaseGeometry
 
 
+def area_text(m2: float) -> str:
+    """An area for people: whole m^2 from 100 m^2 on, three significant digits below (a drone
+    target or blind area can be a fraction of a square metre: "0 m2" read as nothing)."""
+    return f"{m2:.0f}" if m2 >= 100 else f"{m2:.3g}"
+
+
 @dataclass(frozen=True)
 class Target:
     target_id: str           # stable id derived from location (not a counter)

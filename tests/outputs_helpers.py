@@ -42,11 +42,11 @@ def make_targets(n: int = 3) -> TargetList:
     """``n`` (<= 3) targets with distinct attributes; rank order differs from list order."""
     geoms = _geoms()[:n]
     specs = [  # (id, rank, score, reason, unit, elevation, dates)
-        ("9f3a1c2b7d", 2, 0.81, "flowering NDVI drop, red-edge peak", "Mengla", 1234.5,
+        ("ps-9f3a1c2b7d", 2, 0.81, "flowering NDVI drop, red-edge peak", "Mengla", 1234.5,
          ("2024-03-02", "2024-03-12")),
-        ("a07e55c913", 1, 0.93, "strong petal signal; 3 dates", None, None,
+        ("ps-a07e55c913", 1, 0.93, "strong petal signal; 3 dates", None, None,
          ("2024-03-02", "2024-03-12", "2024-03-22")),
-        ("c4d2e8f0aa", 3, 0.64, "weak, small plot — check", "Ruili 瑞丽", 980.0, ("2024-03-12",)),
+        ("ps-c4d2e8f0aa", 3, 0.64, "weak, small plot — check", "Ruili 瑞丽", 980.0, ("2024-03-12",)),
     ]
     targets = []
     for g, (tid, rank, score, reason, unit, ele, dates) in zip(geoms, specs):

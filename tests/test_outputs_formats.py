@@ -207,8 +207,8 @@ def test_gpx_is_1_1_with_short_names(written):
     assert root.tag == "{http://www.topografix.com/GPX/1/1}gpx" and root.get("version") == "1.1"
     gpx = gpxpy.parse((out / "targets.gpx").read_text(encoding="utf-8"))
     for w, t in zip(gpx.waypoints, _by_rank(tl)):
-        assert len(w.name) <= 14 and w.name.startswith(f"T{t.rank:03d}-")
-        assert t.target_id.startswith(w.name[5:])
+        assert len(w.name) == 14 and w.name.startswith(f"T{t.rank:03d}-")
+        assert t.target_id.startswith("ps-" + w.name[5:])    # 9 geohash characters
         assert t.target_id in w.description and "score 0." in w.description and "m2" in w.description
 
 
@@ -355,3 +355,19 @@ def test_atomic_path_replaces_in_place(tmp_path):
         tmp.write_text("new")
         assert target.read_text() == "old"            # not visible until complete
     assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_waypoint_names_tell_nearby_places_apart_and_small_areas_are_not_zero():
+    """Two targets 20 m apart, ranked 1 in two flights surveyed separately: the names differ (a
+    6-character id prefix, ~1 km, gave both `T001-ps-wtm5sh`, and a GPS unit keeps one waypoint
+    per name). A 0.44 m^2 drone target reads 0.44 m2, not "0 m2"."""
+    from dataclasses import replace
+
+    from outputs.gpx import waypoint_desc, waypoint_name
+    from outputs.ranking import geohash
+    t = make_targets(1).targets[0]
+    a = replace(t, rank=1, target_id="ps-" + geohash(30.20000, 120.10000), area_m2=0.44)
+    b = replace(t, rank=1, target_id="ps-" + geohash(30.20018, 120.10000), area_m2=1234.4)
+    assert waypoint_name(a) != waypoint_name(b)
+    assert waypoint_name(replace(a, rank=1234)) == "T1234-" + a.target_id[3:11]
+    assert "area 0.44 m2" in waypoint_desc(a) and "area 1234 m2" in waypoint_desc(b)
