@@ -701,3 +701,37 @@ def test_an_alpha_band_named_alpha_masks_in_both_readers(tmp_path: Path, tags) -
     bands, _ = _read_bands(path)
     assert list(bands) == P4M_CANON
     assert np.isnan(bands["red"][:, :4]).all() and np.isfinite(bands["red"][3:, 4:]).all()
+
+
+def test_a_float_collar_of_zeros_is_no_data_not_ground(tmp_path: Path) -> None:
+    """A float orthomosaic clipped with a 0.0 collar and no nodata declared: the collar (0 in
+    every band) is no data. It was read as ground, scored, and flagged pixels of it grew a
+    target; a pixel 0 in one band only stays."""
+    refl = _refl(5)
+    refl[:, :, -6:] = 0.0                 # the collar
+    refl[4, 20, 10] = 0.0                 # one band 0: still ground
+    f = _write(tmp_path / "flight_20250420.tif", refl,
+               descriptions=["Blue", "Green", "Red", "RedEdge", "NIR"])
+    [da] = drone.read(f, None, chunks=16)
+    v = da.values
+    assert np.isnan(v[:, :, -6:]).all()
+    assert np.isfinite(v[:, 20, 10]).all() and v[4, 20, 10] == 0
+    np.testing.assert_allclose(v[:, 5:, :-6], refl[:, 5:, :-6], rtol=1e-6)
+
+
+def test_float_reflectance_in_percent_is_refused(tmp_path: Path) -> None:
+    """Float bands of 0-100 read as reflectance were all masked as implausible and detect
+    said 'nothing was seen'; now one line says what the file holds and what to set. With a
+    GDAL scale of 0.01 the same file reads."""
+    refl = _refl(5) * 100
+    names = ["Blue", "Green", "Red", "RedEdge", "NIR"]
+    f = _write(tmp_path / "pct_20250420.tif", refl, descriptions=names)
+    with pytest.raises(InputError) as exc:
+        drone.read(f, None, chunks=16)
+    msg = str(exc.value)
+    assert "\n" not in msg and "pct_20250420.tif" in msg and "percent" in msg
+    assert "-scale 0.01" in msg
+    with rasterio.open(f, "r+") as dst:
+        dst.scales = [0.01] * 5
+    [da] = drone.read(f, None, chunks=16)
+    np.testing.assert_allclose(da.values[:, 5:, 5:], refl[:, 5:, 5:] / 100, rtol=1e-5)

@@ -793,3 +793,24 @@ def test_dem_scale_and_offset_are_applied(tmp_path: Path) -> None:
         dst.scales, dst.offsets = (0.1,), (5.0,)
     dem = read_dem(p, Grid.of(s), chunks=16)
     np.testing.assert_allclose(dem.values, 255.0, atol=1e-3)
+
+
+def test_a_float_files_zero_collar_is_no_data_and_percent_is_refused(tmp_path: Path) -> None:
+    """Float reflectance without a declared nodata: a pixel 0 in every reflectance band (the
+    collar of a clipped mosaic) is no data, SCL keeps its code; it was read as ground and
+    scored. Float values in percent were all masked as implausible ('nothing was seen'):
+    refused in one line saying what to set."""
+    refl = ramp().astype("float32")
+    refl[:, :, :4] = 0.0
+    scl = np.full((1, N, N), 4, "float32")
+    p = write_multiband(tmp_path / "f_20240410.tif", np.concatenate([refl, scl]), S2 + ["SCL"],
+                        TF, CRS, acquisition_date="2024-04-10", nodata=None)
+    [da] = multiband.read(p)
+    v = da.values
+    assert np.isnan(v[:4, :, :4]).all() and (v[4, :, :4] == 4).all()
+    np.testing.assert_allclose(v[:4, :, 4:], ramp()[:, :, 4:], rtol=1e-6)
+    pct = write_multiband(tmp_path / "pct_20240410.tif", (ramp() * 100).astype("float32"), S2,
+                          TF, CRS, acquisition_date="2024-04-10", nodata=None)
+    with pytest.raises(InputError) as exc:
+        multiband.read(pct)
+    assert "\n" not in str(exc.value) and "-scale 0.01" in str(exc.value)

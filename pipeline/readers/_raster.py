@@ -145,3 +145,69 @@ def read_pixels(compute: Callable[[], T], sources: Iterable[str | Path] = ()) ->
         if err is None:
             raise
     raise err
+
+
+def high_percentile(path: Path, bands: list[int], alpha: int | None, grid: int = 8,
+                     size: int = 64) -> float | None:
+    """The largest per-band 99th percentile of the valid values (not 0, 65535, nodata or
+    alpha 0) in ``grid`` x ``grid`` windows of ``size`` pixels spread over the file, each at
+    the corner of a block of the file (a tiled file decodes one block per window and band): a
+    bounded read however large the orthomosaic; None without valid values."""
+    try:
+        with rasterio.open(path) as src:
+            hs, ws = min(size, src.height), min(size, src.width)
+            bh, bw = src.block_shapes[bands[0] - 1]
+
+            def starts(extent: int, block: int, win: int) -> np.ndarray:
+                if block >= extent or block < win:
+                    # a strip spans this axis (or blocks are smaller than a window): spread
+                    # the windows evenly over the pixels, not over one block's corner
+                    return np.unique(np.linspace(0, extent - win, grid).round().astype(int))
+                origins = np.arange(0, extent - win + 1, block)   # block corners that fit
+                pick = np.linspace(0, len(origins) - 1, grid).round().astype(int)
+                return np.unique(origins[pick])
+
+            rows, cols = starts(src.height, bh, hs), starts(src.width, bw, ws)
+            nodata = [src.nodatavals[b - 1] for b in bands]
+            values: list[list[np.ndarray]] = [[] for _ in bands]
+            for r in rows:
+                for c in cols:
+                    win = Window(int(c), int(r), ws, hs)
+                    block = src.read(bands, window=win)
+                    ok = block != 0
+                    if np.issubdtype(block.dtype, np.floating):
+                        ok &= np.isfinite(block)
+                    if block.dtype == np.uint16:
+                        ok &= block != 65535
+                    if alpha is not None:
+                        ok &= src.read(alpha, window=win)[None] != 0
+                    for k, nd in enumerate(nodata):
+                        keep = ok[k] if nd is None or np.isnan(nd) else ok[k] & (block[k] != nd)
+                        values[k].append(block[k][keep])
+    except RasterioIOError as exc:
+        raise (read_failure(exc, [path])
+               or InputError(f"{path}: not a readable raster ({exc})")) from None
+    tops = [float(np.percentile(v, 99)) for vs in values if (v := np.concatenate(vs)).size]
+    return max(tops) if tops else None
+
+
+#: a 99th percentile of float reflectance above this (the masks' bound for an implausible
+#: value) is percent or raw DN, not reflectance 0-1
+FLOAT_P99_MAX = 1.5
+
+
+def check_float_reflectance(path: Path, bands: list[int], alpha: int | None) -> None:
+    """Float ``bands`` (1-based) of ``path`` without a GDAL scale are read as reflectance 0-1.
+    A 99th percentile above 1.5 (:func:`high_percentile`) cannot be that (percent, or raw DN):
+    every pixel would be masked as implausible and the scene reported unseen, so the file is
+    refused with what to set."""
+    with rasterio.open(path) as src:
+        bare = [b for b in bands if np.issubdtype(np.dtype(src.dtypes[b - 1]), np.floating)
+                and (src.scales[b - 1], src.offsets[b - 1]) == (1.0, 0.0)]
+    p99 = high_percentile(path, bare, alpha) if bare else None
+    if p99 is not None and p99 > FLOAT_P99_MAX:
+        raise InputError(
+            f"{path}: float values up to {p99:.4g} (99th percentile) cannot be reflectance "
+            "(0-1) and the file has no GDAL scale: in percent, give it one (gdal_edit.py "
+            "-scale 0.01); raw DN must be calibrated to reflectance first; see docs/inputs.md "
+            "(Reflectance scaling)")

@@ -58,7 +58,6 @@ import rasterio
 import xarray as xr
 from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
-from rasterio.windows import Window
 
 from pipeline.bands import CATEGORICAL_BANDS, canonical_name, order_bands
 from pipeline.config import DRONE_PIXEL_M
@@ -66,11 +65,12 @@ from pipeline.errors import InputError, SensorNeeded
 from pipeline.grid import pixel_metres
 from pipeline.readers._raster import (
     check_ends,
+    check_float_reflectance,
     has_mask_band,
+    high_percentile,
     marked_alpha,
     mask_band,
     open_lazy,
-    read_failure,
 )
 from pipeline.readers.multiband import acquisition_time
 from pipeline.sensors import (
@@ -467,9 +467,7 @@ def _integer_scaling(layers: dict[str, _Layer], spec: SensorSpec,
       hold: a 99th percentile above 1.5 x 32768 (reflectance 1.5) cannot be Metashape's, and
       the file is refused with what to set; below it, the file is read as Metashape's with a
       warning saying how it reads and how to change the scaling."""
-    files: dict[Path, list[_Layer]] = {}
-    for layer in layers.values():
-        files.setdefault(layer.path, []).append(layer)
+    files = _by_file(layers)
     unscaled: list[tuple[Path, list[int], int | None]] = []
     dtype = None
     for path, group in files.items():
@@ -492,7 +490,7 @@ def _integer_scaling(layers: dict[str, _Layer], spec: SensorSpec,
     first = unscaled[0][0]
     where = (str(first) if len(files) == 1 else
              f"{first} (and {len(files) - 1} more band files)")
-    p99 = max((v for f, b, a in unscaled if (v := _high_percentile(f, b, a)) is not None),
+    p99 = max((v for f, b, a in unscaled if (v := high_percentile(f, b, a)) is not None),
               default=None)
     if p99 is not None and p99 > _METASHAPE_P99_MAX:
         raise InputError(
@@ -512,46 +510,20 @@ def _integer_scaling(layers: dict[str, _Layer], spec: SensorSpec,
     return "uint16_32768"
 
 
-def _high_percentile(path: Path, bands: list[int], alpha: int | None, grid: int = 8,
-                     size: int = 64) -> float | None:
-    """The largest per-band 99th percentile of the valid values (not 0, 65535, nodata or
-    alpha 0) in ``grid`` x ``grid`` windows of ``size`` pixels spread over the file, each at
-    the corner of a block of the file (a tiled file decodes one block per window and band): a
-    bounded read however large the orthomosaic; None without valid values."""
-    try:
-        with rasterio.open(path) as src:
-            hs, ws = min(size, src.height), min(size, src.width)
-            bh, bw = src.block_shapes[bands[0] - 1]
+def _check_float_reflectance(layers: dict[str, _Layer], spec: SensorSpec) -> None:
+    """``scaling: auto`` reads float bands without a GDAL scale as reflectance 0-1: refused
+    when they hold something else (:func:`check_float_reflectance`)."""
+    if spec.scaling != "auto":
+        return
+    for path, group in _by_file(layers).items():
+        check_float_reflectance(path, [g.band_index for g in group], group[0].alpha_index)
 
-            def starts(extent: int, block: int, win: int) -> np.ndarray:
-                if block >= extent or block < win:
-                    # a strip spans this axis (or blocks are smaller than a window): spread
-                    # the windows evenly over the pixels, not over one block's corner
-                    return np.unique(np.linspace(0, extent - win, grid).round().astype(int))
-                origins = np.arange(0, extent - win + 1, block)   # block corners that fit
-                pick = np.linspace(0, len(origins) - 1, grid).round().astype(int)
-                return np.unique(origins[pick])
 
-            rows, cols = starts(src.height, bh, hs), starts(src.width, bw, ws)
-            nodata = [src.nodatavals[b - 1] for b in bands]
-            values: list[list[np.ndarray]] = [[] for _ in bands]
-            for r in rows:
-                for c in cols:
-                    win = Window(int(c), int(r), ws, hs)
-                    block = src.read(bands, window=win)
-                    ok = block != 0
-                    if block.dtype == np.uint16:
-                        ok &= block != 65535
-                    if alpha is not None:
-                        ok &= src.read(alpha, window=win)[None] != 0
-                    for k, nd in enumerate(nodata):
-                        keep = ok[k] if nd is None or np.isnan(nd) else ok[k] & (block[k] != nd)
-                        values[k].append(block[k][keep])
-    except RasterioIOError as exc:
-        raise (read_failure(exc, [path])
-               or InputError(f"{path}: not a readable raster ({exc})")) from None
-    tops = [float(np.percentile(v, 99)) for vs in values if (v := np.concatenate(vs)).size]
-    return max(tops) if tops else None
+def _by_file(layers: dict[str, _Layer]) -> dict[Path, list[_Layer]]:
+    files: dict[Path, list[_Layer]] = {}
+    for layer in layers.values():
+        files.setdefault(layer.path, []).append(layer)
+    return files
 
 
 def _assemble(label: Path, layers: dict[str, _Layer], spec: SensorSpec, tags: dict[str, str],
@@ -560,6 +532,7 @@ def _assemble(label: Path, layers: dict[str, _Layer], spec: SensorSpec, tags: di
     mask_of: dict[Path, xr.DataArray] = {}
     out: dict[str, xr.DataArray] = {}
     integer_mode = _integer_scaling(layers, spec, tags) if spec.scaling == "auto" else None
+    _check_float_reflectance(layers, spec)
     ref: xr.DataArray | None = None
     for canonical in order_bands(list(layers)):
         layer = layers[canonical]
@@ -595,9 +568,10 @@ def _assemble(label: Path, layers: dict[str, _Layer], spec: SensorSpec, tags: di
     stacked = xr.concat([out[n] for n in names], dim="band", join="override")
     stacked = stacked.assign_coords(band=names).transpose("band", "y", "x")
     stacked = stacked.chunk({"band": -1, "y": chunks, "x": chunks}).astype("float32")
-    if _visible_only(spec) and not any(layer.alpha_index for layer in layers.values()):
-        # RGB without alpha: the black collar (0 in every band) is no data (a mask band, too,
-        # is read above)
+    if not _visible_only(spec) or not any(layer.alpha_index for layer in layers.values()):
+        # the collar, 0 in every band, is no data: ground is never black in every band at
+        # once (RGB without alpha; a float multispectral mosaic with no nodata declared, whose
+        # collar was scored and flagged; a mask band, too, is read above)
         stacked = stacked.where((stacked != 0).any("band"))
     stacked = stacked.rio.write_crs(ref.rio.crs).rio.write_transform(ref.rio.transform())
     stacked.attrs = {

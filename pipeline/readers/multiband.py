@@ -24,7 +24,13 @@ from pipeline.bands import CATEGORICAL_BANDS, canonical_name
 from pipeline.config import DRONE_PIXEL_M
 from pipeline.errors import InputError, SensorNeeded
 from pipeline.grid import pixel_metres
-from pipeline.readers._raster import check_ends, has_mask_band, marked_alpha, mask_band
+from pipeline.readers._raster import (
+    check_ends,
+    check_float_reflectance,
+    has_mask_band,
+    marked_alpha,
+    mask_band,
+)
 from pipeline.sensors import drone_camera_for_names, known_sensors
 
 log = logging.getLogger(__name__)
@@ -200,6 +206,9 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024, *,
         raise InputError(f"{path}: integer bands {unscaled} have no GDAL scale; set it so "
                          "that reflectance = DN * scale + offset (e.g. gdal_edit.py -scale "
                          "0.0001 for Sentinel-2 DN)")
+    reflectance = [k for k, n in zip(keep, names) if n not in CATEGORICAL_BANDS]
+    check_float_reflectance(path, [k + 1 for k in reflectance],
+                            None if alpha is None else alpha + 1)
     with warnings.catch_warnings():  # rioxarray warns when offsets differ across bands
         warnings.simplefilter("ignore", UserWarning)
         raw = rioxarray.open_rasterio(path, chunks={"band": -1, "y": chunks, "x": chunks},
@@ -230,6 +239,12 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024, *,
         data = data.where(opaque)
     if masked:
         data = data.where(mask_band(path, raw))
+    if opaque is None and not masked and not categorical.all():
+        # the collar of a clipped mosaic, 0 in every reflectance band, is no data whatever the
+        # declared nodata (a float drone mosaic's collar was scored and flagged)
+        zero = (raw.sel(band=[n for n, c in zip(names, categorical) if not c]) == 0).all("band")
+        data = data.where(~zero | xr.DataArray(categorical, dims="band",
+                                                coords={"band": names}))
     if not categorical.all():
         fill = (data < _FILL_BELOW) & xr.DataArray(~categorical, dims="band",
                                                     coords={"band": names})
