@@ -31,7 +31,9 @@ import numpy as np
 import rasterio
 import shapely
 import xarray as xr
+from affine import Affine
 from pyproj import CRS, Transformer
+from rasterio import features as rfeatures
 from threadpoolctl import threadpool_limits
 
 from classifiers import artifact as model_artifact
@@ -109,7 +111,7 @@ TILE_GDAL_CACHE_BYTES = 64
 #: (docs/drone.md "How much ground the targets cover")
 CANDIDATE_SHARE_WARN = 0.10
 #: version of the saved tile results: a run saved by another version starts afresh
-TILE_FORMAT = 5
+TILE_FORMAT = 6
 
 
 # ----------------------------------------------------------------------------- shared
@@ -149,7 +151,10 @@ def prepare_scene(images: Sequence[Path], cfg: SurveyConfig, *, dem: Path | None
     scene = open_scene(images, sensor, chunks=chunks, dem=dem, prefer=camera)
     if aoi is not None:               # read in the scene's CRS, so the scene is opened first
         from pipeline.aoi import read_aoi
-        scene = clip_to_aoi(scene, read_aoi(aoi, scene.rio.crs), chunks)
+        # with the margin a tile reads around itself (the masks' and the spatial features'),
+        # nothing blanked: detect keeps its outputs to the AOI (TileContext.aoi)
+        scene = clip_to_aoi(scene, read_aoi(aoi, scene.rio.crs), chunks,
+                            margin=cfg.features.spatial_px + cfg.masks.max_flower_px)
     dem_da = read_dem(dem, Grid.of(scene.isel(time=0, band=0)), chunks) if dem else None
     return scene, dem_da
 
@@ -603,6 +608,11 @@ class TileContext:
     halo: int                        # read beyond the feature window: masks see clouds whole
     patch_threshold: float           # a patch's peak must reach it (the model's threshold)
     drop_small: bool                 # no --exclude: pieces inside a tile below the MMU go
+    # the output grid: tiles are given in its rows and columns, which start ``offset`` (rows,
+    # columns) into ``scene`` (with --aoi, the scene holds a margin of context around them)
+    offset: tuple[int, int] = (0, 0)
+    out_transform: Any = None        # the output grid's transform (None: the scene's)
+    aoi: Any = None                  # --aoi polygon (scene CRS): pixels outside score nothing
 
 
 def _one_openmp_thread() -> None:
@@ -618,17 +628,19 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
     t = {s: 0.0 for s in STAGES}
     t0 = time.perf_counter()
     H, W = ctx.scene.sizes["y"], ctx.scene.sizes["x"]
+    oy, ox = ctx.offset
+    ay, ax = slice(ys.start + oy, ys.stop + oy), slice(xs.start + ox, xs.stop + ox)  # in scene
     # read halo: spatial features need context (sp) and the masks, over that feature window,
     # judge clouds whole (ctx.halo beyond it)
     sp = ctx.plan.halo
     h = ctx.halo + sp  # the masks judge the whole feature window, so their halo lies outside it
-    hy0, hy1 = max(0, ys.start - h), min(H, ys.stop + h)
-    hx0, hx1 = max(0, xs.start - h), min(W, xs.stop + h)
+    hy0, hy1 = max(0, ay.start - h), min(H, ay.stop + h)
+    hx0, hx1 = max(0, ax.start - h), min(W, ax.stop + h)
     # the feature window: the tile plus the spatial halo
-    fys = slice(max(0, ys.start - sp), min(H, ys.stop + sp))
-    fxs = slice(max(0, xs.start - sp), min(W, xs.stop + sp))
-    inner = (slice(ys.start - fys.start, ys.stop - fys.start),
-             slice(xs.start - fxs.start, xs.stop - fxs.start))
+    fys = slice(max(0, ay.start - sp), min(H, ay.stop + sp))
+    fxs = slice(max(0, ax.start - sp), min(W, ax.stop + sp))
+    inner = (slice(ay.start - fys.start, ay.stop - fys.start),
+             slice(ax.start - fxs.start, ax.stop - fxs.start))
     # a damaged file fails here, in the worker: an InputError naming it (rasterio's own error
     # does not survive the trip back from a process)
     # in a worker process (--scheduler processes, local:N) detect's own setting is not there
@@ -666,19 +678,24 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
     t2 = time.perf_counter()
     t["mask"] = t2 - t1
     cand, evidence, prob = _features_and_predict(masked, ctx, t, inner, shift)
-    rgb = _quicklook(masked, ctx.plan, inner, ys, xs, ctx.stride)
+    transform = ctx.scene.rio.transform() if ctx.out_transform is None else ctx.out_transform
+    inside = np.ones(prob.shape, bool) if ctx.aoi is None else rfeatures.geometry_mask(
+        [ctx.aoi], out_shape=prob.shape, invert=True,
+        transform=transform * Affine.translation(xs.start, ys.start))
+    rgb = _quicklook(masked, ctx.plan, inner, ys, xs, ctx.stride, inside)
     del masked
     t4 = time.perf_counter()
     fl = ctx.plan.phases.index("flowering") if "flowering" in ctx.plan.phases else None
     ev = evidence[fl] if fl is not None else np.zeros(prob.shape, "float32")
-    valid = np.isfinite(prob) | has_data[inner]
-    ev = np.where(valid | (ev > 0), ev, np.nan)  # outside the data: not a blind area
+    prob = np.where(inside, prob, np.nan).astype("float32")   # outside the AOI: not surveyed
+    valid = np.isfinite(prob) | (has_data[inner] & inside)
+    # outside the data (or the AOI): not a blind area
+    ev = np.where(valid | ((ev > 0) & inside), ev, np.nan)
     # no clear flowering observation: a blind area. Its pixels keep a probability only from a
     # model trained without the flowering phase (the main model's would rest on missing
     # flowering features); they stay in the blind areas either way
     if not any("flowering" in r.missing for r in ctx.reduced):
         prob = np.where(ev > 0, prob, np.nan).astype("float32")
-    transform = ctx.scene.rio.transform()
     pieces, blind = chunk_pieces(prob, ev, None if dem is None else dem.values,
                                  None if slope is None else slope.values, cand,
                                  ys.start, xs.start, transform, ctx.threshold)
@@ -817,9 +834,10 @@ def quicklook_bands(bands: Sequence[str]) -> list[str]:
 
 
 def _quicklook(masked: xr.DataArray, plan: FeaturePlan, inner: tuple[slice, slice],
-               ys: slice, xs: slice, stride: int) -> np.ndarray:
-    """Every ``stride``-th pixel of the tile (on the scene-wide thumbnail grid): the
-    flowering composite (median over the phase's dates) of the quick-look bands."""
+               ys: slice, xs: slice, stride: int, inside: np.ndarray) -> np.ndarray:
+    """Every ``stride``-th pixel of the tile (on the output's thumbnail grid; ``ys``, ``xs``
+    in its rows and columns): the flowering composite (median over the phase's dates) of the
+    quick-look bands; NaN outside the AOI (``inside``: the tile's pixels inside it)."""
     iy, ix = inner
     dates = plan.phase_idx[plan.phases.index("flowering")] if "flowering" in plan.phases \
         else ()
@@ -828,7 +846,9 @@ def _quicklook(masked: xr.DataArray, plan: FeaturePlan, inner: tuple[slice, slic
                       x=slice(ix.start + (-xs.start) % stride, ix.stop, stride))
     arr = np.asarray(sub.sel(band=quicklook_bands(masked["band"].values.tolist())).values,
                      dtype="float32")
-    return arr[0] if len(arr) == 1 else nanmedian0(arr)
+    rgb = arr[0] if len(arr) == 1 else nanmedian0(arr)
+    keep = inside[(-ys.start) % stride::stride, (-xs.start) % stride::stride]
+    return np.where(keep, rgb, np.nan)
 
 
 #: out-of-fold polygon recall under which train warns that the model is not to be relied on
@@ -976,7 +996,16 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     out = Path(out)
 
     # ---- run tiles (resumable)
-    H, W = scene.sizes["y"], scene.sizes["x"]
+    # the output grid: the scene's, or with --aoi the window of the AOI's bounding box (the
+    # scene around it is context for the tiles' masks and neighbourhood features)
+    r0, r1, c0, c1 = json.loads(scene.attrs.get("aoi_window", "null")) or \
+        (0, scene.sizes["y"], 0, scene.sizes["x"])
+    H, W = r1 - r0, c1 - c0
+    out_tf = scene.rio.transform() * Affine.translation(c0, r0)
+    aoi_geom = None
+    if aoi is not None:
+        from pipeline.aoi import read_aoi
+        aoi_geom = read_aoi(aoi, scene.rio.crs)
     cs = cfg.run.chunk_size
     stride = max(1, int(np.ceil(max(H, W) / 1024)))
     state = out / STATE_DIR
@@ -1007,7 +1036,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     halo = cfg.masks.max_flower_px if "scl" in scene["band"].values else 0
     ctx = TileContext(scene, slope, aspect, dem_da, calendar, terrain, cfg, plan, art.estimator,
                       art.meta["calibration"], art.reduced, pixel_threshold(art.threshold, cfg),
-                      stride, halo, art.threshold, exclusion is None)
+                      stride, halo, art.threshold, exclusion is None, (r0, c0), out_tf, aoi_geom)
     # Each tile is read once (only its halo is shared), so GDAL's block cache (default 5 % of
     # RAM) only grows: at 2048 px it added ~80 MB per two tiles (TILE_GDAL_CACHE_BYTES).
     with open_runner(cfg.run.scheduler, memory_per_worker=cfg.run.memory_per_worker) as runner, \
@@ -1083,7 +1112,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     stage = state / "staging"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
-    transform = scene.rio.transform()
+    transform = out_tf
     crs = scene.rio.crs
     tick = progress("write", 6) if progress else (lambda n: None)
     write_tiles_raster(stage / "probability.tif", tdir, tiles, "prob", H, W, crs, transform,
