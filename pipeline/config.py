@@ -236,6 +236,10 @@ class OutputConfig(_Frozen):
     gcj02: bool = False
 
 
+#: the least memory a local:N worker can run tiles in (bytes)
+MIN_WORKER_MEMORY = 256 * 2**20
+
+
 class RunConfig(_Frozen):
     chunk_size: int = Field(512, ge=16, le=8192)
     #: memory limit of each ``local:N`` worker, as dask.distributed reads it: a size ("3GB",
@@ -267,6 +271,11 @@ class RunConfig(_Frozen):
         if not size >= 0:   # also NaN
             raise ValueError(f"'{v}' is not a memory size; write e.g. 3GB, 512MiB, auto, a "
                              "share of the machine's memory such as 0.5, or 0 for no limit")
+        if 1 < size < MIN_WORKER_MEMORY:
+            # dask reads a bare 4 as 4 bytes: its workers then restart for ever (no tile
+            # finishes, nothing is said); below ~256 MB not even the interpreter fits
+            raise ValueError(f"'{v}' is {size:.0f} bytes, too little for a worker (at least "
+                             "256MB; a bare number is bytes): write e.g. 3GB")
         return v
 
     @field_validator("scheduler")

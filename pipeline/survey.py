@@ -1014,8 +1014,14 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     # rerun after one was edited in place starts afresh instead of resuming
     digests = _digest_inputs(images, dem, (aoi, exclude))
     roles = {k: str(Path(v).resolve()) if v else None for k, v in (("dem", dem), ("aoi", aoi))}
+    # the calendar and a sensor file count by content: the config names them by path, and a
+    # calendar edited in place resumed every tile computed with the old phases
+    sensor_file = (file_digest(Path(cfg.sensor)) if Path(cfg.sensor).suffix.lower()
+                   in (".yaml", ".yml") else None)
     fp = _fingerprint(digests, model_dir, cfg, {**roles, "H": H, "W": W,
-                                                "tile_format": TILE_FORMAT})
+                                                "tile_format": TILE_FORMAT,
+                                                "calendar": calendar.model_dump(mode="json"),
+                                                "sensor_file": sensor_file})
     run_file = state / "run.json"
     if run_file.is_file() and json.loads(run_file.read_text()).get("fingerprint") != fp:
         log.info("%s holds a run with other inputs or settings: starting afresh", state)

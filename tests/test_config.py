@@ -311,6 +311,9 @@ def test_every_band_index_and_spatial_variable_form_loads() -> None:
     # 'lots' loaded and failed in dask.distributed with a traceback
     ("memory_per_worker", "lots", "'lots' is not a memory size; write e.g. 3GB"),
     ("memory_per_worker", "-2GB", "'-2GB' is not a memory size"),
+    # dask reads 4 as 4 bytes: the workers restarted for ever and detect never ended
+    ("memory_per_worker", "4", "'4' is 4 bytes, too little for a worker (at least 256MB"),
+    ("memory_per_worker", "50MB", "'50MB' is 50000000 bytes, too little"),
     ("scheduler", "thread", "'thread' is not one of threads, processes"),
     ("scheduler", "local:0", "local:N needs N >= 1"),
 ])

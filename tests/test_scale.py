@@ -437,6 +437,16 @@ def test_a_rerun_resumes_whatever_the_paths_or_the_memory_setting(setup, tmp_pat
     assert detect(str(dem), conf_b)["tiles_resumed"] == 9      # absolute path, 5GB, elsewhere
     shutil.copy(conf_a, tmp_path / "conf.yaml")
     assert detect("./dem.tif", tmp_path / "conf.yaml")["tiles_resumed"] == 9
+    # the calendar counts by content: edited in place, nothing of the old phases is resumed
+    cal = tmp_path / "cal.yaml"
+    cal.write_text((ROOT / "configs" / "calendars" / "east-china.yaml").read_text())
+    conf_c = tmp_path / "c.yaml"
+    conf_c.write_text(conf_a.read_text().replace("calendar: east-china", f"calendar: {cal}"))
+    detect("dem.tif", conf_c)
+    assert detect("dem.tif", conf_c)["tiles_resumed"] == 9
+    cal.write_text(cal.read_text().replace('flowering: {start: "04-01"',
+                                           'flowering: {start: "04-05"'))
+    assert detect("dem.tif", conf_c)["tiles_resumed"] == 0
 
 
 def test_images_given_by_relative_paths_are_read_from_anywhere(setup, tmp_path, monkeypatch):
