@@ -106,6 +106,11 @@ def check_fit(art: Artifact, feature_names: Sequence[str], sensor: str,
             named = ", ".join(f"'{b}'" + (f" ({s2[b]})" if b in s2 else "") for b in absent)
             raise ModelError(f"no image has band {named}, which the model uses; give images "
                              "with every band the model was trained on")
+    if want != have and sorted(want) == sorted(have):
+        raise ModelError("the config computes the model's features in another order (its "
+                         "features lists, e.g. features.spatial_vars, are ordered otherwise "
+                         "than the training config's); run without --config to use the "
+                         "model's own, or list them in its order")
     if want != have:
         missing = [f for f in want if f not in have][:3]
         raise ModelError(f"the model's features do not fit the inputs (missing e.g. {missing},"

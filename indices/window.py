@@ -403,7 +403,8 @@ def phase_window(calendar: Calendar, phase: str,
     lo, hi = shifts
 
     def md(mmdd: str, d: int) -> str:
-        return (dt.date.fromisoformat(f"2001-{mmdd}") + dt.timedelta(days=d)).strftime("%m-%d")
+        # a leap year: a phase may start or end on 02-29
+        return (dt.date.fromisoformat(f"2000-{mmdd}") + dt.timedelta(days=d)).strftime("%m-%d")
     return f"{md(ph.start, lo)} to {md(ph.end, hi)} (elevation: {shift_words(lo, hi)})"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -114,6 +115,8 @@ class FeatureConfig(_Frozen):
         bad = [r for r in v if r < 1 or r > 64]
         if bad:
             raise ValueError(f"radii must be 1-64 pixels, not {bad}")
+        if len(set(v)) < len(v):   # each radius computed twice: duplicate feature columns
+            raise ValueError(f"{list(v)} lists a radius twice; list each once")
         return v
 
     @property
@@ -322,7 +325,10 @@ class Phase(_Frozen):
     @field_validator("start", "end")
     @classmethod
     def _month_day(cls, v: str) -> str:
+        # MM-DD only: Python reads '2000-W14-1' as an ISO week date
         try:
+            if not re.fullmatch(r"\d\d-\d\d", v):
+                raise ValueError(v)
             dt.date.fromisoformat(f"2000-{v}")
         except ValueError as exc:
             raise ValueError(f"'{v}' is not a MM-DD date") from exc
@@ -343,7 +349,9 @@ class Calendar(_Frozen):
     description: str = ""
     reference: str = ""
     phases: dict[Literal["pre", "flowering", "post"], Phase]
-    elevation_shift_days_per_100m: float = 0.0
+    #: days the phases move later per 100 m above the reference (a few days at most: 16922
+    #: days is not a season)
+    elevation_shift_days_per_100m: float = Field(0.0, ge=-30, le=30)
     reference_elevation_m: float = 0.0
 
     @field_validator("phases")
@@ -398,7 +406,10 @@ def _format_error(where: Path | str, exc: ValidationError,
         msg = msg.removeprefix("Value error, ")
         if isinstance(given, (dict, list, tuple)) or str(given) in msg:
             return f"{where}: key '{key}': {msg}"
-    return f"{where}: key '{key}': {msg} (got {given!r})"
+    shown = repr(given)
+    if len(shown) > 80:   # a whole file given where a value belongs
+        shown = shown[:77] + "..."
+    return f"{where}: key '{key}': {msg} (got {shown})"
 
 
 def load_yaml(path: Path, what: str = "config file", error: type[Exception] = ConfigError
@@ -419,9 +430,42 @@ def load_yaml(path: Path, what: str = "config file", error: type[Exception] = Co
                         "UTF-8") from None
         log.info("%s: read as GBK (not UTF-8)", path)
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except _DuplicateKey as exc:
+        raise error(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise error(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise error(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
+
+
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last:
+    a second `patches:` section silently replaced the first one's settings)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(
+                    f"key '{key}' is given twice (lines {seen[key] + 1} and "
+                    f"{key_node.start_mark.line + 1}); give it once (the second would replace "
+                    "the first)")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What the parser found and where: 'line 40, column 1: found character '\\t' that cannot
+    start any token' (a tab), not only 'while scanning for the next token'."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    hint = "; indent with spaces, not tabs" if "\\t" in problem else ""
+    return f"{where}{problem}{hint}"
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -434,18 +478,64 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def load_config(path: Path | None = None) -> SurveyConfig:
-    """Load and validate a survey config (default: configs/survey-sentinel2.yaml)."""
+    """Load and validate a survey config (default: configs/survey-sentinel2.yaml).
+
+    A config of one's own need only hold what it changes: the settings it leaves out come
+    from the shipped config for its ``sensor`` (survey-sentinel2.yaml, survey-drone.yaml or
+    survey-drone-rgb.yaml), section by section, not from the code's bare defaults (a file of
+    only ``calendar: east-china`` had no spatial features and half the minimum mapping unit).
+    A calendar or sensor file named by a relative path is found beside the config, as a
+    manifest's paths are (it was looked up in the current folder)."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
     data = _read_yaml(path)
     if "source" in data:   # set by the loader, not a key of the file
         raise ConfigError(f"{path}: unknown key 'source'; allowed: "
                           f"{', '.join(_allowed_keys(SurveyConfig, ('source',)))}")
+    for key in ("calendar", "sensor"):
+        v = data.get(key)
+        if isinstance(v, str) and Path(v).suffix and not Path(v).is_absolute():
+            data[key] = str((path.parent / v).resolve())
+    base = _shipped_base(data, path)
+    if base is not None and base.resolve() != path.resolve():
+        data = _layered(_read_yaml(base), data)
+        log.info("%s: settings it does not give come from %s", path,
+                 base.relative_to(REPO_ROOT))
     try:
         cfg = SurveyConfig.model_validate({**data, "source": str(path)})
     except ValidationError as exc:
         raise ConfigError(_format_error(path, exc, SurveyConfig)) from None
     check_names(cfg, path)
     return cfg
+
+
+def _shipped_base(data: dict[str, Any], where: Path) -> Path | None:
+    """The shipped config a user's config is layered on: the one for its sensor (a drone
+    camera: survey-drone.yaml, an RGB camera: survey-drone-rgb.yaml; Sentinel-2 or none
+    given: survey-sentinel2.yaml). None for a sensor the loader cannot tell (checked later)."""
+    sensor = data.get("sensor", "sentinel2")
+    if not isinstance(sensor, str):
+        return None
+    from pipeline.sensors import known_sensors, load_sensor
+    if not Path(sensor).suffix and sensor not in known_sensors():
+        return None
+    if Path(sensor).suffix and not Path(sensor).is_file():
+        return None
+    try:
+        spec = load_sensor(sensor)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: key 'sensor': {exc}") from None
+    if spec.kind != "drone":
+        return DEFAULT_CONFIG
+    return DRONE_CONFIG if "nir" in spec.canonical.values() else DRONE_RGB_CONFIG
+
+
+def _layered(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """``own`` over ``base``: sections merged key by key, every other value ``own``'s."""
+    out = dict(base)
+    for k, v in own.items():
+        out[k] = _layered(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) \
+            else v
+    return out
 
 
 def default_config_for(pixel_m: float, bands: Sequence[str]) -> Path:

@@ -19,6 +19,8 @@ from pipeline.config import (
 )
 from pipeline.errors import ConfigError
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def _cfg(tmp_path: Path, text: str) -> Path:
     p = tmp_path / "survey.yaml"
@@ -45,9 +47,54 @@ def test_shipped_config_and_calendars_load() -> None:
         assert "flowering" in cal.phases
 
 
-def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
+def test_empty_file_gives_the_shipped_defaults(tmp_path: Path) -> None:
     cfg = load_config(_cfg(tmp_path, "# nothing\n"))
-    assert cfg.model_dump(exclude={"source"}) == SurveyConfig().model_dump(exclude={"source"})
+    assert cfg.model_dump(exclude={"source"}) == load_config().model_dump(exclude={"source"})
+
+
+def test_a_partial_config_is_layered_on_the_shipped_one_for_its_sensor(tmp_path) -> None:
+    """A config of only what it changes took the rest from the code's bare defaults (no
+    spatial features, half the minimum mapping unit, no merging), not from the shipped config
+    the docs name; section by section, the shipped config for its sensor fills it."""
+    s2 = load_config()
+    cfg = load_config(_cfg(tmp_path, "calendar: east-china\npatches:\n  "
+                                     "min_mapping_unit_m2: 300\n"))
+    assert cfg.patches.min_mapping_unit_m2 == 300
+    assert cfg.patches.merge_distance_m == s2.patches.merge_distance_m == 10
+    assert cfg.features == s2.features and cfg.model == s2.model
+    drone = load_config(ROOT / "configs" / "survey-drone.yaml")
+    cfg = load_config(_cfg(tmp_path, "sensor: mavic3m\n"))
+    assert cfg.sensor == "mavic3m" and cfg.features == drone.features
+    rgb = load_config(_cfg(tmp_path, "sensor: rgb\n"))
+    assert rgb.features == load_config(ROOT / "configs" / "survey-drone-rgb.yaml").features
+
+
+def test_a_relative_calendar_path_is_found_beside_the_config(tmp_path, monkeypatch) -> None:
+    """It was looked up in the current folder: not found from elsewhere, or an unrelated
+    file of that name used."""
+    (tmp_path / "conf").mkdir()
+    cal = (ROOT / "configs" / "calendars" / "east-china.yaml").read_text()
+    (tmp_path / "conf" / "mycal.yaml").write_text(cal.replace("name: east-china",
+                                                              "name: mine"))
+    (tmp_path / "mycal.yaml").write_text("not: a calendar\n")
+    conf = tmp_path / "conf" / "survey.yaml"
+    conf.write_text("calendar: mycal.yaml\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(conf)
+    assert Path(cfg.calendar) == tmp_path / "conf" / "mycal.yaml"
+    assert load_calendar(cfg.calendar).name == "mine"
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("patches:\n  min_mapping_unit_m2: 200\nrun:\n  chunk_size: 64\npatches:\n  "
+     "merge_distance_m: 5\n", "key 'patches' is given twice (lines 1 and 5)"),
+    ("run:\n\tchunk_size: 64\n", "line 2, column 1: found character"),
+])
+def test_yaml_mistakes_say_what_and_where(tmp_path, text, needle) -> None:
+    """A key given twice was accepted (the last one won); a tab said only 'while scanning
+    for the next token'."""
+    msg = _error(tmp_path, text)
+    assert needle in msg and "\n" not in msg
 
 
 @pytest.mark.parametrize("text,key,allowed", [
@@ -359,3 +406,32 @@ def test_a_sensor_file_must_exist_and_be_a_sensor_file(tmp_path: Path) -> None:
     from pipeline.sensors import SENSORS_DIR
     assert load_config(_cfg(tmp_path, f"sensor: {SENSORS_DIR / 'p4m.yaml'}\n")).sensor.endswith(
         "p4m.yaml")
+
+
+@pytest.mark.parametrize("start,needle", [("W14-1", "'W14-1' is not a MM-DD date"),
+                                          ("4-1", "'4-1' is not a MM-DD date")])
+def test_a_phase_date_is_month_day_only(tmp_path, start, needle) -> None:
+    """'W14-1' passed (Python reads 2000-W14-1 as an ISO week date) and crashed later."""
+    f = tmp_path / "cal.yaml"
+    f.write_text(f'name: x\nphases:\n  flowering: {{start: "{start}", end: "05-31"}}\n')
+    with pytest.raises(ConfigError, match=needle):
+        load_calendar(f)
+
+
+def test_impossible_calendar_shift_and_repeated_radii_are_refused(tmp_path) -> None:
+    f = tmp_path / "cal.yaml"
+    f.write_text('name: x\nphases:\n  flowering: {start: "04-01", end: "05-31"}\n'
+                 'elevation_shift_days_per_100m: 100000\n')
+    with pytest.raises(ConfigError, match="elevation_shift_days_per_100m"):
+        load_calendar(f)
+    assert "lists a radius twice" in _error(tmp_path, "features:\n  spatial_radii_px: [1, 1, 4]\n")
+
+
+def test_a_leap_day_phase_with_an_elevation_shift_is_shown(tmp_path) -> None:
+    """'02-29' was validated, then crashed the phase's display (a year without 29 February)."""
+    from indices.window import phase_window
+    f = tmp_path / "cal.yaml"
+    f.write_text('name: x\nphases:\n  flowering: {start: "02-29", end: "05-31"}\n'
+                 'elevation_shift_days_per_100m: 3\n')
+    assert phase_window(load_calendar(f), "flowering", (2, 5)) == \
+        "03-02 to 06-05 (elevation: 2 to 5 days later)"

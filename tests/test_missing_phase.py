@@ -189,6 +189,10 @@ def test_a_model_is_refused_under_another_terrain_correction():
     check_fit(art, NAMES, "sentinel2", terrain_correction="none")
     with pytest.raises(ModelError, match="terrain_correction 'none', the config uses 'scs"):
         check_fit(art, NAMES, "sentinel2", terrain_correction="scs+c")
+    # the same features in another order (spatial_vars reordered): said so, not "missing e.g.
+    # [], 6 expected, 6 computed"
+    with pytest.raises(ModelError, match="in another order"):
+        check_fit(art, NAMES[::-1], "sentinel2", terrain_correction="none")
 
 
 def test_training_images_without_a_phase_train_a_model_that_detects(tmp_path):
