@@ -116,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model folder to write (a model there is replaced)")
     s.add_argument("--config", type=_path, help="survey config YAML (default by pixel size "
                    "and bands: below 2 m configs/survey-drone.yaml, or without a nir band "
-                   "configs/survey-drone-rgb.yaml; else configs/survey-sentinel2.yaml)")
+                   "configs/survey-drone-rgb.yaml; else configs/survey-sentinel2.yaml); a "
+                   "config of your own need hold only what it changes: the rest comes from "
+                   "the shipped config for its sensor")
     s.add_argument("--dem", type=_path, help="DEM GeoTIFF (metres)")
 
     s = sub.add_parser("detect", help="find candidate poppy patches and write target lists")
