@@ -76,6 +76,7 @@ from outputs.report import environment, file_digest, write_json_atomic
 from pipeline.config import (
     PHASES,
     Calendar,
+    ModelConfig,
     SurveyConfig,
     config_from_dict,
     default_config_for,
@@ -890,6 +891,32 @@ def _check_out_apart(out: Path, images: Sequence[Path]) -> None:
                              "outputs would be read back as images when the run is repeated)")
 
 
+def _settings_in_effect(cfg: SurveyConfig, trained: dict | None) -> SurveyConfig:
+    """detect's config with the model's own ``model`` section: the estimator, its threshold
+    and calibration were fixed by training, so a --config's model settings do nothing here
+    (report.json recorded them as if they did). Said when they differ, and when the masks
+    differ from training (the features then see other pixels than the model learnt from)."""
+    if not isinstance(trained, dict) or not isinstance(trained.get("model"), dict):
+        return cfg
+    try:
+        model = ModelConfig.model_validate(trained["model"])
+    except ValueError:   # a model of an older version: its artifact was checked on loading
+        return cfg
+    if model != cfg.model:
+        changed = sorted(k for k, v in cfg.model.model_dump().items()
+                         if v != model.model_dump().get(k))
+        log.warning("the config's model settings (%s) are not used by detect: the model was "
+                    "trained with its own, which the report records; retrain to change them",
+                    ", ".join(changed))
+    masks_then = trained.get("masks")
+    if isinstance(masks_then, dict) and masks_then != cfg.masks.model_dump(mode="json"):
+        changed = sorted(k for k, v in cfg.masks.model_dump(mode="json").items()
+                         if v != masks_then.get(k))
+        log.warning("masks.%s differ from the model's training config: the features see "
+                    "other pixels than the model learnt from", ", masks.".join(changed))
+    return cfg.model_copy(update={"model": model})
+
+
 def _fingerprint(digests: dict[str, str], model_dir: Path, cfg: SurveyConfig,
                  extra: dict) -> str:
     h = hashlib.sha256()
@@ -974,8 +1001,12 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
                                   chunks=max(64, cfg.run.chunk_size // 2),
                                   camera=art.meta["sensor"])
     if cfg.terrain_correction != "none" and dem_da is None:
+        trained = art.meta.get("config", {}).get("terrain_correction")
         raise InputError(f"terrain_correction is '{cfg.terrain_correction}' but no --dem was "
-                         "given; give a DEM or set terrain_correction: none")
+                         "given; " + ("give a DEM (the model was trained with it)"
+                                      if trained == cfg.terrain_correction else
+                                      "give a DEM or set terrain_correction: none"))
+    cfg = _settings_in_effect(cfg, art.meta.get("config"))
     shift = calendar_shift(calendar, dem_da)
     shifts = shift_range(shift)
     dates = [str(t)[:10] for t in scene["time"].values]

@@ -266,3 +266,24 @@ def test_an_aoi_does_not_change_the_scores_inside_it(trained, tmp_path, monkeypa
     assert np.ptp(window[inside]) > 0.1                          # the probe does vary
     np.testing.assert_allclose(part[inside], window[inside], atol=1e-6)
     assert np.isnan(part[-2:, -2:]).all()                        # beyond the hypotenuse
+
+
+def test_detect_records_the_models_own_settings_and_says_what_it_ignores(trained, tmp_path,
+                                                                          caplog):
+    """A detect config's model section (kind, target recall) does nothing: the estimator and
+    its threshold come from training. report.json recorded them as if used, silently; now it
+    records the model's, and the log says which given settings were not used, and which
+    masks differ from training."""
+    d, _ = trained
+    scene = make_tiny_scene(tmp_path / "survey", seed=4)
+    cfg = with_overrides(load_config(), **{"model.kind": "rf", "model.target_recall": 0.5,
+                                           "masks.rescue_flowers": False})
+    with caplog.at_level(logging.WARNING):
+        survey.detect(scene.images, d / "model", tmp_path / "out", cfg)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["config"]["model"]["kind"] == "hgb"
+    assert report["config"]["model"]["target_recall"] == 0.95
+    assert report["config"]["masks"]["rescue_flowers"] is False        # used: recorded
+    text = caplog.text
+    assert "model settings (kind, target_recall) are not used by detect" in text
+    assert "masks.rescue_flowers differ from the model's training config" in text
