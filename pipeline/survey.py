@@ -150,6 +150,7 @@ def prepare_scene(images: Sequence[Path], cfg: SurveyConfig, *, dem: Path | None
     sensor = (load_sensor(cfg.sensor) if Path(cfg.sensor).suffix.lower() in (".yaml", ".yml")
               else None)
     scene = open_scene(images, sensor, chunks=chunks, dem=dem, prefer=camera)
+    _warn_other_family(cfg, scene.attrs["sensor"])
     if aoi is not None:               # read in the scene's CRS, so the scene is opened first
         from pipeline.aoi import read_aoi
         # with the margin a tile reads around itself (the masks' and the spatial features'),
@@ -158,6 +159,21 @@ def prepare_scene(images: Sequence[Path], cfg: SurveyConfig, *, dem: Path | None
                             margin=cfg.features.spatial_px + cfg.masks.max_flower_px)
     dem_da = read_dem(dem, Grid.of(scene.isel(time=0, band=0)), chunks) if dem else None
     return scene, dem_da
+
+
+def _warn_other_family(cfg: SurveyConfig, sensor: str) -> None:
+    """A config tuned for satellite pixels on drone images, or the other way round: its
+    lengths (edge erosion, minimum mapping unit, merge distance) and features are for the
+    other's pixels (a P4M flight trained with the Sentinel-2 config: a 200 m^2 unit)."""
+    if Path(cfg.sensor).suffix:   # a sensor file reads every image: it is the images' sensor
+        return
+    satellite = {"sentinel2"}
+    if (cfg.sensor in satellite) != (sensor in satellite):
+        fit = "configs/survey-sentinel2.yaml" if sensor in satellite else \
+            "configs/survey-drone.yaml (RGB cameras: survey-drone-rgb.yaml)"
+        log.warning("the config (%s) is set for %s images but these are %s: its lengths and "
+                    "features are for other pixels; use %s or a config based on it",
+                    cfg.source or "sensor " + cfg.sensor, cfg.sensor, sensor, fit)
 
 
 def masks(scene: xr.DataArray, cfg: SurveyConfig,

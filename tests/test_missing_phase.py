@@ -287,3 +287,17 @@ def test_detect_records_the_models_own_settings_and_says_what_it_ignores(trained
     text = caplog.text
     assert "model settings (kind, target_recall) are not used by detect" in text
     assert "masks.rescue_flowers differ from the model's training config" in text
+
+
+def test_a_config_for_the_other_kind_of_images_is_warned(tmp_path, caplog):
+    """A P4M flight trained with the Sentinel-2 config ran silently with a 200 m^2 unit."""
+    scene = make_tiny_scene(tmp_path / "s", seed=1)
+    drone_cfg = load_config(ROOT / "configs" / "survey-drone.yaml")
+    with caplog.at_level(logging.WARNING):
+        survey.prepare_scene(scene.images, drone_cfg, dem=None)
+    assert "is set for p4m images but these are sentinel2" in caplog.text
+    assert "use configs/survey-sentinel2.yaml" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        survey.prepare_scene(scene.images, load_config(), dem=None)
+    assert "is set for" not in caplog.text
