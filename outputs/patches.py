@@ -40,6 +40,17 @@ class Piece:
     n_slope: int = 0         # slope is NaN next to a DEM void or edge, where elevation is not
     feat_sum: np.ndarray | None = None
     n_feat: np.ndarray | None = None
+    seen: int = -1           # bit t: some pixel clear on the scene's date t (-1: not known)
+
+
+def either_seen(values) -> int:
+    """The dates any of ``values`` (``seen`` bit sets) was clear on; -1 when one is unknown."""
+    out = 0
+    for v in values:
+        if v < 0:
+            return -1
+        out |= v
+    return out
 
 
 @dataclass
@@ -67,6 +78,7 @@ class Patch:
     feat_mean: np.ndarray | None = field(default=None)
     n_elev: int = 0          # pixels behind elevation_m and slope_deg, to weight a merge
     n_slope: int = 0
+    seen: int = -1           # as Piece.seen
 
 
 def _polygons(mask: np.ndarray, y0: int, x0: int,
@@ -100,7 +112,11 @@ def _polygons(mask: np.ndarray, y0: int, x0: int,
 
 def chunk_pieces(prob: np.ndarray, evidence: np.ndarray, dem: np.ndarray | None,
                  slope: np.ndarray | None, feats: CandidateFeatures | None, y0: int, x0: int,
-                 transform, threshold: float) -> tuple[list[Piece], list[BaseGeometry]]:
+                 transform, threshold: float, clear: np.ndarray | None = None
+                 ) -> tuple[list[Piece], list[BaseGeometry]]:
+    """The pieces of the chunk's pixels at or above ``threshold`` and its blind areas.
+    ``clear`` (date, y, x): where each date is clear, so that a piece records the dates it
+    was seen on (a target of one of two adjacent flights listed both flights' dates)."""
     blind_mask = np.isfinite(evidence) & (evidence <= 0)
     with np.errstate(invalid="ignore"):
         # a blind pixel (no clear flowering observation) has a probability only where a model
@@ -130,6 +146,9 @@ def chunk_pieces(prob: np.ndarray, evidence: np.ndarray, dem: np.ndarray | None,
             f = feats.of(bb, sel)
             piece.feat_sum = np.nansum(f, axis=1, dtype=np.float64)
             piece.n_feat = np.isfinite(f).sum(axis=1).astype(np.int32)
+        if clear is not None:
+            on = clear[(slice(None), *bb)][:, sel].any(axis=1)
+            piece.seen = sum(1 << int(t) for t in np.flatnonzero(on))
         pieces.append(piece)
     blind, _ = _polygons(blind_mask, y0, x0, transform)
     return pieces, blind
@@ -203,6 +222,7 @@ def _patch(geometry: BaseGeometry, members: list[Piece]) -> Patch:
         feat_mean=feat_mean,
         n_elev=n_elev,
         n_slope=n_slope,
+        seen=either_seen(m.seen for m in members),
     )
 
 
@@ -256,6 +276,7 @@ def _merged(members: list[Patch]) -> Patch:
         feat_mean=feat_mean,
         n_elev=n_elev,
         n_slope=n_slope,
+        seen=either_seen(m.seen for m in members),
     )
 
 

@@ -103,12 +103,15 @@ def _latitude(patches: list[Patch], crs: CRS) -> float:
 
 
 def build_targets(patches: list[Patch], crs: str, *, patch_cfg: PatchConfig,
-                  rank_cfg: RankingConfig, dates: Sequence[str], sensor: str,
+                  rank_cfg: RankingConfig, dates: Sequence[str | None], sensor: str,
                   feature_names: Sequence[str] = (), bg_mean: Sequence[float] = (),
                   bg_std: Sequence[float] = (), blind_areas=()) -> tuple[TargetList, int]:
     """Rank patches above the minimum mapping unit (the summed area of the patches at most
     ``group_distance_m`` apart), those closer than the merge distance joined into one target;
-    returns the list and the count of patches dropped below the unit."""
+    returns the list and the count of patches dropped below the unit.
+
+    ``dates``: per date of the scene (its index is a patch's ``seen`` bit), the ISO date, or
+    None for one the features did not use; a target lists the used dates it was clear on."""
     scrs = CRS.from_user_input(crs)
     to_wgs = Transformer.from_crs(scrs, "EPSG:4326", always_xy=True)
     area = {id(p): area_m2(p.geometry, scrs, to_wgs) for p in patches}
@@ -145,7 +148,8 @@ def build_targets(patches: list[Patch], crs: str, *, patch_cfg: PatchConfig,
         targets.append(Target(
             target_id=tid, rank=rank, geometry=p.geometry, score=round(p.score, 4),
             score_max=round(p.score_max, 4), area_m2=round(a, 3), lon=round(lon, 7),
-            lat=round(lat, 7), flowering_obs=p.flowering_obs, dates=tuple(dates),
+            lat=round(lat, 7), flowering_obs=p.flowering_obs,
+            dates=tuple(d for t, d in enumerate(dates) if d and (p.seen < 0 or p.seen >> t & 1)),
             sensor=sensor, reason=reason(p.feat_mean, feature_names, bg_mean, bg_std),
             elevation_m=None if p.elevation_m is None else round(p.elevation_m, 1),
             slope_deg=None if p.slope_deg is None else round(p.slope_deg, 1)))

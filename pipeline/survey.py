@@ -112,7 +112,7 @@ TILE_GDAL_CACHE_BYTES = 64
 #: (docs/drone.md "How much ground the targets cover")
 CANDIDATE_SHARE_WARN = 0.10
 #: version of the saved tile results: a run saved by another version starts afresh
-TILE_FORMAT = 6
+TILE_FORMAT = 7
 
 
 # ----------------------------------------------------------------------------- shared
@@ -700,7 +700,13 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
         [ctx.aoi], out_shape=prob.shape, invert=True,
         transform=transform * Affine.translation(xs.start, ys.start))
     rgb = _quicklook(masked, ctx.plan, inner, ys, xs, ctx.stride, inside)
-    del masked
+    # the dates each pixel is clear on (a target lists those it was seen on)
+    vals = masked.values
+    clear = np.zeros((vals.shape[0], *prob.shape), bool)
+    for i, b in enumerate(masked["band"].values.tolist()):
+        if b != "scl":
+            clear |= np.isfinite(vals[:, i, inner[0], inner[1]])
+    del masked, vals
     t4 = time.perf_counter()
     fl = ctx.plan.phases.index("flowering") if "flowering" in ctx.plan.phases else None
     ev = evidence[fl] if fl is not None else np.zeros(prob.shape, "float32")
@@ -715,7 +721,7 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
         prob = np.where(ev > 0, prob, np.nan).astype("float32")
     pieces, blind = chunk_pieces(prob, ev, None if dem is None else dem.values,
                                  None if slope is None else slope.values, cand,
-                                 ys.start, xs.start, transform, ctx.threshold)
+                                 ys.start, xs.start, transform, ctx.threshold, clear)
     pieces, counts = _settle_inner_pieces(pieces, ctx, ys, xs, transform)
     seen = np.isfinite(prob)
     counts["seen_px"] = int(seen.sum())
@@ -964,7 +970,7 @@ def _save_tile(tdir: Path, key: str, res: dict) -> None:
     os.replace(tdir / f".{key}.npz", tdir / f"{key}.npz")
     docs = [{"wkb": p.geometry.wkb_hex, "n": p.n, "sum_p": p.sum_p, "max_p": p.max_p,
              "min_ev": p.min_ev, "sum_elev": p.sum_elev, "n_elev": p.n_elev,
-             "sum_slope": p.sum_slope, "n_slope": p.n_slope} for p in pieces]
+             "sum_slope": p.sum_slope, "n_slope": p.n_slope, "seen": p.seen} for p in pieces]
     doc = {"pieces": docs, "blind": [g.wkb_hex for g in res["blind"]],
            "timings": res["timings"], "counts": res["counts"]}
     tmp = tdir / f".{key}.json"
@@ -979,7 +985,7 @@ def _load_tile_doc(tdir: Path, key: str) -> tuple[list[Piece], list, dict, dict]
     has = len(feat_sum) == len(doc["pieces"]) and len(feat_sum) > 0
     pieces = [Piece(shapely.from_wkb(bytes.fromhex(d["wkb"])), d["n"], d["sum_p"], d["max_p"],
                     d["min_ev"], d["sum_elev"], d["n_elev"], d["sum_slope"], d["n_slope"],
-                    feat_sum[i] if has else None, n_feat[i] if has else None)
+                    feat_sum[i] if has else None, n_feat[i] if has else None, d["seen"])
               for i, d in enumerate(doc["pieces"])]
     blind = [shapely.from_wkb(bytes.fromhex(h)) for h in doc["blind"]]
     return pieces, blind, doc["timings"], doc["counts"]
@@ -1137,14 +1143,15 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
         log.warning("--exclude removed %d candidate patch(es) on known ornamental sites",
                     removed)
     dates = [str(t)[:10] for t in scene["time"].values]
-    # a target's dates: the acquisitions its features used (a phase holds them), not an
-    # image dated outside the calendar, which is left out
-    used = sorted({d for ds in plan.phase_dates.values() for d in ds})
+    # a target's dates: the acquisitions its features used (a phase holds them) on which it
+    # was clear, not an image dated outside the calendar, nor another flight's date
+    used = {d for ds in plan.phase_dates.values() for d in ds}
     bg_mean = [np.nan if v is None else v for v in art.meta.get("background_mean", [])]
     bg_std = [np.nan if v is None else v for v in art.meta.get("background_std", [])]
     targets, below_mmu = build_targets(
         patches, scene.rio.crs.to_wkt(), patch_cfg=cfg.patches, rank_cfg=cfg.ranking,
-        dates=used, sensor=scene.attrs["sensor"], feature_names=plan.names,
+        dates=[d if d in used else None for d in dates], sensor=scene.attrs["sensor"],
+        feature_names=plan.names,
         bg_mean=bg_mean, bg_std=bg_std, blind_areas=merge_blind(blind))
     merged = len(patches) - below_mmu - len(targets.targets)   # joined a nearby target
     below_mmu += in_tiles["below_mmu"]

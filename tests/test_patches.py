@@ -525,3 +525,36 @@ def test_exclude_removes_targets_on_a_site_not_beside_it(model, tiny, tmp_path: 
     assert len(got) == len(base) - 1
     assert any(_utm(f["geometry"]).intersects(_plot_box(r, c, s)) for f in got)
     assert not any(_utm(f["geometry"]).intersects(on) for f in got)
+
+
+def test_a_target_lists_the_used_dates_it_was_clear_on():
+    """With two adjacent flights given together, every target listed both flights' dates
+    (its flowering_obs said 1). A target lists the dates, among those the features used, on
+    which some pixel of it was clear, merged across chunk borders and nearby patches."""
+    from outputs.ranking import build_targets
+    from pipeline.config import PatchConfig, RankingConfig
+    prob = np.zeros((4, 12), "float32")
+    prob[1:3, 2:6] = 0.9                       # across the chunk border at column 4
+    prob[1:3, 9:11] = 0.9                      # in the right chunk only
+    ev = np.ones_like(prob)
+    clear = np.zeros((4, 4, 12), bool)         # dates: 0 left half, 1 right half, 2 none,
+    clear[0, :, :5] = True                     # 3 everywhere (not used by the features)
+    clear[1, :, 5:] = True
+    clear[3] = True
+    pieces = []
+    for x0 in (0, 4, 8):
+        sl = (slice(None), slice(x0, x0 + 4))
+        p, _ = chunk_pieces(prob[sl], ev[sl], None, None, None, 0, x0, TF, 0.5,
+                            clear[:, :, x0:x0 + 4])
+        pieces += p
+    patches = merge_pieces(pieces)
+    assert sorted(p.seen for p in patches) == [0b1010, 0b1011]
+    dates = ["2024-04-10", "2024-04-20", "2024-04-30", None]
+    tl, _ = build_targets(patches, "EPSG:32650", patch_cfg=PatchConfig(min_mapping_unit_m2=0),
+                          rank_cfg=RankingConfig(), dates=dates, sensor="p4m")
+    assert sorted(t.dates for t in tl.targets) == [("2024-04-10", "2024-04-20"),
+                                                   ("2024-04-20",)]
+    joined, _ = build_targets(patches, "EPSG:32650", rank_cfg=RankingConfig(), dates=dates,
+                              sensor="p4m", patch_cfg=PatchConfig(min_mapping_unit_m2=0,
+                                                                  merge_distance_m=50))
+    assert [t.dates for t in joined.targets] == [("2024-04-10", "2024-04-20")]
