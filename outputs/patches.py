@@ -280,6 +280,29 @@ def _merged(members: list[Patch]) -> Patch:
     )
 
 
+def gap_polygons(mask: np.ndarray, y0: int, x0: int, transform) -> list[BaseGeometry]:
+    """Polygons of a chunk's pixels without data on any date (``mask``), for the gaps the
+    assembly keeps as blind areas (:func:`enclosed`)."""
+    return _polygons(mask, y0, x0, transform)[0]
+
+
+def enclosed(gaps: list[BaseGeometry], bounds: tuple[float, float, float, float],
+             pixel: float) -> list[BaseGeometry]:
+    """The parts of the union of ``gaps`` that do not reach the edge of the grid of
+    ``bounds`` (pixel side ``pixel``): holes the images surround (a stitching hole in an
+    orthomosaic), not the collar or the swath edge around them."""
+    if not gaps:
+        return []
+    minx, miny, maxx, maxy = bounds
+    tol = pixel / 2
+    out = []
+    for g in getattr(merged := shapely.union_all(gaps), "geoms", [merged]):
+        a, b, c, d = g.bounds
+        if a > minx + tol and b > miny + tol and c < maxx - tol and d < maxy - tol:
+            out.append(g)
+    return out
+
+
 def merge_blind(polys: list[BaseGeometry]) -> list[BaseGeometry]:
     if not polys:
         return []

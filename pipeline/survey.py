@@ -66,6 +66,8 @@ from outputs.patches import (
     CandidateFeatures,
     Piece,
     chunk_pieces,
+    enclosed,
+    gap_polygons,
     merge_blind,
     merge_pieces,
     nearby_groups,
@@ -112,7 +114,7 @@ TILE_GDAL_CACHE_BYTES = 64
 #: (docs/drone.md "How much ground the targets cover")
 CANDIDATE_SHARE_WARN = 0.10
 #: version of the saved tile results: a run saved by another version starts afresh
-TILE_FORMAT = 7
+TILE_FORMAT = 8
 
 
 # ----------------------------------------------------------------------------- shared
@@ -722,13 +724,17 @@ def process_tile(ctx: TileContext, ys: slice, xs: slice) -> dict:
     pieces, blind = chunk_pieces(prob, ev, None if dem is None else dem.values,
                                  None if slope is None else slope.values, cand,
                                  ys.start, xs.start, transform, ctx.threshold, clear)
+    # inside the AOI (or the grid) without data on any date: a gap, blind if the assembly
+    # finds the images around it (or it lies inside an AOI)
+    gaps = gap_polygons(np.isnan(ev) & inside, ys.start, xs.start, transform)
     pieces, counts = _settle_inner_pieces(pieces, ctx, ys, xs, transform)
     seen = np.isfinite(prob)
     counts["seen_px"] = int(seen.sum())
     counts["candidate_px"] = int((prob[seen] >= ctx.threshold).sum())
     t["patches"] = time.perf_counter() - t4
     return {"prob": prob, "evidence": np.nan_to_num(ev, nan=255).astype("uint8"),
-            "pieces": pieces, "blind": blind, "rgb": rgb, "timings": t, "counts": counts}
+            "pieces": pieces, "blind": blind, "gaps": gaps, "rgb": rgb, "timings": t,
+            "counts": counts}
 
 
 def _release_freed_memory() -> None:
@@ -913,6 +919,19 @@ def _check_out_apart(out: Path, images: Sequence[Path]) -> None:
                              "outputs would be read back as images when the run is repeated)")
 
 
+def _blind_gaps(gaps: list, in_aoi: bool, transform, H: int, W: int) -> list:
+    """Ground without data on any date that counts as blind: all of it inside an AOI (the
+    ground asked for), else the holes the images surround (a stitching hole in a flight was
+    reported nowhere); the collar or swath edge reaching the grid's edge is outside the data,
+    not blind."""
+    if in_aoi:
+        return gaps
+    x0, y0 = transform * (0, 0)
+    x1, y1 = transform * (W, H)
+    return enclosed(gaps, (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)),
+                    abs(transform.a))
+
+
 def _settings_in_effect(cfg: SurveyConfig, trained: dict | None) -> SurveyConfig:
     """detect's config with the model's own ``model`` section: the estimator, its threshold
     and calibration were fixed by training, so a --config's model settings do nothing here
@@ -972,13 +991,14 @@ def _save_tile(tdir: Path, key: str, res: dict) -> None:
              "min_ev": p.min_ev, "sum_elev": p.sum_elev, "n_elev": p.n_elev,
              "sum_slope": p.sum_slope, "n_slope": p.n_slope, "seen": p.seen} for p in pieces]
     doc = {"pieces": docs, "blind": [g.wkb_hex for g in res["blind"]],
+           "gaps": [g.wkb_hex for g in res["gaps"]],
            "timings": res["timings"], "counts": res["counts"]}
     tmp = tdir / f".{key}.json"
     tmp.write_text(json.dumps(doc))
     os.replace(tmp, tdir / f"{key}.json")   # the json is the tile's completion marker
 
 
-def _load_tile_doc(tdir: Path, key: str) -> tuple[list[Piece], list, dict, dict]:
+def _load_tile_doc(tdir: Path, key: str) -> tuple[list[Piece], list, list, dict, dict]:
     doc = json.loads((tdir / f"{key}.json").read_text())
     with np.load(tdir / f"{key}.npz") as z:
         feat_sum, n_feat = z["feat_sum"], z["n_feat"]
@@ -988,7 +1008,8 @@ def _load_tile_doc(tdir: Path, key: str) -> tuple[list[Piece], list, dict, dict]
                     feat_sum[i] if has else None, n_feat[i] if has else None, d["seen"])
               for i, d in enumerate(doc["pieces"])]
     blind = [shapely.from_wkb(bytes.fromhex(h)) for h in doc["blind"]]
-    return pieces, blind, doc["timings"], doc["counts"]
+    gaps = [shapely.from_wkb(bytes.fromhex(h)) for h in doc["gaps"]]
+    return pieces, blind, gaps, doc["timings"], doc["counts"]
 
 
 @dataclass
@@ -1115,14 +1136,15 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     # ---- assemble
     _release_freed_memory()
     t_asm = time.perf_counter()
-    pieces, blind, timings = [], [], {s: 0.0 for s in STAGES}
+    pieces, blind, gaps, timings = [], [], [], {s: 0.0 for s in STAGES}
     # patches the tiles settled; pixels with a probability, and those at the threshold
     in_tiles = {"below_threshold": 0, "below_mmu": 0, "seen_px": 0, "candidate_px": 0}
     tick = progress("assemble", len(tiles)) if progress else None
     for key, _, _ in tiles:
-        p, b, tm, counts = _load_tile_doc(tdir, key)
+        p, b, g, tm, counts = _load_tile_doc(tdir, key)
         pieces += p
         blind += b
+        gaps += g
         for s in STAGES:
             timings[s] += tm.get(s, 0.0)
         for k in in_tiles:
@@ -1152,7 +1174,8 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
         patches, scene.rio.crs.to_wkt(), patch_cfg=cfg.patches, rank_cfg=cfg.ranking,
         dates=[d if d in used else None for d in dates], sensor=scene.attrs["sensor"],
         feature_names=plan.names,
-        bg_mean=bg_mean, bg_std=bg_std, blind_areas=merge_blind(blind))
+        bg_mean=bg_mean, bg_std=bg_std, blind_areas=merge_blind(blind + _blind_gaps(
+            gaps, aoi_geom is not None, out_tf, H, W)))
     merged = len(patches) - below_mmu - len(targets.targets)   # joined a nearby target
     below_mmu += in_tiles["below_mmu"]
     n_patches = len(patches) + in_tiles["below_mmu"]

@@ -301,3 +301,35 @@ def test_a_config_for_the_other_kind_of_images_is_warned(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         survey.prepare_scene(scene.images, load_config(), dem=None)
     assert "is set for" not in caplog.text
+
+
+def test_a_hole_the_images_surround_is_blind_but_their_edge_is_not(trained, tmp_path):
+    """A block without data on every date inside the scene (a stitching hole) was reported
+    nowhere: not blind, not unsurveyed. It is a blind area now; no data along the scene's
+    edge (a collar, a swath edge) stays outside the data. With an AOI, all ground inside it
+    without data is blind (it was asked for)."""
+    d, _ = trained
+    scene = make_tiny_scene(tmp_path / "survey", seed=4)
+    for img in scene.images:
+        with rasterio.open(img, "r+") as dst:
+            a = dst.read()
+            a[:, 10:15, 50:55] = 0                 # the hole: 5 x 5 px, 2500 m^2
+            a[:, :, :3] = 0                        # the collar along the west edge
+            dst.write(a)
+    survey.detect(scene.images, d / "model", tmp_path / "out", load_config())
+    blind = json.loads((tmp_path / "out" / "blind_areas.geojson").read_text())["features"]
+    assert [round(f["properties"]["area_m2"]) for f in blind] == [2500]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["counts"]["blind_area_m2"] == pytest.approx(2500, rel=1e-3)
+    from pyproj import Transformer
+    to_ll = Transformer.from_crs("EPSG:32650", "EPSG:4326", always_xy=True)
+    tf = scene.transform
+    ring = [list(to_ll.transform(*(tf * (c, r)))) for c, r in
+            [(0, 0), (20, 0), (20, 20), (0, 20), (0, 0)]]
+    aoi = tmp_path / "aoi.geojson"
+    aoi.write_text(json.dumps({"type": "FeatureCollection", "features": [{
+        "type": "Feature", "properties": {}, "geometry": {"type": "Polygon",
+                                                          "coordinates": [ring]}}]}))
+    survey.detect(scene.images, d / "model", tmp_path / "aoi", load_config(), aoi=aoi)
+    blind = json.loads((tmp_path / "aoi" / "blind_areas.geojson").read_text())["features"]
+    assert [round(f["properties"]["area_m2"], -2) for f in blind] == [6000]   # 3 x 20 px
