@@ -260,11 +260,12 @@ def _web_mercator_png(rgb: np.ndarray, transform: Any, crs: Any
     src = np.concatenate([np.moveaxis(img8, -1, 0), np.full((1, h, w), 255, np.uint8)])
     src[3][~valid] = 200                                  # masked pixels: slightly see-through
     src_crs = parse_crs(crs) if isinstance(crs, str) else CRS.from_user_input(crs)
-    left, top = transform @ (0, 0)
-    right, bottom = transform @ (w, h)
+    # all four corners: a rotated image's two opposite corners do not span it (the overlay
+    # was cut and sheared)
+    xs, ys = zip(*(transform @ c for c in ((0, 0), (w, 0), (0, h), (w, h))))
     dst_t, dw, dh = calculate_default_transform(
-        src_crs.to_wkt(), "EPSG:3857", w, h, left=min(left, right), bottom=min(top, bottom),
-        right=max(left, right), top=max(top, bottom))
+        src_crs.to_wkt(), "EPSG:3857", w, h, left=min(xs), bottom=min(ys), right=max(xs),
+        top=max(ys))
     f = max(1.0, max(dw, dh) / MAP_MAX_SIDE)
     if f > 1:
         dw, dh = max(1, int(dw / f)), max(1, int(dh / f))

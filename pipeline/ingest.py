@@ -214,9 +214,18 @@ def aoi_mask(grid: Grid, geom: BaseGeometry, chunks: int) -> darr.Array:
 
 
 def _footprint(grid: Grid):
-    x0, y0 = grid.transform * (0, 0)
-    x1, y1 = grid.transform * (grid.width, grid.height)
-    return box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+    """The ground the grid covers: its four corners (a rotated grid's too; two corners made
+    a rotated flight's box, and the flight 100 % 'outside the survey grid')."""
+    t, w, h = grid.transform, grid.width, grid.height
+    return shapely.Polygon([t * (0, 0), t * (w, 0), t * (w, h), t * (0, h)]).normalize()
+
+
+def _footprint_on(da: xr.DataArray, grid: Grid):
+    """``da``'s footprint in the grid's CRS: its own corners in the same CRS (exact for a
+    rotated image), else its bounds (``_bounds_on``)."""
+    if da.rio.crs == grid.crs:
+        return _footprint(Grid.of(da))
+    return _bounds_on(da, grid)
 
 
 def _bounds_on(da: xr.DataArray, grid: Grid):
@@ -262,7 +271,7 @@ def _outside_grid(products: Sequence[xr.DataArray], grid: Grid) -> float:
     rotated first grid, which is not extended, leaves any; the half pixel beyond the last
     pixel centre is inside)."""
     target = _footprint(grid).buffer(grid.resolution / 2, join_style="mitre")
-    placed = [(b, p) for p in products if (b := _bounds_on(p, grid)) is not None]
+    placed = [(b, p) for p in products if (b := _footprint_on(p, grid)) is not None]
     union = shapely.union_all([b for b, _ in placed]) if placed else target
     share = float(union.difference(target).area / union.area) if union.area else 0.0
     if share > 0.001:

@@ -814,3 +814,15 @@ def test_a_float_files_zero_collar_is_no_data_and_percent_is_refused(tmp_path: P
     with pytest.raises(InputError) as exc:
         multiband.read(pct)
     assert "\n" not in str(exc.value) and "-scale 0.01" in str(exc.value)
+
+
+def test_a_rotated_image_is_inside_its_own_grid(tmp_path: Path, caplog) -> None:
+    """A rotated orthomosaic (docs/outputs.md: supported) warned that 100 % of its ground lay
+    outside the survey grid, whose footprint was drawn from two corners."""
+    import logging
+    rot = TF * Affine.rotation(20)
+    p = write_dn(tmp_path / "rot_20240410.tif", ramp(), tf=rot)
+    with caplog.at_level(logging.WARNING):
+        scene = open_scene([p], chunks=16)
+    assert json.loads(scene.attrs["unsurveyed"])["images_outside_grid_share"] == 0.0
+    assert "outside the survey grid" not in caplog.text

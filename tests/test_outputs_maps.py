@@ -271,3 +271,20 @@ def test_map_screenshot_shows_one_red_marker_per_target(map_file, tmp_path, chro
     labels, n = ndimage.label(red)
     sizes = ndimage.sum(red, labels, range(1, n + 1))
     assert (sizes > 40).sum() == 3 + 1          # radius-7 dots (not noise) + the legend's swatch
+
+
+def test_a_rotated_scene_lies_whole_in_the_map_overlay() -> None:
+    """The overlay's extent came from two opposite corners: a rotated scene's other corners
+    fell outside it (cut and sheared); all four lie inside now."""
+    from affine import Affine
+    from pyproj import Transformer
+
+    from outputs.maps import _web_mercator_png
+    rgb = scene_rgb()
+    tf = scene_transform() * Affine.rotation(25)
+    _, ((s, w), (n, e)) = _web_mercator_png(rgb, tf, CRS)
+    to_ll = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True)
+    h, wd = rgb.shape[1:]
+    for c in ((0, 0), (wd, 0), (0, h), (wd, h)):
+        lon, lat = to_ll.transform(*(tf * c))
+        assert w - 1e-6 <= lon <= e + 1e-6 and s - 1e-6 <= lat <= n + 1e-6
