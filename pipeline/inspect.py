@@ -39,8 +39,8 @@ def _resolution_m(scene) -> tuple[float, str | None]:
     width = geod.inv(lon - dx / 2, lat, lon + dx / 2, lat)[2]
     height = geod.inv(lon, lat - dy / 2, lon, lat + dy / 2)[2]
     return round(float(width), 3), (
-        f"approximate: pixels of {dx:.6g} x {dy:.6g} degrees, {width:.2f} m east-west x "
-        f"{height:.2f} m north-south at the scene centre (lat {lat:.4f}, lon {lon:.4f})")
+        f"approximate: pixels of {dx:.6g} x {dy:.6g} degrees, {width:.3g} m east-west x "
+        f"{height:.3g} m north-south at the scene centre (lat {lat:.4f}, lon {lon:.4f})")
 
 
 def inspect_images(images: Sequence[Path], *, sensor: str | None = None,
