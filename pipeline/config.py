@@ -430,7 +430,7 @@ def load_yaml(path: Path, what: str = "config file", error: type[Exception] = Co
                         "UTF-8") from None
         log.info("%s: read as GBK (not UTF-8)", path)
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+        return yaml.load(text, Loader=_UniqueKeyLoader)   # a SafeLoader subclass
     except _DuplicateKey as exc:
         raise error(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:

@@ -11,7 +11,6 @@ import pytest
 
 from pipeline.config import (
     DEFAULT_CONFIG,
-    SurveyConfig,
     known_calendars,
     load_calendar,
     load_config,
@@ -86,8 +85,8 @@ def test_a_relative_calendar_path_is_found_beside_the_config(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("text,needle", [
-    ("patches:\n  min_mapping_unit_m2: 200\nrun:\n  chunk_size: 64\npatches:\n  "
-     "merge_distance_m: 5\n", "key 'patches' is given twice (lines 1 and 5)"),
+    (("patches:\n  min_mapping_unit_m2: 200\nrun:\n  chunk_size: 64\npatches:\n  "
+      "merge_distance_m: 5\n"), "key 'patches' is given twice (lines 1 and 5)"),
     ("run:\n\tchunk_size: 64\n", "line 2, column 1: found character"),
 ])
 def test_yaml_mistakes_say_what_and_where(tmp_path, text, needle) -> None:
