@@ -72,9 +72,11 @@ def check_calendar(art: Artifact, calendar: Calendar) -> None:
 def check_fit(art: Artifact, feature_names: Sequence[str], sensor: str,
               dropped_bands: dict[str, list[str]] | None = None,
               bands: Sequence[str] | None = None,
-              terrain_correction: str | None = None) -> None:
+              terrain_correction: str | None = None) -> list[int] | None:
     """Refuse a model whose sensor, terrain correction or features do not fit the inputs
-    (the calendar: :func:`check_calendar`).
+    (the calendar: :func:`check_calendar`). Returns where the model's features are among
+    ``feature_names`` when the inputs give more (a band the training scene lacked: B12, or
+    the 10 m bands only) or another order, None when they are the same.
 
     ``dropped_bands``: bands some images lack (band -> those images; a band must be on every
     date), named in the refusal as the likely cause; ``bands``: the scene's bands, so that a
@@ -106,15 +108,18 @@ def check_fit(art: Artifact, feature_names: Sequence[str], sensor: str,
             named = ", ".join(f"'{b}'" + (f" ({s2[b]})" if b in s2 else "") for b in absent)
             raise ModelError(f"no image has band {named}, which the model uses; give images "
                              "with every band the model was trained on")
-    if want != have and sorted(want) == sorted(have):
-        raise ModelError("the config computes the model's features in another order (its "
-                         "features lists, e.g. features.spatial_vars, are ordered otherwise "
-                         "than the training config's); run without --config to use the "
-                         "model's own, or list them in its order")
-    if want != have:
-        missing = [f for f in want if f not in have][:3]
-        raise ModelError(f"the model's features do not fit the inputs (missing e.g. {missing},"
-                         f" {len(want)} expected, {len(have)} computed); check bands and config")
+    if want == have:
+        return None
+    if set(want) <= set(have):
+        extra = [f for f in have if f not in set(want)]
+        if extra:
+            log.info("the inputs give %d feature(s) the model does not use (e.g. %s): left "
+                     "out", len(extra), extra[:3])
+        at = {f: i for i, f in enumerate(have)}
+        return [at[f] for f in want]
+    missing = [f for f in want if f not in have][:3]
+    raise ModelError(f"the model's features do not fit the inputs (missing e.g. {missing},"
+                     f" {len(want)} expected, {len(have)} computed); check bands and config")
 
 
 def check_phases(art: Artifact, phase_dates: dict[str, list[str]], calendar: Calendar,

@@ -632,6 +632,9 @@ class TileContext:
     offset: tuple[int, int] = (0, 0)
     out_transform: Any = None        # the output grid's transform (None: the scene's)
     aoi: Any = None                  # --aoi polygon (scene CRS): pixels outside score nothing
+    # where the model's features are among the plan's (the inputs give more, or another
+    # order); None: the plan's are the model's
+    columns: tuple[int, ...] | None = None
 
 
 def _one_openmp_thread() -> None:
@@ -830,7 +833,7 @@ def _features_and_predict(masked: xr.DataArray, ctx: TileContext, t: dict[str, f
         out = block_features(masked[:, :, a0:a1, :], ctx.plan,
                              None if shift is None else shift[a0:a1])
         crop = out[:, iy.start + r0 - a0:iy.start + r1 - a0, ix]
-        feats = np.ascontiguousarray(crop[:n])
+        feats = np.ascontiguousarray(crop[:n] if ctx.columns is None else crop[list(ctx.columns)])
         evidence[:, r0:r1] = crop[n:]
         del out, crop
         t1 = time.perf_counter()
@@ -845,8 +848,9 @@ def _features_and_predict(masked: xr.DataArray, ctx: TileContext, t: dict[str, f
         n_cand += k
         t["features"] += t1 - t0
         t["predict"] += time.perf_counter() - t1
+    n_model = n if ctx.columns is None else len(ctx.columns)
     cand = CandidateFeatures(index, np.concatenate(values) if values else
-                             np.empty((0, n), "float32"))
+                             np.empty((0, n_model), "float32"))
     return cand, evidence, prob
 
 
@@ -1059,9 +1063,10 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
                  shifts)
     plan = make_plan(masks(scene.isel(y=slice(0, 1), x=slice(0, 1)), cfg), calendar,
                      cfg.features, shifts)
-    check_fit(art, plan.names, scene.attrs["sensor"],
-              json.loads(scene.attrs.get("dropped_bands", "{}")), scene["band"].values.tolist(),
-              terrain_correction=cfg.terrain_correction)
+    columns = check_fit(art, plan.names, scene.attrs["sensor"],
+                        json.loads(scene.attrs.get("dropped_bands", "{}")),
+                        scene["band"].values.tolist(),
+                        terrain_correction=cfg.terrain_correction)
     exclusion = None
     if exclude is not None:
         geoms, _ = read_polygons(exclude, scene.rio.crs, what="exclusion file")
@@ -1116,7 +1121,8 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     halo = cfg.masks.max_flower_px if "scl" in scene["band"].values else 0
     ctx = TileContext(scene, slope, aspect, dem_da, calendar, terrain, cfg, plan, art.estimator,
                       art.meta["calibration"], art.reduced, pixel_threshold(art.threshold, cfg),
-                      stride, halo, art.threshold, exclusion is None, (r0, c0), out_tf, aoi_geom)
+                      stride, halo, art.threshold, exclusion is None, (r0, c0), out_tf, aoi_geom,
+                      None if columns is None else tuple(columns))
     # Each tile is read once (only its halo is shared), so GDAL's block cache (default 5 % of
     # RAM) only grows: at 2048 px it added ~80 MB per two tiles (TILE_GDAL_CACHE_BYTES).
     with open_runner(cfg.run.scheduler, memory_per_worker=cfg.run.memory_per_worker) as runner, \
@@ -1173,7 +1179,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     targets, below_mmu = build_targets(
         patches, scene.rio.crs.to_wkt(), patch_cfg=cfg.patches, rank_cfg=cfg.ranking,
         dates=[d if d in used else None for d in dates], sensor=scene.attrs["sensor"],
-        feature_names=plan.names,
+        feature_names=art.feature_names,
         bg_mean=bg_mean, bg_std=bg_std, blind_areas=merge_blind(blind + _blind_gaps(
             gaps, aoi_geom is not None, out_tf, H, W)))
     merged = len(patches) - below_mmu - len(targets.targets)   # joined a nearby target

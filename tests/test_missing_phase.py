@@ -189,10 +189,15 @@ def test_a_model_is_refused_under_another_terrain_correction():
     check_fit(art, NAMES, "sentinel2", terrain_correction="none")
     with pytest.raises(ModelError, match="terrain_correction 'none', the config uses 'scs"):
         check_fit(art, NAMES, "sentinel2", terrain_correction="scs+c")
-    # the same features in another order (spatial_vars reordered): said so, not "missing e.g.
-    # [], 6 expected, 6 computed"
-    with pytest.raises(ModelError, match="in another order"):
-        check_fit(art, NAMES[::-1], "sentinel2", terrain_correction="none")
+    # the same features in another order (spatial_vars reordered), or more of them (a band
+    # the training scene lacked): where the model's are, not "missing e.g. [], 306 expected,
+    # 326 computed"
+    assert check_fit(art, NAMES, "sentinel2") is None
+    assert check_fit(art, NAMES[::-1], "sentinel2") == [5, 4, 3, 2, 1, 0]
+    more = ["x.median.NBR", *NAMES[:3], "y.median.NBR", *NAMES[3:]]
+    assert [more[i] for i in check_fit(art, more, "sentinel2")] == NAMES
+    with pytest.raises(ModelError, match="missing e.g."):
+        check_fit(art, NAMES[1:], "sentinel2")
 
 
 def test_training_images_without_a_phase_train_a_model_that_detects(tmp_path):
@@ -333,3 +338,22 @@ def test_a_hole_the_images_surround_is_blind_but_their_edge_is_not(trained, tmp_
     survey.detect(scene.images, d / "model", tmp_path / "aoi", load_config(), aoi=aoi)
     blind = json.loads((tmp_path / "aoi" / "blind_areas.geojson").read_text())["features"]
     assert [round(f["properties"]["area_m2"], -2) for f in blind] == [6000]   # 3 x 20 px
+
+
+def test_a_scene_giving_the_features_in_another_order_scores_the_same(trained, tmp_path):
+    """detect with a config listing the spatial variables in another order computes the same
+    features in another order: they are handed to the model in its own (it was refused with
+    'missing e.g. []')."""
+    d, _ = trained
+    scene = make_tiny_scene(tmp_path / "survey", seed=4)
+    cfg = load_config()
+    survey.detect(scene.images, d / "model", tmp_path / "a", cfg)
+    turned = with_overrides(cfg, **{"features.spatial_vars":
+                                    tuple(reversed(cfg.features.spatial_vars))})
+    survey.detect(scene.images, d / "model", tmp_path / "b", turned)
+    with rasterio.open(tmp_path / "a" / "probability.tif") as a, \
+            rasterio.open(tmp_path / "b" / "probability.tif") as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+    ta = json.loads((tmp_path / "a" / "targets.geojson").read_text())["features"]
+    tb = json.loads((tmp_path / "b" / "targets.geojson").read_text())["features"]
+    assert [f["properties"] for f in ta] == [f["properties"] for f in tb] and ta
