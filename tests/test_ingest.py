@@ -719,6 +719,14 @@ def test_b10_is_dropped_not_refused(tmp_path: Path) -> None:
     [a], [b] = multiband.read(with_b10), multiband.read(plain)
     assert a["band"].values.tolist() == CANON
     np.testing.assert_array_equal(a.values, b.values)
+    # the layers an L2A export carries beside the bands (Earth Engine's S2_SR_HARMONIZED: AOT,
+    # WVP, MSK_CLDPRB, QA60) were refused as "no recognised description"
+    extra = np.concatenate([ramp(), np.full((4, N, N), 0.02)])
+    with_layers = write_dn(tmp_path / "c_20240410.tif", extra,
+                           names=[*S2, "AOT", "WVP", "MSK_CLDPRB", "QA60"])
+    [c] = multiband.read(with_layers)
+    assert c["band"].values.tolist() == CANON
+    np.testing.assert_array_equal(c.values, b.values)
 
 
 @pytest.mark.parametrize("tag,sensor", [("Sentinel-2A", "sentinel2"), ("SENTINEL-2B", "sentinel2"),
@@ -826,3 +834,23 @@ def test_a_rotated_image_is_inside_its_own_grid(tmp_path: Path, caplog) -> None:
         scene = open_scene([p], chunks=16)
     assert json.loads(scene.attrs["unsurveyed"])["images_outside_grid_share"] == 0.0
     assert "outside the survey grid" not in caplog.text
+
+
+def test_scl_0_stays_the_no_data_class_under_nodata_0(tmp_path: Path) -> None:
+    """With nodata 0 declared (the usual L2A coding), SCL 0 equalled the nodata value and was
+    read as 'no SCL', so the masks judged the pixel by its spectrum and counted it clear; it
+    stays class 0 (no data), which the masks drop. Reflectance DN 0 is still no data."""
+    dn = np.round(ramp() * 10000).astype("uint16")
+    dn[:, 0, 1] = 0
+    scl = np.full((1, N, N), 4, "uint16")
+    scl[0, 0, 0] = 0
+    p = write_multiband(tmp_path / "s_20240410.tif", np.concatenate([dn, scl]), S2 + ["SCL"],
+                        TF, CRS, acquisition_date="2024-04-10", scales=[1e-4] * 4 + [1],
+                        offsets=[0] * 5, nodata=0)
+    [da] = multiband.read(p)
+    v = da.values
+    assert v[4, 0, 0] == 0 and np.isfinite(v[:4, 0, 0]).all()
+    assert np.isnan(v[:4, 0, 1]).all()
+    from pipeline.masks import apply_masks
+    masked = apply_masks(open_scene([p], chunks=16)).values
+    assert np.isnan(masked[0, :4, 0, 0]).all() and np.isfinite(masked[0, :4, 5, 5]).all()

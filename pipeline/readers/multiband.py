@@ -43,8 +43,13 @@ _FILL_BELOW = -0.5
 #: separator throughout)
 _DATE_RE = re.compile(r"(?<!\d)((?:19|20)\d{2})([-_:/.]?)(\d{2})\2(\d{2})(?!\d)")
 #: Sentinel-2 bands of the contract's B01..B12 that poppyscan does not use: B10 (cirrus, 1375
-#: nm, a top-of-atmosphere band L2A products leave out) is dropped, not refused
-_UNUSED_BANDS = {"B10"}
+#: nm, a top-of-atmosphere band L2A products leave out) is dropped, not refused; so are the
+#: other layers L2A exports carry beside the bands (aerosol and water vapour, the cloud and
+#: snow probabilities, the QA bitmasks and the true-colour image: a Google Earth Engine
+#: COPERNICUS/S2_SR_HARMONIZED export holds them; it was refused as a whole)
+_UNUSED_BANDS = {"B10", "AOT", "WVP", "TCI", "TCI_R", "TCI_G", "TCI_B", "MSK_CLDPRB",
+                 "MSK_SNWPRB", "MSK_CLASSI_OPAQUE", "MSK_CLASSI_CIRRUS",
+                 "MSK_CLASSI_SNOW_ICE", "QA10", "QA20", "QA60", "CLD", "SNW", "CLOUD_PROB"}
 #: SENSOR tag values that name Sentinel-2 (a platform, the instrument), any case
 _S2_TAG = re.compile(r"(sentinel[-_ ]?2[a-d]?|s2[a-d]?|msi)\b.*", re.IGNORECASE)
 
@@ -191,7 +196,8 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024, *,
         raise InputError(f"{path}: not a readable raster ({exc})") from None
     unused = [i for i, d in enumerate(descriptions) if d and d.strip().upper() in _UNUSED_BANDS]
     if unused:
-        log.info("band B10 (cirrus, top of atmosphere) is not used")
+        log.info("%s: layer(s) %s not used (B10: cirrus, top of atmosphere; the others are "
+                 "not reflectance bands)", path.name, ", ".join(descriptions[i] for i in unused))
     keep = [i for i in range(len(descriptions)) if i not in unused and i != alpha]
     if len(keep) < len(descriptions):
         descriptions, dtypes = tuple(descriptions[i] for i in keep), [dtypes[i] for i in keep]
@@ -221,6 +227,11 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024, *,
     categorical = np.isin(names, CATEGORICAL_BANDS)
     if nodata is not None:
         invalid = np.isnan(data) if np.isnan(nodata) else (raw == nodata)
+        if nodata == 0 and categorical.any():
+            # SCL 0 is the class 'no data', which the masks drop; as NaN it read as 'no SCL'
+            # and the pixel was judged by the spectral test alone, so it counted as clear
+            invalid = invalid & ~xr.DataArray(categorical, dims="band",
+                                              coords={"band": names})
         data = data.where(~invalid)
     else:
         # no declared nodata: DN 0 of an integer reflectance band is no data, as in Sentinel-2
