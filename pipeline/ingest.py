@@ -496,6 +496,10 @@ def clip_to_aoi(scene: xr.DataArray, aoi: BaseGeometry, chunks: int,
     return out.rio.write_crs(grid.crs).rio.write_transform(grid.transform)
 
 
+#: elevations outside these (metres) are a DEM's void fills, not ground
+DEM_MIN_M, DEM_MAX_M = -500.0, 9000.0
+
+
 def read_dem(path: Path, grid: Grid, chunks: int = 1024) -> xr.DataArray:
     """A single-band DEM (metres after its GDAL scale/offset, any CRS) on ``grid``, lazy,
     float32, NaN where no data."""
@@ -513,6 +517,10 @@ def read_dem(path: Path, grid: Grid, chunks: int = 1024) -> xr.DataArray:
     if dem.sizes["band"] != 1:
         raise InputError(f"{path}: DEM must have one band, it has {dem.sizes['band']}")
     dem = dem.squeeze("band", drop=True).astype("float32")
+    # void fills a DEM may hold without declaring them (SRTM's -32768, -9999, 32767): no land
+    # lies below the Dead Sea (-430 m) or above Everest (8849 m); read as elevations they gave
+    # targets -32700 m and shifted an elevation calendar's phases by years
+    dem = dem.where((dem >= DEM_MIN_M) & (dem <= DEM_MAX_M))
     covered = _coverage(dem, grid)
     if covered <= 0:
         raise InputError(f"{path}: the DEM does not cover the images; give a DEM of the same "

@@ -803,6 +803,21 @@ def test_dem_scale_and_offset_are_applied(tmp_path: Path) -> None:
     np.testing.assert_allclose(dem.values, 255.0, atol=1e-3)
 
 
+def test_undeclared_dem_void_fills_are_no_data(tmp_path: Path) -> None:
+    """SRTM's -32768 (or 32767, -9999) in a DEM that declares no nodata was read as an
+    elevation: targets at -32700 m, and an elevation calendar's phases shifted by years."""
+    s = open_scene([write_dn(tmp_path / "a_20240401.tif", ramp())], chunks=16)
+    z = np.full((N, N), 1200, "int16")
+    z[:4, :4], z[-4:, -4:], z[10, 10], z[11, 11] = -32768, 32767, -9999, -420   # Dead Sea
+    p = tmp_path / "dem.tif"
+    with rasterio.open(p, "w", driver="GTiff", width=N, height=N, count=1, dtype="int16",
+                       crs=CRS, transform=TF) as dst:
+        dst.write(z, 1)
+    v = read_dem(p, Grid.of(s), chunks=16).values
+    assert np.isnan(v[:4, :4]).all() and np.isnan(v[-4:, -4:]).all() and np.isnan(v[10, 10])
+    assert v[11, 11] == -420 and v[5, 5] == 1200
+
+
 def test_a_float_files_zero_collar_is_no_data_and_percent_is_refused(tmp_path: Path) -> None:
     """Float reflectance without a declared nodata: a pixel 0 in every reflectance band (the
     collar of a clipped mosaic) is no data, SCL keeps its code; it was read as ground and
