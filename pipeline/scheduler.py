@@ -340,5 +340,12 @@ def _run_pool(runner: Runner, tasks: Sequence[tuple[Any, Any]],
                 if progress:
                     progress(1)
     finally:
-        # on an error or Ctrl-C: queued tiles are dropped, running ones end on their own
+        # on an error or Ctrl-C: queued tiles are dropped; threads end their running tile on
+        # their own, worker processes are stopped (their tiles are lost anyway, and a worker
+        # interrupted while it was being started could hold the exit for minutes: the pool
+        # joins its workers when the interpreter exits)
         pool.shutdown(wait=not futs, cancel_futures=True)
+        if futs and runner.spec == "processes":
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                with contextlib.suppress(Exception):
+                    proc.terminate()

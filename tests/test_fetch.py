@@ -409,7 +409,8 @@ def test_outputs_read_back_through_the_multiband_reader(server, aoi, tmp_path):
     (scene,) = multiband.read(tmp_path / "out" / "S2_20240503.tif")
     values = scene.compute()
     assert values.band.values.tolist()[-1] == "scl" and "nir08" in values.band.values.tolist()
-    assert np.isnan(values.values[:, :, :3]).all()  # nodata -> NaN
+    assert np.isnan(values.values[:-1, :, :3]).all()  # nodata -> NaN
+    assert (values.values[-1, :, :3] == 0).all()       # SCL 0: the class 'no data' 
     col = (round(grid.west / 10) + 3) % 1000
     assert float(values.sel(band="blue")[0, 3]) == pytest.approx((1100 + col) * 1e-4)
     assert float(values.sel(band="scl")[0, 3]) == 4.0
