@@ -158,6 +158,27 @@ def threshold_for_recall(poly_max: dict[int, float], labels: Labels,
     return float(max(min(smooth, order), 0.01))
 
 
+def outlying_plots(poly_max: dict[int, float], labels: Labels,
+                   counted: set[int] | None = None) -> list[dict]:
+    """The counted poppy polygons whose peak lies below Tukey's outer fence (Q1 - 3 IQR of the
+    peaks' logits), lowest first, with their centroids: what :func:`threshold_for_recall`
+    must still flag. From 8 polygons on (fewer give no quartiles to judge by)."""
+    pos = [(pid, s) for pid, s in poly_max.items() if labels.is_target[pid]
+           and (counted is None or pid in counted) and np.isfinite(s)]
+    if len(pos) < 8:
+        return []
+    lg = logit(np.array([s for _, s in pos]))
+    q1, q3 = np.percentile(lg, [25, 75])
+    fence = q1 - 3.0 * (q3 - q1)
+    out = []
+    for (pid, peak), v in sorted(zip(pos, lg), key=lambda t: t[0][1]):
+        if v < fence:
+            c = labels.geometries[pid].centroid
+            out.append({"polygon": int(pid), "peak": round(float(peak), 4),
+                        "x": round(float(c.x), 3), "y": round(float(c.y), 3)})
+    return out
+
+
 def big_polygons(labels: Labels, pixel_m: float | np.ndarray, min_px: float) -> set[int]:
     """Indices of polygons of at least ``min_px`` pixels of ``pixel_m`` side (one value, or
     one per polygon: its scene's)."""
@@ -217,6 +238,16 @@ def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: 
             target_recall, sum(bool(labels.is_target[i]) for i in poly_max))
         counted, min_plot_px = set(range(len(labels.geometries))), 0.0
     thr_recall = threshold_for_recall(poly_max, labels, target_recall, counted)
+    outliers = outlying_plots(poly_max, labels, counted)
+    if outliers and threshold is None:
+        median = float(np.median([v for pid, v in poly_max.items()
+                                  if labels.is_target[pid] and pid in counted]))
+        log.warning("out of fold %d labelled poppy polygon(s) score far below the others "
+                    "(peak %s against a median of %.2f; centroid %s in the labels' CRS): "
+                    "mislabelled, or never clear in bloom? The threshold must flag them too, "
+                    "which lowers it for every pixel; check those labels",
+                    len(outliers), ", ".join(f"{o['peak']:.2f}" for o in outliers[:3]), median,
+                    ", ".join(f"({o['x']:.1f}, {o['y']:.1f})" for o in outliers[:3]))
     thr = min(max(thr_recall, min_threshold), max_threshold) if threshold is None else threshold
     pred = (prob[ok] >= thr).astype(int)
     truth = table.y[ok]
@@ -258,6 +289,9 @@ def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: 
                     "recall_min_plot": round(big_recall, 4),
                     "poppy_polygons_min_plot": len(big_pos)},
         "per_class_flagged": per_class,
+        # poppy polygons whose out-of-fold peak lies far below the others' (Tukey's outer
+        # fence on the logit scale): likely mislabelled, or not seen in bloom
+        "outlying_poppy_polygons": outliers,
     }
 
 

@@ -81,6 +81,20 @@ def test_threshold_does_not_rest_on_one_hard_plot():
     assert 0.5 < thr([0.0, 0.7]) <= 0.7
 
 
+def test_a_poppy_polygon_far_below_the_others_is_named():
+    """One wrong 'poppy' polygon among 15 took the threshold from 0.99 to 0.09 (the rule must
+    flag it) and nothing said which: it is listed with its peak and centroid. A hard but
+    plausible plot (0.80 among 0.95-0.99) is not, nor anything among fewer than 8."""
+    from classifiers.validation import outlying_plots
+    peaks = [0.95, 0.96, 0.97, 0.98, 0.99, 0.97, 0.96, 0.95, 0.98, 0.99, 0.97, 0.96, 0.98, 0.97]
+    labels = Labels(tuple(box(i, 0, i + 1, 1) for i in range(15)), ("poppy",) * 15, "t")
+    out = outlying_plots(dict(enumerate([0.086, *peaks])), labels)
+    assert out == [{"polygon": 0, "peak": 0.086, "x": 0.5, "y": 0.5}]
+    assert outlying_plots(dict(enumerate([0.80, *peaks])), labels) == []
+    few = Labels(labels.geometries[:6], labels.classes[:6], "t")
+    assert outlying_plots(dict(enumerate([0.086, *peaks[:5]])), few) == []
+
+
 def test_big_polygons_in_pixels():
     labels = Labels((box(0, 0, 10, 10), box(0, 0, 20, 20), box(0, 0, 15, 30)),
                     ("poppy", "poppy", "wheat"), "t")
