@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyproj
+import shapely
 import xarray as xr
 from affine import Affine
 from odc.geo.geobox import GeoBox
@@ -41,6 +42,13 @@ class Grid:
     @property
     def resolution(self) -> float:
         return float(abs(self.transform.a))
+
+    @property
+    def footprint(self):
+        """The ground the grid covers, a polygon of its four corners (a rotated grid's too:
+        two corners made a rotated flight's box, and the flight 100 % 'outside the grid')."""
+        t, w, h = self.transform, self.width, self.height
+        return shapely.Polygon([t * (0, 0), t * (w, 0), t * (w, h), t * (0, h)]).normalize()
 
     def metres_per_unit(self) -> tuple[float, float]:
         """Metres per CRS unit along x and y, to turn settings in metres into the grid's

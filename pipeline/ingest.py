@@ -213,18 +213,11 @@ def aoi_mask(grid: Grid, geom: BaseGeometry, chunks: int) -> darr.Array:
                            chunks=darr.core.normalize_chunks(chunks, (grid.height, grid.width)))
 
 
-def _footprint(grid: Grid):
-    """The ground the grid covers: its four corners (a rotated grid's too; two corners made
-    a rotated flight's box, and the flight 100 % 'outside the survey grid')."""
-    t, w, h = grid.transform, grid.width, grid.height
-    return shapely.Polygon([t * (0, 0), t * (w, 0), t * (w, h), t * (0, h)]).normalize()
-
-
 def _footprint_on(da: xr.DataArray, grid: Grid):
     """``da``'s footprint in the grid's CRS: its own corners in the same CRS (exact for a
     rotated image), else its bounds (``_bounds_on``)."""
     if da.rio.crs == grid.crs:
-        return _footprint(Grid.of(da))
+        return Grid.of(da).footprint
     return _bounds_on(da, grid)
 
 
@@ -240,7 +233,7 @@ def _bounds_on(da: xr.DataArray, grid: Grid):
 
 def _coverage(da: xr.DataArray, grid: Grid) -> float:
     """Share of the grid's footprint inside ``da``'s bounds (0 when they do not overlap)."""
-    target = _footprint(grid)
+    target = grid.footprint
     bounds = _bounds_on(da, grid)
     return 0.0 if bounds is None else float(bounds.intersection(target).area / target.area)
 
@@ -270,7 +263,7 @@ def _outside_grid(products: Sequence[xr.DataArray], grid: Grid) -> float:
     """Share of the ground the images cover that lies outside the grid, warned about (only a
     rotated first grid, which is not extended, leaves any; the half pixel beyond the last
     pixel centre is inside)."""
-    target = _footprint(grid).buffer(grid.resolution / 2, join_style="mitre")
+    target = grid.footprint.buffer(grid.resolution / 2, join_style="mitre")
     placed = [(b, p) for p in products if (b := _footprint_on(p, grid)) is not None]
     union = shapely.union_all([b for b, _ in placed]) if placed else target
     share = float(union.difference(target).area / union.area) if union.area else 0.0
@@ -425,7 +418,7 @@ def aoi_window(grid: Grid, aoi: BaseGeometry) -> tuple[slice, slice] | None:
     footprint, and the window is the AOI's bounds in pixels, snapped to pixel edges within
     ``_SNAP_PX`` so an AOI drawn on pixel edges (in another CRS) gains no sliver row or column.
     """
-    part = aoi.intersection(_footprint(grid))
+    part = aoi.intersection(grid.footprint)
     if part.is_empty or part.area <= 0:
         return None
     minx, miny, maxx, maxy = part.bounds
@@ -464,7 +457,7 @@ def clip_to_aoi(scene: xr.DataArray, aoi: BaseGeometry, chunks: int,
     win = aoi_window(Grid.of(scene), aoi)
     if win is None:
         raise InputError("the AOI does not overlap the images; check its CRS and extent")
-    outside = aoi.difference(_footprint(Grid.of(scene))).area / aoi.area
+    outside = aoi.difference(Grid.of(scene).footprint).area / aoi.area
     if outside > 0.001:
         log.warning("%.0f%% of the AOI lies outside the images (the survey grid) and is not "
                     "surveyed; give images covering it too, or split the AOI",

@@ -930,10 +930,8 @@ def _blind_gaps(gaps: list, in_aoi: bool, transform, H: int, W: int) -> list:
     not blind."""
     if in_aoi:
         return gaps
-    x0, y0 = transform * (0, 0)
-    x1, y1 = transform * (W, H)
-    return enclosed(gaps, (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)),
-                    abs(transform.a))
+    grid = Grid(None, transform, H, W)
+    return enclosed(gaps, grid.footprint.bounds, grid.resolution)
 
 
 def _settings_in_effect(cfg: SurveyConfig, trained: dict | None) -> SurveyConfig:
