@@ -217,6 +217,15 @@ def calendar_shift(calendar: Calendar, dem: xr.DataArray | None) -> xr.DataArray
                          f"{calendar.elevation_shift_days_per_100m:g} days per 100 m of "
                          "elevation: give a DEM (--dem, or dem: in a manifest), or use a "
                          "calendar without elevation_shift_days_per_100m")
+    # one pass over the DEM: pixels without an elevation (voids, beyond its edge) keep the
+    # reference elevation's phases, which a user of a calendar that moves with elevation
+    # must know of
+    void = float(np.isnan(dem).mean())
+    if void > 0:
+        log.warning("the DEM has no elevation for %.3g%% of the images (voids or beyond its "
+                    "edge): there the phases of calendar '%s' are those at its reference "
+                    "elevation (%g m)", 100 * void, calendar.name,
+                    calendar.reference_elevation_m)
     return calendar.shift_days(dem)
 
 

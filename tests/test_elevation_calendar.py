@@ -100,3 +100,23 @@ def test_without_a_dem_train_and_detect_refuse_a_calendar_that_moves(setup, tmp_
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "give a DEM" in r.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "out").exists()
+
+
+def test_dem_voids_under_a_calendar_that_moves_are_named(setup, tmp_path, caplog):
+    """Pixels without an elevation keep the reference elevation's phases; the user is told how
+    much of the grid that is (it was silent), and a DEM without voids says nothing."""
+    d, cfg, scene = setup
+    moving = load_calendar(str(_calendar(tmp_path / "moving.yaml", per_100m=3)))
+    elev = np.zeros((1, 96, 96), "float32")
+    elev[0, :24] = np.nan                          # a quarter of the grid
+    import xarray as xr
+    dem = xr.DataArray(elev[0], dims=("y", "x"))
+    with caplog.at_level("WARNING"):
+        shift = survey.calendar_shift(moving, dem)
+    assert (shift.values == 0).all()           # at 0 m and in the void: the reference
+    msg = [r.getMessage() for r in caplog.records if "no elevation" in r.getMessage()]
+    assert len(msg) == 1 and "25%" in msg[0] and "reference elevation (0 m)" in msg[0]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        survey.calendar_shift(moving, dem.fillna(120.0))
+    assert not [r for r in caplog.records if "no elevation" in r.getMessage()]
