@@ -344,8 +344,10 @@ def _run_pool(runner: Runner, tasks: Sequence[tuple[Any, Any]],
         # their own, worker processes are stopped (their tiles are lost anyway, and a worker
         # interrupted while it was being started could hold the exit for minutes: the pool
         # joins its workers when the interpreter exits)
+        # (the worker list is taken first: shutdown() forgets it)
+        procs = list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=not futs, cancel_futures=True)
         if futs and runner.spec == "processes":
-            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            for proc in procs:
                 with contextlib.suppress(Exception):
                     proc.terminate()

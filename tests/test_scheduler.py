@@ -275,3 +275,32 @@ def test_a_run_stopped_mid_way_keeps_its_output_folder(tmp_path, monkeypatch, ca
     rc, lines = _cli(_detect_argv(tmp_path, "threads"), capsys)
     assert rc == 2 and lines == ["poppyscan: error: a dask worker died computing tile 3"]
     assert (out / ".poppyscan" / "tiles").is_dir()        # the finished tiles, for the rerun
+
+
+def test_an_error_in_a_processes_run_stops_the_other_workers():
+    """A tile that fails ends the run at once, and the worker processes still computing other
+    tiles are stopped (left running, the interpreter's exit waited for them: a long tile
+    held a SIGTERM for minutes)."""
+    import operator
+
+    import dask
+    import psutil
+
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    tasks = [(0, dask.delayed(time.sleep)(120)), (1, dask.delayed(operator.truediv)(1, 0))]
+
+    def go() -> None:
+        with open_runner("processes") as runner:
+            run_tiles(runner, tasks, lambda k, v: None, in_flight=2)
+    res = _within(go, 60)
+    assert isinstance(res.get("error"), ZeroDivisionError), res
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        alive = [p for p in me.children(recursive=True) if p.pid not in before
+                 and p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                 and "resource_tracker" not in " ".join(p.cmdline())]
+        if not alive:
+            break
+        time.sleep(0.2)
+    assert not alive, f"worker processes still running: {[p.cmdline() for p in alive]}"
