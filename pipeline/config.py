@@ -448,8 +448,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, Any] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue           # `<<: *anchor`: its keys may be overridden here
             key = self.construct_object(key_node, deep=deep)
-            if key in seen:
+            try:
+                again = key in seen
+            except TypeError:      # a list as key: the base class says "unhashable key"
+                continue
+            if again:
                 raise _DuplicateKey(
                     f"key '{key}' is given twice (lines {seen[key] + 1} and "
                     f"{key_node.start_mark.line + 1}); give it once (the second would replace "

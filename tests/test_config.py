@@ -88,6 +88,7 @@ def test_a_relative_calendar_path_is_found_beside_the_config(tmp_path, monkeypat
     (("patches:\n  min_mapping_unit_m2: 200\nrun:\n  chunk_size: 64\npatches:\n  "
       "merge_distance_m: 5\n"), "key 'patches' is given twice (lines 1 and 5)"),
     ("run:\n\tchunk_size: 64\n", "line 2, column 1: found character"),
+    ("? [run, chunk_size]\n: 64\n", "unhashable key"),     # it was a traceback
 ])
 def test_yaml_mistakes_say_what_and_where(tmp_path, text, needle) -> None:
     """A key given twice was accepted (the last one won); a tab said only 'while scanning
@@ -434,3 +435,15 @@ def test_a_leap_day_phase_with_an_elevation_shift_is_shown(tmp_path) -> None:
                  'elevation_shift_days_per_100m: 3\n')
     assert phase_window(load_calendar(f), "flowering", (2, 5)) == \
         "03-02 to 06-05 (elevation: 2 to 5 days later)"
+
+
+def test_yaml_merge_keys_work(tmp_path) -> None:
+    """An anchor merged into a mapping (`<<: *spring`), a key overridden there, is valid YAML
+    that the duplicate-key check refused as 'could not determine a constructor'."""
+    p = tmp_path / "cal.yaml"
+    p.write_text("name: merged\nphases:\n  pre: &spring {start: '03-01', end: '03-31'}\n"
+                 "  flowering:\n    <<: *spring\n    start: '04-01'\n    end: '05-31'\n"
+                 "  post: {start: '05-21', end: '06-30'}\n", encoding="utf-8")
+    cal = load_calendar(str(p))
+    assert (cal.phases["flowering"].start, cal.phases["flowering"].end) == ("04-01", "05-31")
+    assert cal.phases["pre"].end == "03-31"
