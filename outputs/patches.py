@@ -22,6 +22,7 @@ from rasterio import features as rfeatures
 from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from shapely import affinity
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 from shapely.strtree import STRtree
@@ -286,19 +287,20 @@ def gap_polygons(mask: np.ndarray, y0: int, x0: int, transform) -> list[BaseGeom
     return _polygons(mask, y0, x0, transform)[0]
 
 
-def enclosed(gaps: list[BaseGeometry], bounds: tuple[float, float, float, float],
-             pixel: float) -> list[BaseGeometry]:
-    """The parts of the union of ``gaps`` that do not reach the edge of the grid of
-    ``bounds`` (pixel side ``pixel``): holes the images surround (a stitching hole in an
-    orthomosaic), not the collar or the swath edge around them."""
+def enclosed(gaps: list[BaseGeometry], transform, height: int,
+             width: int) -> list[BaseGeometry]:
+    """The parts of the union of ``gaps`` that do not reach the edge of the grid
+    (``transform``, ``height`` x ``width`` pixels): holes the images surround (a stitching
+    hole in an orthomosaic), not the collar or the swath edge around them. Judged in pixel
+    space, so a rotated grid's edge is its own, not its footprint's bounding box."""
     if not gaps:
         return []
-    minx, miny, maxx, maxy = bounds
-    tol = pixel / 2
+    inv = ~transform
+    to_px = [inv.a, inv.b, inv.d, inv.e, inv.xoff, inv.yoff]
     out = []
     for g in getattr(merged := shapely.union_all(gaps), "geoms", [merged]):
-        a, b, c, d = g.bounds
-        if a > minx + tol and b > miny + tol and c < maxx - tol and d < maxy - tol:
+        c0, r0, c1, r1 = affinity.affine_transform(g, to_px).bounds
+        if c0 > 0.5 and r0 > 0.5 and c1 < width - 0.5 and r1 < height - 0.5:
             out.append(g)
     return out
 

@@ -939,8 +939,7 @@ def _blind_gaps(gaps: list, in_aoi: bool, transform, H: int, W: int) -> list:
     not blind."""
     if in_aoi:
         return gaps
-    grid = Grid(None, transform, H, W)
-    return enclosed(gaps, grid.footprint.bounds, grid.resolution)
+    return enclosed(gaps, transform, H, W)
 
 
 def _settings_in_effect(cfg: SurveyConfig, trained: dict | None) -> SurveyConfig:

@@ -558,3 +558,20 @@ def test_a_target_lists_the_used_dates_it_was_clear_on():
                               sensor="p4m", patch_cfg=PatchConfig(min_mapping_unit_m2=0,
                                                                   merge_distance_m=50))
     assert [t.dates for t in joined.targets] == [("2024-04-10", "2024-04-20")]
+
+
+@pytest.mark.parametrize("angle", [0, 30, 90])
+def test_enclosed_gaps_are_judged_on_the_grid_not_its_bounding_box(angle) -> None:
+    """On a rotated grid a collar along an edge lies inside the footprint's axis-aligned box:
+    it was kept as an enclosed gap (blind area) though it reaches the grid's edge."""
+    from affine import Affine
+
+    from outputs.patches import enclosed, gap_polygons
+    tf = Affine.translation(500000, 4000000) * Affine.rotation(angle) * Affine.scale(10, -10)
+    mask = np.zeros((20, 20), bool)
+    mask[5:15, 0:3] = True                       # collar on the west edge
+    mask[8:11, 9:12] = True                      # a hole the images surround
+    gaps = gap_polygons(mask, 0, 0, tf)
+    kept = enclosed(gaps, tf, 20, 20)
+    assert len(kept) == 1 and kept[0].area == pytest.approx(9 * 100)
+    assert kept[0].centroid.distance(shapely.Point(tf * (10.5, 9.5))) < 1e-6
