@@ -30,6 +30,7 @@ import dask
 import numpy as np
 import rasterio
 import shapely
+from shapely import affinity
 import xarray as xr
 from affine import Affine
 from pyproj import CRS, Transformer
@@ -773,21 +774,33 @@ def _settle_inner_pieces(pieces: list[Piece], ctx: TileContext, ys: slice, xs: s
     # degrees, so a piece the assembly could still group is never settled here
     lat = float(np.abs(ctx.scene["y"].values[[0, -1]]).max()) if crs.is_geographic else 0.0
     group_d = crs_distance(ctx.cfg.patches.group_distance_m, crs, lat)
-    x0, y0 = transform * (xs.start, ys.start)
-    x1, y1 = transform * (xs.stop, ys.stop)
-    lo_x, hi_x, lo_y, hi_y = min(x0, x1), max(x0, x1), min(y0, y1), max(y0, y1)
+    if transform.b == 0 and transform.d == 0:      # north-up: the tile's box in CRS units
+        x0, y0 = transform * (xs.start, ys.start)
+        x1, y1 = transform * (xs.stop, ys.stop)
+        lo_x, hi_x, lo_y, hi_y = min(x0, x1), max(x0, x1), min(y0, y1), max(y0, y1)
+        touch, reach = 1e-6 * abs(transform.a), group_d
+
+        def bounds(p: Piece) -> tuple[float, ...]:
+            return p.geometry.bounds
+    else:   # a rotated grid: the tile's edges are its own in pixel space, not a CRS box
+        lo_x, hi_x, lo_y, hi_y = xs.start, xs.stop, ys.start, ys.stop
+        touch, reach = 1e-6, group_d / math.hypot(transform.a, transform.d)   # pixels
+        inv = ~transform
+        to_px = [inv.a, inv.b, inv.d, inv.e, inv.xoff, inv.yoff]
+
+        def bounds(p: Piece) -> tuple[float, ...]:
+            return affinity.affine_transform(p.geometry, to_px).bounds
 
     def within(p: Piece, margin: float) -> bool:
         """``p`` comes within ``margin`` of the tile's edge."""
-        minx, miny, maxx, maxy = p.geometry.bounds
+        minx, miny, maxx, maxy = bounds(p)
         return (minx <= lo_x + margin or maxx >= hi_x - margin or miny <= lo_y + margin
                 or maxy >= hi_y - margin)
 
-    touch = 1e-6 * abs(transform.a)
     # touching the edge, a piece may join a piece of the next tile (and reach the threshold
     # with it); within the group distance, it may count with one for the unit
     edge = [within(p, touch) for p in pieces]
-    near = [within(p, touch + group_d * (1 + 1e-6)) for p in pieces]
+    near = [within(p, touch + reach * (1 + 1e-6)) for p in pieces]
     dropped = {"below_threshold": sum(not e and p.max_p < ctx.patch_threshold
                                       for p, e in zip(pieces, edge)),
                "below_mmu": 0}

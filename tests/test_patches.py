@@ -575,3 +575,23 @@ def test_enclosed_gaps_are_judged_on_the_grid_not_its_bounding_box(angle) -> Non
     kept = enclosed(gaps, tf, 20, 20)
     assert len(kept) == 1 and kept[0].area == pytest.approx(9 * 100)
     assert kept[0].centroid.distance(shapely.Point(tf * (10.5, 9.5))) < 1e-6
+
+
+def test_on_a_rotated_grid_a_plot_cut_by_tiles_is_whole_at_any_chunk_size(
+        model, tmp_path: Path) -> None:
+    """On a rotated grid a tile judged which pieces reach its edge by the CRS box of two of
+    its corners: a piece on a tile's border counted as inner, was dropped below the minimum
+    mapping unit, and the plot lost it at small chunk sizes."""
+    plots = [(14, 10, 4), (14, 26, 4), (30, 1, 4)]      # each cut in two at 16 px
+    sc = make_tiny_scene(tmp_path / "rot", seed=4, size=SIZE, plots=plots)
+    for img in sc.images:
+        with rasterio.open(img, "r+") as dst:
+            dst.transform = TF * Affine.rotation(30)
+    got = {}
+    for cs in (16, 64):    # a unit of 10 px: each half plot (8 px) is below it alone
+        _detect(sc.images, model, tmp_path / f"cs{cs}", **{
+            "run.chunk_size": cs, "patches.min_mapping_unit_m2": 1000})
+        got[cs] = sorted((f["id"], f["properties"]["area_m2"])
+                         for f in _features(tmp_path / f"cs{cs}" / "targets.geojson"))
+    assert len(got[64]) == len(plots) and all(a >= 1000 for _, a in got[64])
+    assert got[16] == got[64]
