@@ -847,6 +847,11 @@ def _features_and_predict(masked: xr.DataArray, ctx: TileContext, t: dict[str, f
     index = np.full((ny, nx), -1, dtype="int32")
     values: list[np.ndarray] = []
     n_cand = 0
+    # the phases the model's features use: a phase the config adds (features the model does
+    # not take) must not decide which model scores a pixel
+    used = set().union(*(feature_phases(ctx.plan.names[i]) for i in (
+        range(n) if ctx.columns is None else ctx.columns)))
+    model_phases = [ph in used for ph in ctx.plan.phases]
     for r0 in range(0, ny, STRIP_ROWS):
         r1 = min(ny, r0 + STRIP_ROWS)
         a0 = max(0, iy.start + r0 - sp)
@@ -859,7 +864,8 @@ def _features_and_predict(masked: xr.DataArray, ctx: TileContext, t: dict[str, f
         evidence[:, r0:r1] = crop[n:]
         del out, crop
         t1 = time.perf_counter()
-        missing = {ph: ev == 0 for ph, ev in zip(ctx.plan.phases, evidence[:, r0:r1])}
+        missing = {ph: ev == 0 for ph, ev, u in zip(ctx.plan.phases, evidence[:, r0:r1],
+                                                    model_phases) if u}
         p = predict_block(feats, ctx.estimator, ctx.calibration, missing, ctx.reduced)
         prob[r0:r1] = p
         with np.errstate(invalid="ignore"):

@@ -357,3 +357,32 @@ def test_a_scene_giving_the_features_in_another_order_scores_the_same(trained, t
     ta = json.loads((tmp_path / "a" / "targets.geojson").read_text())["features"]
     tb = json.loads((tmp_path / "b" / "targets.geojson").read_text())["features"]
     assert [f["properties"] for f in ta] == [f["properties"] for f in tb] and ta
+
+
+def test_a_phase_the_config_adds_does_not_choose_the_model(tmp_path, monkeypatch):
+    """A model of features.phases [flowering, post] run with a config that adds pre: its
+    features are left out, and it must not decide which model scores a pixel (a pixel clouded
+    in March and June went to the main model on NaN post features, not to the model without
+    post)."""
+    scene = make_tiny_scene(tmp_path / "train", seed=3)
+    cfg = with_overrides(load_config(), **{"features.phases": ("flowering", "post")})
+    survey.train(scene.images, scene.labels, tmp_path / "model", cfg)
+    surv = make_tiny_scene(tmp_path / "survey", seed=4)
+    for k in (0, len(surv.images) - 1):             # March and June clouded in the top half
+        with rasterio.open(surv.images[k], "r+") as dst:
+            scl = dst.read(13)
+            scl[:32] = 9
+            dst.write(scl, 13)
+    routed = []
+    real = survey.predict_block
+
+    def spy(feats, est, calibration, missing=None, reduced=()):
+        routed.append(missing)
+        return real(feats, est, calibration, missing, reduced)
+    monkeypatch.setattr(survey, "predict_block", spy)
+    survey.detect(surv.images, tmp_path / "model", tmp_path / "b", load_config(),
+                  formats=["geojson"])
+    # the pixels are routed by the model's phases only: those without post (top half) go to
+    # the model without post, whatever pre holds
+    assert routed and all(sorted(m) == ["flowering", "post"] for m in routed)
+    assert sum(int(m["post"].sum()) for m in routed) == 32 * 64
