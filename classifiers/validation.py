@@ -161,15 +161,17 @@ def threshold_for_recall(poly_max: dict[int, float], labels: Labels,
 def outlying_plots(poly_max: dict[int, float], labels: Labels,
                    counted: set[int] | None = None) -> list[dict]:
     """The counted poppy polygons whose peak lies below Tukey's outer fence (Q1 - 3 IQR of the
-    peaks' logits), lowest first, with their centroids: what :func:`threshold_for_recall`
-    must still flag. From 8 polygons on (fewer give no quartiles to judge by)."""
+    peaks' logits) and below 0.5 (out of fold, more likely background than poppy: with most
+    peaks tied near 1 the fence is Q1 itself, and 0.95 among 0.999s is no mislabelled plot),
+    lowest first, with their centroids: what :func:`threshold_for_recall` must still flag.
+    From 8 polygons on (fewer give no quartiles to judge by)."""
     pos = [(pid, s) for pid, s in poly_max.items() if labels.is_target[pid]
            and (counted is None or pid in counted) and np.isfinite(s)]
     if len(pos) < 8:
         return []
     lg = logit(np.array([s for _, s in pos]))
     q1, q3 = np.percentile(lg, [25, 75])
-    fence = q1 - 3.0 * (q3 - q1)
+    fence = min(q1 - 3.0 * (q3 - q1), 0.0)
     out = []
     for (pid, peak), v in sorted(zip(pos, lg), key=lambda t: t[0][1]):
         if v < fence:

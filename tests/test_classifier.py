@@ -91,6 +91,8 @@ def test_a_poppy_polygon_far_below_the_others_is_named():
     out = outlying_plots(dict(enumerate([0.086, *peaks])), labels)
     assert out == [{"polygon": 0, "peak": 0.086, "x": 0.5, "y": 0.5}]
     assert outlying_plots(dict(enumerate([0.80, *peaks])), labels) == []
+    # peaks tied near 1 (drone plots) leave no spread: 0.97 and 0.95 are not outliers
+    assert outlying_plots(dict(enumerate([0.97, 0.95, *[0.999] * 13])), labels) == []
     few = Labels(labels.geometries[:6], labels.classes[:6], "t")
     assert outlying_plots(dict(enumerate([0.086, *peaks[:5]])), few) == []
 
