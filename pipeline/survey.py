@@ -15,6 +15,7 @@ import glob
 import hashlib
 import itertools
 import json
+import contextlib
 import logging
 import math
 import os
@@ -142,18 +143,21 @@ def default_config(images: Sequence[Path], model_dir: Path | None = None,
 
 def prepare_scene(images: Sequence[Path], cfg: SurveyConfig, *, dem: Path | None,
                   aoi: Path | None = None, chunks: int | None = None,
-                  camera: str | None = None) -> tuple[xr.DataArray, xr.DataArray | None]:
+                  camera: str | None = None, whole: bool = False) -> tuple:
     """Ingest the images (and DEM) lazily on one grid; nothing is computed. A sensor *file*
     as the config's ``sensor`` (a camera of one's own, another reflectance scaling) reads
     every image with it; a sensor name is for the record (the readers tell the sensor from
     each file's metadata). ``camera``: the drone camera to take where a file's band names fit
     more than one (detect: the model's, so a P4M model reads a P4M flight flown higher as P4M,
-    not by its pixel size as the RedEdge-MX it would otherwise resemble)."""
+    not by its pixel size as the RedEdge-MX it would otherwise resemble). Returns the scene
+    and the DEM on its grid; ``whole``: also the scene and DEM before the AOI's crop (the
+    same objects without an AOI), which the terrain correction is fitted on."""
     chunks = chunks or cfg.run.chunk_size
     sensor = (load_sensor(cfg.sensor) if Path(cfg.sensor).suffix.lower() in (".yaml", ".yml")
               else None)
     scene = open_scene(images, sensor, chunks=chunks, dem=dem, prefer=camera)
     _warn_other_family(cfg, scene.attrs["sensor"])
+    uncut = scene
     if aoi is not None:               # read in the scene's CRS, so the scene is opened first
         from pipeline.aoi import read_aoi
         # with the margin a tile reads around itself (the masks' and the spatial features'),
@@ -161,7 +165,25 @@ def prepare_scene(images: Sequence[Path], cfg: SurveyConfig, *, dem: Path | None
         scene = clip_to_aoi(scene, read_aoi(aoi, scene.rio.crs), chunks,
                             margin=cfg.features.spatial_px + cfg.masks.max_flower_px)
     dem_da = read_dem(dem, Grid.of(scene.isel(time=0, band=0)), chunks) if dem else None
-    return scene, dem_da
+    if not whole:
+        return scene, dem_da
+    if uncut is scene or dem is None:
+        return scene, dem_da, uncut, dem_da if uncut is scene else None
+    with _quiet("pipeline.ingest"):   # its coverage was said for the AOI's window
+        uncut_dem = read_dem(dem, Grid.of(uncut.isel(time=0, band=0)), chunks)
+    return scene, dem_da, uncut, uncut_dem
+
+
+@contextlib.contextmanager
+def _quiet(logger: str):
+    """The warnings of ``logger`` left out for a moment (a second read of the same input)."""
+    lg = logging.getLogger(logger)
+    level = lg.level
+    lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        lg.setLevel(level)
 
 
 def _warn_other_family(cfg: SurveyConfig, sensor: str) -> None:
@@ -1069,9 +1091,9 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     # but cost more than they save: at 2048 px, 16 tiles read in 11.3 s with 256 px chunks
     # and 21.4 s with 128 px (task overhead, concatenation, and GeoTIFF blocks, commonly
     # 256 px, decoded again for every chunk that cuts them).
-    scene, dem_da = prepare_scene(images, cfg, dem=dem, aoi=aoi,
-                                  chunks=max(64, cfg.run.chunk_size // 2),
-                                  camera=art.meta["sensor"])
+    scene, dem_da, uncut, uncut_dem = prepare_scene(
+        images, cfg, dem=dem, aoi=aoi, chunks=max(64, cfg.run.chunk_size // 2),
+        camera=art.meta["sensor"], whole=True)
     if cfg.terrain_correction != "none" and dem_da is None:
         trained = art.meta.get("config", {}).get("terrain_correction")
         raise InputError(f"terrain_correction is '{cfg.terrain_correction}' but no --dem was "
@@ -1138,7 +1160,9 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     resumed = len(tiles) - len(todo)
     if resumed:
         log.info("resuming: %d of %d tiles already done", resumed, len(tiles))
-    terrain = terrain_fit(masks(scene, cfg), dem_da, cfg)
+    # fitted on the whole scene, AOI or not: its c are a scene's statistics, and inside an AOI
+    # every pixel must score as in a run without it
+    terrain = terrain_fit(masks(uncut, cfg), uncut_dem, cfg)
     slope = aspect = None
     if dem_da is not None:
         from indices.terrain import slope_aspect

@@ -386,3 +386,48 @@ def test_a_phase_the_config_adds_does_not_choose_the_model(tmp_path, monkeypatch
     # the model without post, whatever pre holds
     assert routed and all(sorted(m) == ["flowering", "post"] for m in routed)
     assert sum(int(m["post"].sum()) for m in routed) == 32 * 64
+
+
+def test_an_aoi_does_not_change_the_terrain_correction(tmp_path, monkeypatch):
+    """With terrain_correction scs+c, the c of each date and band were fitted on the AOI's
+    crop (with its context margin), so every corrected reflectance, and every probability
+    inside the AOI, differed from a run without the AOI. They are a scene's statistics: the
+    fit sees the whole scene, and gives the whole run's c."""
+    from pyproj import Transformer
+    cfg = with_overrides(load_config(), **{"terrain_correction": "scs+c"})
+    n = 160           # the AOI with its context margin (54 px) is a part of the scene
+    scene = make_tiny_scene(tmp_path / "survey", seed=4, size=n)
+    yy, xx = np.mgrid[0:n, 0:n]
+    elev = (400 + 60 * np.sin(xx / 5.0) + 40 * np.cos(yy / 7.0)).astype("float32")
+    with rasterio.open(scene.images[0]) as src:
+        profile = {"driver": "GTiff", "width": n, "height": n, "count": 1,
+                   "dtype": "float32", "crs": src.crs, "transform": src.transform}
+    dem = tmp_path / "dem.tif"
+    with rasterio.open(dem, "w", **profile) as dst:
+        dst.write(elev, 1)
+    train = make_tiny_scene(tmp_path / "train", seed=3)
+    survey.train(train.images, train.labels, tmp_path / "model", cfg, dem=dem)
+    fits = []
+    real = survey.terrain_fit
+
+    def spy(masked, dem_da, cfg):
+        fits.append((masked.sizes["y"], masked.sizes["x"], real(masked, dem_da, cfg)))
+        return fits[-1][2]
+    monkeypatch.setattr(survey, "terrain_fit", spy)
+    survey.detect(scene.images, tmp_path / "model", tmp_path / "full", cfg, dem=dem,
+                  formats=["geojson"])
+    tf = scene.transform
+    to_ll = Transformer.from_crs("EPSG:32650", "EPSG:4326", always_xy=True)
+    ring = [list(to_ll.transform(*(tf * c))) for c in [(60, 60), (80, 60), (80, 84),
+                                                        (60, 84), (60, 60)]]
+    aoi = tmp_path / "aoi.geojson"
+    aoi.write_text(json.dumps({"type": "FeatureCollection", "features": [{
+        "type": "Feature", "properties": {}, "geometry": {"type": "Polygon",
+                                                          "coordinates": [ring]}}]}))
+    res = survey.detect(scene.images, tmp_path / "model", tmp_path / "aoi", cfg, dem=dem,
+                        aoi=aoi, formats=["geojson"])
+    assert res.report["grid"]["shape"] == [24, 20]               # the outputs: the AOI's
+    (h0, w0, whole), (h1, w1, part) = fits
+    assert (h0, w0) == (h1, w1) == (n, n)
+    assert np.isfinite(whole.c).any()
+    np.testing.assert_array_equal(part.c, whole.c)
