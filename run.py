@@ -397,12 +397,19 @@ def _fresh_out(out: Path) -> None:
 #: the option naming the folder a command writes; a folder the run created is removed again
 #: when the run ends in a user error (fetch keeps its download cache for the rerun)
 OUTPUT_OPTION = {"simulate": "out", "detect": "out", "demo": "out", "train": "model"}
+#: the options naming one input file, checked to exist before a command starts
+INPUT_FILES = ("labels", "dem", "aoi", "exclude", "manifest", "config")
 
 
 def _dispatch(args) -> int:
     if args.command in CAMPAIGN:
         raise NotImplementedYet(f"'{args.command}' is not implemented yet (campaign "
                                 "issue); see `python run.py --help`")
+    for opt in INPUT_FILES:   # before anything is read or written (a typo in --dem was
+        given = getattr(args, opt, None)     # a traceback after the images were hashed)
+        if isinstance(given, Path) and not given.exists():
+            broken = " (a link to a missing file)" if given.is_symlink() else ""
+            raise PoppyscanError(f"--{opt} {given}: no such file{broken}; check the path")
     if getattr(args, "images", None):   # patterns the shell left alone ('S2_*.tif' quoted)
         from pipeline.ingest import expand_patterns
         args.images = expand_patterns(args.images)
@@ -421,6 +428,13 @@ def _as_user_error(exc: Exception, args) -> PoppyscanError | None:
         where = f" writing {exc.filename}" if exc.filename else ""
         return PoppyscanError(f"no space left on the disk{where}; free some space or write "
                               "the outputs elsewhere")
+    if isinstance(exc, (PermissionError, FileNotFoundError)) and exc.filename:
+        # an input the user cannot read (or that went away during the run), an output
+        # folder they cannot write in
+        what = ("permission denied; give a file or folder you can read (or write, for an "
+                "output)" if isinstance(exc, PermissionError) else
+                "no such file (removed during the run?); check the path and rerun")
+        return PoppyscanError(f"{exc.filename}: {what}")
     # pixels are read lazily: a damaged file fails inside a dask compute, as a rasterio error
     # (GDAL names the file without its folder: the --images files give it back)
     from pipeline.readers._raster import read_failure
@@ -438,6 +452,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose, args.quiet)
     out = getattr(args, OUTPUT_OPTION.get(args.command, ""), None)
     created = out is not None and not out.exists()
+    # the run state a run started in an existing folder (removed again on a user error)
+    state = None if out is None or created or args.command != "detect" else out / ".poppyscan"
+    state_created = state is not None and not state.exists()
     # SIGTERM (kill, timeout, a batch scheduler) unwinds like Ctrl-C, so that the cleanup a
     # command does on an interrupt runs (fetch's staging folder was left behind)
     previous = (signal.signal(signal.SIGTERM, _terminate)
@@ -458,6 +475,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # no half-written output folder (a run stopped mid-way keeps its finished tiles,
             # in .poppyscan only, as after Ctrl-C)
             shutil.rmtree(out, ignore_errors=True)
+        elif state_created and state.is_dir() and not isinstance(err, StoppedMidRun):
+            shutil.rmtree(state, ignore_errors=True)
         if _HANDLER is not None:      # the error is the line to read: the held ones go
             _HANDLER.drop_held()
         msg = str(err).splitlines()[0] if str(err) else err.__class__.__name__

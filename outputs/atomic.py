@@ -80,6 +80,9 @@ def check_can_create(folder: Path, flag: str) -> None:
     path, a parent without write permission, a file system that refuses (it was a traceback
     at the first write, after the work), a file where it should be. A folder made to find
     out is removed again."""
+    if Path(folder).is_symlink() and not Path(folder).exists():
+        raise InputError(f"{folder}: a link to nothing (or a loop of links); choose another "
+                         f"{flag}")
     if Path(folder).exists() and not Path(folder).is_dir():
         raise InputError(f"{folder}: exists and is not a folder; choose another {flag}")
     folder = Path(folder).absolute()

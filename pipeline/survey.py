@@ -1078,8 +1078,8 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     """Find candidate patches; writes the deliverables into ``out`` (see the output contract)."""
     t_start = time.perf_counter()
     # ---- validate everything before anything is written
-    _check_out_apart(Path(out), images)
     check_can_create(Path(out), "--out")
+    _check_out_apart(Path(out), images)
     # --scheduler first (local:N within the machine's cap; an address answers as a dask
     # scheduler: one round trip, the connect timeout when nothing answers)
     check_runner(cfg.run.scheduler)

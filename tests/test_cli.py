@@ -528,6 +528,31 @@ def test_an_existing_out_folder_is_kept_on_a_user_error(trained, tmp_path):
     _one_line_error(run("detect", "--images", *images, "--model", str(d / "model"),
                         "--out", str(out)))
     assert (out / "notes.txt").read_text() == "mine"
+    # nothing added either: the run state it started there goes with the failed run
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_input_files_that_are_not_there_are_one_line(trained, tmp_path):
+    """A typo in train's --dem was a traceback (FileNotFoundError, after the images were
+    hashed); a link to nothing, or a loop of links, given as an input or as --out, too."""
+    d, scene = trained
+    (tmp_path / "loop_a").symlink_to(tmp_path / "loop_b")
+    (tmp_path / "loop_b").symlink_to(tmp_path / "loop_a")
+    (tmp_path / "dangling.tif").symlink_to(tmp_path / "gone.tif")
+    train = ["train", "--images", *map(str, scene.images), "--labels", str(scene.labels),
+             "--model", str(tmp_path / "m")]
+    line = _one_line_error(run(*train, "--dem", str(tmp_path / "no_dem.tif")))
+    assert "--dem" in line and "no_dem.tif: no such file" in line
+    line = _one_line_error(run(*train, "--dem", str(tmp_path / "dangling.tif")))
+    assert "a link to a missing file" in line
+    assert not (tmp_path / "m").exists()
+    detect = ["detect", "--images", *map(str, scene.images), "--model", str(d / "model")]
+    line = _one_line_error(run(*detect, "--out", str(tmp_path / "o"), "--aoi",
+                               str(tmp_path / "loop_a")))
+    assert "--aoi" in line and "no such file" in line
+    line = _one_line_error(run(*detect, "--out", str(tmp_path / "loop_a")))
+    assert "loop of links" in line
+    assert not (tmp_path / "o").exists()
 
 
 def test_out_may_not_be_the_images_folder(trained, tmp_path):
