@@ -43,6 +43,8 @@ def test_every_command_has_help(command, capsys):
     ["recheck", "--flags", "f.geojson", "--images", "x.tif", "--model", "m", "--out", "o"],
     ["history", "--targets", "a.geojson", "b.geojson", "--out", "o"],
     ["summary", "--verified", "v", "--units", "u.geojson", "--out", "o"],
+    ["assign"],                              # said which reserved options were missing
+    ["-q", "verify", "garbage", "--out", "o"],
 ])
 def test_campaign_commands_are_reserved(argv, tmp_path, capsys, monkeypatch):
     import run as cli
@@ -108,6 +110,16 @@ def test_ctrl_c_exits_130_with_the_resume_hint(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_dispatch", interrupted)
     assert cli.main(["inspect", "--images", "x.tif"]) == 130
     assert "interrupted; rerun the same command to resume" in capsys.readouterr().err
+
+
+def test_no_command_is_one_line_on_stderr(capsys):
+    """It printed the whole help on stdout and nothing on stderr."""
+    import run as cli
+    assert cli.main([]) == 2 and cli.main(["-q"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == [
+        "poppyscan: error: give a command (simulate, inspect, fetch, train, detect, demo); "
+        "see `python run.py --help`"] * 2
 
 
 def test_unknown_option_is_one_line_exit_2(capsys):
