@@ -415,6 +415,8 @@ def _dispatch(args) -> int:
         if isinstance(given, Path) and not given.exists():
             broken = " (a link to a missing file)" if given.is_symlink() else ""
             raise PoppyscanError(f"--{opt} {given}: no such file{broken}; check the path")
+        if isinstance(given, Path) and given.is_dir():
+            raise PoppyscanError(f"--{opt} {given}: is a folder; give the file itself")
     if getattr(args, "images", None):   # patterns the shell left alone ('S2_*.tif' quoted)
         from pipeline.ingest import expand_patterns
         args.images = expand_patterns(args.images)

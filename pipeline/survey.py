@@ -405,6 +405,8 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
     """Sample every scene in its own season, validate with spatial folds, fit, save."""
     model_dir = Path(model_dir)
     check_can_create(model_dir, "--model")
+    for sc in scenes:
+        _check_out_apart(model_dir, sc.images, flag="--model", command="train")
     # hashed first (the model records them): a scene listed twice, by another path or as a
     # copy, is refused before any work
     digests = [_digest_inputs(sc.images, sc.dem) for sc in scenes]
@@ -962,15 +964,22 @@ def _warn_weak(report: dict) -> None:
                     "relying on it", 100 * flagged)
 
 
-def _check_out_apart(out: Path, images: Sequence[Path]) -> None:
-    """--out may not be an images folder nor hold an image given by name: the outputs
-    (probability.tif, evidence.tif) would be read back as images on the documented rerun."""
+def _check_out_apart(out: Path, images: Sequence[Path], model_dir: Path | None = None,
+                     flag: str = "--out", command: str = "detect") -> None:
+    """--out (train: --model) may not be an images folder nor hold an image given by name:
+    the outputs (probability.tif, evidence.tif) would be read back as images on the
+    documented rerun; nor be the model's folder or lie inside it (a model folder is replaced
+    whole by the next train)."""
     o = out.resolve()
     for p in map(Path, images):
         r = p.resolve()
         if r == o or (p.is_file() and r.parent == o):
-            raise InputError(f"{out}: holds the images read; give detect another --out (the "
-                             "outputs would be read back as images when the run is repeated)")
+            raise InputError(f"{out}: holds the images read; give {command} another {flag} "
+                             "(its files would mix with the images, and be read as images "
+                             "when the run is repeated)")
+    if model_dir is not None and o.is_relative_to(Path(model_dir).resolve()):
+        raise InputError(f"{out}: is the model's folder or inside it; give {command} another "
+                         f"{flag} (the outputs would mix with the model's files)")
 
 
 def _blind_gaps(gaps: list, in_aoi: bool, transform, H: int, W: int) -> list:
@@ -1079,7 +1088,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     t_start = time.perf_counter()
     # ---- validate everything before anything is written
     check_can_create(Path(out), "--out")
-    _check_out_apart(Path(out), images)
+    _check_out_apart(Path(out), images, model_dir)
     # --scheduler first (local:N within the machine's cap; an address answers as a dask
     # scheduler: one round trip, the connect timeout when nothing answers)
     check_runner(cfg.run.scheduler)

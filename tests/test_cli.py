@@ -638,3 +638,30 @@ def test_a_pattern_the_shell_left_alone_is_expanded(trained):
     assert "labels.geojson: left out of the images (a .geojson file" in every.stderr
     line = _one_line_error(run("inspect", "--images", str(folder / "labels.geojson")))
     assert "labels.geojson: unsupported input" in line
+
+
+def test_outputs_may_not_go_into_the_model_nor_a_model_among_the_images(trained, tmp_path):
+    """detect --out was accepted as the model's folder (or a folder inside it), train --model
+    as the images' folder: outputs mixed into the user's inputs. A folder given where a file
+    is expected said 'not found'."""
+    import shutil
+    d, scene = trained
+    model = tmp_path / "model"
+    shutil.copytree(d / "model", model)
+    before = sorted(p.name for p in model.iterdir())
+    detect = ["detect", "--images", *map(str, scene.images), "--model", str(model)]
+    for out in (model, model / "out"):
+        assert "the model's folder or inside it" in _one_line_error(run(*detect, "--out",
+                                                                        str(out)))
+    assert sorted(p.name for p in model.iterdir()) == before
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for f in scene.images:
+        shutil.copy(f, imgs / f.name)
+    line = _one_line_error(run("train", "--images", str(imgs), "--labels", str(scene.labels),
+                               "--model", str(imgs)))
+    assert "holds the images read; give train another --model" in line
+    assert sorted(p.name for p in imgs.iterdir()) == sorted(f.name for f in scene.images)
+    line = _one_line_error(run("train", "--images", str(imgs), "--labels", str(scene.labels),
+                               "--model", str(tmp_path / "m"), "--config", str(tmp_path)))
+    assert line.endswith(f"--config {tmp_path}: is a folder; give the file itself")
