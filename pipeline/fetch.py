@@ -28,6 +28,7 @@ import math
 import os
 import shutil
 import tempfile
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,7 +196,17 @@ def _sh_config(base_url: str | None, token_url: str | None) -> Any:
     from sentinelhub import SHConfig
 
     try:
-        config = SHConfig()
+        if os.path.exists(SHConfig.get_config_location()):
+            config = SHConfig()
+        elif os.environ.get("SH_PROFILE"):
+            raise KeyError(os.environ["SH_PROFILE"])
+        else:
+            # no configuration file: the credentials from the environment, and nothing
+            # written (SHConfig() saves a default config.toml into the user's home)
+            env = {k: os.environ[v] for k, v in (("sh_client_id", "SH_CLIENT_ID"),
+                                                 ("sh_client_secret", "SH_CLIENT_SECRET"))
+                   if os.environ.get(v)}
+            config = SHConfig(use_defaults=True, **env)
     except KeyError as exc:
         raise CredentialsError(
             f"sentinelhub profile not found ({exc.args[0]}); {_CREDENTIALS_HINT}") from None
@@ -211,6 +222,13 @@ def _sh_config(base_url: str | None, token_url: str | None) -> Any:
             "dataspace.copernicus.eu" not in (config.sh_token_url or ""):
         # a CDSE base URL, from the option or a profile, with Sentinel Hub's token URL
         config.sh_token_url = CDSE_TOKEN_URL
+    host = urllib.parse.urlsplit(base_url or "").hostname or ""
+    if base_url and not token_url and not host.endswith(
+            ("sentinel-hub.com", "dataspace.copernicus.eu")):
+        # the client id and secret go to the token URL, which another base URL does not move
+        LOGGER.warning("--sh-base-url %s with Sentinel Hub's token URL %s: the credentials are "
+                    "sent there; give --sh-token-url for another service", base_url,
+                    config.sh_token_url)
     config.max_download_attempts = MAX_DOWNLOAD_ATTEMPTS
     config.download_sleep_time = DOWNLOAD_SLEEP_TIME
     config.max_retries = MAX_RATE_LIMIT_RETRIES

@@ -274,6 +274,15 @@ def test_unknown_profile_raises_credentials_error(server, aoi, tmp_path, monkeyp
     monkeypatch.setenv("SH_PROFILE", "no-such-profile")
     with pytest.raises(CredentialsError, match="profile"):
         run(server, aoi, tmp_path / "out")
+    assert not (tmp_path / "config").exists()      # sentinelhub wrote a default config.toml
+
+
+def test_credentials_from_the_environment_write_nothing_in_home(server, aoi, tmp_path):
+    """Without a sentinelhub config.toml the environment's credentials are used and none is
+    written (sentinelhub saves a default one into the user's home); without credentials the
+    error is the same one line."""
+    run(server, aoi, tmp_path / "out")
+    assert server.token_requests >= 1 and not (tmp_path / "config").exists()
 
 
 @pytest.mark.parametrize("window", ["2024-05-01", "2024-05-01/2024-13-01", "2024-06-01/2024-05-01",
@@ -537,3 +546,21 @@ def test_an_aoi_across_the_antimeridian_is_refused_with_the_reason(server, tmp_p
                              "geometry": {"type": "Polygon", "coordinates": [ring]}}))
     with pytest.raises(InputError, match="crosses the 180th meridian"):
         run(server, p, tmp_path / "out")
+
+
+def test_another_base_url_without_a_token_url_is_warned(monkeypatch, caplog):
+    """The base URL alone does not move the token URL: the credentials still go to Sentinel
+    Hub's (a user pointing at another service learnt it from an authentication error after a
+    minute of retries). Sentinel Hub's and CDSE's own hosts are not warned about."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", "/nonexistent-config")
+    monkeypatch.delenv("SH_PROFILE", raising=False)
+    monkeypatch.setenv("SH_CLIENT_ID", "id")
+    monkeypatch.setenv("SH_CLIENT_SECRET", "secret")
+    with caplog.at_level("WARNING"):
+        F._sh_config("http://127.0.0.1:9", None)
+        F._sh_config("https://services-uswest2.sentinel-hub.com", None)
+        F._sh_config("https://sh.dataspace.copernicus.eu", None)
+        F._sh_config("http://127.0.0.1:9", "http://127.0.0.1:9/token")
+    warned = [r.getMessage() for r in caplog.records if "--sh-token-url" in r.getMessage()]
+    assert len(warned) == 1 and "127.0.0.1:9" in warned[0]
+    assert "services.sentinel-hub.com" in warned[0]
