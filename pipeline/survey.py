@@ -1145,6 +1145,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     stride = max(1, int(np.ceil(max(H, W) / 1024)))
     state = out / STATE_DIR
     tdir = state / "tiles"
+    _lock_run_state(state, out)
     # read once: the inputs can be GBs. The AOI and exclusion files count by content, so a
     # rerun after one was edited in place starts afresh instead of resuming
     digests = _digest_inputs(images, dem, (aoi, exclude))
@@ -1320,7 +1321,36 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
         for f, dst in zip(files, final):
             os.replace(f, dst)
     shutil.rmtree(stage, ignore_errors=True)
+    _unlock_run_state(state)
     return DetectResult(out, len(targets.targets), final, report)
+
+
+#: run states this process holds locked (each held until its run ends)
+_LOCKS: dict[str, Any] = {}
+
+
+def _lock_run_state(state: Path, out: Path) -> None:
+    """Take ``state`` for this run: a second detect into the same --out at the same time
+    wiped the first one's tiles and the first carried on, mixing the two runs' tiles. A lock
+    a failed run of this process left is given back first (a process runs one detect at a
+    time); another process's is refused."""
+    import fcntl
+    state.mkdir(parents=True, exist_ok=True)
+    _unlock_run_state(state)
+    f = open(state / "lock", "a")  # noqa: SIM115 - held until the run ends
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise InputError(f"{out}: another detect is writing into it now; wait for it to end, "
+                         "or give another --out") from None
+    _LOCKS[str(state.resolve())] = f
+
+
+def _unlock_run_state(state: Path) -> None:
+    f = _LOCKS.pop(str(state.resolve()), None)
+    if f is not None:
+        f.close()
 
 
 def _assemble_thumb(tdir: Path, tiles, stride: int, H: int, W: int) -> np.ndarray:

@@ -21,6 +21,7 @@ from shapely.geometry import box, shape
 
 from outputs.patches import CandidateFeatures, chunk_pieces, merge_blind, merge_pieces
 from pipeline.config import load_config, with_overrides
+from pipeline.errors import InputError
 from pipeline.survey import detect, train
 
 TF = Affine(10, 0, 500000.0, 0, -10, 3340000.0)          # tests/scenes.py's grid
@@ -595,3 +596,32 @@ def test_on_a_rotated_grid_a_plot_cut_by_tiles_is_whole_at_any_chunk_size(
                          for f in _features(tmp_path / f"cs{cs}" / "targets.geojson"))
     assert len(got[64]) == len(plots) and all(a >= 1000 for _, a in got[64])
     assert got[16] == got[64]
+
+
+def test_a_second_detect_into_the_same_out_at_once_is_refused(model, tiny, tmp_path) -> None:
+    """Two detects into one --out at the same time: the second wiped the first's tiles and
+    the first carried on mixing both runs' tiles. The run state is locked; the second is
+    refused in one line and leaves the first's state alone; after the first, it runs."""
+    import subprocess
+    import sys
+    import time
+    out = tmp_path / "out"
+    (out / ".poppyscan").mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time\n"
+        f"f = open({str(out / '.poppyscan' / 'lock')!r}, 'a')\n"
+        "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(InputError, match="another detect is writing into it now"):
+            _detect(tiny.images, model, out)
+        assert sorted(p.name for p in (out / ".poppyscan").iterdir()) == ["lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    res = _detect(tiny.images, model, out)
+    assert res.n_targets == len(PLOTS)
+    res = _detect(tiny.images, model, out)             # the same process, again: resumes
+    assert res.report["tiles_resumed"] == res.report["tiles"]
