@@ -289,6 +289,20 @@ def _progress(quiet: bool):
     return factory
 
 
+def _check_files(a, *options: str) -> None:
+    """The input files named by ``options`` exist and are files, before they are read (a
+    typo in train's --dem was a traceback after the images were hashed)."""
+    for opt in options:
+        given = getattr(a, opt, None)
+        if not isinstance(given, Path):
+            continue
+        if not given.exists():
+            broken = " (a link to a missing file)" if given.is_symlink() else ""
+            raise PoppyscanError(f"--{opt} {given}: no such file{broken}; check the path")
+        if given.is_dir():
+            raise PoppyscanError(f"--{opt} {given}: is a folder; give the file itself")
+
+
 def _config(path: Path | None, **overrides):
     from pipeline.config import load_config, with_overrides
     cfg = load_config(path)
@@ -306,12 +320,14 @@ def cmd_simulate(a) -> int:
 
 def cmd_inspect(a) -> int:
     from pipeline.inspect import inspect_images
+    _check_files(a, "aoi")
     _say(json.dumps(inspect_images(a.images, sensor=a.sensor, aoi=a.aoi), indent=2))
     return 0
 
 
 def cmd_fetch(a) -> int:
     from pipeline.fetch import fetch
+    _check_files(a, "aoi")
     doc = fetch(a.aoi, a.window, a.out, max_cloud=a.max_cloud, resolution=a.resolution,
                 dem=a.dem, base_url=a.sh_base_url, token_url=a.sh_token_url)
     written, skipped = doc.get("written", []), doc.get("skipped", [])
@@ -333,9 +349,10 @@ def cmd_train(a) -> int:
                              "manifest names each scene's own labels and dem")
     if not a.manifest and not a.labels:
         raise PoppyscanError("--images needs --labels (a polygon file with 'class')")
-    if a.config:
-        cfg = _config(a.config)
-    else:
+    _check_files(a, "config")
+    cfg = _config(a.config) if a.config else None
+    _check_files(a, "manifest", "labels", "dem")
+    if cfg is None:
         first = read_manifest(a.manifest)[0] if a.manifest else None
         cfg = (default_config(first.images, dem=first.dem) if first else
                default_config(a.images, dem=a.dem))
@@ -355,7 +372,10 @@ def cmd_detect(a, quiet: bool) -> int:
         raise NotImplementedYet("--history is not implemented yet (campaign issue)")
     from pipeline.config import with_overrides
     from pipeline.survey import default_config
-    cfg = (_config(a.config) if a.config else default_config(a.images, a.model, a.dem))
+    _check_files(a, "config")
+    cfg = _config(a.config) if a.config else None
+    _check_files(a, "dem", "aoi", "exclude")
+    cfg = cfg or default_config(a.images, a.model, a.dem)
     cfg = with_overrides(cfg, **{"run.scheduler": a.scheduler})
     res = detect(a.images, a.model, a.out, cfg, dem=a.dem, aoi=a.aoi, exclude=a.exclude,
                  formats=a.formats, progress=_progress(quiet))
@@ -402,21 +422,12 @@ def _fresh_out(out: Path) -> None:
 #: the option naming the folder a command writes; a folder the run created is removed again
 #: when the run ends in a user error (fetch keeps its download cache for the rerun)
 OUTPUT_OPTION = {"simulate": "out", "detect": "out", "demo": "out", "train": "model"}
-#: the options naming one input file, checked to exist before a command starts
-INPUT_FILES = ("labels", "dem", "aoi", "exclude", "manifest", "config")
 
 
 def _dispatch(args) -> int:
     if args.command in CAMPAIGN:
         raise NotImplementedYet(f"'{args.command}' is not implemented yet (campaign "
                                 "issue); see `python run.py --help`")
-    for opt in INPUT_FILES:   # before anything is read or written (a typo in --dem was
-        given = getattr(args, opt, None)     # a traceback after the images were hashed)
-        if isinstance(given, Path) and not given.exists():
-            broken = " (a link to a missing file)" if given.is_symlink() else ""
-            raise PoppyscanError(f"--{opt} {given}: no such file{broken}; check the path")
-        if isinstance(given, Path) and given.is_dir():
-            raise PoppyscanError(f"--{opt} {given}: is a folder; give the file itself")
     if getattr(args, "images", None):   # patterns the shell left alone ('S2_*.tif' quoted)
         from pipeline.ingest import expand_patterns
         args.images = expand_patterns(args.images)
