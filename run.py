@@ -272,12 +272,16 @@ def _progress(quiet: bool):
     """A factory of per-stage progress callbacks (rich bars on a terminal, else silent)."""
     if quiet or not sys.stderr.isatty():
         return None
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    # on stderr, the terminal the test above saw: on stdout (rich's default) a redirected
+    # result (> summary.txt, | tee) got an empty line per bar and the terminal no bar
+    console = Console(stderr=True)
 
     def factory(stage: str, total: int):
         _show_held_log()                   # a progress bar: show what was said before it
         prog = Progress("[bold]{task.description}", BarColumn(), MofNCompleteColumn(),
-                        TimeRemainingColumn(), transient=True)
+                        TimeRemainingColumn(), transient=True, console=console)
         prog.start()
         task = prog.add_task(stage, total=total)
 

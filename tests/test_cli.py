@@ -665,3 +665,26 @@ def test_outputs_may_not_go_into_the_model_nor_a_model_among_the_images(trained,
     line = _one_line_error(run("train", "--images", str(imgs), "--labels", str(scene.labels),
                                "--model", str(tmp_path / "m"), "--config", str(tmp_path)))
     assert line.endswith(f"--config {tmp_path}: is a folder; give the file itself")
+
+
+def test_progress_bars_are_drawn_on_stderr(monkeypatch, capsys):
+    """Bars were enabled by stderr being a terminal but drawn on stdout (rich's default): a
+    result redirected to a file got an empty line per bar, and the terminal saw no bar."""
+    import run as cli
+
+    class Tty:
+        def __init__(self, real):
+            self.real = real
+
+        def isatty(self):
+            return True
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+    monkeypatch.setattr(sys, "stderr", Tty(sys.stderr))
+    factory = cli._progress(quiet=False)
+    tick = factory("features", 3)
+    for _ in range(3):
+        tick(1)
+    out, err = capsys.readouterr()
+    assert out == "" and "features" in err
