@@ -277,8 +277,11 @@ class RunConfig(_Frozen):
         if 1 < size < MIN_WORKER_MEMORY:
             # dask reads a bare 4 as 4 bytes: its workers then restart for ever (no tile
             # finishes, nothing is said); below ~256 MB not even the interpreter fits
-            raise ValueError(f"'{v}' is {size:.0f} bytes, too little for a worker (at least "
-                             "256MB; a bare number is bytes): write e.g. 3GB")
+            from dask.utils import format_bytes
+            said = format_bytes(int(size)) if size >= 1024 else f"{size:g} bytes"
+            raise ValueError(f"'{v}' is {said}, too little for a worker (at least "
+                             "256MiB; a bare number above 1 is bytes, up to 1 a share of the "
+                             "machine's memory): write e.g. 3GB")
         return v
 
     @field_validator("scheduler")

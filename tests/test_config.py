@@ -359,8 +359,12 @@ def test_every_band_index_and_spatial_variable_form_loads() -> None:
     ("memory_per_worker", "lots", "'lots' is not a memory size; write e.g. 3GB"),
     ("memory_per_worker", "-2GB", "'-2GB' is not a memory size"),
     # dask reads 4 as 4 bytes: the workers restarted for ever and detect never ended
-    ("memory_per_worker", "4", "'4' is 4 bytes, too little for a worker (at least 256MB"),
-    ("memory_per_worker", "50MB", "'50MB' is 50000000 bytes, too little"),
+    ("memory_per_worker", "4", "'4' is 4 bytes, too little for a worker (at least 256MiB"),
+    ("memory_per_worker", "50MB", "'50MB' is 47.68 MiB, too little"),
+    # the minimum named as the value it refused (256MB < 256 MiB); 1.5 read as '2 bytes'
+    ("memory_per_worker", "256MB",
+     "'256MB' is 244.14 MiB, too little for a worker (at least 256MiB"),
+    ("memory_per_worker", "1.5", "'1.5' is 1.5 bytes"),
     ("scheduler", "thread", "'thread' is not one of threads, processes"),
     ("scheduler", "local:0", "local:N needs N >= 1"),
 ])
