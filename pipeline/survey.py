@@ -9,19 +9,20 @@ The deliverables are assembled from the tile results and moved into OUT at the v
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import glob
 import hashlib
 import itertools
 import json
-import contextlib
 import logging
 import math
 import os
 import shutil
 import time
 import warnings
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +32,11 @@ import dask
 import numpy as np
 import rasterio
 import shapely
-from shapely import affinity
 import xarray as xr
 from affine import Affine
 from pyproj import CRS, Transformer
 from rasterio import features as rfeatures
+from shapely import affinity
 from threadpoolctl import threadpool_limits
 
 from classifiers import artifact as model_artifact
@@ -1058,6 +1059,36 @@ def _save_tile(tdir: Path, key: str, res: dict) -> None:
     os.replace(tmp, tdir / f"{key}.json")   # the json is the tile's completion marker
 
 
+def _read_json(path: Path) -> dict:
+    """A JSON object from ``path``; {} when it is damaged (cut short by a power cut or a full
+    disk: nothing is fsync'ed)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _tile_done(tdir: Path, key: str) -> bool:
+    """Whether a tile of an earlier run can be taken as it is: its JSON (the completion
+    marker) and its arrays read back whole. A damaged tile (a power cut or a full disk can
+    leave empty or truncated files) is removed and computed again; it was a traceback."""
+    doc, npz = tdir / f"{key}.json", tdir / f"{key}.npz"
+    if not doc.is_file():
+        return False
+    try:
+        with np.load(npz) as z:
+            ok = {"prob", "evidence", "rgb", "feat_sum", "n_feat"} <= set(z.files)
+        ok = ok and {"pieces", "blind", "gaps", "timings", "counts"} <= set(_read_json(doc))
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        ok = False
+    if not ok:
+        log.warning("%s: tile %s of the earlier run is damaged; computing it again", tdir, key)
+        doc.unlink(missing_ok=True)
+        npz.unlink(missing_ok=True)
+    return ok
+
+
 def _load_tile_doc(tdir: Path, key: str) -> tuple[list[Piece], list, list, dict, dict]:
     doc = json.loads((tdir / f"{key}.json").read_text())
     with np.load(tdir / f"{key}.npz") as z:
@@ -1159,14 +1190,14 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
                                                 "calendar": calendar.model_dump(mode="json"),
                                                 "sensor_file": sensor_file})
     run_file = state / "run.json"
-    if run_file.is_file() and json.loads(run_file.read_text()).get("fingerprint") != fp:
+    if run_file.is_file() and _read_json(run_file).get("fingerprint") != fp:
         log.info("%s holds a run with other inputs or settings: starting afresh", state)
         shutil.rmtree(tdir, ignore_errors=True)
     tdir.mkdir(parents=True, exist_ok=True)
     run_file.write_text(json.dumps({"fingerprint": fp, "chunk_size": cs}))
     tiles = [(f"{y0:06d}_{x0:06d}", slice(y0, min(y0 + cs, H)), slice(x0, min(x0 + cs, W)))
              for y0 in range(0, H, cs) for x0 in range(0, W, cs)]
-    todo = [t for t in tiles if not (tdir / f"{t[0]}.json").is_file()]
+    todo = [t for t in tiles if not _tile_done(tdir, t[0])]
     resumed = len(tiles) - len(todo)
     if resumed:
         log.info("resuming: %d of %d tiles already done", resumed, len(tiles))

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import xarray as xr
 import yaml
 from scenes import CRS, make_tiny_scene
 
@@ -102,15 +103,13 @@ def test_without_a_dem_train_and_detect_refuse_a_calendar_that_moves(setup, tmp_
     assert not (tmp_path / "out").exists()
 
 
-def test_dem_voids_under_a_calendar_that_moves_are_named(setup, tmp_path, caplog):
+def test_dem_voids_under_a_calendar_that_moves_are_named(tmp_path, caplog):
     """Pixels without an elevation keep the reference elevation's phases; the user is told how
     much of the grid that is (it was silent), and a DEM without voids says nothing."""
-    d, cfg, scene = setup
     moving = load_calendar(str(_calendar(tmp_path / "moving.yaml", per_100m=3)))
-    elev = np.zeros((1, 96, 96), "float32")
-    elev[0, :24] = np.nan                          # a quarter of the grid
-    import xarray as xr
-    dem = xr.DataArray(elev[0], dims=("y", "x"))
+    elev = np.zeros((96, 96), "float32")
+    elev[:24] = np.nan                             # a quarter of the grid
+    dem = xr.DataArray(elev, dims=("y", "x"))
     with caplog.at_level("WARNING"):
         shift = survey.calendar_shift(moving, dem)
     assert (shift.values == 0).all()           # at 0 m and in the void: the reference

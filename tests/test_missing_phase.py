@@ -394,7 +394,7 @@ def test_an_aoi_does_not_change_the_terrain_correction(tmp_path, monkeypatch):
     inside the AOI, differed from a run without the AOI. They are a scene's statistics: the
     fit sees the whole scene, and gives the whole run's c."""
     from pyproj import Transformer
-    cfg = with_overrides(load_config(), **{"terrain_correction": "scs+c"})
+    cfg = with_overrides(load_config(), terrain_correction="scs+c")
     n = 160           # the AOI with its context margin (54 px) is a part of the scene
     scene = make_tiny_scene(tmp_path / "survey", seed=4, size=n)
     yy, xx = np.mgrid[0:n, 0:n]
