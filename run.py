@@ -502,11 +502,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if err is None:
             _show_held_log()
             raise
-        if created and out.is_dir() and not isinstance(err, StoppedMidRun):
-            # no half-written output folder (a run stopped mid-way keeps its finished tiles,
-            # in .poppyscan only, as after Ctrl-C)
-            shutil.rmtree(out, ignore_errors=True)
-        elif state_created and state.is_dir() and not isinstance(err, StoppedMidRun):
+        # a run stopped mid-way keeps its finished tiles, in .poppyscan only, as after
+        # Ctrl-C; so does a detect whose disk filled up (tiles done, the deliverables not)
+        full = (args.command == "detect" and isinstance(exc, OSError)
+                and exc.errno == errno.ENOSPC)
+        keep = isinstance(err, StoppedMidRun) or full
+        if full:
+            shutil.rmtree(out / ".poppyscan" / "staging", ignore_errors=True)
+            err = PoppyscanError(f"{err}; the finished tiles are kept: rerun the same command "
+                                 "to resume")
+        if created and out.is_dir() and not keep:
+            shutil.rmtree(out, ignore_errors=True)       # no half-written output folder
+        elif state_created and state.is_dir() and not keep:
             shutil.rmtree(state, ignore_errors=True)
         if _HANDLER is not None:      # the error is the line to read: the held ones go
             _HANDLER.drop_held()

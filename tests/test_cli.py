@@ -688,3 +688,33 @@ def test_progress_bars_are_drawn_on_stderr(monkeypatch, capsys):
         tick(1)
     out, err = capsys.readouterr()
     assert out == "" and "features" in err
+
+
+def test_a_full_disk_while_writing_keeps_the_finished_tiles(trained, tmp_path, monkeypatch,
+                                                            capsys):
+    """Every tile done, then the disk filled up writing the deliverables: the new --out was
+    removed whole, tiles included, and the rerun after freeing space recomputed everything."""
+    import errno
+    import os
+
+    import run as cli
+    from pipeline import survey
+    d, scene = trained
+    out = tmp_path / "out"
+    real = survey.writers.write_targets
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / "x"))
+    monkeypatch.setattr(survey.writers, "write_targets", full)
+    argv = ["detect", "--images", *map(str, scene.images), "--model", str(d / "model"),
+            "--out", str(out)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no space left" in err[0] and "finished tiles are kept" in err[0]
+    assert [p.name for p in out.iterdir()] == [".poppyscan"]
+    assert not (out / ".poppyscan" / "staging").exists()
+    assert list((out / ".poppyscan" / "tiles").glob("*.json"))
+    monkeypatch.setattr(survey.writers, "write_targets", real)
+    assert cli.main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["tiles_resumed"] == report["tiles"]
