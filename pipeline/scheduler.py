@@ -270,8 +270,19 @@ def run_tiles(runner: Runner, tasks: Sequence[tuple[Any, Any]],
     ``on_result(key, value)`` in the main process as each finishes."""
     in_flight = in_flight or max(2, 2 * runner.workers)
     if runner.client is not None:
+        from concurrent.futures import CancelledError
+
         from dask.distributed import as_completed
+        from distributed.comm.core import CommClosedError
         from distributed.scheduler import KilledWorker
+
+        def lost(key: Any, exc: BaseException) -> StoppedMidRun:
+            # the scheduler restarted, crashed or became unreachable: its futures are
+            # cancelled ('scheduler-connection-lost'); it was a 60-line traceback, exit 1
+            return StoppedMidRun(
+                f"the dask scheduler was lost while tile {key} was computed "
+                f"({_one_line(exc)}); finished tiles are kept: check the scheduler and its "
+                "workers and rerun the same command")
         pending = list(tasks)
         futs = {}
         ac = as_completed()
@@ -284,6 +295,8 @@ def run_tiles(runner: Runner, tasks: Sequence[tuple[Any, Any]],
             key = futs.pop(fut)
             try:
                 value = fut.result()
+            except (CancelledError, CommClosedError) as exc:
+                raise lost(key, exc) from None
             except KilledWorker:
                 raise StoppedMidRun(
                     f"a dask worker died computing tile {key} (most often out of memory: "
@@ -296,7 +309,10 @@ def run_tiles(runner: Runner, tasks: Sequence[tuple[Any, Any]],
                 progress(1)
             if pending:
                 nkey, task = pending.pop(0)
-                f = runner.client.compute(task)
+                try:
+                    f = runner.client.compute(task)
+                except (CancelledError, CommClosedError) as exc:
+                    raise lost(nkey, exc) from None
                 futs[f] = nkey
                 ac.add(f)
         return

@@ -304,3 +304,29 @@ def test_an_error_in_a_processes_run_stops_the_other_workers():
             break
         time.sleep(0.2)
     assert not alive, f"worker processes still running: {[p.cmdline() for p in alive]}"
+
+
+def test_a_scheduler_lost_mid_run_is_one_line_and_keeps_the_tiles(cluster):
+    """A scheduler that restarts, crashes or becomes unreachable cancels the run's futures
+    ('scheduler-connection-lost'): it was a 60-line traceback, exit 1."""
+    import dask
+    from distributed.client import FutureCancelledError
+
+    from pipeline.errors import StoppedMidRun
+
+    def cut(v: int) -> int:
+        if v == 2:
+            raise FutureCancelledError(f"tile-{v}", "scheduler-connection-lost")
+        return v
+
+    got: list = []
+
+    def go() -> None:
+        with open_runner(cluster.scheduler_address) as runner:
+            run_tiles(runner, [(k, dask.delayed(cut)(k)) for k in range(4)],
+                      lambda k, v: got.append(k), in_flight=1)
+    res = _within(go)
+    err = res.get("error")
+    assert isinstance(err, StoppedMidRun), res
+    assert "scheduler was lost while tile 2" in str(err) and "rerun the same command" in str(err)
+    assert got == [0, 1]
