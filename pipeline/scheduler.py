@@ -16,8 +16,10 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -200,6 +202,19 @@ def open_runner(spec: str, *, memory_per_worker: str = "3GB") -> Iterator[Runner
             yield runner
 
 
+def _close_quickly(client: Any, cluster: Any, timeout: float = 5.0) -> None:
+    """Close an interrupted local cluster within about ``timeout`` seconds each step."""
+    import psutil
+    kids = psutil.Process().children(recursive=True)
+    for close in (lambda: client.close(timeout=timeout),
+                  lambda: cluster.close(timeout=timeout)):
+        with contextlib.suppress(BaseException):
+            close()
+    for p in kids:                    # nannies and workers that did not go
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+
+
 @contextlib.contextmanager
 def _quiet_distributed() -> Iterator[None]:
     """dask.distributed logs every scheduler, nanny and connection event at INFO; keep them
@@ -238,7 +253,13 @@ def _distributed(spec: str, kind: str, arg: Any, memory_per_worker: str, Client:
         client = Client(cluster)
         try:
             yield Runner(spec, client, workers=int(arg))  # type: ignore[arg-type]
-        finally:
+        except BaseException:
+            # Ctrl-C reaches the nannies and workers too (one process group): closing them
+            # gracefully could wait for ever on processes already going (a first Ctrl-C hung
+            # the run in an outside audit); a bounded close, then whatever is left is killed
+            _close_quickly(client, cluster)
+            raise
+        else:
             client.close()
             cluster.close()
         return
@@ -270,11 +291,7 @@ def run_tiles(runner: Runner, tasks: Sequence[tuple[Any, Any]],
     ``on_result(key, value)`` in the main process as each finishes."""
     in_flight = in_flight or max(2, 2 * runner.workers)
     if runner.client is not None:
-        from concurrent.futures import CancelledError
-
         from dask.distributed import as_completed
-        from distributed.comm.core import CommClosedError
-        from distributed.scheduler import KilledWorker
 
         def lost(key: Any, exc: BaseException) -> StoppedMidRun:
             # the scheduler restarted, crashed or became unreachable: its futures are
@@ -286,12 +303,44 @@ def run_tiles(runner: Runner, tasks: Sequence[tuple[Any, Any]],
         pending = list(tasks)
         futs = {}
         ac = as_completed()
-        while pending and len(futs) < in_flight:
-            key, task = pending.pop(0)
-            f = runner.client.compute(task)
-            futs[f] = key
-            ac.add(f)
-        for fut in ac:
+        with _signals_kept() as caught:
+            while pending and len(futs) < in_flight:
+                key, task = pending.pop(0)
+                f = runner.client.compute(task)
+                futs[f] = key
+                ac.add(f)
+            _run_client_loop(runner, ac, futs, pending, on_result, progress, lost, caught)
+        return
+    if runner.spec == "sync":
+        for key, task in tasks:
+            on_result(key, _compute_sync(task))
+            if progress:
+                progress(1)
+        return
+    _run_pool(runner, tasks, on_result, in_flight, progress)
+
+
+def _run_client_loop(runner: Runner, ac: Any, futs: dict, pending: list,
+                     on_result: Callable[[Any, Any], None],
+                     progress: Callable[[int], None] | None, lost: Callable,
+                     caught: list) -> None:
+    """The tiles of a dask.distributed run as they finish. The wait is a poll that looks at
+    ``caught`` (the interrupts this run received): under local:N a Ctrl-C was at times lost
+    in the client's machinery, and the run went on to the end (exit 0) or, its workers gone
+    with the same Ctrl-C, waited for ever."""
+    from concurrent.futures import CancelledError
+
+    from distributed.comm.core import CommClosedError
+    from distributed.scheduler import KilledWorker
+    while futs:
+        if caught:      # an interrupt that did not end the run: raised again here
+            signal.raise_signal(caught[0])
+            raise KeyboardInterrupt   # (a handler that returns: stop all the same)
+        done = ac.next_batch(block=False)
+        if not done:
+            time.sleep(0.1)
+            continue
+        for fut in done:
             key = futs.pop(fut)
             try:
                 value = fut.result()
@@ -315,14 +364,33 @@ def run_tiles(runner: Runner, tasks: Sequence[tuple[Any, Any]],
                     raise lost(nkey, exc) from None
                 futs[f] = nkey
                 ac.add(f)
+
+
+@contextlib.contextmanager
+def _signals_kept() -> Iterator[list[int]]:
+    """The SIGINT and SIGTERM a run receives, noted before the handlers in place (Ctrl-C's
+    KeyboardInterrupt, run.py's SIGTERM) are called, so that a loop can raise them again if
+    they were swallowed on the way. Main thread only (elsewhere: nothing noted)."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
         return
-    if runner.spec == "sync":
-        for key, task in tasks:
-            on_result(key, _compute_sync(task))
-            if progress:
-                progress(1)
-        return
-    _run_pool(runner, tasks, on_result, in_flight, progress)
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        before = signal.getsignal(sig)
+        if not callable(before):
+            continue
+
+        def noted(signum: int, frame: Any, _before: Any = before) -> None:
+            caught.append(signum)
+            _before(signum, frame)
+        previous[sig] = before
+        signal.signal(sig, noted)
+    try:
+        yield caught
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _compute_sync(task: Any) -> Any:

@@ -330,3 +330,31 @@ def test_a_scheduler_lost_mid_run_is_one_line_and_keeps_the_tiles(cluster):
     assert isinstance(err, StoppedMidRun), res
     assert "scheduler was lost while tile 2" in str(err) and "rerun the same command" in str(err)
     assert got == [0, 1]
+
+
+def test_an_interrupt_swallowed_on_the_way_still_stops_a_distributed_run(cluster):
+    """Under local:N a Ctrl-C was at times lost in the client's machinery: the run went on to
+    exit 0, or (its workers gone with the Ctrl-C) waited for ever. An interrupt the run
+    received is raised again by its loop, here after code on the way swallowed it."""
+    import signal as sig
+
+    import dask
+    got: list = []
+
+    def on_result(k, v):
+        got.append(k)
+        if k == 0:
+            try:                       # what some library code on the way did
+                os.kill(os.getpid(), sig.SIGINT)
+                time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+
+    def go() -> None:
+        with open_runner(cluster.scheduler_address) as runner:
+            run_tiles(runner, [(k, dask.delayed(time.sleep)(0.2)) for k in range(8)],
+                      on_result, in_flight=1)
+    assert threading.current_thread() is threading.main_thread()
+    with pytest.raises(KeyboardInterrupt):
+        go()
+    assert got == [0]
