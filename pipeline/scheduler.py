@@ -204,14 +204,14 @@ def open_runner(spec: str, *, memory_per_worker: str = "3GB") -> Iterator[Runner
 
 def _close_quickly(client: Any, cluster: Any, timeout: float = 5.0) -> None:
     """Close an interrupted local cluster within about ``timeout`` seconds each step."""
-    import psutil
-    kids = psutil.Process().children(recursive=True)
+    import multiprocessing
+    kids = multiprocessing.active_children()          # the nannies
     for close in (lambda: client.close(timeout=timeout),
                   lambda: cluster.close(timeout=timeout)):
         with contextlib.suppress(BaseException):
             close()
-    for p in kids:                    # nannies and workers that did not go
-        with contextlib.suppress(psutil.Error):
+    for p in kids:                    # those that did not go (their workers go with them)
+        with contextlib.suppress(Exception):
             p.kill()
 
 
