@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from outputs.atomic import check_can_create
 from outputs.targets import area_text
-from pipeline.errors import NotImplementedYet, PoppyscanError, StoppedMidRun
+from pipeline.errors import NotImplementedYet, OutputBusy, PoppyscanError, StoppedMidRun
 
 PROG = "poppyscan"
 log = logging.getLogger(PROG)
@@ -506,7 +506,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Ctrl-C; so does a detect whose disk filled up (tiles done, the deliverables not)
         full = (args.command == "detect" and isinstance(exc, OSError)
                 and exc.errno == errno.ENOSPC)
-        keep = isinstance(err, StoppedMidRun) or full
+        # (another detect's run state, into the same folder, is not this run's to remove)
+        keep = isinstance(err, (StoppedMidRun, OutputBusy)) or full
         if full:
             shutil.rmtree(out / ".poppyscan" / "staging", ignore_errors=True)
             err = PoppyscanError(f"{err}; the finished tiles are kept: rerun the same command "

@@ -55,5 +55,10 @@ class StoppedMidRun(PoppyscanError, RuntimeError):
     Ctrl-C."""
 
 
+class OutputBusy(InputError):
+    """Another detect is writing into the same output folder: its run state is not this
+    run's to clean up."""
+
+
 class NotImplementedYet(PoppyscanError, NotImplementedError):
     """A command whose issue has not landed yet."""

@@ -90,7 +90,7 @@ from pipeline.config import (
     load_yaml,
     with_overrides,
 )
-from pipeline.errors import InputError
+from pipeline.errors import InputError, OutputBusy
 from pipeline.grid import Grid
 from pipeline.ingest import clip_to_aoi, expand_paths, first_image_facts, open_scene, read_dem
 from pipeline.masks import apply_masks
@@ -1373,7 +1373,7 @@ def _lock_run_state(state: Path, out: Path) -> None:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         f.close()
-        raise InputError(f"{out}: another detect is writing into it now; wait for it to end, "
+        raise OutputBusy(f"{out}: another detect is writing into it now; wait for it to end, "
                          "or give another --out") from None
     _LOCKS[str(state.resolve())] = f
 

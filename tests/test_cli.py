@@ -718,3 +718,34 @@ def test_a_full_disk_while_writing_keeps_the_finished_tiles(trained, tmp_path, m
     assert cli.main(argv) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["tiles_resumed"] == report["tiles"]
+
+
+def test_a_detect_refused_for_a_busy_out_leaves_the_other_runs_state(trained, tmp_path,
+                                                                    monkeypatch, capsys):
+    """Two detects started at once into an existing folder: the one refused must not remove
+    the run state the other made (it looked like state of its own making)."""
+    import fcntl
+
+    import run as cli
+    from pipeline import survey
+    d, scene = trained
+    out = tmp_path / "out"
+    out.mkdir()
+    real = survey._lock_run_state
+    other = []
+
+    def raced(state, o):            # the other run makes and locks the state first
+        state.mkdir(parents=True, exist_ok=True)
+        f = open(state / "lock", "a")  # noqa: SIM115
+        fcntl.flock(f, fcntl.LOCK_EX)
+        other.append(f)
+        return real(state, o)
+    monkeypatch.setattr(survey, "_lock_run_state", raced)
+    try:
+        assert cli.main(["detect", "--images", *map(str, scene.images), "--model",
+                         str(d / "model"), "--out", str(out)]) == 2
+    finally:
+        for f in other:
+            f.close()
+    assert "another detect is writing into it now" in capsys.readouterr().err
+    assert (out / ".poppyscan" / "lock").exists()
