@@ -277,6 +277,17 @@ def test_a_run_stopped_mid_way_keeps_its_output_folder(tmp_path, monkeypatch, ca
     assert (out / ".poppyscan" / "tiles").is_dir()        # the finished tiles, for the rerun
 
 
+def _worker_alive(p) -> bool:
+    """A pool worker still running (not ended, a zombie, or multiprocessing's resource
+    tracker); a process that ends while it is asked counts as ended."""
+    import psutil
+    try:
+        return (p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                and "resource_tracker" not in " ".join(p.cmdline()))
+    except psutil.Error:
+        return False
+
+
 def test_an_error_in_a_processes_run_stops_the_other_workers():
     """A tile that fails ends the run at once, and the worker processes still computing other
     tiles are stopped (left running, the interpreter's exit waited for them: a long tile
@@ -297,13 +308,12 @@ def test_an_error_in_a_processes_run_stops_the_other_workers():
     assert isinstance(res.get("error"), ZeroDivisionError), res
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        alive = [p for p in me.children(recursive=True) if p.pid not in before
-                 and p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-                 and "resource_tracker" not in " ".join(p.cmdline())]
+        alive = [p for p in me.children(recursive=True)
+                 if p.pid not in before and _worker_alive(p)]
         if not alive:
             break
         time.sleep(0.2)
-    assert not alive, f"worker processes still running: {[p.cmdline() for p in alive]}"
+    assert not alive, f"worker processes still running: {[p.pid for p in alive]}"
 
 
 def test_a_scheduler_lost_mid_run_is_one_line_and_keeps_the_tiles(cluster):
