@@ -293,13 +293,6 @@ def run_tiles(runner: Runner, tasks: Sequence[tuple[Any, Any]],
     if runner.client is not None:
         from dask.distributed import as_completed
 
-        def lost(key: Any, exc: BaseException) -> StoppedMidRun:
-            # the scheduler restarted, crashed or became unreachable: its futures are
-            # cancelled ('scheduler-connection-lost'); it was a 60-line traceback, exit 1
-            return StoppedMidRun(
-                f"the dask scheduler was lost while tile {key} was computed "
-                f"({_one_line(exc)}); finished tiles are kept: check the scheduler and its "
-                "workers and rerun the same command")
         pending = list(tasks)
         futs = {}
         ac = as_completed()
@@ -309,7 +302,7 @@ def run_tiles(runner: Runner, tasks: Sequence[tuple[Any, Any]],
                 f = runner.client.compute(task)
                 futs[f] = key
                 ac.add(f)
-            _run_client_loop(runner, ac, futs, pending, on_result, progress, lost, caught)
+            _run_client_loop(runner, ac, futs, pending, on_result, progress, caught)
         return
     if runner.spec == "sync":
         for key, task in tasks:
@@ -322,8 +315,7 @@ def run_tiles(runner: Runner, tasks: Sequence[tuple[Any, Any]],
 
 def _run_client_loop(runner: Runner, ac: Any, futs: dict, pending: list,
                      on_result: Callable[[Any, Any], None],
-                     progress: Callable[[int], None] | None, lost: Callable,
-                     caught: list) -> None:
+                     progress: Callable[[int], None] | None, caught: list) -> None:
     """The tiles of a dask.distributed run as they finish. The wait is a poll that looks at
     ``caught`` (the interrupts this run received): under local:N a Ctrl-C was at times lost
     in the client's machinery, and the run went on to the end (exit 0) or, its workers gone
@@ -332,6 +324,14 @@ def _run_client_loop(runner: Runner, ac: Any, futs: dict, pending: list,
 
     from distributed.comm.core import CommClosedError
     from distributed.scheduler import KilledWorker
+
+    def lost(key: Any, exc: BaseException) -> StoppedMidRun:
+        # the scheduler restarted, crashed or became unreachable: its futures are cancelled
+        # ('scheduler-connection-lost'); it was a 60-line traceback, exit 1
+        return StoppedMidRun(
+            f"the dask scheduler was lost while tile {key} was computed ({_one_line(exc)}); "
+            "finished tiles are kept: check the scheduler and its workers and rerun the same "
+            "command")
     while futs:
         if caught:      # an interrupt that did not end the run: raised again here
             signal.raise_signal(caught[0])

@@ -152,7 +152,8 @@ def prepare_scene(images: Sequence[Path], cfg: SurveyConfig, *, dem: Path | None
     more than one (detect: the model's, so a P4M model reads a P4M flight flown higher as P4M,
     not by its pixel size as the RedEdge-MX it would otherwise resemble). Returns the scene
     and the DEM on its grid; ``whole``: also the scene and DEM before the AOI's crop (the
-    same objects without an AOI), which the terrain correction is fitted on."""
+    same objects without an AOI; that DEM only under a terrain correction, which is fitted
+    on them)."""
     chunks = chunks or cfg.run.chunk_size
     sensor = (load_sensor(cfg.sensor) if Path(cfg.sensor).suffix.lower() in (".yaml", ".yml")
               else None)
@@ -168,7 +169,8 @@ def prepare_scene(images: Sequence[Path], cfg: SurveyConfig, *, dem: Path | None
     dem_da = read_dem(dem, Grid.of(scene.isel(time=0, band=0)), chunks) if dem else None
     if not whole:
         return scene, dem_da
-    if uncut is scene or dem is None:
+    if uncut is scene or dem is None or cfg.terrain_correction == "none":
+        # (the uncut scene's DEM serves the terrain correction's fit only)
         return scene, dem_da, uncut, dem_da if uncut is scene else None
     with _quiet("pipeline.ingest"):   # its coverage was said for the AOI's window
         uncut_dem = read_dem(dem, Grid.of(uncut.isel(time=0, band=0)), chunks)
