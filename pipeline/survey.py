@@ -2,9 +2,9 @@
 
 detect: ingest -> mask -> (terrain) -> features -> predict -> patches -> targets -> files.
 The scene is cut into tiles (the chunk size of the config); each tile runs every pixel stage
-on its own and its result is saved in ``OUT/.poppyscan/tiles/`` as soon as it finishes (a
-bounded number of tiles is in flight at once, two per worker), so memory is bounded by the
-tiles in flight and a rerun after a crash redoes only what is missing.
+on its own and its result is saved in ``OUT/.poppyscan/tiles/<fingerprint>/`` as soon as it
+finishes (a bounded number of tiles is in flight at once, two per worker), so memory is
+bounded by the tiles in flight and a rerun after a crash redoes only what is missing.
 The deliverables are assembled from the tile results and moved into OUT at the very end.
 """
 from __future__ import annotations
@@ -1038,6 +1038,13 @@ def _fingerprint(digests: dict[str, str], model_dir: Path, cfg: SurveyConfig,
     return h.hexdigest()
 
 
+def tile_dir(out: Path, fingerprint: str) -> Path:
+    """Where a run's finished tiles are kept: one folder per fingerprint of its inputs and
+    settings, so a rerun with other inputs leaves the earlier run's tiles alone until it has
+    delivered (it deleted them at its start, and then failed on a damaged image)."""
+    return Path(out) / STATE_DIR / "tiles" / fingerprint[:16]
+
+
 def _save_tile(tdir: Path, key: str, res: dict) -> None:
     pieces = res["pieces"]
     with_feats = bool(pieces) and pieces[0].feat_sum is not None
@@ -1177,7 +1184,6 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     cs = cfg.run.chunk_size
     stride = max(1, int(np.ceil(max(H, W) / 1024)))
     state = out / STATE_DIR
-    tdir = state / "tiles"
     _lock_run_state(state, out)
     # read once: the inputs can be GBs. The AOI and exclusion files count by content, so a
     # rerun after one was edited in place starts afresh instead of resuming
@@ -1191,10 +1197,15 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
                                                 "tile_format": TILE_FORMAT,
                                                 "calendar": calendar.model_dump(mode="json"),
                                                 "sensor_file": sensor_file})
-    run_file = state / "run.json"
+    tdir = tile_dir(out, fp)
+    run_file = tdir / "run.json"
     if run_file.is_file() and _read_json(run_file).get("fingerprint") != fp:
-        log.info("%s holds a run with other inputs or settings: starting afresh", state)
-        shutil.rmtree(tdir, ignore_errors=True)
+        shutil.rmtree(tdir, ignore_errors=True)     # damaged: its tiles cannot be trusted
+    if any(p != tdir for p in (state / "tiles").glob("*")):
+        # kept until this run has delivered: a run that fails (a damaged image found
+        # mid-way) must not cost the earlier run its tiles
+        log.info("%s holds a run with other inputs or settings: this one starts afresh "
+                 "beside it", state)
     tdir.mkdir(parents=True, exist_ok=True)
     run_file.write_text(json.dumps({"fingerprint": fp, "chunk_size": cs}))
     tiles = [(f"{y0:06d}_{x0:06d}", slice(y0, min(y0 + cs, H)), slice(x0, min(x0 + cs, W)))
@@ -1354,6 +1365,10 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
         for f, dst in zip(files, final):
             os.replace(f, dst)
     shutil.rmtree(stage, ignore_errors=True)
+    for other in (state / "tiles").glob("*"):        # the tiles of runs this one replaced
+        if other != tdir:
+            shutil.rmtree(other) if other.is_dir() else other.unlink()
+    (state / "run.json").unlink(missing_ok=True)     # where it was before the 21st session
     _unlock_run_state(state)
     return DetectResult(out, len(targets.targets), final, report)
 

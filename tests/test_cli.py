@@ -502,6 +502,30 @@ def test_damaged_pixel_data_is_a_user_error_in_detect(trained, tmp_path):
     assert not out.exists()
 
 
+def test_a_detect_failing_on_damaged_pixels_leaves_the_earlier_run_resumable(trained,
+                                                                             tmp_path):
+    """A detect with other inputs into a folder holding a finished run deleted that run's
+    tiles at its start, then failed on a damaged image: the earlier run had to be computed
+    again. Its tiles are kept until a run with other inputs has delivered."""
+    d, scene = trained
+    out = tmp_path / "out"
+    first = ["detect", "--images", *map(str, scene.images), "--model", str(d / "model"),
+             "--out", str(out)]
+    assert run(*first).returncode == 0
+    before = (out / "targets.geojson").read_bytes()
+    images, bad = _damaged_images(scene, tmp_path)
+    line = _one_line_error(run("detect", "--images", *images, "--model", str(d / "model"),
+                               "--out", str(out)))
+    assert str(bad) in line
+    assert (out / "targets.geojson").read_bytes() == before
+    assert run(*first).returncode == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["tiles_resumed"] == report["tiles"] > 0
+    assert (out / "targets.geojson").read_bytes() == before
+    # the failed run's tiles go once a run has delivered
+    assert len(list((out / ".poppyscan" / "tiles").iterdir())) == 1
+
+
 @pytest.mark.parametrize("scheduler", ["processes", "local:2"])
 def test_damaged_pixel_data_is_a_user_error_in_detect_on_processes(trained, tmp_path,
                                                                    scheduler):
@@ -713,7 +737,7 @@ def test_a_full_disk_while_writing_keeps_the_finished_tiles(trained, tmp_path, m
     assert len(err) == 1 and "no space left" in err[0] and "finished tiles are kept" in err[0]
     assert [p.name for p in out.iterdir()] == [".poppyscan"]
     assert not (out / ".poppyscan" / "staging").exists()
-    assert list((out / ".poppyscan" / "tiles").glob("*.json"))
+    assert list((out / ".poppyscan" / "tiles").glob("*/*.json"))
     monkeypatch.setattr(survey.writers, "write_targets", real)
     assert cli.main(argv) == 0
     report = json.loads((out / "report.json").read_text())

@@ -627,8 +627,7 @@ def test_a_second_detect_into_the_same_out_at_once_is_refused(model, tiny, tmp_p
     assert res.report["tiles_resumed"] == res.report["tiles"]
 
 
-@pytest.mark.parametrize("damaged", ["tiles/000000_000032.json", "tiles/000000_000032.npz",
-                                     "run.json"])
+@pytest.mark.parametrize("damaged", ["000000_000032.json", "000000_000032.npz", "run.json"])
 def test_a_rerun_over_damaged_run_state_recomputes_it(runs, model, tiny, tmp_path,
                                                       damaged) -> None:
     """A tile's files or run.json left empty (a power cut, a full disk: nothing is fsync'ed)
@@ -636,7 +635,8 @@ def test_a_rerun_over_damaged_run_state_recomputes_it(runs, model, tiny, tmp_pat
     import shutil
     out = tmp_path / "out"
     shutil.copytree(runs[32], out)
-    (out / ".poppyscan" / damaged).write_bytes(b"")
+    [tdir] = (out / ".poppyscan" / "tiles").iterdir()
+    (tdir / damaged).write_bytes(b"")
     res = _detect(tiny.images, model, out, **{"run.chunk_size": 32})
-    assert res.report["tiles_resumed"] == (3 if "tiles" in damaged else 0)
+    assert res.report["tiles_resumed"] == (0 if damaged == "run.json" else 3)
     assert (out / "targets.geojson").read_bytes() == (runs[32] / "targets.geojson").read_bytes()

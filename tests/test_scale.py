@@ -127,8 +127,8 @@ def test_resume_after_a_crash_redoes_only_missing_tiles(setup, tmp_path, monkeyp
     monkeypatch.setattr(survey, "process_tile", crashing)
     with pytest.raises(RuntimeError, match="simulated crash"):
         survey.detect(scene.images, d / "model", out, cfg, formats=["geojson"])
-    tdir = out / survey.STATE_DIR / "tiles"
-    saved = sorted(p.stem for p in tdir.glob("*.json"))
+    [tdir] = (out / survey.STATE_DIR / "tiles").iterdir()     # this run's fingerprint
+    saved = sorted(p.stem for p in done_tiles(tdir))
     assert 0 < len(saved) < 9 and "000128_000128" not in saved
     assert not (out / "targets.geojson").exists()       # nothing delivered by a crashed run
     mtimes = {k: (tdir / f"{k}.npz").stat().st_mtime_ns for k in saved}
@@ -155,14 +155,18 @@ def test_other_settings_start_afresh(setup, tmp_path):
     cfg2 = with_overrides(cfg, **{"patches.min_mapping_unit_m2": 300.0})
     res = detect(scene.images, d / "model", out, cfg2, formats=["geojson"])
     assert res.report["tiles_resumed"] == 0      # other settings: the saved tiles are not used
+    # and those of the run it replaced are gone once it has delivered
+    assert len(list((out / ".poppyscan" / "tiles").iterdir())) == 1
     res = detect(scene.images, d / "model", out, cfg2, formats=["geojson"])
     assert res.report["tiles_resumed"] == 9
 
 
 def done_tiles(tdir):
     """Tiles whose completion marker exists: ``<key>.json``, not the ``.<key>.json`` being
-    written (pathlib's glob matches dot-files: counting those made this test flaky)."""
-    return [p for p in tdir.glob("*.json") if not p.name.startswith(".")]
+    written (pathlib's glob matches dot-files: counting those made this test flaky), nor
+    the run's own run.json."""
+    return [p for p in tdir.glob("*.json") if not p.name.startswith(".")
+            and p.name != "run.json"]
 
 
 def test_killed_cli_run_resumes_to_identical_outputs(setup, tmp_path):
@@ -176,11 +180,11 @@ def test_killed_cli_run_resumes_to_identical_outputs(setup, tmp_path):
     argv = [sys.executable, str(ROOT / "run.py"), "-q", "detect", "--images",
             *map(str, scene.images), "--model", str(d / "model"), "--out", str(out),
             "--config", str(conf), "--formats", "geojson"]
-    tdir = out / ".poppyscan" / "tiles"
+    tiles = out / ".poppyscan" / "tiles"        # one folder: this run's fingerprint
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if len(done_tiles(tdir)) >= 2:
+        if sum(len(done_tiles(t)) for t in tiles.glob("*")) >= 2:
             os.kill(proc.pid, signal.SIGKILL)
             break
         time.sleep(0.01)
@@ -188,6 +192,7 @@ def test_killed_cli_run_resumes_to_identical_outputs(setup, tmp_path):
     if proc.returncode == 0:
         pytest.skip("the run finished before it could be killed")
     assert proc.returncode == -signal.SIGKILL
+    [tdir] = tiles.iterdir()
     saved = len(done_tiles(tdir))
     assert 2 <= saved < 9
     r = subprocess.run(argv, capture_output=True, text=True)
