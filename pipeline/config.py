@@ -16,7 +16,15 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.errors import ConfigError
 
@@ -312,6 +320,13 @@ class SurveyConfig(_Frozen):
     outputs: OutputConfig = OutputConfig()
     run: RunConfig = RunConfig()
     source: str = ""
+    #: the settings (dotted keys) the user's own config file or options give; the others
+    #: come from the shipped config it is layered on, or from the code
+    _given: frozenset[str] = PrivateAttr(default_factory=frozenset)
+
+    @property
+    def given(self) -> frozenset[str]:
+        return self._given
 
     @field_validator("sensor", "calendar")
     @classmethod
@@ -497,6 +512,7 @@ def load_config(path: Path | None = None) -> SurveyConfig:
     manifest's paths are (it was looked up in the current folder)."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
     data = _read_yaml(path)
+    given = frozenset(_dotted_keys(data))
     if "source" in data:   # set by the loader, not a key of the file
         raise ConfigError(f"{path}: unknown key 'source'; allowed: "
                           f"{', '.join(_allowed_keys(SurveyConfig, ('source',)))}")
@@ -514,7 +530,17 @@ def load_config(path: Path | None = None) -> SurveyConfig:
     except ValidationError as exc:
         raise ConfigError(_format_error(path, exc, SurveyConfig)) from None
     check_names(cfg, path)
+    cfg._given = given
     return cfg
+
+
+def _dotted_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
+    """``{"model": {"seed": 1}, "calendar": "x"}`` -> ``["model.seed", "calendar"]``."""
+    out = []
+    for k, v in data.items():
+        out += (_dotted_keys(v, f"{prefix}{k}.") if isinstance(v, dict) and v
+                else [f"{prefix}{k}"])
+    return out
 
 
 def _shipped_base(data: dict[str, Any], where: Path) -> Path | None:
@@ -637,4 +663,5 @@ def with_overrides(cfg: SurveyConfig, **changes: Any) -> SurveyConfig:
         raise ConfigError(_format_error(where, exc, SurveyConfig)) from None
     if {"calendar", "sensor"} & set(given):
         check_names(out, where)
+    out._given = cfg.given | set(given)
     return out

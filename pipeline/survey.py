@@ -998,17 +998,20 @@ def _blind_gaps(gaps: list, in_aoi: bool, transform, H: int, W: int) -> list:
 def _settings_in_effect(cfg: SurveyConfig, trained: dict | None) -> SurveyConfig:
     """detect's config with the model's own ``model`` section: the estimator, its threshold
     and calibration were fixed by training, so a --config's model settings do nothing here
-    (report.json recorded them as if they did). Said when they differ, and when the masks
-    differ from training (the features then see other pixels than the model learnt from)."""
+    (report.json recorded them as if they did). Said when the ones the user's config or
+    options give differ (not those a partial config takes from the shipped one), and when
+    the masks differ from training (the features then see other pixels than the model
+    learnt from)."""
     if not isinstance(trained, dict) or not isinstance(trained.get("model"), dict):
         return cfg
     try:
         model = ModelConfig.model_validate(trained["model"])
     except ValueError:   # a model of an older version: its artifact was checked on loading
         return cfg
-    if model != cfg.model:
-        changed = sorted(k for k, v in cfg.model.model_dump().items()
-                         if v != model.model_dump().get(k))
+    changed = sorted(k for k, v in cfg.model.model_dump().items()
+                     if v != model.model_dump().get(k)
+                     and ("model" in cfg.given or f"model.{k}" in cfg.given))
+    if changed:
         log.warning("the config's model settings (%s) are not used by detect: the model was "
                     "trained with its own, which the report records; retrain to change them",
                     ", ".join(changed))

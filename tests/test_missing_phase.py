@@ -294,6 +294,28 @@ def test_detect_records_the_models_own_settings_and_says_what_it_ignores(trained
     assert "masks.rescue_flowers differ from the model's training config" in text
 
 
+def test_model_settings_a_partial_config_does_not_give_are_not_warned(tmp_path, caplog):
+    """A detect --config of one's own that changes only the unit was told that model
+    settings it never gave (taken from the shipped config it is layered on) "are not used";
+    only the model settings the file itself gives are named."""
+    scene = make_tiny_scene(tmp_path / "train", seed=3)
+    survey.train(scene.images, scene.labels, tmp_path / "model", with_overrides(
+        load_config(), **{"model.cv_repeats": 1, "model.missing_phase_models": False}))
+    survey_scene = make_tiny_scene(tmp_path / "survey", seed=4)
+    own = tmp_path / "own.yaml"
+    for n, text in enumerate(["patches:\n  min_mapping_unit_m2: 300\n",
+                              "patches:\n  min_mapping_unit_m2: 300\nmodel:\n  cv_repeats: 2\n"]):
+        own.write_text(text)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            survey.detect(survey_scene.images, tmp_path / "model", tmp_path / f"out{n}",
+                          load_config(own))
+        warned = [r.getMessage() for r in caplog.records if "are not used" in r.getMessage()]
+        assert warned == ([] if n == 0 else [
+            "the config's model settings (cv_repeats) are not used by detect: the model was "
+            "trained with its own, which the report records; retrain to change them"])
+
+
 def test_a_config_for_the_other_kind_of_images_is_warned(tmp_path, caplog):
     """A P4M flight trained with the Sentinel-2 config ran silently with a 200 m^2 unit."""
     scene = make_tiny_scene(tmp_path / "s", seed=1)
