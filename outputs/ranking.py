@@ -102,6 +102,26 @@ def _latitude(patches: list[Patch], crs: CRS) -> float:
     return (min(ys) + max(ys)) / 2.0
 
 
+def target_patches(patches: list[Patch], crs, patch_cfg: PatchConfig,
+                   area: dict[int, float] | None = None) -> tuple[list[Patch], int]:
+    """The patches that become targets (the unit reached by a group of patches at most
+    ``group_distance_m`` apart, those closer than the merge distance joined), and the count
+    of patches dropped below the unit. ``area``: each patch's m^2 by ``id``, when known."""
+    scrs = CRS.from_user_input(crs)
+    if area is None:
+        to_wgs = Transformer.from_crs(scrs, "EPSG:4326", always_xy=True)
+        area = {id(p): area_m2(p.geometry, scrs, to_wgs) for p in patches}
+    kept, dropped = [], 0
+    lat = _latitude(patches, scrs)
+    for idx in nearby_groups(patches, crs_distance(patch_cfg.group_distance_m, scrs, lat)):
+        members = [patches[i] for i in idx]
+        if math.fsum(area[id(p)] for p in members) >= patch_cfg.min_mapping_unit_m2 - 1e-6:
+            kept.append(merged(members))
+        else:
+            dropped += len(members)
+    return merge_nearby(kept, crs_distance(patch_cfg.merge_distance_m, scrs, lat)), dropped
+
+
 def build_targets(patches: list[Patch], crs: str, *, patch_cfg: PatchConfig,
                   rank_cfg: RankingConfig, dates: Sequence[str | None], sensor: str,
                   feature_names: Sequence[str] = (), bg_mean: Sequence[float] = (),
@@ -115,15 +135,7 @@ def build_targets(patches: list[Patch], crs: str, *, patch_cfg: PatchConfig,
     scrs = CRS.from_user_input(crs)
     to_wgs = Transformer.from_crs(scrs, "EPSG:4326", always_xy=True)
     area = {id(p): area_m2(p.geometry, scrs, to_wgs) for p in patches}
-    kept, dropped = [], 0
-    lat = _latitude(patches, scrs)
-    for idx in nearby_groups(patches, crs_distance(patch_cfg.group_distance_m, scrs, lat)):
-        members = [patches[i] for i in idx]
-        if math.fsum(area[id(p)] for p in members) >= patch_cfg.min_mapping_unit_m2 - 1e-6:
-            kept.append(merged(members))
-        else:
-            dropped += len(members)
-    kept = merge_nearby(kept, crs_distance(patch_cfg.merge_distance_m, scrs, lat))
+    kept, dropped = target_patches(patches, scrs, patch_cfg, area)
     rows = []
     for p in kept:
         # a patch that joined others is a new one: its area is that of the union

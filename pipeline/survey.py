@@ -75,7 +75,7 @@ from outputs.patches import (
     merge_pieces,
     nearby_groups,
 )
-from outputs.ranking import area_m2, build_targets, crs_distance
+from outputs.ranking import area_m2, build_targets, crs_distance, target_patches
 from outputs.rasters import write_tiles_raster
 from outputs.report import environment, file_digest, write_json_atomic
 from pipeline.config import (
@@ -1267,15 +1267,20 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     del pieces
     weak = sum(1 for p in patches if p.score_max < art.threshold) + in_tiles["below_threshold"]
     patches = [p for p in patches if p.score_max >= art.threshold]  # patch rule: the peak
-    removed = 0
+    removed = removed_targets = 0
     if exclusion is not None:
         # on a site: sharing ground with it, not just an edge (a field beside a park)
-        kept = [p for p in patches if not (p.geometry.intersects(exclusion)
-                                           and not p.geometry.touches(exclusion))]
-        removed = len(patches) - len(kept)
-        patches = kept
-        log.warning("--exclude removed %d candidate patch(es) on known ornamental sites",
-                    removed)
+        on_site = [p.geometry.intersects(exclusion) and not p.geometry.touches(exclusion)
+                   for p in patches]
+        gone = [p for p, on in zip(patches, on_site) if on]
+        patches = [p for p, on in zip(patches, on_site) if not on]
+        removed = len(gone)
+        # said in targets, as the list counts them: most patches on a flower field are
+        # specks below the unit that would never have been listed
+        removed_targets = len(target_patches(gone, scene.rio.crs.to_wkt(), cfg.patches)[0])
+        log.warning("--exclude removed %d candidate target(s) on known ornamental sites "
+                    "(%d patch(es) of the threshold, specks below the unit included)",
+                    removed_targets, removed)
     dates = [str(t)[:10] for t in scene["time"].values]
     # a target's dates: the acquisitions its features used (a phase holds them) on which it
     # was clear, not an image dated outside the calendar, nor another flight's date
@@ -1349,7 +1354,8 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "counts": {"targets": len(targets.targets),
                    "patches": n_patches + removed + weak,
-                   "excluded": removed, "below_mmu": below_mmu, "below_threshold": weak,
+                   "excluded": removed_targets, "excluded_patches": removed,
+                   "below_mmu": below_mmu, "below_threshold": weak,
                    "merged_nearby": merged,
                    "candidate_share": candidate_share,
                    "blind_areas": len(targets.blind_areas),

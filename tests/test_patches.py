@@ -507,6 +507,36 @@ def test_a_shapefile_aoi_is_hashed_with_its_sidecars_and_the_model_whole(
                   formats=("geojson",)).report["tiles_resumed"] == 0
 
 
+def test_exclude_counts_the_targets_it_removed_not_the_specks(model, tiny, tmp_path: Path,
+                                                              caplog) -> None:
+    """A site over the whole scene: --exclude said it removed every patch of the threshold,
+    specks below the unit included, which a run without it never lists. It says how many
+    targets it removed (as many as that run lists) and counts the patches beside them."""
+    import logging
+
+    import pyogrio
+    unit = {"patches.min_mapping_unit_m2": 1000}        # the 3 x 3 px plot is a speck
+    res_all = _detect(tiny.images, model, tmp_path / "all", **unit)
+    assert res_all.n_targets > 0 and res_all.report["counts"]["below_mmu"] > 0
+    x0, y1 = TF * (0, 0)
+    x1, y0 = TF * (SIZE, SIZE)
+    sites = tmp_path / "sites.gpkg"
+    pyogrio.raw.write(sites, np.array([shapely.to_wkb(box(x0 - 50, y0 - 50, x1 + 50, y1 + 50))],
+                                      dtype=object),
+                      [np.array(["flower park"], dtype=object)], ["name"],
+                      crs="EPSG:32650", geometry_type="Polygon")
+    with caplog.at_level(logging.WARNING):
+        res = detect(tiny.images, model, tmp_path / "ex", with_overrides(CFG, **unit),
+                     exclude=sites, formats=("geojson",))
+    counts = res.report["counts"]
+    assert res.n_targets == 0
+    assert counts["excluded"] == res_all.n_targets
+    assert counts["excluded_patches"] == (res_all.report["counts"]["patches"]
+                                          - res_all.report["counts"]["below_threshold"])
+    assert counts["excluded_patches"] > counts["excluded"]
+    assert f"--exclude removed {res_all.n_targets} candidate target(s)" in caplog.text
+
+
 def test_exclude_removes_targets_on_a_site_not_beside_it(model, tiny, tmp_path: Path) -> None:
     """A known ornamental site removes the patches that share ground with it; a field that
     only shares an edge with it (a plot beside a park) stays."""
@@ -522,7 +552,7 @@ def test_exclude_removes_targets_on_a_site_not_beside_it(model, tiny, tmp_path: 
     res = detect(tiny.images, model, tmp_path / "ex", CFG, exclude=sites,
                  formats=("geojson",))
     got = _features(tmp_path / "ex" / "targets.geojson")
-    assert res.report["counts"]["excluded"] == 1
+    assert res.report["counts"]["excluded"] == res.report["counts"]["excluded_patches"] == 1
     assert len(got) == len(base) - 1
     assert any(_utm(f["geometry"]).intersects(_plot_box(r, c, s)) for f in got)
     assert not any(_utm(f["geometry"]).intersects(on) for f in got)
