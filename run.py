@@ -393,7 +393,8 @@ def _print_detect(res) -> None:
         why = ("nothing was seen: every pixel is clouded, shadowed or without data on every "
                "date" if c["candidate_share"] is None else
                "no pixel reached the model's threshold" if c["patches"] == 0 else
-               f"{c['patches']} patch(es) found, {c['excluded']} excluded, {c['below_mmu']} "
+               f"{c['patches']} patch(es) found, {c['excluded_patches']} on excluded sites, "
+               f"{c['below_mmu']} "
                "below the minimum mapping unit")
         _say(f"no targets: {why}. Blind areas (no clear flowering observation): "
               f"{c['blind_areas']} polygon(s), {area_text(c['blind_area_m2'])} m^2 - an empty "

@@ -508,7 +508,7 @@ def test_a_shapefile_aoi_is_hashed_with_its_sidecars_and_the_model_whole(
 
 
 def test_exclude_counts_the_targets_it_removed_not_the_specks(model, tiny, tmp_path: Path,
-                                                              caplog) -> None:
+                                                              caplog, capsys) -> None:
     """A site over the whole scene: --exclude said it removed every patch of the threshold,
     specks below the unit included, which a run without it never lists. It says how many
     targets it removed (as many as that run lists) and counts the patches beside them."""
@@ -535,6 +535,11 @@ def test_exclude_counts_the_targets_it_removed_not_the_specks(model, tiny, tmp_p
                                           - res_all.report["counts"]["below_threshold"])
     assert counts["excluded_patches"] > counts["excluded"]
     assert f"--exclude removed {res_all.n_targets} candidate target(s)" in caplog.text
+    import run as cli
+    cli._print_detect(res)
+    n = counts["excluded_patches"]
+    assert f"no targets: {n} patch(es) found, {n} on excluded sites, 0 below" in \
+        capsys.readouterr().out
 
 
 def test_exclude_removes_targets_on_a_site_not_beside_it(model, tiny, tmp_path: Path) -> None:
