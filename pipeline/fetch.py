@@ -466,6 +466,12 @@ def _tile_requests(grid: Grid, aoi_utm: Any, collection: Any, evalscript: str,
     return out
 
 
+def _cache_entries(requests: list[tuple[Any, Any]]) -> set[str]:
+    """The names of the cache folders (one per request: the hash of URL + payload) of
+    ``requests``."""
+    return {Path(r.get_storage_paths()[1]).parent.name for _, r in requests}
+
+
 def _raw(client: Any, requests: list[Any], config: Any, what: str) -> list[Any]:
     try:
         return client.download(requests, max_threads=MAX_THREADS, decode_data=False)
@@ -529,8 +535,10 @@ def _sized(array: Any, bands: int, h: int, w: int) -> np.ndarray:
 
 
 def _fetch_date(acq: Acquisition, grid: Grid, aoi_utm: Any, collection: Any, config: Any,
-                session: Any, cache: Path) -> tuple[np.ndarray, float, float, float, int]:
-    """Mosaic one date: (band, y, x) uint16 DN, mean sun zenith/azimuth, valid fraction, misses."""
+                session: Any, cache: Path, used: set[str]
+                ) -> tuple[np.ndarray, float, float, float, int]:
+    """Mosaic one date: (band, y, x) uint16 DN, mean sun zenith/azimuth, valid fraction, misses.
+    The cache folders of its requests are added to ``used``."""
     from sentinelhub import MimeType, MosaickingOrder
 
     start = dt.datetime.combine(acq.date, dt.time.min)
@@ -551,6 +559,7 @@ def _fetch_date(acq: Acquisition, grid: Grid, aoi_utm: Any, collection: Any, con
         in_aoi[:] = True
     sums, count, count_aoi = np.zeros(2), 0, 0
     misses = _misses(requests)
+    used |= _cache_entries(requests)
 
     def decoded(tile: tuple[int, int, int, int], result: Any) -> tuple[np.ndarray, np.ndarray]:
         _, _, w, h = tile
@@ -573,7 +582,7 @@ def _fetch_date(acq: Acquisition, grid: Grid, aoi_utm: Any, collection: Any, con
 
 
 def _fetch_dem(grid: Grid, aoi_utm: Any, config: Any, session: Any, cache: Path,
-               base_url: str) -> tuple[np.ndarray, int]:
+               base_url: str, used: set[str]) -> tuple[np.ndarray, int]:
     from sentinelhub import DataCollection, MimeType, ResamplingType
 
     collection = _collection(DataCollection.DEM_COPERNICUS_30, "POPPYSCAN_DEM_COPERNICUS_30",
@@ -586,6 +595,7 @@ def _fetch_dem(grid: Grid, aoi_utm: Any, config: Any, session: Any, cache: Path,
     )
     dem = np.full((grid.height, grid.width), np.nan, dtype=np.float32)
     misses = _misses(requests)
+    used |= _cache_entries(requests)
 
     def decoded(tile: tuple[int, int, int, int], result: Any) -> np.ndarray:
         _, _, w, h = tile
@@ -674,8 +684,10 @@ def fetch(aoi: Path, window: str, out: Path, *, max_cloud: float = 30.0, resolut
     out.mkdir(parents=True, exist_ok=True)
     work = out / ".poppyscan"
     work.mkdir(exist_ok=True)
+    own_cache = cache is None           # a cache= given may be shared: never pruned
     cache = Path(cache) if cache is not None else work / "sh-cache"
     cache.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
     for stale in work.glob("staging-*"):    # of a run killed without a chance to clean up
         shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix="staging-", dir=work))
@@ -684,7 +696,7 @@ def fetch(aoi: Path, window: str, out: Path, *, max_cloud: float = 30.0, resolut
     try:
         for acq in keep:
             data, zenith, azimuth, valid, misses = _fetch_date(
-                acq, grid, aoi_utm, s2, config, session, cache)
+                acq, grid, aoi_utm, s2, config, session, cache, used)
             downloads += misses
             if valid == 0:
                 skipped.append({"date": acq.date.isoformat(), "cloud_cover": acq.cloud_cover,
@@ -707,7 +719,8 @@ def fetch(aoi: Path, window: str, out: Path, *, max_cloud: float = 30.0, resolut
             LOGGER.info("wrote %s (%.0f%% valid)", name, 100 * valid)
         dem_file = None
         if dem:
-            dem_data, misses = _fetch_dem(grid, aoi_utm, config, session, cache, service_url)
+            dem_data, misses = _fetch_dem(grid, aoi_utm, config, session, cache, service_url,
+                                          used)
             downloads += misses
             _write_dem(staging / "dem.tif", dem_data, grid)
             dem_file = "dem.tif"
@@ -739,4 +752,15 @@ def fetch(aoi: Path, window: str, out: Path, *, max_cloud: float = 30.0, resolut
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if own_cache:
+        _prune_cache(cache, used)
     return result
+
+
+def _prune_cache(cache: Path, used: set[str]) -> None:
+    """Keep the answers of this (successful) run only: the same command again still
+    downloads nothing, and the answers of earlier runs (other windows, AOIs, --max-cloud),
+    about 34 bytes per pixel per date, no longer pile up in the folder."""
+    for entry in cache.iterdir():
+        if entry.name not in used:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()

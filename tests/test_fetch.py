@@ -131,6 +131,27 @@ def test_rerun_reads_the_cache_and_sends_no_process_request(server, aoi, tmp_pat
     assert not list((tmp_path / "out" / ".poppyscan").glob("staging-*"))
 
 
+def test_the_cache_keeps_the_last_runs_answers_only(server, aoi, tmp_path):
+    """Every answer stayed in OUT/.poppyscan/sh-cache for ever (about 34 bytes per pixel
+    and date: a season refetched with other windows piled up GBs). A successful run keeps
+    its own answers (the same command again downloads nothing) and removes the others; a
+    cache folder given by the caller may be shared and is left alone."""
+    cache = tmp_path / "out" / ".poppyscan" / "sh-cache"
+    run(server, aoi, tmp_path / "out", window="2024-05-03/2024-05-03")
+    first = {p.name for p in cache.iterdir()}
+    assert len(first) == 1                            # one request: 3 May
+    run(server, aoi, tmp_path / "out", window="2024-05-13/2024-05-13")
+    second = {p.name for p in cache.iterdir()}
+    assert len(second) == 1 and not second & first
+    sent = len(server.process_requests)
+    assert run(server, aoi, tmp_path / "out", window="2024-05-13/2024-05-13")["downloads"] == 0
+    assert len(server.process_requests) == sent
+    shared = tmp_path / "shared-cache"
+    for window in ("2024-05-03/2024-05-03", "2024-05-13/2024-05-13"):
+        run(server, aoi, tmp_path / "other", window=window, cache=shared)
+    assert len(list(shared.iterdir())) == 2
+
+
 def test_a_429_is_retried(server, aoi, tmp_path):
     from sentinelhub.exceptions import SHRateLimitWarning
 
