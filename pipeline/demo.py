@@ -31,8 +31,10 @@ def run_demo(out: Path, *, progress=None) -> dict:
     te = simulate(scenes / "survey", size=SIZE, seed=TEST_SEED)
     log.info("training on %s", tr.labels)
     report = train(tr.images, tr.labels, out / "model", cfg, dem=tr.dem)
-    log.info("cross-validated polygon recall %.2f, precision %.2f, threshold %.3f",
-             report["polygon"]["recall"], report["polygon"]["precision"], report["threshold"])
+    pol = report["polygon"]
+    log.info("cross-validated polygon recall %.2f (polygons >= %d px %.2f), precision %.2f, "
+             "threshold %.3f", pol["recall"], report["min_plot_px"], pol["recall_min_plot"],
+             pol["precision"], report["threshold"])
     res = detect(te.images, out / "model", out, cfg, dem=te.dem, progress=progress)
     m = match_files(out / "targets.geojson", te.truth, pixel_m=10.0)
     m4 = match_files(out / "targets.geojson", te.truth, pixel_m=10.0, min_plot_m2=400.0)
