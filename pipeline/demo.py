@@ -32,7 +32,7 @@ def run_demo(out: Path, *, progress=None) -> dict:
     log.info("training on %s", tr.labels)
     report = train(tr.images, tr.labels, out / "model", cfg, dem=tr.dem)
     pol = report["polygon"]
-    log.info("cross-validated polygon recall %.2f (polygons >= %d px %.2f), precision %.2f, "
+    log.info("cross-validated polygon recall %.2f (polygons >= %g px %.2f), precision %.2f, "
              "threshold %.3f", pol["recall"], report["min_plot_px"], pol["recall_min_plot"],
              pol["precision"], report["threshold"])
     res = detect(te.images, out / "model", out, cfg, dem=te.dem, progress=progress)
