@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 VENDOR = Path(__file__).parent / "vendor" / "leaflet"
 QUICKLOOK_MAX_SIDE = 1000
 MAP_MAX_SIDE = 1600
+#: rank numbers shown on map.html's markers (the first ranks; every marker has its popup)
+MAP_MAX_LABELS = 60
 NAN_GREY = 128
 PERCENTILE_SAMPLE = 1_000_000
 TARGET_RGB = (255, 235, 0)
@@ -299,8 +301,9 @@ _MAP_JS = r"""
   }
   function table(p) {
     var rows = Object.keys(p).map(function (k) {
+      // as written (the writers round): lat/lon are the 7 decimals a team types into a
+      // phone (six significant digits put them up to 48 m off)
       var v = Array.isArray(p[k]) ? p[k].join(', ') : p[k];
-      if (typeof v === 'number' && !Number.isInteger(v)) v = +v.toPrecision(6);
       return '<tr><th>' + esc(k) + '</th><td>' + esc(v) + '</td></tr>'; });
     return '<table class="poppyscan-popup">' + rows.join('') + '</table>';
   }
@@ -321,31 +324,31 @@ _MAP_JS = r"""
     onEachFeature: function (f, layer) { layer.bindPopup(table(f.properties)); }});
   polys.addTo(map); overlays['Target outlines'] = polys;
   var markers = L.layerGroup();
-  data.targets.features.forEach(function (f) {
+  var labelled = data.max_labels;
+  // the last rank first, so that where markers overlap the higher priority lies on top
+  // and takes the click; the first max_labels ranks carry their number (all of them
+  // unreadable in a crowd)
+  data.targets.features.slice().reverse().forEach(function (f) {
     var p = f.properties;
     var m = L.circleMarker([p.lat, p.lon], {radius: 7, color: '#000000', weight: 2,
       fillColor: '#ff2d2d', fillOpacity: 0.9, className: '__MARKER__'});
     m.bindPopup('<b>Target ' + esc(p.rank) + '</b>' + table(p));
-    if (data.targets.features.length <= 60) {
+    if (p.rank <= labelled) {
       m.bindTooltip(String(p.rank), {permanent: true, direction: 'right',
                                      className: 'poppyscan-rank-label'});
     }
     m.addTo(markers);
   });
   markers.addTo(map); overlays['Targets (rank)'] = markers;
-  if (data.targets.features.length) {
-    var tb = polys.getBounds();
-    bounds = bounds ? bounds.extend(tb) : tb;
-  }
-  if (bounds && bounds.isValid()) { map.fitBounds(bounds, {padding: [20, 20]}); }
-  else { map.setView([0, 0], 2); }
+  var many = data.targets.features.length > labelled;
   L.control.layers(null, overlays, {collapsed: false}).addTo(map);
   L.control.scale({imperial: false}).addTo(map);
   var legend = L.control({position: 'bottomright'});
   legend.onAdd = function () {
     var d = L.DomUtil.create('div', 'poppyscan-legend');
     d.innerHTML = '<b>' + esc(data.title) + '</b><br>' +
-      '<span class="sw" style="background:#ff2d2d;border-radius:50%"></span>target (number = rank)<br>' +
+      '<span class="sw" style="background:#ff2d2d;border-radius:50%"></span>target (number = rank' +
+      (many ? ', first ' + labelled + ' numbered' : '') + ')<br>' +
       '<span class="sw" style="border:2px solid #ffeb00"></span>target outline<br>' +
       '<span class="sw" style="background:#999999;opacity:.6"></span>blind area (no clear view)<br>' +
       '<span class="sw" style="background:#808080"></span>masked pixels<br>' +
@@ -353,6 +356,19 @@ _MAP_JS = r"""
     return d;
   };
   legend.addTo(map);
+  if (data.targets.features.length) {
+    var tb = polys.getBounds();
+    bounds = bounds ? bounds.extend(tb) : tb;
+  }
+  if (bounds && bounds.isValid()) {
+    // the view opens with the whole survey clear of the legend and the layer switch
+    // (at most 40 % of a small screen each way, or the survey would not fit)
+    var size = map.getSize();
+    var right = Math.min(legend.getContainer().offsetWidth, 0.4 * size.x);
+    var bottom = Math.min(legend.getContainer().offsetHeight, 0.4 * size.y);
+    map.fitBounds(bounds, {paddingTopLeft: [20, 20],
+                           paddingBottomRight: [right + 20, bottom + 20]});
+  } else { map.setView([0, 0], 2); }
   document.body.setAttribute('data-poppyscan-markers', String(data.targets.features.length));
 })();
 """
@@ -382,7 +398,7 @@ def map_html(rgb: np.ndarray | None, transform: Any, crs: Any, targets: TargetLi
     data = {
         "title": title,
         "subtitle": f"{n} targets, WGS84; image: flowering-window false colour (2-98 % stretch)",
-        "image": image, "image_bounds": bounds,
+        "image": image, "image_bounds": bounds, "max_labels": MAP_MAX_LABELS,
         "targets": targets_feature_collection(targets),
         "blind": blind_areas_feature_collection(targets),
     }

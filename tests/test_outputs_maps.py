@@ -288,3 +288,97 @@ def test_a_rotated_scene_lies_whole_in_the_map_overlay() -> None:
     for c in ((0, 0), (wd, 0), (0, h), (wd, h)):
         lon, lat = to_ll.transform(*(tf * c))
         assert w - 1e-6 <= lon <= e + 1e-6 and s - 1e-6 <= lat <= n + 1e-6
+
+
+def _probe(map_path: Path, tmp: Path, js: str, *extra: str) -> dict:
+    """Run ``js`` in the rendered page (after Leaflet has drawn it); it returns a JSON-able
+    value, read back from the DOM."""
+    probed = tmp / "probed.html"
+    script = ("<script>setTimeout(function () { var r = (function () {" + js + "})();"
+              " document.body.setAttribute('data-probe', JSON.stringify(r)); }, 200);</script>")
+    probed.write_text(map_path.read_text(encoding="utf-8").replace(
+        "</body>", script + "</body>"), encoding="utf-8")
+    dom = _parse(_render(probed, tmp, "--virtual-time-budget=5000", "--dump-dom",
+                         *extra).stdout)
+    body = [a for t, a in dom.elements if t == "body"][0]
+    return json.loads(body["data-probe"])
+
+
+_OPEN_POPUPS = """
+  var out = [];
+  document.querySelectorAll('.%s').forEach(function (m) {
+    m.dispatchEvent(new MouseEvent('click', {bubbles: true}));
+    var c = document.querySelectorAll('.leaflet-popup-content');
+    out.push(c.length ? c[c.length - 1].textContent : null);
+  });
+  return out;
+"""
+
+
+@pytest.mark.browser
+def test_map_popups_give_the_coordinates_as_written(map_file, tmp_path, chromium):
+    """The popups rounded every number to six significant digits: 119.8377506 showed as
+    119.838, up to 48 m off, and the popup is what a team types into a phone. Markers are
+    drawn last rank first, so where they overlap rank 1 lies on top and takes the click."""
+    popups = _probe(map_file, tmp_path, _OPEN_POPUPS % MARKER_CLASS)
+    data = json.loads(_parse(map_file.read_text(encoding="utf-8")).data_json)
+    props = {f["properties"]["rank"]: f["properties"] for f in data["targets"]["features"]}
+    assert [p.split("target_id")[0] for p in popups] == ["Target 3", "Target 2", "Target 1"]
+    for text in popups:
+        p = props[int(text.split("target_id")[0].removeprefix("Target "))]
+        assert f"lat{p['lat']}" in text and f"lon{p['lon']}" in text
+        assert len(str(p["lon"]).split(".")[1]) >= 6          # 7 decimals (a trailing 0 drops)
+
+
+def _many_targets(n: int) -> TargetList:
+    """``n`` small square targets spread over the scene, rank = list order."""
+    from shapely.geometry import box
+    from outputs.targets import Target
+    from pyproj import Transformer
+    to_ll = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True)
+    side = int(np.ceil(np.sqrt(n)))
+    step = SIZE * PIXEL / side
+    targets = []
+    for i in range(n):
+        x, y = X0 + (i % side + 0.3) * step, Y0 - (i // side + 0.3) * step
+        g = box(x, y - 20, x + 20, y)
+        lon, lat = to_ll.transform(g.centroid.x, g.centroid.y)
+        targets.append(Target(target_id=f"ps-{i:010d}", rank=i + 1, geometry=g, score=0.9,
+                              score_max=0.95, area_m2=400.0, lon=lon, lat=lat))
+    return TargetList(tuple(targets), CRS)
+
+
+@pytest.mark.browser
+def test_map_numbers_the_first_ranks_of_a_long_list(tmp_path, chromium):
+    """Above 60 targets the map showed no rank number at all (the legend still said "number
+    = rank"): the first 60 ranks are numbered and the legend says so."""
+    p = write_map_html(tmp_path / "map.html", scene_rgb(), scene_transform(), CRS,
+                       _many_targets(64))
+    got = _probe(p, tmp_path, """
+      return {labels: Array.from(document.querySelectorAll('.poppyscan-rank-label'))
+                .map(function (e) { return +e.textContent; }),
+              legend: document.querySelector('.poppyscan-legend').textContent};""")
+    assert sorted(got["labels"]) == list(range(1, 61))
+    assert "first 60 numbered" in got["legend"]
+
+
+@pytest.mark.browser
+def test_map_opens_with_every_target_clear_of_the_legend(tmp_path, chromium):
+    """fitBounds kept 20 px of padding: the legend (about 370 x 130 px) hid the targets in
+    the bottom-right of the survey when the map opened."""
+    p = write_map_html(tmp_path / "map.html", scene_rgb(), scene_transform(), CRS,
+                       _many_targets(36))
+    got = _probe(p, tmp_path, """
+      function box(e) { var r = e.getBoundingClientRect();
+                        return [r.left, r.top, r.right, r.bottom]; }
+      var covers = [box(document.querySelector('.poppyscan-legend')),
+                    box(document.querySelector('.leaflet-control-layers'))];
+      var hidden = 0, n = 0, off = 0;
+      document.querySelectorAll('.%s').forEach(function (m) {
+        var b = box(m); n += 1;
+        if (b[0] < 0 || b[1] < 0 || b[2] > innerWidth || b[3] > innerHeight) off += 1;
+        covers.forEach(function (c) {
+          if (b[0] < c[2] && c[0] < b[2] && b[1] < c[3] && c[1] < b[3]) hidden += 1; });
+      });
+      return {n: n, hidden: hidden, off: off};""" % MARKER_CLASS, "--window-size=900,700")
+    assert got == {"n": 36, "hidden": 0, "off": 0}
