@@ -12,6 +12,8 @@ import io
 import math
 from pathlib import Path
 
+import numpy as np
+
 from outputs.atomic import write_text_atomic
 from outputs.gcj02 import wgs84_to_gcj02
 from outputs.targets import TargetList
@@ -21,11 +23,16 @@ COLUMNS = (*FIRST, "score_max", "elevation_m", "slope_deg", "flowering_obs", "da
            "unit", "reason", "coord_system")
 
 
-def _cell(v: object) -> str:
+def cell(v: object) -> str:
+    """A value as text for a CSV cell or a KML ``Data`` value: empty when missing (None,
+    NaN), lists ``;``-joined, numbers written out (``0.00001``, never ``1e-05``: a
+    longitude within 11 m of the prime meridian came out so)."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return ""
     if isinstance(v, (list, tuple)):
         return ";".join(str(x) for x in v)
+    if isinstance(v, float):
+        return np.format_float_positional(v, trim="0")
     return str(v)
 
 
@@ -42,7 +49,7 @@ def csv_text(targets: TargetList, *, gcj02: bool = False) -> str:
             lon, lat = float(x), float(y)
         p["lon"], p["lat"] = round(lon, 7), round(lat, 7)
         p["coord_system"] = "GCJ-02" if gcj02 else "WGS84"
-        w.writerow([_cell(p[c]) for c in COLUMNS])
+        w.writerow([cell(p[c]) for c in COLUMNS])
     return buf.getvalue()
 
 

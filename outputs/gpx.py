@@ -6,6 +6,8 @@ rank order. ``name`` is at most 14 characters
 characters, a cell of about 5 m: the id's ``ps-`` would leave 6, a cell of about 1 km, and
 adjacent flights surveyed apart gave the same name to different places, which a GPS unit that
 keeps one waypoint per name merges), so the rank sorts and the name still tells places apart.
+A list of 1000 targets or more pads every rank to 4 digits (``T0001-``, 8 geohash characters,
+a cell of about 38 x 19 m), so that names still sort in rank order.
 ``desc`` carries score, area and the full id.
 Child elements follow the order the GPX 1.1 schema requires (ele, name, desc, sym, type).
 """
@@ -23,9 +25,17 @@ GPX_NS = "http://www.topografix.com/GPX/1/1"
 NAME_MAX = 14
 
 
-def waypoint_name(t: Target) -> str:
-    """``T{rank:03d}-`` and the start of the id's geohash, at most 14 characters."""
-    head = f"T{t.rank:03d}-"
+def rank_width(targets: TargetList) -> int:
+    """Digits of the rank in a waypoint name: 3, or as many as the list's last rank needs,
+    so that every name of the list sorts in rank order (``T1000`` sorted between ``T100``
+    and ``T101``)."""
+    return max(3, len(str(max((t.rank for t in targets.targets), default=1))))
+
+
+def waypoint_name(t: Target, width: int = 3) -> str:
+    """``T{rank}-`` (zero-padded to ``width`` digits) and the start of the id's geohash, at
+    most 14 characters."""
+    head = f"T{t.rank:0{width}d}-"
     return head + t.target_id.removeprefix(ID_PREFIX)[:max(NAME_MAX - len(head), 0)]
 
 
@@ -49,11 +59,12 @@ def gpx_bytes(targets: TargetList) -> bytes:
     ET.SubElement(meta, q("name")).text = "poppyscan targets"
     ET.SubElement(meta, q("desc")).text = (
         f"{len(targets.targets)} ranked targets; WGS84 points on the targets; visit in rank order")
+    width = rank_width(targets)
     for t in sorted(targets.targets, key=lambda t: t.rank):
         wpt = ET.SubElement(root, q("wpt"), {"lat": f"{t.lat:.7f}", "lon": f"{t.lon:.7f}"})
         if t.elevation_m is not None and math.isfinite(t.elevation_m):
             ET.SubElement(wpt, q("ele")).text = f"{t.elevation_m:.1f}"
-        ET.SubElement(wpt, q("name")).text = waypoint_name(t)
+        ET.SubElement(wpt, q("name")).text = waypoint_name(t, width)
         ET.SubElement(wpt, q("desc")).text = waypoint_desc(t)
         ET.SubElement(wpt, q("sym")).text = "Flag, Red"
         ET.SubElement(wpt, q("type")).text = "poppyscan target"

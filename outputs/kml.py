@@ -18,8 +18,9 @@ from shapely.geometry import MultiPolygon, Polygon
 
 from outputs import gcj02 as gcj
 from outputs.atomic import atomic_path
+from outputs.csvfile import cell
 from outputs.geojson import parse_crs, polygonal, targets_wgs84, to_wgs84
-from outputs.gpx import waypoint_desc, waypoint_name
+from outputs.gpx import rank_width, waypoint_desc, waypoint_name
 from outputs.targets import TargetList
 
 KML_NS = "http://www.opengis.net/kml/2.2"
@@ -114,6 +115,7 @@ def _write_kml(out: BinaryIO, targets: TargetList, *, gcj02: bool) -> None:
     _add_style(x, "blind", "ff999999", "33999999", "0.6")
     x.open("Folder")
     x.leaf("name", "Targets (visit in rank order)")
+    width = rank_width(targets)
     for t, geom in targets_wgs84(targets):
         lon, lat = float(t.lon), float(t.lat)
         if gcj02:
@@ -121,7 +123,7 @@ def _write_kml(out: BinaryIO, targets: TargetList, *, gcj02: bool) -> None:
             lon, lat = float(gx), float(gy)
             geom = _shift(geom) if geom is not None else None
         x.open("Placemark")
-        x.leaf("name", waypoint_name(t))
+        x.leaf("name", waypoint_name(t, width))
         x.leaf("description", waypoint_desc(t) + ("\n" + GCJ02_NOTE if gcj02 else ""))
         x.leaf("styleUrl", "#target")
         x.open("ExtendedData")
@@ -130,7 +132,7 @@ def _write_kml(out: BinaryIO, targets: TargetList, *, gcj02: bool) -> None:
         props["coord_system"] = "GCJ-02" if gcj02 else "WGS84"
         for k, v in props.items():
             x.open("Data", f" name={quoteattr(k)}")
-            x.leaf("value", ";".join(v) if isinstance(v, list) else ("" if v is None else str(v)))
+            x.leaf("value", cell(v))
             x.close("Data")
         x.close("ExtendedData")
         _add_geometry(x, (lon, lat), geom)

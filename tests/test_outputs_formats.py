@@ -371,3 +371,38 @@ def test_waypoint_names_tell_nearby_places_apart_and_small_areas_are_not_zero():
     assert waypoint_name(a) != waypoint_name(b)
     assert waypoint_name(replace(a, rank=1234)) == "T1234-" + a.target_id[3:11]
     assert "area 0.44 m2" in waypoint_desc(a) and "area 1234 m2" in waypoint_desc(b)
+
+
+def test_waypoint_names_sort_in_rank_order_in_a_list_of_a_thousand(tmp_path):
+    """From rank 1000 on, ``T1000-...`` sorted between ``T100-`` and ``T101-``: a GPS unit
+    listing waypoints by name mixed the priorities. Every rank of such a list has 4 digits."""
+    from dataclasses import replace
+    t = make_targets(1).targets[0]
+    many = TargetList(tuple(replace(t, rank=r, target_id=f"ps-wtm{r:07d}")
+                            for r in range(1, 1201)), CRS)
+    write_targets(many, tmp_path, formats=("gpx", "kml"))
+    gpx_names = [w.name for w in gpxpy.parse((tmp_path / "targets.gpx").read_text()).waypoints]
+    kml_names = [pm.find(f"{KML}name").text for pm in _kml_placemarks(tmp_path / "targets.kml")]
+    assert gpx_names == kml_names == sorted(gpx_names)
+    assert gpx_names[0] == "T0001-wtm00000" and gpx_names[-1] == "T1200-wtm00012"
+    assert all(len(n) <= 14 for n in gpx_names)
+    # a list under 1000 keeps 3 digits
+    write_targets(make_targets(), tmp_path, formats=("gpx",))
+    assert [w.name[:5] for w in gpxpy.parse((tmp_path / "targets.gpx").read_text()).waypoints] \
+        == ["T001-", "T002-", "T003-"]
+
+
+def test_missing_and_tiny_numbers_read_alike_in_csv_and_kml(tmp_path):
+    """A NaN elevation was ``nan`` in the KML (empty in the CSV, null in the GeoJSON); a
+    longitude within 11 m of the prime meridian was ``1e-05`` in the CSV and the KML."""
+    from dataclasses import replace
+    t = make_targets(1).targets[0]
+    odd = TargetList((replace(t, elevation_m=float("nan"), lon=0.00001, lat=-0.0000123),), CRS)
+    write_targets(odd, tmp_path, formats=("csv", "kml"))
+    row = next(csv.DictReader((tmp_path / "targets.csv").open(encoding="utf-8")))
+    [pm] = _kml_placemarks(tmp_path / "targets.kml")
+    data = {d.get("name"): d.find(f"{KML}value").text or ""
+            for d in pm.iter(f"{KML}Data")}
+    for got in (row, data):
+        assert got["elevation_m"] == ""
+        assert got["lon"] == "0.00001" and got["lat"] == "-0.0000123"
