@@ -1041,6 +1041,11 @@ def _fingerprint(digests: dict[str, str], model_dir: Path, cfg: SurveyConfig,
     return h.hexdigest()
 
 
+def _with_formats(config: dict, formats: list[str]) -> dict:
+    """A dumped config whose ``outputs.formats`` are the ones a run wrote."""
+    return {**config, "outputs": {**config["outputs"], "formats": formats}}
+
+
 def tile_dir(out: Path, fingerprint: str) -> Path:
     """Where a run's finished tiles are kept: one folder per fingerprint of its inputs and
     settings, so a rerun with other inputs leaves the earlier run's tiles alone until it has
@@ -1324,6 +1329,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     rgb = _assemble_thumb(tdir, tiles, stride, H, W)
     thumb_tf = transform * transform.scale(stride, stride)
     files = writers.write_targets(targets, stage, formats, gcj02=cfg.outputs.gcj02)
+    targets_written = [f.suffix[1:] for f in files if f.stem == "targets"]
     tick(1)
     files.append(writers.write_blind_areas(targets, stage))
     tick(1)
@@ -1344,7 +1350,10 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
                   "sensor": art.meta["sensor"], "calendar": art.meta["calendar"]},
         "dem": str(dem) if dem else None, "aoi": str(aoi) if aoi else None,
         "exclude": str(exclude) if exclude else None,
-        "config": cfg.model_dump(mode="json"),
+        # the formats written (--formats over the config's), not the config's list
+        "config": _with_formats(cfg.model_dump(mode="json"), targets_written),
+        "files": sorted([f.name for f in files] + ["probability.tif", "evidence.tif",
+                                                    "report.json"]),
         "versions": environment(),
         "grid": {"crs": crs.to_string(), "shape": [H, W], "resolution": abs(transform.a)},
         # ground given (images, AOI) outside the survey grid: not surveyed, not blind either

@@ -190,6 +190,14 @@ def runs(model, tiny, tmp_path_factory) -> dict[int, Path]:
     return out
 
 
+def test_the_report_names_the_formats_and_files_written(runs) -> None:
+    """report.json recorded the config's five formats for a run that wrote GeoJSON alone."""
+    report = json.loads((runs[64] / "report.json").read_text())
+    assert report["config"]["outputs"]["formats"] == ["geojson"]
+    assert report["files"] == sorted(p.name for p in runs[64].iterdir() if p.is_file())
+    assert "targets.geojson" in report["files"] and "targets.csv" not in report["files"]
+
+
 def test_a_plot_across_four_chunks_is_one_target_at_any_chunk_size(runs) -> None:
     ref = _features(runs[64] / "targets.geojson")
     assert len(ref) == len(PLOTS)
