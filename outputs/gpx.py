@@ -45,6 +45,9 @@ def waypoint_desc(t: Target) -> str:
              f"area {area_text(t.area_m2)} m2", f"id {t.target_id}"]
     if t.flowering_obs:
         parts.append(f"{t.flowering_obs} clear flowering obs")
+    else:   # a blind-area target: the team should know what it was scored on
+        parts.append("not seen in bloom (no clear flowering image): scored from the other "
+                     "phases")
     if t.reason:
         parts.append(t.reason)
     return "; ".join(parts)

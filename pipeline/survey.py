@@ -1024,21 +1024,31 @@ def _settings_in_effect(cfg: SurveyConfig, trained: dict | None) -> SurveyConfig
     return cfg.model_copy(update={"model": model})
 
 
-def _fingerprint(digests: dict[str, str], model_dir: Path, cfg: SurveyConfig,
+def _model_digests(model_dir: Path) -> dict[str, str]:
+    """The sha256 of each file of the model (the threshold and calibration are in the
+    json)."""
+    return {name: file_digest(Path(model_dir) / name)
+            for name in (model_artifact.MODEL_FILE, model_artifact.SIDECAR_FILE,
+                         model_artifact.REDUCED_FILE) if (Path(model_dir) / name).is_file()}
+
+
+def _fingerprint(digests: dict[str, str], model_digests: dict[str, str], cfg: SurveyConfig,
                  extra: dict) -> str:
     h = hashlib.sha256()
     for k, v in sorted(digests.items()):
         h.update(f"{k}={v}".encode())
-    for name in (model_artifact.MODEL_FILE, model_artifact.SIDECAR_FILE,
-                 model_artifact.REDUCED_FILE):   # the threshold and calibration are in the json
-        if (Path(model_dir) / name).is_file():
-            h.update(file_digest(Path(model_dir) / name).encode())
+    for v in model_digests.values():
+        h.update(v.encode())
     # where and how much memory it runs with, and which file the settings came from (the
     # settings are here), do not change a tile: a rerun after raising the memory resumes
     h.update(json.dumps(cfg.model_dump(mode="json", exclude={
         "run": {"scheduler", "memory_per_worker"}, "source": True}), sort_keys=True).encode())
     h.update(json.dumps(extra, sort_keys=True, default=str).encode())
     return h.hexdigest()
+
+
+def _absolute(path: Path | str | None) -> str | None:
+    return str(Path(path).resolve()) if path else None
 
 
 def _with_formats(config: dict, formats: list[str]) -> dict:
@@ -1201,7 +1211,8 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     # calendar edited in place resumed every tile computed with the old phases
     sensor_file = (file_digest(Path(cfg.sensor)) if Path(cfg.sensor).suffix.lower()
                    in (".yaml", ".yml") else None)
-    fp = _fingerprint(digests, model_dir, cfg, {**roles, "H": H, "W": W,
+    model_digests = _model_digests(model_dir)
+    fp = _fingerprint(digests, model_digests, cfg, {**roles, "H": H, "W": W,
                                                 "tile_format": TILE_FORMAT,
                                                 "calendar": calendar.model_dump(mode="json"),
                                                 "sensor_file": sensor_file})
@@ -1345,11 +1356,12 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     report = {
         "command": "detect",
         "inputs": digests,
-        "model": {"dir": str(model_dir), "threshold": art.threshold,
+        # absolute, as the inputs' paths are
+        "model": {"dir": str(Path(model_dir).resolve()), "files": model_digests,
+                  "threshold": art.threshold,
                   "pixel_threshold": pixel_threshold(art.threshold, cfg),
                   "sensor": art.meta["sensor"], "calendar": art.meta["calendar"]},
-        "dem": str(dem) if dem else None, "aoi": str(aoi) if aoi else None,
-        "exclude": str(exclude) if exclude else None,
+        "dem": _absolute(dem), "aoi": _absolute(aoi), "exclude": _absolute(exclude),
         # the formats written (--formats over the config's), not the config's list
         "config": _with_formats(cfg.model_dump(mode="json"), targets_written),
         "files": sorted([f.name for f in files] + ["probability.tif", "evidence.tif",

@@ -371,6 +371,10 @@ def test_waypoint_names_tell_nearby_places_apart_and_small_areas_are_not_zero():
     assert waypoint_name(a) != waypoint_name(b)
     assert waypoint_name(replace(a, rank=1234)) == "T1234-" + a.target_id[3:11]
     assert "area 0.44 m2" in waypoint_desc(a) and "area 1234 m2" in waypoint_desc(b)
+    # a target of a blind area says so (it said nothing of its flowering observations)
+    assert "2 clear flowering obs" in waypoint_desc(a)
+    assert "not seen in bloom" in waypoint_desc(replace(a, flowering_obs=0))
+    assert "not seen in bloom" not in waypoint_desc(a)
 
 
 def test_waypoint_names_sort_in_rank_order_in_a_list_of_a_thousand(tmp_path):

@@ -196,6 +196,11 @@ def test_the_report_names_the_formats_and_files_written(runs) -> None:
     assert report["config"]["outputs"]["formats"] == ["geojson"]
     assert report["files"] == sorted(p.name for p in runs[64].iterdir() if p.is_file())
     assert "targets.geojson" in report["files"] and "targets.csv" not in report["files"]
+    # the model by content and every path absolute, as the inputs are
+    assert set(report["model"]["files"]) >= {"model.skops", "model.json"}
+    assert all(v.startswith("sha256:") and len(v) == 71
+               for v in report["model"]["files"].values())
+    assert Path(report["model"]["dir"]).is_absolute()
 
 
 def test_a_plot_across_four_chunks_is_one_target_at_any_chunk_size(runs) -> None:
