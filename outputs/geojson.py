@@ -82,6 +82,20 @@ def polygonal(geometry: BaseGeometry) -> Polygon | MultiPolygon | None:
     return MultiPolygon([orient(p, 1.0) for p in polys]) if len(polys) > 1 else orient(polys[0], 1.0)
 
 
+def on_grid(geoms: np.ndarray) -> np.ndarray:
+    """WGS84 geometries whose rounding to DECIMALS stays valid: a pixel-edge outline of a
+    drone image finer than the 1e-7 degree grid (~1 cm; 5 mm pixels) rounded to a
+    self-intersecting polygon. Those few are snapped to the grid with GEOS keeping them
+    valid; the others pass unchanged (rounding them gives the same coordinates)."""
+    grid = 10.0 ** -DECIMALS
+    rounded = shapely.set_precision(geoms, grid, mode="pointwise")
+    bad = ~shapely.is_valid(rounded) & shapely.is_valid(geoms)
+    if bad.any():
+        geoms = geoms.copy()
+        geoms[bad] = shapely.set_precision(geoms[bad], grid)
+    return geoms
+
+
 def _ring(coords: Any) -> list[list[float]]:
     return [[round(float(x), DECIMALS), round(float(y), DECIMALS)] for x, y, *_ in coords]
 
@@ -120,7 +134,7 @@ def targets_wgs84(targets: TargetList) -> list[tuple[Target, Polygon | MultiPoly
     ordered = sorted(targets.targets, key=lambda t: t.rank)
     # one transformation for all geometries: per geometry, hashing the CRS for the
     # transformer cache and the call overhead cost more than the arithmetic
-    geoms = to_wgs84(np.array([t.geometry for t in ordered], dtype=object), crs)
+    geoms = on_grid(to_wgs84(np.array([t.geometry for t in ordered], dtype=object), crs))
     return [(t, polygonal(g)) for t, g in zip(ordered, geoms)]
 
 
@@ -143,7 +157,7 @@ def blind_areas_feature_collection(targets: TargetList) -> dict:
     crs = parse_crs(targets.crs)
     features = []
     for i, g in enumerate(targets.blind_areas, start=1):
-        geom = polygonal(to_wgs84(g, crs))
+        geom = polygonal(on_grid(np.array([to_wgs84(g, crs)], dtype=object))[0])
         if geom is None:
             continue
         features.append({

@@ -410,3 +410,35 @@ def test_missing_and_tiny_numbers_read_alike_in_csv_and_kml(tmp_path):
     for got in (row, data):
         assert got["elevation_m"] == ""
         assert got["lon"] == "0.00001" and got["lat"] == "-0.0000123"
+
+
+def test_outlines_finer_than_the_coordinate_grid_stay_valid(tmp_path):
+    """A drone plot traced at 5 mm pixels (below the 1e-7 degree grid, ~1 cm) rounded to
+    self-intersecting polygons in the GeoJSON and the KML (an outside audit)."""
+    from scipy import ndimage
+    from shapely.ops import unary_union
+
+    from outputs.targets import Target
+    gsd, n = 0.005, 400                                  # a 2 m window of 5 mm pixels
+    x0, y0 = 790000.0, 3345000.0
+    field = ndimage.gaussian_filter(np.random.default_rng(1).random((n, n)), sigma=n / 25)
+    lab, k = ndimage.label(field > np.percentile(field, 60))
+    to_ll = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True)
+    targets = []
+    for i in range(1, k + 1):
+        rr, cc = np.nonzero(lab == i)
+        if len(rr) * gsd * gsd < 0.4:
+            continue
+        p = unary_union([shapely.box(x0 + c * gsd, y0 - (r + 1) * gsd, x0 + (c + 1) * gsd,
+                                     y0 - r * gsd) for r, c in zip(rr, cc)])
+        lon, lat = to_ll.transform(p.representative_point().x, p.representative_point().y)
+        targets.append(Target(f"ps-{i:010d}", len(targets) + 1, p, 0.9, 0.9, p.area, lon, lat))
+    assert len(targets) == 2
+    write_targets(TargetList(tuple(targets), CRS), tmp_path, formats=("geojson", "kml"))
+    feats = json.loads((tmp_path / "targets.geojson").read_text())["features"]
+    for f, t in zip(feats, targets):
+        g = shape(f["geometry"])
+        assert g.is_valid
+        assert _to_utm(g).area == pytest.approx(t.area_m2, rel=0.02)
+    for pm in _kml_placemarks(tmp_path / "targets.kml"):
+        assert all(p.is_valid for p in _kml_polygons(pm))
