@@ -119,6 +119,18 @@ def load(model_dir: Path) -> Artifact:
     estimator = _load_trusted(mfile, model_dir)
     names = list(meta["feature_names"])
     _check_estimator(estimator, len(names), mfile)
+    calendars = meta.get("calendars", {})
+    if not isinstance(calendars, dict):
+        raise bad("'calendars' is not the calendars the model was trained with")
+    from pydantic import ValidationError
+
+    from pipeline.config import Calendar
+    for name, definition in calendars.items():
+        try:
+            Calendar.model_validate(definition)
+        except ValidationError:
+            raise bad(f"calendar '{name}' is not a calendar (phases with MM-DD dates)") \
+                from None
     specs = meta["missing_phase_models"]
     if not specs:
         return Artifact(estimator, meta)
@@ -172,6 +184,18 @@ def _check_meta(meta: Any, jfile: Path) -> None:
         raise bad("'calibration' is not two numbers a and b")
     if not isinstance(meta["config"], dict):
         raise bad("'config' is not the settings the model was trained with")
+    calendars = meta.get("calendars", {})
+    if not isinstance(calendars, dict):
+        raise bad("'calendars' is not the calendars the model was trained with")
+    from pydantic import ValidationError
+
+    from pipeline.config import Calendar
+    for name, definition in calendars.items():
+        try:
+            Calendar.model_validate(definition)
+        except ValidationError:
+            raise bad(f"calendar '{name}' is not a calendar (phases with MM-DD dates)") \
+                from None
     specs = meta["missing_phase_models"]
     if not isinstance(specs, list) or not all(
             isinstance(sp, dict) and isinstance(sp.get("missing"), list) and sp["missing"]

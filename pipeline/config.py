@@ -584,25 +584,29 @@ def default_config_for(pixel_m: float, bands: Sequence[str]) -> Path:
     return DRONE_CONFIG if "nir" in bands else DRONE_RGB_CONFIG
 
 
-def config_from_dict(data: dict[str, Any], where: str) -> SurveyConfig:
-    """A config stored as a dict (a model's training config), validated like a file."""
+def config_from_dict(data: dict[str, Any], where: str, *,
+                     calendar: bool = True) -> SurveyConfig:
+    """A config stored as a dict (a model's training config), validated like a file;
+    ``calendar=False``: its calendar is not looked for (the model carries its calendars)."""
     try:
         cfg = SurveyConfig.model_validate({**data, "source": where})
     except ValidationError as exc:
         raise ConfigError(_format_error(where, exc, SurveyConfig)) from None
-    check_names(cfg, where)
+    check_names(cfg, where, calendar=calendar)
     return cfg
 
 
-def check_names(cfg: SurveyConfig, where: Path | str) -> None:
+def check_names(cfg: SurveyConfig, where: Path | str, *, calendar: bool = True) -> None:
     """Fail early, naming the file and the key, on an unknown calendar or sensor (or a
     calendar or sensor file that is missing or invalid)."""
-    if not Path(cfg.calendar).suffix and cfg.calendar not in known_calendars():
-        raise ConfigError(f"{where}: key 'calendar': unknown calendar '{cfg.calendar}'; "
-                          f"allowed: {', '.join(known_calendars())} (or a calendar file path)")
-    if Path(cfg.calendar).suffix and not Path(cfg.calendar).is_file():
-        raise ConfigError(f"{where}: key 'calendar': {_no_calendar_file(cfg.calendar)}")
-    load_calendar(cfg.calendar)
+    if calendar:
+        if not Path(cfg.calendar).suffix and cfg.calendar not in known_calendars():
+            raise ConfigError(f"{where}: key 'calendar': unknown calendar '{cfg.calendar}'; "
+                              f"allowed: {', '.join(known_calendars())} (or a calendar file "
+                              "path)")
+        if Path(cfg.calendar).suffix and not Path(cfg.calendar).is_file():
+            raise ConfigError(f"{where}: key 'calendar': {_no_calendar_file(cfg.calendar)}")
+        load_calendar(cfg.calendar)
     from pipeline.sensors import known_sensors, load_sensor
     if not Path(cfg.sensor).suffix and cfg.sensor not in known_sensors():
         raise ConfigError(f"{where}: key 'sensor': unknown sensor '{cfg.sensor}'; allowed: "

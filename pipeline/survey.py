@@ -129,12 +129,16 @@ def default_config(images: Sequence[Path], model_dir: Path | None = None,
     if model_dir is not None:
         sidecar = Path(model_dir) / model_artifact.SIDECAR_FILE
         try:
-            stored = json.loads(sidecar.read_text(encoding="utf-8")).get("config")
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+            stored = meta.get("config")
         except (OSError, ValueError, AttributeError):
             stored = None  # no or a damaged model: loading it says so, with the fix
         if isinstance(stored, dict):
             log.info("no --config: using the model's training config (%s)", sidecar)
-            return config_from_dict(stored, f"{sidecar} (the model's training config)")
+            # a model that carries its calendars needs no calendar file (detect takes the
+            # one the images' dates fit): moved with its project, it still runs
+            return config_from_dict(stored, f"{sidecar} (the model's training config)",
+                                    calendar=not meta.get("calendars"))
     pixel, bands = first_image_facts(images, dem)
     path = default_config_for(pixel, bands)
     log.warning("no --config: using %s for pixels of %.3g m and bands %s",
@@ -361,7 +365,8 @@ def read_manifest(path: Path) -> list[TrainScene]:
                 raise InputError(f"{where}: 'calendar' must be a calendar name or file path "
                                  f"(text), not {calendar!r}")
             if Path(calendar).suffix:   # a file: from the manifest's folder, like the others
-                calendar = str(base / calendar)
+                # absolute: the model records it, and detect runs from other folders
+                calendar = str((base / calendar).resolve())
             try:
                 load_calendar(calendar)
             except ConfigError as exc:
@@ -394,6 +399,30 @@ def _refuse_repeated_images(scenes: Sequence[TrainScene],
                                  "is validated on a copy of itself")
 
 
+def _check_scene_calendars(scenes: Sequence[TrainScene], cfg: SurveyConfig) -> None:
+    """Before any scene is read: a calendar that moves with elevation has the scene's DEM
+    (found after the earlier scenes were sampled), and two scenes' calendars of one name are
+    one calendar (the model keeps the calendars by name: the second's phases replaced the
+    first's in its record)."""
+    seen: dict[str, tuple[int, dict]] = {}
+    several = len(scenes) > 1
+    for k, sc in enumerate(scenes):
+        calendar = load_calendar(sc.calendar or cfg.calendar)
+        which = f"training scene {k + 1} ({sc.labels})" if several else str(sc.labels)
+        if calendar.shifts_with_elevation and sc.dem is None:
+            raise InputError(f"{which}: calendar '{calendar.name}' moves its phases with "
+                             "elevation: give its DEM (" +
+                             ("dem: in its manifest entry" if several else "--dem") +
+                             "), or use a calendar without elevation_shift_days_per_100m")
+        season = calendar.model_dump(include={"phases", "elevation_shift_days_per_100m",
+                                              "reference_elevation_m"})
+        first = seen.setdefault(calendar.name, (k, season))
+        if first[1] != season:
+            raise InputError(f"training scenes {first[0] + 1} and {k + 1} use two different "
+                             f"calendars both named '{calendar.name}'; give one of them its "
+                             "own name (name: in its file)")
+
+
 def train(images: Sequence[Path], labels_path: Path, model_dir: Path, cfg: SurveyConfig, *,
           dem: Path | None = None) -> dict:
     """Fit the model on one scene's labelled polygons; writes the artifact into ``model_dir``."""
@@ -414,6 +443,7 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
     # copy, is refused before any work
     digests = [_digest_inputs(sc.images, sc.dem) for sc in scenes]
     _refuse_repeated_images(scenes, digests)
+    _check_scene_calendars(scenes, cfg)
     parts = []
     is_copy: list[np.ndarray] = []
     sensors = set()
@@ -519,10 +549,11 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
     # the scenes' calendar when they share one (a manifest's calendar: myseason on every
     # scene gave a model of east-china, the config's, which detect then asked for)
     scene_calendars = [load_calendar(sc.calendar or cfg.calendar) for sc in scenes]
-    shared = len({c.name for c in scene_calendars}) == 1
-    trained_calendar = scene_calendars[0] if shared else load_calendar(cfg.calendar)
+    calendar_names = list(dict.fromkeys(c.name for c in scene_calendars))
+    # the model carries every calendar whole (detect takes the one the images' dates fit);
+    # its config names the first scene's, which is the model's when they share one
     saved_cfg = (with_overrides(cfg, calendar=str(scenes[0].calendar))
-                 if shared and scenes[0].calendar else cfg)
+                 if scenes[0].calendar else cfg)
     hashes: dict[str, str] = {}
     for sc, digest in zip(scenes, digests):
         hashes.update(digest)
@@ -530,7 +561,7 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
     meta = {
         "feature_names": list(names),
         "sensor": sensors.pop(),
-        "calendar": trained_calendar.name,
+        "calendar": ", ".join(calendar_names),
         # every calendar the scenes were sampled with, whole: detect compares the phases,
         # not only the name (a copy of east-china with other phases passed as east-china)
         "calendars": {c.name: c.model_dump(mode="json") for c in scene_calendars},
@@ -1047,6 +1078,32 @@ def _fingerprint(digests: dict[str, str], model_digests: dict[str, str], cfg: Su
     return h.hexdigest()
 
 
+def _model_calendar(art: model_artifact.Artifact, times: np.ndarray,
+                    dem: xr.DataArray | None) -> Calendar:
+    """The calendar detect uses when the config names none: the model's own, as it was at
+    training (model.json carries it whole, so the file need not be where it was). A model
+    of scenes of several calendars (a manifest over regions or seasons) takes the one whose
+    phases hold the images' dates: one with a bloom date, then the most phases and dates,
+    then the first scene's (it took the config's default, which no scene had used)."""
+    calendars = [Calendar.model_validate(d) for d in art.meta["calendars"].values()]
+    if len(calendars) == 1:
+        return calendars[0]
+    used = [p for p in PHASES if any(p in feature_phases(n) for n in art.feature_names)]
+
+    def fit(cal: Calendar) -> tuple[bool, int, int]:
+        shifts = (shift_range(cal.shift_days(dem)) if cal.shifts_with_elevation
+                  and dem is not None else None) or (0, 0)
+        held = dates_in_phases(times, cal, [p for p in used if p in cal.phases], shifts)
+        return (bool(held.get("flowering")), sum(1 for v in held.values() if v),
+                sum(len(v) for v in held.values()))
+
+    best = max(calendars, key=fit)              # the first of equals: the first scene's
+    log.warning("the model was trained with calendars %s: the images' dates fit '%s' "
+                "(a --config with calendar: NAME takes another)",
+                ", ".join(f"'{c.name}'" for c in calendars), best.name)
+    return best
+
+
 def _absolute(path: Path | str | None) -> str | None:
     return str(Path(path).resolve()) if path else None
 
@@ -1150,9 +1207,13 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     # --scheduler first (local:N within the machine's cap; an address answers as a dask
     # scheduler: one round trip, the connect timeout when nothing answers)
     check_runner(cfg.run.scheduler)
-    calendar = load_calendar(cfg.calendar)
     art = model_artifact.load(model_dir)
-    check_calendar(art, calendar)
+    # a calendar the config names is checked against the model's before the images are
+    # read; else the model's own, chosen by the images' dates below
+    calendar = None
+    if "calendar" in cfg.given or not art.meta.get("calendars"):
+        calendar = load_calendar(cfg.calendar)
+        check_calendar(art, calendar)
     # Read in half-tile chunks: a tile and its halo read 4 x 4 of them (2 x 2 tiles' worth of
     # pixels) where tile-sized chunks read 3 x 3 whole tiles. Smaller chunks read fewer pixels
     # but cost more than they save: at 2048 px, 16 tiles read in 11.3 s with 256 px chunks
@@ -1168,6 +1229,8 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
                                       if trained == cfg.terrain_correction else
                                       "give a DEM or set terrain_correction: none"))
     cfg = _settings_in_effect(cfg, art.meta.get("config"))
+    if calendar is None:
+        calendar = _model_calendar(art, scene["time"].values, dem_da)
     shift = calendar_shift(calendar, dem_da)
     shifts = shift_range(shift)
     dates = [str(t)[:10] for t in scene["time"].values]

@@ -333,6 +333,22 @@ def test_an_edited_sidecar_is_refused_with_its_reason(tmp_path, key, value, says
         artifact.load(tmp_path / "m")
 
 
+@pytest.mark.parametrize("value,says", [
+    ({"late": {"name": "late", "phases": {"flowering": {"start": "June", "end": "07-31"}}}},
+     "calendar 'late' is not a calendar"),
+    (["east-china"], "'calendars' is not the calendars"),
+])
+def test_an_edited_calendar_in_the_sidecar_is_refused(tmp_path, value, says):
+    """detect takes the model's own calendars from model.json: an edited one is refused
+    in one line when the model is loaded, not a traceback when it is used."""
+    table, _ = _table()
+    est = make_estimator(ModelConfig(max_iter=20)).fit(table.X, table.y)
+    artifact.save(tmp_path / "m", est, _meta(table), {})
+    _edit_meta(tmp_path / "m", lambda m: m.__setitem__("calendars", value))
+    with pytest.raises(ModelError, match=re.escape(says)):
+        artifact.load(tmp_path / "m")
+
+
 def test_an_estimator_poppyscan_does_not_train_is_refused(tmp_path):
     """An 'always poppy' DummyClassifier ran with exit 0; a regressor or an unfitted model
     was a traceback."""

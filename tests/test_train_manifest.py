@@ -159,7 +159,8 @@ def test_a_manifest_calendar_file_is_taken_from_the_manifests_folder(tmp_path):
     man.write_text("- images: x.tif\n  labels: l.geojson\n  calendar: cal.yaml\n"
                    "- images: x.tif\n  labels: l.geojson\n  calendar: east-china\n")
     first, second = read_manifest(man)
-    assert first.calendar == str(tmp_path / "cal.yaml") and second.calendar == "east-china"
+    assert first.calendar == str((tmp_path / "cal.yaml").resolve())
+    assert second.calendar == "east-china"
 
 
 def test_manifest_keys_beside_scenes_and_a_labels_folder_are_refused(tmp_path):
@@ -287,3 +288,88 @@ def test_train_warns_when_its_threshold_flags_the_background(caplog, false_alarm
         _warn_weak(report)
     assert ("threshold flags 70% of the background pixels" in caplog.text) is warned
     assert ("background" in caplog.text) is warned
+
+
+LATE_DATES = ["2024-05-15", "2024-06-12", "2024-06-28", "2024-07-12", "2024-08-05"]
+
+
+def _late_calendar(folder: Path, name: str = "late") -> Path:
+    """East China's phases two and a half months later (LATE_DATES fall in them)."""
+    p = folder / f"{name}.yaml"
+    p.write_text(f"name: {name}\nphases:\n  pre: {{start: '05-01', end: '05-31'}}\n"
+                 "  flowering: {start: '06-01', end: '07-31'}\n"
+                 "  post: {start: '07-21', end: '08-31'}\n", encoding="utf-8")
+    return p
+
+
+def test_a_model_of_two_calendars_carries_both_and_detect_takes_the_one_the_dates_fit(
+        tmp_path, monkeypatch, caplog):
+    """Scenes of east-china and of a later calendar gave a model recorded as 'east-china'
+    (the config's default); detect without --config then surveyed a late scene in
+    east-china's phases, or refused it. The model carries both calendars and detect takes
+    the one the images' dates fit, from any folder and with the calendar file gone (it was
+    stored relative to the folder train ran from)."""
+    import logging
+
+    from pipeline import survey
+    proj = tmp_path / "proj"
+    a = make_tiny_scene(proj / "a", seed=1)
+    b = make_tiny_scene(proj / "b", seed=2, x0=520000.0, dates=LATE_DATES,
+                        plots=[(5, 40, 3), (40, 10, 2), (20, 20, 2)])
+    _late_calendar(proj)
+    man = _two_scenes(proj, a, b, "b/labels.geojson", "    calendar: late.yaml\n")
+    cfg = with_overrides(load_config(), **{"run.chunk_size": 64, "model.cv_repeats": 1,
+                                           "model.missing_phase_models": False})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    train_manifest(Path("../proj/manifest.yaml"), tmp_path / "model", cfg)
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert meta["calendar"] == "east-china, late" and list(meta["calendars"]) == [
+        "east-china", "late"]
+    assert meta["scene_calendars"] == ["east-china", str((proj / "late.yaml").resolve())]
+    (proj / "late.yaml").unlink()                          # the model carries it
+    monkeypatch.chdir(tmp_path)
+    for name, dates, flowering in (("late", LATE_DATES, ["2024-06-12", "2024-06-28",
+                                                         "2024-07-12"]),
+                                   ("east", None, ["2024-04-12", "2024-04-28",
+                                                   "2024-05-12"])):
+        kw = {"dates": dates} if dates else {}
+        sc = make_tiny_scene(tmp_path / f"survey-{name}", seed=4, x0=540000.0, **kw)
+        run_cfg = with_overrides(survey.default_config(sc.images, tmp_path / "model"),
+                                 **{"run.chunk_size": 64})
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="pipeline.survey"):
+            res = survey.detect(sc.images, tmp_path / "model", tmp_path / f"out-{name}",
+                                run_cfg, formats=("geojson",))
+        assert res.report["phase_dates"]["flowering"] == flowering
+        want = "late" if name == "late" else "east-china"
+        assert f"the images' dates fit '{want}'" in caplog.text
+
+
+def test_two_calendars_of_one_name_or_a_missing_elevation_dem_are_refused_before_any_work(
+        tmp_path):
+    """A scene's calendar shifted 20 days under the default's name replaced the default's
+    phases in the model's record; a DEM missing for a calendar that moves with elevation
+    was found after the earlier scenes were sampled, naming no scene."""
+    from pipeline import survey
+    a = make_tiny_scene(tmp_path / "a", seed=1)
+    b = make_tiny_scene(tmp_path / "b", seed=2, x0=520000.0,
+                        plots=[(5, 40, 3), (40, 10, 2), (20, 20, 2)])
+    _late_calendar(tmp_path, "east-china")                 # another season, the same name
+    man = _two_scenes(tmp_path, a, b, "b/labels.geojson", "    calendar: east-china.yaml\n")
+    read = []
+    real = survey.prepare_scene
+    survey_prepare = lambda *a, **k: read.append(1) or real(*a, **k)   # noqa: E731
+    import unittest.mock
+    with unittest.mock.patch.object(survey, "prepare_scene", survey_prepare):
+        with pytest.raises(InputError, match="scenes 1 and 2 use two different calendars "
+                                             "both named 'east-china'"):
+            train_manifest(man, tmp_path / "model", load_config())
+        man = _two_scenes(tmp_path, a, b, "b/labels.geojson",
+                          "    calendar: afghanistan-east\n")
+        with pytest.raises(InputError, match=r"training scene 2 \(.*b/labels.geojson\): "
+                                             "calendar 'afghanistan-east' moves its phases "
+                                             "with elevation: give its DEM"):
+            train_manifest(man, tmp_path / "model", load_config())
+    assert read == [] and not (tmp_path / "model").exists()
