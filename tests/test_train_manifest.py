@@ -373,3 +373,27 @@ def test_two_calendars_of_one_name_or_a_missing_elevation_dem_are_refused_before
                                              "with elevation: give its DEM"):
             train_manifest(man, tmp_path / "model", load_config())
     assert read == [] and not (tmp_path / "model").exists()
+
+
+def test_a_scene_and_a_resaved_copy_of_it_are_refused_before_any_work(tmp_path):
+    """Only byte-identical copies were refused: the same images re-saved with other
+    compression trained a model validated on a copy of its own scene (threshold 0.99)."""
+    import rasterio
+    a = make_tiny_scene(tmp_path / "a", seed=1)
+    (tmp_path / "b").mkdir()
+    for src in a.images:
+        with rasterio.open(src) as r:
+            profile = {**r.profile, "compress": "lzw"}
+            with rasterio.open(tmp_path / "b" / src.name, "w", **profile) as dst:
+                dst.write(r.read())
+                dst.update_tags(**r.tags())
+                dst.descriptions = r.descriptions
+                dst.scales, dst.offsets = r.scales, r.offsets
+    (tmp_path / "b" / "labels.geojson").write_text((tmp_path / "a" / "labels.geojson").read_text())
+    from dataclasses import replace
+    b = replace(a, images=[tmp_path / "b" / p.name for p in a.images])
+    man = _two_scenes(tmp_path, a, b, "b/labels.geojson")
+    with pytest.raises(InputError, match="training scenes 1 and 2 are the same ground on the "
+                                         "same dates"):
+        train_manifest(man, tmp_path / "model", load_config())
+    assert not (tmp_path / "model").exists()
