@@ -346,7 +346,9 @@ def read_manifest(path: Path) -> list[TrainScene]:
                              "patterns under 'images'")
         files: list[Path] = []
         for x in (text(where, "images", x) for x in imgs):
-            if glob.has_magic(x):   # the manifest's own folder name is not a pattern
+            # a pattern, unless a file or folder of that name exists ("scene[2]/"); the
+            # manifest's own folder name is not a pattern
+            if glob.has_magic(x) and not (base / x).exists():
                 found = sorted(glob.glob(os.path.join(glob.escape(str(base)), x),
                                          recursive=True))   # ** : any depth
                 if not found:

@@ -397,3 +397,17 @@ def test_a_scene_and_a_resaved_copy_of_it_are_refused_before_any_work(tmp_path):
                                          "same dates"):
         train_manifest(man, tmp_path / "model", load_config())
     assert not (tmp_path / "model").exists()
+
+
+def test_a_folder_whose_name_looks_like_a_pattern_is_taken_as_it_is(tmp_path):
+    """images: "scene[2]", a folder: 'matches no file', or with a folder scene2 beside it,
+    that folder's images silently (as expand_patterns does for --images, a path that exists
+    is taken as it is)."""
+    for name in ("scene[2]", "scene2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "S2_20240412.tif").write_bytes(b"")
+    (tmp_path / "l.geojson").write_text("{}")
+    man = tmp_path / "m.yaml"
+    man.write_text('- images: "scene[2]"\n  labels: l.geojson\n')
+    [first] = read_manifest(man)
+    assert first.images == (tmp_path / "scene[2]",)
