@@ -296,7 +296,7 @@ def make_plan(scene: xr.DataArray, calendar: Calendar, cfg: FeatureConfig,
     for p, ix in zip(phases, phase_idx):
         if not ix:
             log.warning("no acquisition in the %s phase (%s, calendar %s): its features "
-                        "are missing (a model trained on these images does not use them)", p,
+                        "are missing (a model trained on this scene alone does not use them)", p,
                         phase_window(calendar, p, shifts), calendar.name)
     rows = feature_plan(bands, indices, phases, cfg.band_medians)
     stat_code = {"median": 0, "max": 1, "min": 2, "contrast": 3}

@@ -42,7 +42,7 @@ from threadpoolctl import threadpool_limits
 from classifiers import artifact as model_artifact
 from classifiers.artifact import columns_without, feature_phases
 from classifiers.augment import augmented
-from classifiers.labels import Labels, read_labels, read_polygons
+from classifiers.labels import TARGET_CLASS, Labels, read_labels, read_polygons
 from classifiers.model import fit_balanced, make_estimator
 from classifiers.predict import (
     check_calendar,
@@ -434,6 +434,20 @@ def _refuse_repeated_scenes(scenes: Sequence[TrainScene], cfg: SurveyConfig) -> 
                              "scene given twice is validated on a copy of itself")
 
 
+@contextlib.contextmanager
+def _naming_scene(k: int, sc: TrainScene, n_scenes: int):
+    """A user error met in training scene ``k`` of several names that scene (the labels
+    file alone can be two scenes', and an image's or a season's error named none)."""
+    try:
+        yield
+    except InputError as exc:
+        if n_scenes < 2:
+            raise
+        msg = (exc.args[0] if exc.args else "").removeprefix(f"{sc.labels}: ")
+        exc.args = (f"training scene {k + 1} ({sc.labels}): {msg}", *exc.args[1:])
+        raise
+
+
 def _check_scene_calendars(scenes: Sequence[TrainScene], cfg: SurveyConfig) -> None:
     """Before any scene is read: a calendar that moves with elevation has the scene's DEM
     (found after the earlier scenes were sampled), and two scenes' calendars of one name are
@@ -486,54 +500,57 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
     # classes of the labelled (and drawn unlabelled) polygons, augmented copies not counted
     label_classes: list[str] = []
     units = []                      # per scene: metres per CRS unit (x, y), for the CV blocks
+    poppy_labelled = 0              # poppy polygons in the label files, over the scenes
     t0 = time.perf_counter()
     for k, sc in enumerate(scenes):
-        calendar = load_calendar(sc.calendar or cfg.calendar)
-        scene, dem_da = prepare_scene(sc.images, cfg, dem=sc.dem)
-        # with several scenes, one may hold only background (or only poppy) polygons
-        both = len(scenes) == 1
-        drawn = cfg.model.background_sample_px > 0  # poppy-only label files are enough
-        labels = read_labels(sc.labels, scene.rio.crs, require_both=both,
-                             background_drawn=drawn)
-        shift = calendar_shift(calendar, dem_da)
-        masked = mask_and_correct(scene, dem_da, cfg)
-        feats = window_features(masked, calendar, cfg.features, shift)
-        if "flowering" in feats.phase_dates and not feats.phase_dates["flowering"]:
-            window = phase_window(calendar, "flowering", shift_range(shift))
-            dates = ", ".join(str(t)[:10] for t in scene["time"].values)
-            raise InputError(f"{sc.labels}: no image of its scene falls in the flowering "
-                             f"phase ({window} in calendar {calendar.name}; "
-                             f"dates: {dates}); poppy is learnt in bloom: give images from "
-                             "that window, or a calendar whose flowering phase covers them")
-        # the scene's features, then those of its augmented copies (classifiers/augment.py)
-        versions = [feats] + [
-            window_features(mask_and_correct(augmented(
-                scene, seed=cfg.model.seed * 1000 + 10 * k + c + 1), dem_da, cfg),
-                calendar, cfg.features, shift) for c in range(cfg.model.augment_copies)]
-        part = None
-        copy_flags: list[bool] = []         # per polygon of the part: from an augmented copy
-        for c, f in enumerate(versions):
-            seed = cfg.model.seed + 7919 * c
-            tl = (sample(f, labels, erode_m=cfg.model.erode_m,
-                         max_pixels=cfg.model.max_pixels_per_polygon, seed=seed,
-                         require_both=both and not drawn), labels)
-            if c == 0 and len(tl[0].y) == 0:
-                # else a manifest entry whose labels miss its images trains silently on its
-                # drawn background alone, plots and all
-                raise InputError(f"{sc.labels}: no label polygon overlaps clear pixels of "
-                                 "its images; check the labels' CRS and extent")
-            if cfg.model.background_sample_px:
-                tl = join(tl, sample_background(
-                    f, labels, n_pixels=cfg.model.background_sample_px,
-                    buffer_m=cfg.model.background_buffer_m, seed=seed))
-            part = tl if part is None else join(part, tl)
-            copy_flags += [c > 0] * len(tl[1].geometries)
-            if c == 0:
-                label_classes += tl[1].classes
-        parts.append((*part, feats))
-        units.append(Grid.of(scene).metres_per_unit())
-        is_copy.append(np.array(copy_flags, bool))
-        sensors.add(scene.attrs["sensor"])
+        with _naming_scene(k, sc, len(scenes)):
+            calendar = load_calendar(sc.calendar or cfg.calendar)
+            scene, dem_da = prepare_scene(sc.images, cfg, dem=sc.dem)
+            # with several scenes, one may hold only background (or only poppy) polygons
+            both = len(scenes) == 1
+            drawn = cfg.model.background_sample_px > 0  # poppy-only label files are enough
+            labels = read_labels(sc.labels, scene.rio.crs, require_both=both,
+                                 background_drawn=drawn)
+            poppy_labelled += int(np.sum(labels.is_target))
+            shift = calendar_shift(calendar, dem_da)
+            masked = mask_and_correct(scene, dem_da, cfg)
+            feats = window_features(masked, calendar, cfg.features, shift)
+            if "flowering" in feats.phase_dates and not feats.phase_dates["flowering"]:
+                window = phase_window(calendar, "flowering", shift_range(shift))
+                dates = ", ".join(str(t)[:10] for t in scene["time"].values)
+                raise InputError(f"{sc.labels}: no image of its scene falls in the flowering "
+                                 f"phase ({window} in calendar {calendar.name}; "
+                                 f"dates: {dates}); poppy is learnt in bloom: give images from "
+                                 "that window, or a calendar whose flowering phase covers them")
+            # the scene's features, then those of its augmented copies (classifiers/augment.py)
+            versions = [feats] + [
+                window_features(mask_and_correct(augmented(
+                    scene, seed=cfg.model.seed * 1000 + 10 * k + c + 1), dem_da, cfg),
+                    calendar, cfg.features, shift) for c in range(cfg.model.augment_copies)]
+            part = None
+            copy_flags: list[bool] = []         # per polygon of the part: from an augmented copy
+            for c, f in enumerate(versions):
+                seed = cfg.model.seed + 7919 * c
+                tl = (sample(f, labels, erode_m=cfg.model.erode_m,
+                             max_pixels=cfg.model.max_pixels_per_polygon, seed=seed,
+                             require_both=both and not drawn), labels)
+                if c == 0 and len(tl[0].y) == 0:
+                    # else a manifest entry whose labels miss its images trains silently on its
+                    # drawn background alone, plots and all
+                    raise InputError(f"{sc.labels}: no label polygon overlaps clear pixels of "
+                                     "its images; check the labels' CRS and extent")
+                if cfg.model.background_sample_px:
+                    tl = join(tl, sample_background(
+                        f, labels, n_pixels=cfg.model.background_sample_px,
+                        buffer_m=cfg.model.background_buffer_m, seed=seed))
+                part = tl if part is None else join(part, tl)
+                copy_flags += [c > 0] * len(tl[1].geometries)
+                if c == 0:
+                    label_classes += tl[1].classes
+            parts.append((*part, feats))
+            units.append(Grid.of(scene).metres_per_unit())
+            is_copy.append(np.array(copy_flags, bool))
+            sensors.add(scene.attrs["sensor"])
     if len(sensors) > 1:
         raise InputError(f"training scenes come from different sensors {sorted(sensors)}; "
                          "train one model per sensor")
@@ -542,6 +559,9 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
         if table.feature_names != names:
             raise InputError(f"{labels.source}: its scene gives other features than the first "
                              "scene (other bands?); train one model per sensor")
+    if not poppy_labelled:       # (one scene's labels file says so when it is read)
+        raise InputError(f"no polygon of class '{TARGET_CLASS}' in the labels of any of the "
+                         f"{len(scenes)} scenes; the model needs examples of it")
     table, labels, scene_of_poly = combine(parts)
     origin = _copy_origins(labels, scene_of_poly, np.concatenate(is_copy))
     unit_m = np.array(units)[scene_of_poly]
@@ -556,7 +576,7 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
                           **_validation_args(cfg, scene_of_poly, origin, unit_m, pixel_m),
                           repeats=cfg.model.cv_repeats, max_threshold=cfg.model.threshold_max,
                           min_threshold=cfg.model.threshold_min)
-        _warn_weak(report)
+        _warn_weak(report, manifest=len(scenes) > 1)
         t1 = time.perf_counter()
         fit_balanced(est, table.X, table.y, cfg.model.seed)
         t_fit = time.perf_counter() - t1
@@ -1010,19 +1030,20 @@ def _quicklook(masked: xr.DataArray, plan: FeaturePlan, inner: tuple[slice, slic
 WEAK_RECALL = 0.5
 
 
-def _warn_weak(report: dict) -> None:
+def _warn_weak(report: dict, manifest: bool = False) -> None:
     """A model that finds few of its own labelled plots out of fold, or flags much of the
     background, is still written (a first model to verify targets with), with a warning that
     says so."""
+    more = "more scenes in the manifest" if manifest else "several scenes: --manifest"
     pg = report["polygon"]
     big = pg["poppy_polygons_min_plot"] > 0
     recall = pg["recall_min_plot"] if big else pg["recall"]
     n = pg["poppy_polygons_min_plot"] if big else pg["poppy_polygons"]
     if recall < WEAK_RECALL:
         log.warning("out of fold the model finds %.0f%% of its %d labelled poppy polygon(s)%s: "
-                    "too few or too unlike plots to learn from; label more plots (several "
-                    "scenes: --manifest) before relying on its targets", 100 * recall, n,
-                    f" >= {report['min_plot_px']:g} px" if big else "")
+                    "too few or too unlike plots to learn from; label more plots (%s) "
+                    "before relying on its targets", 100 * recall, n,
+                    f" >= {report['min_plot_px']:g} px" if big else "", more)
     # the other side: a threshold that reaches the recall only by flagging the background
     # (detect warns of the same above 10 % of a scene; train said nothing at 62-100 %)
     (tn, fp), _ = report["pixel"]["confusion_matrix"]
@@ -1030,8 +1051,8 @@ def _warn_weak(report: dict) -> None:
     if flagged > CANDIDATE_SHARE_WARN:
         log.warning("out of fold the model's threshold flags %.0f%% of the background pixels "
                     "sampled: in a survey its targets would cover whole fields; label the "
-                    "other crops and covers of the scene (several scenes: --manifest) before "
-                    "relying on it", 100 * flagged)
+                    "other crops and covers of the scene (%s) before relying on it",
+                    100 * flagged, more)
 
 
 def _check_out_apart(out: Path, images: Sequence[Path], model_dir: Path | None = None,

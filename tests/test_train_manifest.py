@@ -54,7 +54,32 @@ def test_an_entry_whose_labels_miss_its_images_is_refused(tmp_path):
     far.write_text(json.dumps(doc))
     man = _two_scenes(tmp_path, a, b, "b/far.geojson")
     cfg = with_overrides(load_config(), **{"run.chunk_size": 64})
-    with pytest.raises(InputError, match="far.geojson: no label polygon overlaps clear pixels"):
+    with pytest.raises(InputError, match=r"^training scene 2 \(.*far.geojson\): no label "
+                                         "polygon overlaps clear pixels"):
+        train_manifest(man, tmp_path / "model", cfg)
+    assert not (tmp_path / "model").exists()
+
+
+def test_scene_errors_name_the_scene_and_no_poppy_anywhere_is_said_so(tmp_path):
+    """A season error of the second entry named no scene; label files of background alone
+    over every scene were refused as "no 'poppy' polygon overlaps clear pixels ... check the
+    labels' CRS and extent", which sent the user after the wrong cause."""
+    a = make_tiny_scene(tmp_path / "a", seed=1)
+    b = make_tiny_scene(tmp_path / "b", seed=2, x0=520000.0,
+                        dates=["2023-04-12", "2024-03-15", "2024-04-12", "2024-05-12"])
+    cfg = with_overrides(load_config(), **{"run.chunk_size": 64})
+    man = _two_scenes(tmp_path, a, b, "b/labels.geojson")
+    with pytest.raises(InputError, match=r"^training scene 2 \(.*b/labels.geojson\): the "
+                                         "images come from 2 seasons"):
+        train_manifest(man, tmp_path / "model", cfg)
+    b = make_tiny_scene(tmp_path / "b2", seed=2, x0=520000.0)
+    for sc in (a, b):
+        doc = json.loads(sc.labels.read_text())
+        doc["features"] = [f for f in doc["features"] if f["properties"]["class"] != "poppy"]
+        sc.labels.write_text(json.dumps(doc))
+    man = _two_scenes(tmp_path, a, b, "b2/labels.geojson")
+    with pytest.raises(InputError, match="no polygon of class 'poppy' in the labels of any of "
+                                         "the 2 scenes"):
         train_manifest(man, tmp_path / "model", cfg)
     assert not (tmp_path / "model").exists()
 
