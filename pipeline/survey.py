@@ -91,7 +91,7 @@ from pipeline.config import (
     with_overrides,
 )
 from pipeline.errors import InputError, OutputBusy
-from pipeline.grid import Grid
+from pipeline.grid import Grid, pixel_metres
 from pipeline.ingest import (
     clip_to_aoi,
     expand_paths,
@@ -125,6 +125,9 @@ TILE_GDAL_CACHE_BYTES = 64
 CANDIDATE_SHARE_WARN = 0.10
 #: version of the saved tile results: a run saved by another version starts afresh
 TILE_FORMAT = 8
+#: pixel sizes (training scenes, or a survey against them) this far apart are warned about:
+#: the neighbourhood features are in pixels (a drone flight flown a little higher is not)
+PIXEL_SIZE_TOLERANCE = 1.25
 
 
 # ----------------------------------------------------------------------------- shared
@@ -562,6 +565,12 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
     if not poppy_labelled:       # (one scene's labels file says so when it is read)
         raise InputError(f"no polygon of class '{TARGET_CLASS}' in the labels of any of the "
                          f"{len(scenes)} scenes; the model needs examples of it")
+    pixel_sizes = [round(float(p[0].pixel_m), 4) for p in parts]
+    if max(pixel_sizes) > PIXEL_SIZE_TOLERANCE * min(pixel_sizes):
+        log.warning("the training scenes have pixels of %s m: the neighbourhood features are "
+                    "measured in pixels, so they cover other ground in each scene; resample "
+                    "the scenes to one pixel size, or train one model per size",
+                    ", ".join(f"{v:g}" for v in sorted(set(pixel_sizes))))
     table, labels, scene_of_poly = combine(parts)
     origin = _copy_origins(labels, scene_of_poly, np.concatenate(is_copy))
     unit_m = np.array(units)[scene_of_poly]
@@ -632,6 +641,7 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
                      "polygon_precision": report["polygon"]["precision"],
                      "pixels": len(table.y)},
         "phase_dates": [p[2].phase_dates for p in parts],
+        "pixel_m": pixel_sizes,
         "missing_phase_models": [spec for spec, _ in reduced],
         "versions": environment(),
         "data_hashes": hashes,
@@ -1135,6 +1145,18 @@ def _fingerprint(digests: dict[str, str], model_digests: dict[str, str], cfg: Su
     return h.hexdigest()
 
 
+def _warn_other_pixel_size(art: model_artifact.Artifact, scene: xr.DataArray) -> None:
+    """Images of another pixel size than every training scene's: the neighbourhood features
+    (radii in pixels) then see other ground than the model learnt from."""
+    trained = [v for v in art.meta.get("pixel_m") or [] if isinstance(v, (int, float)) and v > 0]
+    here = pixel_metres(scene.rio.transform(), scene.rio.crs)
+    if trained and all(max(here / v, v / here) > PIXEL_SIZE_TOLERANCE for v in trained):
+        log.warning("the images have pixels of %.3g m, the model was trained on %s m: its "
+                    "neighbourhood features (in pixels) see other ground here; resample the "
+                    "images to the training pixel size, or train on images of this size",
+                    here, ", ".join(f"{v:g}" for v in sorted(set(trained))))
+
+
 def _model_calendar(art: model_artifact.Artifact, times: np.ndarray,
                     dem: xr.DataArray | None) -> Calendar:
     """The calendar detect uses when the config names none: the model's own, as it was at
@@ -1286,6 +1308,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
                                       if trained == cfg.terrain_correction else
                                       "give a DEM or set terrain_correction: none"))
     cfg = _settings_in_effect(cfg, art.meta.get("config"))
+    _warn_other_pixel_size(art, scene)
     if calendar is None:
         calendar = _model_calendar(art, scene["time"].values, dem_da)
     shift = calendar_shift(calendar, dem_da)

@@ -436,3 +436,52 @@ def test_a_folder_whose_name_looks_like_a_pattern_is_taken_as_it_is(tmp_path):
     man.write_text('- images: "scene[2]"\n  labels: l.geojson\n')
     [first] = read_manifest(man)
     assert first.images == (tmp_path / "scene[2]",)
+
+
+def _coarser(sc, folder: Path):
+    """The scene's images with 20 m pixels (the same arrays over twice the ground)."""
+    import rasterio
+    from affine import Affine
+    from dataclasses import replace
+    folder.mkdir(parents=True)
+    out = []
+    for src in sc.images:
+        with rasterio.open(src) as r:
+            t = r.transform
+            profile = {**r.profile, "transform": Affine(20, 0, t.c, 0, -20, t.f)}
+            with rasterio.open(folder / src.name, "w", **profile) as dst:
+                dst.write(r.read())
+                dst.update_tags(**r.tags())
+                dst.descriptions = r.descriptions
+                dst.scales, dst.offsets = r.scales, r.offsets
+        out.append(folder / src.name)
+    (folder / "labels.geojson").write_text(sc.labels.read_text())
+    return replace(sc, images=out)
+
+
+def test_other_pixel_sizes_in_training_and_in_a_survey_are_warned(tmp_path, caplog):
+    """A 10 m and a 20 m scene trained together silently, and a 10 m model surveyed 20 m
+    images silently: the neighbourhood features are in pixels."""
+    import logging
+
+    from pipeline import survey
+    a = make_tiny_scene(tmp_path / "a", seed=1)
+    b = _coarser(make_tiny_scene(tmp_path / "b0", seed=2, x0=520000.0), tmp_path / "b")
+    man = _two_scenes(tmp_path, a, b, "b/labels.geojson")
+    cfg = with_overrides(load_config(), **{"run.chunk_size": 64, "model.cv_repeats": 1,
+                                           "model.missing_phase_models": False})
+    with caplog.at_level(logging.WARNING, logger="pipeline.survey"):
+        train_manifest(man, tmp_path / "model", cfg)
+    assert "the training scenes have pixels of 10, 20 m" in caplog.text
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert meta["pixel_m"] == [10.0, 20.0]
+    survey.train(a.images, a.labels, tmp_path / "model10", cfg)
+    for sc, warned in ((make_tiny_scene(tmp_path / "s10", seed=4, x0=540000.0), False),
+                       (_coarser(make_tiny_scene(tmp_path / "s0", seed=4, x0=540000.0),
+                                 tmp_path / "s20"), True)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="pipeline.survey"):
+            survey.detect(sc.images, tmp_path / "model10", tmp_path / f"out{warned}", cfg,
+                          formats=("geojson",))
+        assert ("the images have pixels of 20 m, the model was trained on 10 m"
+                in caplog.text) is warned
