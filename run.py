@@ -529,8 +529,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # half a scene looks like a whole one, and the rerun refused the folder
             shutil.rmtree(out, ignore_errors=True)
             sys.stderr.write(f"{PROG}: {what}; {out} removed: rerun the same command\n")
-        else:
+        elif args.command in _RESUMED:
             sys.stderr.write(f"{PROG}: {what}; rerun the same command to resume\n")
+        else:   # (train writes its model at the very end: nothing of it was written)
+            sys.stderr.write(f"{PROG}: {what}; rerun the same command\n")
         return 143 if isinstance(exc, _Terminated) else 130
     finally:
         if previous is not None:
@@ -540,6 +542,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 #: commands whose interrupted output is not resumed (simulate writes a scene from scratch)
 _NOT_RESUMED = {"simulate"}
+#: commands whose rerun takes up where an interrupted run stopped (detect's finished tiles,
+#: fetch's downloads); the others start again
+_RESUMED = {"detect", "fetch"}
 
 
 class _Terminated(KeyboardInterrupt):

@@ -102,14 +102,22 @@ def test_held_log_lines_come_out_on_time_before_the_result_and_live_with_v(capsy
     assert capsys.readouterr().err == "poppyscan: a debug line\n"
 
 
-def test_ctrl_c_exits_130_with_the_resume_hint(monkeypatch, capsys):
+@pytest.mark.parametrize("argv,hint", [
+    (["detect", "--images", "x.tif", "--model", "m", "--out", "o"],
+     "interrupted; rerun the same command to resume\n"),
+    # train and inspect start again: "to resume" promised what they do not do
+    (["inspect", "--images", "x.tif"], "interrupted; rerun the same command\n"),
+    (["train", "--images", "x.tif", "--labels", "l.geojson", "--model", "m"],
+     "interrupted; rerun the same command\n"),
+])
+def test_ctrl_c_exits_130_with_the_rerun_hint(monkeypatch, capsys, argv, hint):
     import run as cli
 
     def interrupted(args):
         raise KeyboardInterrupt
     monkeypatch.setattr(cli, "_dispatch", interrupted)
-    assert cli.main(["inspect", "--images", "x.tif"]) == 130
-    assert "interrupted; rerun the same command to resume" in capsys.readouterr().err
+    assert cli.main(argv) == 130
+    assert capsys.readouterr().err.endswith(hint)
 
 
 def test_no_command_is_one_line_on_stderr(capsys):
