@@ -735,3 +735,45 @@ def test_float_reflectance_in_percent_is_refused(tmp_path: Path) -> None:
         dst.scales = [0.01] * 5
     [da] = drone.read(f, None, chunks=16)
     np.testing.assert_allclose(da.values[:, 5:, 5:], refl[:, 5:, 5:] / 100, rtol=1e-5)
+
+
+@pytest.mark.parametrize("names", [["NIR", "RedEdge", "Red", "Green", "Blue"],
+                                   ["Blue", "Green", "Red", "Red edge", "NIR"]])
+def test_named_bands_and_an_unnamed_last_band_keep_their_names(tmp_path: Path, names) -> None:
+    """Five named bands and an unnamed alpha: the names were dropped for the camera's stack
+    order (NIR read as blue, without a word). The names hold; the last band is the mask."""
+    refl = np.concatenate([_refl(5, seed=5), np.full((1, H, W), 255, "float32")])
+    refl[5, :, :4] = 0
+    refl[:5, :, :4] = 0
+    canon = {"nir": "nir", "rededge": "rededge2", "red edge": "rededge2", "red": "red",
+             "green": "green", "blue": "blue"}
+    path = _write(tmp_path / "p4m_flight_20240502.tif", refl, descriptions=[*names, ""])
+    bands, _ = _read_bands(path)
+    assert sorted(bands) == sorted(P4M_CANON)
+    for k, n in enumerate(names):
+        got = bands[canon[n.lower()]]
+        np.testing.assert_allclose(got[3:, 4:], refl[k][3:, 4:])
+        assert np.isnan(got[:, :4]).all()                 # the mask holds
+
+
+def test_an_8_bit_image_whose_fourth_band_is_nir_is_refused(tmp_path: Path) -> None:
+    """RGB + NIR in 8 bits: the NIR band was taken for alpha and the black collar scored."""
+    data = np.random.default_rng(1).integers(1, 255, (4, H, W)).astype("uint8")
+    path = _write(tmp_path / "flight_20240502.tif", data,
+                  descriptions=["Red", "Green", "Blue", "NIR"])
+    with pytest.raises(InputError, match="an 8-bit image whose 4th band is 'NIR', not alpha"):
+        _read_bands(path)
+    alpha = _write(tmp_path / "rgba_20240502.tif", data,        # named alpha: still RGB + mask
+                   descriptions=["Red", "Green", "Blue", "Alpha"])
+    bands, sensor = _read_bands(alpha)
+    assert sensor == "rgb" and sorted(bands) == ["blue", "green", "red"]
+
+
+def test_a_drone_file_named_like_a_sentinel2_band_file_is_read_whole(tmp_path: Path) -> None:
+    """plot_B08.tif, five named bands: read as Sentinel-2's NIR (its first band, blue) with
+    the other four dropped."""
+    path, refl = _flight(tmp_path, "plot_B08.tif", P4M_CANON, [0, 1, 2, 3, 4],
+                         tags={"ACQUISITION_DATE": "2024-05-02"})
+    bands, sensor = _read_bands(path)
+    assert sensor == "p4m" and list(bands) == P4M_CANON
+    np.testing.assert_allclose(bands["nir"], refl[4])

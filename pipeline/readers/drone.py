@@ -349,6 +349,14 @@ def _read_stacked(path: Path, spec: SensorSpec | None, chunks: int,
                            [c.name for c in drone_cameras()])
     if all(b is not None for b in named):
         bands = named
+    elif (alpha is None and len(named) > 1 and named[-1] is None and data_bands[-1] == count
+          and all(b is not None for b in named[:-1])):
+        # every band named but an unnamed last one: the names hold, the last is the mask
+        # (the camera's stack order in its place swapped bands the file named: NIR read as
+        # blue, with no word)
+        log.info("%s: the last band has no name: read as the alpha (mask) band", path)
+        alpha = count
+        data_bands, bands = data_bands[:-1], named[:-1]
     elif len(data_bands) == len(spec.stack_order):
         bands = [spec.band(n) for n in spec.stack_order]
     elif len(data_bands) == len(spec.stack_order) + 1 and alpha is None:
@@ -378,6 +386,14 @@ def _rgb_layout(src: rasterio.DatasetReader, alpha: int | None) -> tuple[bool, i
     if count not in (3, 4):
         return False, alpha
     if all(d == "uint8" for d in dtypes):
+        fourth = src.descriptions[3] if count == 4 else None
+        if count == 4 and fourth and canonical_name(fourth) not in (None, "red", "green",
+                                                                     "blue"):
+            # an RGB + NIR export in 8 bits lost its NIR to a mask (GDAL marks a fourth
+            # 8-bit band alpha by default): the black collar was scored as ground
+            raise InputError(f"{src.name}: an 8-bit image whose 4th band is '{fourth}', not "
+                             "alpha: 8-bit values hold no reflectance; export reflectance "
+                             "(float, or 16-bit with its scale), or name the 4th band alpha")
         return True, 4 if count == 4 and alpha is None else alpha
     if not all(d == "uint16" for d in dtypes):
         return False, alpha

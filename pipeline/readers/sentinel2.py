@@ -144,15 +144,30 @@ def can_read(path: Path) -> bool:
                 return True
             if any((path / f"MTD_MSIL{lvl}.xml").is_file() for lvl in ("2A", "1C")):
                 return True
-            return any(_band_of(p.name) for p in path.iterdir() if p.is_file())
+            return any(_band_file(p) for p in path.iterdir() if p.is_file())
         if path.is_file() and path.suffix.lower() == ".zip":
             with zipfile.ZipFile(path) as zf:
                 return any(_MTD_RE.search(n) or _band_of(n) for n in zf.namelist())
         if path.is_file():
-            return _band_of(path.name) is not None
+            return _band_file(path)
     except (OSError, zipfile.BadZipFile):
         return False
     return False
+
+
+def _band_file(path: Path) -> bool:
+    """A file named as one Sentinel-2 band (``..._B08.tif``, ``T33UUP_..._B04_10m.jp2``)
+    that holds one band: a drone orthomosaic of five bands named ``plot_B08.tif`` was read as
+    Sentinel-2's NIR (its first band, blue) and the other four dropped."""
+    if _band_of(path.name) is None:
+        return False
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return True                  # a JP2 of a product: one band
+    try:
+        with rasterio.open(path) as src:
+            return src.count == 1
+    except RasterioIOError:
+        return True                  # damaged: its reader says so
 
 
 def read(path: Path, sensor: Any | None = None, chunks: int = 1024, *,
