@@ -777,3 +777,23 @@ def test_a_drone_file_named_like_a_sentinel2_band_file_is_read_whole(tmp_path: P
     bands, sensor = _read_bands(path)
     assert sensor == "p4m" and list(bands) == P4M_CANON
     np.testing.assert_allclose(bands["nir"], refl[4])
+
+
+def test_a_dji_terra_export_at_coarse_pixels_is_a_dji_camera(tmp_path: Path) -> None:
+    """DJI Terra result_*.tif of a P4M flight at 10 cm was read as a RedEdge-MX by its pixel
+    size (its 730 nm red edge as rededge1), and its model then passed on RedEdge-MX flights.
+    The software tag says DJI: P4 Multispectral with a blue band, Mavic 3M without."""
+    coarse = Affine(0.10, 0, 500000.0, 0, -0.10, 3300000.0)
+    for bands, camera in ((["Blue", "Green", "Red", "RedEdge", "NIR"], "p4m"),
+                          (["Green", "Red", "RedEdge", "NIR"], "mavic3m")):
+        folder = tmp_path / f"{camera}_2025-04-20".replace("p4m", "survey").replace(
+            "mavic3m", "other")
+        folder.mkdir()
+        for i, name in enumerate(bands):
+            with rasterio.open(folder / f"result_{name}.tif", "w", driver="GTiff", width=W,
+                               height=H, count=1, dtype="float32", crs=CRS, transform=coarse,
+                               nodata=-10000) as dst:
+                dst.write(_refl(1, seed=i))
+                dst.update_tags(TIFFTAG_SOFTWARE="DJI Terra 4.0")
+        [da] = drone.read(folder, None, chunks=16)
+        assert da.attrs["sensor"] == camera

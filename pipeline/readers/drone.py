@@ -239,11 +239,16 @@ def _guess_sensor(path: Path, tags: dict[str, str], names: list[str], count: int
     for hint, name in _CAMERA_HINTS:
         if re.search(rf"(?<![a-z0-9]){re.escape(hint)}(?![a-z0-9])", text):
             return load_sensor(name)
+    normed = {normalise_band_name(n) for n in names}
+    software = " ".join(v for k, v in tags.items() if "software" in k.lower()).lower()
+    if re.search(r"(?<![a-z0-9])dji(?![a-z0-9])", software) and not prefer:
+        # DJI Terra exports DJI's cameras only: with a blue band the P4 Multispectral, else
+        # the Mavic 3M (by pixel size a P4M flight flown higher was read as a RedEdge-MX)
+        return load_sensor("p4m" if normed & {"blue", "b"} else "mavic3m")
     if data and not contract:  # named by the camera's own band names
         spec = drone_camera_for_names(data, pixel_m, prefer)
         if spec is not None:
             return spec
-    normed = {normalise_band_name(n) for n in names}
     if count >= 10:
         return load_sensor("rededge-mx-dual")
     has_blue = bool(normed & {"blue", "b"})
