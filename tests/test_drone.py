@@ -735,6 +735,11 @@ def test_float_reflectance_in_percent_is_refused(tmp_path: Path) -> None:
         dst.scales = [0.01] * 5
     [da] = drone.read(f, None, chunks=16)
     np.testing.assert_allclose(da.values[:, 5:, 5:], refl[:, 5:, 5:] / 100, rtol=1e-5)
+    # reflectance x 10000 is told its own scale (it was told 0.01, still 100 x too high)
+    f = _write(tmp_path / "x10k_20250420.tif", refl * 100, descriptions=names)
+    with pytest.raises(InputError, match=r"reflectance x 10000\? give it a scale "
+                                         r"\(gdal_edit.py -scale 0.0001\)"):
+        drone.read(f, None, chunks=16)
 
 
 @pytest.mark.parametrize("names", [["NIR", "RedEdge", "Red", "Green", "Blue"],

@@ -206,8 +206,11 @@ def check_float_reflectance(path: Path, bands: list[int], alpha: int | None) -> 
                 and (src.scales[b - 1], src.offsets[b - 1]) == (1.0, 0.0)]
     p99 = high_percentile(path, bare, alpha) if bare else None
     if p99 is not None and p99 > FLOAT_P99_MAX:
+        # the scale that fits the values (x 10000 was told to use 0.01: still 100 x too high)
+        what = ("in percent? give it a scale (gdal_edit.py -scale 0.01)" if p99 <= 150 else
+                "reflectance x 10000? give it a scale (gdal_edit.py -scale 0.0001)"
+                if p99 <= 15000 else "raw DN must be calibrated to reflectance first")
         raise InputError(
             f"{path}: float values up to {p99:.4g} (99th percentile) cannot be reflectance "
-            "(0-1) and the file has no GDAL scale: in percent, give it one (gdal_edit.py "
-            "-scale 0.01); raw DN must be calibrated to reflectance first; see docs/inputs.md "
+            f"(0-1) and the file has no GDAL scale: {what}; see docs/inputs.md "
             "(Reflectance scaling)")
