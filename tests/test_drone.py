@@ -802,3 +802,15 @@ def test_a_dji_terra_export_at_coarse_pixels_is_a_dji_camera(tmp_path: Path) -> 
                 dst.update_tags(TIFFTAG_SOFTWARE="DJI Terra 4.0")
         [da] = drone.read(folder, None, chunks=16)
         assert da.attrs["sensor"] == camera
+
+
+def test_bands_all_named_but_of_no_known_camera_are_not_told_to_name_them(tmp_path):
+    """red, green, blue, nir (no camera of ours has that set) was refused with "name the
+    bands in the file", which they were."""
+    path = _write(tmp_path / "flight_20240502.tif", _refl(4),
+                  descriptions=["red", "green", "blue", "nir"])
+    with pytest.raises(SensorNeeded, match=r"its bands \(red, green, blue, nir\) are not those "
+                                           r"of a drone camera poppyscan knows \(.*p4m: blue, "
+                                           r"green, red, rededge2, nir.*sensor file") as exc:
+        drone.read(path, None, chunks=16)
+    assert "name the bands" not in str(exc.value)

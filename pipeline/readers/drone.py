@@ -257,6 +257,13 @@ def _guess_sensor(path: Path, tags: dict[str, str], names: list[str], count: int
         return load_sensor("mavic3m")
     if path.name.lower().startswith("result") and has_blue and has_re:
         return load_sensor("p4m")  # DJI Terra's per-band names
+    if contract:   # every band named, by names no shipped camera has all of
+        raise SensorNeeded(f"{path}: its bands ({', '.join(data)}) are not those of a drone "
+                           "camera poppyscan knows (" + "; ".join(
+                               f"{c.name}: {', '.join(b for b in c.band_order if b)}"
+                               for c in drone_cameras()) + "); describe the camera in a "
+                           "sensor file (sensor: my-camera.yaml in a --config, "
+                           "docs/inputs.md)", [c.name for c in drone_cameras()])
     raise SensorNeeded(f"{path}: cannot tell which camera took it; name the bands in the "
                        "file (band descriptions: the camera's band names or canonical names "
                        "such as blue, green, red, rededge2, nir) or put the camera in the file "
