@@ -814,3 +814,23 @@ def test_bands_all_named_but_of_no_known_camera_are_not_told_to_name_them(tmp_pa
                                            r"green, red, rededge2, nir.*sensor file") as exc:
         drone.read(path, None, chunks=16)
     assert "name the bands" not in str(exc.value)
+
+
+@pytest.mark.parametrize("order", ["band numbers", "wavelengths"])
+def test_an_unnamed_rededge_mx_stack_in_either_order_reads_nir_as_nir(tmp_path, order, caplog):
+    """MicaSense's Atlas writes blue, green, red, red edge, NIR; Pix4D writes the band
+    numbers' order (NIR 4th, red edge 5th). The reader assumed the latter: an Atlas stack had
+    NIR and red edge swapped, silently. NIR is the brighter: a darker 4th band is red edge."""
+    import logging
+    rng = np.random.default_rng(3)
+    veg = {"blue": 0.04, "green": 0.08, "red": 0.05, "rededge1": 0.22, "nir": 0.45}
+    refl = {b: (v * rng.uniform(0.7, 1.3, (H, W))).astype("float32") for b, v in veg.items()}
+    stack = ["blue", "green", "red", "nir", "rededge1"] if order == "band numbers" else \
+        ["blue", "green", "red", "rededge1", "nir"]
+    f = _write(tmp_path / "micasense_20250420.tif", np.stack([refl[b] for b in stack]))
+    with caplog.at_level(logging.INFO, logger="pipeline.readers.drone"):
+        [da] = drone.read(f, None, chunks=16)
+    assert da.attrs["sensor"] == "rededge-mx"
+    np.testing.assert_allclose(da.sel(band="nir").values, refl["nir"], rtol=1e-6)
+    np.testing.assert_allclose(da.sel(band="rededge1").values, refl["rededge1"], rtol=1e-6)
+    assert ("read in wavelength order" in caplog.text) is (order == "wavelengths")

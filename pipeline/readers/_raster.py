@@ -149,10 +149,20 @@ def read_pixels(compute: Callable[[], T], sources: Iterable[str | Path] = ()) ->
 
 def high_percentile(path: Path, bands: list[int], alpha: int | None, grid: int = 8,
                      size: int = 64) -> float | None:
-    """The largest per-band 99th percentile of the valid values (not 0, 65535, nodata or
-    alpha 0) in ``grid`` x ``grid`` windows of ``size`` pixels spread over the file, each at
-    the corner of a block of the file (a tiled file decodes one block per window and band): a
-    bounded read however large the orthomosaic; None without valid values."""
+    """The largest per-band 99th percentile of the valid values (:func:`band_samples`);
+    None without valid values."""
+    tops = [float(np.percentile(v, 99))
+            for v in band_samples(path, bands, alpha, grid, size) if v.size]
+    return max(tops) if tops else None
+
+
+def band_samples(path: Path, bands: list[int], alpha: int | None, grid: int = 8,
+                 size: int = 64, paired: bool = False) -> list[np.ndarray]:
+    """Per band, its valid values (not 0, 65535, nodata or alpha 0) in ``grid`` x ``grid``
+    windows of ``size`` pixels spread over the file, each at the corner of a block of the
+    file (a tiled file decodes one block per window and band): a bounded read however large
+    the orthomosaic. ``paired``: only pixels where every band is valid, so that the bands'
+    samples pair up."""
     try:
         with rasterio.open(path) as src:
             hs, ws = min(size, src.height), min(size, src.width)
@@ -182,13 +192,16 @@ def high_percentile(path: Path, bands: list[int], alpha: int | None, grid: int =
                     if alpha is not None:
                         ok &= src.read(alpha, window=win)[None] != 0
                     for k, nd in enumerate(nodata):
-                        keep = ok[k] if nd is None or np.isnan(nd) else ok[k] & (block[k] != nd)
-                        values[k].append(block[k][keep])
+                        if nd is not None and not np.isnan(nd):
+                            ok[k] &= block[k] != nd
+                    if paired:
+                        ok[:] = ok.all(axis=0)
+                    for k in range(len(bands)):
+                        values[k].append(block[k][ok[k]])
     except RasterioIOError as exc:
         raise (read_failure(exc, [path])
                or InputError(f"{path}: not a readable raster ({exc})")) from None
-    tops = [float(np.percentile(v, 99)) for vs in values if (v := np.concatenate(vs)).size]
-    return max(tops) if tops else None
+    return [np.concatenate(vs) for vs in values]
 
 
 #: a 99th percentile of float reflectance above this (the masks' bound for an implausible

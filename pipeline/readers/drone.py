@@ -64,6 +64,7 @@ from pipeline.config import DRONE_PIXEL_M
 from pipeline.errors import InputError, SensorNeeded
 from pipeline.grid import pixel_metres
 from pipeline.readers._raster import (
+    band_samples,
     check_ends,
     check_float_reflectance,
     has_mask_band,
@@ -370,11 +371,11 @@ def _read_stacked(path: Path, spec: SensorSpec | None, chunks: int,
         alpha = count
         data_bands, bands = data_bands[:-1], named[:-1]
     elif len(data_bands) == len(spec.stack_order):
-        bands = [spec.band(n) for n in spec.stack_order]
+        bands = _stack_bands(path, spec, data_bands, alpha)
     elif len(data_bands) == len(spec.stack_order) + 1 and alpha is None:
         alpha = count
         data_bands = data_bands[:-1]
-        bands = [spec.band(n) for n in spec.stack_order]
+        bands = _stack_bands(path, spec, data_bands, alpha)
     else:
         raise SensorNeeded(f"{path}: {len(data_bands)} bands do not match {spec.name} "
                            f"({len(spec.stack_order)} bands: {', '.join(spec.stack_order)}); "
@@ -384,6 +385,27 @@ def _read_stacked(path: Path, spec: SensorSpec | None, chunks: int,
         if b is not None and b.canonical is not None:
             layers[b.canonical] = _Layer(path, i, alpha)
     return _assemble(path, layers, spec, tags, chunks)
+
+
+def _stack_bands(path: Path, spec: SensorSpec, data_bands: list[int],
+                 alpha: int | None) -> list[SensorBand]:
+    """The bands of an unnamed stack, in the camera's stack order. A RedEdge-MX stack comes
+    in band-number order (blue, green, red, NIR, red edge: Pix4D) or in wavelength order
+    (red edge before NIR: MicaSense's own Atlas), and nothing in the file says which: NIR
+    is the brighter of the two over vegetation and soil alike, so a fourth band clearly
+    darker than the fifth is red edge (read as NIR, every index using either was wrong)."""
+    bands = [spec.band(n) for n in spec.stack_order]
+    if spec.name != "rededge-mx":
+        return bands
+    nir, edge = band_samples(path, [data_bands[3], data_bands[4]], alpha, paired=True)
+    if nir.size >= 100 and float(np.median(nir)) < 0.9 * float(np.median(edge)):
+        log.warning("%s: five unnamed RedEdge-MX bands whose 4th is darker than the 5th: read "
+                    "in wavelength order (blue, green, red, red edge, NIR, as MicaSense Atlas "
+                    "writes them); name the bands in the file to be sure", path)
+        return [*bands[:3], bands[4], bands[3]]
+    log.info("%s: five unnamed RedEdge-MX bands read in band-number order (blue, green, red, "
+             "NIR, red edge); name the bands in the file to be sure", path)
+    return bands
 
 
 def _rgb_layout(src: rasterio.DatasetReader, alpha: int | None) -> tuple[bool, int | None]:
