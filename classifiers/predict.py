@@ -33,6 +33,13 @@ def _sensor_mismatch(trained: str, read: str) -> str:
     """The refusal for a model of another sensor; between two drone cameras it says how the
     camera was told (band names, file name, pixel size) and how to name a flight's bands."""
     cameras = {c.name: c for c in drone_cameras()}
+    if "rgb" in (trained, read) and trained in cameras and read in cameras:
+        # no file name makes an RGB orthomosaic: its layout does (3 bands of 8 bits, or
+        # 16 bits named red, green, blue); the advice to put 'rgb' in the name did nothing
+        what = {"rgb": "RGB orthomosaics (red, green, blue)"}
+        return (f"the model was trained on {what.get(trained, trained + ' flights')}, the "
+                f"images were read as {what.get(read, read + ' bands')}; use a model trained "
+                f"on {what.get(read, read + ' flights')}")
     if trained in cameras and read in cameras:
         names = ", ".join(b.name for b in cameras[trained].bands)
         return (f"the model was trained for camera '{trained}', the images were read as "

@@ -687,3 +687,20 @@ def test_only_small_plots_set_the_threshold_by_all_of_them_and_say_so(caplog):
     assert rep["min_plot_px"] == 0.0
     assert rep["polygon"]["recall_min_plot"] >= 0.9
     assert rep["threshold"] != 0.5
+
+
+@pytest.mark.parametrize("trained,read,says,never", [
+    ("p4m", "rededge-mx", "name the bands as the p4m does", None),
+    # an RGB orthomosaic is told by its layout, not its name: "put 'rgb' in the file name"
+    # did nothing
+    ("rgb", "p4m", "the model was trained on RGB orthomosaics (red, green, blue), the images "
+                   "were read as p4m bands; use a model trained on p4m flights", "file name"),
+    ("p4m", "rgb", "the images were read as RGB orthomosaics", "file name"),
+    ("sentinel2", "p4m", "the model was trained for sensor 'sentinel2'", None),
+])
+def test_a_model_of_another_sensor_is_refused_with_advice_that_works(trained, read, says,
+                                                                     never):
+    from classifiers.predict import _sensor_mismatch
+    msg = _sensor_mismatch(trained, read)
+    assert says in msg
+    assert never is None or never not in msg
