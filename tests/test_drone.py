@@ -834,3 +834,19 @@ def test_an_unnamed_rededge_mx_stack_in_either_order_reads_nir_as_nir(tmp_path, 
     np.testing.assert_allclose(da.sel(band="nir").values, refl["nir"], rtol=1e-6)
     np.testing.assert_allclose(da.sel(band="rededge1").values, refl["rededge1"], rtol=1e-6)
     assert ("read in wavelength order" in caplog.text) is (order == "wavelengths")
+
+
+def test_an_index_map_given_with_the_band_files_is_left_out(tmp_path: Path, caplog) -> None:
+    """--images flight/map/*.tif brought DJI Terra's result_NDVI.tif, refused as "cannot tell
+    which camera took it" (given the folder, it was left out)."""
+    import logging
+
+    from pipeline.ingest import read_products
+    folder = tmp_path / "flight_2025-04-20"
+    refl = _terra_flight(folder)
+    _write(folder / "result_NDVI.tif", np.zeros((1, H, W), "float32"), nodata=-10000)
+    with caplog.at_level(logging.WARNING, logger="pipeline.readers.drone"):
+        [da] = read_products(sorted(folder.glob("*.tif")), chunks=16)
+    assert da.attrs["sensor"] == "p4m"
+    np.testing.assert_allclose(da.values, refl, rtol=1e-6)
+    assert "result_NDVI.tif: an index map (NDVI) beside the flight's band files" in caplog.text

@@ -97,6 +97,8 @@ _CAMERA_HINTS: tuple[tuple[str, str], ...] = (
 _CAMERA_TAG = re.compile(r"model|make|camera|sensor|platform|device|software|product",
                          re.IGNORECASE)
 _FLOAT_FILL_BELOW = -0.5
+#: index maps drone software writes beside a flight's band files (DJI Terra: result_NDVI.tif)
+INDEX_MAPS = frozenset({"NDVI", "NDRE", "GNDVI", "LCI", "OSAVI", "SAVI", "EVI", "NDWI"})
 #: The bands of a plain RGB orthomosaic (the rgb sensor's).
 _VISIBLE = frozenset({"red", "green", "blue"})
 _RGB_INTERP = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
@@ -200,6 +202,13 @@ def read(path: Path, sensor: Any | None = None, chunks: int = 1024, *,
         if hit[0] in groups:
             return [_read_group(path.parent / (hit[0] or "result"), groups[hit[0]], spec,
                                 chunks, prefer)]
+    prefix, _, token = normalise_band_name(path.stem).rpartition("_")
+    if token.upper() in INDEX_MAPS and prefix in _per_band_groups(path.parent, aliases):
+        # flight/map/*.tif brings DJI Terra's index maps beside the band files (given the
+        # folder, they are left out): it was "cannot tell which camera took it"
+        log.warning("%s: an index map (%s) beside the flight's band files: left out", path,
+                    token.upper())
+        return []
     return [_read_stacked(path, spec, chunks, prefer)]
 
 
