@@ -416,25 +416,34 @@ def _refuse_repeated_images(scenes: Sequence[TrainScene],
                                  "is validated on a copy of itself")
 
 
-def _refuse_repeated_scenes(scenes: Sequence[TrainScene], cfg: SurveyConfig) -> None:
+def _check_scene_headers(scenes: Sequence[TrainScene], cfg: SurveyConfig) -> None:
     """Refuse two training scenes of the same ground on the same dates (a copy re-saved
     with other compression, or with a tag edited, is another file of the same scene: an
-    audit got threshold 0.99 from one, against 0.24 for two real scenes). Read from the
-    headers, before any pixel."""
+    audit got threshold 0.99 from one, against 0.24 for two real scenes), and scenes of
+    different sensors. Read from the headers, before any pixel."""
     if len(scenes) < 2:
         return
     sensor = _sensor_file(cfg)
     seen: dict[frozenset, int] = {}
+    sensors: dict[str, int] = {}
     for k, sc in enumerate(scenes):
+        products = read_products(sc.images, sensor, dem=sc.dem)
         key = frozenset(
             (pr.rio.crs.to_string() if pr.rio.crs else "",
              tuple(round(v, 3) for v in pr.rio.bounds()), str(pr.attrs.get("time")))
-            for pr in read_products(sc.images, sensor, dem=sc.dem))
+            for pr in products)
         first = seen.setdefault(key, k)
         if first != k:
             raise InputError(f"training scenes {first + 1} and {k + 1} are the same ground on "
                              "the same dates (a copy of one scene?); list each scene once: a "
                              "scene given twice is validated on a copy of itself")
+        for pr in products:      # (found after every scene was sampled, before)
+            sensors.setdefault(str(pr.attrs.get("sensor")), k)
+        if len(sensors) > 1:
+            a, b = sorted(sensors, key=sensors.get)[:2]
+            raise InputError(f"training scenes {sensors[a] + 1} and {sensors[b] + 1} come "
+                             f"from different sensors ('{a}', '{b}'); train one model per "
+                             "sensor")
 
 
 @contextlib.contextmanager
@@ -495,7 +504,7 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
     # copy, is refused before any work
     digests = [_digest_inputs(sc.images, sc.dem) for sc in scenes]
     _refuse_repeated_images(scenes, digests)
-    _refuse_repeated_scenes(scenes, cfg)
+    _check_scene_headers(scenes, cfg)
     _check_scene_calendars(scenes, cfg)
     parts = []
     is_copy: list[np.ndarray] = []

@@ -485,3 +485,32 @@ def test_other_pixel_sizes_in_training_and_in_a_survey_are_warned(tmp_path, capl
                           formats=("geojson",))
         assert ("the images have pixels of 20 m, the model was trained on 10 m"
                 in caplog.text) is warned
+
+
+def test_scenes_of_two_sensors_are_refused_before_any_scene_is_read(tmp_path):
+    """A Sentinel-2 scene and a drone flight in one manifest were refused only after every
+    scene was sampled."""
+    import unittest.mock
+
+    import numpy as np
+    import rasterio
+    from affine import Affine
+
+    from pipeline import survey
+    a = make_tiny_scene(tmp_path / "a", seed=1)
+    (tmp_path / "b").mkdir()
+    flight = tmp_path / "b" / "flight_20240502.tif"
+    with rasterio.open(flight, "w", driver="GTiff", width=40, height=40, count=5,
+                       dtype="float32", crs="EPSG:32650",
+                       transform=Affine(0.05, 0, 500000.0, 0, -0.05, 3300000.0)) as dst:
+        dst.write(np.random.default_rng(0).uniform(0.02, 0.6, (5, 40, 40)).astype("float32"))
+        dst.descriptions = ("blue", "green", "red", "rededge2", "nir")
+    (tmp_path / "b" / "labels.geojson").write_text(a.labels.read_text())
+    man = tmp_path / "m.yaml"
+    man.write_text("- images: a\n  labels: a/labels.geojson\n"
+                   "- images: b/flight_20240502.tif\n  labels: b/labels.geojson\n")
+    with unittest.mock.patch.object(survey, "prepare_scene",
+                                    side_effect=AssertionError("a scene was read")):
+        with pytest.raises(InputError, match="training scenes 1 and 2 come from different "
+                                             "sensors \\('sentinel2', 'p4m'\\)"):
+            train_manifest(man, tmp_path / "model", load_config())
