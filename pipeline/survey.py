@@ -471,8 +471,9 @@ def _check_scene_calendars(scenes: Sequence[TrainScene], cfg: SurveyConfig) -> N
         calendar = load_calendar(sc.calendar or cfg.calendar)
         which = f"training scene {k + 1} ({sc.labels})" if several else str(sc.labels)
         if calendar.shifts_with_elevation and sc.dem is None:
-            raise InputError(f"{which}: calendar '{calendar.name}' moves its phases with "
-                             "elevation: give its DEM (" +
+            raise InputError(f"{which}: calendar '{calendar.name}' moves its phases "
+                             f"{calendar.elevation_shift_days_per_100m:g} days per 100 m of "
+                             "elevation: give a DEM (" +
                              ("dem: in its manifest entry" if several else "--dem") +
                              "), or use a calendar without elevation_shift_days_per_100m")
         season = calendar.model_dump(include={"phases", "elevation_shift_days_per_100m",

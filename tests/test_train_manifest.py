@@ -395,7 +395,8 @@ def test_two_calendars_of_one_name_or_a_missing_elevation_dem_are_refused_before
                           "    calendar: afghanistan-east\n")
         with pytest.raises(InputError, match=r"training scene 2 \(.*b/labels.geojson\): "
                                              "calendar 'afghanistan-east' moves its phases "
-                                             "with elevation: give its DEM"):
+                                             ".* days per 100 m of elevation: give a DEM "
+                                             r"\(dem: in its manifest entry\)"):
             train_manifest(man, tmp_path / "model", load_config())
     assert read == [] and not (tmp_path / "model").exists()
 
