@@ -427,7 +427,8 @@ def _check_scene_headers(scenes: Sequence[TrainScene], cfg: SurveyConfig) -> Non
     seen: dict[frozenset, int] = {}
     sensors: dict[str, int] = {}
     for k, sc in enumerate(scenes):
-        products = read_products(sc.images, sensor, dem=sc.dem)
+        with _naming_scene(k, sc, len(scenes)):
+            products = read_products(sc.images, sensor, dem=sc.dem)
         key = frozenset(
             (pr.rio.crs.to_string() if pr.rio.crs else "",
              tuple(round(v, 3) for v in pr.rio.bounds()), str(pr.attrs.get("time")))
@@ -437,7 +438,7 @@ def _check_scene_headers(scenes: Sequence[TrainScene], cfg: SurveyConfig) -> Non
             raise InputError(f"training scenes {first + 1} and {k + 1} are the same ground on "
                              "the same dates (a copy of one scene?); list each scene once: a "
                              "scene given twice is validated on a copy of itself")
-        for pr in products:      # (found after every scene was sampled, before)
+        for pr in products:      # (refused after every scene was sampled, before)
             sensors.setdefault(str(pr.attrs.get("sensor")), k)
         if len(sensors) > 1:
             a, b = sorted(sensors, key=sensors.get)[:2]
@@ -1523,6 +1524,10 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
         "grid": {"crs": crs.to_string(), "shape": [H, W], "resolution": abs(transform.a)},
         # ground given (images, AOI) outside the survey grid: not surveyed, not blind either
         "unsurveyed": json.loads(scene.attrs.get("unsurveyed", "{}")),
+        # the calendar the features were taken in (the model's own unless the config
+        # named one; of a model of several, the one the dates fit)
+        "calendar": {"name": calendar.name,
+                     "phases": calendar.model_dump(mode="json")["phases"]},
         "dates": dates, "phase_dates": plan.phase_dates,
         "scheduler": cfg.run.scheduler, "tiles": len(tiles), "tiles_resumed": resumed,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},

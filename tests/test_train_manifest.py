@@ -369,6 +369,7 @@ def test_a_model_of_two_calendars_carries_both_and_detect_takes_the_one_the_date
                                 run_cfg, formats=("geojson",))
         assert res.report["phase_dates"]["flowering"] == flowering
         want = "late" if name == "late" else "east-china"
+        assert res.report["calendar"]["name"] == want
         assert f"the images' dates fit '{want}'" in caplog.text
 
 
