@@ -119,18 +119,6 @@ def load(model_dir: Path) -> Artifact:
     estimator = _load_trusted(mfile, model_dir)
     names = list(meta["feature_names"])
     _check_estimator(estimator, len(names), mfile)
-    calendars = meta.get("calendars", {})
-    if not isinstance(calendars, dict):
-        raise bad("'calendars' is not the calendars the model was trained with")
-    from pydantic import ValidationError
-
-    from pipeline.config import Calendar
-    for name, definition in calendars.items():
-        try:
-            Calendar.model_validate(definition)
-        except ValidationError:
-            raise bad(f"calendar '{name}' is not a calendar (phases with MM-DD dates)") \
-                from None
     specs = meta["missing_phase_models"]
     if not specs:
         return Artifact(estimator, meta)
