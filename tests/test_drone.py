@@ -850,3 +850,16 @@ def test_an_index_map_given_with_the_band_files_is_left_out(tmp_path: Path, capl
     assert da.attrs["sensor"] == "p4m"
     np.testing.assert_allclose(da.values, refl, rtol=1e-6)
     assert "result_NDVI.tif: an index map (NDVI) beside the flight's band files" in caplog.text
+
+
+def test_a_dji_flight_folder_name_gives_the_date(tmp_path: Path) -> None:
+    """DJI names a flight's folder DJI_<YYYYMMDDhhmm>_<n>: the date ran on into the time
+    and was not read (refused: no date)."""
+    from pipeline.readers.multiband import _date_in
+    folder = tmp_path / "DJI_202405071021_001"
+    _terra_flight(folder)
+    [da] = drone.read(folder, None, chunks=16)
+    assert da.attrs["time"] == np.datetime64("2024-05-07", "ns")
+    assert _date_in("DJI_20240507102133_002") == np.datetime64("2024-05-07", "ns")
+    # not a date: ten digits, or a separated date running on into digits
+    assert _date_in("plot_2024050710") is None and _date_in("2024-05-071021") is None

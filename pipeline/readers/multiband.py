@@ -40,8 +40,10 @@ _SUFFIXES = {".tif", ".tiff"}
 #: when the file declares no nodata value (the drone reader's rule for float values).
 _FILL_BELOW = -0.5
 #: YYYYMMDD, YYYY-MM-DD, YYYY_MM_DD, and the TIFF/EXIF YYYY:MM:DD, YYYY/MM/DD, YYYY.MM.DD (one
-#: separator throughout)
-_DATE_RE = re.compile(r"(?<!\d)((?:19|20)\d{2})([-_:/.]?)(\d{2})\2(\d{2})(?!\d)")
+#: separator throughout); YYYYMMDD may run on into the time, hhmm or hhmmss (DJI's flight
+#: folders: DJI_202405071021_001)
+_DATE_RE = re.compile(r"(?<!\d)((?:19|20)\d{2})([-_:/.]?)(\d{2})\2(\d{2})"
+                      r"(?:(?<=\d{8})\d{4}(?:\d{2})?)?(?!\d)")
 #: Sentinel-2 bands of the contract's B01..B12 that poppyscan does not use: B10 (cirrus, 1375
 #: nm, a top-of-atmosphere band L2A products leave out) is dropped, not refused; so are the
 #: other layers L2A exports carry beside the bands (aerosol and water vapour, the cloud and
