@@ -461,15 +461,15 @@ def _naming_scene(k: int, sc: TrainScene, n_scenes: int):
         raise
 
 
-def _check_scene_calendars(scenes: Sequence[TrainScene], cfg: SurveyConfig) -> None:
-    """Before any scene is read: a calendar that moves with elevation has the scene's DEM
-    (found after the earlier scenes were sampled), and two scenes' calendars of one name are
-    one calendar (the model keeps the calendars by name: the second's phases replaced the
-    first's in its record)."""
+def _scene_calendars(scenes: Sequence[TrainScene], cfg: SurveyConfig) -> list[Calendar]:
+    """Each scene's calendar, loaded once, checked before any scene is read: a calendar that
+    moves with elevation has the scene's DEM (found after the earlier scenes were sampled),
+    and two scenes' calendars of one name are one calendar (the model keeps the calendars by
+    name: the second's phases replaced the first's in its record)."""
     seen: dict[str, tuple[int, dict]] = {}
     several = len(scenes) > 1
-    for k, sc in enumerate(scenes):
-        calendar = load_calendar(sc.calendar or cfg.calendar)
+    calendars = [load_calendar(sc.calendar or cfg.calendar) for sc in scenes]
+    for k, (sc, calendar) in enumerate(zip(scenes, calendars)):
         which = f"training scene {k + 1} ({sc.labels})" if several else str(sc.labels)
         if calendar.shifts_with_elevation and sc.dem is None:
             raise InputError(f"{which}: calendar '{calendar.name}' moves its phases "
@@ -484,6 +484,7 @@ def _check_scene_calendars(scenes: Sequence[TrainScene], cfg: SurveyConfig) -> N
             raise InputError(f"training scenes {first[0] + 1} and {k + 1} use two different "
                              f"calendars both named '{calendar.name}'; give one of them its "
                              "own name (name: in its file)")
+    return calendars
 
 
 def train(images: Sequence[Path], labels_path: Path, model_dir: Path, cfg: SurveyConfig, *,
@@ -507,7 +508,7 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
     digests = [_digest_inputs(sc.images, sc.dem) for sc in scenes]
     _refuse_repeated_images(scenes, digests)
     _check_scene_headers(scenes, cfg)
-    _check_scene_calendars(scenes, cfg)
+    scene_calendars = _scene_calendars(scenes, cfg)
     parts = []
     is_copy: list[np.ndarray] = []
     sensors = set()
@@ -518,7 +519,7 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
     t0 = time.perf_counter()
     for k, sc in enumerate(scenes):
         with _naming_scene(k, sc, len(scenes)):
-            calendar = load_calendar(sc.calendar or cfg.calendar)
+            calendar = scene_calendars[k]
             scene, dem_da = prepare_scene(sc.images, cfg, dem=sc.dem)
             # with several scenes, one may hold only background (or only poppy) polygons
             both = len(scenes) == 1
@@ -624,7 +625,6 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
     })
     # the scenes' calendar when they share one (a manifest's calendar: myseason on every
     # scene gave a model of east-china, the config's, which detect then asked for)
-    scene_calendars = [load_calendar(sc.calendar or cfg.calendar) for sc in scenes]
     calendar_names = list(dict.fromkeys(c.name for c in scene_calendars))
     # the model carries every calendar whole (detect takes the one the images' dates fit);
     # its config names the first scene's, which is the model's when they share one
