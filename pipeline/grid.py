@@ -3,7 +3,8 @@
 The target grid (``pipeline.ingest.survey_grid``) has the first product's CRS and pixel
 lattice over the ground all the products cover. Arrays already on it pass
 through untouched; others are reprojected with odc-geo's dask-aware ``xr_reproject``
-(bilinear for reflectance and DEMs, nearest for categorical layers such as SCL).
+(reflectance by nearest neighbour, or by the average of the finer pixels when an image is
+finer than the grid; DEMs bilinear; categorical layers such as SCL nearest).
 """
 from __future__ import annotations
 
@@ -136,9 +137,38 @@ def _reproject(da: xr.DataArray, grid: Grid, resampling: str) -> xr.DataArray:
     return out.astype("float32")
 
 
+#: an image whose pixels are this much finer than the grid's (per axis) is averaged onto it
+FINER = 1.5
+
+
+def ground_pixel(src: Grid, dst: Grid) -> float:
+    """Side of ``src``'s mean pixel in ``dst``'s CRS units (its footprint carried into that
+    CRS), to compare pixel sizes across CRSs (Web Mercator units are not ground metres)."""
+    if src.crs is None or dst.crs is None or src.crs == dst.crs:
+        return float(np.sqrt(abs(src.transform.determinant)))
+    to = pyproj.Transformer.from_crs(src.crs, dst.crs, always_xy=True).transform
+    edge = src.footprint.segmentize(max(src.width, src.height) * src.resolution / 16)
+    carried = shapely.transform(edge, lambda c: np.column_stack(to(c[:, 0], c[:, 1])))
+    return float(np.sqrt(carried.area / (src.width * src.height)))
+
+
+def reflectance_resampling(src: Grid, dst: Grid) -> str:
+    """How reflectance goes onto another grid: ``average`` of the image's pixels when they are
+    finer than the grid's (a 2.5 cm flight on a 5 cm survey grid; bilinear and nearest would
+    sample a few of them), else ``nearest``: each grid pixel keeps one measured value, so the
+    texture and flower-blob contrasts of drone pixels and the peak of a plot within a 10 m
+    pixel stay as they were measured (bilinear averaged four neighbours: a Web Mercator flight
+    regridded to UTM at its own pixel size had 4.1 % of its ground flagged against 12.6 % for
+    the same flight in UTM). A pixel moves by at most half a pixel."""
+    grid_side = float(np.sqrt(abs(dst.transform.determinant)))
+    return "average" if ground_pixel(src, dst) * FINER < grid_side else "nearest"
+
+
 def align(da: xr.DataArray, grid: Grid) -> xr.DataArray:
-    """``da`` (band, y, x) or (y, x) on ``grid``; categorical bands by nearest neighbour."""
-    if Grid.of(da).same_as(grid):
+    """``da`` (band, y, x) or (y, x) on ``grid``: reflectance as ``reflectance_resampling``
+    says, categorical bands by nearest neighbour, a (y, x) layer (a DEM) bilinear."""
+    src = Grid.of(da)
+    if src.same_as(grid):
         return da
     if "band" not in da.dims:
         return _reproject(da, grid, "bilinear")
@@ -147,7 +177,7 @@ def align(da: xr.DataArray, grid: Grid) -> xr.DataArray:
     refl = [b for b in names if b not in CATEGORICAL_BANDS]
     parts = []
     if refl:
-        parts.append(_reproject(da.sel(band=refl), grid, "bilinear"))
+        parts.append(_reproject(da.sel(band=refl), grid, reflectance_resampling(src, grid)))
     if cat:
         parts.append(_reproject(da.sel(band=cat), grid, "nearest"))
     out = xr.concat(parts, dim="band").sel(band=names) if len(parts) > 1 else parts[0]

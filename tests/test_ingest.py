@@ -198,11 +198,40 @@ def test_half_pixel_shift_is_aligned_onto_the_first_grid(tmp_path: Path) -> None
     assert [str(t)[:10] for t in s["time"].values] == ["2024-04-01", "2024-04-15"]
     v = s.values
     np.testing.assert_allclose(v[1], refl, atol=1e-4)         # b on its own grid: untouched
-    # a's value at b's pixel (i, j) lies half a pixel on: refl(i + 0.5, j + 0.5)
-    yy, xx = np.mgrid[0:N - 1, 0:N - 1] + 0.5
-    want = np.stack([0.05 + 0.002 * xx + 0.003 * yy + 0.05 * k for k in range(4)])
-    np.testing.assert_allclose(v[0, :, :N - 1, :N - 1], want, atol=2e-4)
+    # a's pixels taken as measured (nearest), not averaged across the half pixel: every value
+    # on the 0.001 lattice of the ramp (an average of neighbours lies between, e.g. 0.0525)
+    inside = v[0, :, :N - 1, :N - 1]
+    assert np.isfinite(inside).all()
+    np.testing.assert_allclose(inside * 1000, np.round(inside * 1000), atol=0.05)
     assert np.isnan(v[0, :, -1, :]).all()                     # beyond a's edge: NaN, not 0
+
+
+def test_a_date_on_another_lattice_keeps_its_measured_pixels(tmp_path: Path) -> None:
+    """Each grid pixel takes the value of the image pixel holding its centre: no average of
+    neighbours, which smooths away the contrast of a plot within a pixel and the texture of
+    drone pixels (a Web Mercator flight regridded bilinearly flagged a third of the ground)."""
+    rng = np.random.default_rng(0)
+    refl = rng.uniform(0.02, 0.4, (4, N, N))                  # texture: a noise image
+    a = write_dn(tmp_path / "a_20240401.tif", refl, date="2024-04-01")
+    b = write_dn(tmp_path / "b_20240415.tif", refl, tf=TF * Affine.translation(0.4, 0.4),
+                 date="2024-04-15")
+    v = open_scene([b, a], chunks=16).values
+    # b's pixel (i, j) has its centre at (i + 0.9, j + 0.9) of a: inside a's pixel (i, j)
+    np.testing.assert_allclose(v[0], refl, atol=1e-4)
+
+
+def test_a_finer_date_is_averaged_onto_the_grid(tmp_path: Path) -> None:
+    """A date of 2.5 m pixels on a 5 m grid: the mean of the four pixels each grid pixel
+    covers (nearest or bilinear would sample one or a few of them)."""
+    rng = np.random.default_rng(1)
+    fine = rng.uniform(0.02, 0.4, (4, 2 * N, 2 * N))
+    coarse = fine.reshape(4, N, 2, N, 2).mean(axis=(2, 4))
+    a = write_dn(tmp_path / "a_20240401.tif", coarse, tf=TF * Affine.scale(0.5),
+                 date="2024-04-01")
+    b = write_dn(tmp_path / "b_20240415.tif", fine, tf=TF * Affine.scale(0.25),
+                 date="2024-04-15")
+    v = open_scene([a, b], chunks=16).values
+    np.testing.assert_allclose(v[1], coarse, atol=2e-4)
 
 
 def test_grids_in_degrees_pixels_apart_are_not_the_same() -> None:

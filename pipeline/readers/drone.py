@@ -62,7 +62,7 @@ from rasterio.errors import RasterioIOError
 from pipeline.bands import CATEGORICAL_BANDS, canonical_name, order_bands
 from pipeline.config import DRONE_PIXEL_M
 from pipeline.errors import InputError, SensorNeeded
-from pipeline.grid import pixel_metres
+from pipeline.grid import Grid, pixel_metres, reflectance_resampling
 from pipeline.readers._raster import (
     band_samples,
     check_ends,
@@ -618,9 +618,7 @@ def _assemble(label: Path, layers: dict[str, _Layer], spec: SensorSpec, tags: di
             ref = refl
         elif (refl.shape != ref.shape or refl.rio.transform() != ref.rio.transform()
               or refl.rio.crs != ref.rio.crs):
-            log.info("%s: %s is on another grid; reprojected (bilinear) onto %s's", label,
-                     layer.path.name, next(iter(out)))
-            refl = _reproject(refl, ref)
+            refl = _reproject(refl, ref, label, layer.path.name, next(iter(out)))
         out[canonical] = refl.drop_vars("spatial_ref", errors="ignore")
     assert ref is not None
     names = list(out)
@@ -642,12 +640,17 @@ def _assemble(label: Path, layers: dict[str, _Layer], spec: SensorSpec, tags: di
     return stacked
 
 
-def _reproject(da: xr.DataArray, ref: xr.DataArray) -> xr.DataArray:
-    from odc.geo.geobox import GeoBox
+def _reproject(da: xr.DataArray, ref: xr.DataArray, label: Path, name: str,
+               ref_name: str) -> xr.DataArray:
+    """A band file on another grid than the first band's, onto that grid
+    (``pipeline.grid.reflectance_resampling``: nearest, or averaged when finer)."""
     from odc.geo.xr import xr_reproject
 
-    box = GeoBox((ref.sizes["y"], ref.sizes["x"]), ref.rio.transform(), ref.rio.crs.to_wkt())
-    out = xr_reproject(da.odc.assign_crs(da.rio.crs.to_wkt()), box, resampling="bilinear",
+    dst = Grid.of(ref)
+    how = reflectance_resampling(Grid.of(da), dst)
+    log.info("%s: %s is on another grid; reprojected (%s) onto %s's", label, name, how,
+             ref_name)
+    out = xr_reproject(da.odc.assign_crs(da.rio.crs.to_wkt()), dst.geobox(), resampling=how,
                        dst_nodata=np.nan)
     dims = tuple(out.odc.spatial_dims)
     if dims != ("y", "x"):
