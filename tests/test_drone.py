@@ -863,3 +863,27 @@ def test_a_dji_flight_folder_name_gives_the_date(tmp_path: Path) -> None:
     assert _date_in("DJI_20240507102133_002") == np.datetime64("2024-05-07", "ns")
     # not a date: ten digits, or a separated date running on into digits
     assert _date_in("plot_2024050710") is None and _date_in("2024-05-071021") is None
+
+
+@pytest.mark.parametrize("inner", ["3_dsm_ortho/2_mosaic", "4_index/reflectance"])
+def test_a_pix4d_project_folder_gives_the_date(tmp_path: Path, inner: str) -> None:
+    """Pix4D writes a project's mosaic three folders down (plotA/3_dsm_ortho/2_mosaic/...)
+    and names it after the project: a date in the project folder, or in the folder of the day
+    holding it, was not looked at (refused: no date)."""
+    refl = _refl(5)
+    for project in (tmp_path / "20240507_plotA", tmp_path / "2024-05-08" / "plotB"):
+        folder = project / inner
+        folder.mkdir(parents=True)
+        f = _write(folder / f"{project.name}_transparent_mosaic_group1.tif",
+                   np.where(np.isnan(refl), -10000, refl).astype("float32"), nodata=-10000,
+                   descriptions=["Blue", "Green", "Red", "RedEdge", "NIR"])
+        [da] = drone.read(f, None, chunks=16)
+        assert da.attrs["time"] == np.datetime64(f"2024-05-0{7 + (project.name == 'plotB')}",
+                                                 "ns")
+    # a folder of that name elsewhere is not a project's step: nothing above it is read
+    other = tmp_path / "20240509" / "x" / "y" / "2_mosaic"
+    other.mkdir(parents=True)
+    f = _write(other / "m.tif", np.where(np.isnan(refl), -10000, refl).astype("float32"),
+               nodata=-10000, descriptions=["Blue", "Green", "Red", "RedEdge", "NIR"])
+    with pytest.raises(InputError, match="no acquisition or flight date"):
+        drone.read(f, None, chunks=16)

@@ -81,9 +81,23 @@ def _date_in(text: str) -> np.datetime64 | None:
     return None
 
 
+#: a Pix4D project's step folders (``1_initial``, ``3_dsm_ortho``, ``4_index``): the project
+#: folder above them names the flight
+_PIX4D_STEP = re.compile(r"^[1-4]_[a-z_]+$")
+
+
 def _dated_names(path: Path, folders: bool) -> tuple[str, ...]:
-    """The names a date is looked for in: the file's, and with ``folders`` its two folders'."""
-    return (path.stem, path.parent.name, path.parent.parent.name) if folders else (path.stem,)
+    """The names a date is looked for in: the file's, and with ``folders`` its two folders',
+    and in a Pix4D project (``20240507_plot/3_dsm_ortho/2_mosaic/plot_mosaic.tif``,
+    ``.../4_index/reflectance/...``) the project folder and the one holding it."""
+    if not folders:
+        return (path.stem,)
+    ups = list(path.parents)[:5]
+    names = [path.stem, *(p.name for p in ups[:2])]
+    step = max((k for k, p in enumerate(ups[:3]) if _PIX4D_STEP.match(p.name)), default=None)
+    if step is not None:
+        names += [p.name for p in ups[step + 1:step + 3] if p.name not in names]
+    return tuple(names)
 
 
 def has_date(path: Path, tags: dict[str, str]) -> bool:
