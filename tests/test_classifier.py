@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
-import re
 import logging
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest

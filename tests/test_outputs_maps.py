@@ -332,9 +332,10 @@ def test_map_popups_give_the_coordinates_as_written(map_file, tmp_path, chromium
 
 def _many_targets(n: int) -> TargetList:
     """``n`` small square targets spread over the scene, rank = list order."""
-    from shapely.geometry import box
-    from outputs.targets import Target
     from pyproj import Transformer
+    from shapely.geometry import box
+
+    from outputs.targets import Target
     to_ll = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True)
     side = int(np.ceil(np.sqrt(n)))
     step = SIZE * PIXEL / side

@@ -263,7 +263,6 @@ def test_a_worker_killed_for_memory_is_one_line_and_keeps_the_tiles(cluster):
 
 def test_a_run_stopped_mid_way_keeps_its_output_folder(tmp_path, monkeypatch, capsys):
     import run as cli
-
     from pipeline.errors import StoppedMidRun
 
     out = tmp_path / "out"

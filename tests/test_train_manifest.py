@@ -27,7 +27,7 @@ def test_manifest_trains_on_every_scene(tmp_path, monkeypatch):
     a = make_tiny_scene(tmp_path / "a", seed=1)
     b = make_tiny_scene(tmp_path / "b", seed=2, x0=520000.0,
                         plots=[(5, 40, 3), (40, 10, 2), (20, 20, 2)])
-    man = _two_scenes(tmp_path, a, b, "b/labels.geojson", "    calendar: east-china\n")
+    _two_scenes(tmp_path, a, b, "b/labels.geojson", "    calendar: east-china\n")
     cfg = with_overrides(load_config(), **{"run.chunk_size": 64})
     monkeypatch.chdir(tmp_path)                  # a manifest path relative to where one is
     report = train_manifest(Path("manifest.yaml"), tmp_path / "model", cfg)
@@ -342,7 +342,7 @@ def test_a_model_of_two_calendars_carries_both_and_detect_takes_the_one_the_date
     b = make_tiny_scene(proj / "b", seed=2, x0=520000.0, dates=LATE_DATES,
                         plots=[(5, 40, 3), (40, 10, 2), (20, 20, 2)])
     _late_calendar(proj)
-    man = _two_scenes(proj, a, b, "b/labels.geojson", "    calendar: late.yaml\n")
+    _two_scenes(proj, a, b, "b/labels.geojson", "    calendar: late.yaml\n")
     cfg = with_overrides(load_config(), **{"run.chunk_size": 64, "model.cv_repeats": 1,
                                            "model.missing_phase_models": False})
     elsewhere = tmp_path / "elsewhere"
@@ -442,9 +442,10 @@ def test_a_folder_whose_name_looks_like_a_pattern_is_taken_as_it_is(tmp_path):
 
 def _coarser(sc, folder: Path):
     """The scene's images with 20 m pixels (the same arrays over twice the ground)."""
+    from dataclasses import replace
+
     import rasterio
     from affine import Affine
-    from dataclasses import replace
     folder.mkdir(parents=True)
     out = []
     for src in sc.images:
