@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from outputs.atomic import check_can_create
+from outputs.atomic import check_can_create, first_missing
 from outputs.targets import area_text
 from pipeline.errors import NotImplementedYet, OutputBusy, PoppyscanError, StoppedMidRun
 
@@ -484,6 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose, args.quiet)
     out = getattr(args, OUTPUT_OPTION.get(args.command, ""), None)
     created = out is not None and not out.exists()
+    new_top = first_missing(out) if created else None   # nest/ of --out nest/a/b
     # the run state a run started in an existing folder (removed again on a user error)
     state = None if out is None or created or args.command != "detect" else out / ".poppyscan"
     state_created = state is not None and not state.exists()
@@ -514,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             err = PoppyscanError(f"{err}; the finished tiles are kept: rerun the same command "
                                  "to resume")
         if created and out.is_dir() and not keep:
-            shutil.rmtree(out, ignore_errors=True)       # no half-written output folder
+            shutil.rmtree(new_top, ignore_errors=True)   # no half-written output folder
         elif state_created and state.is_dir() and not keep:
             shutil.rmtree(state, ignore_errors=True)
         if _HANDLER is not None:      # the error is the line to read: the held ones go

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, OutputBusy
 
 # Side files some writers (SQLite/GDAL) may leave next to the temporary file on failure.
 _SIDECAR_SUFFIXES = ("-journal", "-wal", "-shm")
@@ -75,6 +75,17 @@ def write_bytes_atomic(path: Path | str, data: bytes) -> Path:
     return path
 
 
+def first_missing(folder: Path) -> Path | None:
+    """The outermost folder of ``folder``'s path that does not exist yet (None: it exists):
+    what a failed run that created ``folder`` removes (``nest/`` of ``--out nest/a/b``)."""
+    top = None
+    for p in [Path(folder).absolute(), *Path(folder).absolute().parents]:
+        if p.exists():
+            break
+        top = p
+    return top
+
+
 def check_can_create(folder: Path, flag: str) -> None:
     """Refuse, before any work, a folder that cannot be created or written: a file on its
     path, a parent without write permission, a file system that refuses (it was a traceback
@@ -104,3 +115,33 @@ def check_can_create(folder: Path, flag: str) -> None:
     while made != parent:              # leave no trace: the run makes it when it writes
         made.rmdir()
         made = made.parent
+
+
+#: run-state folders this process holds locked (each held until its run ends)
+_LOCKS: dict[str, object] = {}
+
+
+def lock_folder(state: Path, out: Path, command: str) -> None:
+    """Take the run-state folder ``state`` of ``out`` for this run of ``command``: a second
+    detect (or fetch) into the same folder at the same time wiped the first one's tiles (or
+    staging folder) and the first carried on, mixing the two runs. A lock a failed run of this
+    process left is given back first (a process runs one command at a time); another
+    process's is refused (:class:`OutputBusy`: that run's files are not this one's to clean
+    up)."""
+    import fcntl
+    state.mkdir(parents=True, exist_ok=True)
+    unlock_folder(state)
+    f = open(state / "lock", "a")  # noqa: SIM115 - held until the run ends
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise OutputBusy(f"{out}: another {command} is writing into it now; wait for it to "
+                         "end, or give another --out") from None
+    _LOCKS[str(state.resolve())] = f
+
+
+def unlock_folder(state: Path) -> None:
+    f = _LOCKS.pop(str(state.resolve()), None)
+    if f is not None:
+        f.close()  # type: ignore[attr-defined]

@@ -56,8 +56,8 @@ class StoppedMidRun(PoppyscanError, RuntimeError):
 
 
 class OutputBusy(InputError):
-    """Another detect is writing into the same output folder: its run state is not this
-    run's to clean up."""
+    """Another detect or fetch is writing into the same output folder: its run state is not
+    this run's to clean up."""
 
 
 class NotImplementedYet(PoppyscanError, NotImplementedError):

@@ -39,7 +39,13 @@ import rasterio
 import shapely
 from affine import Affine
 
-from outputs.atomic import check_can_create, uninterrupted
+from outputs.atomic import (
+    check_can_create,
+    first_missing,
+    lock_folder,
+    uninterrupted,
+    unlock_folder,
+)
 from pipeline.aoi import read_features
 from pipeline.bands import S2_BANDS
 from pipeline.errors import CredentialsError, CRSError, InputError, PoppyscanError
@@ -647,8 +653,6 @@ def fetch(aoi: Path, window: str, out: Path, *, max_cloud: float = 30.0, resolut
           dem: bool = False, base_url: str | None = None, token_url: str | None = None,
           cache: Path | None = None) -> dict:
     """Fetch Sentinel-2 L2A dates for ``aoi`` within ``window`` into ``out``; return fetch.json."""
-    from sentinelhub import DataCollection
-
     start, end = parse_window(window)
     if not (0.0 <= float(max_cloud) <= 100.0):
         raise InputError(f"--max-cloud {max_cloud} is not a percentage in 0..100")
@@ -665,8 +669,41 @@ def fetch(aoi: Path, window: str, out: Path, *, max_cloud: float = 30.0, resolut
                          "a coarser --resolution")
     out = Path(out)
     check_can_create(out, "--out")
-    earlier = _earlier_files(out)
+    new_top = first_missing(out)         # the folder a failed run removes (nest/ of nest/a/b)
+    work = out / ".poppyscan"
+    lock_folder(work, out, "fetch")
+    own_cache = cache is None           # a cache= given may be shared: never pruned
+    cache = Path(cache) if cache is not None else work / "sh-cache"
+    try:
+        result, used = _fetch_into(out, work, cache, aoi, start, end, grid, aoi_utm, aoi_wgs,
+                                   max_cloud, dem, base_url, token_url)
+    except BaseException:
+        # a folder this run created that holds no download to resume from: not left behind
+        if new_top is not None and not (own_cache and _downloads_in(cache)):
+            shutil.rmtree(new_top, ignore_errors=True)
+        raise
+    finally:
+        unlock_folder(work)
+    if own_cache:
+        _prune_cache(cache, used)
+    return result
 
+
+def _downloads_in(cache: Path) -> bool:
+    """Whether ``cache`` holds a service answer (sentinelhub keeps request.json beside each
+    response: a request that got no usable answer leaves only that)."""
+    return cache.is_dir() and any(p.is_file() and p.name != "request.json"
+                                  for p in cache.rglob("*"))
+
+
+def _fetch_into(out: Path, work: Path, cache: Path, aoi: Path, start: dt.date, end: dt.date,
+                grid: Grid, aoi_utm: Any, aoi_wgs: Any, max_cloud: float, dem: bool,
+                base_url: str | None, token_url: str | None) -> tuple[dict, set[str]]:
+    """The body of :func:`fetch`, run holding ``out``'s lock: the dates and DEM written into
+    ``out``, fetch.json last; the result and the cache entries it used."""
+    from sentinelhub import DataCollection
+
+    earlier = _earlier_files(out)
     config = _sh_config(base_url, token_url)
     service_url = config.sh_base_url.rstrip("/")
     session = _session(config)
@@ -680,12 +717,6 @@ def fetch(aoi: Path, window: str, out: Path, *, max_cloud: float = 30.0, resolut
                for a in acquisitions if a not in keep]
     LOGGER.info("found %d dates, %d kept (max cloud %s%%)", len(acquisitions), len(keep), max_cloud)
 
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    work = out / ".poppyscan"
-    work.mkdir(exist_ok=True)
-    own_cache = cache is None           # a cache= given may be shared: never pruned
-    cache = Path(cache) if cache is not None else work / "sh-cache"
     cache.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     for stale in work.glob("staging-*"):    # of a run killed without a chance to clean up
@@ -745,16 +776,9 @@ def fetch(aoi: Path, window: str, out: Path, *, max_cloud: float = 30.0, resolut
                 (out / name).unlink(missing_ok=True)
             for item in sorted(staging.iterdir(), key=lambda p: p.name == "fetch.json"):
                 os.replace(item, out / item.name)  # fetch.json last: a complete run
-    except BaseException:
-        # a folder this run created that holds no download to resume from: not left behind
-        if created and not any(p.is_file() for p in cache.rglob("*")):
-            shutil.rmtree(out, ignore_errors=True)
-        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    if own_cache:
-        _prune_cache(cache, used)
-    return result
+    return result, used
 
 
 def _prune_cache(cache: Path, used: set[str]) -> None:

@@ -64,7 +64,7 @@ from indices.window import (
     window_features,
 )
 from outputs import maps, writers
-from outputs.atomic import check_can_create, uninterrupted
+from outputs.atomic import check_can_create, lock_folder, uninterrupted, unlock_folder
 from outputs.patches import (
     CandidateFeatures,
     Piece,
@@ -90,7 +90,7 @@ from pipeline.config import (
     load_yaml,
     with_overrides,
 )
-from pipeline.errors import InputError, OutputBusy
+from pipeline.errors import InputError
 from pipeline.grid import Grid, pixel_metres
 from pipeline.ingest import (
     clip_to_aoi,
@@ -1356,7 +1356,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
     cs = cfg.run.chunk_size
     stride = max(1, int(np.ceil(max(H, W) / 1024)))
     state = out / STATE_DIR
-    _lock_run_state(state, out)
+    lock_folder(state, out, "detect")
     # read once: the inputs can be GBs. The AOI and exclusion files count by content, so a
     # rerun after one was edited in place starts afresh instead of resuming
     digests = _digest_inputs(images, dem, (aoi, exclude))
@@ -1557,36 +1557,8 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
         if other != tdir:
             shutil.rmtree(other) if other.is_dir() else other.unlink()
     (state / "run.json").unlink(missing_ok=True)     # where it was before the 21st session
-    _unlock_run_state(state)
+    unlock_folder(state)
     return DetectResult(out, len(targets.targets), final, report)
-
-
-#: run states this process holds locked (each held until its run ends)
-_LOCKS: dict[str, Any] = {}
-
-
-def _lock_run_state(state: Path, out: Path) -> None:
-    """Take ``state`` for this run: a second detect into the same --out at the same time
-    wiped the first one's tiles and the first carried on, mixing the two runs' tiles. A lock
-    a failed run of this process left is given back first (a process runs one detect at a
-    time); another process's is refused."""
-    import fcntl
-    state.mkdir(parents=True, exist_ok=True)
-    _unlock_run_state(state)
-    f = open(state / "lock", "a")  # noqa: SIM115 - held until the run ends
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.close()
-        raise OutputBusy(f"{out}: another detect is writing into it now; wait for it to end, "
-                         "or give another --out") from None
-    _LOCKS[str(state.resolve())] = f
-
-
-def _unlock_run_state(state: Path) -> None:
-    f = _LOCKS.pop(str(state.resolve()), None)
-    if f is not None:
-        f.close()
 
 
 def _assemble_thumb(tdir: Path, tiles, stride: int, H: int, W: int) -> np.ndarray:

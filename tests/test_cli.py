@@ -373,6 +373,9 @@ def test_a_user_error_while_running_leaves_no_folder_it_created(trained, tmp_pat
     assert cli.main([*argv, "--out", str(tmp_path / "new")]) == 2
     assert "cannot be read" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+    # every folder of the path it made: --out nest/season/2024 left nest/season
+    assert cli.main([*argv, "--out", str(tmp_path / "nest" / "season" / "2024")]) == 2
+    assert not (tmp_path / "nest").exists()
     (tmp_path / "mine").mkdir()
     assert cli.main([*argv, "--out", str(tmp_path / "mine")]) == 2
     assert (tmp_path / "mine").is_dir()
@@ -763,16 +766,16 @@ def test_a_detect_refused_for_a_busy_out_leaves_the_other_runs_state(trained, tm
     d, scene = trained
     out = tmp_path / "out"
     out.mkdir()
-    real = survey._lock_run_state
+    real = survey.lock_folder
     other = []
 
-    def raced(state, o):            # the other run makes and locks the state first
+    def raced(state, o, command):   # the other run makes and locks the state first
         state.mkdir(parents=True, exist_ok=True)
         f = open(state / "lock", "a")  # noqa: SIM115
         fcntl.flock(f, fcntl.LOCK_EX)
         other.append(f)
-        return real(state, o)
-    monkeypatch.setattr(survey, "_lock_run_state", raced)
+        return real(state, o, command)
+    monkeypatch.setattr(survey, "lock_folder", raced)
     try:
         assert cli.main(["detect", "--images", *map(str, scene.images), "--model",
                          str(d / "model"), "--out", str(out)]) == 2

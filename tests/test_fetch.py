@@ -10,7 +10,7 @@ import rasterio
 from sh_server import CLIENT_ID, CLIENT_SECRET, SUN_AZIMUTH, SUN_ZENITH, FakeSentinelHub, feature
 
 from pipeline import fetch as F
-from pipeline.errors import CredentialsError, CRSError, InputError
+from pipeline.errors import CredentialsError, CRSError, InputError, OutputBusy
 
 # A ~300 m x 200 m field in Helmand (UTM zone 41N).
 LON0, LAT0 = 64.3500, 31.6000
@@ -585,3 +585,27 @@ def test_another_base_url_without_a_token_url_is_warned(monkeypatch, caplog):
     warned = [r.getMessage() for r in caplog.records if "--sh-token-url" in r.getMessage()]
     assert len(warned) == 1 and "127.0.0.1:9" in warned[0]
     assert "services.sentinel-hub.com" in warned[0]
+
+
+def test_a_second_fetch_into_a_busy_folder_is_refused_and_touches_nothing(server, aoi,
+                                                                          tmp_path):
+    """Two fetches into one --out: the second removed the first's staging folder (the first
+    died naming an internal file) or mixed another AOI's date into it."""
+    import fcntl
+    out = tmp_path / "out"
+    (out / ".poppyscan" / "staging-other").mkdir(parents=True)   # the other run's work
+    with open(out / ".poppyscan" / "lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(OutputBusy, match="another fetch is writing into it now"):
+            run(server, aoi, out)
+    assert (out / ".poppyscan" / "staging-other").is_dir()
+    assert server.token_requests == 0 and not list(out.glob("*.tif"))
+    assert len(run(server, aoi, out)["written"]) == 2                # free again: it runs
+
+
+def test_a_failed_run_removes_the_folders_it_made(server, aoi, tmp_path):
+    """--out nest/season/2024 of a run that failed before any download left nest/season."""
+    server.fail_process_with = [400]
+    with pytest.raises(F.FetchError):
+        run(server, aoi, tmp_path / "nest" / "season" / "2024")
+    assert not (tmp_path / "nest").exists()
