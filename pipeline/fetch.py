@@ -20,6 +20,7 @@ when everything succeeded; a failed run leaves at most the download cache behind
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -76,6 +77,8 @@ BYTES_PER_PX = 26
 FIXED_BYTES = 0.7 * 2**30
 #: Retries of the sentinelhub client for 5xx and connection errors, and the first sleep (s).
 MAX_DOWNLOAD_ATTEMPTS = 4
+#: seconds a request may go without an answer before it is tried again (sentinelhub's default)
+DOWNLOAD_TIMEOUT = 120.0
 DOWNLOAD_SLEEP_TIME = 5.0
 #: Answers 429 (rate limit) tolerated per request, each after the service's Retry-After.
 MAX_RATE_LIMIT_RETRIES = 30
@@ -236,6 +239,7 @@ def _sh_config(base_url: str | None, token_url: str | None) -> Any:
                     "sent there; give --sh-token-url for another service", base_url,
                     config.sh_token_url)
     config.max_download_attempts = MAX_DOWNLOAD_ATTEMPTS
+    config.download_timeout_seconds = DOWNLOAD_TIMEOUT
     config.download_sleep_time = DOWNLOAD_SLEEP_TIME
     config.max_retries = MAX_RATE_LIMIT_RETRIES
     if not (config.sh_client_id and config.sh_client_secret):
@@ -265,6 +269,7 @@ def _service_says(exc: BaseException) -> str:
 
 def _translate(exc: BaseException, what: str, url: str) -> PoppyscanError:
     """Turn a sentinelhub/oauthlib/requests failure into one clear poppyscan error."""
+    import requests
     from oauthlib.oauth2.rfc6749.errors import OAuth2Error
     from sentinelhub.exceptions import DownloadFailedException, OutOfRequestsException
 
@@ -272,12 +277,16 @@ def _translate(exc: BaseException, what: str, url: str) -> PoppyscanError:
     if _rate_limited(exc):
         return FetchError(f"{what}: rate limit still hit after retries at {url}; try again later")
     if isinstance(exc, OAuth2Error):
-        return CredentialsError(f"credentials rejected by {url} ({exc.error}); {_CREDENTIALS_HINT}")
+        return _token_error(exc, url)
     if status in (401, 403):
         return CredentialsError(
             f"credentials rejected by {url} (HTTP {status}); {_CREDENTIALS_HINT}")
     if isinstance(exc, OutOfRequestsException):
         return FetchError(f"{what}: rate limit still hit after retries at {url}; try again later")
+    if isinstance(getattr(exc, "request_exception", None), requests.Timeout):
+        return FetchError(f"{what} at {url}: no answer in {DOWNLOAD_TIMEOUT:g} s, "
+                          f"{MAX_DOWNLOAD_ATTEMPTS} times; the service is slow or down: try "
+                          "again later")
     if isinstance(exc, DownloadFailedException):
         first = str(exc).strip().splitlines()
         reason = f"HTTP {status}" if status else (first[-1] if first else type(exc).__name__)
@@ -286,10 +295,66 @@ def _translate(exc: BaseException, what: str, url: str) -> PoppyscanError:
             reason += f": {said}"
         advice = ("check the service URL (--sh-base-url): it has no such API" if status == 404
                   else "check the AOI, window and resolution" if status and 400 <= status < 500
+                  else "the service failed: try again later" if status and status >= 500
                   else "check the URL and the network")
         return FetchError(f"{what} failed at {url} ({reason}); {advice}")
+    if isinstance(exc, json.JSONDecodeError):
+        return FetchError(f"{what} at {url}: the answer is not JSON (a web page: a proxy's "
+                          "or a maintenance page?); check --sh-base-url and the network")
     detail = " ".join(str(exc).split())[:300]
     return FetchError(f"{what} failed at {url}: {type(exc).__name__}: {detail}")
+
+
+#: the OAuth errors (RFC 6749, 5.2) that say the client id or secret is not accepted
+_CREDENTIAL_ERRORS = frozenset({"invalid_client", "unauthorized_client", "invalid_grant",
+                                "access_denied", "invalid_request", "invalid_scope",
+                                "unsupported_grant_type"})
+
+
+def _token_error(exc: Any, url: str) -> PoppyscanError:
+    """A failed token request: rejected credentials only when the service says so; a URL
+    that answers without a token (a web page, a proxy's login) or with an error of its own
+    (a wrong path's 'not found') is the URL's fault, and a failing service the service's."""
+    code = str(getattr(exc, "error", "") or "")
+    if code in _CREDENTIAL_ERRORS:
+        return CredentialsError(f"credentials rejected by {url} ({code}); {_CREDENTIALS_HINT}")
+    if code in ("server_error", "temporarily_unavailable"):
+        return FetchError(f"the token service at {url} failed ({code}); try again later")
+    what = ("answered without a token (a web page or a proxy's login?)"
+            if code == "missing_token" else f"answered '{code}'")
+    return FetchError(f"{url} {what}: not the service's OAuth token endpoint; check "
+                      "--sh-token-url, or leave it out for Sentinel Hub or CDSE (known from "
+                      "--sh-base-url)")
+
+
+class _RetriesSaid(logging.Handler):
+    """Says each retry of a failed download (sentinelhub logs them at debug level only: a
+    service that never answered gave nine minutes of silence, then one line)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not str(record.msg).startswith("Download attempt failed") or len(record.args) != 3:
+            return
+        exc, left, wait = record.args          # type: ignore[misc]
+        import requests
+        response = getattr(exc, "response", None)
+        why = (f"no answer in {DOWNLOAD_TIMEOUT:g} s" if isinstance(exc, requests.Timeout)
+               else f"HTTP {response.status_code}" if response is not None
+               else "the connection failed")
+        LOGGER.warning("the service: %s; retrying in %.0f s (%d attempt(s) left)", why, wait,
+                       left)
+
+
+@contextlib.contextmanager
+def _retries_said() -> Any:
+    handlers = logging.getLogger("sentinelhub.download.handlers")
+    level, said = handlers.level, _RetriesSaid()
+    handlers.setLevel(logging.DEBUG)
+    handlers.addHandler(said)
+    try:
+        yield
+    finally:
+        handlers.removeHandler(said)
+        handlers.setLevel(level)
 
 
 def _service_errors() -> tuple[type[BaseException], ...]:
@@ -505,6 +570,12 @@ def _responses(requests: list[tuple[Any, Any]], session: Any, config: Any, what:
                     break
                 except Exception as exc:  # noqa: BLE001 - any failure to decode the bytes
                     Path(request.get_storage_paths()[1]).unlink(missing_ok=True)
+                    ctype = _content_type(response)
+                    if attempt == 2 and ctype.startswith(("text/", "application/json")):
+                        raise FetchError(
+                            f"{what}: {config.sh_base_url} answered {ctype}, not an image "
+                            "(a maintenance page or a proxy's?); check --sh-base-url and "
+                            "the network, or run the same command again later") from None
                     if attempt == 2:
                         reason = " ".join(str(exc).split())[:120] or type(exc).__name__
                         raise FetchError(
@@ -516,6 +587,13 @@ def _responses(requests: list[tuple[Any, Any]], session: Any, config: Any, what:
                     [response] = _raw(client, [request], config, what)
             yield tile, value
             del response, value
+
+
+def _content_type(response: Any) -> str:
+    """The media type a service answer says it is ('' when it says none)."""
+    headers = getattr(response, "headers", None) or {}
+    ctype = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+    return str(ctype).split(";")[0].strip().lower()
 
 
 def _misses(requests: list[tuple[Any, Any]]) -> int:
@@ -675,8 +753,9 @@ def fetch(aoi: Path, window: str, out: Path, *, max_cloud: float = 30.0, resolut
     own_cache = cache is None           # a cache= given may be shared: never pruned
     cache = Path(cache) if cache is not None else work / "sh-cache"
     try:
-        result, used = _fetch_into(out, work, cache, aoi, start, end, grid, aoi_utm, aoi_wgs,
-                                   max_cloud, dem, base_url, token_url)
+        with _retries_said():
+            result, used = _fetch_into(out, work, cache, aoi, start, end, grid, aoi_utm,
+                                       aoi_wgs, max_cloud, dem, base_url, token_url)
     except BaseException:
         # a folder this run created that holds no download to resume from: not left behind
         if new_top is not None and not (own_cache and _downloads_in(cache)):

@@ -45,6 +45,7 @@ class FakeSentinelHub:
     fail_token_with: list[int] = field(default_factory=list)    # statuses to answer first
     damage_process: list[str] = field(default_factory=list)     # "cut" or "garbage" bodies first
     process_delay_s: float = 0.0                                # a slow service
+    html_paths: set[str] = field(default_factory=set)           # answered with a web page
     retry_after_ms: int = 20
     nodata_west_of: float | None = None
     token_requests: int = 0
@@ -87,15 +88,18 @@ class FakeSentinelHub:
     # ------------------------------------------------------------------ endpoints
 
     def _handle(self, h: BaseHTTPRequestHandler, body: bytes) -> None:
+        if h.path.rstrip("/") in self.html_paths:     # a proxy's or maintenance page
+            return _send_bytes(h, 200, b"<html><body>Service maintenance</body></html>",
+                               "text/html")
         if h.path == "/oauth/token":
             return self._token(h, body)
+        if h.path not in ("/api/v1/catalog/1.0.0/search", "/api/v1/process"):
+            return _send(h, 404, {"error": "not found"})
         if h.headers.get("Authorization") != f"Bearer {TOKEN}":
             return _send(h, 401, {"error": {"status": 401, "reason": "Unauthorized"}})
         if h.path == "/api/v1/catalog/1.0.0/search":
             return self._search(h, json.loads(body))
-        if h.path == "/api/v1/process":
-            return self._process(h, json.loads(body))
-        return _send(h, 404, {"error": "not found"})
+        return self._process(h, json.loads(body))
 
     def _token(self, h: BaseHTTPRequestHandler, body: bytes) -> None:
         self.token_requests += 1

@@ -609,3 +609,44 @@ def test_a_failed_run_removes_the_folders_it_made(server, aoi, tmp_path):
     with pytest.raises(F.FetchError):
         run(server, aoi, tmp_path / "nest" / "season" / "2024")
     assert not (tmp_path / "nest").exists()
+
+
+def test_a_token_url_that_is_not_one_is_not_blamed_on_the_credentials(server, aoi, tmp_path):
+    """A mistyped token URL (404) or a web page answering it was 'credentials rejected ...
+    set SH_CLIENT_ID': the analyst went to make new credentials."""
+    for url, said in ((server.base_url + "/auth/realms/CDSE/token", "answered 'not found'"),
+                      (server.token_url, "answered without a token")):
+        server.html_paths = {"/oauth/token"} if url == server.token_url else set()
+        with pytest.raises(F.FetchError, match=f"{said}.*not the service's OAuth token "
+                                               "endpoint; check --sh-token-url"):
+            F.fetch(aoi, WINDOW, tmp_path / "out", base_url=server.base_url, token_url=url)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_web_page_for_an_answer_says_so(server, aoi, tmp_path):
+    """A proxy's or maintenance page where JSON or an image was due: a JSON parser's error,
+    or 'damaged twice (... ReadError('not a gzip file') - method bz2: ReadErr' cut short."""
+    server.html_paths = {"/api/v1/catalog/1.0.0/search"}
+    with pytest.raises(F.FetchError, match="catalog search at .*: the answer is not JSON"):
+        run(server, aoi, tmp_path / "out")
+    server.html_paths = {"/api/v1/process"}
+    with pytest.raises(F.FetchError, match="answered text/html, not an image"):
+        run(server, aoi, tmp_path / "out")
+    assert not (tmp_path / "out").exists()     # its cache held request.json files only
+
+
+def test_a_slow_or_failing_service_is_said_at_each_retry(server, aoi, tmp_path, monkeypatch,
+                                                          caplog):
+    """A service that never answered gave minutes of silence, then 'check the URL and the
+    network'; a 500 every time, the same advice."""
+    monkeypatch.setattr(F, "DOWNLOAD_TIMEOUT", 0.3)
+    server.process_delay_s = 1.0
+    with pytest.raises(F.FetchError, match="no answer in 0.3 s, 4 times; the service is slow "
+                                           "or down: try again later"):
+        run(server, aoi, tmp_path / "out")
+    assert caplog.text.count("the service: no answer in 0.3 s; retrying") == 3
+    server.process_delay_s = 0.0
+    server.fail_process_with = [500] * 8          # both dates, four times each
+    with pytest.raises(F.FetchError, match=r"HTTP 500.*the service failed: try again later"):
+        run(server, aoi, tmp_path / "out")
+    assert "the service: HTTP 500; retrying" in caplog.text
