@@ -78,10 +78,12 @@ def _layer(path: Path, what: str) -> str | None:
     spatial = [str(name) for name, geometry in layers if geometry is not None]
     if len(spatial) == 1:
         return spatial[0]
+    from shlex import quote
+    last = spatial[-1]
     raise InputError(f"{path}: holds {len(spatial)} layers with geometry "
-                     f"({', '.join(spatial)}); which one is the {what}? Keep it in a file of "
-                     f"its own (e.g. ogr2ogr {path.stem}_{spatial[-1]}{path.suffix} {path} "
-                     f"{spatial[-1]})")
+                     f"({', '.join(spatial)}); the {what} must be one: keep it in a file of "
+                     f"its own (e.g. ogr2ogr {quote(f'{path.stem}_{last}{path.suffix}')} "
+                     f"{quote(str(path))} {quote(last)})")
 
 
 def _read_raw(path: Path, what: str) -> tuple[dict, np.ndarray, list[np.ndarray]]:
@@ -180,6 +182,10 @@ def _check_lon_lat(path: Path, shapes: np.ndarray, crs: CRS) -> None:
                 if np.isfinite(v) and abs(v) > limit), None)
     if bad is None:
         return
+    if 180 < maxx <= 360 and minx >= -180 and max(abs(miny), abs(maxy)) <= 90:
+        raise InputError(f"{path}: longitudes run beyond 180 (to {maxx:.4f}): the polygons "
+                         "cross the 180th meridian; split them into one file on each side "
+                         "(longitudes -180..180)")
     if path.suffix.lower() in (".geojson", ".json"):
         raise InputError(f"{path}: coordinates are not longitude/latitude (e.g. {bad}): a "
                          "GeoJSON without a `crs` member must be WGS84 (RFC 7946); reproject "

@@ -112,6 +112,14 @@ def parse_window(window: str) -> tuple[dt.date, dt.date]:
     try:
         start, end = (dt.date.fromisoformat(p.strip()) for p in parts)
     except ValueError:
+        import re
+        for p in parts:
+            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", p.strip()):
+                try:
+                    dt.date.fromisoformat(p.strip())
+                except ValueError:
+                    raise InputError(f"--window {window!r}: {p.strip()} is not a day of the "
+                                     "calendar; check its month and day") from None
         raise InputError(
             f"--window {window!r} has a date that is not ISO YYYY-MM-DD, e.g. 2024-04-01/2024-06-30"
         ) from None
@@ -738,6 +746,12 @@ def fetch(aoi: Path, window: str, out: Path, *, max_cloud: float = 30.0, resolut
         raise InputError(f"--resolution {resolution} must be metres in (0, {MAX_RESOLUTION:g}]")
     geom, geom_crs = read_aoi(Path(aoi))
     grid, aoi_utm, aoi_wgs = make_grid(geom, geom_crs, float(resolution))
+    if aoi_utm.area < float(resolution) ** 2:
+        c = aoi_wgs.centroid
+        raise InputError(f"{aoi}: the AOI covers {aoi_utm.area:.3g} m^2 at {c.y:.5f}, "
+                         f"{c.x:.5f} (lat, lon), less than one {float(resolution):g} m pixel; "
+                         "draw it larger, or check its CRS (coordinates saved with the wrong "
+                         "CRS shrink or move it)")
     px = grid.width * grid.height
     if px > MAX_GRID_PX:
         raise InputError(f"{aoi}: at {float(resolution):g} m the AOI's grid is {grid.width} x "

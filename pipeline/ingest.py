@@ -457,6 +457,11 @@ def clip_to_aoi(scene: xr.DataArray, aoi: BaseGeometry, chunks: int,
     win = aoi_window(Grid.of(scene), aoi)
     if win is None:
         raise InputError("the AOI does not overlap the images; check its CRS and extent")
+    pixel = abs(scene.rio.transform().determinant)
+    if aoi.area < pixel:     # no pixel centre inside: every pixel 'without data'
+        raise InputError(f"the AOI covers {aoi.area / pixel:.2g} of one pixel of the images: "
+                         "nothing to survey in it; draw it larger (or check its CRS: "
+                         "coordinates saved with the wrong CRS shrink or move it)")
     outside = aoi.difference(Grid.of(scene).footprint).area / aoi.area
     if outside > 0.001:
         log.warning("%.0f%% of the AOI lies outside the images (the survey grid) and is not "

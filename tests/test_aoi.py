@@ -200,6 +200,17 @@ def test_a_geopackage_of_several_layers_names_them_instead_of_reading_the_first(
     with pytest.raises(InputError, match=r"holds 2 layers with geometry \(labels_draft, "
                                          r"labels_final\).*ogr2ogr"):
         read_features(gpkg, what="labels file")
+    # the command it suggests works as printed: names with spaces quoted
+    spaced = tmp_path / "field work.gpkg"
+    for layer in ("Fields A", "Fields B"):
+        pyogrio.raw.write(spaced, np.array(shapely.to_wkb(PLOTS), dtype=object),
+                          [np.array(["poppy"] * 2, dtype=object)], ["class"],
+                          crs=CRS("EPSG:4326").to_wkt(), geometry_type="Polygon",
+                          layer=layer, append=layer != "Fields A")
+    with pytest.raises(InputError) as err:
+        read_features(spaced, what="AOI file")
+    assert str(err.value).endswith(f"(e.g. ogr2ogr 'field work_Fields B.gpkg' '{spaced}' "
+                                   "'Fields B')")
     one = tmp_path / "one.gpkg"
     pyogrio.raw.write(one, None, [np.array(["{}"], dtype=object)], ["styleQML"],
                       layer="layer_styles")

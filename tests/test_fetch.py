@@ -1,6 +1,7 @@
 """pipeline.fetch against a fake Sentinel Hub on 127.0.0.1 (tests/sh_server.py); no internet."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -567,6 +568,15 @@ def test_an_aoi_across_the_antimeridian_is_refused_with_the_reason(server, tmp_p
                              "geometry": {"type": "Polygon", "coordinates": [ring]}}))
     with pytest.raises(InputError, match="crosses the 180th meridian"):
         run(server, p, tmp_path / "out")
+    # written with longitudes past 180 (as some tools do): the same reason, not "these are
+    # not longitudes"
+    ring = [[179.999, -17.0], [180.001, -17.0], [180.001, -16.998], [179.999, -16.998],
+            [179.999, -17.0]]
+    p.write_text(json.dumps({"type": "Feature", "properties": {},
+                             "geometry": {"type": "Polygon", "coordinates": [ring]}}))
+    with pytest.raises(InputError, match=r"longitudes run beyond 180 \(to 180.0010\).*cross "
+                                         "the 180th meridian"):
+        run(server, p, tmp_path / "out")
 
 
 def test_another_base_url_without_a_token_url_is_warned(monkeypatch, caplog):
@@ -650,3 +660,22 @@ def test_a_slow_or_failing_service_is_said_at_each_retry(server, aoi, tmp_path, 
     with pytest.raises(F.FetchError, match=r"HTTP 500.*the service failed: try again later"):
         run(server, aoi, tmp_path / "out")
     assert "the service: HTTP 500; retrying" in caplog.text
+
+
+def test_a_window_date_that_does_not_exist_is_named():
+    """2023-02-29 was 'a date that is not ISO YYYY-MM-DD': it is ISO, the day does not exist."""
+    with pytest.raises(InputError, match="2023-02-29 is not a day of the calendar"):
+        F.parse_window("2023-02-29/2023-05-31")
+    with pytest.raises(InputError, match="not ISO YYYY-MM-DD"):
+        F.parse_window("2023-2-28/2023-05-31")
+    assert F.parse_window("2024-02-29/2024-05-31")[0] == dt.date(2024, 2, 29)
+
+
+def test_an_aoi_smaller_than_a_pixel_is_refused(server, tmp_path):
+    """A 1 m box (or lon/lat saved as UTM metres: a point at northing 40 m) was fetched as
+    one pixel, and inspect and detect then blamed the clouds."""
+    p = write_aoi(tmp_path / "aoi.geojson", dx=0.00001, dy=0.00001)
+    with pytest.raises(InputError, match=r"the AOI covers 1.\d+ m\^2 at .*less than one 10 m "
+                                         "pixel"):
+        run(server, p, tmp_path / "out")
+    assert server.token_requests == 0 and not (tmp_path / "out").exists()

@@ -445,6 +445,16 @@ def test_aoi_outside_the_images_is_an_input_error(tmp_path: Path) -> None:
         open_scene([a], chunks=16, aoi=far)
 
 
+def test_an_aoi_smaller_than_a_pixel_is_refused_for_what_it_is(tmp_path: Path) -> None:
+    """A 3 m box (or an AOI shrunk by a wrong CRS): inspect said clear_fraction 0 and detect
+    'every pixel is clouded, shadowed or without data', blaming the clouds."""
+    a = write_dn(tmp_path / "a_20240401.tif", ramp())
+    x, y = TF * (10.5, 10.5)
+    with pytest.raises(InputError, match="the AOI covers 0.09 of one pixel of the images: "
+                                         "nothing to survey in it"):
+        open_scene([a], chunks=16, aoi=box(x - 1.5, y - 1.5, x + 1.5, y + 1.5))
+
+
 def test_aoi_whose_bbox_overlaps_but_polygon_does_not(tmp_path: Path) -> None:
     """An L-shaped AOI wrapping around the scene: its box covers the scene, it does not."""
     a = write_dn(tmp_path / "a_20240401.tif", ramp())
