@@ -63,21 +63,27 @@ def _encodings(path: Path) -> list[str | None]:
     return ["UTF-8", "GB18030"]
 
 
-_VECTOR_SUFFIXES = {".geojson", ".json", ".gpkg", ".shp", ".fgb", ".zip"}
+_VECTOR_SUFFIXES = {".geojson", ".json", ".gpkg", ".shp", ".fgb", ".zip", ".kml", ".kmz"}
 
 
-def _layer(path: Path, what: str) -> str | None:
-    """The one layer with geometry of a file that holds several (a GeoPackage from QGIS
-    keeps its styles in a table without geometry), else None (the file's only layer)."""
+#: files whose layers are folders of one drawing (Google Earth): read together
+_FOLDER_LAYERS = {".kml", ".kmz"}
+
+
+def _layers(path: Path, what: str) -> list[str | None]:
+    """The layers to read: the one layer with geometry of a file that holds several (a
+    GeoPackage from QGIS keeps its styles in a table without geometry), every folder of a
+    KML/KMZ (Google Earth keeps a drawing's polygons in folders), else [None] (the file's only
+    layer). Several layers of another kind are refused: which one is meant?"""
     try:
         layers = pyogrio.list_layers(path)
     except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError):
-        return None                     # not readable: pyogrio.raw.read says why
+        return [None]                   # not readable: pyogrio.raw.read says why
     if len(layers) < 2:
-        return None
+        return [None]
     spatial = [str(name) for name, geometry in layers if geometry is not None]
-    if len(spatial) == 1:
-        return spatial[0]
+    if len(spatial) == 1 or (spatial and path.suffix.lower() in _FOLDER_LAYERS):
+        return list(spatial)
     from shlex import quote
     last = spatial[-1]
     raise InputError(f"{path}: holds {len(spatial)} layers with geometry "
@@ -87,8 +93,23 @@ def _layer(path: Path, what: str) -> str | None:
 
 
 def _read_raw(path: Path, what: str) -> tuple[dict, np.ndarray, list[np.ndarray]]:
+    """The file's (or its folders', together) CRS and fields, geometries and columns."""
+    parts = [_read_layer(path, what, layer) for layer in _layers(path, what)]
+    if len(parts) == 1:
+        return parts[0]
+    names = list(dict.fromkeys(n for meta, _, _ in parts for n in meta["fields"]))
+    columns = []
+    for name in names:                  # a field a folder lacks: None in its rows
+        cols = [f[list(m["fields"]).index(name)] if name in list(m["fields"])
+                else np.full(len(g), None, dtype=object) for m, g, f in parts]
+        columns.append(np.concatenate([c.astype(object) for c in cols]))
+    meta = dict(parts[0][0], fields=np.array(names, dtype=object))
+    return meta, np.concatenate([g for _, g, _ in parts]), columns
+
+
+def _read_layer(path: Path, what: str, layer: str | None
+                ) -> tuple[dict, np.ndarray, list[np.ndarray]]:
     errors = []
-    layer = _layer(path, what)
     for enc in _encodings(path):
         try:
             meta, _fids, geoms, fields = pyogrio.raw.read(path, encoding=enc, layer=layer)
@@ -119,7 +140,8 @@ def read_features(path: Path, crs: Any | None = None, *, what: str = "AOI file",
     in it (metres) are refused; any other file without one is refused (a Shapefile without
     .prj could be in any projection). Rings left open are closed; features without polygon
     area (points, lines, a ring of two points) are left out, their properties appended to
-    ``skipped`` when given. A file of several layers with geometry is refused (which one?).
+    ``skipped`` when given. A file of several layers with geometry is refused (which one?),
+    but for the folders of a KML/KMZ, read together.
     ``what`` names the file in errors.
     """
     path = Path(path)

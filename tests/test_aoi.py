@@ -222,6 +222,34 @@ def test_a_geopackage_of_several_layers_names_them_instead_of_reading_the_first(
     assert len(features) == 2 and features[1].geometry.equals(PLOTS[1])
 
 
+def _kml_folders(folders: dict[str, list]) -> str:
+    """A Google Earth KML: each folder a Placemark per polygon (name and, in the second
+    folder on, a description)."""
+    def ring(g) -> str:
+        return " ".join(f"{x},{y},0" for x, y in g.exterior.coords)
+    body = "".join(
+        f"<Folder><name>{name}</name>" + "".join(
+            f"<Placemark><name>{name} {k}</name>"
+            + (f"<description>d{k}</description>" if i else "")
+            + "<Polygon><outerBoundaryIs><LinearRing><coordinates>"
+            f"{ring(g)}</coordinates></LinearRing></outerBoundaryIs></Polygon></Placemark>"
+            for k, g in enumerate(geoms)) + "</Folder>"
+        for i, (name, geoms) in enumerate(folders.items()))
+    return ('<?xml version="1.0" encoding="UTF-8"?><kml xmlns="http://www.opengis.net/kml/2.2">'
+            f"<Document>{body}</Document></kml>")
+
+
+def test_a_google_earth_kml_of_several_folders_is_read_whole(tmp_path: Path) -> None:
+    """Google Earth keeps an AOI drawn in parts in folders, which GDAL reads as layers: the
+    file was refused as 'several layers, which one?'."""
+    kml = tmp_path / "county.kml"
+    kml.write_text(_kml_folders({"Fields A": PLOTS[:1], "Fields B": PLOTS[1:]}))
+    aoi = read_aoi(kml, CRS("EPSG:4326"))
+    assert aoi.equals(shapely.union_all(PLOTS))
+    features, _ = read_features(kml, what="AOI file")
+    assert [f.properties["Name"] for f in features] == ["Fields A 0", "Fields B 0"]
+
+
 def test_poppy_points_and_poppy_lookalike_classes_are_said(tmp_path: Path, caplog) -> None:
     """Plots recorded as GPS points: the refusal said the file had no poppy; now it says the
     poppy features are points. A class such as 'opium_poppy' is background (the target is
