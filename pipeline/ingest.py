@@ -33,7 +33,7 @@ from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
 from pipeline.bands import SCENE_DIMS, canonical_name, check_scene, order_bands
-from pipeline.errors import InputError
+from pipeline.errors import CRSError, InputError
 from pipeline.grid import Grid, align, pixel_metres, true_scale_grid
 from pipeline.readers import readers
 from pipeline.readers.multiband import has_date
@@ -277,6 +277,27 @@ def _outside_grid(products: Sequence[xr.DataArray], grid: Grid) -> float:
     return round(share, 4)
 
 
+def check_earth_crs(products: Sequence[xr.DataArray]) -> None:
+    """Refuse images in a local (engineering) CRS, not tied to the Earth: a drone mosaic
+    exported in "arbitrary" coordinates (no GCPs, no geotags) cannot be placed, so neither
+    targets nor a DEM can (it was a traceback from the first transformation)."""
+    import pyproj
+    for p in products:
+        name = str(p.rio.crs)
+        try:
+            crs = pyproj.CRS.from_user_input(p.rio.crs)
+            name = crs.name
+            local = crs.is_engineering
+            pyproj.Transformer.from_crs(crs, 4326, always_xy=True)
+        except pyproj.exceptions.ProjError:
+            local = True
+        if local:
+            raise CRSError(f"{p.attrs.get('source', 'an image')}: its CRS ({name}) is a local "
+                           "coordinate system, not tied to the Earth; georeference the image "
+                           "(e.g. export the orthomosaic in UTM, or gdal_edit.py -a_srs "
+                           "EPSG:<code> if its coordinates are in one)")
+
+
 def check_one_place(products: Sequence[xr.DataArray]) -> None:
     """Refuse images of more than one place: each must overlap or touch the ground of the
     others (adjacent tiles chain: A-B-C with C apart from A is one place). Aligning another
@@ -312,6 +333,7 @@ def open_scene(paths: Sequence[Path], sensor: Any | None = None, *, chunks: int 
     band names fit more than one (P4M and RedEdge-MX both call a band 'rededge').
     """
     products = read_products(paths, sensor, chunks, dem, prefer)
+    check_earth_crs(products)
     check_one_place(products)
     grid = survey_grid(products)
     regrid = true_scale_grid(grid)
@@ -498,6 +520,20 @@ def clip_to_aoi(scene: xr.DataArray, aoi: BaseGeometry, chunks: int,
 DEM_MIN_M, DEM_MAX_M = -500.0, 9000.0
 
 
+def _dem_has_data(path: Path, grid: Grid) -> bool:
+    """Whether the DEM holds a valid elevation over the grid: a look at <= 128 x 128 points
+    of it, warped onto a coarse copy of the grid (without dask: read_dem stays lazy)."""
+    from rasterio.vrt import WarpedVRT
+    step = max(1, int(np.ceil(max(grid.height, grid.width) / 128)))
+    with rasterio.open(path) as src, WarpedVRT(
+            src, crs=grid.crs, transform=grid.transform * Affine.scale(step),
+            width=-(-grid.width // step), height=-(-grid.height // step)) as vrt:
+        z = vrt.read(1, masked=True).astype("float64")
+        z = z * (src.scales[0] or 1.0) + (src.offsets[0] or 0.0)
+    z = z.filled(np.nan)
+    return bool(((z >= DEM_MIN_M) & (z <= DEM_MAX_M)).any())
+
+
 def read_dem(path: Path, grid: Grid, chunks: int = 1024) -> xr.DataArray:
     """A single-band DEM (metres after its GDAL scale/offset, any CRS) on ``grid``, lazy,
     float32, NaN where no data."""
@@ -512,6 +548,8 @@ def read_dem(path: Path, grid: Grid, chunks: int = 1024) -> xr.DataArray:
         raise InputError(f"{path}: not a readable DEM raster ({exc})") from None
     if dem.rio.crs is None:
         raise InputError(f"{path}: DEM has no CRS; georeference it")
+    dem.attrs["source"] = str(path)
+    check_earth_crs([dem])
     if dem.sizes["band"] != 1:
         raise InputError(f"{path}: DEM must have one band, it has {dem.sizes['band']}")
     dem = dem.squeeze("band", drop=True).astype("float32")
@@ -526,5 +564,9 @@ def read_dem(path: Path, grid: Grid, chunks: int = 1024) -> xr.DataArray:
     if covered < 0.999:
         log.warning("%s: the DEM covers %.3g%% of the images; elsewhere elevation is missing",
                     path, 100 * covered)
+    if not _dem_has_data(Path(path), grid):
+        raise InputError(f"{path}: the DEM has no valid elevation over the images (no data, "
+                         f"or values outside {DEM_MIN_M:g}..{DEM_MAX_M:g} m); give a DEM "
+                         "with data there")
     out = align(dem, grid)
     return out.chunk({"y": chunks, "x": chunks})

@@ -274,6 +274,17 @@ def test_a_projected_grid_at_true_scale_is_kept() -> None:
     assert utm.crs.to_epsg() == 32610 and abs(utm.transform.a) == pytest.approx(3.048, rel=1e-3)
 
 
+def test_images_in_a_local_crs_are_refused_in_one_line(tmp_path: Path) -> None:
+    """A drone mosaic exported in "arbitrary" coordinates (no GCPs): a pyproj traceback."""
+    from pipeline.errors import CRSError
+    local = ('LOCAL_CS["arbitrary",UNIT["metre",1],AXIS["Easting",EAST],'
+             'AXIS["Northing",NORTH]]')
+    p = write_dn(tmp_path / "a_20240401.tif", ramp(), crs=local)
+    with pytest.raises(CRSError, match=r"a_20240401.tif: its CRS \(arbitrary\) is a local "
+                                       "coordinate system, not tied to the Earth"):
+        open_scene([p], chunks=16)
+
+
 def test_a_date_in_another_utm_zone_is_aligned(tmp_path: Path) -> None:
     refl = ramp(64)
     a = write_dn(tmp_path / "a_20240401.tif", refl, date="2024-04-01")
@@ -855,6 +866,29 @@ def test_undeclared_dem_void_fills_are_no_data(tmp_path: Path) -> None:
     v = read_dem(p, Grid.of(s), chunks=16).values
     assert np.isnan(v[:4, :4]).all() and np.isnan(v[-4:, -4:]).all() and np.isnan(v[10, 10])
     assert v[11, 11] == -420 and v[5, 5] == 1200
+
+
+def test_a_dem_without_valid_elevation_or_in_a_local_crs_is_refused(tmp_path: Path) -> None:
+    """An all-NaN DEM over the images was taken silently (every target without elevation,
+    an elevation calendar's phases unknown); a DEM in a local CRS was a traceback."""
+    from pipeline.errors import CRSError
+    grid = Grid(ProjCRS.from_user_input(CRS), TF, N, N)
+    p = tmp_path / "dem.tif"
+    with rasterio.open(p, "w", driver="GTiff", width=N, height=N, count=1, dtype="float32",
+                       crs=CRS, transform=TF, nodata=np.nan) as dst:
+        dst.write(np.full((1, N, N), np.nan, "float32"))
+    with pytest.raises(InputError, match="dem.tif: the DEM has no valid elevation over the "
+                                         "images"):
+        read_dem(p, grid)
+    with rasterio.open(p, "r+") as dst:          # one valid corner is enough
+        z = np.full((N, N), np.nan, "float32")
+        z[-6:, -6:] = 800.0
+        dst.write(z, 1)
+    assert np.nanmax(read_dem(p, grid).values) == 800.0
+    with rasterio.open(p, "r+") as dst:
+        dst.crs = rasterio.crs.CRS.from_wkt('LOCAL_CS["arbitrary",UNIT["metre",1]]')
+    with pytest.raises(CRSError, match="dem.tif: its CRS .* is a local coordinate system"):
+        read_dem(p, grid)
 
 
 def test_a_float_files_zero_collar_is_no_data_and_percent_is_refused(tmp_path: Path) -> None:
