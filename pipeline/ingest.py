@@ -433,6 +433,17 @@ def mosaic(layers: list[xr.DataArray]) -> xr.DataArray:
 _SNAP_PX = 1e-3
 
 
+def _holds_a_pixel_centre(transform: Affine, win: tuple[slice, slice],
+                          aoi: BaseGeometry) -> bool:
+    """Whether the centre of a pixel of the window ``win`` lies inside ``aoi``."""
+    from rasterio.features import geometry_mask
+    rows, cols = win
+    shape = (rows.stop - rows.start, cols.stop - cols.start)
+    return bool(geometry_mask([aoi], shape, transform * Affine.translation(cols.start,
+                                                                          rows.start),
+                              invert=True).any())
+
+
 def aoi_window(grid: Grid, aoi: BaseGeometry) -> tuple[slice, slice] | None:
     """Rows and columns of the pixels the AOI overlaps (None when it overlaps none).
 
@@ -480,11 +491,14 @@ def clip_to_aoi(scene: xr.DataArray, aoi: BaseGeometry, chunks: int,
     if win is None:
         raise InputError("the AOI does not overlap the images; check its CRS and extent")
     pixel = abs(scene.rio.transform().determinant)
-    if aoi.area < pixel:     # no pixel centre inside: every pixel 'without data'
-        raise InputError(f"the AOI covers {aoi.area / pixel:.2g} of one pixel of the images: "
-                         "nothing to survey in it; draw it larger (or check its CRS: "
-                         "coordinates saved with the wrong CRS shrink or move it)")
-    outside = aoi.difference(Grid.of(scene).footprint).area / aoi.area
+    inside = aoi.intersection(Grid.of(scene).footprint).area
+    if inside < 100 * pixel and not _holds_a_pixel_centre(scene.rio.transform(), win, aoi):
+        # every pixel of the survey would be 'without data', blamed on the clouds
+        raise InputError(f"the AOI holds no pixel centre of the images (it covers "
+                         f"{inside / pixel:.2g} pixel(s) of them): nothing to survey in it; "
+                         "draw it larger, over the images (or check its CRS: coordinates "
+                         "saved with the wrong CRS shrink or move it)")
+    outside = 1 - inside / aoi.area
     if outside > 0.001:
         log.warning("%.0f%% of the AOI lies outside the images (the survey grid) and is not "
                     "surveyed; give images covering it too, or split the AOI",

@@ -460,10 +460,15 @@ def test_an_aoi_smaller_than_a_pixel_is_refused_for_what_it_is(tmp_path: Path) -
     """A 3 m box (or an AOI shrunk by a wrong CRS): inspect said clear_fraction 0 and detect
     'every pixel is clouded, shadowed or without data', blaming the clouds."""
     a = write_dn(tmp_path / "a_20240401.tif", ramp())
-    x, y = TF * (10.5, 10.5)
-    with pytest.raises(InputError, match="the AOI covers 0.09 of one pixel of the images: "
-                                         "nothing to survey in it"):
+    x, y = TF * (10.2, 10.2)                  # 3 m box between pixel centres
+    with pytest.raises(InputError, match=r"the AOI holds no pixel centre of the images \(it covers 0.09 "
+                                         "pixel"):
         open_scene([a], chunks=16, aoi=box(x - 1.5, y - 1.5, x + 1.5, y + 1.5))
+    # a field beside the images that overlaps them by a sliver: 'lies outside' then 'every
+    # pixel is clouded'
+    x, y = TF * (N, 10)
+    with pytest.raises(InputError, match=r"holds no pixel centre of the images \(it covers 1 "):
+        open_scene([a], chunks=16, aoi=box(x - 1, y - 100, x + 500, y))
 
 
 def test_aoi_whose_bbox_overlaps_but_polygon_does_not(tmp_path: Path) -> None:
