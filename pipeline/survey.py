@@ -1285,6 +1285,23 @@ class DetectResult:
     report: dict = field(default_factory=dict)
 
 
+def _check_not_across_180(scene: xr.DataArray) -> None:
+    """Refuse a survey whose ground crosses the 180th meridian: its targets and map would be
+    drawn around the globe (RFC 7946 wants such polygons cut there; the map's warp failed
+    with a traceback). No poppy region lies there; split the images at 180 degrees."""
+    grid = Grid.of(scene)
+    if grid.crs is None:
+        return
+    edge = shapely.segmentize(grid.footprint, max(grid.width, grid.height)
+                              * grid.resolution / 64)
+    to = Transformer.from_crs(grid.crs, 4326, always_xy=True)
+    lon, _ = to.transform(*np.asarray(edge.exterior.coords).T)
+    lon = np.asarray(lon)
+    if lon.max() - lon.min() > 180 or (np.abs(np.diff(lon)) > 180).any():
+        raise InputError("the images cross the 180th meridian; split them there and survey "
+                         "each side on its own")
+
+
 def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig, *,
            dem: Path | None = None, aoi: Path | None = None, exclude: Path | None = None,
            formats: Sequence[str] | None = None,
@@ -1319,6 +1336,7 @@ def detect(images: Sequence[Path], model_dir: Path, out: Path, cfg: SurveyConfig
                                       if trained == cfg.terrain_correction else
                                       "give a DEM or set terrain_correction: none"))
     cfg = _settings_in_effect(cfg, art.meta.get("config"))
+    _check_not_across_180(scene)
     _warn_other_pixel_size(art, scene)
     if calendar is None:
         calendar = _model_calendar(art, scene["time"].values, dem_da)

@@ -784,3 +784,27 @@ def test_a_detect_refused_for_a_busy_out_leaves_the_other_runs_state(trained, tm
             f.close()
     assert "another detect is writing into it now" in capsys.readouterr().err
     assert (out / ".poppyscan" / "lock").exists()
+
+
+def test_a_survey_across_the_180th_meridian_is_refused_in_one_line():
+    """Images in UTM 1S around Fiji's 180 degrees: the map's warp failed with a traceback and
+    the targets were drawn around the globe."""
+    import numpy as np
+    import rioxarray  # noqa: F401 - the .rio accessor
+    import xarray as xr
+    from affine import Affine
+    from pyproj import Transformer
+
+    from pipeline.errors import InputError
+    from pipeline.survey import _check_not_across_180
+    to_utm = Transformer.from_crs(4326, 32701, always_xy=True)
+
+    def scene_at(lon: float) -> xr.DataArray:
+        x, y = to_utm.transform(lon, -16.5)
+        da = xr.DataArray(np.zeros((64, 64), "float32"), dims=("y", "x"))
+        return da.rio.write_crs("EPSG:32701").rio.write_transform(
+            Affine(10, 0, x - 320, 0, -10, y + 320))
+    with pytest.raises(InputError, match="the images cross the 180th meridian; split them"):
+        _check_not_across_180(scene_at(180.0))
+    _check_not_across_180(scene_at(-179.9))        # wholly east of it: surveyed
+    _check_not_across_180(scene_at(179.9))         # wholly west of it
