@@ -23,10 +23,19 @@ from pipeline.bands import CATEGORICAL_BANDS
 
 
 def pixel_metres(transform: Affine, crs) -> float:
-    """Pixel width in metres (a degree taken as ~111 km in a geographic CRS): enough to
-    tell a drone orthomosaic from a satellite product, not a geodesic measure."""
-    res = abs(transform.a)
-    return res * 111_000 if crs is not None and crs.is_geographic else res
+    """Side of a square of one pixel's ground area, in metres: in a geographic CRS from the
+    WGS84 ellipsoid's metres per degree at the grid's first row (a degree of longitude is
+    cos(latitude) of one of latitude: at 60 N a 10 m pixel is 0.00018 x 0.00009 degrees, and
+    111 km per degree had made it 20 m); in a projected CRS its unit (the grid's own pixel
+    width, as inspect reports)."""
+    if crs is None or not crs.is_geographic:
+        return abs(transform.a)
+    a, e2 = 6_378_137.0, 0.00669437999014
+    phi = np.radians(np.clip(transform.f, -90, 90))
+    w = 1 - e2 * np.sin(phi) ** 2
+    east = np.pi / 180 * a * np.cos(phi) / np.sqrt(w)           # metres per degree
+    north = np.pi / 180 * a * (1 - e2) / w ** 1.5
+    return float(np.sqrt(abs(transform.a) * east * abs(transform.e) * north))
 
 
 @dataclass(frozen=True)

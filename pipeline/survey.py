@@ -577,7 +577,9 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
     if not poppy_labelled:       # (one scene's labels file says so when it is read)
         raise InputError(f"no polygon of class '{TARGET_CLASS}' in the labels of any of the "
                          f"{len(scenes)} scenes; the model needs examples of it")
-    pixel_sizes = [round(float(p[0].pixel_m), 4) for p in parts]
+    # ground metres (a table's pixel_m is in CRS units: degrees on a grid in degrees)
+    pixel_sizes = [round(float(p[0].pixel_m * np.sqrt(ux * uy)), 4)
+                   for p, (ux, uy) in zip(parts, units)]
     if max(pixel_sizes) > PIXEL_SIZE_TOLERANCE * min(pixel_sizes):
         log.warning("the training scenes have pixels of %s m: the neighbourhood features are "
                     "measured in pixels, so they cover other ground in each scene; resample "

@@ -490,6 +490,68 @@ def test_other_pixel_sizes_in_training_and_in_a_survey_are_warned(tmp_path, capl
                 in caplog.text) is warned
 
 
+def _in_degrees(sc, folder: Path, lat: float = 60.0):
+    """The scene's images and labels on a grid in degrees at ``lat`` N, the same arrays with
+    about 10 m square ground pixels (0.00018 x 0.00009 degrees at 60 N)."""
+    from dataclasses import replace
+
+    import numpy as np
+    import rasterio
+    import shapely
+    from affine import Affine
+    from pyproj import Transformer
+
+    from pipeline.grid import pixel_metres
+    folder.mkdir(parents=True)
+    tf = Affine(10 / (111_412 * np.cos(np.radians(lat))), 0, 10.0, 0, -10 / 111_412, lat)
+    out = []
+    for src in sc.images:
+        with rasterio.open(src) as r:
+            with rasterio.open(folder / src.name, "w", **{**r.profile, "crs": "EPSG:4326",
+                                                          "transform": tf}) as dst:
+                dst.write(r.read())
+                dst.update_tags(**r.tags())
+                dst.descriptions = r.descriptions
+                dst.scales, dst.offsets = r.scales, r.offsets
+        out.append(folder / src.name)
+    to_utm = Transformer.from_crs("EPSG:4326", "EPSG:32650", always_xy=True)
+
+    def moved(xy):
+        col, row = ~sc.transform * tuple(to_utm.transform(xy[:, 0], xy[:, 1]))
+        return np.column_stack(tf * (np.asarray(col), np.asarray(row)))
+    labels = json.loads(sc.labels.read_text())
+    for f in labels["features"]:
+        f["geometry"] = shapely.geometry.mapping(
+            shapely.transform(shapely.geometry.shape(f["geometry"]), moved))
+    (folder / "labels.geojson").write_text(json.dumps(labels))
+    assert abs(pixel_metres(tf, rasterio.crs.CRS.from_epsg(4326)) - 10) < 0.2
+    return replace(sc, images=out, labels=folder / "labels.geojson", transform=tf)
+
+
+def test_pixel_sizes_of_a_grid_in_degrees_are_ground_metres(tmp_path, caplog):
+    """A model trained on images in degrees recorded its pixel size in degrees ('trained on
+    0.0001 m'), and 10 m pixels at 60 N were taken for 20 m (111 km per degree of longitude):
+    every survey there was warned to resample its images."""
+    import logging
+
+    from pipeline import survey
+    a = _in_degrees(make_tiny_scene(tmp_path / "a0", seed=1), tmp_path / "a")
+    cfg = with_overrides(load_config(), **{"run.chunk_size": 64, "model.cv_repeats": 1,
+                                           "model.missing_phase_models": False})
+    survey.train(a.images, a.labels, tmp_path / "model", cfg)
+    [pixel] = json.loads((tmp_path / "model" / "model.json").read_text())["pixel_m"]
+    assert abs(pixel - 10.0) < 0.2
+    for trained in ("model", "model10"):
+        if trained == "model10":           # a 10 m model of a scene in UTM
+            survey.train(make_tiny_scene(tmp_path / "u", seed=2).images,
+                         tmp_path / "u" / "labels.geojson", tmp_path / trained, cfg)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="pipeline.survey"):
+            survey.detect(a.images, tmp_path / trained, tmp_path / f"out_{trained}", cfg,
+                          formats=("geojson",))
+        assert "the images have pixels of" not in caplog.text
+
+
 def test_scenes_of_two_sensors_are_refused_before_any_scene_is_read(tmp_path):
     """A Sentinel-2 scene and a drone flight in one manifest were refused only after every
     scene was sampled."""
