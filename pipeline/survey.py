@@ -515,6 +515,7 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
     # classes of the labelled (and drawn unlabelled) polygons, augmented copies not counted
     label_classes: list[str] = []
     units = []                      # per scene: metres per CRS unit (x, y), for the CV blocks
+    corners = []                    # per scene: its grid's corner, where the CV blocks start
     poppy_labelled = 0              # poppy polygons in the label files, over the scenes
     t0 = time.perf_counter()
     for k, sc in enumerate(scenes):
@@ -564,6 +565,7 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
                     label_classes += tl[1].classes
             parts.append((*part, feats))
             units.append(Grid.of(scene).metres_per_unit())
+            corners.append(Grid.of(scene).transform * (0, 0))
             is_copy.append(np.array(copy_flags, bool))
             sensors.add(scene.attrs["sensor"])
     if len(sensors) > 1:
@@ -588,6 +590,7 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
     table, labels, scene_of_poly = combine(parts)
     origin = _copy_origins(labels, scene_of_poly, np.concatenate(is_copy))
     unit_m = np.array(units)[scene_of_poly]
+    grid_origin = np.array(corners)[scene_of_poly]
     pixel_m = np.array([p[0].pixel_m for p in parts])[scene_of_poly]
     check_classes(table.y, labels.source)
     t_sample = time.perf_counter() - t0
@@ -596,7 +599,8 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
     # and wait far more than they gain on training tables of this size (measured 5x slower).
     with threadpool_limits(1, user_api="openmp"):
         report = validate(est, table, labels,
-                          **_validation_args(cfg, scene_of_poly, origin, unit_m, pixel_m),
+                          **_validation_args(cfg, scene_of_poly, origin, unit_m, pixel_m,
+                                             grid_origin),
                           repeats=cfg.model.cv_repeats, max_threshold=cfg.model.threshold_max,
                           min_threshold=cfg.model.threshold_min)
         _warn_weak(report, manifest=len(scenes) > 1)
@@ -605,7 +609,7 @@ def train_scenes(scenes: Sequence[TrainScene], model_dir: Path, cfg: SurveyConfi
         t_fit = time.perf_counter() - t1
         t2 = time.perf_counter()
         reduced = fit_missing_phase_models(table, labels, scene_of_poly, origin, report, cfg,
-                                           unit_m, pixel_m) \
+                                           unit_m, pixel_m, grid_origin) \
             if cfg.model.missing_phase_models else []
         t_reduced = time.perf_counter() - t2
     bg = table.X[table.y == 0]
@@ -685,21 +689,25 @@ def _copy_origins(labels: Labels, scene_of_poly: np.ndarray,
 
 def _validation_args(cfg: SurveyConfig, scene_of_poly: np.ndarray, origin: np.ndarray,
                      unit_m: np.ndarray | None = None,
-                     pixel_m: np.ndarray | None = None) -> dict:
+                     pixel_m: np.ndarray | None = None,
+                     grid_origin: np.ndarray | None = None) -> dict:
     """The cross-validation settings the main and the missing-phase models share.
-    ``unit_m``: per polygon, metres per CRS unit of its scene (blocks in metres on grids in
-    degrees too); ``pixel_m``: per polygon, its scene's pixel side (plot sizes in pixels)."""
+    ``unit_m``, ``grid_origin``: per polygon, metres per CRS unit and grid corner of its scene
+    (blocks in metres from the scene's corner, on grids in degrees too); ``pixel_m``: per
+    polygon, its scene's pixel side (plot sizes in pixels)."""
     m = cfg.model
     return {"n_folds": m.cv_folds, "block_m": m.cv_block_m, "target_recall": m.target_recall,
             "seed": m.seed, "min_plot_px": m.threshold_min_plot_px,
             "scene_of_polygon": scene_of_poly, "hold_out_scenes": m.cv_hold_out_scenes,
-            "polygon_origin": origin, "unit_m": unit_m, "pixel_m": pixel_m}
+            "polygon_origin": origin, "unit_m": unit_m, "pixel_m": pixel_m,
+            "grid_origin": grid_origin}
 
 
 def fit_missing_phase_models(table: Table, labels: Labels, scene_of_poly: np.ndarray,
                              origin: np.ndarray, report: dict, cfg: SurveyConfig,
                              unit_m: np.ndarray | None = None,
-                             pixel_m: np.ndarray | None = None) -> list[tuple[dict, Any]]:
+                             pixel_m: np.ndarray | None = None,
+                             grid_origin: np.ndarray | None = None) -> list[tuple[dict, Any]]:
     """One model per combination of phases left out (at least one phase kept), on the same
     training pixels without those phases' features, validated like the main model (one repeat
     of the folds) and calibrated on its own out-of-fold scores, so that its probability means
@@ -720,7 +728,8 @@ def fit_missing_phase_models(table: Table, labels: Labels, scene_of_poly: np.nda
                                       feature_names=[names[i] for i in cols])
             m = cfg.model
             rep = validate(make_estimator(m), sub, labels,
-                           **_validation_args(cfg, scene_of_poly, origin, unit_m, pixel_m),
+                           **_validation_args(cfg, scene_of_poly, origin, unit_m, pixel_m,
+                                             grid_origin),
                            repeats=1,
                            threshold=report["threshold"])
             est = fit_balanced(make_estimator(m), sub.X, sub.y, m.seed)

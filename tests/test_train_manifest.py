@@ -579,3 +579,39 @@ def test_scenes_of_two_sensors_are_refused_before_any_scene_is_read(tmp_path):
         with pytest.raises(InputError, match="training scenes 1 and 2 come from different "
                                              "sensors \\('sentinel2', 'p4m'\\)"):
             train_manifest(man, tmp_path / "model", load_config())
+
+
+def test_the_same_scene_on_another_grid_origin_trains_the_same_model(tmp_path):
+    """The cross-validation blocks started at the CRS's origin: the same pixels and labels
+    moved 250 m east gave other folds, so another threshold (0.82 or 0.87, 54 or 15 targets
+    on an outside audit's survey). They start at the scene's corner."""
+    import numpy as np
+
+    from pipeline import survey
+    cfg = with_overrides(load_config(), **{"run.chunk_size": 64, "model.cv_repeats": 1,
+                                           "model.missing_phase_models": False,
+                                           "model.cv_block_m": 200.0})
+    import shapely
+    from pyproj import Transformer
+    to_utm = Transformer.from_crs("EPSG:4326", "EPSG:32650", always_xy=True)
+    reports = []
+    for dx in (0.0, 250.0, 430.0):
+        sc = make_tiny_scene(tmp_path / f"s{dx:.0f}", seed=3, x0=500_000.0 + dx)
+        # the first scene's labels in its CRS, moved with the pixels (exact: whole pixels)
+        first = json.loads((tmp_path / "s0" / "labels.geojson").read_text())
+        for f in first["features"]:
+            g = shapely.transform(shapely.geometry.shape(f["geometry"]),
+                                  lambda xy: np.column_stack(to_utm.transform(*xy.T)))
+            g = shapely.box(*np.round(g.bounds, -1))          # on the 10 m pixel edges
+            f["geometry"] = shapely.geometry.mapping(shapely.affinity.translate(g, dx))
+        first["crs"] = {"type": "name", "properties": {"name": "EPSG:32650"}}
+        labels = sc.folder / "labels_utm.geojson"
+        labels.write_text(json.dumps(first))
+        survey.train(sc.images, labels, tmp_path / f"m{dx:.0f}", cfg)
+        reports.append(json.loads((tmp_path / f"m{dx:.0f}" / "train_report.json").read_text()))
+    assert reports[0]["samples"]["poppy_pixels"] > 0
+    for r in reports[1:]:
+        assert r["samples"] == reports[0]["samples"]
+        assert r["threshold"] == reports[0]["threshold"]
+        assert r["calibration"] == reports[0]["calibration"]     # out-of-fold scores
+        assert r["polygon"] == reports[0]["polygon"] and r["pixel"] == reports[0]["pixel"]
