@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,11 +210,31 @@ def _check_lon_lat(path: Path, shapes: np.ndarray, crs: CRS) -> None:
                          "cross the 180th meridian; split them into one file on each side "
                          "(longitudes -180..180)")
     if path.suffix.lower() in (".geojson", ".json"):
-        raise InputError(f"{path}: coordinates are not longitude/latitude (e.g. {bad}): a "
-                         "GeoJSON without a `crs` member must be WGS84 (RFC 7946); reproject "
-                         "it or give it as GeoPackage with its CRS")
+        named = _crs_member(path)
+        try:
+            known = named is not None and CRS.from_user_input(named) is not None
+        except PyprojCRSError:
+            known = False
+        if named and not known:
+            raise CRSError(f"{path}: its crs member names {named!r}, which is not a CRS GDAL "
+                           f"knows (read as WGS84, and the coordinates, e.g. {bad}, are not "
+                           "longitude/latitude); name it as EPSG:<code>, e.g. "
+                           "urn:ogc:def:crs:EPSG::32650")
+        if not named:
+            raise InputError(f"{path}: coordinates are not longitude/latitude (e.g. {bad}): "
+                             "a GeoJSON without a `crs` member must be WGS84 (RFC 7946); "
+                             "reproject it or give it as GeoPackage with its CRS")
     raise CRSError(f"{path}: coordinates are not longitude/latitude (e.g. {bad}) though its "
                    f"CRS {crs.to_string()} is; save it with the CRS its coordinates are in")
+
+
+def _crs_member(path: Path) -> str | None:
+    """The name a GeoJSON's (pre-RFC 7946) ``crs`` member gives, if any."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8-sig"))
+        return str(doc["crs"]["properties"]["name"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _polygons(geom: BaseGeometry) -> BaseGeometry | None:

@@ -125,6 +125,19 @@ def test_geojson_in_metres_without_crs_is_refused(tmp_path: Path) -> None:
             call()
 
 
+def test_a_geojson_crs_member_gdal_does_not_know_is_named(tmp_path: Path) -> None:
+    """An unknown code in the crs member (GDAL reads the file as WGS84): the refusal said
+    'a GeoJSON without a crs member must be WGS84', but the file has one."""
+    from pipeline.errors import CRSError
+    gj = _utm_geojson(tmp_path / "plots.geojson")
+    doc = json.loads(gj.read_text())
+    doc["crs"] = {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::999999"}}
+    gj.write_text(json.dumps(doc))
+    with pytest.raises(CRSError, match="its crs member names 'urn:ogc:def:crs:EPSG::999999', "
+                                       "which is not a CRS GDAL knows"):
+        read_features(gj)
+
+
 def test_geojson_in_lon_lat_without_crs_still_reads(tmp_path: Path) -> None:
     gj = tmp_path / "plots.geojson"
     gj.write_text(json.dumps({"type": "FeatureCollection", "features": [{

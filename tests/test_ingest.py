@@ -186,6 +186,19 @@ def test_truncated_file_fails_at_open_not_in_a_compute(tmp_path: Path) -> None:
         open_scene([p], chunks=128)
 
 
+def test_another_format_named_tif_is_named(tmp_path: Path) -> None:
+    """A PNG renamed .tif (an RGB photo, a screenshot) was refused as 'no CRS;
+    georeference the orthomosaic'."""
+    png = tmp_path / "flight.png"
+    with rasterio.open(png, "w", driver="PNG", width=8, height=8, count=3,
+                       dtype="uint8") as dst:
+        dst.write(np.full((3, 8, 8), 120, "uint8"))
+    tif = png.rename(tmp_path / "flight_20240501.tif")
+    with pytest.raises(InputError, match="flight_20240501.tif: not a GeoTIFF but a PNG image "
+                                         "named .tif"):
+        open_scene([tif], chunks=16)
+
+
 # --- one grid ----------------------------------------------------------------------------------
 def test_half_pixel_shift_is_aligned_onto_the_first_grid(tmp_path: Path) -> None:
     refl = ramp()

@@ -77,7 +77,11 @@ def mask_band(path: Path | str, like: xr.DataArray) -> xr.DataArray:
 def check_ends(src, path: Path | str) -> None:
     """Read the first and the last pixel of an open dataset: a file cut short (a download or
     copy that stopped, which loses the end and often the georeferencing with it) is an
-    InputError saying so, before any other check takes it for something it is not."""
+    InputError saying so, before any other check takes it for something it is not. So is
+    another format under a GeoTIFF's name (a PNG or JPEG renamed .tif: it was 'no CRS')."""
+    if Path(path).suffix.lower() in (".tif", ".tiff") and src.driver not in ("GTiff", "COG"):
+        raise InputError(f"{path}: not a GeoTIFF but a {src.driver} image named .tif; export "
+                         "it as GeoTIFF, with its georeferencing")
     try:
         src.read(1, window=((0, 1), (0, 1)))
         src.read(src.count, window=((src.height - 1, src.height),
