@@ -502,6 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PoppyscanError, OSError) as exc:
         err = _as_user_error(exc, args)
         if err is None:
+            _remove_new(created, out, new_top)
             _show_held_log()
             raise
         # a run stopped mid-way keeps its finished tiles, in .poppyscan only, as after
@@ -528,17 +529,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         what = "stopped (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
         if args.command in _NOT_RESUMED and created and out.is_dir():
             # half a scene looks like a whole one, and the rerun refused the folder
-            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(new_top, ignore_errors=True)
             sys.stderr.write(f"{PROG}: {what}; {out} removed: rerun the same command\n")
         elif args.command in _RESUMED:
             sys.stderr.write(f"{PROG}: {what}; rerun the same command to resume\n")
         else:   # (train writes its model at the very end: nothing of it was written)
             sys.stderr.write(f"{PROG}: {what}; rerun the same command\n")
         return 143 if isinstance(exc, _Terminated) else 130
+    except Exception:
+        # a fault of poppyscan's own (the traceback follows, for a bug report): no folder it
+        # made is left behind, half-made (a hidden run state only, or a partial scene)
+        _remove_new(created, out, new_top)
+        raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         _show_held_log()
+
+
+def _remove_new(created: bool, out: Path | None, new_top: Path | None) -> None:
+    """Remove the output folder this run created (with the folders of its path it made)."""
+    if created and out is not None and out.is_dir() and new_top is not None:
+        shutil.rmtree(new_top, ignore_errors=True)
 
 
 #: commands whose interrupted output is not resumed (simulate writes a scene from scratch)

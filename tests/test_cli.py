@@ -384,6 +384,22 @@ def test_a_user_error_while_running_leaves_no_folder_it_created(trained, tmp_pat
     assert not (tmp_path / "s").exists()
 
 
+def test_a_fault_of_poppyscan_leaves_no_folder_it_created(trained, tmp_path, monkeypatch):
+    """An internal error (a bug: its traceback is for the report) left the --out folder it
+    had made, holding a hidden run state only: an empty-looking, half-made folder."""
+    import run as cli
+    from pipeline import survey
+    d, scene = trained
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(survey, "run_tiles", bug)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["detect", "--images", *map(str, scene.images), "--model", str(d / "model"),
+                  "--out", str(tmp_path / "nest" / "out")])
+    assert not (tmp_path / "nest").exists()
+
+
 def test_training_without_a_bloom_image_is_refused(trained, tmp_path):
     """A calendar whose flowering phase holds none of the scene's dates (another region's,
     or the wrong year's images) is one line, not an error deep in the fit."""
