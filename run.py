@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=_path, required=True, help="output folder (created; a rerun "
                    "of the same command resumes)")
     s.add_argument("--config", type=_path, help="survey config YAML (default: the one the "
-                   "model was trained with)")
+                   "model was trained with); one without a sensor: key holds changes to "
+                   "that one (e.g. only patches.min_mapping_unit_m2)")
     s.add_argument("--dem", type=_path, help="DEM GeoTIFF (metres, any CRS) for terrain "
                    "correction and target elevation/slope")
     s.add_argument("--aoi", type=_path, help="survey area polygons (GeoJSON, GeoPackage, "
@@ -374,12 +375,12 @@ def cmd_detect(a, quiet: bool) -> int:
     from pipeline.survey import detect
     if a.history:
         raise NotImplementedYet("--history is not implemented yet (campaign issue)")
-    from pipeline.config import with_overrides
-    from pipeline.survey import default_config
+    from pipeline.config import load_config, with_overrides
+    from pipeline.survey import default_config, detect_config
     _check_files(a, "config")
-    cfg = _config(a.config) if a.config else None
+    cfg = load_config(a.config, say_base=False) if a.config else None
     _check_files(a, "dem", "aoi", "exclude")
-    cfg = cfg or default_config(a.images, a.model, a.dem)
+    cfg = detect_config(cfg, a.model) if cfg else default_config(a.images, a.model, a.dem)
     cfg = with_overrides(cfg, **{"run.scheduler": a.scheduler})
     res = detect(a.images, a.model, a.out, cfg, dem=a.dem, aoi=a.aoi, exclude=a.exclude,
                  formats=a.formats, progress=_progress(quiet))

@@ -501,7 +501,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: Path | None = None) -> SurveyConfig:
+def load_config(path: Path | None = None, *, say_base: bool = True) -> SurveyConfig:
     """Load and validate a survey config (default: configs/survey-sentinel2.yaml).
 
     A config of one's own need only hold what it changes: the settings it leaves out come
@@ -509,7 +509,9 @@ def load_config(path: Path | None = None) -> SurveyConfig:
     survey-drone-rgb.yaml), section by section, not from the code's bare defaults (a file of
     only ``calendar: east-china`` had no spatial features and half the minimum mapping unit).
     A calendar or sensor file named by a relative path is found beside the config, as a
-    manifest's paths are (it was looked up in the current folder)."""
+    manifest's paths are (it was looked up in the current folder). ``say_base=False``: the
+    shipped config it is layered on is not logged (detect layers a file without ``sensor``
+    on the model's training config instead: ``pipeline.survey.detect_config``)."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
     data = _read_yaml(path)
     given = frozenset(_dotted_keys(data))
@@ -523,8 +525,9 @@ def load_config(path: Path | None = None) -> SurveyConfig:
     base = _shipped_base(data, path)
     if base is not None and base.resolve() != path.resolve():
         data = _layered(_read_yaml(base), data)
-        log.info("%s: settings it does not give come from %s", path,
-                 base.relative_to(REPO_ROOT))
+        if say_base:
+            log.info("%s: settings it does not give come from %s", path,
+                     base.relative_to(REPO_ROOT))
     try:
         cfg = SurveyConfig.model_validate({**data, "source": str(path)})
     except ValidationError as exc:

@@ -136,24 +136,54 @@ def default_config(images: Sequence[Path], model_dir: Path | None = None,
     """The config of a run given no ``--config``: for detect, the one the model was trained
     with (its features must match); else the shipped config for the images' pixel size
     and bands (Sentinel-2 from 2 m up; below, drone multispectral or RGB)."""
-    if model_dir is not None:
-        sidecar = Path(model_dir) / model_artifact.SIDECAR_FILE
-        try:
-            meta = json.loads(sidecar.read_text(encoding="utf-8"))
-            stored = meta.get("config")
-        except (OSError, ValueError, AttributeError):
-            stored = None  # no or a damaged model: loading it says so, with the fix
-        if isinstance(stored, dict):
-            log.info("no --config: using the model's training config (%s)", sidecar)
-            # a model that carries its calendars needs no calendar file (detect takes the
-            # one the images' dates fit): moved with its project, it still runs
-            return config_from_dict(stored, f"{sidecar} (the model's training config)",
-                                    calendar=not meta.get("calendars"))
+    trained = _training_config(model_dir) if model_dir is not None else None
+    if trained is not None:
+        log.info("no --config: using the model's training config (%s)",
+                 Path(model_dir) / model_artifact.SIDECAR_FILE)
+        return trained
     pixel, bands = first_image_facts(images, dem)
     path = default_config_for(pixel, bands)
     log.warning("no --config: using %s for pixels of %.3g m and bands %s",
                 path.relative_to(path.parents[1]), pixel, ", ".join(bands))
     return load_config(path)
+
+
+def _training_config(model_dir: Path) -> SurveyConfig | None:
+    """The config a model was trained with (model.json), None without a readable one (loading
+    the model says what is wrong, with the fix)."""
+    sidecar = Path(model_dir) / model_artifact.SIDECAR_FILE
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        stored = meta.get("config")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(stored, dict):
+        return None
+    # a model that carries its calendars needs no calendar file (detect takes the one the
+    # images' dates fit): moved with its project, it still runs
+    return config_from_dict(stored, f"{sidecar} (the model's training config)",
+                            calendar=not meta.get("calendars"))
+
+
+def detect_config(own: SurveyConfig, model_dir: Path) -> SurveyConfig:
+    """detect's ``--config``: a file that names no ``sensor`` holds changes to the model's
+    training config, the settings it leaves out come from there (from the shipped Sentinel-2
+    config, a drone model's survey failed: 'the model's features do not fit the inputs')."""
+    base = _training_config(model_dir)
+    if "sensor" in own.given or base is None:
+        return own
+    values = {}
+    for dotted in own.given:
+        node: Any = own
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else getattr(node, part)
+        values[dotted] = node
+    out = with_overrides(base, **values)
+    log.info("%s names no sensor: the settings it does not give come from the model's "
+             "training config", own.source)
+    out = out.model_copy(update={"source": f"{own.source} over {base.source}"})
+    out._given = own.given
+    return out
 
 
 def _sensor_file(cfg: SurveyConfig):

@@ -615,3 +615,26 @@ def test_the_same_scene_on_another_grid_origin_trains_the_same_model(tmp_path):
         assert r["threshold"] == reports[0]["threshold"]
         assert r["calibration"] == reports[0]["calibration"]     # out-of-fold scores
         assert r["polygon"] == reports[0]["polygon"] and r["pixel"] == reports[0]["pixel"]
+
+
+def test_a_detect_config_without_sensor_changes_the_models_own_settings(tmp_path, capsys):
+    """A --config of a few lines given to detect was filled in from the shipped Sentinel-2
+    config, not from the model's: a model trained with other features (a drone model, or
+    other neighbourhood radii) was refused, 'the model's features do not fit the inputs'."""
+    import run as cli
+    sc = make_tiny_scene(tmp_path / "a", seed=1)
+    own = tmp_path / "train.yaml"
+    own.write_text("features:\n  spatial_radii_px: [1]\nrun:\n  chunk_size: 64\n"
+                   "model:\n  cv_repeats: 1\n  missing_phase_models: false\n")
+    images = [str(p) for p in sc.images]
+    assert cli.main(["-q", "train", "--images", *images, "--labels", str(sc.labels),
+                     "--model", str(tmp_path / "m"), "--config", str(own)]) == 0
+    mmu = tmp_path / "mmu.yaml"
+    mmu.write_text("patches:\n  min_mapping_unit_m2: 300\n")
+    s = make_tiny_scene(tmp_path / "s", seed=4, x0=540000.0)
+    assert cli.main(["-q", "detect", "--images", *map(str, s.images), "--model",
+                     str(tmp_path / "m"), "--out", str(tmp_path / "out"), "--config",
+                     str(mmu), "--formats", "geojson"]) == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["config"]["patches"]["min_mapping_unit_m2"] == 300
+    assert report["config"]["features"]["spatial_radii_px"] == [1]
