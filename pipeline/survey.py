@@ -500,9 +500,9 @@ def _scene_calendars(scenes: Sequence[TrainScene], cfg: SurveyConfig) -> list[Ca
     several = len(scenes) > 1
     calendars = [load_calendar(sc.calendar or cfg.calendar) for sc in scenes]
     for k, (sc, calendar) in enumerate(zip(scenes, calendars)):
-        which = f"training scene {k + 1} ({sc.labels})" if several else str(sc.labels)
         if calendar.shifts_with_elevation and sc.dem is None:
-            raise InputError(f"{which}: calendar '{calendar.name}' moves its phases "
+            which = f"training scene {k + 1} ({sc.labels}): " if several else ""
+            raise InputError(f"{which}calendar '{calendar.name}' moves its phases "
                              f"{calendar.elevation_shift_days_per_100m:g} days per 100 m of "
                              "elevation: give a DEM (" +
                              ("dem: in its manifest entry" if several else "--dem") +
