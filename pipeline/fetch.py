@@ -763,6 +763,8 @@ def fetch(aoi: Path, window: str, out: Path, *, max_cloud: float = 30.0, resolut
     check_can_create(out, "--out")
     new_top = first_missing(out)         # the folder a failed run removes (nest/ of nest/a/b)
     work = out / ".poppyscan"
+    if new_top is None and not work.exists():
+        new_top = work                   # in the analyst's folder: the run state it made
     lock_folder(work, out, "fetch")
     own_cache = cache is None           # a cache= given may be shared: never pruned
     cache = Path(cache) if cache is not None else work / "sh-cache"

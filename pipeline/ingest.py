@@ -283,6 +283,8 @@ def check_earth_crs(products: Sequence[xr.DataArray]) -> None:
     targets nor a DEM can (it was a traceback from the first transformation)."""
     import pyproj
     for p in products:
+        if p.rio.crs is None:        # (the readers refuse it, naming the file)
+            continue
         name = str(p.rio.crs)
         try:
             crs = pyproj.CRS.from_user_input(p.rio.crs)

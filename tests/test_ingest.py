@@ -296,6 +296,9 @@ def test_images_in_a_local_crs_are_refused_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(CRSError, match=r"a_20240401.tif: its CRS \(arbitrary\) is a local "
                                        "coordinate system, not tied to the Earth"):
         open_scene([p], chunks=16)
+    # no CRS at all is not called a local one (the readers refuse it, naming the file)
+    from pipeline.ingest import check_earth_crs
+    check_earth_crs([xr.DataArray(np.zeros((2, 2)), dims=("y", "x"))])
 
 
 def test_a_date_in_another_utm_zone_is_aligned(tmp_path: Path) -> None:
