@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 def spatial_groups(table: Table, labels: Labels, block_m: float,
                    scene_of_polygon: np.ndarray | None = None,
                    unit_m: np.ndarray | None = None,
-                   grid_origin: np.ndarray | None = None) -> np.ndarray:
+                   grid_origin: np.ndarray | None = None,
+                   offset: float = 0.0) -> np.ndarray:
     """Per pixel of ``table``, the square block of ``block_m`` metres that holds its
     polygon's centroid (and the polygon's scene). ``unit_m`` (n_polygons, 2): metres per CRS
     unit along x and y of each polygon's scene (``Grid.metres_per_unit``); None: the labels'
@@ -48,7 +49,7 @@ def spatial_groups(table: Table, labels: Labels, block_m: float,
         cent = (cent - grid_origin) * [1.0, -1.0]       # from the top-left corner, south-east
     if unit_m is not None:
         cent = cent * unit_m
-    blk = np.floor(cent / block_m).astype("int64")
+    blk = np.floor(cent / block_m + offset).astype("int64")   # offset: blocks moved by a share
     keys = blk[:, 0] * 1_000_003 + blk[:, 1]
     if scene_of_polygon is not None:
         keys = keys * 101 + scene_of_polygon
@@ -77,7 +78,7 @@ def repeat_seed(seed: int, r: int) -> int:
     return seed * 1000 + r
 
 
-def out_of_fold(estimator, table: Table, groups: np.ndarray, n_folds: int,
+def out_of_fold(estimator, table: Table, groups: np.ndarray | list[np.ndarray], n_folds: int,
                 seed: int, repeats: int = 1, group_name: str = "spatial blocks",
                 polygon_origin: np.ndarray | None = None) -> tuple[np.ndarray, str]:
     """Out-of-fold scores, averaged over ``repeats`` differently shuffled group folds (each
@@ -92,8 +93,9 @@ def out_of_fold(estimator, table: Table, groups: np.ndarray, n_folds: int,
     count = np.zeros(len(table.y))
     by_polygon = table.polygon.astype("int64") if polygon_origin is None else \
         polygon_origin[table.polygon].astype("int64")
+    per_repeat = groups if isinstance(groups, list) else [groups]
     for r in range(repeats):
-        splits = _splits(table, groups, n_folds, repeat_seed(seed, r))
+        splits = _splits(table, per_repeat[r % len(per_repeat)], n_folds, repeat_seed(seed, r))
         how = group_name
         if splits is None:
             if r == 0:
@@ -218,10 +220,15 @@ def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: 
     figures count each copy as a polygon; the report says how many are copies.
 
     ``unit_m``, ``grid_origin``: metres per CRS unit and grid corner of each polygon's scene,
-    for blocks of ``block_m`` metres from the scene's corner (:func:`spatial_groups`); ``pixel_m``: each polygon's scene's pixel
-    side (``Table.pixel_m``), so that several scenes of other pixel sizes or CRSs count their
-    plots of ``min_plot_px`` each in its own pixels (default: the table's one value)."""
-    groups = spatial_groups(table, labels, block_m, scene_of_polygon, unit_m, grid_origin)
+    for blocks of ``block_m`` metres from the scene's corner (:func:`spatial_groups`; each
+    repeat of the folds on blocks moved by 1/``repeats`` of a block); ``pixel_m``: each
+    polygon's scene's pixel side (``Table.pixel_m``), so that several scenes of other pixel
+    sizes or CRSs count their plots of ``min_plot_px`` each in its own pixels (default: the
+    table's one value)."""
+    # each repeat of the folds on blocks moved by 1/repeats of a block along x and y: the
+    # out-of-fold scores average over block placements as over fold shuffles
+    groups = [spatial_groups(table, labels, block_m, scene_of_polygon, unit_m, grid_origin,
+                             offset=r / max(repeats, 1)) for r in range(max(repeats, 1))]
     name = "spatial blocks"
     if hold_out_scenes and scene_of_polygon is not None and \
             len(np.unique(scene_of_polygon[labels.is_target])) >= 2 and \
@@ -230,7 +237,7 @@ def validate(estimator, table: Table, labels: Labels, *, n_folds: int, block_m: 
         # fold's model did not see (other season, terrain, calibration), as detect meets them.
         # Blocks of the training scenes gave thresholds too high for other scenes
         # (docs/classifier.md, "Scene shift"). The folds are fixed, so one repeat.
-        groups = scene_of_polygon[table.polygon].astype("int64")
+        groups = [scene_of_polygon[table.polygon].astype("int64")]
         name, repeats = "scenes (each scene held out whole)", 1
     raw, grouped_by = out_of_fold(estimator, table, groups, n_folds, seed, repeats, name,
                                   polygon_origin)

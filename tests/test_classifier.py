@@ -226,6 +226,27 @@ def test_training_seeds_never_share_a_cross_validation_shuffle():
     assert not np.allclose(a, b)
 
 
+def test_each_repeat_of_the_folds_moves_the_blocks(monkeypatch):
+    """The threshold moved with where the block lattice happened to fall (0.82 or 0.87 for
+    the same scene 250 m apart): each repeat of the folds now uses blocks moved by 1/repeats
+    of a block, so the out-of-fold scores average over block placements."""
+    from classifiers import validation
+    table, labels = _table(n_poly=40)
+    seen = []
+    real = validation.spatial_groups
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("offset", 0.0))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(validation, "spatial_groups", spy)
+    validate(make_estimator(ModelConfig(max_iter=15)), table, labels, n_folds=4, block_m=500.0,
+             target_recall=0.95, seed=0, repeats=3)
+    assert seen == pytest.approx([0.0, 1 / 3, 2 / 3])
+    g0, g1 = real(table, labels, 500.0), real(table, labels, 500.0, offset=0.5)
+    same = (g0[:, None] == g0[None, :]) == (g1[:, None] == g1[None, :])
+    assert not same.all()                     # another partition of the polygons
+
+
 def test_balanced_index_and_platt():
     y = np.array([1] * 10 + [0] * 95)
     idx = balanced_index(y, 0)
