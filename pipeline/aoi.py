@@ -211,16 +211,15 @@ def _check_lon_lat(path: Path, shapes: np.ndarray, crs: CRS) -> None:
                          "(longitudes -180..180)")
     if path.suffix.lower() in (".geojson", ".json"):
         named = _crs_member(path)
-        try:
-            known = named is not None and CRS.from_user_input(named) is not None
-        except PyprojCRSError:
-            known = False
-        if named and not known:
-            raise CRSError(f"{path}: its crs member names {named!r}, which is not a CRS GDAL "
-                           f"knows (read as WGS84, and the coordinates, e.g. {bad}, are not "
-                           "longitude/latitude); name it as EPSG:<code>, e.g. "
-                           "urn:ogc:def:crs:EPSG::32650")
-        if not named:
+        if named:
+            try:
+                CRS.from_user_input(named)
+            except PyprojCRSError:
+                raise CRSError(f"{path}: its crs member names {named!r}, which is not a CRS "
+                               f"GDAL knows (read as WGS84, and the coordinates, e.g. {bad}, "
+                               "are not longitude/latitude); name it as EPSG:<code>, e.g. "
+                               "urn:ogc:def:crs:EPSG::32650") from None
+        else:
             raise InputError(f"{path}: coordinates are not longitude/latitude (e.g. {bad}): "
                              "a GeoJSON without a `crs` member must be WGS84 (RFC 7946); "
                              "reproject it or give it as GeoPackage with its CRS")

@@ -282,9 +282,11 @@ def check_earth_crs(products: Sequence[xr.DataArray]) -> None:
     exported in "arbitrary" coordinates (no GCPs, no geotags) cannot be placed, so neither
     targets nor a DEM can (it was a traceback from the first transformation)."""
     import pyproj
+    seen = set()
     for p in products:
-        if p.rio.crs is None:        # (the readers refuse it, naming the file)
+        if p.rio.crs is None or p.rio.crs in seen:   # (no CRS: the readers name the file)
             continue
+        seen.add(p.rio.crs)
         name = str(p.rio.crs)
         try:
             crs = pyproj.CRS.from_user_input(p.rio.crs)
