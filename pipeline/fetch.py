@@ -5,8 +5,8 @@ token URLs choose between them. The steps:
 
 1. validate the AOI file, the window and the options (nothing is written before this);
 2. authenticate (a rejected or missing credential is a :class:`CredentialsError`);
-3. Catalog API search over the AOI and the window; dates whose mean tile cloud cover is above
-   ``max_cloud`` are skipped (and listed as such in ``fetch.json``);
+3. Catalog API search over the AOI and the window; dates none of whose scenes has a cloud
+   cover of at most ``max_cloud`` are skipped (and listed as such in ``fetch.json``);
 4. one Process API request per date and per grid tile (tiles stay within the 2500-pixel limit)
    for the 12 L2A bands, SCL, ``dataMask`` and the sun angles, harmonised to processing
    baseline 04.00 (offset removed), in the UTM zone of the AOI centroid at ``resolution`` m;
@@ -447,12 +447,23 @@ def _search(config: Any, session: Any, collection: Any, aoi_wgs: Any,
 
 @dataclass(frozen=True)
 class Acquisition:
-    """One date of the catalog: its features' ids, first sensing time and mean cloud cover."""
+    """One date of the catalog: its features' ids, first sensing time and cloud covers (one
+    per scene that gives it: an AOI on a tile or orbit edge has several)."""
 
     date: dt.date
     datetime: str
-    cloud_cover: float | None
+    clouds: tuple[float, ...]
     ids: tuple[str, ...]
+
+    @property
+    def cloud_cover(self) -> float | None:
+        """The mean of the scenes' cloud covers, for the record (fetch.json, the file's tag)."""
+        return round(float(np.mean(self.clouds)), 2) if self.clouds else None
+
+    def passes(self, max_cloud: float) -> bool:
+        """Kept when one of its scenes passes, as a catalog filter ``eo:cloud_cover <= max``
+        would keep that scene (the Process request then puts the least cloudy first)."""
+        return not self.clouds or min(self.clouds) <= max_cloud
 
 
 def group_by_date(features: Sequence[dict]) -> list[Acquisition]:
@@ -471,7 +482,7 @@ def group_by_date(features: Sequence[dict]) -> list[Acquisition]:
                   if f["properties"].get("eo:cloud_cover") is not None]
         out.append(Acquisition(
             date=date, datetime=stamps[0].isoformat(timespec="seconds"),
-            cloud_cover=round(float(np.mean(clouds)), 2) if clouds else None,
+            clouds=tuple(clouds),
             ids=tuple(sorted({str(f.get("id", "")) for f in feats}))))
     return out
 
@@ -806,9 +817,11 @@ def _fetch_into(out: Path, work: Path, cache: Path, aoi: Path, start: dt.date, e
     LOGGER.info("searching %s for %s..%s over %s", service_url, start, end, Path(aoi).name)
     acquisitions = group_by_date(_search(config, session, s2, aoi_wgs, start, end))
 
-    keep = [a for a in acquisitions if a.cloud_cover is None or a.cloud_cover <= max_cloud]
+    keep = [a for a in acquisitions if a.passes(max_cloud)]
     skipped = [{"date": a.date.isoformat(), "cloud_cover": a.cloud_cover,
-                "reason": f"cloud cover {a.cloud_cover}% > {max_cloud}%"}
+                "reason": (f"cloud cover {a.clouds[0]:g}% > {max_cloud:g}%" if len(a.clouds) == 1
+                           else f"cloud cover of each of its {len(a.clouds)} scenes > "
+                           f"{max_cloud:g}% (least {min(a.clouds):g}%)")}
                for a in acquisitions if a not in keep]
     LOGGER.info("found %d dates, %d kept (max cloud %s%%)", len(acquisitions), len(keep), max_cloud)
 

@@ -183,6 +183,25 @@ def test_group_by_date_handles_fractions_and_missing_cloud_cover():
     assert acqs[1].cloud_cover is None and acqs[1].datetime == "2024-05-05T01:30:00"
 
 
+def test_a_date_is_kept_when_one_of_its_scenes_passes_the_cloud_filter(server, aoi, tmp_path):
+    """As a catalog filter eo:cloud_cover <= max keeps scenes: a date on a tile edge with one
+    scene at 20 % and one at 50 % passes --max-cloud 30 (their mean, 35 %, was skipped), and
+    30.004 % does not pass 30 (it was rounded to 30.0 first and kept)."""
+    server.features = [
+        feature("S2A_T41RMQ_20240503", "2024-05-03T06:10:21Z", 20.0),
+        feature("S2A_T41RNQ_20240503", "2024-05-03T06:10:25Z", 50.0),
+        feature("S2A_T41RMQ_20240513", "2024-05-13T06:10:22Z", 30.004),
+        feature("S2A_T41RMQ_20240518", "2024-05-18T06:10:22Z", 60.0),
+        feature("S2A_T41RNQ_20240518", "2024-05-18T06:10:26Z", 40.0),
+    ]
+    result = run(server, aoi, tmp_path / "out", max_cloud=30)
+    assert [w["date"] for w in result["written"]] == ["2024-05-03"]
+    assert result["written"][0]["cloud_cover"] == 35.0        # the record keeps the mean
+    assert [(s["date"], s["reason"]) for s in result["skipped"]] == [
+        ("2024-05-13", "cloud cover 30.004% > 30%"),
+        ("2024-05-18", "cloud cover of each of its 2 scenes > 30% (least 40%)")]
+
+
 def test_a_503_is_retried(server, aoi, tmp_path):
     server.fail_process_with = [503]
     result = run(server, aoi, tmp_path / "out")
