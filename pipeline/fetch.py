@@ -354,15 +354,19 @@ class _RetriesSaid(logging.Handler):
 
 @contextlib.contextmanager
 def _retries_said() -> Any:
+    # the library's own debug lines (two per retry) stop here: they repeated each warning on
+    # stderr, under -q too (a record reaches the root's handlers whatever the root's level)
     handlers = logging.getLogger("sentinelhub.download.handlers")
-    level, said = handlers.level, _RetriesSaid()
+    level, propagate, said = handlers.level, handlers.propagate, _RetriesSaid()
     handlers.setLevel(logging.DEBUG)
+    handlers.propagate = False
     handlers.addHandler(said)
     try:
         yield
     finally:
         handlers.removeHandler(said)
         handlers.setLevel(level)
+        handlers.propagate = propagate
 
 
 def _service_errors() -> tuple[type[BaseException], ...]:

@@ -679,6 +679,8 @@ def test_a_slow_or_failing_service_is_said_at_each_retry(server, aoi, tmp_path, 
     with pytest.raises(F.FetchError, match=r"HTTP 500.*the service failed: try again later"):
         run(server, aoi, tmp_path / "out")
     assert "the service: HTTP 500; retrying" in caplog.text
+    # said once each: the library's own two debug lines per retry stay out of the log
+    assert "Download attempt failed" not in caplog.text and "attempts left" not in caplog.text
 
 
 def test_a_window_date_that_does_not_exist_is_named():
