@@ -165,7 +165,7 @@ def read_products(paths: Sequence[Path], sensor: Any | None = None,
                   prefer: str | None = None) -> list[xr.DataArray]:
     mods = readers()
     arrays: list[xr.DataArray] = []
-    seen: set[tuple[Path, Any]] = set()
+    seen: set[tuple] = set()
     for p in expand_paths(paths, dem):
         mod = next((m for m in mods if m.can_read(p)), None)
         if mod is None:
@@ -175,9 +175,12 @@ def read_products(paths: Sequence[Path], sensor: Any | None = None,
         # start in this folder)
         for product in mod.read(p.absolute(), sensor, chunks, prefer=prefer):
             # a drone flight's per-band files given one by one (flight/result_*.tif) each
-            # read the whole flight: one product (it was the flight N times, mosaicked)
+            # read the whole flight: one product (it was the flight N times, mosaicked);
+            # products of one source and day on other ground (a SAFE's granules, two tiles
+            # or flights in one folder) are all kept, to be mosaicked
             key = (Path(str(product.attrs.get("source", p))).resolve(),
-                   product.attrs.get("time"))
+                   product.attrs.get("time"), str(product.rio.crs),
+                   tuple(product.rio.transform()), product.shape[-2:])
             if key not in seen:
                 seen.add(key)
                 arrays.append(product)

@@ -307,3 +307,34 @@ def test_train_and_detect_do_not_ask_for_a_sensor_option_they_lack(tmp_path: Pat
         root.handlers[:] = handlers
         root.setLevel(level)
     assert not (tmp_path / "m").exists() and not (tmp_path / "o").exists()
+
+
+def test_products_of_one_input_on_other_ground_the_same_day_are_all_read(tmp_path, capsys):
+    """One folder or product holding several of one day on other ground (two tiles' per-band
+    files, two flights' Pix4D exports, a SAFE's granules) was read as its first: the rest
+    dropped without a word (a duplicate check keyed on the source and the day only)."""
+    from affine import Affine
+    patch = Path(__file__).parent / "data" / "bigearthnet" / "S2A_MSIL2A_20170613T101031_87_48"
+    tiles = tmp_path / "S2_20170613"
+    tiles.mkdir()
+    for f in sorted(patch.glob("*_B*.tif")):
+        with rasterio.open(f) as src:
+            data, profile = src.read(), src.profile
+        for tile, dx in (("T33UUP", 0), ("T33UUQ", 1200)):   # side by side, 120 px each
+            shifted = dict(profile, transform=Affine.translation(dx, 0) * profile["transform"])
+            band = f.name.rsplit("_", 1)[1]
+            with rasterio.open(tiles / f"{tile}_20170613T101031_{band}", "w", **shifted) as dst:
+                dst.write(data)
+    assert inspect_json("--images", str(tiles), capsys=capsys)["shape"] == [1, 12, 120, 240]
+    flights = tmp_path / "20240420"
+    flights.mkdir()
+    rng = np.random.default_rng(0)
+    for stem, x0 in (("plotA", 600000), ("plotB", 600010)):    # 10 m apart, 200 px of 5 cm
+        for name, low in (("blue", .03), ("green", .08), ("red", .05), ("red edge", .25),
+                          ("nir", .45)):
+            with rasterio.open(flights / f"{stem}_transparent_reflectance_{name}.tif", "w",
+                               driver="GTiff", width=200, height=200, count=1,
+                               dtype="float32", crs="EPSG:32650",
+                               transform=Affine(0.05, 0, x0, 0, -0.05, 3300000)) as dst:
+                dst.write(rng.uniform(low, low + 0.05, (1, 200, 200)).astype("float32"))
+    assert inspect_json("--images", str(flights), capsys=capsys)["shape"] == [1, 5, 200, 400]
