@@ -14,8 +14,11 @@ def write_tiles_raster(path: Path, tdir: Path, tiles, key: str, height: int, wid
     profile = dict(driver="GTiff", height=height, width=width, count=1, dtype=dtype, crs=crs,
                    transform=transform, nodata=nodata, compress="deflate",
                    predictor=3 if dtype.startswith("float") else 2, BIGTIFF="IF_SAFER")
-    if height >= 256 and width >= 256:
-        profile.update(tiled=True, blockxsize=256, blockysize=256)
+    # tiled at any size (a grid under 256 px was written in strips): square blocks of 256 px
+    # or the largest power of two under the width (readers such as rasterio take a block as
+    # wide as the raster for a strip)
+    block = next((b for b in (256, 128, 64, 32) if b < width), 16)
+    profile.update(tiled=True, blockxsize=block, blockysize=block)
     with rasterio.open(path, "w", **profile) as dst:
         dst.set_band_description(1, description)
         for name, ys, xs in tiles:

@@ -194,6 +194,13 @@ def test_detect_writes_the_output_contract(trained, tmp_path):
     for name in ("targets.geojson", "probability.tif", "evidence.tif", "report.json",
                  "quicklook.png"):
         assert (out / name).is_file(), name
+    import rasterio
+    with rasterio.open(other.images[0]) as img:
+        grid = (img.crs, img.transform, img.shape)
+    for name in ("probability.tif", "evidence.tif"):   # tiled, compressed, on the scene grid
+        with rasterio.open(out / name) as ras:       # (a 64 px grid was written in strips)
+            assert ras.profile["tiled"] and ras.block_shapes == [(32, 32)], name
+            assert ras.compression is not None and (ras.crs, ras.transform, ras.shape) == grid
     fc = json.loads((out / "targets.geojson").read_text())
     assert "crs" not in fc and fc["type"] == "FeatureCollection"
     assert len(fc["features"]) == 3
