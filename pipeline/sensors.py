@@ -132,10 +132,10 @@ def drone_cameras() -> tuple[SensorSpec, ...]:
 def drone_camera_for_names(names: Iterable[str], pixel_m: float | None = None,
                            prefer: str | None = None) -> SensorSpec | None:
     """The shipped drone camera whose kept bands are exactly the bands these names give (the
-    camera's band names or aliases, canonical or Sentinel-2 names; any case), else None. The
-    band sets of the shipped cameras differ, so a file named by its bands identifies its
-    camera. One set of names can fit two cameras (P4M and RedEdge-MX both call a band
-    'rededge'): then ``prefer`` if it is one of them (the camera a model was trained on), else
+    camera's band names or aliases, canonical or Sentinel-2 names; any case), else None. A
+    file named by its bands identifies its camera, except where one set of names fits two
+    cameras (P4M and RedEdge-MX both call a band 'rededge', and both red edges, 730 and
+    717 nm, are canonical 'rededge2'): then ``prefer`` if it is one of them (the camera a model was trained on), else
     the one whose nominal pixel size is nearest ``pixel_m``, and None without a clear one."""
     names = list(names)
     want = [canonical_name(n) or n for n in names]   # Sentinel-2 names (B02) as canonical
@@ -157,8 +157,7 @@ def drone_camera_for_names(names: Iterable[str], pixel_m: float | None = None,
         gap = abs(hits[1].resolution_m - pixel_m) - abs(hits[0].resolution_m - pixel_m)
         if gap > 0:
             log.info("bands %s fit the %s and the %s; at %.3g m pixels the %s is taken "
-                     "(nominal %.3g m): name the bands as the camera does (e.g. rededge1 or "
-                     "rededge2) or put the camera in the file name if it is another",
+                     "(nominal %.3g m): put the camera in the file name if it is another",
                      ", ".join(map(str, names)), hits[0].name, hits[1].name, pixel_m,
                      hits[0].name, hits[0].resolution_m)
             hits = hits[:1]

@@ -67,7 +67,8 @@ def test_shipped_sensors_load() -> None:
 @pytest.mark.parametrize("name", SHIPPED)
 def test_canonical_band_matches_spyndex_range(name: str) -> None:
     """Each band's centre lies in its canonical band's range in spyndex.bands; if it lies in
-    no range, its canonical band is the range nearest to it."""
+    no range, its canonical band is the range nearest to it, except a drone red edge at
+    717-730 nm, which the input contract (issue #2) names rededge2."""
     ranges = {c: (spyndex.bands[k].min_wavelength, spyndex.bands[k].max_wavelength)
               for c, k in SPYNDEX_KEY.items()}
 
@@ -79,6 +80,8 @@ def test_canonical_band_matches_spyndex_range(name: str) -> None:
         inside = [c for c in ranges if gap(b.wavelength_nm, c) == 0]
         if inside:
             assert b.canonical in inside, (name, b)
+        elif 717 <= b.wavelength_nm <= 730:
+            assert b.canonical == "rededge2", (name, b)
         else:
             assert b.canonical == min(ranges, key=lambda c: gap(b.wavelength_nm, c)), (name, b)
             assert gap(b.wavelength_nm, b.canonical) <= 5, (name, b)
@@ -88,7 +91,7 @@ def test_drone_red_edges_and_dual_choices() -> None:
     assert load_sensor("p4m").canonical["rededge"] == "rededge2"          # 730 nm
     assert load_sensor("mavic3m").canonical == {"green": "green", "red": "red",
                                                 "rededge": "rededge2", "nir": "nir"}
-    assert load_sensor("rededge-mx").canonical["rededge"] == "rededge1"   # 717 nm
+    assert load_sensor("rededge-mx").canonical["rededge"] == "rededge2"   # 717 nm: contract
     dual = load_sensor("rededge-mx-dual")
     assert dual.wavelengths() == {"coastal": 444, "blue": 475, "green": 560, "red": 650,
                                   "rededge1": 705, "rededge2": 740, "nir": 842}
@@ -207,14 +210,20 @@ def test_mavic3m_pix4d_per_band_with_alpha(tmp_path: Path) -> None:
     np.testing.assert_allclose(da.values, refl, rtol=1e-6)
 
 
-@pytest.mark.parametrize("edge,camera", [("rededge2", "p4m"), ("rededge1", "rededge-mx")])
+@pytest.mark.parametrize("edge,camera", [("rededge2", "p4m"), ("rededge1", None)])
 def test_per_band_files_named_by_canonical_bands(tmp_path: Path, edge: str, camera: str) -> None:
-    """Per-band files named as the input contract names bands (the P4M's red edge is
-    'rededge2', the RedEdge-MX's 'rededge1'): one flight of that camera, not 'no images'."""
+    """Per-band files named as the input contract names bands (a drone red edge at 717-730 nm,
+    the P4M's and the RedEdge-MX's, is 'rededge2'): one flight of a camera (at 5 cm the P4M),
+    not 'no images'; 'rededge1' with these four is no shipped camera's set."""
     refl = _refl(5, seed=4)
     for i, name in enumerate(["blue", "green", "red", edge, "nir"]):
         _write(tmp_path / f"flight_20250420_{name}.tif", refl[i:i + 1])
     assert drone.can_read(tmp_path)
+    if camera is None:
+        with pytest.raises(SensorNeeded, match=r"bands \(blue, green, nir, red, rededge1\) "
+                                               r"are not those of a drone camera"):
+            drone.read(tmp_path, None, chunks=16)
+        return
     [da] = drone.read(tmp_path, None, chunks=16)
     assert da.attrs["sensor"] == camera
     assert sorted(da["band"].values.tolist()) == sorted(["blue", "green", "red", edge, "nir"])
@@ -461,10 +470,10 @@ def test_ambiguous_camera_needs_sensor(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="sentinel2"):
         drone.read(f, "sentinel2")
     [mx] = drone.read(f, "rededge-mx", chunks=16)   # band 5 is the red edge for the MX
-    assert mx["band"].values.tolist() == ["blue", "green", "red", "rededge1", "nir"]
+    assert mx["band"].values.tolist() == ["blue", "green", "red", "rededge2", "nir"]
     refl = np.nan_to_num(_refl(5), nan=np.nan)
     np.testing.assert_allclose(mx.sel(band="nir").values, refl[3], rtol=1e-6)
-    np.testing.assert_allclose(mx.sel(band="rededge1").values, refl[4], rtol=1e-6)
+    np.testing.assert_allclose(mx.sel(band="rededge2").values, refl[4], rtol=1e-6)
 
 
 def test_no_date_and_contract_files(tmp_path: Path) -> None:
@@ -510,7 +519,7 @@ def test_contract_file_at_drone_pixels_is_the_camera_of_its_canonical_bands(
 
 
 @pytest.mark.parametrize("pixel,camera,edge", [(0.05, "p4m", "rededge2"),
-                                               (0.08, "rededge-mx", "rededge1")])
+                                               (0.08, "rededge-mx", "rededge2")])
 def test_a_flight_named_by_its_cameras_own_band_names_reads_as_that_camera(
         tmp_path: Path, pixel: float, camera: str, edge: str) -> None:
     """'Blue, Green, Red, RedEdge, NIR' (what the camera software writes) is a P4M flight at
@@ -572,7 +581,7 @@ def test_band_names_that_fit_two_cameras_pick_by_pixel_size_and_say_so(caplog):
     names = ["Blue", "Green", "Red", "RedEdge", "NIR"]
     caplog.set_level(logging.INFO, logger="pipeline.sensors")
     assert drone_camera_for_names(names, 0.05).name == "p4m"
-    assert "the p4m is taken" in caplog.text and "rededge2" in caplog.text
+    assert "the p4m is taken" in caplog.text and "file name" in caplog.text
     assert drone_camera_for_names(names, 0.08).name == "rededge-mx"
     assert drone_camera_for_names(names, None) is None       # no pixel size: no guess
 
@@ -823,16 +832,16 @@ def test_an_unnamed_rededge_mx_stack_in_either_order_reads_nir_as_nir(tmp_path, 
     NIR and red edge swapped, silently. NIR is the brighter: a darker 4th band is red edge."""
     import logging
     rng = np.random.default_rng(3)
-    veg = {"blue": 0.04, "green": 0.08, "red": 0.05, "rededge1": 0.22, "nir": 0.45}
+    veg = {"blue": 0.04, "green": 0.08, "red": 0.05, "rededge2": 0.22, "nir": 0.45}
     refl = {b: (v * rng.uniform(0.7, 1.3, (H, W))).astype("float32") for b, v in veg.items()}
-    stack = ["blue", "green", "red", "nir", "rededge1"] if order == "band numbers" else \
-        ["blue", "green", "red", "rededge1", "nir"]
+    stack = ["blue", "green", "red", "nir", "rededge2"] if order == "band numbers" else \
+        ["blue", "green", "red", "rededge2", "nir"]
     f = _write(tmp_path / "micasense_20250420.tif", np.stack([refl[b] for b in stack]))
     with caplog.at_level(logging.INFO, logger="pipeline.readers.drone"):
         [da] = drone.read(f, None, chunks=16)
     assert da.attrs["sensor"] == "rededge-mx"
     np.testing.assert_allclose(da.sel(band="nir").values, refl["nir"], rtol=1e-6)
-    np.testing.assert_allclose(da.sel(band="rededge1").values, refl["rededge1"], rtol=1e-6)
+    np.testing.assert_allclose(da.sel(band="rededge2").values, refl["rededge2"], rtol=1e-6)
     assert ("read in wavelength order" in caplog.text) is (order == "wavelengths")
 
 

@@ -341,12 +341,12 @@ def _as_higher_flight(path, out, names, pixel_m):
     return out
 
 
-def test_a_p4m_model_reads_a_higher_p4m_flight_as_p4m_and_says_how_to_name_bands(
+def test_a_p4m_model_reads_a_higher_p4m_flight_as_p4m(
         p4m_run, tmp_path) -> None:
     """'Blue, Green, Red, RedEdge, NIR' fit the P4M and the RedEdge-MX; at 8 cm pixels (a P4M
     flown at 150 m) the pixel size alone says RedEdge-MX. detect takes the model's camera for
-    such names; a flight whose names say RedEdge-MX (rededge1 = 717 nm) is refused with the
-    way to name its bands."""
+    such names. (A flight named by canonical bands cannot say RedEdge-MX: the input contract
+    names its 717 nm red edge rededge2, as the P4M's 730 nm.)"""
     root, sims, _, _ = p4m_run
     src = sims[DETECT_SEEDS[1]].images[0]
     date = src.name.split("_")[-1]
@@ -358,17 +358,6 @@ def test_a_p4m_model_reads_a_higher_p4m_flight_as_p4m_and_says_how_to_name_bands
     assert _cli(["-q", "detect", "--images", str(ambiguous), "--model", str(root / "model"),
                  "--out", str(tmp_path / "out"), "--formats", "geojson"]) == 0
     assert (tmp_path / "out" / "targets.geojson").is_file()   # a camera mismatch exits 2
-    mx = tmp_path / "mx"
-    mx.mkdir()
-    named = _as_higher_flight(src, mx / f"flight_{date}",
-                              ["blue", "green", "red", "rededge1", "nir"], 0.08)
-    from pipeline.errors import ModelError
-    from pipeline.survey import detect
-    cfg = _fast(load_config(DRONE_CFG))
-    with pytest.raises(ModelError, match=r"read as 'rededge-mx'.*name the bands as the p4m "
-                                         r"does \(blue, green, red, rededge, nir\)"):
-        detect([named], root / "model", tmp_path / "out2", cfg, formats=["geojson"])
-    assert not (tmp_path / "out2").exists()
 
 
 def test_drone_targets_respect_the_metric_mapping_unit(p4m_run) -> None:
