@@ -826,7 +826,7 @@ def _fetch_into(out: Path, work: Path, cache: Path, aoi: Path, start: dt.date, e
                 "reason": (f"cloud cover {a.clouds[0]:g}% > {max_cloud:g}%" if len(a.clouds) == 1
                            else f"cloud cover of each of its {len(a.clouds)} scenes > "
                            f"{max_cloud:g}% (least {min(a.clouds):g}%)")}
-               for a in acquisitions if a not in keep]
+               for a in acquisitions if not a.passes(max_cloud)]
     LOGGER.info("found %d dates, %d kept (max cloud %s%%)", len(acquisitions), len(keep), max_cloud)
 
     cache.mkdir(parents=True, exist_ok=True)

@@ -135,8 +135,9 @@ def drone_camera_for_names(names: Iterable[str], pixel_m: float | None = None,
     camera's band names or aliases, canonical or Sentinel-2 names; any case), else None. A
     file named by its bands identifies its camera, except where one set of names fits two
     cameras (P4M and RedEdge-MX both call a band 'rededge', and both red edges, 730 and
-    717 nm, are canonical 'rededge2'): then ``prefer`` if it is one of them (the camera a model was trained on), else
-    the one whose nominal pixel size is nearest ``pixel_m``, and None without a clear one."""
+    717 nm, are canonical 'rededge2'): then ``prefer`` if it is one of them (the camera a
+    model was trained on), else the one whose nominal pixel size is nearest ``pixel_m``, and
+    None without a clear one."""
     names = list(names)
     want = [canonical_name(n) or n for n in names]   # Sentinel-2 names (B02) as canonical
     hits = []

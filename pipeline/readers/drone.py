@@ -20,12 +20,12 @@ Sensor
 Given by the caller (a :class:`~pipeline.sensors.SensorSpec` or a name), else recognised from
 the file's tags (``TIFFTAG_MODEL``, ``TIFFTAG_SOFTWARE``, ...) and names (``p4m``, ``m3m``,
 ``rededge``, ``dual``), from band descriptions that are all canonical names (the input
-contract's; each shipped camera has its own set: blue, green, red, rededge2, nir is P4M), from
+contract's: blue, green, red, rededge2, nir fits the P4M and the RedEdge-MX, told apart by
+pixel size or the model's camera), from
 ten bands (RedEdge-MX Dual), from the band set (no blue and a red edge: Mavic 3M; DJI Terra's
 ``result_*`` with blue: P4M) or uint8 RGB. Otherwise the reader raises SensorNeeded, asking
-for band names in the file (``inspect`` adds its ``--sensor``): a red edge at 717 nm
-(RedEdge-MX) and one at 730 nm (P4M) are different canonical bands, so the camera must be
-known.
+for band names in the file (``inspect`` adds its ``--sensor``): the camera decides the stack
+order of an unnamed stack, so it must be known.
 
 Reflectance
 -----------
